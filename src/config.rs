@@ -1,0 +1,141 @@
+//! Configuration: the TOML file written by `coldvault init` and read by every other command.
+//!
+//! The file holds the bucket settings, the vault descriptor (public key, passphrase-wrapped
+//! private key) and the name key (needed to compute object keys, also by write-only mounts).
+//! It is written with mode 0600.
+
+use crate::crypto::VaultDescriptor;
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default = "default_class")]
+    pub default_storage_class: String,
+    #[serde(default = "default_settle")]
+    pub settle_secs: f64,
+    /// Name key, base64. Lets a mount compute object keys without the private key.
+    pub name_key: String,
+    pub vault: VaultDescriptor,
+}
+
+fn default_class() -> String {
+    "STANDARD".into()
+}
+fn default_settle() -> f64 {
+    3.0
+}
+
+pub fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(fallback),
+    }
+}
+
+pub fn default_config_path() -> PathBuf {
+    xdg_dir("XDG_CONFIG_HOME", ".config").join("coldvault").join("config.toml")
+}
+
+/// Normalize a key prefix: no leading '/', exactly one trailing '/', or empty.
+pub fn normalize_prefix(p: &str) -> Result<String> {
+    let t = p.trim_matches('/');
+    if t.is_empty() {
+        return Ok(String::new());
+    }
+    if t.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        bail!("invalid --prefix {p:?}: empty, '.' or '..' components are not allowed");
+    }
+    Ok(format!("{t}/"))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read config {} (create one with `coldvault init --bucket BUCKET`)", path.display())
+        })?;
+        let c: Config = toml::from_str(&text).with_context(|| format!("malformed config {}", path.display()))?;
+        c.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.bucket.is_empty() {
+            bail!("bucket is empty");
+        }
+        if !crate::store::STORAGE_CLASSES.contains(&self.default_storage_class.as_str()) {
+            bail!("unknown default_storage_class {:?}; one of {:?}", self.default_storage_class, crate::store::STORAGE_CLASSES);
+        }
+        if !(self.settle_secs >= 0.0) {
+            bail!("settle_secs must be >= 0");
+        }
+        self.name_key()?;
+        self.vault.public_key().context("vault.public_key")?;
+        Ok(())
+    }
+
+    pub fn name_key(&self) -> Result<[u8; 32]> {
+        let v = B64.decode(&self.name_key).context("name_key is not base64")?;
+        v.try_into().map_err(|_| anyhow::anyhow!("name_key must be 32 bytes"))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let text = toml::to_string_pretty(self)?;
+        let tmp = path.with_extension("toml.tmp");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    pub fn default_cache_dir(&self) -> PathBuf {
+        xdg_dir("XDG_CACHE_HOME", ".cache").join("coldvault").join(&self.vault.vault_id)
+    }
+
+    pub fn s3_settings(&self) -> crate::store::s3::S3Settings {
+        crate::store::s3::S3Settings {
+            bucket: self.bucket.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+        }
+    }
+}
+
+/// Parse sizes like "0", "512M", "10GiB", "1048576".
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let idx = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(idx);
+    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        u => bail!("bad size unit {u:?} in {s:?}"),
+    };
+    Ok(n * mult)
+}

@@ -1,0 +1,160 @@
+//! The daemon's control socket: one JSON request per connection, one JSON reply.
+//!
+//! The socket lives in `$XDG_RUNTIME_DIR/coldvault/` (or `/tmp/coldvault-UID/`, mode 0700),
+//! named after a hash of the canonical mount point, so `coldvault status MOUNTPOINT` finds
+//! the daemon that serves that mount point.
+
+use crate::fs::{Fs, Status};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Seal everything now; with `wait`, reply only once it is all in S3 (or failed).
+    Flush { wait: bool },
+    RetryFailed,
+    Pid,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Status),
+    Flushed { uploaded_files: u64, failed_files: u64, still_open_for_write: u64 },
+    Retried { uploads: u64 },
+    Pid { pid: u32 },
+    Error { message: String },
+}
+
+pub fn runtime_dir() -> PathBuf {
+    let uid = unsafe { libc::getuid() };
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() && Path::new(&d).is_dir() => PathBuf::from(d).join("coldvault"),
+        _ => PathBuf::from(format!("/tmp/coldvault-{uid}")),
+    }
+}
+
+pub fn socket_path(mountpoint: &Path) -> std::io::Result<PathBuf> {
+    let canon = std::fs::canonicalize(mountpoint)?;
+    let h = hex::encode(Sha256::digest(canon.as_os_str().as_encoded_bytes()));
+    Ok(runtime_dir().join(format!("{}.sock", &h[..20])))
+}
+
+/// Upload-rate tracking for the ETA in `status`.
+pub struct Rate {
+    started: std::time::Instant,
+    start_uploaded_bytes: u64,
+}
+
+pub async fn serve(fs: Arc<Fs>, sock: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+    let dir = sock.parent().expect("socket has a parent").to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock)?;
+    let rate = Arc::new(Rate { started: std::time::Instant::now(), start_uploaded_bytes: fs.status().map(|s| s.uploaded_bytes).unwrap_or(0) });
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            acc = listener.accept() => {
+                let Ok((stream, _)) = acc else { continue };
+                let fs = fs.clone();
+                let rate = rate.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = stream.into_split();
+                    let mut line = String::new();
+                    if BufReader::new(r).read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    let reply = match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => handle(&fs, &rate, req).await,
+                        Err(e) => Reply::Error { message: format!("bad request: {e}") },
+                    };
+                    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+                    out.push(b'\n');
+                    let _ = w.write_all(&out).await;
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+fn status_with_eta(fs: &Fs, rate: &Rate) -> Result<Status, String> {
+    let mut s = fs.status().map_err(|e| e.to_string())?;
+    let done = s.uploaded_bytes.saturating_sub(rate.start_uploaded_bytes) as f64;
+    let secs = rate.started.elapsed().as_secs_f64();
+    if s.pending_bytes > 0 && done > 0.0 && secs > 0.0 {
+        s.eta_seconds = Some((s.pending_bytes as f64 / (done / secs)).ceil() as u64);
+    }
+    Ok(s)
+}
+
+async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
+    match req {
+        Request::Pid => Reply::Pid { pid: std::process::id() },
+        Request::Status => match status_with_eta(fs, rate) {
+            Ok(s) => Reply::Status(s),
+            Err(message) => Reply::Error { message },
+        },
+        Request::RetryFailed => match fs.retry_failed() {
+            Ok(n) => Reply::Retried { uploads: n as u64 },
+            Err(e) => Reply::Error { message: e.to_string() },
+        },
+        Request::Flush { wait } => {
+            // Everything pending now must reach S3; content that changes later does not hold us.
+            let targets = match fs.pending_inodes() {
+                Ok(t) => t,
+                Err(e) => return Reply::Error { message: e.to_string() },
+            };
+            loop {
+                let f = fs.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || f.seal_ready(true)).await.unwrap_or(Ok(0)) {
+                    return Reply::Error { message: e.to_string() };
+                }
+                fs.upload_wakeup.notify_one();
+                let mut waiting = 0u64;
+                let mut failed = 0u64;
+                for (ino, _, _) in &targets {
+                    match fs.state_of(*ino) {
+                        Ok(None) | Ok(Some((_, crate::meta::State::Uploaded))) => {}
+                        Ok(Some((_, crate::meta::State::Failed))) => failed += 1,
+                        Ok(Some(_)) => waiting += 1,
+                        Err(e) => return Reply::Error { message: e.to_string() },
+                    }
+                }
+                if !wait || waiting == 0 {
+                    let s = fs.status().unwrap_or_default();
+                    return Reply::Flushed { uploaded_files: s.uploaded_files, failed_files: failed, still_open_for_write: fs.open_writers() as u64 };
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Send one request to the daemon serving `mountpoint`.
+pub async fn call(mountpoint: &Path, req: &Request) -> anyhow::Result<Reply> {
+    use anyhow::Context;
+    let sock = socket_path(mountpoint).with_context(|| format!("{} is not accessible", mountpoint.display()))?;
+    let stream = tokio::net::UnixStream::connect(&sock)
+        .await
+        .with_context(|| format!("no coldvault daemon is serving {} (is it mounted?)", mountpoint.display()))?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut resp = String::new();
+    BufReader::new(r).read_line(&mut resp).await?;
+    if resp.is_empty() {
+        anyhow::bail!("the daemon closed the connection without answering");
+    }
+    Ok(serde_json::from_str(&resp)?)
+}

@@ -1,0 +1,362 @@
+//! Encryption format v1 (specified byte by byte in `docs/FORMAT.md`).
+//!
+//! Role: everything cryptographic lives here and nowhere else — the vault key pair and its
+//! passphrase wrapping (Argon2id), per-file data keys wrapped to the vault public key
+//! (ephemeral X25519 + HKDF-SHA256 + AES-256-GCM), the STREAM content encryption in 64 KiB
+//! segments, the encrypted per-object metadata, and the keyed hash that turns a path into an
+//! object key. It knows nothing of FUSE, S3 or SQLite.
+//!
+//! Invariants: a data key is generated fresh for every sealed file version and never reused;
+//! every segment authenticates the whole header (so segments cannot move between objects) and
+//! its own index and last-flag (so truncation and reordering fail); the header commits to the
+//! data key, so one ciphertext cannot decrypt to two plaintexts under two keys.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroize;
+
+pub mod vault;
+pub use vault::{VaultDescriptor, VaultKeys};
+
+/// Plaintext bytes per STREAM segment. 64 KiB keeps a random 4 KiB read within one segment
+/// fetch while the 16-byte tag overhead stays at 0.02%.
+pub const SEGMENT: u64 = 65536;
+pub const TAG: u64 = 16;
+pub const MAGIC: &[u8; 6] = b"CVAULT";
+pub const FORMAT_VERSION: u16 = 1;
+/// log2(SEGMENT), stored in the header so a future format can change it.
+const SEG_LOG2: u8 = 16;
+pub const HEADER_LEN: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("not a coldvault object (bad magic)")]
+    BadMagic,
+    #[error("object written by format version {0}; this coldvault reads version {FORMAT_VERSION} only — upgrade coldvault")]
+    NewerVersion(u16),
+    #[error("authentication failed: object is tampered, truncated, or encrypted to another vault")]
+    Auth,
+    #[error("wrong passphrase (or corrupted vault key)")]
+    WrongPassphrase,
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, CryptoError>;
+
+fn hkdf32(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
+    let mut out = [0u8; 32];
+    hk.expand(info, &mut out).expect("32 bytes is a valid HKDF length");
+    out
+}
+
+fn gcm(key: &[u8; 32]) -> Aes256Gcm {
+    Aes256Gcm::new_from_slice(key).expect("32-byte key")
+}
+
+/// Wrap `secret` to an X25519 public key: the "sealed box" used for data keys and the name key.
+/// Returns (ephemeral public key, AES-GCM ciphertext of the secret with tag).
+pub fn seal_to(recipient: &PublicKey, secret: &[u8; 32], aad: &[u8]) -> ([u8; 32], [u8; 48]) {
+    let eph = StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let eph_pub = PublicKey::from(&eph);
+    let shared = eph.diffie_hellman(recipient);
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(eph_pub.as_bytes());
+    salt[32..].copy_from_slice(recipient.as_bytes());
+    let mut kek = hkdf32(&salt, shared.as_bytes(), b"coldvault/v1/wrap");
+    // A zero nonce is safe: the KEK is unique to this ephemeral key and encrypts one message.
+    let ct = gcm(&kek)
+        .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: secret, aad })
+        .expect("encrypt");
+    kek.zeroize();
+    let mut out = [0u8; 48];
+    out.copy_from_slice(&ct);
+    (*eph_pub.as_bytes(), out)
+}
+
+pub fn open_from(sk: &StaticSecret, eph_pub: &[u8; 32], wrapped: &[u8; 48], aad: &[u8]) -> Result<[u8; 32]> {
+    let eph_pub = PublicKey::from(*eph_pub);
+    let shared = sk.diffie_hellman(&eph_pub);
+    if !shared.was_contributory() {
+        return Err(CryptoError::Auth);
+    }
+    let recipient = PublicKey::from(sk);
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(eph_pub.as_bytes());
+    salt[32..].copy_from_slice(recipient.as_bytes());
+    let mut kek = hkdf32(&salt, shared.as_bytes(), b"coldvault/v1/wrap");
+    let pt = gcm(&kek)
+        .decrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: wrapped, aad })
+        .map_err(|_| CryptoError::Auth);
+    kek.zeroize();
+    let pt = pt?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&pt);
+    Ok(out)
+}
+
+/// Keys derived from one file version's data key.
+struct FileKeys {
+    content: [u8; 32],
+    meta: [u8; 32],
+    commit: [u8; 32],
+}
+
+impl FileKeys {
+    fn derive(dk: &[u8; 32]) -> Self {
+        FileKeys {
+            content: hkdf32(b"", dk, b"coldvault/v1/content"),
+            meta: hkdf32(b"", dk, b"coldvault/v1/meta"),
+            commit: hkdf32(b"", dk, b"coldvault/v1/commit"),
+        }
+    }
+}
+
+impl Drop for FileKeys {
+    fn drop(&mut self) {
+        self.content.zeroize();
+        self.meta.zeroize();
+    }
+}
+
+/// The 128-byte object header. Layout in docs/FORMAT.md.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub bytes: [u8; HEADER_LEN],
+}
+
+impl Header {
+    pub fn parse(b: &[u8]) -> Result<Header> {
+        if b.len() < HEADER_LEN {
+            return Err(CryptoError::Malformed("header shorter than 128 bytes".into()));
+        }
+        if &b[0..6] != MAGIC {
+            return Err(CryptoError::BadMagic);
+        }
+        let v = u16::from_be_bytes([b[6], b[7]]);
+        if v > FORMAT_VERSION {
+            return Err(CryptoError::NewerVersion(v));
+        }
+        if v != FORMAT_VERSION || b[8] != SEG_LOG2 {
+            return Err(CryptoError::Malformed(format!("unsupported version {v} / segment size 2^{}", b[8])));
+        }
+        let mut bytes = [0u8; HEADER_LEN];
+        bytes.copy_from_slice(&b[..HEADER_LEN]);
+        Ok(Header { bytes })
+    }
+}
+
+/// Number of STREAM segments for a plaintext of `size` bytes (an empty file has one, empty, final segment).
+pub fn segment_count(size: u64) -> u64 {
+    if size == 0 { 1 } else { size.div_ceil(SEGMENT) }
+}
+
+/// Ciphertext length of a plaintext of `size` bytes.
+pub fn encrypted_len(size: u64) -> u64 {
+    HEADER_LEN as u64 + size + segment_count(size) * TAG
+}
+
+fn seg_nonce(prefix: &[u8; 7], idx: u64, last: bool) -> Result<[u8; 12]> {
+    let idx: u32 = idx.try_into().map_err(|_| CryptoError::Malformed("file too large for STREAM BE32".into()))?;
+    let mut n = [0u8; 12];
+    n[..7].copy_from_slice(prefix);
+    n[7..11].copy_from_slice(&idx.to_be_bytes());
+    n[11] = last as u8;
+    Ok(n)
+}
+
+/// Per-object plaintext metadata; travels encrypted in the object's user metadata.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectMeta {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub sha256: String,
+}
+
+/// The result of sealing one file: header, encrypted metadata, and the plaintext digest.
+pub struct Sealed {
+    pub header: Header,
+    pub sha256: [u8; 32],
+    pub enc_len: u64,
+    dk: [u8; 32],
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        self.dk.zeroize();
+    }
+}
+
+impl Sealed {
+    /// Encrypt the metadata under this version's key (`cvm` user-metadata value, raw bytes).
+    pub fn encrypt_meta(&self, meta: &ObjectMeta) -> Vec<u8> {
+        let keys = FileKeys::derive(&self.dk);
+        let json = serde_json::to_vec(meta).expect("serialize");
+        // Zero nonce: the meta key is unique to this data key and encrypts exactly one message.
+        gcm(&keys.meta)
+            .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: &json, aad: &self.header.bytes })
+            .expect("encrypt")
+    }
+}
+
+/// Encrypt `size` bytes read from `input` into `output` as one v1 object.
+/// `size` must be the exact plaintext length; the reader is read exactly that far.
+pub fn encrypt_stream<R: Read, W: Write>(vault_pub: &PublicKey, size: u64, input: &mut R, output: &mut W) -> Result<Sealed> {
+    let mut dk = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut dk);
+    let mut prefix = [0u8; 7];
+    rand::rngs::OsRng.fill_bytes(&mut prefix);
+    let keys = FileKeys::derive(&dk);
+    let mut h = [0u8; HEADER_LEN];
+    h[0..6].copy_from_slice(MAGIC);
+    h[6..8].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+    h[8] = SEG_LOG2;
+    let (eph, wrapped) = seal_to(vault_pub, &dk, &h[0..9]);
+    h[9..41].copy_from_slice(&eph);
+    h[41..89].copy_from_slice(&wrapped);
+    let header = build_header(h, &prefix, &keys.commit);
+    output.write_all(&header.bytes)?;
+    let cipher = gcm(&keys.content);
+    let n = segment_count(size);
+    let mut buf = vec![0u8; SEGMENT as usize];
+    let mut hasher = Sha256::new();
+    let mut enc_len = HEADER_LEN as u64;
+    for i in 0..n {
+        let len = if i == n - 1 { (size - i * SEGMENT) as usize } else { SEGMENT as usize };
+        input.read_exact(&mut buf[..len])?;
+        hasher.update(&buf[..len]);
+        let nonce = seg_nonce(&prefix, i, i == n - 1)?;
+        let ct = cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &buf[..len], aad: &header.bytes })
+            .expect("encrypt");
+        output.write_all(&ct)?;
+        enc_len += ct.len() as u64;
+    }
+    Ok(Sealed { header, sha256: hasher.finalize().into(), enc_len, dk })
+}
+
+// Header layout v1 (see docs/FORMAT.md):
+//   0..6   magic "CVAULT"
+//   6..8   format version, u16 big-endian (1)
+//   8      log2(segment size) (16)
+//   9..41  ephemeral X25519 public key
+//   41..89 wrapped data key: AES-256-GCM(KEK, nonce 0, aad = bytes 0..9) of 32 bytes + 16-byte tag
+//   89..96 STREAM nonce prefix (7 random bytes)
+//   96..128 key commitment: HKDF(dk, info "coldvault/v1/commit")
+fn build_header(mut h: [u8; HEADER_LEN], prefix: &[u8; 7], commit: &[u8; 32]) -> Header {
+    h[89..96].copy_from_slice(prefix);
+    h[96..128].copy_from_slice(commit);
+    Header { bytes: h }
+}
+
+impl Header {
+    fn nonce_prefix(&self) -> [u8; 7] {
+        let mut p = [0u8; 7];
+        p.copy_from_slice(&self.bytes[89..96]);
+        p
+    }
+}
+
+/// An opened object: data key unwrapped and commitment checked.
+pub struct Opened {
+    header: Header,
+    keys: FileKeys,
+}
+
+impl Opened {
+    pub fn open(sk: &StaticSecret, header: &Header) -> Result<Opened> {
+        let mut eph = [0u8; 32];
+        eph.copy_from_slice(&header.bytes[9..41]);
+        let mut wrapped = [0u8; 48];
+        wrapped.copy_from_slice(&header.bytes[41..89]);
+        let mut dk = open_from(sk, &eph, &wrapped, &header.bytes[0..9])?;
+        let keys = FileKeys::derive(&dk);
+        dk.zeroize();
+        use subtle_eq::ct_eq;
+        if !ct_eq(&keys.commit, &header.bytes[96..128]) {
+            return Err(CryptoError::Auth);
+        }
+        Ok(Opened { header: header.clone(), keys })
+    }
+
+    pub fn decrypt_meta(&self, ct: &[u8]) -> Result<ObjectMeta> {
+        let pt = gcm(&self.keys.meta)
+            .decrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: ct, aad: &self.header.bytes })
+            .map_err(|_| CryptoError::Auth)?;
+        serde_json::from_slice(&pt).map_err(|e| CryptoError::Malformed(format!("metadata: {e}")))
+    }
+
+    /// Decrypt segment `idx` of an object whose plaintext is `size` bytes long.
+    pub fn decrypt_segment(&self, size: u64, idx: u64, ct: &[u8]) -> Result<Vec<u8>> {
+        let n = segment_count(size);
+        if idx >= n {
+            return Err(CryptoError::Malformed("segment index past end".into()));
+        }
+        let nonce = seg_nonce(&self.header.nonce_prefix(), idx, idx == n - 1)?;
+        gcm(&self.keys.content)
+            .decrypt(Nonce::from_slice(&nonce), Payload { msg: ct, aad: &self.header.bytes })
+            .map_err(|_| CryptoError::Auth)
+    }
+
+    /// Decrypt a whole object body (header included) and check its length.
+    pub fn decrypt_all(&self, size: u64, body: &[u8]) -> Result<Vec<u8>> {
+        if body.len() as u64 != encrypted_len(size) || body[..HEADER_LEN] != self.header.bytes {
+            return Err(CryptoError::Auth);
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        for i in 0..segment_count(size) {
+            let (s, e) = segment_cipher_range(size, i);
+            out.extend(self.decrypt_segment(size, i, &body[s as usize..e as usize])?);
+        }
+        Ok(out)
+    }
+}
+
+/// Byte range [start, end) of segment `idx`'s ciphertext within the object body.
+pub fn segment_cipher_range(size: u64, idx: u64) -> (u64, u64) {
+    let start = HEADER_LEN as u64 + idx * (SEGMENT + TAG);
+    let plain = if idx == segment_count(size) - 1 { size - idx * SEGMENT } else { SEGMENT };
+    (start, start + plain + TAG)
+}
+
+mod subtle_eq {
+    /// Constant-time comparison (length is public).
+    pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut d = 0u8;
+        for (x, y) in a.iter().zip(b) {
+            d |= x ^ y;
+        }
+        d == 0
+    }
+}
+
+/// Keyed hash of a vault path: the object key suffix. Hex of HMAC-SHA256(name_key, "coldvault/v1/path\0" || path).
+pub fn path_key(name_key: &[u8; 32], path: &str) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(name_key).expect("hmac key");
+    m.update(b"coldvault/v1/path\0");
+    m.update(path.as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! The vault key pair: creation, passphrase wrapping (Argon2id), unlocking.
+//!
+//! The descriptor is public-safe: it is stored in the bucket (`PREFIX/coldvault/vault.json`) and
+//! in the local config. Only the passphrase turns it into a secret key.
+
+use super::{gcm, open_from, seal_to, CryptoError, Result};
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::Nonce;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroize;
+
+const SECRET_AAD: &[u8] = b"coldvault/v1/vault-secret";
+const NAME_KEY_AAD: &[u8] = b"coldvault/v1/name-key";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Argon2Params {
+    /// Memory in KiB. 64 MiB by default: the floor DESIGN.md sets for offline guessing cost.
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+    pub salt: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VaultDescriptor {
+    pub format: u16,
+    pub vault_id: String,
+    pub public_key: String,
+    pub argon2: Argon2Params,
+    pub secret_nonce: String,
+    pub wrapped_secret: String,
+    pub name_key_eph: String,
+    pub name_key_wrapped: String,
+}
+
+/// Unlocked (or write-only) key material of a vault.
+pub struct VaultKeys {
+    pub public: PublicKey,
+    /// None in write-only mode: such a mount can encrypt but never decrypt.
+    pub secret: Option<StaticSecret>,
+    /// Key of the path hash that names objects.
+    pub name_key: [u8; 32],
+}
+
+impl Drop for VaultKeys {
+    fn drop(&mut self) {
+        self.name_key.zeroize();
+    }
+}
+
+fn argon2_key(pass: &[u8], p: &Argon2Params) -> Result<[u8; 32]> {
+    let salt = B64.decode(&p.salt).map_err(|e| CryptoError::Malformed(format!("salt: {e}")))?;
+    let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(32))
+        .map_err(|e| CryptoError::Malformed(format!("argon2 params: {e}")))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = [0u8; 32];
+    a.hash_password_into(pass, &salt, &mut out)
+        .map_err(|e| CryptoError::Malformed(format!("argon2: {e}")))?;
+    Ok(out)
+}
+
+fn b32(s: &str, what: &str) -> Result<[u8; 32]> {
+    let v = B64.decode(s).map_err(|e| CryptoError::Malformed(format!("{what}: {e}")))?;
+    v.try_into().map_err(|_| CryptoError::Malformed(format!("{what}: wrong length")))
+}
+
+impl VaultDescriptor {
+    pub fn public_key(&self) -> Result<PublicKey> {
+        Ok(PublicKey::from(b32(&self.public_key, "public_key")?))
+    }
+
+    /// Create a new vault protected by `passphrase`.
+    pub fn create(passphrase: &[u8]) -> (VaultDescriptor, VaultKeys) {
+        Self::create_with_cost(passphrase, 65536, 3)
+    }
+
+    pub fn create_with_cost(passphrase: &[u8], m_kib: u32, t: u32) -> (VaultDescriptor, VaultKeys) {
+        let sk = StaticSecret::random_from_rng(rand::rngs::OsRng);
+        let pk = PublicKey::from(&sk);
+        let mut name_key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut name_key);
+        let mut salt = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut id = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let params = Argon2Params { m_kib, t, p: 1, salt: B64.encode(salt) };
+        let mut kek = argon2_key(passphrase, &params).expect("valid fresh params");
+        let wrapped = gcm(&kek)
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &sk.to_bytes(), aad: SECRET_AAD })
+            .expect("encrypt");
+        kek.zeroize();
+        let (eph, nk_wrapped) = seal_to(&pk, &name_key, NAME_KEY_AAD);
+        let d = VaultDescriptor {
+            format: super::FORMAT_VERSION,
+            vault_id: hex::encode(id),
+            public_key: B64.encode(pk.as_bytes()),
+            argon2: params,
+            secret_nonce: B64.encode(nonce),
+            wrapped_secret: B64.encode(wrapped),
+            name_key_eph: B64.encode(eph),
+            name_key_wrapped: B64.encode(nk_wrapped),
+        };
+        (d, VaultKeys { public: pk, secret: Some(sk), name_key })
+    }
+
+    /// Unlock with the passphrase. A wrong passphrase is `CryptoError::WrongPassphrase`.
+    pub fn unlock(&self, passphrase: &[u8]) -> Result<VaultKeys> {
+        if self.format > super::FORMAT_VERSION {
+            return Err(CryptoError::NewerVersion(self.format));
+        }
+        let mut kek = argon2_key(passphrase, &self.argon2)?;
+        let nonce = B64.decode(&self.secret_nonce).map_err(|e| CryptoError::Malformed(format!("nonce: {e}")))?;
+        if nonce.len() != 12 {
+            return Err(CryptoError::Malformed("nonce length".into()));
+        }
+        let wrapped = B64.decode(&self.wrapped_secret).map_err(|e| CryptoError::Malformed(format!("secret: {e}")))?;
+        let pt = gcm(&kek)
+            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &wrapped, aad: SECRET_AAD })
+            .map_err(|_| CryptoError::WrongPassphrase);
+        kek.zeroize();
+        let mut pt = pt?;
+        let mut skb = [0u8; 32];
+        skb.copy_from_slice(&pt);
+        pt.zeroize();
+        let sk = StaticSecret::from(skb);
+        skb.zeroize();
+        let pk = self.public_key()?;
+        if PublicKey::from(&sk) != pk {
+            return Err(CryptoError::Malformed("secret key does not match public key".into()));
+        }
+        let eph = b32(&self.name_key_eph, "name_key_eph")?;
+        let wr: [u8; 48] = B64
+            .decode(&self.name_key_wrapped)
+            .map_err(|e| CryptoError::Malformed(format!("name key: {e}")))?
+            .try_into()
+            .map_err(|_| CryptoError::Malformed("name key length".into()))?;
+        let name_key = open_from(&sk, &eph, &wr, NAME_KEY_AAD)?;
+        Ok(VaultKeys { public: pk, secret: Some(sk), name_key })
+    }
+
+    /// Re-wrap the secret key under a new passphrase (same key pair, same name key).
+    pub fn rewrap(&self, keys: &VaultKeys, new_passphrase: &[u8]) -> VaultDescriptor {
+        let sk = keys.secret.as_ref().expect("rewrap needs the secret key");
+        let mut salt = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let params = Argon2Params { salt: B64.encode(salt), ..self.argon2.clone() };
+        let mut kek = argon2_key(new_passphrase, &params).expect("valid params");
+        let wrapped = gcm(&kek)
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &sk.to_bytes(), aad: SECRET_AAD })
+            .expect("encrypt");
+        kek.zeroize();
+        VaultDescriptor { argon2: params, secret_nonce: B64.encode(nonce), wrapped_secret: B64.encode(wrapped), ..self.clone() }
+    }
+}
+
+impl VaultKeys {
+    /// Write-only keys: public key and name key, no secret.
+    pub fn write_only(public: PublicKey, name_key: [u8; 32]) -> VaultKeys {
+        VaultKeys { public, secret: None, name_key }
+    }
+}

@@ -1,0 +1,78 @@
+//! Filesystem errors and their one mapping to errno (`FsError::errno`, an exhaustive match so a
+//! new variant forces a decision). The table is repeated for users in docs/SEMANTICS.md.
+
+use crate::crypto::CryptoError;
+use crate::meta::MetaError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("name or path too long for the vault's metadata budget")]
+    NameTooLong,
+    #[error("file names must be valid UTF-8")]
+    BadName,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    #[error("this mount cannot decrypt (write-only: no private key)")]
+    WriteOnly,
+    /// The object sits in an archive tier; a restore is needed before its bytes can be read.
+    #[error("object is archived; restore requested or required")]
+    Archived,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("attribute buffer too small")]
+    Range,
+    #[error("staging disk: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("object failed authentication: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("S3: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::BadName => libc::EILSEQ,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::WriteOnly => libc::EACCES,
+            FsError::Archived => libc::EAGAIN,
+            FsError::BadHandle => libc::EBADF,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            // ENOSPC and friends pass through; any other local I/O problem is EIO.
+            FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Meta(_) => libc::EIO,
+            // Never wrong bytes: tampered or truncated objects are EIO (and logged).
+            FsError::Crypto(_) => libc::EIO,
+            FsError::Store(StoreError::Archived) => libc::EAGAIN,
+            FsError::Store(StoreError::NotFound) => libc::EIO,
+            FsError::Store(_) => libc::EIO,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, FsError>;

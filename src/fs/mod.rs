@@ -1,0 +1,1273 @@
+//! POSIX semantics over the index, the staging area and the object store — without FUSE.
+//!
+//! Role: every filesystem operation (`lookup`, `create`, `write`, `rename`, …) as a plain method
+//! returning `Result<_, FsError>`; the open-handle table; sealing settled files into the outbox;
+//! completing uploads into the index; reading local or remote content. `fuse/` only translates.
+//!
+//! Concurrency: one lock, `core` (the SQLite connection plus the open-file table). Every inode
+//! state transition happens under it. It is never held across network I/O, encryption of a
+//! whole file, or a `pwrite`: those run outside and re-check `content_gen` before committing.
+//!
+//! Durability: `flush` (every close), `fsync` and `release` fsync the spool file and commit its
+//! size and state before replying, so a close that returned success survives kill -9.
+
+pub mod error;
+
+use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys, HEADER_LEN, SEGMENT};
+use crate::meta::{Db, Inode, Kind, State, Upload, ROOT};
+use crate::staging::Staging;
+use crate::store::{Counted, ObjectStore, StoreError};
+pub use error::{FsError, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longest vault path (bytes). The encrypted metadata (path included) must fit S3's 2 KiB
+/// user-metadata limit once base64-encoded beside the 128-byte header.
+pub const MAX_PATH: usize = 1000;
+pub const MAX_NAME: usize = 255;
+/// Segments fetched per remote GET on a cache miss (1 MiB): sequential readers need fewer requests.
+const READ_AHEAD_SEGMENTS: u64 = 16;
+
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+pub fn now_ms() -> i64 {
+    now_ns() / 1_000_000
+}
+
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub cache_dir: PathBuf,
+    /// A closed file is sealed once it has been untouched this long.
+    pub settle: Duration,
+    /// Object key prefix inside the bucket ("" or ending in '/').
+    pub prefix: String,
+    pub default_class: String,
+    /// Bytes of uploaded objects kept locally for reads (0: release after upload).
+    pub read_cache: u64,
+    /// Bytes of decrypted segments kept in memory.
+    pub segment_cache: u64,
+}
+
+/// State of a file with at least one open handle.
+struct OpenFile {
+    handles: u32,
+    writers: u32,
+    /// The plaintext spool, open read-write, when the file's content is dirty.
+    spool: Option<Arc<File>>,
+    size: u64,
+    mtime_ns: i64,
+    /// Written since the last commit to the index.
+    modified: bool,
+}
+
+struct Handle {
+    ino: u64,
+    write: bool,
+}
+
+struct Core {
+    db: Db,
+    open: HashMap<u64, OpenFile>,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+}
+
+/// Where an encrypted copy of a file's current content can be read from.
+enum Source {
+    Local(PathBuf),
+    Remote(String),
+}
+
+type SegCache = quick_cache::sync::Cache<([u8; 16], u64), Arc<Vec<u8>>, SegWeighter>;
+
+#[derive(Clone)]
+struct SegWeighter;
+impl quick_cache::Weighter<([u8; 16], u64), Arc<Vec<u8>>> for SegWeighter {
+    fn weight(&self, _k: &([u8; 16], u64), v: &Arc<Vec<u8>>) -> u64 {
+        v.len() as u64 + 64
+    }
+}
+
+pub struct Fs {
+    pub cfg: FsConfig,
+    core: Mutex<Core>,
+    pub keys: Arc<VaultKeys>,
+    pub store: Arc<Counted>,
+    pub rt: tokio::runtime::Handle,
+    pub staging: Staging,
+    segs: SegCache,
+    /// Woken when an upload is queued.
+    pub upload_wakeup: tokio::sync::Notify,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn check_name(name: &std::ffi::OsStr) -> Result<&str> {
+    let s = name.to_str().ok_or(FsError::BadName)?;
+    if s.len() > MAX_NAME {
+        return Err(FsError::NameTooLong);
+    }
+    if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.contains('\0') {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(s)
+}
+
+impl Fs {
+    pub fn new(cfg: FsConfig, keys: Arc<VaultKeys>, store: Arc<Counted>, rt: tokio::runtime::Handle) -> Result<Arc<Fs>> {
+        let staging = Staging::open(&cfg.cache_dir)?;
+        let uid = unsafe { libc::getuid() };
+        let gid = unsafe { libc::getgid() };
+        let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
+        let segs = SegCache::with_weighter(1024, cfg.segment_cache.max(1 << 20), SegWeighter);
+        let fs = Arc::new(Fs {
+            cfg,
+            core: Mutex::new(Core { db, open: HashMap::new(), handles: HashMap::new(), next_fh: 1 }),
+            keys,
+            store,
+            rt,
+            staging,
+            segs,
+            upload_wakeup: tokio::sync::Notify::new(),
+            uid,
+            gid,
+        });
+        fs.recover()?;
+        Ok(fs)
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start-up repair: requeue what was staged, drop orphans, reconcile spool sizes.
+    fn recover(&self) -> Result<()> {
+        let mut c = self.core();
+        let mut keep_spool = Vec::new();
+        for mut i in c.db.files_in_state(&[State::Dirty])? {
+            match self.staging.spool_len(i.ino) {
+                Some(len) => {
+                    if len != i.size {
+                        tracing::info!(ino = i.ino, len, indexed = i.size, "spool size differs from index after restart; keeping the bytes on disk");
+                        i.size = len;
+                        c.db.update(&i)?;
+                    }
+                }
+                None => {
+                    tracing::error!(ino = i.ino, "spool file for a dirty file is missing; the file is now empty");
+                    self.staging.create_spool(i.ino)?;
+                    i.size = 0;
+                    c.db.update(&i)?;
+                }
+            }
+            keep_spool.push(i.ino);
+        }
+        let uploads = c.db.uploads()?;
+        let mut keep_outbox = Vec::new();
+        for u in &uploads {
+            if !self.staging.outbox_path(u.ino, u.content_gen).exists() {
+                tracing::error!(upload = u.id, ino = u.ino, "outbox file missing for a queued upload; dropping it");
+                let tx = c.db.begin()?;
+                Db::delete_upload(&tx, u.id)?;
+                tx.commit().map_err(crate::meta::MetaError::from)?;
+                continue;
+            }
+            if u.state == "uploading" {
+                c.db.set_upload_state(u.id, "queued", u.attempts, 0, u.last_error.as_deref())?;
+            }
+            keep_outbox.push((u.ino, u.content_gen));
+        }
+        for mut i in c.db.files_in_state(&[State::Uploading])? {
+            i.state = State::Sealed;
+            c.db.update(&i)?;
+        }
+        let removed = self.staging.remove_orphans(&keep_spool, &keep_outbox)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed orphaned staging files");
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ attributes
+
+    fn apply_overlay(c: &Core, mut i: Inode) -> Inode {
+        if let Some(o) = c.open.get(&i.ino) {
+            if o.spool.is_some() {
+                i.size = o.size;
+                i.mtime_ns = o.mtime_ns;
+            }
+        }
+        i
+    }
+
+    fn get_inode(c: &Core, ino: u64) -> Result<Inode> {
+        let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        Ok(Self::apply_overlay(c, i))
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Inode> {
+        Self::get_inode(&self.core(), ino)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Result<Inode> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let c = self.core();
+        let i = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        Ok(Self::apply_overlay(&c, i))
+    }
+
+    pub fn readdir(&self, ino: u64) -> Result<Vec<Inode>> {
+        let c = self.core();
+        let d = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        if d.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(c.db.children(ino)?.into_iter().map(|i| Self::apply_overlay(&c, i)).collect())
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<String> {
+        let i = self.getattr(ino)?;
+        i.target.ok_or(FsError::Invalid("not a symlink"))
+    }
+
+    /// chmod/chown/truncate/utimens. `None` leaves a field unchanged (UTIME_OMIT).
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Inode> {
+        if let Some(sz) = size {
+            self.truncate(ino, sz)?;
+        }
+        let mut c = self.core();
+        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let now = now_ns();
+        if let Some(m) = mode {
+            i.mode = m & 0o7777;
+        }
+        if let Some(u) = uid {
+            i.uid = u;
+        }
+        if let Some(g) = gid {
+            i.gid = g;
+        }
+        if let Some(a) = atime_ns {
+            i.atime_ns = a;
+        }
+        if let Some(m) = mtime_ns {
+            i.mtime_ns = m;
+            if let Some(o) = c.open.get_mut(&ino) {
+                o.mtime_ns = m;
+            }
+        } else if let Some(o) = c.open.get(&ino) {
+            if o.spool.is_some() {
+                i.mtime_ns = o.mtime_ns;
+            }
+        }
+        if size.is_none() {
+            if let Some(o) = c.open.get(&ino) {
+                if o.spool.is_some() {
+                    i.size = o.size;
+                }
+            }
+        }
+        i.ctime_ns = now;
+        if i.state == State::Dirty {
+            // Metadata changes right after a write (robocopy sets times after closing) restart
+            // the settle clock, so the file is sealed once, with its final attributes.
+            i.dirty_ms = now_ms();
+        }
+        c.db.update(&i)?;
+        Ok(Self::apply_overlay(&c, i))
+    }
+
+    fn truncate(&self, ino: u64, size: u64) -> Result<()> {
+        {
+            let mut c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            if i.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            if i.kind != Kind::File {
+                return Err(FsError::Invalid("truncate of a non-file"));
+            }
+            if let Some(o) = c.open.get_mut(&ino) {
+                if let Some(sp) = &o.spool {
+                    sp.set_len(size)?;
+                    o.size = size;
+                    o.mtime_ns = now_ns();
+                    o.modified = true;
+                    return Ok(());
+                }
+            }
+            if i.state == State::Dirty {
+                let f = self.staging.open_spool(ino)?;
+                f.set_len(size)?;
+                f.sync_all()?;
+                drop(f);
+                let mut i = i;
+                i.size = size;
+                i.mtime_ns = now_ns();
+                i.content_gen += 1;
+                i.dirty_ms = now_ms();
+                c.db.update(&i)?;
+                return Ok(());
+            }
+        }
+        // Content is sealed or remote: materialize it (or start empty), then cut.
+        self.ensure_spool(ino, size == 0)?;
+        let c = self.core();
+        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let f = self.staging.open_spool(ino)?;
+        f.set_len(size)?;
+        f.sync_all()?;
+        i.size = size;
+        i.mtime_ns = now_ns();
+        i.content_gen += 1;
+        i.dirty_ms = now_ms();
+        c.db.update(&i)?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ namespace
+
+    fn new_inode(parent: u64, name: &str, kind: Kind, mode: u32, uid: u32, gid: u32) -> Inode {
+        let now = now_ns();
+        Inode {
+            ino: 0,
+            parent,
+            name: name.to_string(),
+            kind,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            size: 0,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            target: None,
+            state: if kind == Kind::File { State::Dirty } else { State::None },
+            content_gen: 0,
+            dirty_ms: now_ms(),
+            object_key: None,
+            storage_class: None,
+            header: None,
+            sha256: None,
+            xattrs: None,
+        }
+    }
+
+    fn check_new_entry(c: &Core, parent: u64, name: &std::ffi::OsStr) -> Result<String> {
+        let name = check_name(name)?;
+        let p = c.db.get(parent)?.ok_or(FsError::NotFound)?;
+        if p.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let ppath = c.db.path_of(parent)?;
+        if ppath.len() + 1 + name.len() > MAX_PATH {
+            return Err(FsError::NameTooLong);
+        }
+        if c.db.lookup(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        Ok(name.to_string())
+    }
+
+    fn touch_dir(c: &Core, dir: u64) -> Result<()> {
+        if let Some(mut d) = c.db.get(dir)? {
+            let now = now_ns();
+            d.mtime_ns = now;
+            d.ctime_ns = now;
+            c.db.update(&d)?;
+        }
+        Ok(())
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<Inode> {
+        let mut c = self.core();
+        let name = Self::check_new_entry(&c, parent, name)?;
+        let i = c.db.insert(&Self::new_inode(parent, &name, Kind::Dir, mode, uid, gid))?;
+        Self::touch_dir(&c, parent)?;
+        Ok(i)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &std::ffi::OsStr, target: &std::path::Path, uid: u32, gid: u32) -> Result<Inode> {
+        let target = target.to_str().ok_or(FsError::BadName)?.to_string();
+        let mut c = self.core();
+        let name = Self::check_new_entry(&c, parent, name)?;
+        let mut n = Self::new_inode(parent, &name, Kind::Symlink, 0o777, uid, gid);
+        n.size = target.len() as u64;
+        n.target = Some(target);
+        let i = c.db.insert(&n)?;
+        Self::touch_dir(&c, parent)?;
+        Ok(i)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
+        let c = self.core();
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let d = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        if d.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if c.db.has_children(d.ino)? {
+            return Err(FsError::NotEmpty);
+        }
+        Db::delete_inode(c.db.conn(), d.ino)?;
+        Self::touch_dir(&c, parent)?;
+        Ok(())
+    }
+
+    /// Remove a file's local content and queued uploads (the inode row is the caller's).
+    fn drop_content(&self, c: &mut Core, ino: u64) -> Result<()> {
+        let ups = c.db.uploads_for_ino(ino)?;
+        let tx = c.db.begin()?;
+        for u in &ups {
+            Db::delete_upload(&tx, u.id)?;
+        }
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        for u in &ups {
+            self.staging.remove_outbox(u.ino, u.content_gen);
+            if let Some(mp) = &u.mp_upload_id {
+                // Best effort: the uploader also aborts uploads whose row vanished.
+                let store = self.store.clone();
+                let (k, mp) = (u.object_key.clone(), mp.clone());
+                self.rt.spawn(async move {
+                    let _ = store.abort_multipart(&k, &mp).await;
+                });
+            }
+        }
+        self.staging.remove_spool(ino);
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
+        let mut c = self.core();
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let i = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        if i.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        Db::delete_inode(c.db.conn(), i.ino)?;
+        if i.kind == Kind::File {
+            // An open handle keeps its spool fd: reads and writes on it keep working
+            // (unlinked-but-open), and nothing is ever sealed for it.
+            self.drop_content(&mut c, i.ino)?;
+        }
+        Self::touch_dir(&c, parent)?;
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: u64, name: &std::ffi::OsStr, newparent: u64, newname: &std::ffi::OsStr, noreplace: bool) -> Result<()> {
+        let mut c = self.core();
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let newname = check_name(newname)?.to_string();
+        let mut src = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        let np = c.db.get(newparent)?.ok_or(FsError::NotFound)?;
+        if np.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if c.db.path_of(newparent)?.len() + 1 + newname.len() > MAX_PATH {
+            return Err(FsError::NameTooLong);
+        }
+        if src.kind == Kind::Dir {
+            // Refuse moving a directory into its own subtree.
+            let mut cur = newparent;
+            while cur != ROOT {
+                if cur == src.ino {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                cur = c.db.get(cur)?.ok_or(FsError::NotFound)?.parent;
+            }
+        }
+        if let Some(dst) = c.db.lookup(newparent, &newname)? {
+            if dst.ino == src.ino {
+                return Ok(());
+            }
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if c.db.has_children(dst.ino)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            Db::delete_inode(c.db.conn(), dst.ino)?;
+            if dst.kind == Kind::File {
+                self.drop_content(&mut c, dst.ino)?;
+            }
+        }
+        src.parent = newparent;
+        src.name = newname;
+        src.ctime_ns = now_ns();
+        if src.state == State::Dirty {
+            src.dirty_ms = now_ms();
+        }
+        let overlay = Self::apply_overlay(&c, src.clone());
+        src.size = if c.open.get(&src.ino).is_some_and(|o| o.spool.is_some()) { src.size } else { overlay.size };
+        c.db.update(&src)?;
+        Self::touch_dir(&c, parent)?;
+        if newparent != parent {
+            Self::touch_dir(&c, newparent)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ open / close
+
+    fn alloc_handle(c: &mut Core, ino: u64, write: bool) -> u64 {
+        let fh = c.next_fh;
+        c.next_fh += 1;
+        c.handles.insert(fh, Handle { ino, write });
+        fh
+    }
+
+    pub fn create(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<(Inode, u64)> {
+        let mut c = self.core();
+        let name = Self::check_new_entry(&c, parent, name)?;
+        let mut i = c.db.insert(&Self::new_inode(parent, &name, Kind::File, mode, uid, gid))?;
+        let spool = match self.staging.create_spool(i.ino) {
+            Ok(f) => f,
+            Err(e) => {
+                Db::delete_inode(c.db.conn(), i.ino)?;
+                return Err(e.into());
+            }
+        };
+        i.state = State::Dirty;
+        Self::touch_dir(&c, parent)?;
+        c.open.insert(
+            i.ino,
+            OpenFile { handles: 1, writers: 1, spool: Some(Arc::new(spool)), size: 0, mtime_ns: i.mtime_ns, modified: true },
+        );
+        let fh = Self::alloc_handle(&mut c, i.ino, true);
+        Ok((i, fh))
+    }
+
+    /// Make sure the file's plaintext is in its spool (state dirty). `empty`: start from
+    /// nothing (O_TRUNC) instead of fetching the old content.
+    fn ensure_spool(&self, ino: u64, empty: bool) -> Result<()> {
+        let (i, src) = {
+            let mut c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            if i.state == State::Dirty {
+                return Ok(());
+            }
+            if empty || i.size == 0 {
+                return self.become_dirty_empty(&mut c, i);
+            }
+            let src = self.source_of(&c, &i)?;
+            (i, src)
+        };
+        // Decrypt the old content outside the lock into a fetch file, then adopt it.
+        let tmp = self.staging.fetch_path(ino);
+        {
+            let out = File::create(&tmp)?;
+            let mut off = 0u64;
+            while off < i.size {
+                let n = (i.size - off).min(8 * SEGMENT);
+                let data = self.read_encrypted(&i, &src, off, n)?;
+                out.write_all_at(&data, off)?;
+                off += data.len() as u64;
+                if data.is_empty() {
+                    break;
+                }
+            }
+            out.sync_all()?;
+        }
+        let mut c = self.core();
+        let mut cur = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        if cur.content_gen != i.content_gen || cur.state == State::Dirty {
+            let _ = std::fs::remove_file(&tmp);
+            return if cur.state == State::Dirty { Ok(()) } else { Err(FsError::Invalid("file changed while opening")) };
+        }
+        let ups = c.db.uploads_for_ino(ino)?;
+        self.staging.adopt_fetch(ino)?;
+        let tx = c.db.begin()?;
+        for u in &ups {
+            Db::delete_upload(&tx, u.id)?;
+        }
+        cur.state = State::Dirty;
+        cur.content_gen += 1;
+        cur.dirty_ms = now_ms();
+        Db::save(&tx, &cur)?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        for u in &ups {
+            self.staging.remove_outbox(u.ino, u.content_gen);
+        }
+        Ok(())
+    }
+
+    fn become_dirty_empty(&self, c: &mut Core, mut i: Inode) -> Result<()> {
+        self.drop_content(c, i.ino)?;
+        self.staging.create_spool(i.ino)?.sync_all()?;
+        i.state = State::Dirty;
+        i.size = 0;
+        i.content_gen += 1;
+        i.dirty_ms = now_ms();
+        i.mtime_ns = now_ns();
+        c.db.update(&i)?;
+        Ok(())
+    }
+
+    /// Open an existing file. Returns the handle number.
+    pub fn open(&self, ino: u64, write: bool, trunc: bool) -> Result<u64> {
+        {
+            let c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            if i.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+        }
+        if write {
+            self.ensure_spool(ino, trunc)?;
+        }
+        let mut c = self.core();
+        let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        if write && trunc && i.size != 0 {
+            let sp = match c.open.get(&ino).and_then(|o| o.spool.clone()) {
+                Some(s) => s,
+                None => Arc::new(self.staging.open_spool(ino)?),
+            };
+            sp.set_len(0)?;
+            if let Some(o) = c.open.get_mut(&ino) {
+                o.size = 0;
+                o.modified = true;
+            } else {
+                let mut i = i.clone();
+                i.size = 0;
+                i.content_gen += 1;
+                i.dirty_ms = now_ms();
+                i.mtime_ns = now_ns();
+                c.db.update(&i)?;
+            }
+        }
+        let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let spool = if i.state == State::Dirty {
+            match c.open.get(&ino).and_then(|o| o.spool.clone()) {
+                Some(s) => Some(s),
+                None => Some(Arc::new(self.staging.open_spool(ino)?)),
+            }
+        } else {
+            None
+        };
+        let o = c.open.entry(ino).or_insert(OpenFile { handles: 0, writers: 0, spool: None, size: i.size, mtime_ns: i.mtime_ns, modified: false });
+        if o.spool.is_none() {
+            if let Some(s) = spool {
+                o.spool = Some(s);
+                o.size = i.size;
+                o.mtime_ns = i.mtime_ns;
+            }
+        }
+        o.handles += 1;
+        if write {
+            o.writers += 1;
+        }
+        Ok(Self::alloc_handle(&mut c, ino, write))
+    }
+
+    /// Make what was written through this file durable (spool fsync + index commit).
+    fn persist(&self, ino: u64) -> Result<()> {
+        let spool = {
+            let c = self.core();
+            match c.open.get(&ino) {
+                Some(o) if o.modified => o.spool.clone(),
+                _ => return Ok(()),
+            }
+        };
+        if let Some(sp) = spool {
+            sp.sync_all()?;
+            self.staging.sync_dirs()?;
+        }
+        let mut c = self.core();
+        let (size, mtime) = match c.open.get_mut(&ino) {
+            Some(o) if o.modified => {
+                o.modified = false;
+                (o.size, o.mtime_ns)
+            }
+            _ => return Ok(()),
+        };
+        if let Some(mut i) = c.db.get(ino)? {
+            i.size = size;
+            i.mtime_ns = mtime;
+            i.ctime_ns = now_ns();
+            i.state = State::Dirty;
+            i.content_gen += 1;
+            i.dirty_ms = now_ms();
+            c.db.update(&i)?;
+        }
+        Ok(())
+    }
+
+    fn handle_ino(&self, fh: u64) -> Result<(u64, bool)> {
+        let c = self.core();
+        c.handles.get(&fh).map(|h| (h.ino, h.write)).ok_or(FsError::BadHandle)
+    }
+
+    /// close(): durable before it returns.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let (ino, write) = self.handle_ino(fh)?;
+        if write {
+            self.persist(ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        let (ino, _) = self.handle_ino(fh)?;
+        self.persist(ino)
+    }
+
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let (ino, write) = self.handle_ino(fh)?;
+        let r = if write { self.persist(ino) } else { Ok(()) };
+        let mut c = self.core();
+        c.handles.remove(&fh);
+        let last = if let Some(o) = c.open.get_mut(&ino) {
+            o.handles = o.handles.saturating_sub(1);
+            if write {
+                o.writers = o.writers.saturating_sub(1);
+            }
+            o.handles == 0
+        } else {
+            false
+        };
+        if last {
+            c.open.remove(&ino);
+        }
+        r
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let (ino, write) = self.handle_ino(fh)?;
+        if !write {
+            return Err(FsError::BadHandle);
+        }
+        let spool = {
+            let c = self.core();
+            c.open.get(&ino).and_then(|o| o.spool.clone()).ok_or(FsError::BadHandle)?
+        };
+        spool.write_all_at(data, offset)?;
+        let mut c = self.core();
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.size = o.size.max(offset + data.len() as u64);
+            o.mtime_ns = now_ns();
+            o.modified = true;
+        }
+        Ok(data.len())
+    }
+
+    // ------------------------------------------------------------------ reading
+
+    fn source_of(&self, c: &Core, i: &Inode) -> Result<Source> {
+        if i.state.in_outbox() {
+            let ups = c.db.uploads_for_ino(i.ino)?;
+            let u = ups.iter().find(|u| u.content_gen == i.content_gen).ok_or(FsError::NotFound)?;
+            return Ok(Source::Local(self.staging.outbox_path(u.ino, u.content_gen)));
+        }
+        if i.state == State::Uploaded {
+            let h = i.header.as_deref().ok_or(FsError::Invalid("no header"))?;
+            let cached = self.staging.rcache_path(&h[96..128]);
+            if cached.exists() {
+                return Ok(Source::Local(cached));
+            }
+            let key = i.object_key.clone().ok_or(FsError::Invalid("no object key"))?;
+            if i.storage_class.as_deref().is_some_and(crate::store::is_archive_class) {
+                // Issue 3 adds restores; until the object is restored its bytes are unreadable.
+                return Ok(Source::Remote(key));
+            }
+            return Ok(Source::Remote(key));
+        }
+        Err(FsError::Invalid("file has no readable content"))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (ino, _) = self.handle_ino(fh)?;
+        let (i, spool, src) = {
+            let c = self.core();
+            let i = Self::get_inode(&c, ino)?;
+            let spool = c.open.get(&ino).and_then(|o| o.spool.clone());
+            let src = if spool.is_none() && i.state != State::Dirty { Some(self.source_of(&c, &i)?) } else { None };
+            (i, spool, src)
+        };
+        if offset >= i.size {
+            return Ok(Vec::new());
+        }
+        let len = (size as u64).min(i.size - offset);
+        if let Some(sp) = spool {
+            return read_plain(&sp, offset, len);
+        }
+        match src {
+            None => read_plain(&self.staging.open_spool(ino)?, offset, len),
+            Some(src) => self.read_encrypted(&i, &src, offset, len),
+        }
+    }
+
+    /// Read plaintext [offset, offset+len) of `i` from an encrypted copy, segment by segment.
+    fn read_encrypted(&self, i: &Inode, src: &Source, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let sk = self.keys.secret.as_ref().ok_or(FsError::WriteOnly)?;
+        let header = match (src, &i.header) {
+            (Source::Remote(_), Some(h)) => Header::parse(h)?,
+            (Source::Local(p), _) => {
+                let f = File::open(p)?;
+                let mut b = [0u8; HEADER_LEN];
+                f.read_exact_at(&mut b, 0)?;
+                Header::parse(&b)?
+            }
+            (Source::Remote(k), None) => {
+                let b = self.rt.block_on(self.store.get_range(k, 0, HEADER_LEN as u64))?;
+                Header::parse(&b)?
+            }
+        };
+        let opened = Opened::open(sk, &header).map_err(|e| self.log_bad_object(i, src, e))?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&header.bytes[96..112]);
+        let size = i.size;
+        let first = offset / SEGMENT;
+        let last = (offset + len - 1) / SEGMENT;
+        let nseg = crypto::segment_count(size);
+        let mut out = Vec::with_capacity(len as usize);
+        let mut s = first;
+        while s <= last {
+            let seg = match self.segs.get(&(id, s)) {
+                Some(p) => p,
+                None => {
+                    // Miss: fetch a run of segments in one request and cache them all.
+                    let upto = match src {
+                        Source::Remote(_) => (s + READ_AHEAD_SEGMENTS).min(nseg).max(last + 1).min(nseg),
+                        Source::Local(_) => last + 1,
+                    };
+                    let (start, _) = crypto::segment_cipher_range(size, s);
+                    let (_, end) = crypto::segment_cipher_range(size, upto - 1);
+                    let raw = match src {
+                        Source::Local(p) => {
+                            let f = File::open(p)?;
+                            let mut b = vec![0u8; (end - start) as usize];
+                            f.read_exact_at(&mut b, start).map_err(|e| {
+                                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                                    self.log_bad_object(i, src, crypto::CryptoError::Auth).into()
+                                } else {
+                                    FsError::Io(e)
+                                }
+                            })?;
+                            b
+                        }
+                        Source::Remote(k) => self.rt.block_on(self.store.get_range(k, start, end))?.to_vec(),
+                    };
+                    if raw.len() as u64 != end - start {
+                        return Err(self.log_bad_object(i, src, crypto::CryptoError::Auth).into());
+                    }
+                    let mut result = None;
+                    for j in s..upto {
+                        let (a, b) = crypto::segment_cipher_range(size, j);
+                        let pt = opened
+                            .decrypt_segment(size, j, &raw[(a - start) as usize..(b - start) as usize])
+                            .map_err(|e| self.log_bad_object(i, src, e))?;
+                        let pt = Arc::new(pt);
+                        if j == s {
+                            result = Some(pt.clone());
+                        }
+                        self.segs.insert((id, j), pt);
+                    }
+                    result.expect("at least one segment")
+                }
+            };
+            let seg_start = s * SEGMENT;
+            let from = offset.max(seg_start) - seg_start;
+            let to = (offset + len).min(seg_start + seg.len() as u64) - seg_start;
+            if from < to {
+                out.extend_from_slice(&seg[from as usize..to as usize]);
+            }
+            s += 1;
+        }
+        Ok(out)
+    }
+
+    fn log_bad_object(&self, i: &Inode, src: &Source, e: crypto::CryptoError) -> crypto::CryptoError {
+        let what = match src {
+            Source::Local(p) => p.display().to_string(),
+            Source::Remote(k) => format!("s3 object {k}"),
+        };
+        tracing::error!(ino = i.ino, object = %what, error = %e, "refusing to return data: object failed authentication");
+        e
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        Ok(self.staging.statvfs()?)
+    }
+
+    // ------------------------------------------------------------------ xattrs (Samba DOS attributes)
+
+    fn xattr_map(i: &Inode) -> HashMap<String, String> {
+        i.xattrs.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default()
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &std::ffi::OsStr) -> Result<Vec<u8>> {
+        let i = self.getattr(ino)?;
+        let m = Self::xattr_map(&i);
+        let v = m.get(name.to_str().ok_or(FsError::NoAttr)?).ok_or(FsError::NoAttr)?;
+        hex::decode(v).map_err(|_| FsError::NoAttr)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let i = self.getattr(ino)?;
+        let mut out = Vec::new();
+        let mut names: Vec<_> = Self::xattr_map(&i).into_keys().collect();
+        names.sort();
+        for n in names {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &std::ffi::OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let name = name.to_str().ok_or(FsError::BadName)?;
+        if !(name.starts_with("user.") || name.starts_with("security.") || name.starts_with("trusted.")) {
+            return Err(FsError::NotPermitted("only user.*, security.* and trusted.* attributes"));
+        }
+        if value.len() > 4096 {
+            return Err(FsError::Range);
+        }
+        let c = self.core();
+        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let mut m = Self::xattr_map(&i);
+        let exists = m.contains_key(name);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoAttr);
+        }
+        m.insert(name.to_string(), hex::encode(value));
+        i.xattrs = Some(serde_json::to_string(&m).expect("json"));
+        i.ctime_ns = now_ns();
+        c.db.update(&i)?;
+        Ok(())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &std::ffi::OsStr) -> Result<()> {
+        let c = self.core();
+        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let mut m = Self::xattr_map(&i);
+        if m.remove(name.to_str().ok_or(FsError::NoAttr)?).is_none() {
+            return Err(FsError::NoAttr);
+        }
+        i.xattrs = Some(serde_json::to_string(&m).expect("json"));
+        c.db.update(&i)?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ sealing
+
+    /// Seal every dirty file that is closed and has settled (`force`: regardless of settle).
+    /// Returns how many were sealed.
+    pub fn seal_ready(&self, force: bool) -> Result<usize> {
+        let cutoff = now_ms() - self.cfg.settle.as_millis() as i64;
+        let candidates: Vec<(u64, i64)> = {
+            let c = self.core();
+            c.db.dirty_files()?
+                .into_iter()
+                .filter(|i| (force || i.dirty_ms <= cutoff) && c.open.get(&i.ino).is_none_or(|o| o.writers == 0))
+                .map(|i| (i.ino, i.content_gen))
+                .collect()
+        };
+        let mut n = 0;
+        for (ino, gen) in candidates {
+            match self.seal_one(ino, gen) {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => tracing::error!(ino, error = %e, "sealing failed; the plaintext stays staged and will be retried"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Encrypt one file's spool into the outbox and queue its upload in one transaction.
+    fn seal_one(&self, ino: u64, gen: i64) -> Result<bool> {
+        let (i, path) = {
+            let c = self.core();
+            let Some(i) = c.db.get(ino)? else { return Ok(false) };
+            if i.state != State::Dirty || i.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0) {
+                return Ok(false);
+            }
+            let path = c.db.path_of(ino)?;
+            (i, path)
+        };
+        let spool = self.staging.open_spool(ino)?;
+        if spool.metadata()?.len() != i.size {
+            spool.set_len(i.size)?;
+        }
+        let tmp = self.staging.outbox_tmp(ino, gen);
+        let sealed = {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+            let mut input = std::io::BufReader::with_capacity(1 << 20, &spool);
+            let s = crypto::encrypt_stream(&self.keys.public, i.size, &mut input, &mut out).map_err(|e| match e {
+                crypto::CryptoError::Io(io) => FsError::Io(io),
+                other => FsError::Crypto(other),
+            })?;
+            let f = out.into_inner().map_err(|e| FsError::Io(e.into_error()))?;
+            f.sync_all()?;
+            s
+        };
+        let meta = ObjectMeta {
+            path: path.clone(),
+            size: i.size,
+            mtime_ns: i.mtime_ns,
+            mode: i.mode,
+            uid: i.uid,
+            gid: i.gid,
+            sha256: hex::encode(sealed.sha256),
+        };
+        let md = vec![
+            ("cvh".to_string(), B64.encode(sealed.header.bytes)),
+            ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&meta))),
+        ];
+        let object_key = format!("{}d/{}", self.cfg.prefix, crypto::path_key(&self.keys.name_key, &path));
+        let class = self.cfg.default_class.clone();
+        let mut c = self.core();
+        let Some(mut cur) = c.db.get(ino)? else {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        };
+        if cur.state != State::Dirty || cur.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0) || c.db.path_of(ino)? != path {
+            // Written, renamed or reopened while we encrypted: seal again later.
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        self.staging.commit_outbox(&tmp, ino, gen)?;
+        let u = Upload {
+            id: 0,
+            ino,
+            content_gen: gen,
+            object_key,
+            path,
+            size: i.size,
+            enc_size: sealed.enc_len,
+            storage_class: class,
+            state: "queued".into(),
+            attempts: 0,
+            next_try_ms: 0,
+            last_error: None,
+            mp_upload_id: None,
+            metadata: serde_json::to_string(&md).expect("json"),
+            header: sealed.header.bytes.to_vec(),
+            sha256: hex::encode(sealed.sha256),
+        };
+        let tx = c.db.begin()?;
+        Db::insert_upload(&tx, &u)?;
+        cur.state = State::Sealed;
+        cur.sha256 = Some(u.sha256.clone());
+        Db::save(&tx, &cur)?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        // The spool fd in an open read-only handle (if any) keeps working until it is closed.
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.spool = None;
+        }
+        self.staging.remove_spool(ino);
+        drop(c);
+        self.upload_wakeup.notify_one();
+        Ok(true)
+    }
+
+    // ------------------------------------------------------------------ upload bookkeeping (called by upload/)
+
+    pub fn due_uploads(&self, limit: usize) -> Result<Vec<Upload>> {
+        Ok(self.core().db.due_uploads(now_ms(), limit)?)
+    }
+
+    pub fn upload_exists(&self, id: i64) -> Result<bool> {
+        Ok(self.core().db.upload(id)?.is_some())
+    }
+
+    pub fn mark_uploading(&self, u: &Upload) -> Result<()> {
+        let c = self.core();
+        c.db.set_upload_state(u.id, "uploading", u.attempts, u.next_try_ms, u.last_error.as_deref())?;
+        if let Some(mut i) = c.db.get(u.ino)? {
+            if i.content_gen == u.content_gen && i.state.in_outbox() {
+                i.state = State::Uploading;
+                c.db.update(&i)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_multipart(&self, id: i64, mp: Option<&str>) -> Result<()> {
+        Ok(self.core().db.set_mp_upload_id(id, mp)?)
+    }
+
+    pub fn record_part(&self, id: i64, part: i32, etag: &str) -> Result<()> {
+        Ok(self.core().db.add_part(id, part, etag)?)
+    }
+
+    pub fn parts(&self, id: i64) -> Result<Vec<(i32, String)>> {
+        Ok(self.core().db.parts(id)?)
+    }
+
+    pub fn upload_retry(&self, u: &Upload, err: &StoreError, delay: Duration) -> Result<()> {
+        let c = self.core();
+        c.db.set_upload_state(u.id, "queued", u.attempts + 1, now_ms() + delay.as_millis() as i64, Some(&err.to_string()))?;
+        if let Some(mut i) = c.db.get(u.ino)? {
+            if i.content_gen == u.content_gen && i.state == State::Uploading {
+                i.state = State::Sealed;
+                c.db.update(&i)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn upload_failed(&self, u: &Upload, err: &StoreError) -> Result<()> {
+        let c = self.core();
+        c.db.set_upload_state(u.id, "failed", u.attempts + 1, i64::MAX, Some(&err.to_string()))?;
+        if let Some(mut i) = c.db.get(u.ino)? {
+            if i.content_gen == u.content_gen && i.state.in_outbox() {
+                i.state = State::Failed;
+                c.db.update(&i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Requeue uploads parked as failed (after the user fixed credentials or the bucket).
+    pub fn retry_failed(&self) -> Result<usize> {
+        let c = self.core();
+        let n = c.db.conn().execute("UPDATE uploads SET state='queued', next_try_ms=0 WHERE state='failed'", []).map_err(crate::meta::MetaError::from)?;
+        c.db.conn().execute("UPDATE inodes SET state='sealed' WHERE state='failed'", []).map_err(crate::meta::MetaError::from)?;
+        drop(c);
+        self.upload_wakeup.notify_one();
+        Ok(n)
+    }
+
+    /// The object is durable in S3: record it and release the local copy.
+    pub fn complete_upload(&self, u: &Upload) -> Result<()> {
+        let mut c = self.core();
+        if c.db.upload(u.id)?.is_none() {
+            return Ok(()); // cancelled (rewritten or deleted) while in flight
+        }
+        let cur = c.db.get(u.ino)?;
+        let tx = c.db.begin()?;
+        Db::delete_upload(&tx, u.id)?;
+        if let Some(mut i) = cur {
+            if i.content_gen == u.content_gen && i.state.in_outbox() {
+                i.state = State::Uploaded;
+                i.object_key = Some(u.object_key.clone());
+                i.storage_class = Some(u.storage_class.clone());
+                i.header = Some(u.header.clone());
+                i.sha256 = Some(u.sha256.clone());
+                Db::save(&tx, &i)?;
+            }
+        }
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        drop(c);
+        if self.cfg.read_cache > 0 && u.enc_size <= self.cfg.read_cache {
+            self.staging.keep_in_read_cache(u.ino, u.content_gen, &u.header[96..128], self.cfg.read_cache);
+        } else {
+            self.staging.remove_outbox(u.ino, u.content_gen);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ status
+
+    pub fn status(&self) -> Result<Status> {
+        let c = self.core();
+        let conn = c.db.conn();
+        let q = |sql: &str| -> Result<(u64, u64)> {
+            conn.query_row(sql, [], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64)))
+                .map_err(|e| crate::meta::MetaError::from(e).into())
+        };
+        let (pending_files, pending_bytes) = q("SELECT count(*), sum(size) FROM inodes WHERE state IN ('dirty','sealed','uploading')")?;
+        let (uploaded_files, uploaded_bytes) = q("SELECT count(*), sum(size) FROM inodes WHERE state='uploaded'")?;
+        let (failed_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='failed'")?;
+        let (dirty_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='dirty'")?;
+        let (queued_uploads, _) = q("SELECT count(*), 0 FROM uploads WHERE state IN ('queued','uploading')")?;
+        let failures = c
+            .db
+            .uploads()?
+            .into_iter()
+            .filter(|u| u.state == "failed" || u.last_error.is_some())
+            .map(|u| FailureInfo { path: u.path, state: u.state, attempts: u.attempts, error: u.last_error.unwrap_or_default() })
+            .collect();
+        Ok(Status {
+            pending_files,
+            pending_bytes,
+            uploaded_files,
+            uploaded_bytes,
+            failed_files,
+            dirty_files,
+            queued_uploads,
+            requests: self.store.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            failures,
+            eta_seconds: None,
+        })
+    }
+
+    /// Inode numbers whose content is not yet in S3 (dirty or in the outbox).
+    pub fn pending_inodes(&self) -> Result<Vec<(u64, i64, State)>> {
+        let c = self.core();
+        Ok(c.db
+            .files_in_state(&[State::Dirty, State::Sealed, State::Uploading, State::Failed])?
+            .into_iter()
+            .map(|i| (i.ino, i.content_gen, i.state))
+            .collect())
+    }
+
+    pub fn state_of(&self, ino: u64) -> Result<Option<(i64, State)>> {
+        Ok(self.core().db.get(ino)?.map(|i| (i.content_gen, i.state)))
+    }
+
+    pub fn open_writers(&self) -> usize {
+        self.core().open.values().filter(|o| o.writers > 0).count()
+    }
+}
+
+fn read_plain(f: &File, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    let mut got = 0usize;
+    while got < buf.len() {
+        let n = f.read_at(&mut buf[got..], offset + got as u64)?;
+        if n == 0 {
+            break; // sparse tail beyond the spool's length reads as zeros
+        }
+        got += n;
+    }
+    Ok(buf)
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct FailureInfo {
+    pub path: String,
+    pub state: String,
+    pub attempts: i64,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct Status {
+    pub pending_files: u64,
+    pub pending_bytes: u64,
+    pub uploaded_files: u64,
+    pub uploaded_bytes: u64,
+    pub failed_files: u64,
+    pub dirty_files: u64,
+    pub queued_uploads: u64,
+    pub requests: std::collections::BTreeMap<String, u64>,
+    pub failures: Vec<FailureInfo>,
+    pub eta_seconds: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests;

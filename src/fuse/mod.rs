@@ -1,0 +1,404 @@
+//! `fuser::Filesystem` over `fs::Fs`: unpack the request, call `Fs`, reply. Nothing else.
+//!
+//! Callbacks that may touch the network (open of a remote file for a partial rewrite, reads
+//! of remote content) move their reply into a blocking task so the dispatch threads never wait
+//! on S3; everything else is local (SQLite, staging disk) and runs inline.
+
+use crate::fs::{Fs, FsError};
+use crate::meta::{Inode, Kind};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Attribute/entry cache time given to the kernel. coldvault is the only writer of its own
+/// namespace, so a short TTL is safe and saves a getattr round trip per stat.
+const TTL: Duration = Duration::from_secs(1);
+pub const MAX_WRITE: u32 = 1 << 20;
+
+pub struct ColdFs {
+    fs: Arc<Fs>,
+}
+
+impl ColdFs {
+    pub fn new(fs: Arc<Fs>) -> ColdFs {
+        ColdFs { fs }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn ts(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn time_or_now(t: Option<TimeOrNow>) -> Option<i64> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(s) => to_ns(s),
+        TimeOrNow::Now => crate::fs::now_ns(),
+    })
+}
+
+pub fn attr(i: &Inode) -> FileAttr {
+    let kind = match i.kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    };
+    FileAttr {
+        ino: INodeNo(i.ino),
+        size: i.size,
+        blocks: i.size.div_ceil(512),
+        atime: ts(i.atime_ns),
+        mtime: ts(i.mtime_ns),
+        ctime: ts(i.ctime_ns),
+        crtime: ts(i.ctime_ns),
+        kind,
+        perm: i.mode as u16,
+        nlink: if i.kind == Kind::Dir { 2 } else { 1 },
+        uid: i.uid,
+        gid: i.gid,
+        rdev: 0,
+        blksize: 65536,
+        flags: 0,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+const GEN: Generation = Generation(0);
+
+impl fuser::Filesystem for ColdFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fs = self.fs.clone();
+        let (a, m) = (time_or_now(atime), time_or_now(mtime));
+        // A truncate of a remote file may need its old bytes: keep the network off this thread.
+        let work = move || match fs.setattr(ino.0, mode, uid, gid, size, a, m) {
+            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Err(e) => reply.error(errno(&e)),
+        };
+        if size.is_some() {
+            self.fs.rt.spawn_blocking(work);
+        } else {
+            work();
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        match self.fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid()) {
+            Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        match self.fs.symlink(parent.0, link_name, target, req.uid(), req.gid()) {
+            Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        match self.fs.rename(parent.0, name, newparent.0, newname, flags.contains(RenameFlags::RENAME_NOREPLACE)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        // Hard links are refused: one object per path (docs/SEMANTICS.md).
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let trunc = flags.0 & libc::O_TRUNC != 0;
+        let fs = self.fs.clone();
+        let work = move || match fs.open(ino.0, write, trunc) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        };
+        if write && !trunc {
+            self.fs.rt.spawn_blocking(work);
+        } else {
+            work();
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.fs.rt.spawn_blocking(move || match fs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.fs.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.release(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let kids = match self.fs.readdir(ino.0) {
+            Ok(k) => k,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let parent = self.fs.getattr(ino.0).map(|i| i.parent).unwrap_or(1);
+        let mut entries: Vec<(u64, FileType, String)> = vec![(ino.0, FileType::Directory, ".".into()), (parent, FileType::Directory, "..".into())];
+        entries.extend(kids.into_iter().map(|i| (i.ino, file_type(i.kind), i.name)));
+        for (idx, (i, k, n)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(i), (idx + 1) as u64, k, n) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let kids = match self.fs.readdir(ino.0) {
+            Ok(k) => k,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let me = match self.fs.getattr(ino.0) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let parent = self.fs.getattr(me.parent).unwrap_or_else(|_| me.clone());
+        let mut entries: Vec<(String, Inode)> = vec![(".".into(), me.clone()), ("..".into(), parent)];
+        entries.extend(kids.into_iter().map(|i| (i.name.clone(), i)));
+        for (idx, (n, i)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(i.ino), (idx + 1) as u64, n, &TTL, &attr(&i), GEN) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks as u64,
+                s.f_bfree as u64,
+                s.f_bavail as u64,
+                s.f_files as u64,
+                s.f_ffree as u64,
+                s.f_bsize as u32,
+                crate::fs::MAX_NAME as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        match self.fs.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // default_permissions makes the kernel check modes; nothing more to decide here.
+        reply.ok();
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        match self.fs.create(parent.0, name, mode & !umask, req.uid(), req.gid()) {
+            Ok((i, fh)) => reply.created(&TTL, &attr(&i), GEN, FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+pub struct MountOptions {
+    pub allow_other: bool,
+    pub threads: usize,
+}
+
+pub fn session(fs: Arc<Fs>, mountpoint: &Path, opts: &MountOptions) -> std::io::Result<fuser::Session<ColdFs>> {
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        fuser::MountOption::FSName("coldvault".into()),
+        fuser::MountOption::Subtype("coldvault".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    if opts.allow_other {
+        cfg.acl = fuser::SessionACL::All;
+    }
+    cfg.n_threads = Some(opts.threads.max(1));
+    cfg.clone_fd = opts.threads > 1;
+    fuser::Session::new(ColdFs::new(fs), mountpoint, &cfg)
+}

@@ -1,0 +1,25 @@
+//! coldvault: an S3 bucket mounted as an encrypted, write-mostly folder.
+//!
+//! Module map (data flows top to bottom; each arrow points one way — see docs/ARCHITECTURE.md):
+//!
+//! * [`fuse`]    — `fuser::Filesystem` adapter: translate requests, call [`fs`], reply.
+//! * [`fs`]      — POSIX semantics without FUSE: handles, sealing, reads, errno mapping.
+//! * [`meta`]    — SQLite index and upload journal (WAL, synchronous=FULL).
+//! * [`staging`] — spool (plaintext), outbox (encrypted, immutable) and read-cache files.
+//! * [`crypto`]  — format v1: vault keys, STREAM encryption, metadata, path hashing.
+//! * [`upload`]  — durable upload queue: PutObject / resumable multipart, retry with backoff.
+//! * [`store`]   — the `ObjectStore` trait: aws-sdk-s3, the in-memory fake, request counting.
+//! * [`config`]  — TOML config + vault descriptor on disk.
+//! * [`control`] — the daemon's local control socket (`status`, `flush`).
+//! * [`daemon`]  — wiring for `coldvault mount`: store, fs, uploader, sealer, FUSE session.
+
+pub mod config;
+pub mod control;
+pub mod crypto;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod meta;
+pub mod staging;
+pub mod store;
+pub mod upload;

@@ -1,0 +1,499 @@
+//! The `coldvault` command line: parse flags into a validated configuration and hand over to
+//! the library. `anyhow` lives here and in `config` only.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use coldvault::config::{self, Config};
+use coldvault::control::{self, Reply, Request};
+use coldvault::crypto::{CryptoError, VaultDescriptor, VaultKeys};
+use coldvault::store::{s3::S3Store, ObjectStore, PutOptions, StoreError};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "coldvault", version, about = "Mount an S3 bucket as an encrypted, write-mostly folder")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct PassArgs {
+    /// Read the passphrase from this file (first line). Otherwise COLDVAULT_PASSPHRASE, or a prompt.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Internal: the passphrase arrives on stdin (used when the daemon forks itself).
+    #[arg(long, hide = true)]
+    passphrase_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a vault: key pair, wrapped private key and descriptor in the bucket, local config.
+    Init {
+        #[arg(long)]
+        bucket: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Storage class for files no rule matches.
+        #[arg(long, default_value = "STANDARD")]
+        default_storage_class: String,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Mount the vault at MOUNTPOINT (a daemon unless --foreground).
+    Mount {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Seconds a closed file must stay untouched before it is encrypted and queued.
+        #[arg(long)]
+        settle: Option<f64>,
+        /// Bytes of uploaded objects kept locally for reads (e.g. 2G). Default 0.
+        #[arg(long, default_value = "0")]
+        read_cache: String,
+        #[arg(long)]
+        foreground: bool,
+        /// Let other users (e.g. Samba's smbd) access the mount.
+        #[arg(long)]
+        allow_other: bool,
+        /// Objects uploaded concurrently.
+        #[arg(long, default_value_t = 4)]
+        upload_concurrency: usize,
+        mountpoint: PathBuf,
+    },
+    /// Unmount; pending uploads stay queued and resume on the next mount.
+    Unmount { mountpoint: PathBuf },
+    /// Seal everything written so far; with --wait, return once it is all in S3.
+    Flush {
+        #[arg(long)]
+        wait: bool,
+        mountpoint: PathBuf,
+    },
+    /// Show pending uploads, failures and S3 request counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+        mountpoint: PathBuf,
+    },
+    /// Requeue uploads parked after a permanent error (once the cause is fixed).
+    Retry { mountpoint: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "coldvault=info,warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = run(cli) {
+        eprintln!("coldvault: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Init { bucket, prefix, endpoint_url, region, config, default_storage_class, pass } => {
+            cmd_init(bucket, prefix, endpoint_url, region, config, default_storage_class, pass)
+        }
+        Cmd::Mount { config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, mountpoint } => {
+            cmd_mount(MountArgs { config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, mountpoint })
+        }
+        Cmd::Unmount { mountpoint } => cmd_unmount(&mountpoint),
+        Cmd::Flush { wait, mountpoint } => {
+            let rt = runtime()?;
+            match rt.block_on(control::call(&mountpoint, &Request::Flush { wait }))? {
+                Reply::Flushed { uploaded_files, failed_files, still_open_for_write } => {
+                    if failed_files > 0 {
+                        bail!("{failed_files} file(s) failed to upload and stay staged; see `coldvault status {}`", mountpoint.display());
+                    }
+                    if wait {
+                        println!("flushed: everything written before this command is in S3 ({uploaded_files} files uploaded in total)");
+                    } else {
+                        println!("sealing started; {still_open_for_write} file(s) still open for writing");
+                    }
+                    Ok(())
+                }
+                Reply::Error { message } => bail!(message),
+                other => bail!("unexpected reply {other:?}"),
+            }
+        }
+        Cmd::Status { json, mountpoint } => {
+            let rt = runtime()?;
+            match rt.block_on(control::call(&mountpoint, &Request::Status))? {
+                Reply::Status(s) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s)?);
+                    } else {
+                        print_status(&s);
+                    }
+                    Ok(())
+                }
+                Reply::Error { message } => bail!(message),
+                other => bail!("unexpected reply {other:?}"),
+            }
+        }
+        Cmd::Retry { mountpoint } => {
+            let rt = runtime()?;
+            match rt.block_on(control::call(&mountpoint, &Request::RetryFailed))? {
+                Reply::Retried { uploads } => {
+                    println!("requeued {uploads} failed upload(s)");
+                    Ok(())
+                }
+                Reply::Error { message } => bail!(message),
+                other => bail!("unexpected reply {other:?}"),
+            }
+        }
+    }
+}
+
+fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+fn print_status(s: &coldvault::fs::Status) {
+    let eta = s.eta_seconds.map(|e| format!(", ETA {e}s")).unwrap_or_default();
+    println!("pending:  {} file(s), {}{eta}", s.pending_files, human(s.pending_bytes));
+    println!("uploaded: {} file(s), {}", s.uploaded_files, human(s.uploaded_bytes));
+    println!("failed:   {} file(s)", s.failed_files);
+    for f in &s.failures {
+        println!("  {} [{} after {} attempt(s)]: {}", f.path, f.state, f.attempts, f.error);
+    }
+    let reqs: Vec<String> = s.requests.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("S3 requests since mount: {}", if reqs.is_empty() { "none".into() } else { reqs.join(" ") });
+}
+
+// ---------------------------------------------------------------- passphrase
+
+fn read_tty_line(prompt: &str) -> Result<Zeroizing<String>> {
+    use std::os::fd::AsRawFd;
+    let mut tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")
+        .map_err(|_| anyhow!("no passphrase given and no terminal to ask on: use --passphrase-file F or COLDVAULT_PASSPHRASE"))?;
+    write!(tty, "{prompt}")?;
+    tty.flush()?;
+    let fd = tty.as_raw_fd();
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    let is_tty = unsafe { libc::tcgetattr(fd, &mut old) } == 0;
+    if is_tty {
+        let mut new = old;
+        new.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &new) };
+    }
+    let mut line = Zeroizing::new(String::new());
+    let r = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
+    if is_tty {
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
+    }
+    writeln!(tty)?;
+    r?;
+    Ok(Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+fn passphrase(p: &PassArgs, confirm: bool) -> Result<Zeroizing<String>> {
+    let pw = if let Some(f) = &p.passphrase_file {
+        let s = Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read passphrase file {}", f.display()))?);
+        Zeroizing::new(s.lines().next().unwrap_or("").to_string())
+    } else if p.passphrase_stdin {
+        let mut s = Zeroizing::new(String::new());
+        std::io::stdin().read_to_string(&mut s)?;
+        Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_string())
+    } else if let Ok(v) = std::env::var("COLDVAULT_PASSPHRASE") {
+        Zeroizing::new(v)
+    } else {
+        let a = read_tty_line("Vault passphrase: ")?;
+        if confirm {
+            let b = read_tty_line("Repeat passphrase: ")?;
+            if *a != *b {
+                bail!("the passphrases do not match");
+            }
+        }
+        a
+    };
+    if pw.is_empty() {
+        bail!("the passphrase is empty");
+    }
+    Ok(pw)
+}
+
+fn unlock(d: &VaultDescriptor, pw: &str) -> Result<VaultKeys> {
+    d.unlock(pw.as_bytes()).map_err(|e| match e {
+        CryptoError::WrongPassphrase => anyhow!("wrong passphrase"),
+        other => anyhow!("cannot unlock the vault key: {other}"),
+    })
+}
+
+// ---------------------------------------------------------------- S3 helpers
+
+fn explain_store(e: StoreError, cfg_bucket: &str, endpoint: &Option<String>) -> anyhow::Error {
+    let where_ = endpoint.clone().unwrap_or_else(|| "AWS S3".into());
+    match e {
+        StoreError::NotFound => anyhow!("bucket {cfg_bucket:?} does not exist at {where_}"),
+        StoreError::Permanent { code, message } if code == "NoSuchBucket" => anyhow!("bucket {cfg_bucket:?} does not exist at {where_}: {message}"),
+        StoreError::Permanent { code, message } => anyhow!("S3 at {where_} refused access to bucket {cfg_bucket:?}: {code} {message}"),
+        StoreError::Retryable(m) => anyhow!("cannot reach S3 at {where_}: {m}"),
+        other => anyhow!("S3 at {where_}: {other}"),
+    }
+}
+
+async fn connect(cfg: &Config) -> Result<S3Store> {
+    let store = S3Store::connect(&cfg.s3_settings()).await;
+    match tokio::time::timeout(Duration::from_secs(30), store.check_bucket()).await {
+        Err(_) => bail!("cannot reach S3 at {}: timed out after 30 s", cfg.endpoint_url.clone().unwrap_or_else(|| "AWS S3".into())),
+        Ok(Err(e)) => Err(explain_store(e, &cfg.bucket, &cfg.endpoint_url)),
+        Ok(Ok(())) => Ok(store),
+    }
+}
+
+// ---------------------------------------------------------------- init
+
+fn cmd_init(bucket: String, prefix: String, endpoint_url: Option<String>, region: Option<String>, config: Option<PathBuf>, class: String, pass: PassArgs) -> Result<()> {
+    let path = config.unwrap_or_else(config::default_config_path);
+    if path.exists() {
+        bail!("config {} already exists; pass --config to create another vault's config", path.display());
+    }
+    let prefix = config::normalize_prefix(&prefix)?;
+    let endpoint_url = endpoint_url.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()).filter(|s| !s.is_empty());
+    let pw = passphrase(&pass, true)?;
+    let (desc, keys) = VaultDescriptor::create(pw.as_bytes());
+    use base64::Engine;
+    let cfg = Config {
+        bucket,
+        prefix,
+        endpoint_url: endpoint_url.clone(),
+        region,
+        path_style: endpoint_url.is_some(),
+        default_storage_class: class,
+        settle_secs: 3.0,
+        name_key: base64::engine::general_purpose::STANDARD.encode(keys.name_key),
+        vault: desc.clone(),
+    };
+    cfg.validate()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = connect(&cfg).await?;
+        let key = format!("{}coldvault/vault.json", cfg.prefix);
+        match store.head_object(&key).await {
+            Ok(_) => bail!("a vault already exists at s3://{}/{}; mount it with a config that has its descriptor", cfg.bucket, cfg.prefix),
+            Err(StoreError::NotFound) => {}
+            Err(StoreError::Permanent { code, .. }) if code == "AccessDenied" => {}
+            Err(e) => return Err(explain_store(e, &cfg.bucket, &cfg.endpoint_url)),
+        }
+        let body = serde_json::to_vec_pretty(&desc)?;
+        store
+            .put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), metadata: vec![] })
+            .await
+            .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
+        Ok(())
+    })?;
+    cfg.save(&path)?;
+    println!("created vault {} in s3://{}/{}", desc.vault_id, cfg.bucket, cfg.prefix);
+    println!("config written to {}", path.display());
+    println!("keep your passphrase safe: without it nothing in this vault can be decrypted");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- mount
+
+struct MountArgs {
+    config: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    pass: PassArgs,
+    settle: Option<f64>,
+    read_cache: String,
+    foreground: bool,
+    allow_other: bool,
+    upload_concurrency: usize,
+    mountpoint: PathBuf,
+}
+
+fn cmd_mount(a: MountArgs) -> Result<()> {
+    let cfg_path = a.config.clone().unwrap_or_else(config::default_config_path);
+    let cfg = Config::load(&cfg_path)?;
+    let meta = std::fs::metadata(&a.mountpoint).with_context(|| format!("mount point {} does not exist", a.mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", a.mountpoint.display());
+    }
+    let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
+    let read_cache = config::parse_size(&a.read_cache)?;
+    let settle = a.settle.unwrap_or(cfg.settle_secs);
+    if !(settle >= 0.0) {
+        bail!("--settle must be >= 0");
+    }
+    let cache_dir = a.cache_dir.clone().unwrap_or_else(|| cfg.default_cache_dir());
+    let pw = passphrase(&a.pass, false)?;
+    let keys = unlock(&cfg.vault, &pw)?;
+    if !a.foreground {
+        return spawn_daemon(&a, &cfg_path, &cache_dir, &mountpoint, &pw);
+    }
+    drop(pw);
+    std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating cache dir {}", cache_dir.display()))?;
+    let _lock = lock_cache(&cache_dir)?;
+    let rt = runtime()?;
+    let store = rt.block_on(connect(&cfg))?;
+    let fs_cfg = coldvault::fs::FsConfig {
+        cache_dir: cache_dir.clone(),
+        settle: Duration::from_secs_f64(settle),
+        prefix: cfg.prefix.clone(),
+        default_class: cfg.default_storage_class.clone(),
+        read_cache,
+        segment_cache: 64 << 20,
+    };
+    let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), ..Default::default() };
+    let mut daemon = coldvault::daemon::Daemon::start(rt.handle(), Arc::new(store), Arc::new(keys), fs_cfg, up)
+        .map_err(|e| anyhow!("cannot open the cache dir {}: {e}", cache_dir.display()))?;
+    let sock = control::socket_path(&mountpoint)?;
+    let mut session = coldvault::fuse::session(daemon.fs.clone(), &mountpoint, &coldvault::fuse::MountOptions { allow_other: a.allow_other, threads: 4 })
+        .with_context(|| format!("mounting {} failed (is fuse3 installed and /dev/fuse available?)", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let fuse_thread = std::thread::Builder::new().name("fuse".into()).spawn(move || session.run())?;
+    daemon.add_task(rt.spawn({
+        let fs = daemon.fs.clone();
+        let stop = daemon.stop.subscribe();
+        async move {
+            if let Err(e) = control::serve(fs, sock, stop).await {
+                tracing::error!(error = %e, "control socket failed");
+            }
+        }
+    }));
+    tracing::info!(mountpoint = %mountpoint.display(), cache = %cache_dir.display(), bucket = %cfg.bucket, "mounted");
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("signal");
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if fuse_thread.is_finished() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    if !fuse_thread.is_finished() {
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount failed (busy?); lazy-unmounting");
+            let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&mountpoint).status();
+        }
+    }
+    let _ = fuse_thread.join();
+    rt.block_on(daemon.shutdown());
+    tracing::info!("unmounted; pending uploads stay queued for the next mount");
+    Ok(())
+}
+
+/// One daemon per cache dir: two would corrupt each other's staging.
+fn lock_cache(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("cache dir {} is in use by another coldvault mount", dir.display());
+    }
+    Ok(f)
+}
+
+fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &Path, pw: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(cache_dir).with_context(|| format!("creating cache dir {}", cache_dir.display()))?;
+    let log_path = cache_dir.join("coldvault.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("mount").arg("--foreground").arg("--passphrase-stdin").arg("--config").arg(cfg_path).arg("--cache-dir").arg(cache_dir);
+    if let Some(s) = a.settle {
+        cmd.arg("--settle").arg(s.to_string());
+    }
+    cmd.arg("--read-cache").arg(&a.read_cache).arg("--upload-concurrency").arg(a.upload_concurrency.to_string());
+    if a.allow_other {
+        cmd.arg("--allow-other");
+    }
+    cmd.arg(mountpoint);
+    cmd.stdin(std::process::Stdio::piped()).stdout(log.try_clone()?).stderr(log);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    {
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(pw.as_bytes())?;
+    }
+    let rt = runtime()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("the mount daemon exited ({st}); last log lines from {}:\n{}", log_path.display(), last.join("\n"));
+        }
+        if rt.block_on(control::call(mountpoint, &Request::Pid)).is_ok() && is_mounted(mountpoint) {
+            println!("mounted {} (daemon pid {}, log {})", mountpoint.display(), child.id(), log_path.display());
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the mount daemon did not come up within 60 s; see {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let target = mp.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str())))
+        .unwrap_or(false)
+}
+
+fn cmd_unmount(mp: &Path) -> Result<()> {
+    let mp = std::fs::canonicalize(mp).with_context(|| format!("{} does not exist", mp.display()))?;
+    if !is_mounted(&mp) {
+        bail!("{} is not mounted", mp.display());
+    }
+    let pid = runtime()?.block_on(control::call(&mp, &Request::Pid)).ok().and_then(|r| match r {
+        Reply::Pid { pid } => Some(pid),
+        _ => None,
+    });
+    let st = std::process::Command::new("fusermount3").arg("-u").arg(&mp).status();
+    if !matches!(st, Ok(s) if s.success()) {
+        let st2 = std::process::Command::new("umount").arg(&mp).status();
+        if !matches!(st2, Ok(s) if s.success()) {
+            bail!("could not unmount {} (files still open?)", mp.display());
+        }
+    }
+    // Wait for the daemon to finish its shutdown so a new mount can take the cache dir.
+    if let Some(pid) = pid {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+            if std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(false) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!("unmounted {}; pending uploads stay queued for the next mount", mp.display());
+    Ok(())
+}

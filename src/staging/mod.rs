@@ -1,0 +1,163 @@
+//! The staging area on local disk, under the cache dir:
+//!
+//! * `spool/<ino>`: plaintext of a dirty file, written in place by FUSE writes.
+//! * `outbox/<ino>.<gen>.cv`: the immutable encrypted object, exactly the bytes that are
+//!   uploaded (retries and resumed multipart uploads reuse them; nothing is re-encrypted).
+//! * `rcache/<id>.cv`: uploaded objects kept for reads when `--read-cache` is non-zero.
+//! * `spool/<ino>.fetch`: old content being materialized for a partial rewrite.
+//!
+//! Invariant: a file's staged bytes are removed only after the index no longer points at them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub struct Staging {
+    root: PathBuf,
+    spool: PathBuf,
+    outbox: PathBuf,
+    rcache: PathBuf,
+}
+
+fn fsync_dir(p: &Path) -> io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+impl Staging {
+    pub fn open(root: &Path) -> io::Result<Staging> {
+        let s = Staging {
+            root: root.to_path_buf(),
+            spool: root.join("spool"),
+            outbox: root.join("outbox"),
+            rcache: root.join("rcache"),
+        };
+        for d in [&s.root, &s.spool, &s.outbox, &s.rcache] {
+            fs::create_dir_all(d)?;
+            // Plaintext lives here until sealed: owner-only.
+            fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        }
+        Ok(s)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn spool_path(&self, ino: u64) -> PathBuf {
+        self.spool.join(ino.to_string())
+    }
+
+    pub fn spool_len(&self, ino: u64) -> Option<u64> {
+        fs::metadata(self.spool_path(ino)).ok().map(|m| m.len())
+    }
+
+    pub fn create_spool(&self, ino: u64) -> io::Result<File> {
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(self.spool_path(ino))
+    }
+
+    pub fn open_spool(&self, ino: u64) -> io::Result<File> {
+        OpenOptions::new().read(true).write(true).open(self.spool_path(ino))
+    }
+
+    pub fn remove_spool(&self, ino: u64) {
+        let _ = fs::remove_file(self.spool_path(ino));
+    }
+
+    pub fn fetch_path(&self, ino: u64) -> PathBuf {
+        self.spool.join(format!("{ino}.fetch"))
+    }
+
+    pub fn adopt_fetch(&self, ino: u64) -> io::Result<()> {
+        fs::rename(self.fetch_path(ino), self.spool_path(ino))?;
+        fsync_dir(&self.spool)
+    }
+
+    pub fn outbox_path(&self, ino: u64, gen: i64) -> PathBuf {
+        self.outbox.join(format!("{ino}.{gen}.cv"))
+    }
+
+    pub fn outbox_tmp(&self, ino: u64, gen: i64) -> PathBuf {
+        self.outbox.join(format!("{ino}.{gen}.tmp"))
+    }
+
+    /// Atomically publish a fully written and fsynced outbox file.
+    pub fn commit_outbox(&self, tmp: &Path, ino: u64, gen: i64) -> io::Result<()> {
+        fs::rename(tmp, self.outbox_path(ino, gen))?;
+        fsync_dir(&self.outbox)
+    }
+
+    pub fn remove_outbox(&self, ino: u64, gen: i64) {
+        let _ = fs::remove_file(self.outbox_path(ino, gen));
+    }
+
+    pub fn rcache_path(&self, id: &[u8]) -> PathBuf {
+        self.rcache.join(format!("{}.cv", hex::encode(id)))
+    }
+
+    /// Move an uploaded outbox file into the read cache and evict the oldest entries beyond `limit` bytes.
+    pub fn keep_in_read_cache(&self, ino: u64, gen: i64, id: &[u8], limit: u64) {
+        if fs::rename(self.outbox_path(ino, gen), self.rcache_path(id)).is_err() {
+            return;
+        }
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = fs::read_dir(&self.rcache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        entries.sort();
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        for (_, len, p) in entries {
+            if total <= limit {
+                break;
+            }
+            let _ = fs::remove_file(p);
+            total -= len;
+        }
+    }
+
+    pub fn sync_dirs(&self) -> io::Result<()> {
+        fsync_dir(&self.spool)
+    }
+
+    /// Remove staging files the index does not reference. Returns how many were removed.
+    pub fn remove_orphans(&self, keep_spool: &[u64], keep_outbox: &[(u64, i64)]) -> io::Result<usize> {
+        let mut n = 0;
+        for e in fs::read_dir(&self.spool)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().to_string();
+            let keep = name.parse::<u64>().is_ok_and(|ino| keep_spool.contains(&ino));
+            if !keep {
+                fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+        for e in fs::read_dir(&self.outbox)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().to_string();
+            let keep = name
+                .strip_suffix(".cv")
+                .and_then(|s| s.split_once('.'))
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<i64>().ok()?)))
+                .is_some_and(|k| keep_outbox.contains(&k));
+            if !keep {
+                fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn statvfs(&self) -> io::Result<libc::statvfs> {
+        let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st)
+    }
+}

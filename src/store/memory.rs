@@ -1,0 +1,259 @@
+//! In-memory `ObjectStore`: the fake every fast test runs on.
+//!
+//! Models what coldvault relies on from S3: versions (a PUT to an existing key adds a version;
+//! reads see the newest), storage classes (GET of a GLACIER/DEEP_ARCHIVE object fails with
+//! `Archived` until a restore completes), RestoreObject with a configurable delay and
+//! RestoreAlreadyInProgress, multipart uploads, and injected faults: fail the Nth call, fail
+//! every call of one operation, or add latency.
+
+use super::*;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct MemObject {
+    pub body: Bytes,
+    pub storage_class: String,
+    pub metadata: HashMap<String, String>,
+    pub restore_requested: Option<Instant>,
+    pub restore_days: Option<i32>,
+}
+
+#[derive(Default)]
+struct Inner {
+    objects: BTreeMap<String, Vec<MemObject>>,
+    uploads: HashMap<String, (String, PutOptions, BTreeMap<i32, Bytes>)>,
+    next_upload: u64,
+    calls: u64,
+    /// call number (1-based, counted over all operations) -> error to return.
+    fail_at: BTreeMap<u64, StoreError>,
+    /// operation name -> (remaining count, error). u64::MAX means "always".
+    fail_op: HashMap<&'static str, (u64, StoreError)>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    /// How long a restore takes before the object becomes readable.
+    pub restore_delay: Mutex<Duration>,
+    pub latency: Mutex<Duration>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Arc<MemoryStore> {
+        Arc::new(MemoryStore::default())
+    }
+
+    /// Make the `n`th call from now (1 = the next one) fail with `err`.
+    pub fn fail_call(&self, n: u64, err: StoreError) {
+        let mut i = self.inner.lock().unwrap();
+        let at = i.calls + n;
+        i.fail_at.insert(at, err);
+    }
+
+    /// Make the next `count` calls of operation `op` (e.g. "UploadPart") fail with `err`.
+    pub fn fail_op(&self, op: &'static str, count: u64, err: StoreError) {
+        self.inner.lock().unwrap().fail_op.insert(op, (count, err));
+    }
+
+    pub fn clear_faults(&self) {
+        let mut i = self.inner.lock().unwrap();
+        i.fail_at.clear();
+        i.fail_op.clear();
+    }
+
+    /// Newest version of every key.
+    pub fn snapshot(&self) -> BTreeMap<String, MemObject> {
+        let i = self.inner.lock().unwrap();
+        i.objects.iter().map(|(k, v)| (k.clone(), v.last().unwrap().clone())).collect()
+    }
+
+    pub fn version_count(&self, key: &str) -> usize {
+        self.inner.lock().unwrap().objects.get(key).map_or(0, |v| v.len())
+    }
+
+    /// Change an object's storage class behind coldvault's back (a lifecycle transition).
+    pub fn set_storage_class(&self, key: &str, class: &str) {
+        let mut i = self.inner.lock().unwrap();
+        if let Some(o) = i.objects.get_mut(key).and_then(|v| v.last_mut()) {
+            o.storage_class = class.to_string();
+            o.restore_requested = None;
+        }
+    }
+
+    /// Overwrite the newest version's bytes (tamper tests).
+    pub fn replace_body(&self, key: &str, body: Bytes) {
+        let mut i = self.inner.lock().unwrap();
+        if let Some(o) = i.objects.get_mut(key).and_then(|v| v.last_mut()) {
+            o.body = body;
+        }
+    }
+
+    pub fn open_multipart_uploads(&self) -> usize {
+        self.inner.lock().unwrap().uploads.len()
+    }
+
+    async fn enter(&self, op: &'static str) -> Result<()> {
+        let lat = *self.latency.lock().unwrap();
+        if !lat.is_zero() {
+            tokio::time::sleep(lat).await;
+        }
+        let mut i = self.inner.lock().unwrap();
+        i.calls += 1;
+        let c = i.calls;
+        if let Some(e) = i.fail_at.remove(&c) {
+            return Err(e);
+        }
+        if let Some((n, e)) = i.fail_op.get_mut(op) {
+            if *n > 0 {
+                if *n != u64::MAX {
+                    *n -= 1;
+                }
+                return Err(e.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn readable(&self, o: &MemObject) -> bool {
+        if !is_archive_class(&o.storage_class) {
+            return true;
+        }
+        let d = *self.restore_delay.lock().unwrap();
+        matches!(o.restore_requested, Some(t) if t.elapsed() >= d)
+    }
+
+    fn newest(&self, key: &str) -> Result<MemObject> {
+        let i = self.inner.lock().unwrap();
+        i.objects.get(key).and_then(|v| v.last().cloned()).ok_or(StoreError::NotFound)
+    }
+
+    fn store(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+        let class = if opts.storage_class.is_empty() { "STANDARD".to_string() } else { opts.storage_class.clone() };
+        if !STORAGE_CLASSES.contains(&class.as_str()) {
+            return Err(StoreError::Permanent { code: "InvalidStorageClass".into(), message: class });
+        }
+        let o = MemObject {
+            body,
+            storage_class: class,
+            metadata: opts.metadata.iter().cloned().collect(),
+            restore_requested: None,
+            restore_days: None,
+        };
+        self.inner.lock().unwrap().objects.entry(key.to_string()).or_default().push(o);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+        self.enter("PutObject").await?;
+        self.store(key, body, opts)
+    }
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String> {
+        self.enter("CreateMultipartUpload").await?;
+        let mut i = self.inner.lock().unwrap();
+        i.next_upload += 1;
+        let id = format!("mem-upload-{}", i.next_upload);
+        i.uploads.insert(id.clone(), (key.to_string(), opts.clone(), BTreeMap::new()));
+        Ok(id)
+    }
+    async fn upload_part(&self, key: &str, upload_id: &str, n: i32, body: Bytes) -> Result<String> {
+        self.enter("UploadPart").await?;
+        let mut i = self.inner.lock().unwrap();
+        let u = i.uploads.get_mut(upload_id).ok_or(StoreError::NoSuchUpload)?;
+        if u.0 != key {
+            return Err(StoreError::NoSuchUpload);
+        }
+        let etag = format!("\"{}\"", &crate::crypto::sha256_hex(&body)[..32]);
+        u.2.insert(n, body);
+        Ok(etag)
+    }
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()> {
+        self.enter("CompleteMultipartUpload").await?;
+        let (k, opts, stored) = {
+            let mut i = self.inner.lock().unwrap();
+            i.uploads.remove(upload_id).ok_or(StoreError::NoSuchUpload)?
+        };
+        if k != key || parts.len() != stored.len() || parts.iter().any(|(n, _)| !stored.contains_key(n)) {
+            return Err(StoreError::Permanent { code: "InvalidPart".into(), message: "part list mismatch".into() });
+        }
+        let mut body = Vec::new();
+        for (n, _) in parts {
+            body.extend_from_slice(&stored[n]);
+        }
+        self.store(key, Bytes::from(body), &opts)
+    }
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<()> {
+        self.enter("AbortMultipartUpload").await?;
+        self.inner.lock().unwrap().uploads.remove(upload_id);
+        Ok(())
+    }
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        self.enter("GetObject").await?;
+        let o = self.newest(key)?;
+        if !self.readable(&o) {
+            return Err(StoreError::Archived);
+        }
+        let len = o.body.len() as u64;
+        let (s, e) = (start.min(len) as usize, end.min(len) as usize);
+        Ok(o.body.slice(s..e))
+    }
+    async fn get_object(&self, key: &str) -> Result<Bytes> {
+        self.enter("GetObject").await?;
+        let o = self.newest(key)?;
+        if !self.readable(&o) {
+            return Err(StoreError::Archived);
+        }
+        Ok(o.body)
+    }
+    async fn head_object(&self, key: &str) -> Result<HeadInfo> {
+        self.enter("HeadObject").await?;
+        let o = self.newest(key)?;
+        let restore = o.restore_requested.map(|_| RestoreState {
+            ongoing: !self.readable(&o),
+            expiry: if self.readable(&o) { Some(format!("in {} days", o.restore_days.unwrap_or(1))) } else { None },
+        });
+        Ok(HeadInfo {
+            size: o.body.len() as u64,
+            storage_class: o.storage_class.clone(),
+            metadata: o.metadata.clone(),
+            restore,
+            archive_status: None,
+        })
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>> {
+        self.enter("ListObjectsV2").await?;
+        Ok(self
+            .snapshot()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| ListEntry { key: k, size: o.body.len() as u64, storage_class: o.storage_class })
+            .collect())
+    }
+    async fn delete_object(&self, key: &str) -> Result<()> {
+        self.enter("DeleteObject").await?;
+        self.inner.lock().unwrap().objects.remove(key);
+        Ok(())
+    }
+    async fn restore_object(&self, key: &str, days: Option<i32>, _tier: &str) -> Result<()> {
+        self.enter("RestoreObject").await?;
+        let d = *self.restore_delay.lock().unwrap();
+        let mut i = self.inner.lock().unwrap();
+        let o = i.objects.get_mut(key).and_then(|v| v.last_mut()).ok_or(StoreError::NotFound)?;
+        if !is_archive_class(&o.storage_class) {
+            return Err(StoreError::Permanent { code: "InvalidObjectState".into(), message: "not archived".into() });
+        }
+        if let Some(t) = o.restore_requested {
+            if t.elapsed() < d {
+                return Err(StoreError::RestoreInProgress);
+            }
+        }
+        o.restore_requested = Some(Instant::now());
+        o.restore_days = days;
+        Ok(())
+    }
+    async fn check_bucket(&self) -> Result<()> {
+        self.enter("HeadBucket").await
+    }
+}

@@ -1,0 +1,175 @@
+//! The `ObjectStore` trait: every S3 call coldvault makes goes through it.
+//!
+//! Implementations: `s3::S3Store` (aws-sdk-s3; the only file importing it), `memory::MemoryStore`
+//! (in-process fake with storage classes, restores with delays, versions and fault injection),
+//! and `Counted`, a wrapper that counts requests per operation for `coldvault status`.
+//!
+//! Error contract: implementations classify every failure into `StoreError` so that callers
+//! decide retry-or-park without knowing the backend.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+pub mod memory;
+pub mod s3;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// 5xx, SlowDown, timeouts, connection resets: retried forever with capped backoff.
+    #[error("transient S3 error: {0}")]
+    Retryable(String),
+    #[error("no such object")]
+    NotFound,
+    /// GET of an object in an archive tier that is not restored (InvalidObjectState).
+    #[error("object is in an archive tier and not restored")]
+    Archived,
+    #[error("a restore is already in progress")]
+    RestoreInProgress,
+    /// The multipart upload id is gone (aborted or expired): restart the upload.
+    #[error("multipart upload no longer exists")]
+    NoSuchUpload,
+    /// AccessDenied, NoSuchBucket, InvalidStorageClass, …: retrying will not help.
+    #[error("S3 refused the request: {code}: {message}")]
+    Permanent { code: String, message: String },
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Retryable(_))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone, Debug, Default)]
+pub struct PutOptions {
+    pub storage_class: String,
+    /// User metadata (sent as x-amz-meta-*). Values must be ASCII.
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreState {
+    /// true while S3 is still thawing the object.
+    pub ongoing: bool,
+    /// expiry-date from x-amz-restore once the restored copy is available.
+    pub expiry: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HeadInfo {
+    pub size: u64,
+    pub storage_class: String,
+    pub metadata: HashMap<String, String>,
+    pub restore: Option<RestoreState>,
+    /// x-amz-archive-status (Intelligent-Tiering archive access tiers).
+    pub archive_status: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListEntry {
+    pub key: String,
+    pub size: u64,
+    pub storage_class: String,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()>;
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String>;
+    /// Returns the part's ETag.
+    async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> Result<String>;
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()>;
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
+    /// Bytes [start, end) of the object.
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes>;
+    async fn get_object(&self, key: &str) -> Result<Bytes>;
+    async fn head_object(&self, key: &str) -> Result<HeadInfo>;
+    async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>>;
+    async fn delete_object(&self, key: &str) -> Result<()>;
+    /// `days` is None for Intelligent-Tiering archive tiers.
+    async fn restore_object(&self, key: &str, days: Option<i32>, tier: &str) -> Result<()>;
+    /// Checks that the bucket exists and is reachable.
+    async fn check_bucket(&self) -> Result<()>;
+}
+
+/// Counts requests per operation: `coldvault status` reports them, and tests assert on them
+/// (for example, zero requests during a second rsync).
+pub struct Counted {
+    inner: Arc<dyn ObjectStore>,
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counted {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Counted {
+        Counted { inner, counts: Mutex::new(BTreeMap::new()) }
+    }
+    fn bump(&self, op: &'static str) {
+        *self.counts.lock().unwrap().entry(op).or_default() += 1;
+    }
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Counted {
+    async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+        self.bump("PutObject");
+        self.inner.put_object(key, body, opts).await
+    }
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String> {
+        self.bump("CreateMultipartUpload");
+        self.inner.create_multipart(key, opts).await
+    }
+    async fn upload_part(&self, key: &str, upload_id: &str, n: i32, body: Bytes) -> Result<String> {
+        self.bump("UploadPart");
+        self.inner.upload_part(key, upload_id, n, body).await
+    }
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()> {
+        self.bump("CompleteMultipartUpload");
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        self.bump("AbortMultipartUpload");
+        self.inner.abort_multipart(key, upload_id).await
+    }
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        self.bump("GetObject");
+        self.inner.get_range(key, start, end).await
+    }
+    async fn get_object(&self, key: &str) -> Result<Bytes> {
+        self.bump("GetObject");
+        self.inner.get_object(key).await
+    }
+    async fn head_object(&self, key: &str) -> Result<HeadInfo> {
+        self.bump("HeadObject");
+        self.inner.head_object(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>> {
+        self.bump("ListObjectsV2");
+        self.inner.list(prefix).await
+    }
+    async fn delete_object(&self, key: &str) -> Result<()> {
+        self.bump("DeleteObject");
+        self.inner.delete_object(key).await
+    }
+    async fn restore_object(&self, key: &str, days: Option<i32>, tier: &str) -> Result<()> {
+        self.bump("RestoreObject");
+        self.inner.restore_object(key, days, tier).await
+    }
+    async fn check_bucket(&self) -> Result<()> {
+        self.bump("HeadBucket");
+        self.inner.check_bucket().await
+    }
+}
+
+/// Storage classes whose objects must be restored before GET.
+pub fn is_archive_class(class: &str) -> bool {
+    matches!(class, "GLACIER" | "DEEP_ARCHIVE")
+}
+
+pub const STORAGE_CLASSES: &[&str] =
+    &["STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"];

@@ -1,0 +1,241 @@
+//! `ObjectStore` over aws-sdk-s3. The only file in coldvault that imports the SDK.
+//!
+//! Credentials and region come from the standard AWS chain (env, profiles, SSO, instance roles);
+//! `endpoint_url` (or `AWS_ENDPOINT_URL`) plus path-style addressing serve S3-compatible stores.
+//! Checksums are `WhenRequired` because several S3-compatible servers reject the SDK's default
+//! CRC trailers. Every SDK error is classified into `StoreError` in `classify`.
+
+use super::*;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, GlacierJobParameters, RestoreRequest, StorageClass, Tier,
+};
+use aws_sdk_s3::Client;
+
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub async fn connect(s: &S3Settings) -> S3Store {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        // S3-compatible stores rarely care about the region, but SigV4 needs one.
+        let region = s.region.clone().or_else(|| std::env::var("AWS_REGION").ok()).or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
+        let endpoint = s.endpoint_url.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()).filter(|e| !e.is_empty());
+        if let Some(r) = &region {
+            loader = loader.region(Region::new(r.clone()));
+        } else if endpoint.is_some() {
+            loader = loader.region(Region::new("us-east-1"));
+        }
+        let sdk = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(e) = endpoint {
+            b = b.endpoint_url(e).force_path_style(true);
+        } else if s.path_style {
+            b = b.force_path_style(true);
+        }
+        S3Store { client: Client::from_conf(b.build()), bucket: s.bucket.clone() }
+    }
+}
+
+fn classify<E>(e: SdkError<E, aws_smithy_runtime_api_http::HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("").to_string();
+            let message = se.err().message().unwrap_or("").to_string();
+            match code.as_str() {
+                "NoSuchKey" | "NotFound" => StoreError::NotFound,
+                "InvalidObjectState" => StoreError::Archived,
+                "RestoreAlreadyInProgress" => StoreError::RestoreInProgress,
+                "NoSuchUpload" => StoreError::NoSuchUpload,
+                "SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable" | "RequestTimeTooSkewed" => {
+                    StoreError::Retryable(format!("{code} (HTTP {status}) {message}"))
+                }
+                _ if status >= 500 || status == 429 => StoreError::Retryable(format!("HTTP {status} {code} {message}")),
+                "" if status == 404 => StoreError::NotFound,
+                "" if status == 403 => StoreError::Permanent { code: "AccessDenied".into(), message: "HTTP 403".into() },
+                _ => StoreError::Permanent { code: if code.is_empty() { format!("HTTP{status}") } else { code }, message },
+            }
+        }
+        SdkError::ConstructionFailure(_) => {
+            StoreError::Permanent { code: "ConstructionFailure".into(), message: DisplayErrorContext(&e).to_string() }
+        }
+        // Timeouts, dispatch failures (connection refused/reset) and unparseable responses.
+        _ => StoreError::Retryable(DisplayErrorContext(&e).to_string()),
+    }
+}
+
+mod aws_smithy_runtime_api_http {
+    pub use aws_sdk_s3::config::http::HttpResponse;
+}
+
+fn meta_map(m: &[(String, String)]) -> Option<HashMap<String, String>> {
+    if m.is_empty() { None } else { Some(m.iter().cloned().collect()) }
+}
+
+fn class(c: &str) -> Option<StorageClass> {
+    if c.is_empty() { None } else { Some(StorageClass::from(c)) }
+}
+
+async fn collect(body: ByteStream) -> Result<Bytes> {
+    body.collect()
+        .await
+        .map(|d| d.into_bytes())
+        .map_err(|e| StoreError::Retryable(format!("reading body: {e}")))
+}
+
+/// Parses `ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`.
+pub fn parse_restore_header(h: &str) -> RestoreState {
+    let ongoing = h.contains("ongoing-request=\"true\"");
+    let expiry = h.split("expiry-date=\"").nth(1).and_then(|r| r.split('"').next()).map(str::to_string);
+    RestoreState { ongoing, expiry }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_storage_class(class(&opts.storage_class))
+            .set_metadata(meta_map(&opts.metadata))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String> {
+        let r = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_storage_class(class(&opts.storage_class))
+            .set_metadata(meta_map(&opts.metadata))
+            .send()
+            .await
+            .map_err(classify)?;
+        r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Retryable("no upload id in response".into()))
+    }
+    async fn upload_part(&self, key: &str, upload_id: &str, n: i32, body: Bytes) -> Result<String> {
+        let r = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(n)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        r.e_tag().map(str::to_string).ok_or_else(|| StoreError::Retryable("no ETag for part".into()))
+    }
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()> {
+        let parts = parts.iter().map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(e).build()).collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await.map_err(classify)?;
+        Ok(())
+    }
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        if end <= start {
+            return Ok(Bytes::new());
+        }
+        let r = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", start, end - 1))
+            .send()
+            .await
+            .map_err(classify)?;
+        collect(r.body).await
+    }
+    async fn get_object(&self, key: &str) -> Result<Bytes> {
+        let r = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
+        collect(r.body).await
+    }
+    async fn head_object(&self, key: &str) -> Result<HeadInfo> {
+        let r = self.client.head_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
+        Ok(HeadInfo {
+            size: r.content_length().unwrap_or(0).max(0) as u64,
+            storage_class: r.storage_class().map(|c| c.as_str().to_string()).unwrap_or_else(|| "STANDARD".into()),
+            metadata: r.metadata().cloned().unwrap_or_default(),
+            restore: r.restore().map(parse_restore_header),
+            archive_status: r.archive_status().map(|a| a.as_str().to_string()),
+        })
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>> {
+        let mut out = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(classify)?;
+            for o in page.contents() {
+                out.push(ListEntry {
+                    key: o.key().unwrap_or_default().to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    storage_class: o.storage_class().map(|c| c.as_str().to_string()).unwrap_or_else(|| "STANDARD".into()),
+                });
+            }
+        }
+        Ok(out)
+    }
+    async fn delete_object(&self, key: &str) -> Result<()> {
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
+        Ok(())
+    }
+    async fn restore_object(&self, key: &str, days: Option<i32>, tier: &str) -> Result<()> {
+        let mut req = RestoreRequest::builder().set_days(days);
+        if days.is_some() {
+            let gp = GlacierJobParameters::builder()
+                .tier(Tier::from(tier))
+                .build()
+                .map_err(|e| StoreError::Permanent { code: "BadRequest".into(), message: e.to_string() })?;
+            req = req.glacier_job_parameters(gp);
+        }
+        self.client
+            .restore_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .restore_request(req.build())
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+    async fn check_bucket(&self) -> Result<()> {
+        self.client.head_bucket().bucket(&self.bucket).send().await.map_err(classify)?;
+        Ok(())
+    }
+}

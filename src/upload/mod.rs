@@ -1,0 +1,243 @@
+//! The background uploader: takes queued rows from the upload journal and puts each outbox
+//! file into S3 as one object.
+//!
+//! * Small objects: one PutObject. Large ones: multipart with parts of at least 8 MiB, several
+//!   in flight; the upload id and every completed part's ETag are committed to the journal as
+//!   they happen, so after a crash the upload resumes and never re-sends a completed part.
+//! * Retryable errors (5xx, SlowDown, timeouts, resets) are retried forever with capped
+//!   exponential backoff; a permanent error parks the upload as failed (data kept, shown in
+//!   `status`).
+//! * An upload whose journal row disappeared (file rewritten or deleted) is abandoned.
+
+use crate::fs::Fs;
+use crate::meta::Upload;
+use crate::store::{ObjectStore, PutOptions, StoreError};
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Objects above this size go multipart.
+pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// S3's minimum part size is 5 MiB; 8 MiB parts keep a 40 GB file under 10,000 parts… almost:
+/// `part_size` grows the part for larger files.
+pub const MIN_PART: u64 = 8 * 1024 * 1024;
+const MAX_PARTS: u64 = 10_000;
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug)]
+pub struct UploadConfig {
+    /// Objects uploaded at once.
+    pub concurrency: usize,
+    /// Parts of one multipart upload in flight at once.
+    pub part_concurrency: usize,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig { concurrency: 4, part_concurrency: 4, base_backoff: Duration::from_secs(1), max_backoff: MAX_BACKOFF }
+    }
+}
+
+pub fn part_size(enc_size: u64) -> u64 {
+    MIN_PART.max(enc_size.div_ceil(MAX_PARTS))
+}
+
+/// Backoff before attempt `attempts + 1`: base * 2^attempts, capped, with ±20% jitter.
+pub fn backoff(cfg: &UploadConfig, attempts: i64) -> Duration {
+    let exp = cfg.base_backoff.saturating_mul(1u32 << attempts.clamp(0, 20));
+    let capped = exp.min(cfg.max_backoff);
+    let jitter = 0.8 + rand::random::<f64>() * 0.4;
+    capped.mul_f64(jitter).min(cfg.max_backoff)
+}
+
+pub struct Uploader {
+    fs: Arc<Fs>,
+    cfg: UploadConfig,
+    inflight: Mutex<HashSet<i64>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+enum Outcome {
+    Done,
+    Cancelled,
+}
+
+impl Uploader {
+    pub fn new(fs: Arc<Fs>, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
+        Arc::new(Uploader { fs, cfg, inflight: Mutex::new(HashSet::new()), stop })
+    }
+
+    /// Runs until `stop` turns true. Uploads in flight at stop are simply interrupted: their
+    /// rows stay queued (and their completed parts recorded) for the next mount.
+    pub async fn run(self: Arc<Self>) {
+        let mut stop = self.stop.clone();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            self.dispatch();
+            tokio::select! {
+                _ = self.fs.upload_wakeup.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>) {
+        let free = self.cfg.concurrency.saturating_sub(self.inflight.lock().unwrap().len());
+        if free == 0 {
+            return;
+        }
+        let due = match self.fs.due_uploads(free + self.cfg.concurrency) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the upload queue failed");
+                return;
+            }
+        };
+        for u in due {
+            {
+                let mut inf = self.inflight.lock().unwrap();
+                if inf.len() >= self.cfg.concurrency || inf.contains(&u.id) {
+                    continue;
+                }
+                inf.insert(u.id);
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let id = u.id;
+                me.attempt(u).await;
+                me.inflight.lock().unwrap().remove(&id);
+                me.fs.upload_wakeup.notify_one();
+            });
+        }
+    }
+
+    async fn attempt(&self, u: Upload) {
+        if let Err(e) = self.fs.mark_uploading(&u) {
+            tracing::error!(error = %e, "journal update failed");
+            return;
+        }
+        let r = self.upload(&u).await;
+        let res = match r {
+            Ok(Outcome::Done) => {
+                tracing::info!(upload = u.id, bytes = u.enc_size, class = %u.storage_class, "uploaded");
+                self.fs.complete_upload(&u)
+            }
+            Ok(Outcome::Cancelled) => Ok(()),
+            Err(e) if e.is_retryable() => {
+                let d = backoff(&self.cfg, u.attempts);
+                tracing::warn!(upload = u.id, attempt = u.attempts + 1, retry_in_ms = d.as_millis() as u64, error = %e, "upload failed; will retry");
+                self.fs.upload_retry(&u, &e, d)
+            }
+            Err(e) => {
+                tracing::error!(upload = u.id, error = %e, "upload failed permanently; the file stays staged (see `coldvault status`)");
+                self.fs.upload_failed(&u, &e)
+            }
+        };
+        if let Err(e) = res {
+            tracing::error!(error = %e, "journal update failed");
+        }
+    }
+
+    fn read_outbox(&self, u: &Upload, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        let p = self.fs.staging.outbox_path(u.ino, u.content_gen);
+        let f = std::fs::File::open(&p).map_err(|e| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) })?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, start)
+            .map_err(|e| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) })?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn opts(&self, u: &Upload) -> PutOptions {
+        let metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap_or_default();
+        PutOptions { storage_class: u.storage_class.clone(), metadata }
+    }
+
+    fn journal<T>(r: crate::fs::Result<T>) -> Result<T, StoreError> {
+        // A failing journal write must not lose the upload: treat as transient.
+        r.map_err(|e| StoreError::Retryable(format!("journal: {e}")))
+    }
+
+    async fn upload(&self, u: &Upload) -> Result<Outcome, StoreError> {
+        let store = self.fs.store.clone();
+        if u.enc_size <= MULTIPART_THRESHOLD {
+            let body = tokio::task::block_in_place(|| self.read_outbox(u, 0, u.enc_size))?;
+            if !Self::journal(self.fs.upload_exists(u.id))? {
+                return Ok(Outcome::Cancelled);
+            }
+            store.put_object(&u.object_key, body, &self.opts(u)).await?;
+            return Ok(Outcome::Done);
+        }
+        let mp = match &u.mp_upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = store.create_multipart(&u.object_key, &self.opts(u)).await?;
+                Self::journal(self.fs.set_multipart(u.id, Some(&id)))?;
+                id
+            }
+        };
+        let psize = part_size(u.enc_size);
+        let nparts = u.enc_size.div_ceil(psize) as i32;
+        let done: std::collections::BTreeMap<i32, String> = Self::journal(self.fs.parts(u.id))?.into_iter().collect();
+        if !done.is_empty() {
+            tracing::info!(upload = u.id, parts_done = done.len(), parts = nparts, "resuming multipart upload");
+        }
+        let todo: Vec<i32> = (1..=nparts).filter(|n| !done.contains_key(n)).collect();
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.part_concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in todo {
+            let permit = sem.clone().acquire_owned().await.expect("semaphore");
+            if !Self::journal(self.fs.upload_exists(u.id))? {
+                tasks.abort_all();
+                let _ = store.abort_multipart(&u.object_key, &mp).await;
+                return Ok(Outcome::Cancelled);
+            }
+            let start = (n as u64 - 1) * psize;
+            let len = psize.min(u.enc_size - start);
+            let body = tokio::task::block_in_place(|| self.read_outbox(u, start, len))?;
+            let (store, key, mpid, fs, id) = (store.clone(), u.object_key.clone(), mp.clone(), self.fs.clone(), u.id);
+            tasks.spawn(async move {
+                let _permit = permit;
+                let etag = store.upload_part(&key, &mpid, n, body).await?;
+                fs.record_part(id, n, &etag).map_err(|e| StoreError::Retryable(format!("journal: {e}")))?;
+                Ok::<(), StoreError>(())
+            });
+            // Surface failures early instead of sending every remaining part.
+            while let Some(r) = tasks.try_join_next() {
+                self.part_result(r, u, &mp).await?;
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            self.part_result(r, u, &mp).await?;
+        }
+        if !Self::journal(self.fs.upload_exists(u.id))? {
+            let _ = store.abort_multipart(&u.object_key, &mp).await;
+            return Ok(Outcome::Cancelled);
+        }
+        let parts = Self::journal(self.fs.parts(u.id))?;
+        if parts.len() != nparts as usize {
+            return Err(StoreError::Retryable(format!("{} of {nparts} parts recorded", parts.len())));
+        }
+        store.complete_multipart(&u.object_key, &mp, &parts).await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn part_result(&self, r: Result<Result<(), StoreError>, tokio::task::JoinError>, u: &Upload, _mp: &str) -> Result<(), StoreError> {
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(StoreError::NoSuchUpload)) => {
+                // The upload id expired or was aborted: start over with a new one.
+                Self::journal(self.fs.set_multipart(u.id, None))?;
+                Err(StoreError::Retryable("multipart upload vanished; restarting it".into()))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(StoreError::Retryable(format!("part task: {e}"))),
+        }
+    }
+}

@@ -66,7 +66,10 @@ fn gcm(key: &[u8; 32]) -> Aes256Gcm {
 /// Wrap `secret` to an X25519 public key: the "sealed box" used for data keys and the name key.
 /// Returns (ephemeral public key, AES-GCM ciphertext of the secret with tag).
 pub fn seal_to(recipient: &PublicKey, secret: &[u8; 32], aad: &[u8]) -> ([u8; 32], [u8; 48]) {
-    let eph = StaticSecret::random_from_rng(rand::rngs::OsRng);
+    seal_to_with(StaticSecret::random_from_rng(rand::rngs::OsRng), recipient, secret, aad)
+}
+
+fn seal_to_with(eph: StaticSecret, recipient: &PublicKey, secret: &[u8; 32], aad: &[u8]) -> ([u8; 32], [u8; 48]) {
     let eph_pub = PublicKey::from(&eph);
     let shared = eph.diffie_hellman(recipient);
     let mut salt = [0u8; 64];
@@ -219,12 +222,30 @@ pub fn encrypt_stream<R: Read, W: Write>(vault_pub: &PublicKey, size: u64, input
     rand::rngs::OsRng.fill_bytes(&mut dk);
     let mut prefix = [0u8; 7];
     rand::rngs::OsRng.fill_bytes(&mut prefix);
+    let eph = StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let r = encrypt_stream_with(vault_pub, size, input, output, dk, prefix, eph);
+    dk.zeroize();
+    r
+}
+
+/// `encrypt_stream` with caller-chosen randomness. Only for test vectors: reusing `dk` or
+/// `prefix` across files breaks the format's security.
+#[doc(hidden)]
+pub fn encrypt_stream_with<R: Read, W: Write>(
+    vault_pub: &PublicKey,
+    size: u64,
+    input: &mut R,
+    output: &mut W,
+    dk: [u8; 32],
+    prefix: [u8; 7],
+    eph: StaticSecret,
+) -> Result<Sealed> {
     let keys = FileKeys::derive(&dk);
     let mut h = [0u8; HEADER_LEN];
     h[0..6].copy_from_slice(MAGIC);
     h[6..8].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
     h[8] = SEG_LOG2;
-    let (eph, wrapped) = seal_to(vault_pub, &dk, &h[0..9]);
+    let (eph, wrapped) = seal_to_with(eph, vault_pub, &dk, &h[0..9]);
     h[9..41].copy_from_slice(&eph);
     h[41..89].copy_from_slice(&wrapped);
     let header = build_header(h, &prefix, &keys.commit);

@@ -1,0 +1,181 @@
+use super::*;
+
+fn vault() -> (VaultDescriptor, VaultKeys) {
+    // Low Argon2 cost keeps unit tests fast; the parameters travel in the descriptor.
+    VaultDescriptor::create_with_cost(b"pw", 1024, 1)
+}
+
+fn enc(keys: &VaultKeys, data: &[u8]) -> (Sealed, Vec<u8>) {
+    let mut out = Vec::new();
+    let s = encrypt_stream(&keys.public, data.len() as u64, &mut &data[..], &mut out).unwrap();
+    (s, out)
+}
+
+fn dec(keys: &VaultKeys, size: u64, body: &[u8]) -> Result<Vec<u8>> {
+    let h = Header::parse(body)?;
+    let o = Opened::open(keys.secret.as_ref().unwrap(), &h)?;
+    o.decrypt_all(size, body)
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[test]
+fn roundtrip_sizes() {
+    let (_, k) = vault();
+    for n in [0, 1, 100, SEGMENT as usize - 1, SEGMENT as usize, SEGMENT as usize + 1, 3 * SEGMENT as usize, 200_000] {
+        let d = data(n);
+        let (s, body) = enc(&k, &d);
+        assert_eq!(body.len() as u64, encrypted_len(n as u64), "size {n}");
+        assert_eq!(s.enc_len, body.len() as u64);
+        assert_eq!(dec(&k, n as u64, &body).unwrap(), d, "size {n}");
+        assert_eq!(hex::encode(s.sha256), sha256_hex(&d));
+    }
+}
+
+#[test]
+fn flipped_bit_fails() {
+    let (_, k) = vault();
+    let d = data(150_000);
+    let (_, body) = enc(&k, &d);
+    for pos in [0, 10, 50, 100, 127, 128, 129, 70_000, body.len() - 1] {
+        let mut b = body.clone();
+        b[pos] ^= 0x01;
+        assert!(dec(&k, d.len() as u64, &b).is_err(), "flip at {pos} must fail");
+    }
+}
+
+#[test]
+fn truncation_fails_even_at_segment_boundary() {
+    let (_, k) = vault();
+    let d = data(3 * SEGMENT as usize);
+    let (_, body) = enc(&k, &d);
+    // Drop the last segment entirely and pretend the file was 2 segments long.
+    let two = HEADER_LEN + 2 * (SEGMENT + TAG) as usize;
+    assert!(dec(&k, 2 * SEGMENT, &body[..two]).is_err());
+    assert!(dec(&k, d.len() as u64, &body[..body.len() - 1]).is_err());
+}
+
+#[test]
+fn swapped_segments_fail() {
+    let (_, k) = vault();
+    let d = data(3 * SEGMENT as usize);
+    let (_, body) = enc(&k, &d);
+    let seg = (SEGMENT + TAG) as usize;
+    let mut b = body.clone();
+    let (a, c) = (HEADER_LEN, HEADER_LEN + seg);
+    let first: Vec<u8> = b[a..a + seg].to_vec();
+    let second: Vec<u8> = b[c..c + seg].to_vec();
+    b[a..a + seg].copy_from_slice(&second);
+    b[c..c + seg].copy_from_slice(&first);
+    assert!(dec(&k, d.len() as u64, &b).is_err());
+}
+
+#[test]
+fn swapped_objects_and_spliced_segments_fail() {
+    let (_, k) = vault();
+    let d = data(2 * SEGMENT as usize);
+    let (_, a) = enc(&k, &d);
+    let (_, b) = enc(&k, &d);
+    // Header of A with the segments of B (same plaintext, same vault).
+    let mut x = a[..HEADER_LEN].to_vec();
+    x.extend_from_slice(&b[HEADER_LEN..]);
+    assert!(dec(&k, d.len() as u64, &x).is_err());
+    // One segment of B spliced into A.
+    let mut y = a.clone();
+    let seg = (SEGMENT + TAG) as usize;
+    y[HEADER_LEN..HEADER_LEN + seg].copy_from_slice(&b[HEADER_LEN..HEADER_LEN + seg]);
+    assert!(dec(&k, d.len() as u64, &y).is_err());
+}
+
+#[test]
+fn other_vault_cannot_decrypt() {
+    let (_, k1) = vault();
+    let (_, k2) = vault();
+    let (_, body) = enc(&k1, b"secret photo");
+    assert!(matches!(dec(&k2, 12, &body), Err(CryptoError::Auth)));
+}
+
+#[test]
+fn wrong_passphrase_is_reported_as_such() {
+    let (d, _) = vault();
+    assert!(matches!(d.unlock(b"not it"), Err(CryptoError::WrongPassphrase)));
+    let k = d.unlock(b"pw").unwrap();
+    assert!(k.secret.is_some());
+}
+
+#[test]
+fn unlock_recovers_name_key_and_rewrap_keeps_keys() {
+    let (d, k) = vault();
+    let k2 = d.unlock(b"pw").unwrap();
+    assert_eq!(k.name_key, k2.name_key);
+    let d2 = d.rewrap(&k2, b"new pw");
+    assert!(matches!(d2.unlock(b"pw"), Err(CryptoError::WrongPassphrase)));
+    let k3 = d2.unlock(b"new pw").unwrap();
+    assert_eq!(k3.public, k.public);
+    assert_eq!(k3.name_key, k.name_key);
+}
+
+#[test]
+fn newer_format_version_is_refused_clearly() {
+    let (_, k) = vault();
+    let (_, mut body) = enc(&k, b"x");
+    body[6..8].copy_from_slice(&2u16.to_be_bytes());
+    assert!(matches!(Header::parse(&body), Err(CryptoError::NewerVersion(2))));
+    body[0] = b'X';
+    assert!(matches!(Header::parse(&body), Err(CryptoError::BadMagic)));
+}
+
+#[test]
+fn metadata_roundtrip_and_binding() {
+    let (_, k) = vault();
+    let (s, body) = enc(&k, b"abc");
+    let m = ObjectMeta { path: "a/b.jpg".into(), size: 3, mtime_ns: 1_234_567_890_123_456_789, mode: 0o644, uid: 1, gid: 2, sha256: sha256_hex(b"abc") };
+    let ct = s.encrypt_meta(&m);
+    let h = Header::parse(&body).unwrap();
+    let o = Opened::open(k.secret.as_ref().unwrap(), &h).unwrap();
+    assert_eq!(o.decrypt_meta(&ct).unwrap(), m);
+    // Metadata of one object does not open under another object's header.
+    let (_, body2) = enc(&k, b"abc");
+    let o2 = Opened::open(k.secret.as_ref().unwrap(), &Header::parse(&body2).unwrap()).unwrap();
+    assert!(o2.decrypt_meta(&ct).is_err());
+    let mut bad = ct.clone();
+    bad[0] ^= 1;
+    assert!(o.decrypt_meta(&bad).is_err());
+}
+
+#[test]
+fn ciphertext_contains_no_plaintext_run() {
+    let (_, k) = vault();
+    let d = b"IMG_2019_0001.CR2 holiday in Lisbon ".repeat(5000);
+    let (_, body) = enc(&k, &d);
+    let needle = &d[..16];
+    assert!(!body.windows(16).any(|w| w == needle));
+}
+
+#[test]
+fn path_key_is_keyed_and_stable() {
+    let a = path_key(&[1; 32], "photos/2019/a.jpg");
+    assert_eq!(a, path_key(&[1; 32], "photos/2019/a.jpg"));
+    assert_ne!(a, path_key(&[2; 32], "photos/2019/a.jpg"));
+    assert_ne!(a, path_key(&[1; 32], "photos/2019/b.jpg"));
+    assert_eq!(a.len(), 64);
+}
+
+#[test]
+fn single_segment_decrypts_on_its_own() {
+    let (_, k) = vault();
+    let d = data(5 * SEGMENT as usize + 77);
+    let (_, body) = enc(&k, &d);
+    let o = Opened::open(k.secret.as_ref().unwrap(), &Header::parse(&body).unwrap()).unwrap();
+    for idx in [0u64, 3, 5] {
+        let (s, e) = segment_cipher_range(d.len() as u64, idx);
+        let pt = o.decrypt_segment(d.len() as u64, idx, &body[s as usize..e as usize]).unwrap();
+        let from = (idx * SEGMENT) as usize;
+        assert_eq!(pt, &d[from..(from + pt.len())]);
+    }
+    // The last segment presented as a middle one (wrong last flag) fails.
+    let (s, e) = segment_cipher_range(d.len() as u64, 5);
+    assert!(o.decrypt_segment(10 * SEGMENT, 5, &body[s as usize..e as usize]).is_err());
+}

@@ -1229,6 +1229,12 @@ impl Fs {
         Ok(self.core().db.get(ino)?.map(|i| (i.content_gen, i.state)))
     }
 
+    /// Multipart parts recorded in the journal, over all uploads (tests and status).
+    pub fn parts_recorded(&self) -> usize {
+        let c = self.core();
+        c.db.conn().query_row("SELECT count(*) FROM parts", [], |r| r.get::<_, i64>(0)).unwrap_or(0) as usize
+    }
+
     pub fn open_writers(&self) -> usize {
         self.core().open.values().filter(|o| o.writers > 0).count()
     }

@@ -1,0 +1,345 @@
+//! Fast tests of the write path on the in-memory store: state machine across restarts,
+//! retries, permanent errors, tampering, rename/rewrite before sealing, multipart resume.
+
+use super::*;
+use crate::crypto::VaultDescriptor;
+use crate::daemon::Daemon;
+use crate::store::memory::MemoryStore;
+use crate::upload::UploadConfig;
+use std::ffi::OsStr;
+use std::time::Instant;
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    store: Arc<MemoryStore>,
+    keys: Arc<VaultKeys>,
+    daemon: Option<Daemon>,
+}
+
+fn cfg(dir: &std::path::Path) -> FsConfig {
+    FsConfig {
+        cache_dir: dir.to_path_buf(),
+        settle: Duration::from_secs(3600), // tests seal explicitly
+        prefix: "v/".into(),
+        default_class: "STANDARD".into(),
+        read_cache: 0,
+        segment_cache: 1 << 20,
+    }
+}
+
+fn fast_upload() -> UploadConfig {
+    UploadConfig { concurrency: 2, part_concurrency: 1, base_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(100) }
+}
+
+impl Env {
+    fn new() -> Env {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (_, keys) = VaultDescriptor::create_with_cost(b"pw", 1024, 1);
+        let mut e = Env { rt, dir: tempfile::tempdir().unwrap(), store: MemoryStore::new(), keys: Arc::new(keys), daemon: None };
+        e.start();
+        e
+    }
+    fn start(&mut self) {
+        let d = Daemon::start(self.rt.handle(), self.store.clone(), self.keys.clone(), cfg(self.dir.path()), fast_upload()).unwrap();
+        self.daemon = Some(d);
+    }
+    fn restart(&mut self) {
+        let d = self.daemon.take().unwrap();
+        self.rt.block_on(d.shutdown());
+        self.start();
+    }
+    fn fs(&self) -> Arc<Fs> {
+        self.daemon.as_ref().unwrap().fs.clone()
+    }
+    fn write_file(&self, parent: u64, name: &str, data: &[u8]) -> u64 {
+        let fs = self.fs();
+        let (i, fh) = fs.create(parent, OsStr::new(name), 0o644, 0, 0).unwrap();
+        for (k, chunk) in data.chunks(1 << 20).enumerate() {
+            fs.write(fh, (k << 20) as u64, chunk).unwrap();
+        }
+        fs.flush(fh).unwrap();
+        fs.release(fh).unwrap();
+        i.ino
+    }
+    fn read_all(&self, ino: u64) -> Result<Vec<u8>> {
+        let fs = self.fs();
+        let fh = fs.open(ino, false, false)?;
+        let size = fs.getattr(ino)?.size;
+        let mut out = Vec::new();
+        while (out.len() as u64) < size {
+            let d = fs.read(fh, out.len() as u64, 128 * 1024);
+            match d {
+                Ok(d) if d.is_empty() => break,
+                Ok(d) => out.extend(d),
+                Err(e) => {
+                    fs.release(fh)?;
+                    return Err(e);
+                }
+            }
+        }
+        fs.release(fh)?;
+        Ok(out)
+    }
+    fn wait_uploaded(&self) {
+        let t = Instant::now();
+        loop {
+            let s = self.fs().status().unwrap();
+            if s.pending_files == 0 {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "uploads did not finish: {s:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn wait_state(&self, ino: u64, st: State) {
+        let t = Instant::now();
+        while self.fs().state_of(ino).unwrap().map(|x| x.1) != Some(st) {
+            assert!(t.elapsed() < Duration::from_secs(30), "state {:?} never reached", st);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn puts(&self) -> u64 {
+        let c = self.fs().store.counts();
+        c.get("PutObject").copied().unwrap_or(0) + c.get("CompleteMultipartUpload").copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            self.rt.block_on(d.shutdown());
+        }
+    }
+}
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| ((i * 131 + seed as usize * 7) % 251) as u8).collect()
+}
+
+#[test]
+fn state_machine_survives_restarts() {
+    let mut e = Env::new();
+    let d = data(300_000, 1);
+    let ino = e.write_file(ROOT, "photo.jpg", &d);
+    assert_eq!(e.fs().state_of(ino).unwrap().unwrap().1, State::Dirty);
+    // Restart while dirty: the spool survives and is sealed later.
+    e.restart();
+    assert_eq!(e.fs().state_of(ino).unwrap().unwrap().1, State::Dirty);
+    assert_eq!(e.read_all(ino).unwrap(), d);
+    // Seal with uploads blocked, restart while sealed: the outbox survives and uploads.
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("503".into()));
+    assert_eq!(e.fs().seal_ready(true).unwrap(), 1);
+    assert!(e.fs().state_of(ino).unwrap().unwrap().1.in_outbox());
+    assert!(!e.fs().staging.spool_path(ino).exists(), "plaintext spool removed after sealing");
+    assert_eq!(e.read_all(ino).unwrap(), d, "readable from the outbox");
+    e.restart();
+    e.store.clear_faults();
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(std::fs::read_dir(e.dir.path().join("outbox")).unwrap().count(), 0, "local copy released");
+    assert_eq!(e.store.snapshot().len(), 1);
+    assert_eq!(e.read_all(ino).unwrap(), d, "read back from S3");
+    e.restart();
+    assert_eq!(e.read_all(ino).unwrap(), d, "read back after restart");
+}
+
+#[test]
+fn retryable_errors_are_retried_with_backoff() {
+    let e = Env::new();
+    e.store.fail_op("PutObject", 3, StoreError::Retryable("SlowDown".into()));
+    let ino = e.write_file(ROOT, "a", b"hello");
+    e.fs().seal_ready(true).unwrap();
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.fs().store.counts()["PutObject"], 4, "three failures then success");
+    assert_eq!(e.fs().status().unwrap().failed_files, 0);
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let c = UploadConfig { base_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(300), ..Default::default() };
+    let b0 = crate::upload::backoff(&c, 0);
+    let b3 = crate::upload::backoff(&c, 3);
+    let b30 = crate::upload::backoff(&c, 30);
+    assert!(b0 >= Duration::from_millis(800) && b0 <= Duration::from_millis(1200));
+    assert!(b3 >= Duration::from_millis(6400) && b3 <= Duration::from_millis(9600));
+    assert!(b30 <= Duration::from_secs(300) && b30 >= Duration::from_secs(240));
+}
+
+#[test]
+fn permanent_error_parks_file_and_keeps_data() {
+    let e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Permanent { code: "AccessDenied".into(), message: "no".into() });
+    let d = data(1000, 2);
+    let ino = e.write_file(ROOT, "a", &d);
+    e.fs().seal_ready(true).unwrap();
+    e.wait_state(ino, State::Failed);
+    let s = e.fs().status().unwrap();
+    assert_eq!(s.failed_files, 1);
+    assert!(s.failures[0].error.contains("AccessDenied"), "{:?}", s.failures);
+    assert_eq!(s.failures[0].path, "a");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(e.fs().store.counts()["PutObject"], 1, "a permanent error is not retried");
+    assert_eq!(e.read_all(ino).unwrap(), d, "data kept");
+    e.store.clear_faults();
+    assert_eq!(e.fs().retry_failed().unwrap(), 1);
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.read_all(ino).unwrap(), d);
+}
+
+fn upload_one(e: &Env, name: &str, d: &[u8]) -> (u64, String) {
+    let ino = e.write_file(ROOT, name, d);
+    e.fs().seal_ready(true).unwrap();
+    e.wait_state(ino, State::Uploaded);
+    let key = e.fs().getattr(ino).unwrap().object_key.unwrap();
+    (ino, key)
+}
+
+#[test]
+fn tampered_objects_give_eio_never_wrong_bytes() {
+    let e = Env::new();
+    let d = data(200_000, 3);
+    let (ino, key) = upload_one(&e, "a", &d);
+    let (ino_b, key_b) = upload_one(&e, "b", &data(200_000, 4));
+    let orig = e.store.snapshot()[&key].body.clone();
+    let eio = |r: Result<Vec<u8>>| match r {
+        Err(err) => assert_eq!(err.errno(), libc::EIO, "{err}"),
+        Ok(v) => panic!("tampered object returned {} bytes", v.len()),
+    };
+    // Flipped bit in the second segment.
+    let mut b = orig.to_vec();
+    b[128 + 65552 + 10] ^= 0x80;
+    e.store.replace_body(&key, b.into());
+    eio(e.read_all(ino));
+    // Truncated.
+    e.store.replace_body(&key, orig.slice(..orig.len() - 100));
+    eio(e.read_all(ino));
+    // Swapped segments.
+    let mut b = orig.to_vec();
+    let s = 65552;
+    let (x, y) = (b[128..128 + s].to_vec(), b[128 + s..128 + 2 * s].to_vec());
+    b[128..128 + s].copy_from_slice(&y);
+    b[128 + s..128 + 2 * s].copy_from_slice(&x);
+    e.store.replace_body(&key, b.into());
+    eio(e.read_all(ino));
+    // Swapped objects: a's key now holds b's body.
+    e.store.replace_body(&key, e.store.snapshot()[&key_b].body.clone());
+    eio(e.read_all(ino));
+    // Untouched b still reads fine, and restoring a's bytes makes it readable again.
+    assert_eq!(e.read_all(ino_b).unwrap(), data(200_000, 4));
+    e.store.replace_body(&key, orig);
+    assert_eq!(e.read_all(ino).unwrap(), d);
+}
+
+#[test]
+fn rename_before_seal_uploads_once_under_final_name() {
+    let e = Env::new();
+    let d = data(5000, 5);
+    // rsync's pattern: write a temp file, set times, rename over the final name.
+    let ino = e.write_file(ROOT, ".photo.jpg.XyZ123", &d);
+    e.fs().setattr(ino, None, None, None, None, Some(1_000_000_007), Some(1_546_300_800_123_456_789)).unwrap();
+    e.fs().rename(ROOT, OsStr::new(".photo.jpg.XyZ123"), ROOT, OsStr::new("photo.jpg"), false).unwrap();
+    e.fs().seal_ready(true).unwrap();
+    e.wait_uploaded();
+    assert_eq!(e.puts(), 1);
+    let snap = e.store.snapshot();
+    assert_eq!(snap.len(), 1);
+    let expected_key = format!("v/d/{}", crate::crypto::path_key(&e.keys.name_key, "photo.jpg"));
+    let obj = &snap[&expected_key];
+    let h = crate::crypto::Header::parse(&B64.decode(&obj.metadata["cvh"]).unwrap()).unwrap();
+    let o = Opened::open(e.keys.secret.as_ref().unwrap(), &h).unwrap();
+    let m = o.decrypt_meta(&B64.decode(&obj.metadata["cvm"]).unwrap()).unwrap();
+    assert_eq!(m.path, "photo.jpg");
+    assert_eq!(m.mtime_ns, 1_546_300_800_123_456_789);
+    assert_eq!(e.fs().getattr(ino).unwrap().mtime_ns, 1_546_300_800_123_456_789);
+}
+
+#[test]
+fn rewrite_before_seal_uploads_only_final_content() {
+    let e = Env::new();
+    let ino = e.write_file(ROOT, "doc.txt", b"first version");
+    let fs = e.fs();
+    let fh = fs.open(ino, true, true).unwrap();
+    fs.write(fh, 0, b"second").unwrap();
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    assert_eq!(e.puts(), 1);
+    assert_eq!(e.read_all(ino).unwrap(), b"second");
+}
+
+#[test]
+fn rewrite_after_seal_cancels_the_stale_upload() {
+    let e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("503".into()));
+    let ino = e.write_file(ROOT, "doc.txt", b"old old old");
+    e.fs().seal_ready(true).unwrap();
+    // Partial rewrite of a sealed file: old bytes come back from the outbox.
+    let fs = e.fs();
+    let fh = fs.open(ino, true, false).unwrap();
+    fs.write(fh, 0, b"new").unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(e.read_all(ino).unwrap(), b"new old old");
+    e.store.clear_faults();
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    assert_eq!(e.read_all(ino).unwrap(), b"new old old");
+    assert_eq!(e.store.snapshot().len(), 1);
+}
+
+#[test]
+fn multipart_resumes_without_resending_parts() {
+    let mut e = Env::new();
+    let d = data(40 << 20, 6);
+    let ino = e.write_file(ROOT, "big.tif", &d);
+    let enc = crate::crypto::encrypted_len(d.len() as u64);
+    let nparts = enc.div_ceil(crate::upload::part_size(enc));
+    assert!(nparts >= 5, "{nparts} parts");
+    let fs = e.fs();
+    *e.store.latency.lock().unwrap() = Duration::from_millis(1);
+    fs.seal_ready(true).unwrap();
+    let t = Instant::now();
+    while fs.parts_recorded() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    e.store.fail_op("UploadPart", u64::MAX, StoreError::Retryable("connection reset".into()));
+    // Simulated crash: stop everything with the multipart upload half done.
+    e.restart();
+    let done = e.fs().parts_recorded();
+    assert!(done >= 2 && done < nparts as usize, "parts recorded before the crash: {done}");
+    let before = e.store.open_multipart_uploads();
+    assert_eq!(before, 1);
+    e.store.clear_faults();
+    e.wait_state(ino, State::Uploaded);
+    let sent_after = e.fs().store.counts()["UploadPart"];
+    assert_eq!(sent_after as usize, nparts as usize - done, "only missing parts are sent after restart");
+    assert_eq!(e.fs().store.counts().get("CreateMultipartUpload"), None, "the upload id was reused");
+    assert_eq!(e.read_all(ino).unwrap(), d);
+}
+
+#[test]
+fn namespace_operations() {
+    let e = Env::new();
+    let fs = e.fs();
+    let dir = fs.mkdir(ROOT, OsStr::new("photos"), 0o755, 0, 0).unwrap();
+    let sub = fs.mkdir(dir.ino, OsStr::new("2019"), 0o755, 0, 0).unwrap();
+    let f = e.write_file(sub.ino, "a.jpg", b"x");
+    assert_eq!(fs.mkdir(ROOT, OsStr::new("photos"), 0o755, 0, 0).unwrap_err().errno(), libc::EEXIST);
+    assert_eq!(fs.rmdir(ROOT, OsStr::new("photos")).unwrap_err().errno(), libc::ENOTEMPTY);
+    assert_eq!(fs.rename(ROOT, OsStr::new("photos"), sub.ino, OsStr::new("loop"), false).unwrap_err().errno(), libc::EINVAL);
+    fs.rename(ROOT, OsStr::new("photos"), ROOT, OsStr::new("pictures"), false).unwrap();
+    assert_eq!(fs.lookup(ROOT, OsStr::new("photos")).unwrap_err().errno(), libc::ENOENT);
+    let p = fs.lookup(ROOT, OsStr::new("pictures")).unwrap();
+    assert_eq!(p.ino, dir.ino, "inode numbers are stable across renames");
+    assert_eq!(fs.core().db.path_of(f).unwrap(), "pictures/2019/a.jpg");
+    let long = "x".repeat(256);
+    assert_eq!(fs.mkdir(ROOT, OsStr::new(&long), 0o755, 0, 0).unwrap_err().errno(), libc::ENAMETOOLONG);
+    let s = fs.symlink(ROOT, OsStr::new("link"), std::path::Path::new("pictures/2019"), 0, 0).unwrap();
+    assert_eq!(fs.readlink(s.ino).unwrap(), "pictures/2019");
+    fs.unlink(sub.ino, OsStr::new("a.jpg")).unwrap();
+    assert!(!fs.staging.spool_path(f).exists());
+    fs.setxattr(ROOT, OsStr::new("user.DOSATTRIB"), b"\x00\x01", 0).unwrap();
+    assert_eq!(fs.getxattr(ROOT, OsStr::new("user.DOSATTRIB")).unwrap(), b"\x00\x01");
+    assert_eq!(fs.listxattr(ROOT).unwrap(), b"user.DOSATTRIB\0");
+}

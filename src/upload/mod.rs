@@ -58,6 +58,8 @@ pub struct Uploader {
     fs: Arc<Fs>,
     cfg: UploadConfig,
     inflight: Mutex<HashSet<i64>>,
+    /// Abort handles of running attempts: stopping interrupts them as a crash would.
+    running: Mutex<Vec<tokio::task::AbortHandle>>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -68,7 +70,7 @@ enum Outcome {
 
 impl Uploader {
     pub fn new(fs: Arc<Fs>, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
-        Arc::new(Uploader { fs, cfg, inflight: Mutex::new(HashSet::new()), stop })
+        Arc::new(Uploader { fs, cfg, inflight: Mutex::new(HashSet::new()), running: Mutex::new(Vec::new()), stop })
     }
 
     /// Runs until `stop` turns true. Uploads in flight at stop are simply interrupted: their
@@ -77,6 +79,9 @@ impl Uploader {
         let mut stop = self.stop.clone();
         loop {
             if *stop.borrow() {
+                for h in self.running.lock().unwrap().drain(..) {
+                    h.abort();
+                }
                 return;
             }
             self.dispatch();
@@ -109,12 +114,15 @@ impl Uploader {
                 inf.insert(u.id);
             }
             let me = self.clone();
-            tokio::spawn(async move {
+            let h = tokio::spawn(async move {
                 let id = u.id;
                 me.attempt(u).await;
                 me.inflight.lock().unwrap().remove(&id);
                 me.fs.upload_wakeup.notify_one();
             });
+            let mut running = self.running.lock().unwrap();
+            running.retain(|h| !h.is_finished());
+            running.push(h.abort_handle());
         }
     }
 

@@ -72,6 +72,9 @@ enum Cmd {
         /// Objects uploaded concurrently.
         #[arg(long, default_value_t = 4)]
         upload_concurrency: usize,
+        /// Cap upload bandwidth, bytes per second (e.g. 2M). Default: unlimited.
+        #[arg(long)]
+        upload_bandwidth: Option<String>,
         mountpoint: PathBuf,
     },
     /// Unmount; pending uploads stay queued and resume on the next mount.
@@ -95,7 +98,8 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "coldvault=info,warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
     if let Err(e) = run(cli) {
         eprintln!("coldvault: {e:#}");
         std::process::exit(1);
@@ -111,8 +115,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Init { bucket, prefix, endpoint_url, region, config, default_storage_class, pass } => {
             cmd_init(bucket, prefix, endpoint_url, region, config, default_storage_class, pass)
         }
-        Cmd::Mount { config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, mountpoint } => {
-            cmd_mount(MountArgs { config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, mountpoint })
+        Cmd::Mount { config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth, mountpoint } => {
+            cmd_mount(MountArgs { config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth, mountpoint })
         }
         Cmd::Unmount { mountpoint } => cmd_unmount(&mountpoint),
         Cmd::Flush { wait, mountpoint } => {
@@ -325,6 +329,7 @@ struct MountArgs {
     foreground: bool,
     allow_other: bool,
     upload_concurrency: usize,
+    upload_bandwidth: Option<String>,
     mountpoint: PathBuf,
 }
 
@@ -360,7 +365,8 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
         read_cache,
         segment_cache: 64 << 20,
     };
-    let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), ..Default::default() };
+    let bandwidth = a.upload_bandwidth.as_deref().map(config::parse_size).transpose()?;
+    let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), bandwidth, ..Default::default() };
     let mut daemon = coldvault::daemon::Daemon::start(rt.handle(), Arc::new(store), Arc::new(keys), fs_cfg, up)
         .map_err(|e| anyhow!("cannot open the cache dir {}: {e}", cache_dir.display()))?;
     let sock = control::socket_path(&mountpoint)?;
@@ -428,6 +434,9 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
     cmd.arg("--read-cache").arg(&a.read_cache).arg("--upload-concurrency").arg(a.upload_concurrency.to_string());
     if a.allow_other {
         cmd.arg("--allow-other");
+    }
+    if let Some(b) = &a.upload_bandwidth {
+        cmd.arg("--upload-bandwidth").arg(b);
     }
     cmd.arg(mountpoint);
     cmd.stdin(std::process::Stdio::piped()).stdout(log.try_clone()?).stderr(log);

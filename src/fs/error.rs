@@ -30,6 +30,9 @@ pub enum FsError {
     /// The object sits in an archive tier; a restore is needed before its bytes can be read.
     #[error("object is archived; restore requested or required")]
     Archived,
+    /// e.g. POSIX ACLs (system.* xattrs): cp -a and rsync -A treat ENOTSUP as "not here".
+    #[error("operation not supported: {0}")]
+    NotSupported(&'static str),
     #[error("bad file handle")]
     BadHandle,
     #[error("no such attribute")]
@@ -60,6 +63,7 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::WriteOnly => libc::EACCES,
             FsError::Archived => libc::EAGAIN,
+            FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::NoAttr => libc::ENODATA,
             FsError::Range => libc::ERANGE,

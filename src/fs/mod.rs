@@ -937,7 +937,7 @@ impl Fs {
     pub fn setxattr(&self, ino: u64, name: &std::ffi::OsStr, value: &[u8], flags: i32) -> Result<()> {
         let name = name.to_str().ok_or(FsError::BadName)?;
         if !(name.starts_with("user.") || name.starts_with("security.") || name.starts_with("trusted.")) {
-            return Err(FsError::NotPermitted("only user.*, security.* and trusted.* attributes"));
+            return Err(FsError::NotSupported("only user.*, security.* and trusted.* attributes are stored"));
         }
         if value.len() > 4096 {
             return Err(FsError::Range);

@@ -29,7 +29,7 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
 }
 
 fn fast_upload() -> UploadConfig {
-    UploadConfig { concurrency: 2, part_concurrency: 1, base_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(100) }
+    UploadConfig { concurrency: 2, part_concurrency: 1, base_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(100), bandwidth: None }
 }
 
 impl Env {

@@ -34,11 +34,13 @@ pub struct UploadConfig {
     pub part_concurrency: usize,
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// Upload bandwidth cap in bytes per second (None: unlimited), for slow home uplinks.
+    pub bandwidth: Option<u64>,
 }
 
 impl Default for UploadConfig {
     fn default() -> Self {
-        UploadConfig { concurrency: 4, part_concurrency: 4, base_backoff: Duration::from_secs(1), max_backoff: MAX_BACKOFF }
+        UploadConfig { concurrency: 4, part_concurrency: 4, base_backoff: Duration::from_secs(1), max_backoff: MAX_BACKOFF, bandwidth: None }
     }
 }
 
@@ -60,6 +62,8 @@ pub struct Uploader {
     inflight: Mutex<HashSet<i64>>,
     /// Abort handles of running attempts: stopping interrupts them as a crash would.
     running: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Bandwidth limiter: the instant the link is free again.
+    link_free_at: Mutex<tokio::time::Instant>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -70,7 +74,7 @@ enum Outcome {
 
 impl Uploader {
     pub fn new(fs: Arc<Fs>, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
-        Arc::new(Uploader { fs, cfg, inflight: Mutex::new(HashSet::new()), running: Mutex::new(Vec::new()), stop })
+        Arc::new(Uploader { fs, cfg, inflight: Mutex::new(HashSet::new()), running: Mutex::new(Vec::new()), link_free_at: Mutex::new(tokio::time::Instant::now()), stop })
     }
 
     /// Runs until `stop` turns true. Uploads in flight at stop are simply interrupted: their
@@ -162,6 +166,19 @@ impl Uploader {
         Ok(Bytes::from(buf))
     }
 
+    /// Wait for our turn on the link when a bandwidth cap is set (reservation-based pacing).
+    async fn pace(&self, bytes: u64) {
+        let Some(rate) = self.cfg.bandwidth.filter(|r| *r > 0) else { return };
+        let start = {
+            let mut free = self.link_free_at.lock().unwrap();
+            let now = tokio::time::Instant::now();
+            let start = (*free).max(now);
+            *free = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+
     fn opts(&self, u: &Upload) -> PutOptions {
         let metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap_or_default();
         PutOptions { storage_class: u.storage_class.clone(), metadata }
@@ -179,6 +196,7 @@ impl Uploader {
             if !Self::journal(self.fs.upload_exists(u.id))? {
                 return Ok(Outcome::Cancelled);
             }
+            self.pace(u.enc_size).await;
             store.put_object(&u.object_key, body, &self.opts(u)).await?;
             return Ok(Outcome::Done);
         }
@@ -209,6 +227,7 @@ impl Uploader {
             let start = (n as u64 - 1) * psize;
             let len = psize.min(u.enc_size - start);
             let body = tokio::task::block_in_place(|| self.read_outbox(u, start, len))?;
+            self.pace(len).await;
             let (store, key, mpid, fs, id) = (store.clone(), u.object_key.clone(), mp.clone(), self.fs.clone(), u.id);
             tasks.spawn(async move {
                 let _permit = permit;

@@ -1,0 +1,172 @@
+"""Fixtures for coldvault's end-to-end tests: real local S3 servers, real FUSE mounts.
+
+Servers are started by scripts/s3-server.sh on 127.0.0.1 (ports below 32768) and stopped at
+the end of the session. Set COLDVAULT_BIN to test another build.
+"""
+import json
+import os
+import pathlib
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+import uuid
+
+import boto3
+import pytest
+from botocore.config import Config as BotoConfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("COLDVAULT_BIN", str(ROOT / "target" / "release" / "coldvault"))
+KEY, SECRET = "coldvault-test", "coldvault-test-secret"
+PASSPHRASE = "correct horse battery staple"
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", KEY)
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET)
+os.environ["AWS_ACCESS_KEY_ID"] = KEY
+os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET
+os.environ.setdefault("AWS_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+
+
+def free_port():
+    for _ in range(200):
+        p = 20000 + (uuid.uuid4().int % 12000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return p
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+class Server:
+    def __init__(self, kind, tmp):
+        self.kind = kind
+        self.data = tmp / f"server-{kind}"
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        subprocess.run([str(ROOT / "scripts" / "s3-server.sh"), "start", kind, str(self.port), str(self.data)], check=True)
+        self.s3 = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
+                               region_name="us-east-1", config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
+
+    def new_bucket(self):
+        name = "cv-" + uuid.uuid4().hex[:12]
+        self.s3.create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket, prefix=""):
+        out = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out.extend(page.get("Contents", []))
+        return out
+
+    def stop(self):
+        subprocess.run([str(ROOT / "scripts" / "s3-server.sh"), "stop", str(self.data)], check=False)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    started = {}
+
+    def get(kind):
+        if kind not in started:
+            started[kind] = Server(kind, tmp_path_factory.mktemp("s3"))
+        return started[kind]
+
+    yield get
+    for s in started.values():
+        s.stop()
+
+
+def run(*args, check=True, input=None, env=None, timeout=300):
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, input=input, env=e, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"coldvault {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def is_mounted(path):
+    target = str(pathlib.Path(path).resolve())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == target for line in f)
+
+
+class Vault:
+    """A vault in a fresh bucket, with helpers to mount it."""
+
+    def __init__(self, server, tmp, prefix="vault"):
+        self.server = server
+        self.tmp = tmp
+        self.bucket = server.new_bucket()
+        self.prefix = prefix.strip("/") + "/" if prefix else ""
+        self.config = tmp / "config.toml"
+        self.passfile = tmp / "passphrase"
+        self.passfile.write_text(PASSPHRASE + "\n")
+        self.cache = tmp / "cache"
+        self.mnt = tmp / "mnt"
+        self.mnt.mkdir()
+        run("init", "--bucket", self.bucket, "--prefix", prefix, "--endpoint-url", server.endpoint,
+            "--config", self.config, "--passphrase-file", self.passfile)
+
+    def mount(self, *extra, settle="0.5"):
+        run("mount", "--config", self.config, "--cache-dir", self.cache, "--passphrase-file", self.passfile,
+            "--settle", settle, *extra, self.mnt)
+        assert is_mounted(self.mnt)
+
+    def unmount(self):
+        if is_mounted(self.mnt):
+            run("unmount", self.mnt, timeout=120)
+        assert not is_mounted(self.mnt)
+
+    def flush(self):
+        return run("flush", "--wait", self.mnt, timeout=600)
+
+    def status(self):
+        return json.loads(run("status", "--json", self.mnt).stdout)
+
+    def name_key(self):
+        import base64
+        import tomllib
+        return base64.b64decode(tomllib.loads(self.config.read_text())["name_key"])
+
+    def object_key(self, path):
+        import hashlib
+        import hmac
+        h = hmac.new(self.name_key(), b"coldvault/v1/path\0" + path.encode(), hashlib.sha256).hexdigest()
+        return f"{self.prefix}d/{h}"
+
+    def data_objects(self):
+        return self.server.objects(self.bucket, self.prefix + "d/")
+
+    def db(self):
+        return sqlite3.connect(f"file:{self.cache / 'index.db'}?mode=ro", uri=True, timeout=10)
+
+    def log(self):
+        p = self.cache / "coldvault.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+
+@pytest.fixture
+def vault_factory(tmp_path):
+    made = []
+
+    def make(server, prefix="vault"):
+        d = tmp_path / f"v{len(made)}"
+        d.mkdir()
+        v = Vault(server, d, prefix)
+        made.append(v)
+        return v
+
+    yield make
+    for v in made:
+        if is_mounted(v.mnt):
+            subprocess.run(["fusermount3", "-uz", str(v.mnt)], check=False)
+            time.sleep(0.5)
+        # Leave nothing running: kill a daemon that outlived its mount.
+        subprocess.run(["pkill", "-f", "--", f"--cache-dir {v.cache}"], check=False)

@@ -251,8 +251,15 @@ impl Uploader {
         if parts.len() != nparts as usize {
             return Err(StoreError::Retryable(format!("{} of {nparts} parts recorded", parts.len())));
         }
-        store.complete_multipart(&u.object_key, &mp, &parts).await?;
-        Ok(Outcome::Done)
+        match store.complete_multipart(&u.object_key, &mp, &parts).await {
+            Ok(()) => Ok(Outcome::Done),
+            Err(StoreError::NoSuchUpload) => {
+                // Expired or aborted behind our back: start a fresh multipart upload next time.
+                Self::journal(self.fs.set_multipart(u.id, None))?;
+                Err(StoreError::Retryable("multipart upload vanished before completion; restarting it".into()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn part_result(&self, r: Result<Result<(), StoreError>, tokio::task::JoinError>, u: &Upload, _mp: &str) -> Result<(), StoreError> {

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run every coldvault test: unit and integration tests (cargo), then the end-to-end suite
+# (pytest) with real FUSE mounts against local S3 servers it starts on 127.0.0.1 and stops.
+#   scripts/test.sh            # everything
+#   scripts/test.sh -k rsync   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+scripts/install-deps.sh
+cargo build --release --locked
+cargo test --release --locked
+if [ ! -e /dev/fuse ]; then
+  echo "WARNING: /dev/fuse is missing: mount tests will be reported as skipped" >&2
+fi
+python3 -m pytest -ra tests/e2e "$@"

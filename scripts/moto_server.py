@@ -2,12 +2,15 @@
 """moto's S3 server with restore semantics fixed to match AWS S3, for coldvault's tests.
 
 Stock moto (5.x) has two restore bugs that would hide real behaviour:
-  * its time-based restore model starts the clock at the wrong moment, so HeadObject reports
-    a restore as done right away and as in progress later;
+  * its time-based restore model (`s3::keyrestore`) starts its clock at the wrong moment, so
+    HeadObject reports a restore as done at once and as in progress later;
   * a repeated RestoreObject while one is pending answers 200, where S3 answers
     409 RestoreAlreadyInProgress.
-This wrapper patches `FakeKey.restore` so the clock starts at the request and a restore takes
-COLDVAULT_MOTO_RESTORE_SECONDS (default 5) seconds, and answers 409 while one is pending.
+This wrapper patches `FakeKey` so that a restore's clock starts at the RestoreObject request,
+the object stays "ongoing" for COLDVAULT_MOTO_RESTORE_SECONDS (default 5) seconds, then is
+readable until ready + Days, and a repeated request while ongoing gets 409.
+
+Usage: moto_server.py --port PORT
 """
 import argparse
 import datetime
@@ -15,10 +18,15 @@ import os
 import threading
 
 from moto.s3 import models as s3models
+from moto.s3 import responses as s3responses
 from moto.s3.exceptions import S3ClientError
 
 RESTORE_SECONDS = float(os.environ.get("COLDVAULT_MOTO_RESTORE_SECONDS", "5"))
 _lock = threading.Lock()
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
 class RestoreAlreadyInProgress(S3ClientError):
@@ -30,38 +38,50 @@ class RestoreAlreadyInProgress(S3ClientError):
 
 def _restore(self, days):
     with _lock:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        started = getattr(self, "_cv_restore_started", None)
-        if started is not None and now < started + datetime.timedelta(seconds=RESTORE_SECONDS):
+        started = getattr(self, "_cv_started", None)
+        if started is not None and _now() < started + datetime.timedelta(seconds=RESTORE_SECONDS):
             raise RestoreAlreadyInProgress()
-        self._cv_restore_started = now
-        self._cv_restore_days = days or 1
-        self._expiry = None
+        self._cv_started = _now()
+        ready = self._cv_started + datetime.timedelta(seconds=RESTORE_SECONDS)
+        self._expiry = ready + datetime.timedelta(days=int(days))
 
 
-def _get_expiry(self):
-    started = getattr(self, "_cv_restore_started", None)
+def _status(self):
+    started = getattr(self, "_cv_started", None)
     if started is None:
         return None
-    ready = started + datetime.timedelta(seconds=RESTORE_SECONDS)
-    if datetime.datetime.now(datetime.timezone.utc) < ready:
-        return None
-    return ready + datetime.timedelta(days=getattr(self, "_cv_restore_days", 1))
+    if _now() < started + datetime.timedelta(seconds=RESTORE_SECONDS):
+        return "IN_PROGRESS"
+    return "RESTORED"
 
 
-def _response_dict_restore(self):
-    started = getattr(self, "_cv_restore_started", None)
-    if started is None:
-        return None
-    exp = _get_expiry(self)
-    if exp is None:
-        return 'ongoing-request="true"'
-    return 'ongoing-request="false", expiry-date="{}"'.format(exp.strftime("%a, %d %b %Y %H:%M:%S GMT"))
+def _set_status(self, value):
+    pass  # the clock above is the only source of truth
 
 
+def _set_storage_class(self, storage):
+    _orig_set_storage_class(self, storage)
+    self._cv_started = None  # a new class (CopyObject) starts unrestored
+
+
+_orig_set_storage_class = s3models.FakeKey.set_storage_class
+_orig_key_post = s3responses.S3Response._key_response_post
+
+
+def _key_response_post(self, *args, **kwargs):
+    # moto derives HTTP status from the AWS error model, which has no shape for this error.
+    try:
+        return _orig_key_post(self, *args, **kwargs)
+    except RestoreAlreadyInProgress as e:
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>RestoreAlreadyInProgress</Code>'
+                f"<Message>{e.message}</Message></Error>")
+        return 409, {"Content-Type": "application/xml"}, body
+
+
+s3responses.S3Response._key_response_post = _key_response_post
 s3models.FakeKey.restore = _restore
-s3models.FakeKey.expiry_date = property(lambda self: (lambda e: e.strftime("%a, %d %b %Y %H:%M:%S GMT") if e else None)(_get_expiry(self)))
-s3models.FakeKey._cv_restore_header = property(_response_dict_restore)
+s3models.FakeKey.status = property(_status, _set_status)
+s3models.FakeKey.set_storage_class = _set_storage_class
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
@@ -71,4 +91,5 @@ if __name__ == "__main__":
 
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=a.port, verbose=False)
     srv.start()
+    print(f"moto (coldvault restore semantics, {RESTORE_SECONDS}s restores) on 127.0.0.1:{a.port}", flush=True)
     threading.Event().wait()

@@ -517,8 +517,6 @@ impl Fs {
         if src.state == State::Dirty {
             src.dirty_ms = now_ms();
         }
-        let overlay = Self::apply_overlay(&c, src.clone());
-        src.size = if c.open.get(&src.ino).is_some_and(|o| o.spool.is_some()) { src.size } else { overlay.size };
         c.db.update(&src)?;
         Self::touch_dir(&c, parent)?;
         if newparent != parent {

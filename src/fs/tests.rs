@@ -343,3 +343,25 @@ fn namespace_operations() {
     assert_eq!(fs.getxattr(ROOT, OsStr::new("user.DOSATTRIB")).unwrap(), b"\x00\x01");
     assert_eq!(fs.listxattr(ROOT).unwrap(), b"user.DOSATTRIB\0");
 }
+
+#[test]
+fn read_cache_keeps_uploaded_objects_local_within_budget() {
+    let mut e = Env::new();
+    // Restart with a 1 MiB read cache.
+    let d = e.daemon.take().unwrap();
+    e.rt.block_on(d.shutdown());
+    let mut c = cfg(e.dir.path());
+    c.read_cache = 1 << 20;
+    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    let small = data(300_000, 8);
+    let (ino, _) = upload_one(&e, "small", &small);
+    assert_eq!(e.read_all(ino).unwrap(), small);
+    assert_eq!(e.fs().store.counts().get("GetObject"), None, "served from the read cache");
+    // Two more objects overflow the 1 MiB budget: the oldest is evicted, reads go to S3.
+    let (ino2, _) = upload_one(&e, "b", &data(500_000, 9));
+    let _ = upload_one(&e, "c", &data(500_000, 10));
+    let cached: u64 = std::fs::read_dir(e.dir.path().join("rcache")).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum();
+    assert!(cached <= 1 << 20, "read cache over budget: {cached}");
+    assert_eq!(e.read_all(ino).unwrap(), small);
+    assert_eq!(e.read_all(ino2).unwrap(), data(500_000, 9));
+}

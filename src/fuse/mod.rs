@@ -92,6 +92,13 @@ fn file_type(k: Kind) -> FileType {
 
 const GEN: Generation = Generation(0);
 
+/// readdir offset cookie of a child: its inode number (children are listed in inode order),
+/// shifted past "." and "..". Entries removed or added between two readdir calls (rm -rf
+/// listing while unlinking) then never shift the listing, so nothing is skipped or repeated.
+fn cookie(ino: u64) -> u64 {
+    ino + 2
+}
+
 impl fuser::Filesystem for ColdFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
@@ -291,10 +298,11 @@ impl fuser::Filesystem for ColdFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let parent = self.fs.getattr(ino.0).map(|i| i.parent).unwrap_or(1);
-        let mut entries: Vec<(u64, FileType, String)> = vec![(ino.0, FileType::Directory, ".".into()), (parent, FileType::Directory, "..".into())];
-        entries.extend(kids.into_iter().map(|i| (i.ino, file_type(i.kind), i.name)));
-        for (idx, (i, k, n)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(i), (idx + 1) as u64, k, n) {
+        let dots = [(ino.0, FileType::Directory, ".".to_string()), (parent, FileType::Directory, "..".to_string())];
+        let entries = dots.into_iter().enumerate().map(|(k, (i, t, n))| (k as u64 + 1, i, t, n));
+        let children = kids.into_iter().map(|i| (cookie(i.ino), i.ino, file_type(i.kind), i.name));
+        for (off, i, k, n) in entries.chain(children).filter(|e| e.0 > offset) {
+            if reply.add(INodeNo(i), off, k, n) {
                 break;
             }
         }
@@ -311,10 +319,10 @@ impl fuser::Filesystem for ColdFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let parent = self.fs.getattr(me.parent).unwrap_or_else(|_| me.clone());
-        let mut entries: Vec<(String, Inode)> = vec![(".".into(), me.clone()), ("..".into(), parent)];
-        entries.extend(kids.into_iter().map(|i| (i.name.clone(), i)));
-        for (idx, (n, i)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(i.ino), (idx + 1) as u64, n, &TTL, &attr(&i), GEN) {
+        let dots = [(1u64, ".".to_string(), me), (2u64, "..".to_string(), parent)];
+        let children = kids.into_iter().map(|i| (cookie(i.ino), i.name.clone(), i));
+        for (off, n, i) in dots.into_iter().chain(children).filter(|e| e.0 > offset) {
+            if reply.add(INodeNo(i.ino), off, n, &TTL, &attr(&i), GEN) {
                 break;
             }
         }

@@ -247,6 +247,14 @@ def test_posix_basics_through_the_mount(servers, vault_factory):
     os.rename(m / "d3" / "f", m / "d3" / "g")
     assert v.status()["requests"] == before
     assert (m / "d3" / "g").read_bytes() == b"012"
+    # rm -rf of a large directory: listing while unlinking must not skip entries.
+    many = m / "many"
+    many.mkdir()
+    for i in range(600):
+        (many / f"file-{i:04d}.jpg").write_bytes(b"x")
+    assert len(os.listdir(many)) == 600
+    subprocess.run(["rm", "-rf", str(many)], check=True)
+    assert not many.exists()
     v.unmount()
 
 

@@ -27,9 +27,52 @@ pub struct Config {
     pub default_storage_class: String,
     #[serde(default = "default_settle")]
     pub settle_secs: f64,
+    /// Storage class per path; first match wins.
+    #[serde(default)]
+    pub rules: Vec<crate::rules::ClassRule>,
+    /// Files smaller than this never go to GLACIER / DEEP_ARCHIVE (minimum billable size).
+    #[serde(default = "default_small")]
+    pub small_file_threshold: String,
+    #[serde(default = "default_class")]
+    pub small_file_class: String,
+    #[serde(default)]
+    pub restore: RestoreSettings,
     /// Name key, base64. Lets a mount compute object keys without the private key.
     pub name_key: String,
     pub vault: VaultDescriptor,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreSettings {
+    pub glacier_tier: String,
+    pub deep_archive_tier: String,
+    pub days: i32,
+    /// Bytes of open-triggered restores allowed per day, e.g. "10GiB".
+    pub daily_budget: String,
+    /// Extra process names that never trigger a restore.
+    pub indexers: Vec<String>,
+    pub status_suffix: String,
+    /// Hours between ListObjectsV2 storage-class refreshes (0: off).
+    pub class_refresh_hours: f64,
+}
+
+impl Default for RestoreSettings {
+    fn default() -> Self {
+        RestoreSettings {
+            glacier_tier: "Standard".into(),
+            deep_archive_tier: "Bulk".into(),
+            days: 7,
+            daily_budget: "10GiB".into(),
+            indexers: Vec::new(),
+            status_suffix: ".restore-status".into(),
+            class_refresh_hours: 24.0,
+        }
+    }
+}
+
+fn default_small() -> String {
+    "128KiB".into()
 }
 
 fn default_class() -> String {
@@ -78,6 +121,23 @@ impl Config {
         }
         if !crate::store::STORAGE_CLASSES.contains(&self.default_storage_class.as_str()) {
             bail!("unknown default_storage_class {:?}; one of {:?}", self.default_storage_class, crate::store::STORAGE_CLASSES);
+        }
+        for r in &self.rules {
+            crate::rules::validate_class(&r.class).map_err(|e| anyhow::anyhow!("rule {:?}: {e}", r.glob))?;
+        }
+        crate::rules::validate_class(&self.small_file_class).map_err(|e| anyhow::anyhow!("small_file_class: {e}"))?;
+        parse_size(&self.small_file_threshold).context("small_file_threshold")?;
+        parse_size(&self.restore.daily_budget).context("restore.daily_budget")?;
+        for t in [&self.restore.glacier_tier, &self.restore.deep_archive_tier] {
+            if !crate::restore::TIERS.contains(&t.as_str()) {
+                bail!("unknown restore tier {t:?}; one of {:?}", crate::restore::TIERS);
+            }
+        }
+        if self.restore.days < 1 {
+            bail!("restore.days must be at least 1");
+        }
+        if self.restore.status_suffix.is_empty() || self.restore.status_suffix.contains('/') {
+            bail!("restore.status_suffix must be a non-empty file-name suffix");
         }
         if !(self.settle_secs >= 0.0) {
             bail!("settle_secs must be >= 0");

@@ -34,7 +34,7 @@ impl Daemon {
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let uploader = Uploader::new(fs.clone(), up, stop_rx.clone());
-        let tasks = vec![rt.spawn(uploader.run())];
+        let tasks = vec![rt.spawn(uploader.run()), rt.spawn(crate::restore::poller::run(fs.clone(), stop_rx.clone()))];
         let sealer = {
             let fs = fs.clone();
             let stop_rx = stop_rx.clone();

@@ -7,6 +7,8 @@
 //! * [`meta`]    — SQLite index and upload journal (WAL, synchronous=FULL).
 //! * [`staging`] — spool (plaintext), outbox (encrypted, immutable) and read-cache files.
 //! * [`crypto`]  — format v1: vault keys, STREAM encryption, metadata, path hashing.
+//! * [`restore`] — archive tiers: restore states, costs, times, cost guard, status-file text.
+//! * [`rules`]   — storage class per path (globs, small-file guard, object tags).
 //! * [`upload`]  — durable upload queue: PutObject / resumable multipart, retry with backoff.
 //! * [`store`]   — the `ObjectStore` trait: aws-sdk-s3, the in-memory fake, request counting.
 //! * [`config`]  — TOML config + vault descriptor on disk.
@@ -20,6 +22,8 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod meta;
+pub mod restore;
+pub mod rules;
 pub mod staging;
 pub mod store;
 pub mod upload;

@@ -75,7 +75,36 @@ enum Cmd {
         /// Cap upload bandwidth, bytes per second (e.g. 2M). Default: unlimited.
         #[arg(long)]
         upload_bandwidth: Option<String>,
+        /// Storage class for paths matching GLOB (e.g. 'raw/**=DEEP_ARCHIVE'); repeatable, before the config's rules.
+        #[arg(long = "class-rule", value_name = "GLOB=CLASS")]
+        class_rules: Vec<String>,
+        /// Seconds between status checks of pending restores (default: by tier, minutes to an hour).
+        #[arg(long)]
+        restore_poll: Option<f64>,
+        /// Download restored objects into the cache so they stay readable after the restore expires.
+        #[arg(long)]
+        fetch_restored: bool,
+        /// Daily budget for restores triggered by opening files (e.g. 10GiB). Overrides the config.
+        #[arg(long)]
+        restore_budget: Option<String>,
+        /// Seconds between storage-class refreshes by listing the bucket (0: off). Overrides the config.
+        #[arg(long)]
+        class_refresh: Option<f64>,
         mountpoint: PathBuf,
+    },
+    /// Request restores of archived files or whole folders inside a mount.
+    Restore {
+        /// Expedited, Standard or Bulk (default: by storage class, from the config).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Days the restored copies stay available (default from the config).
+        #[arg(long)]
+        days: Option<i32>,
+        /// Only print what would be restored and what it would cost.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Unmount; pending uploads stay queued and resume on the next mount.
     Unmount { mountpoint: PathBuf },
@@ -115,9 +144,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Init { bucket, prefix, endpoint_url, region, config, default_storage_class, pass } => {
             cmd_init(bucket, prefix, endpoint_url, region, config, default_storage_class, pass)
         }
-        Cmd::Mount { config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth, mountpoint } => {
-            cmd_mount(MountArgs { config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth, mountpoint })
-        }
+        Cmd::Mount {
+            config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth,
+            class_rules, restore_poll, fetch_restored, restore_budget, class_refresh, mountpoint,
+        } => cmd_mount(MountArgs {
+            config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth,
+            class_rules, restore_poll, fetch_restored, restore_budget, class_refresh, mountpoint,
+        }),
+        Cmd::Restore { tier, days, dry_run, paths } => cmd_restore(tier, days, dry_run, paths),
         Cmd::Unmount { mountpoint } => cmd_unmount(&mountpoint),
         Cmd::Flush { wait, mountpoint } => {
             let rt = runtime()?;
@@ -184,6 +218,17 @@ fn print_status(s: &coldvault::fs::Status) {
     println!("failed:   {} file(s)", s.failed_files);
     for f in &s.failures {
         println!("  {} [{} after {} attempt(s)]: {}", f.path, f.state, f.attempts, f.error);
+    }
+    if !s.restores.is_empty() {
+        println!("restores:");
+        for r in &s.restores {
+            let when = match r.state.as_str() {
+                "ready" => format!("until {}", r.available_until.clone().unwrap_or_default()),
+                "refused" | "failed" => r.reason.clone().unwrap_or_default(),
+                _ => format!("expected by {}", r.expected_ready_by),
+            };
+            println!("  {} [{}; {} {}; {}]: {when}", r.path, r.state, r.class, r.tier, human(r.size));
+        }
     }
     let reqs: Vec<String> = s.requests.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("S3 requests since mount: {}", if reqs.is_empty() { "none".into() } else { reqs.join(" ") });
@@ -290,6 +335,10 @@ fn cmd_init(bucket: String, prefix: String, endpoint_url: Option<String>, region
         path_style: endpoint_url.is_some(),
         default_storage_class: class,
         settle_secs: 3.0,
+        rules: Vec::new(),
+        small_file_threshold: "128KiB".into(),
+        small_file_class: "STANDARD".into(),
+        restore: config::RestoreSettings::default(),
         name_key: base64::engine::general_purpose::STANDARD.encode(keys.name_key),
         vault: desc.clone(),
     };
@@ -306,7 +355,7 @@ fn cmd_init(bucket: String, prefix: String, endpoint_url: Option<String>, region
         }
         let body = serde_json::to_vec_pretty(&desc)?;
         store
-            .put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), metadata: vec![] })
+            .put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() })
             .await
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
         Ok(())
@@ -330,6 +379,11 @@ struct MountArgs {
     allow_other: bool,
     upload_concurrency: usize,
     upload_bandwidth: Option<String>,
+    class_rules: Vec<String>,
+    restore_poll: Option<f64>,
+    fetch_restored: bool,
+    restore_budget: Option<String>,
+    class_refresh: Option<f64>,
     mountpoint: PathBuf,
 }
 
@@ -347,6 +401,7 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
         bail!("--settle must be >= 0");
     }
     let cache_dir = a.cache_dir.clone().unwrap_or_else(|| cfg.default_cache_dir());
+    let (policy, restore_cfg) = archive_settings(&cfg, &a)?;
     let pw = passphrase(&a.pass, false)?;
     let keys = unlock(&cfg.vault, &pw)?;
     if !a.foreground {
@@ -361,7 +416,8 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
         cache_dir: cache_dir.clone(),
         settle: Duration::from_secs_f64(settle),
         prefix: cfg.prefix.clone(),
-        default_class: cfg.default_storage_class.clone(),
+        policy,
+        restore: restore_cfg,
         read_cache,
         segment_cache: 64 << 20,
     };
@@ -411,6 +467,45 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     Ok(())
 }
 
+/// Storage-class policy and restore settings from the config, with the mount flags on top.
+fn archive_settings(cfg: &Config, a: &MountArgs) -> Result<(coldvault::rules::ClassPolicy, coldvault::fs::RestoreConfig)> {
+    let mut rules = Vec::new();
+    for r in &a.class_rules {
+        rules.push(coldvault::rules::parse_rule(r).map_err(|e| anyhow!(e))?);
+    }
+    rules.extend(cfg.rules.iter().cloned());
+    let policy = coldvault::rules::ClassPolicy {
+        rules,
+        default_class: cfg.default_storage_class.clone(),
+        small_file_threshold: config::parse_size(&cfg.small_file_threshold)?,
+        small_file_class: cfg.small_file_class.clone(),
+    };
+    let rs = &cfg.restore;
+    let secs = |v: f64, what: &str| -> Result<Duration> {
+        if !(v >= 0.0) || !v.is_finite() {
+            bail!("{what} must be a number of seconds >= 0");
+        }
+        Ok(Duration::from_secs_f64(v))
+    };
+    let class_refresh = match a.class_refresh {
+        Some(v) => Some(secs(v, "--class-refresh")?),
+        None => Some(secs(rs.class_refresh_hours * 3600.0, "restore.class_refresh_hours")?),
+    }
+    .filter(|d| !d.is_zero());
+    let restore = coldvault::fs::RestoreConfig {
+        glacier_tier: rs.glacier_tier.clone(),
+        deep_archive_tier: rs.deep_archive_tier.clone(),
+        days: rs.days,
+        daily_budget: config::parse_size(a.restore_budget.as_deref().unwrap_or(&rs.daily_budget))?,
+        indexers: rs.indexers.clone(),
+        suffix: rs.status_suffix.clone(),
+        poll_override: a.restore_poll.map(|v| secs(v, "--restore-poll")).transpose()?.filter(|d| !d.is_zero()),
+        fetch_restored: a.fetch_restored,
+        class_refresh,
+    };
+    Ok((policy, restore))
+}
+
 /// One daemon per cache dir: two would corrupt each other's staging.
 fn lock_cache(dir: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
@@ -427,18 +522,23 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
     let log_path = cache_dir.join("coldvault.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("mount").arg("--foreground").arg("--passphrase-stdin").arg("--config").arg(cfg_path).arg("--cache-dir").arg(cache_dir);
-    if let Some(s) = a.settle {
-        cmd.arg("--settle").arg(s.to_string());
+    // The daemon gets the same flags, minus any passphrase source: the passphrase arrives on
+    // its stdin (never in argv or the environment).
+    let mut args = std::env::args_os().skip(1).peekable();
+    while let Some(arg) = args.next() {
+        let s = arg.to_string_lossy();
+        if s == "--passphrase-file" {
+            args.next();
+            continue;
+        }
+        if s.starts_with("--passphrase-file=") || s == "--foreground" {
+            continue;
+        }
+        cmd.arg(&arg);
     }
-    cmd.arg("--read-cache").arg(&a.read_cache).arg("--upload-concurrency").arg(a.upload_concurrency.to_string());
-    if a.allow_other {
-        cmd.arg("--allow-other");
-    }
-    if let Some(b) = &a.upload_bandwidth {
-        cmd.arg("--upload-bandwidth").arg(b);
-    }
-    cmd.arg(mountpoint);
+    cmd.arg("--foreground").arg("--passphrase-stdin").arg("--config").arg(cfg_path).arg("--cache-dir").arg(cache_dir);
+    cmd.env_remove("COLDVAULT_PASSPHRASE");
+    let _ = (a, mountpoint);
     cmd.stdin(std::process::Stdio::piped()).stdout(log.try_clone()?).stderr(log);
     unsafe {
         cmd.pre_exec(|| {
@@ -475,6 +575,58 @@ fn is_mounted(mp: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str())))
         .unwrap_or(false)
+}
+
+/// The coldvault mount point containing `p`, and `p`'s vault-relative path.
+fn find_mount(p: &Path) -> Result<(PathBuf, String)> {
+    let abs = std::fs::canonicalize(p).with_context(|| format!("{} does not exist", p.display()))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts: Vec<PathBuf> = info
+        .lines()
+        .filter(|l| l.contains(" - fuse.coldvault ") || l.contains(" coldvault "))
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .collect();
+    let mut cur = abs.as_path();
+    loop {
+        if mounts.iter().any(|m| m == cur) {
+            let rel = abs.strip_prefix(cur).expect("prefix").to_string_lossy().to_string();
+            return Ok((cur.to_path_buf(), rel));
+        }
+        cur = cur.parent().ok_or_else(|| anyhow!("{} is not inside a coldvault mount", p.display()))?;
+    }
+}
+
+fn cmd_restore(tier: Option<String>, days: Option<i32>, dry_run: bool, paths: Vec<PathBuf>) -> Result<()> {
+    if let Some(t) = &tier {
+        if !coldvault::restore::TIERS.contains(&t.as_str()) {
+            bail!("unknown tier {t:?}; one of {:?}", coldvault::restore::TIERS);
+        }
+    }
+    if days.is_some_and(|d| d < 1) {
+        bail!("--days must be at least 1");
+    }
+    let mut by_mount: std::collections::BTreeMap<PathBuf, Vec<String>> = Default::default();
+    for p in &paths {
+        let (m, rel) = find_mount(p)?;
+        by_mount.entry(m).or_default().push(rel);
+    }
+    let rt = runtime()?;
+    for (mnt, rels) in by_mount {
+        // First the bill, then the request.
+        let plan = rt.block_on(control::call(&mnt, &Request::Restore { paths: rels.clone(), tier: tier.clone(), days, dry_run: true }))?;
+        let Reply::Restore { files, bytes, cost_usd, .. } = plan else { bail!("unexpected reply {plan:?}") };
+        println!("{files} archived file(s), {} to restore, estimated retrieval cost ${cost_usd:.2}", human(bytes));
+        if dry_run || files == 0 {
+            continue;
+        }
+        match rt.block_on(control::call(&mnt, &Request::Restore { paths: rels, tier: tier.clone(), days, dry_run: false }))? {
+            Reply::Restore { requested, .. } => println!("requested {requested} restore(s); follow them in `coldvault status {}` or NAME.restore-status", mnt.display()),
+            Reply::Error { message } => bail!(message),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+    Ok(())
 }
 
 fn cmd_unmount(mp: &Path) -> Result<()> {

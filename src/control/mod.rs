@@ -20,6 +20,8 @@ pub enum Request {
     Flush { wait: bool },
     RetryFailed,
     Pid,
+    /// Request restores for vault paths (files or folders).
+    Restore { paths: Vec<String>, tier: Option<String>, days: Option<i32>, dry_run: bool },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,6 +31,7 @@ pub enum Reply {
     Flushed { uploaded_files: u64, failed_files: u64, still_open_for_write: u64 },
     Retried { uploads: u64 },
     Pid { pid: u32 },
+    Restore { files: u64, bytes: u64, cost_usd: f64, requested: u64 },
     Error { message: String },
 }
 
@@ -104,6 +107,12 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
             Ok(s) => Reply::Status(s),
             Err(message) => Reply::Error { message },
         },
+        Request::Restore { paths, tier, days, dry_run } => {
+            let f = fs.clone();
+            tokio::task::spawn_blocking(move || restore_paths(&f, &paths, tier, days, dry_run))
+                .await
+                .unwrap_or_else(|e| Reply::Error { message: e.to_string() })
+        }
         Request::RetryFailed => match fs.retry_failed() {
             Ok(n) => Reply::Retried { uploads: n as u64 },
             Err(e) => Reply::Error { message: e.to_string() },
@@ -138,6 +147,36 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
             }
         }
     }
+}
+
+fn restore_paths(fs: &Fs, paths: &[String], tier: Option<String>, days: Option<i32>, dry_run: bool) -> Reply {
+    let mut files = std::collections::BTreeMap::new();
+    for p in paths {
+        let i = match fs.resolve(p) {
+            Ok(i) => i,
+            Err(e) => return Reply::Error { message: format!("{p}: {e}") },
+        };
+        match fs.archived_files_below(&i) {
+            Ok(v) => files.extend(v.into_iter().map(|f| (f.ino, f))),
+            Err(e) => return Reply::Error { message: e.to_string() },
+        }
+    }
+    let rc = &fs.cfg.restore;
+    let (mut bytes, mut cost, mut requested) = (0u64, 0f64, 0u64);
+    for f in files.values() {
+        let class = f.storage_class.clone().unwrap_or_default();
+        let t = tier.clone().unwrap_or_else(|| crate::restore::default_tier(&class, &rc.glacier_tier, &rc.deep_archive_tier));
+        bytes += f.size;
+        cost += crate::restore::cost_estimate(&class, &t, f.size, 1);
+        if !dry_run {
+            match fs.request_restore(f, &class, 0, Some(t), days, false) {
+                Ok(true) => requested += 1,
+                Ok(false) => {}
+                Err(e) => return Reply::Error { message: e.to_string() },
+            }
+        }
+    }
+    Reply::Restore { files: files.len() as u64, bytes, cost_usd: cost, requested }
 }
 
 /// Send one request to the daemon serving `mountpoint`.

@@ -48,12 +48,60 @@ pub struct FsConfig {
     pub settle: Duration,
     /// Object key prefix inside the bucket ("" or ending in '/').
     pub prefix: String,
-    pub default_class: String,
+    /// Storage class (and tags) per path.
+    pub policy: crate::rules::ClassPolicy,
+    pub restore: RestoreConfig,
     /// Bytes of uploaded objects kept locally for reads (0: release after upload).
     pub read_cache: u64,
     /// Bytes of decrypted segments kept in memory.
     pub segment_cache: u64,
 }
+
+#[derive(Clone, Debug)]
+pub struct RestoreConfig {
+    /// Tier for automatic restores of GLACIER / DEEP_ARCHIVE objects.
+    pub glacier_tier: String,
+    pub deep_archive_tier: String,
+    /// Days a restored copy stays available (not sent for Intelligent-Tiering).
+    pub days: i32,
+    /// Bytes of open-triggered restores allowed per UTC day.
+    pub daily_budget: u64,
+    /// Extra process names that never trigger a restore.
+    pub indexers: Vec<String>,
+    /// Suffix of the placeholder status files.
+    pub suffix: String,
+    /// Poll interval overriding the per-tier default (`--restore-poll`).
+    pub poll_override: Option<Duration>,
+    /// Download restored objects into the local cache so they stay readable after expiry.
+    pub fetch_restored: bool,
+    /// ListObjectsV2 refresh of storage classes (None: off).
+    pub class_refresh: Option<Duration>,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            glacier_tier: "Standard".into(),
+            deep_archive_tier: "Bulk".into(),
+            days: 7,
+            daily_budget: 10 << 30,
+            indexers: Vec::new(),
+            suffix: ".restore-status".into(),
+            poll_override: None,
+            fetch_restored: false,
+            class_refresh: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// Inode number space of virtual files: a file's status file is `ino | STATUS_BIT`; the
+/// `.coldvault` folder and its `restores` listing have fixed numbers far above real inodes.
+pub const STATUS_BIT: u64 = 1 << 62;
+pub const CTL_DIR: u64 = 1 << 61;
+pub const CTL_RESTORES: u64 = (1 << 61) + 1;
+pub const CTL_NAME: &str = ".coldvault";
+/// An open of an archived file may ask S3 about its pending restore at most this often.
+const OPEN_HEAD_INTERVAL_MS: i64 = 60_000;
 
 /// State of a file with at least one open handle.
 struct OpenFile {
@@ -70,6 +118,8 @@ struct OpenFile {
 struct Handle {
     ino: u64,
     write: bool,
+    /// Content of a virtual (status) file, fixed at open.
+    virt: Option<Arc<Vec<u8>>>,
 }
 
 struct Core {
@@ -105,6 +155,8 @@ pub struct Fs {
     segs: SegCache,
     /// Woken when an upload is queued.
     pub upload_wakeup: tokio::sync::Notify,
+    /// Woken when a restore is recorded and must be sent.
+    pub restore_wakeup: tokio::sync::Notify,
     pub uid: u32,
     pub gid: u32,
 }
@@ -136,6 +188,7 @@ impl Fs {
             staging,
             segs,
             upload_wakeup: tokio::sync::Notify::new(),
+            restore_wakeup: tokio::sync::Notify::new(),
             uid,
             gid,
         });
@@ -213,23 +266,109 @@ impl Fs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Inode> {
-        Self::get_inode(&self.core(), ino)
+        let c = self.core();
+        if ino >= CTL_DIR {
+            return self.virtual_inode(&c, ino).map(|(i, _)| i);
+        }
+        Self::get_inode(&c, ino)
     }
 
     pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Result<Inode> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let c = self.core();
-        let i = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
-        Ok(Self::apply_overlay(&c, i))
+        if parent == ROOT && name == CTL_NAME {
+            return self.virtual_inode(&c, CTL_DIR).map(|(i, _)| i);
+        }
+        if parent == CTL_DIR {
+            return if name == "restores" { self.virtual_inode(&c, CTL_RESTORES).map(|(i, _)| i) } else { Err(FsError::NotFound) };
+        }
+        match c.db.lookup(parent, name)? {
+            Some(i) => Ok(Self::apply_overlay(&c, i)),
+            None => {
+                // NAME.restore-status beside a file with a visible restore.
+                let base = name.strip_suffix(self.cfg.restore.suffix.as_str()).ok_or(FsError::NotFound)?;
+                let b = c.db.lookup(parent, base)?.ok_or(FsError::NotFound)?;
+                self.virtual_inode(&c, b.ino | STATUS_BIT).map(|(i, _)| i)
+            }
+        }
     }
 
     pub fn readdir(&self, ino: u64) -> Result<Vec<Inode>> {
         let c = self.core();
+        if ino == CTL_DIR {
+            return Ok(vec![self.virtual_inode(&c, CTL_RESTORES)?.0]);
+        }
         let d = c.db.get(ino)?.ok_or(FsError::NotFound)?;
         if d.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        Ok(c.db.children(ino)?.into_iter().map(|i| Self::apply_overlay(&c, i)).collect())
+        let mut out: Vec<Inode> = c.db.children(ino)?.into_iter().map(|i| Self::apply_overlay(&c, i)).collect();
+        let restores = c.db.restores()?;
+        if !restores.is_empty() {
+            let visible: std::collections::HashSet<u64> = restores.iter().filter(|r| r.state.visible()).map(|r| r.ino).collect();
+            let extra: Vec<u64> = out.iter().filter(|i| visible.contains(&i.ino)).map(|i| i.ino).collect();
+            for x in extra {
+                if let Ok((v, _)) = self.virtual_inode(&c, x | STATUS_BIT) {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A virtual inode (status file, `.coldvault`, its `restores` listing) and its content.
+    fn virtual_inode(&self, c: &Core, ino: u64) -> Result<(Inode, Vec<u8>)> {
+        let root = c.db.get(ROOT)?.ok_or(FsError::NotFound)?;
+        let mut v = Self::new_inode(ROOT, CTL_NAME, Kind::Dir, 0o555, root.uid, root.gid);
+        v.ino = ino;
+        v.state = State::None;
+        v.mtime_ns = now_ns();
+        v.ctime_ns = v.mtime_ns;
+        let content = match ino {
+            CTL_DIR => Vec::new(),
+            CTL_RESTORES => {
+                v.parent = CTL_DIR;
+                v.name = "restores".into();
+                v.kind = Kind::File;
+                v.mode = 0o444;
+                let mut t = String::from("# path\tstate\tclass\ttier\tsize\trequested\texpected ready / available until\treason\n");
+                for r in c.db.restores()? {
+                    let path = c.db.path_of(r.ino).unwrap_or_default();
+                    let when = match r.state {
+                        crate::restore::RState::Ready => r.expiry_text.clone().unwrap_or_default(),
+                        _ => crate::restore::fmt_ms(r.expected_ms),
+                    };
+                    t.push_str(&format!(
+                        "{path}\t{}\t{}\t{}\t{}\t{}\t{when}\t{}\n",
+                        r.state.as_str(),
+                        r.class,
+                        r.tier,
+                        r.size,
+                        crate::restore::fmt_ms(r.requested_ms),
+                        r.reason.clone().unwrap_or_default()
+                    ));
+                }
+                t.into_bytes()
+            }
+            x if x & STATUS_BIT != 0 => {
+                let base_ino = x & !STATUS_BIT;
+                let b = c.db.get(base_ino)?.ok_or(FsError::NotFound)?;
+                let r = c.db.restore(base_ino)?.filter(|r| r.state.visible()).ok_or(FsError::NotFound)?;
+                let path = c.db.path_of(base_ino)?;
+                v.parent = b.parent;
+                v.name = format!("{}{}", b.name, self.cfg.restore.suffix);
+                v.kind = Kind::File;
+                v.mode = 0o444;
+                v.uid = b.uid;
+                v.gid = b.gid;
+                v.mtime_ns = r.last_check_ms.max(r.requested_ms) * 1_000_000;
+                v.ctime_ns = v.mtime_ns;
+                crate::restore::status_text(&path, &r).into_bytes()
+            }
+            _ => return Err(FsError::NotFound),
+        };
+        v.size = content.len() as u64;
+        Ok((v, content))
     }
 
     pub fn readlink(&self, ino: u64) -> Result<String> {
@@ -451,6 +590,7 @@ impl Fs {
             }
         }
         self.staging.remove_spool(ino);
+        c.db.delete_restore(ino)?;
         Ok(())
     }
 
@@ -530,7 +670,7 @@ impl Fs {
     fn alloc_handle(c: &mut Core, ino: u64, write: bool) -> u64 {
         let fh = c.next_fh;
         c.next_fh += 1;
-        c.handles.insert(fh, Handle { ino, write });
+        c.handles.insert(fh, Handle { ino, write, virt: None });
         fh
     }
 
@@ -602,6 +742,7 @@ impl Fs {
         cur.content_gen += 1;
         cur.dirty_ms = now_ms();
         Db::save(&tx, &cur)?;
+        tx.execute("DELETE FROM restores WHERE ino=?1", [ino as i64]).map_err(crate::meta::MetaError::from)?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &ups {
             self.staging.remove_outbox(u.ino, u.content_gen);
@@ -621,15 +762,38 @@ impl Fs {
         Ok(())
     }
 
-    /// Open an existing file. Returns the handle number.
-    pub fn open(&self, ino: u64, write: bool, trunc: bool) -> Result<u64> {
+    /// Open an existing file. Returns the handle number and whether the kernel must bypass its
+    /// page cache (virtual files, whose content changes). `pid` is the opener (cost guard).
+    pub fn open(&self, ino: u64, write: bool, trunc: bool, pid: u32) -> Result<(u64, bool)> {
+        if ino >= CTL_DIR {
+            if write {
+                return Err(FsError::NotPermitted("status files are read-only"));
+            }
+            let mut c = self.core();
+            let (i, content) = self.virtual_inode(&c, ino)?;
+            if i.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let fh = Self::alloc_handle(&mut c, ino, false);
+            c.handles.get_mut(&fh).expect("just added").virt = Some(Arc::new(content));
+            return Ok((fh, true));
+        }
         {
             let c = self.core();
             let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
             if i.kind == Kind::Dir {
                 return Err(FsError::IsDir);
             }
+            drop(c);
+            // Reading (or partly rewriting) archived content needs a restore; O_TRUNC does not.
+            if i.state == State::Uploaded && !(write && trunc) && i.size > 0 {
+                self.check_restore(&i, pid)?;
+            }
         }
+        self.open_real(ino, write, trunc).map(|fh| (fh, false))
+    }
+
+    fn open_real(&self, ino: u64, write: bool, trunc: bool) -> Result<u64> {
         if write {
             self.ensure_spool(ino, trunc)?;
         }
@@ -793,6 +957,25 @@ impl Fs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let virt = self.core().handles.get(&fh).and_then(|h| h.virt.clone());
+        if let Some(v) = virt {
+            let start = (offset as usize).min(v.len());
+            let end = (start + size as usize).min(v.len());
+            return Ok(v[start..end].to_vec());
+        }
+        match self.read_inner(fh, offset, size) {
+            Err(FsError::Store(StoreError::Archived)) => {
+                // The index thought the object readable: a lifecycle rule moved it. Learn its
+                // class and request a restore as an open would have.
+                let (ino, _) = self.handle_ino(fh)?;
+                self.discover_archived(ino);
+                Err(FsError::Archived)
+            }
+            r => r,
+        }
+    }
+
+    fn read_inner(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let (ino, _) = self.handle_ino(fh)?;
         let (i, spool, src) = {
             let c = self.core();
@@ -1035,7 +1218,7 @@ impl Fs {
             ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&meta))),
         ];
         let object_key = format!("{}d/{}", self.cfg.prefix, crypto::path_key(&self.keys.name_key, &path));
-        let class = self.cfg.default_class.clone();
+        let (class, tags) = self.cfg.policy.choose(&path, i.size);
         let mut c = self.core();
         let Some(mut cur) = c.db.get(ino)? else {
             let _ = std::fs::remove_file(&tmp);
@@ -1064,6 +1247,7 @@ impl Fs {
             metadata: serde_json::to_string(&md).expect("json"),
             header: sealed.header.bytes.to_vec(),
             sha256: hex::encode(sealed.sha256),
+            tagging: crate::rules::tagging(&tags),
         };
         let tx = c.db.begin()?;
         Db::insert_upload(&tx, &u)?;
@@ -1166,6 +1350,8 @@ impl Fs {
                 i.header = Some(u.header.clone());
                 i.sha256 = Some(u.sha256.clone());
                 Db::save(&tx, &i)?;
+                // A restore of the previous version means nothing for the new one.
+                tx.execute("DELETE FROM restores WHERE ino=?1", [i.ino as i64]).map_err(crate::meta::MetaError::from)?;
             }
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
@@ -1176,6 +1362,197 @@ impl Fs {
             self.staging.remove_outbox(u.ino, u.content_gen);
         }
         Ok(())
+    }
+
+    // ------------------------------------------------------------------ restores (archive tiers)
+
+    /// Ok if `i`'s remote content can be read now; otherwise records/advances a restore and
+    /// answers `Archived` (EAGAIN). Called from open, on a blocking thread.
+    fn check_restore(&self, i: &Inode, pid: u32) -> Result<()> {
+        let Some(class) = i.storage_class.clone() else { return Ok(()) };
+        if !crate::restore::needs_restore(&class) {
+            return Ok(());
+        }
+        if let Some(h) = &i.header {
+            if self.staging.rcache_path(&h[96..128]).exists() {
+                return Ok(()); // a fetched copy of the restored object
+            }
+        }
+        let now = now_ms();
+        let existing = self.core().db.restore(i.ino)?;
+        match existing {
+            Some(r) if r.state == crate::restore::RState::Ready && r.expiry_ms.is_none_or(|e| e > now) => Ok(()),
+            Some(mut r) if r.state.pending() => {
+                if r.state == crate::restore::RState::InProgress && now - r.last_check_ms >= OPEN_HEAD_INTERVAL_MS {
+                    let key = r.object_key.clone();
+                    let head = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), self.store.head_object(&key)).await });
+                    if let Ok(Ok(h)) = head {
+                        self.apply_head(&mut r, &h);
+                        self.core().db.put_restore(&r)?;
+                        if r.state == crate::restore::RState::Ready {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(FsError::Archived)
+            }
+            _ => {
+                self.request_restore(i, &class, pid, None, None, true)?;
+                Err(FsError::Archived)
+            }
+        }
+    }
+
+    /// Record a restore request (the restore task sends it). For automatic requests (`auto`),
+    /// the indexer rule and the daily budget apply and may record a refusal instead.
+    /// Returns true if a request was recorded.
+    pub fn request_restore(&self, i: &Inode, class: &str, pid: u32, tier: Option<String>, days: Option<i32>, auto: bool) -> Result<bool> {
+        let now = now_ms();
+        let rc = &self.cfg.restore;
+        let tier = tier.unwrap_or_else(|| crate::restore::default_tier(class, &rc.glacier_tier, &rc.deep_archive_tier));
+        let days = if crate::restore::is_intelligent_tiering_archive(class) { None } else { Some(days.unwrap_or(rc.days)) };
+        let mut r = crate::restore::Restore {
+            ino: i.ino,
+            object_key: i.object_key.clone().unwrap_or_default(),
+            state: crate::restore::RState::Requesting,
+            class: class.to_string(),
+            tier: tier.clone(),
+            days,
+            size: i.size,
+            requested_ms: now,
+            expected_ms: now + crate::restore::expected_duration(class, &tier).as_millis() as i64,
+            expiry_ms: None,
+            expiry_text: None,
+            last_check_ms: 0,
+            next_check_ms: 0,
+            attempts: 0,
+            reason: None,
+            auto,
+        };
+        let c = self.core();
+        if auto {
+            if let Some(name) = crate::restore::indexer_name(pid, &rc.indexers) {
+                r.state = crate::restore::RState::Refused;
+                r.reason = Some(format!("opened by {name}, a known indexer or thumbnailer; those never trigger restores"));
+                tracing::info!(ino = i.ino, process = %name, "restore refused: indexer");
+                c.db.put_restore(&r)?;
+                return Ok(false);
+            }
+            let day_start = now - now.rem_euclid(86_400_000);
+            let used = c.db.auto_restore_bytes_since(day_start)?;
+            if used + i.size > rc.daily_budget {
+                r.state = crate::restore::RState::Refused;
+                r.reason = Some(format!(
+                    "the daily budget for automatic restores ({}) would be exceeded ({} already requested today, this file {})",
+                    crate::restore::human_bytes(rc.daily_budget),
+                    crate::restore::human_bytes(used),
+                    crate::restore::human_bytes(i.size)
+                ));
+                tracing::warn!(ino = i.ino, used, budget = rc.daily_budget, "restore refused: daily budget");
+                c.db.put_restore(&r)?;
+                return Ok(false);
+            }
+        }
+        tracing::info!(ino = i.ino, class, tier = %r.tier, auto, "restore requested");
+        c.db.put_restore(&r)?;
+        drop(c);
+        self.restore_wakeup.notify_one();
+        Ok(true)
+    }
+
+    /// A GET failed with InvalidObjectState: learn the object's class with HeadObject and
+    /// request a restore through the usual rules.
+    fn discover_archived(&self, ino: u64) {
+        let Ok(Some(mut i)) = self.core().db.get(ino) else { return };
+        let Some(key) = i.object_key.clone() else { return };
+        let head = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), self.store.head_object(&key)).await });
+        let Ok(Ok(h)) = head else { return };
+        let class = effective_class(&h);
+        tracing::info!(ino, class = %class, "object moved to an archive tier behind our back");
+        i.storage_class = Some(class.clone());
+        if self.core().db.update(&i).is_err() {
+            return;
+        }
+        if crate::restore::needs_restore(&class) {
+            let _ = self.request_restore(&i, &class, 0, None, None, true);
+        }
+    }
+
+    /// Fold a HeadObject answer into a restore record.
+    pub fn apply_head(&self, r: &mut crate::restore::Restore, h: &crate::store::HeadInfo) {
+        let now = now_ms();
+        r.last_check_ms = now;
+        let class = effective_class(h);
+        if !crate::restore::needs_restore(&class) && class != "INTELLIGENT_TIERING" {
+            // Moved back out of the archive tier: readable, nothing to wait for.
+            r.state = crate::restore::RState::Ready;
+            r.expiry_ms = None;
+            r.expiry_text = Some(format!("indefinitely (now in {class})"));
+            return;
+        }
+        match &h.restore {
+            Some(rs) if !rs.ongoing => {
+                r.state = crate::restore::RState::Ready;
+                r.expiry_text = rs.expiry.clone();
+                r.expiry_ms = rs.expiry.as_deref().and_then(crate::restore::parse_http_date);
+            }
+            Some(_) => r.state = crate::restore::RState::InProgress,
+            None if class == "INTELLIGENT_TIERING" && h.archive_status.is_none() => {
+                // Intelligent-Tiering moved it back to a frequent-access tier.
+                r.state = crate::restore::RState::Ready;
+                r.expiry_ms = None;
+                r.expiry_text = Some("indefinitely (back in a frequent-access tier)".into());
+            }
+            None => {}
+        }
+    }
+
+    pub fn restores(&self) -> Result<Vec<crate::restore::Restore>> {
+        Ok(self.core().db.restores()?)
+    }
+
+    pub fn put_restore(&self, r: &crate::restore::Restore) -> Result<()> {
+        // The file may have been deleted or rewritten meanwhile: only keep rows for live objects.
+        let c = self.core();
+        match c.db.get(r.ino)? {
+            Some(i) if i.object_key.as_deref() == Some(r.object_key.as_str()) => Ok(c.db.put_restore(r)?),
+            _ => Ok(c.db.delete_restore(r.ino)?),
+        }
+    }
+
+    pub fn set_class_by_key(&self, key: &str, class: &str) -> Result<usize> {
+        Ok(self.core().db.set_storage_class_by_key(key, class)?)
+    }
+
+    /// Resolve a vault path ("a/b", "" for the root) to its inode.
+    pub fn resolve(&self, path: &str) -> Result<Inode> {
+        let c = self.core();
+        let mut cur = c.db.get(ROOT)?.ok_or(FsError::NotFound)?;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            cur = c.db.lookup(cur.ino, part)?.ok_or(FsError::NotFound)?;
+        }
+        Ok(cur)
+    }
+
+    /// Files at or below `i` whose content is in an archive tier and not readable now.
+    pub fn archived_files_below(&self, i: &Inode) -> Result<Vec<Inode>> {
+        let c = self.core();
+        let files = if i.kind == Kind::Dir { c.db.files_below(i.ino)? } else { vec![i.clone()] };
+        let now = now_ms();
+        let mut out = Vec::new();
+        for f in files {
+            let archived = f.state == State::Uploaded && f.storage_class.as_deref().is_some_and(crate::restore::needs_restore);
+            if !archived {
+                continue;
+            }
+            let ready = c.db.restore(f.ino)?.is_some_and(|r| {
+                r.state.pending() || (r.state == crate::restore::RState::Ready && r.expiry_ms.is_none_or(|e| e > now))
+            });
+            if !ready {
+                out.push(f);
+            }
+        }
+        Ok(out)
     }
 
     // ------------------------------------------------------------------ status
@@ -1210,6 +1587,22 @@ impl Fs {
             requests: self.store.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             failures,
             eta_seconds: None,
+            restores: c
+                .db
+                .restores()?
+                .into_iter()
+                .map(|r| RestoreInfo {
+                    path: c.db.path_of(r.ino).unwrap_or_default(),
+                    state: r.state.as_str().to_string(),
+                    class: r.class,
+                    tier: r.tier,
+                    size: r.size,
+                    requested_at: crate::restore::fmt_ms(r.requested_ms),
+                    expected_ready_by: crate::restore::fmt_ms(r.expected_ms),
+                    available_until: r.expiry_text,
+                    reason: r.reason,
+                })
+                .collect(),
         })
     }
 
@@ -1235,6 +1628,15 @@ impl Fs {
 
     pub fn open_writers(&self) -> usize {
         self.core().open.values().filter(|o| o.writers > 0).count()
+    }
+}
+
+/// The storage class as the index records it: Intelligent-Tiering objects in an archive access
+/// tier become `INTELLIGENT_TIERING/<ARCHIVE_ACCESS|DEEP_ARCHIVE_ACCESS>`.
+pub fn effective_class(h: &crate::store::HeadInfo) -> String {
+    match (&h.storage_class[..], &h.archive_status) {
+        ("INTELLIGENT_TIERING", Some(a)) => format!("INTELLIGENT_TIERING/{a}"),
+        (c, _) => c.to_string(),
     }
 }
 
@@ -1271,6 +1673,20 @@ pub struct Status {
     pub requests: std::collections::BTreeMap<String, u64>,
     pub failures: Vec<FailureInfo>,
     pub eta_seconds: Option<u64>,
+    pub restores: Vec<RestoreInfo>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct RestoreInfo {
+    pub path: String,
+    pub state: String,
+    pub class: String,
+    pub tier: String,
+    pub size: u64,
+    pub requested_at: String,
+    pub expected_ready_by: String,
+    pub available_until: Option<String>,
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]

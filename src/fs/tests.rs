@@ -22,7 +22,13 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         cache_dir: dir.to_path_buf(),
         settle: Duration::from_secs(3600), // tests seal explicitly
         prefix: "v/".into(),
-        default_class: "STANDARD".into(),
+        policy: crate::rules::ClassPolicy {
+            rules: vec![crate::rules::parse_rule("raw/**=DEEP_ARCHIVE").unwrap()],
+            default_class: "STANDARD".into(),
+            small_file_threshold: 128 * 1024,
+            small_file_class: "STANDARD".into(),
+        },
+        restore: RestoreConfig { poll_override: Some(Duration::from_millis(100)), class_refresh: None, ..Default::default() },
         read_cache: 0,
         segment_cache: 1 << 20,
     }
@@ -64,7 +70,7 @@ impl Env {
     }
     fn read_all(&self, ino: u64) -> Result<Vec<u8>> {
         let fs = self.fs();
-        let fh = fs.open(ino, false, false)?;
+        let fh = fs.open(ino, false, false, 0)?.0;
         let size = fs.getattr(ino)?.size;
         let mut out = Vec::new();
         while (out.len() as u64) < size {
@@ -258,7 +264,7 @@ fn rewrite_before_seal_uploads_only_final_content() {
     let e = Env::new();
     let ino = e.write_file(ROOT, "doc.txt", b"first version");
     let fs = e.fs();
-    let fh = fs.open(ino, true, true).unwrap();
+    let fh = fs.open(ino, true, true, 0).unwrap().0;
     fs.write(fh, 0, b"second").unwrap();
     fs.flush(fh).unwrap();
     fs.release(fh).unwrap();
@@ -276,7 +282,7 @@ fn rewrite_after_seal_cancels_the_stale_upload() {
     e.fs().seal_ready(true).unwrap();
     // Partial rewrite of a sealed file: old bytes come back from the outbox.
     let fs = e.fs();
-    let fh = fs.open(ino, true, false).unwrap();
+    let fh = fs.open(ino, true, false, 0).unwrap().0;
     fs.write(fh, 0, b"new").unwrap();
     fs.release(fh).unwrap();
     assert_eq!(e.read_all(ino).unwrap(), b"new old old");
@@ -364,4 +370,163 @@ fn read_cache_keeps_uploaded_objects_local_within_budget() {
     assert!(cached <= 1 << 20, "read cache over budget: {cached}");
     assert_eq!(e.read_all(ino).unwrap(), small);
     assert_eq!(e.read_all(ino2).unwrap(), data(500_000, 9));
+}
+
+// ---------------------------------------------------------------- archive tiers
+
+fn archived_env() -> (Env, u64, Vec<u8>) {
+    let e = Env::new();
+    *e.store.restore_delay.lock().unwrap() = Duration::from_millis(600);
+    let fs = e.fs();
+    let raw = fs.mkdir(ROOT, OsStr::new("raw"), 0o755, 0, 0).unwrap();
+    let d = data(300_000, 20);
+    let ino = e.write_file(raw.ino, "IMG_0001.CR2", &d);
+    fs.seal_ready(true).unwrap();
+    e.wait_state(ino, State::Uploaded);
+    (e, ino, d)
+}
+
+fn open_errno(e: &Env, ino: u64, pid: u32) -> Option<i32> {
+    match e.fs().open(ino, false, false, pid) {
+        Ok((fh, _)) => {
+            e.fs().release(fh).unwrap();
+            None
+        }
+        Err(err) => Some(err.errno()),
+    }
+}
+
+fn status_file(e: &Env, ino: u64) -> Option<String> {
+    let fs = e.fs();
+    let i = fs.getattr(ino).unwrap();
+    let v = fs.lookup(i.parent, OsStr::new(&format!("{}.restore-status", i.name))).ok()?;
+    let (fh, direct) = fs.open(v.ino, false, false, 0).unwrap();
+    assert!(direct);
+    let t = fs.read(fh, 0, 1 << 20).unwrap();
+    fs.release(fh).unwrap();
+    Some(String::from_utf8(t).unwrap())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn archived_file_restores_once_and_then_reads() {
+    let (e, ino, d) = archived_env();
+    let key = e.fs().getattr(ino).unwrap().object_key.unwrap();
+    assert_eq!(e.store.snapshot()[&key].storage_class, "DEEP_ARCHIVE");
+    assert!(status_file(&e, ino).is_none(), "no status file before a restore");
+    for _ in 0..11 {
+        assert_eq!(open_errno(&e, ino, 0), Some(libc::EAGAIN));
+    }
+    wait_for("RestoreObject", || e.fs().store.counts().get("RestoreObject") == Some(&1));
+    let t = status_file(&e, ino).unwrap();
+    assert!(t.contains("tier:              Bulk"), "{t}");
+    assert!(t.contains("DEEP_ARCHIVE") && t.contains("expected ready by") && t.contains("cost estimate"), "{t}");
+    let names: Vec<String> = e.fs().readdir(e.fs().getattr(ino).unwrap().parent).unwrap().into_iter().map(|i| i.name).collect();
+    assert!(names.contains(&"IMG_0001.CR2.restore-status".to_string()), "{names:?}");
+    wait_for("restore ready", || open_errno(&e, ino, 0).is_none());
+    assert_eq!(e.read_all(ino).unwrap(), d);
+    let t = status_file(&e, ino).unwrap();
+    assert!(t.contains("state:             ready until"), "{t}");
+    assert_eq!(e.fs().store.counts()["RestoreObject"], 1, "exactly one RestoreObject");
+    // The listing file at the root knows it too.
+    let ctl = e.fs().lookup(ROOT, OsStr::new(".coldvault")).unwrap();
+    let l = e.fs().lookup(ctl.ino, OsStr::new("restores")).unwrap();
+    let (fh, _) = e.fs().open(l.ino, false, false, 0).unwrap();
+    let text = String::from_utf8(e.fs().read(fh, 0, 65536).unwrap()).unwrap();
+    assert!(text.contains("raw/IMG_0001.CR2\tready"), "{text}");
+}
+
+#[test]
+fn truncating_rewrite_of_archived_file_needs_no_restore() {
+    let (e, ino, _) = archived_env();
+    let fs = e.fs();
+    let (fh, _) = fs.open(ino, true, true, 0).unwrap();
+    fs.write(fh, 0, b"new version").unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(e.read_all(ino).unwrap(), b"new version");
+    assert_eq!(fs.store.counts().get("RestoreObject"), None);
+    assert_eq!(fs.store.counts().get("GetObject"), None);
+}
+
+#[test]
+fn transition_behind_our_back_is_discovered_on_read() {
+    let e = Env::new();
+    *e.store.restore_delay.lock().unwrap() = Duration::from_millis(300);
+    let d = data(200_000, 21);
+    let (ino, key) = upload_one(&e, "photo.jpg", &d);
+    e.store.set_storage_class(&key, "GLACIER");
+    let fs = e.fs();
+    let (fh, _) = fs.open(ino, false, false, 0).unwrap();
+    assert_eq!(fs.read(fh, 0, 4096).unwrap_err().errno(), libc::EAGAIN);
+    fs.release(fh).unwrap();
+    assert_eq!(fs.getattr(ino).unwrap().storage_class.as_deref(), Some("GLACIER"));
+    assert_eq!(open_errno(&e, ino, 0), Some(libc::EAGAIN));
+    wait_for("restore", || open_errno(&e, ino, 0).is_none());
+    assert_eq!(e.read_all(ino).unwrap(), d);
+    assert_eq!(fs.store.counts()["RestoreObject"], 1);
+    assert!(status_file(&e, ino).unwrap().contains("tier:              Standard"), "GLACIER defaults to Standard");
+}
+
+#[test]
+fn cost_guard_and_indexers_refuse_automatic_restores() {
+    let (e, ino, _) = archived_env();
+    // An indexer: a process whose name is a known thumbnailer.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("tracker-miner-fs-3");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+    assert_eq!(open_errno(&e, ino, child.id()), Some(libc::EAGAIN));
+    child.kill().unwrap();
+    let _ = child.wait();
+    let t = status_file(&e, ino).unwrap();
+    assert!(t.contains("refused") && t.contains("indexer"), "{t}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(e.fs().store.counts().get("RestoreObject"), None, "an indexer never triggers a restore");
+    // A normal process then triggers it.
+    assert_eq!(open_errno(&e, ino, std::process::id()), Some(libc::EAGAIN));
+    wait_for("RestoreObject", || e.fs().store.counts().get("RestoreObject") == Some(&1));
+
+    // The daily budget: a second archived file over the budget is refused.
+    let mut e = e;
+    let d = e.daemon.take().unwrap();
+    e.rt.block_on(d.shutdown());
+    let mut c = cfg(e.dir.path());
+    c.restore.daily_budget = 400_000; // the first file (300 kB) already counts today
+    c.restore.poll_override = Some(Duration::from_millis(100));
+    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    let raw = e.fs().lookup(ROOT, OsStr::new("raw")).unwrap();
+    let ino2 = e.write_file(raw.ino, "IMG_0002.CR2", &data(300_000, 22));
+    e.fs().seal_ready(true).unwrap();
+    e.wait_state(ino2, State::Uploaded);
+    assert_eq!(open_errno(&e, ino2, 0), Some(libc::EAGAIN));
+    let t = status_file(&e, ino2).unwrap();
+    assert!(t.contains("refused") && t.contains("daily budget"), "{t}");
+    assert!(t.contains("coldvault restore"), "says how to request it explicitly: {t}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(e.fs().store.counts().get("RestoreObject"), None, "nothing requested over budget");
+    // An explicit request ignores the budget.
+    let i2 = e.fs().getattr(ino2).unwrap();
+    assert!(e.fs().request_restore(&i2, "DEEP_ARCHIVE", 0, Some("Standard".into()), Some(2), false).unwrap());
+    wait_for("explicit restore sent", || e.fs().store.counts().get("RestoreObject") == Some(&1));
+}
+
+#[test]
+fn pending_restores_survive_restart_without_duplicates() {
+    let (mut e, ino, d) = archived_env();
+    *e.store.restore_delay.lock().unwrap() = Duration::from_secs(2);
+    assert_eq!(open_errno(&e, ino, 0), Some(libc::EAGAIN));
+    wait_for("RestoreObject", || e.fs().store.counts().get("RestoreObject") == Some(&1));
+    e.restart();
+    assert_eq!(open_errno(&e, ino, 0), Some(libc::EAGAIN));
+    assert!(status_file(&e, ino).unwrap().contains("in progress"));
+    wait_for("ready after restart", || open_errno(&e, ino, 0).is_none());
+    assert_eq!(e.fs().store.counts().get("RestoreObject"), None, "no second request after the restart");
+    assert_eq!(e.read_all(ino).unwrap(), d);
 }

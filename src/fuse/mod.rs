@@ -211,19 +211,18 @@ impl fuser::Filesystem for ColdFs {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let trunc = flags.0 & libc::O_TRUNC != 0;
+        let pid = req.pid();
         let fs = self.fs.clone();
-        let work = move || match fs.open(ino.0, write, trunc) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        // May ask S3 (restore status, old bytes for a partial rewrite): off the dispatch thread.
+        self.fs.rt.spawn_blocking(move || match fs.open(ino.0, write, trunc, pid) {
+            // Virtual status files change under the kernel's feet: bypass its page cache.
+            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
-        };
-        if write && !trunc {
-            self.fs.rt.spawn_blocking(work);
-        } else {
-            work();
-        }
+        });
     }
 
     fn read(

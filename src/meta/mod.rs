@@ -15,6 +15,7 @@
 //!   if the generation it sealed is still current.
 //! * the caller serialises access (one connection behind the filesystem's core lock).
 
+use crate::restore::{RState, Restore};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 
@@ -135,6 +136,8 @@ pub struct Upload {
     pub metadata: String,
     pub header: Vec<u8>,
     pub sha256: String,
+    /// Object tags, URL-encoded (`k=v&k2=v2`), for bucket lifecycle rules.
+    pub tagging: Option<String>,
 }
 
 const SCHEMA: &str = r#"
@@ -179,7 +182,26 @@ CREATE TABLE IF NOT EXISTS uploads(
   mp_upload_id TEXT,
   metadata TEXT NOT NULL,
   header BLOB NOT NULL,
-  sha256 TEXT NOT NULL
+  sha256 TEXT NOT NULL,
+  tagging TEXT
+);
+CREATE TABLE IF NOT EXISTS restores(
+  ino INTEGER PRIMARY KEY,
+  object_key TEXT NOT NULL,
+  state TEXT NOT NULL,
+  class TEXT NOT NULL,
+  tier TEXT NOT NULL,
+  days INTEGER,
+  size INTEGER NOT NULL,
+  requested_ms INTEGER NOT NULL,
+  expected_ms INTEGER NOT NULL,
+  expiry_ms INTEGER,
+  expiry_text TEXT,
+  last_check_ms INTEGER NOT NULL DEFAULT 0,
+  next_check_ms INTEGER NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  reason TEXT,
+  auto INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS parts(
   upload_id INTEGER NOT NULL,
@@ -223,7 +245,30 @@ fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<(Inode, i64, String)> {
 }
 
 const INODE_COLS: &str = "ino,parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs";
-const UPLOAD_COLS: &str = "id,ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,last_error,mp_upload_id,metadata,header,sha256";
+const UPLOAD_COLS: &str = "id,ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,last_error,mp_upload_id,metadata,header,sha256,tagging";
+const RESTORE_COLS: &str = "ino,object_key,state,class,tier,days,size,requested_ms,expected_ms,expiry_ms,expiry_text,last_check_ms,next_check_ms,attempts,reason,auto";
+
+fn restore_from_row(r: &Row<'_>) -> rusqlite::Result<Restore> {
+    let st: String = r.get(2)?;
+    Ok(Restore {
+        ino: r.get::<_, i64>(0)? as u64,
+        object_key: r.get(1)?,
+        state: RState::parse(&st).unwrap_or(RState::Failed),
+        class: r.get(3)?,
+        tier: r.get(4)?,
+        days: r.get(5)?,
+        size: r.get::<_, i64>(6)? as u64,
+        requested_ms: r.get(7)?,
+        expected_ms: r.get(8)?,
+        expiry_ms: r.get(9)?,
+        expiry_text: r.get(10)?,
+        last_check_ms: r.get(11)?,
+        next_check_ms: r.get(12)?,
+        attempts: r.get(13)?,
+        reason: r.get(14)?,
+        auto: r.get::<_, i64>(15)? != 0,
+    })
+}
 
 fn upload_from_row(r: &Row<'_>) -> rusqlite::Result<Upload> {
     Ok(Upload {
@@ -243,6 +288,7 @@ fn upload_from_row(r: &Row<'_>) -> rusqlite::Result<Upload> {
         metadata: r.get(13)?,
         header: r.get(14)?,
         sha256: r.get(15)?,
+        tagging: r.get(16)?,
     })
 }
 
@@ -383,8 +429,8 @@ impl Db {
 
     pub fn insert_upload(conn: &Connection, u: &Upload) -> Result<i64> {
         conn.execute(
-            "INSERT INTO uploads(ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,metadata,header,sha256) VALUES(?1,?2,?3,?4,?5,?6,?7,'queued',0,0,?8,?9,?10)",
-            params![u.ino as i64, u.content_gen, u.object_key, u.path, u.size as i64, u.enc_size as i64, u.storage_class, u.metadata, u.header, u.sha256],
+            "INSERT INTO uploads(ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,metadata,header,sha256,tagging) VALUES(?1,?2,?3,?4,?5,?6,?7,'queued',0,0,?8,?9,?10,?11)",
+            params![u.ino as i64, u.content_gen, u.object_key, u.path, u.size as i64, u.enc_size as i64, u.storage_class, u.metadata, u.header, u.sha256, u.tagging],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -451,6 +497,70 @@ impl Db {
         conn.execute("DELETE FROM parts WHERE upload_id=?1", params![id])?;
         conn.execute("DELETE FROM uploads WHERE id=?1", params![id])?;
         Ok(())
+    }
+
+    // ---- restores ----
+
+    pub fn restore(&self, ino: u64) -> Result<Option<Restore>> {
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {RESTORE_COLS} FROM restores WHERE ino=?1"), params![ino as i64], restore_from_row)
+            .optional()?)
+    }
+
+    pub fn restores(&self) -> Result<Vec<Restore>> {
+        let mut st = self.conn.prepare_cached(&format!("SELECT {RESTORE_COLS} FROM restores ORDER BY requested_ms, ino"))?;
+        let r = st.query_map([], restore_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(r)
+    }
+
+    pub fn put_restore(&self, r: &Restore) -> Result<()> {
+        self.conn.execute(
+            &format!("INSERT OR REPLACE INTO restores({RESTORE_COLS}) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
+            params![
+                r.ino as i64, r.object_key, r.state.as_str(), r.class, r.tier, r.days, r.size as i64, r.requested_ms,
+                r.expected_ms, r.expiry_ms, r.expiry_text, r.last_check_ms, r.next_check_ms, r.attempts, r.reason, r.auto as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_restore(&self, ino: u64) -> Result<()> {
+        self.conn.execute("DELETE FROM restores WHERE ino=?1", params![ino as i64])?;
+        Ok(())
+    }
+
+    /// Bytes of automatic restores requested since `since_ms` (the daily budget).
+    pub fn auto_restore_bytes_since(&self, since_ms: i64) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum(size),0) FROM restores WHERE auto=1 AND requested_ms >= ?1 AND state IN ('requested','in progress','ready','expired')",
+            params![since_ms],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Files (ino, size, class) below `dir` (recursively) — for `coldvault restore DIR`.
+    pub fn files_below(&self, dir: u64) -> Result<Vec<Inode>> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for c in self.children(d)? {
+                match c.kind {
+                    Kind::Dir => stack.push(c.ino),
+                    Kind::File => out.push(c),
+                    Kind::Symlink => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_storage_class_by_key(&self, key: &str, class: &str) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE inodes SET storage_class=?2 WHERE object_key=?1 AND state='uploaded' AND coalesce(storage_class,'') != ?2
+             AND NOT (?2 = 'INTELLIGENT_TIERING' AND coalesce(storage_class,'') LIKE 'INTELLIGENT_TIERING/%')",
+            params![key, class],
+        )?)
     }
 
     pub fn conn(&self) -> &Connection {

@@ -16,6 +16,7 @@ pub struct MemObject {
     pub metadata: HashMap<String, String>,
     pub restore_requested: Option<Instant>,
     pub restore_days: Option<i32>,
+    pub tagging: Option<String>,
 }
 
 #[derive(Default)]
@@ -138,6 +139,7 @@ impl MemoryStore {
             metadata: opts.metadata.iter().cloned().collect(),
             restore_requested: None,
             restore_days: None,
+            tagging: opts.tagging.clone(),
         };
         self.inner.lock().unwrap().objects.entry(key.to_string()).or_default().push(o);
         Ok(())

@@ -48,6 +48,8 @@ pub struct PutOptions {
     pub storage_class: String,
     /// User metadata (sent as x-amz-meta-*). Values must be ASCII.
     pub metadata: Vec<(String, String)>,
+    /// Object tags, URL-encoded (`k=v&k2=v2`).
+    pub tagging: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

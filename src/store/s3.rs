@@ -120,6 +120,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .set_storage_class(class(&opts.storage_class))
             .set_metadata(meta_map(&opts.metadata))
+            .set_tagging(opts.tagging.clone())
             .body(ByteStream::from(body))
             .send()
             .await
@@ -134,6 +135,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .set_storage_class(class(&opts.storage_class))
             .set_metadata(meta_map(&opts.metadata))
+            .set_tagging(opts.tagging.clone())
             .send()
             .await
             .map_err(classify)?;

@@ -181,7 +181,7 @@ impl Uploader {
 
     fn opts(&self, u: &Upload) -> PutOptions {
         let metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap_or_default();
-        PutOptions { storage_class: u.storage_class.clone(), metadata }
+        PutOptions { storage_class: u.storage_class.clone(), metadata, tagging: u.tagging.clone() }
     }
 
     fn journal<T>(r: crate::fs::Result<T>) -> Result<T, StoreError> {

@@ -527,11 +527,13 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
     let mut args = std::env::args_os().skip(1).peekable();
     while let Some(arg) = args.next() {
         let s = arg.to_string_lossy();
-        if s == "--passphrase-file" {
+        // Options re-added below with resolved values (and the passphrase file, replaced by stdin).
+        const RESET: [&str; 3] = ["--passphrase-file", "--config", "--cache-dir"];
+        if RESET.contains(&s.as_ref()) {
             args.next();
             continue;
         }
-        if s.starts_with("--passphrase-file=") || s == "--foreground" {
+        if RESET.iter().any(|o| s.starts_with(&format!("{o}="))) || s == "--foreground" {
             continue;
         }
         cmd.arg(&arg);

@@ -1430,6 +1430,14 @@ impl Fs {
             auto,
         };
         let c = self.core();
+        // Checked under the lock: concurrent opens and reads (kernel readahead) of one file
+        // must produce one request, never two.
+        if let Some(cur) = c.db.restore(i.ino)? {
+            let live = cur.state.pending() || (cur.state == crate::restore::RState::Ready && cur.expiry_ms.is_none_or(|e| e > now));
+            if live && cur.object_key == r.object_key {
+                return Ok(false);
+            }
+        }
         if auto {
             if let Some(name) = crate::restore::indexer_name(pid, &rc.indexers) {
                 r.state = crate::restore::RState::Refused;

@@ -28,6 +28,9 @@ os.environ["AWS_ACCESS_KEY_ID"] = KEY
 os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET
 os.environ.setdefault("AWS_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
+# moto (through scripts/moto_server.py) completes a restore this many seconds after the request.
+RESTORE_SECONDS = 4
+os.environ["COLDVAULT_MOTO_RESTORE_SECONDS"] = str(RESTORE_SECONDS)
 
 
 def free_port():

@@ -976,6 +976,18 @@ impl Fs {
     }
 
     fn read_inner(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        // Sealing or an upload completing may move the content (spool -> outbox -> S3) between
+        // choosing the source and opening it: look again rather than fail the read.
+        let mut tries = 0;
+        loop {
+            match self.read_once(fh, offset, size) {
+                Err(FsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn read_once(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let (ino, _) = self.handle_ino(fh)?;
         let (i, spool, src) = {
             let c = self.core();
@@ -1355,12 +1367,13 @@ impl Fs {
             }
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
-        drop(c);
+        // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.
         if self.cfg.read_cache > 0 && u.enc_size <= self.cfg.read_cache {
             self.staging.keep_in_read_cache(u.ino, u.content_gen, &u.header[96..128], self.cfg.read_cache);
         } else {
             self.staging.remove_outbox(u.ino, u.content_gen);
         }
+        drop(c);
         Ok(())
     }
 

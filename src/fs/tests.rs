@@ -530,3 +530,59 @@ fn pending_restores_survive_restart_without_duplicates() {
     assert_eq!(e.fs().store.counts().get("RestoreObject"), None, "no second request after the restart");
     assert_eq!(e.read_all(ino).unwrap(), d);
 }
+
+#[test]
+fn restored_copy_expires_and_the_file_is_archived_again() {
+    let (e, ino, d) = archived_env();
+    *e.store.restore_lifetime.lock().unwrap() = Some(Duration::from_millis(1500));
+    assert_eq!(open_errno(&e, ino, 0), Some(libc::EAGAIN));
+    wait_for("ready", || open_errno(&e, ino, 0).is_none());
+    assert_eq!(e.read_all(ino).unwrap(), d);
+    let t = status_file(&e, ino).unwrap();
+    assert!(t.contains("ready until") && t.contains("GMT"), "{t}");
+    // After the expiry date the placeholder disappears and the file is archived again.
+    wait_for("expired", || status_file(&e, ino).is_none());
+    assert_eq!(e.fs().store.counts()["RestoreObject"], 1);
+}
+
+#[test]
+fn fetch_restored_keeps_the_file_readable_after_expiry() {
+    let mut e = Env::new();
+    let dd = e.daemon.take().unwrap();
+    e.rt.block_on(dd.shutdown());
+    let mut c = cfg(e.dir.path());
+    c.restore.fetch_restored = true;
+    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    *e.store.restore_delay.lock().unwrap() = Duration::from_millis(300);
+    *e.store.restore_lifetime.lock().unwrap() = Some(Duration::from_millis(1500));
+    let raw = e.fs().mkdir(ROOT, OsStr::new("raw"), 0o755, 0, 0).unwrap();
+    let d = data(300_000, 30);
+    let ino = e.write_file(raw.ino, "x.CR2", &d);
+    e.fs().seal_ready(true).unwrap();
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(open_errno(&e, ino, 0), Some(libc::EAGAIN));
+    wait_for("fetched", || std::fs::read_dir(e.dir.path().join("rcache")).unwrap().count() == 1);
+    wait_for("expired", || status_file(&e, ino).is_none());
+    let gets = e.fs().store.counts()["GetObject"];
+    assert_eq!(e.read_all(ino).unwrap(), d, "readable from the fetched copy after expiry");
+    assert_eq!(e.fs().store.counts()["GetObject"], gets, "no S3 read needed");
+}
+
+#[test]
+fn class_refresh_learns_transitions_and_tags_are_sent() {
+    let mut e = Env::new();
+    let dd = e.daemon.take().unwrap();
+    e.rt.block_on(dd.shutdown());
+    let mut c = cfg(e.dir.path());
+    c.restore.class_refresh = Some(Duration::from_millis(300));
+    c.policy.rules = vec![crate::rules::ClassRule { glob: "*.tif".into(), class: "STANDARD_IA".into(), tags: [("kind".to_string(), "master copy".to_string())].into() }];
+    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    let (ino, key) = upload_one(&e, "a.tif", &data(1000, 31));
+    let o = &e.store.snapshot()[&key];
+    assert_eq!(o.storage_class, "STANDARD_IA");
+    assert_eq!(o.tagging.as_deref(), Some("kind=master%20copy"));
+    e.store.set_storage_class(&key, "DEEP_ARCHIVE");
+    wait_for("refresh", || e.fs().getattr(ino).unwrap().storage_class.as_deref() == Some("DEEP_ARCHIVE"));
+    assert!(e.fs().store.counts()["ListObjectsV2"] >= 1);
+    assert_eq!(e.fs().store.counts().get("HeadObject"), None, "learned from the listing, not per-file HEADs");
+}

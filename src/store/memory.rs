@@ -36,6 +36,8 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     /// How long a restore takes before the object becomes readable.
     pub restore_delay: Mutex<Duration>,
+    /// How long a restored copy stays readable (None: the requested Days).
+    pub restore_lifetime: Mutex<Option<Duration>>,
     pub latency: Mutex<Duration>,
 }
 
@@ -120,7 +122,21 @@ impl MemoryStore {
             return true;
         }
         let d = *self.restore_delay.lock().unwrap();
-        matches!(o.restore_requested, Some(t) if t.elapsed() >= d)
+        matches!(o.restore_requested, Some(t) if t.elapsed() >= d && t.elapsed() < d + self.lifetime(o))
+    }
+
+    fn lifetime(&self, o: &MemObject) -> Duration {
+        self.restore_lifetime.lock().unwrap().unwrap_or(Duration::from_secs(86_400 * o.restore_days.unwrap_or(1).max(1) as u64))
+    }
+
+    /// expiry-date as S3 writes it (RFC 1123), for a restore that became ready.
+    fn expiry_date(&self, o: &MemObject) -> Option<String> {
+        let t = o.restore_requested?;
+        let d = *self.restore_delay.lock().unwrap();
+        let remaining = (d + self.lifetime(o)).checked_sub(t.elapsed()).unwrap_or_default();
+        let at = std::time::SystemTime::now() + remaining;
+        let secs = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+        Some(http_date(secs))
     }
 
     fn newest(&self, key: &str) -> Result<MemObject> {
@@ -212,10 +228,12 @@ impl ObjectStore for MemoryStore {
     async fn head_object(&self, key: &str) -> Result<HeadInfo> {
         self.enter("HeadObject").await?;
         let o = self.newest(key)?;
-        let restore = o.restore_requested.map(|_| RestoreState {
-            ongoing: !self.readable(&o),
-            expiry: if self.readable(&o) { Some(format!("in {} days", o.restore_days.unwrap_or(1))) } else { None },
-        });
+        let d = *self.restore_delay.lock().unwrap();
+        let restore = match o.restore_requested {
+            Some(t) if t.elapsed() < d => Some(RestoreState { ongoing: true, expiry: None }),
+            Some(_) if self.readable(&o) => Some(RestoreState { ongoing: false, expiry: self.expiry_date(&o) }),
+            _ => None, // never restored, or the restored copy expired
+        };
         Ok(HeadInfo {
             size: o.body.len() as u64,
             storage_class: o.storage_class.clone(),
@@ -251,6 +269,7 @@ impl ObjectStore for MemoryStore {
                 return Err(StoreError::RestoreInProgress);
             }
         }
+        let _ = &o.tagging;
         o.restore_requested = Some(Instant::now());
         o.restore_days = days;
         Ok(())
@@ -258,4 +277,15 @@ impl ObjectStore for MemoryStore {
     async fn check_bucket(&self) -> Result<()> {
         self.enter("HeadBucket").await
     }
+}
+
+/// RFC 1123 date ("Tue, 24 Nov 2026 03:26:21 GMT") of Unix seconds.
+fn http_date(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days.rem_euclid(7)) as usize];
+    let ms = crate::restore::fmt_ms(secs * 1000); // "YYYY-MM-DD hh:mm:ss UTC"
+    let (y, m, d) = (&ms[0..4], &ms[5..7], &ms[8..10]);
+    let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][m.parse::<usize>().unwrap_or(1) - 1];
+    format!("{wd}, {d} {mon} {y} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
 }

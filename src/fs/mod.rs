@@ -20,6 +20,7 @@ use crate::store::{Counted, ObjectStore, StoreError};
 pub use error::{FsError, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use rusqlite::OptionalExtension;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -1189,6 +1190,42 @@ impl Fs {
         Ok(n)
     }
 
+    /// The object key for `ino` at `path`: the keyed hash of the path, so a rewrite of a path
+    /// is a new version of the same key — unless another live file (renamed away from this
+    /// path after its upload) still refers to that key: overwriting it would destroy that
+    /// file's only copy, so this version gets a key of its own.
+    fn object_key_for(&self, ino: u64, path: &str) -> Result<String> {
+        let base = format!("{}d/{}", self.cfg.prefix, crypto::path_key(&self.keys.name_key, path));
+        let c = self.core();
+        let taken = |k: &str| -> Result<bool> {
+            let used_by_file = c
+                .db
+                .conn()
+                .query_row("SELECT 1 FROM inodes WHERE object_key=?1 AND ino != ?2 LIMIT 1", rusqlite::params![k, ino as i64], |_| Ok(()))
+                .optional()
+                .map_err(crate::meta::MetaError::from)?
+                .is_some();
+            let used_by_upload = c
+                .db
+                .conn()
+                .query_row("SELECT 1 FROM uploads WHERE object_key=?1 AND ino != ?2 LIMIT 1", rusqlite::params![k, ino as i64], |_| Ok(()))
+                .optional()
+                .map_err(crate::meta::MetaError::from)?
+                .is_some();
+            Ok(used_by_file || used_by_upload)
+        };
+        if !taken(&base)? {
+            return Ok(base);
+        }
+        for n in 1u32.. {
+            let k = format!("{}d/{}", self.cfg.prefix, crypto::path_key(&self.keys.name_key, &format!("{path}\0{ino}\0{n}")));
+            if !taken(&k)? {
+                return Ok(k);
+            }
+        }
+        unreachable!()
+    }
+
     /// Encrypt one file's spool into the outbox and queue its upload in one transaction.
     fn seal_one(&self, ino: u64, gen: i64) -> Result<bool> {
         let (i, path) = {
@@ -1229,7 +1266,7 @@ impl Fs {
             ("cvh".to_string(), B64.encode(sealed.header.bytes)),
             ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&meta))),
         ];
-        let object_key = format!("{}d/{}", self.cfg.prefix, crypto::path_key(&self.keys.name_key, &path));
+        let object_key = self.object_key_for(ino, &path)?;
         let (class, tags) = self.cfg.policy.choose(&path, i.size);
         let mut c = self.core();
         let Some(mut cur) = c.db.get(ino)? else {

@@ -586,3 +586,21 @@ fn class_refresh_learns_transitions_and_tags_are_sent() {
     assert!(e.fs().store.counts()["ListObjectsV2"] >= 1);
     assert_eq!(e.fs().store.counts().get("HeadObject"), None, "learned from the listing, not per-file HEADs");
 }
+
+#[test]
+fn new_file_at_a_renamed_files_old_path_never_overwrites_it() {
+    let e = Env::new();
+    let old = data(100_000, 40);
+    let (a, key_a) = upload_one(&e, "a.jpg", &old);
+    e.fs().rename(ROOT, OsStr::new("a.jpg"), ROOT, OsStr::new("b.jpg"), false).unwrap();
+    let new = data(100_000, 41);
+    let (a2, key_a2) = upload_one(&e, "a.jpg", &new);
+    assert_ne!(key_a, key_a2, "the renamed file's object is still in use");
+    assert_eq!(e.store.version_count(&key_a), 1, "not overwritten");
+    assert_eq!(e.read_all(a).unwrap(), old);
+    assert_eq!(e.read_all(a2).unwrap(), new);
+    // Once nothing refers to the old key, a path's key is its plain hash again.
+    e.fs().unlink(ROOT, OsStr::new("b.jpg")).unwrap();
+    let (_, key_c) = upload_one(&e, "c.jpg", &data(10, 1));
+    assert_eq!(key_c, format!("v/d/{}", crate::crypto::path_key(&e.keys.name_key, "c.jpg")));
+}

@@ -7,6 +7,7 @@
 //! * [`meta`]    — SQLite index and upload journal (WAL, synchronous=FULL).
 //! * [`staging`] — spool (plaintext), outbox (encrypted, immutable) and read-cache files.
 //! * [`crypto`]  — format v1: vault keys, STREAM encryption, metadata, path hashing.
+//! * [`remote_meta`] — journal of namespace changes and index snapshots in the bucket; rebuild.
 //! * [`restore`] — archive tiers: restore states, costs, times, cost guard, status-file text.
 //! * [`rules`]   — storage class per path (globs, small-file guard, object tags).
 //! * [`upload`]  — durable upload queue: PutObject / resumable multipart, retry with backoff.
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod meta;
+pub mod remote_meta;
 pub mod restore;
 pub mod rules;
 pub mod staging;

@@ -418,6 +418,7 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
         prefix: cfg.prefix.clone(),
         policy,
         restore: restore_cfg,
+        journal: coldvault::remote_meta::JournalConfig::default(),
         read_cache,
         segment_cache: 64 << 20,
     };

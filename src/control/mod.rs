@@ -140,6 +140,12 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
                     }
                 }
                 if !wait || waiting == 0 {
+                    if wait {
+                        // Renames, deletions and attribute changes are part of "everything".
+                        if let Err(e) = crate::remote_meta::journal::flush(fs, &fs.cfg.journal).await {
+                            return Reply::Error { message: format!("uploading the metadata journal failed: {e}") };
+                        }
+                    }
                     let s = fs.status().unwrap_or_default();
                     return Reply::Flushed { uploaded_files: s.uploaded_files, failed_files: failed, still_open_for_write: fs.open_writers() as u64 };
                 }

@@ -168,6 +168,14 @@ pub fn encrypted_len(size: u64) -> u64 {
     HEADER_LEN as u64 + size + segment_count(size) * TAG
 }
 
+/// Plaintext length of a v1 object of `enc_len` bytes (None if no plaintext has that length).
+pub fn plaintext_len(enc_len: u64) -> Option<u64> {
+    let body = enc_len.checked_sub(HEADER_LEN as u64)?;
+    let n = body.div_ceil(SEGMENT + TAG).max(1);
+    let size = body.checked_sub(n * TAG)?;
+    (encrypted_len(size) == enc_len).then_some(size)
+}
+
 fn seg_nonce(prefix: &[u8; 7], idx: u64, last: bool) -> Result<[u8; 12]> {
     let idx: u32 = idx.try_into().map_err(|_| CryptoError::Malformed("file too large for STREAM BE32".into()))?;
     let mut n = [0u8; 12];

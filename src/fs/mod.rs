@@ -52,6 +52,8 @@ pub struct FsConfig {
     /// Storage class (and tags) per path.
     pub policy: crate::rules::ClassPolicy,
     pub restore: RestoreConfig,
+    /// Metadata journal and snapshots in the bucket.
+    pub journal: crate::remote_meta::JournalConfig,
     /// Bytes of uploaded objects kept locally for reads (0: release after upload).
     pub read_cache: u64,
     /// Bytes of decrypted segments kept in memory.
@@ -158,6 +160,14 @@ pub struct Fs {
     pub upload_wakeup: tokio::sync::Notify,
     /// Woken when a restore is recorded and must be sent.
     pub restore_wakeup: tokio::sync::Notify,
+    /// Woken to upload the journal now (flush, many pending entries).
+    pub journal_wakeup: tokio::sync::Notify,
+    /// One journal flusher at a time.
+    pub journal_lock: tokio::sync::Mutex<()>,
+    /// File versions that reached S3 since mount (status; tests check "uploaded once").
+    pub data_uploads: std::sync::atomic::AtomicU64,
+    /// Journal batches and snapshots uploaded since mount.
+    pub meta_uploads: std::sync::atomic::AtomicU64,
     pub uid: u32,
     pub gid: u32,
 }
@@ -190,6 +200,10 @@ impl Fs {
             segs,
             upload_wakeup: tokio::sync::Notify::new(),
             restore_wakeup: tokio::sync::Notify::new(),
+            journal_wakeup: tokio::sync::Notify::new(),
+            journal_lock: tokio::sync::Mutex::new(()),
+            data_uploads: Default::default(),
+            meta_uploads: Default::default(),
             uid,
             gid,
         });
@@ -431,6 +445,7 @@ impl Fs {
             i.dirty_ms = now_ms();
         }
         c.db.update(&i)?;
+        Self::record_attr(&c, &i);
         Ok(Self::apply_overlay(&c, i))
     }
 
@@ -541,6 +556,8 @@ impl Fs {
         let name = Self::check_new_entry(&c, parent, name)?;
         let i = c.db.insert(&Self::new_inode(parent, &name, Kind::Dir, mode, uid, gid))?;
         Self::touch_dir(&c, parent)?;
+        let path = c.db.path_of(i.ino)?;
+        Self::record(&c, crate::remote_meta::Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns });
         Ok(i)
     }
 
@@ -550,9 +567,11 @@ impl Fs {
         let name = Self::check_new_entry(&c, parent, name)?;
         let mut n = Self::new_inode(parent, &name, Kind::Symlink, 0o777, uid, gid);
         n.size = target.len() as u64;
-        n.target = Some(target);
+        n.target = Some(target.clone());
         let i = c.db.insert(&n)?;
         Self::touch_dir(&c, parent)?;
+        let path = c.db.path_of(i.ino)?;
+        Self::record(&c, crate::remote_meta::Entry::Symlink { path, target, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns });
         Ok(i)
     }
 
@@ -566,7 +585,9 @@ impl Fs {
         if c.db.has_children(d.ino)? {
             return Err(FsError::NotEmpty);
         }
+        let path = c.db.path_of(d.ino)?;
         Db::delete_inode(c.db.conn(), d.ino)?;
+        Self::record(&c, crate::remote_meta::Entry::Remove { path });
         Self::touch_dir(&c, parent)?;
         Ok(())
     }
@@ -602,7 +623,12 @@ impl Fs {
         if i.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        let path = c.db.path_of(i.ino)?;
         Db::delete_inode(c.db.conn(), i.ino)?;
+        if let Some(k) = &i.object_key {
+            Db::add_dead_key(c.db.conn(), k)?;
+        }
+        Self::record(&c, crate::remote_meta::Entry::Remove { path });
         if i.kind == Kind::File {
             // An open handle keeps its spool fd: reads and writes on it keep working
             // (unlinked-but-open), and nothing is ever sealed for it.
@@ -648,10 +674,14 @@ impl Fs {
                 _ => {}
             }
             Db::delete_inode(c.db.conn(), dst.ino)?;
+            if let Some(k) = &dst.object_key {
+                Db::add_dead_key(c.db.conn(), k)?;
+            }
             if dst.kind == Kind::File {
                 self.drop_content(&mut c, dst.ino)?;
             }
         }
+        let from = c.db.path_of(src.ino)?;
         src.parent = newparent;
         src.name = newname;
         src.ctime_ns = now_ns();
@@ -659,6 +689,8 @@ impl Fs {
             src.dirty_ms = now_ms();
         }
         c.db.update(&src)?;
+        let to = c.db.path_of(src.ino)?;
+        Self::record(&c, crate::remote_meta::Entry::Rename { from, to });
         Self::touch_dir(&c, parent)?;
         if newparent != parent {
             Self::touch_dir(&c, newparent)?;
@@ -1150,6 +1182,7 @@ impl Fs {
         i.xattrs = Some(serde_json::to_string(&m).expect("json"));
         i.ctime_ns = now_ns();
         c.db.update(&i)?;
+        Self::record_attr(&c, &i);
         Ok(())
     }
 
@@ -1162,6 +1195,7 @@ impl Fs {
         }
         i.xattrs = Some(serde_json::to_string(&m).expect("json"));
         c.db.update(&i)?;
+        Self::record_attr(&c, &i);
         Ok(())
     }
 
@@ -1389,10 +1423,14 @@ impl Fs {
             return Ok(()); // cancelled (rewritten or deleted) while in flight
         }
         let cur = c.db.get(u.ino)?;
+        let cur_path = if cur.is_some() { c.db.path_of(u.ino).ok() } else { None };
         let tx = c.db.begin()?;
         Db::delete_upload(&tx, u.id)?;
         if let Some(mut i) = cur {
             if i.content_gen == u.content_gen && i.state.in_outbox() {
+                if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
+                    Db::add_dead_key(&tx, old)?;
+                }
                 i.state = State::Uploaded;
                 i.object_key = Some(u.object_key.clone());
                 i.storage_class = Some(u.storage_class.clone());
@@ -1401,6 +1439,21 @@ impl Fs {
                 Db::save(&tx, &i)?;
                 // A restore of the previous version means nothing for the new one.
                 tx.execute("DELETE FROM restores WHERE ino=?1", [i.ino as i64]).map_err(crate::meta::MetaError::from)?;
+                let entry = crate::remote_meta::Entry::Upload {
+                    path: cur_path.clone().unwrap_or_else(|| u.path.clone()),
+                    key: u.object_key.clone(),
+                    size: i.size,
+                    mtime_ns: i.mtime_ns,
+                    mode: i.mode,
+                    uid: i.uid,
+                    gid: i.gid,
+                    class: u.storage_class.clone(),
+                    sha256: u.sha256.clone(),
+                    header: B64.encode(&u.header),
+                    xattrs: i.xattrs.clone(),
+                };
+                Db::journal_append(&tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
+                self.data_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
@@ -1613,6 +1666,212 @@ impl Fs {
         Ok(out)
     }
 
+    // ------------------------------------------------------------------ journal (metadata in the bucket)
+
+    /// Append a namespace change to the journal (called with `core` held, right after the change).
+    fn record(c: &Core, e: crate::remote_meta::Entry) {
+        let json = serde_json::to_string(&e).expect("serialize");
+        if let Err(err) = Db::journal_append(c.db.conn(), now_ms(), &json) {
+            tracing::error!(error = %err, "could not journal a namespace change; the next snapshot will carry it");
+        }
+    }
+
+    fn record_attr(c: &Core, i: &Inode) {
+        if i.kind == Kind::File && i.state != State::Uploaded {
+            return; // its Upload entry will carry the final attributes
+        }
+        if let Ok(path) = c.db.path_of(i.ino) {
+            Self::record(c, crate::remote_meta::Entry::Attr { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns, xattrs: i.xattrs.clone() });
+        }
+    }
+
+    pub fn machine_id(&self) -> Result<String> {
+        let c = self.core();
+        if let Some(m) = c.db.setting("machine_id")? {
+            return Ok(m);
+        }
+        let m = hex::encode(rand::random::<[u8; 8]>());
+        c.db.set_setting("machine_id", &m)?;
+        Ok(m)
+    }
+
+    pub fn pending_journal(&self, limit: usize) -> Result<Vec<crate::remote_meta::Record>> {
+        let rows = self.core().db.journal_pending(limit)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, ts_ms, json)| match serde_json::from_str(&json) {
+                Ok(entry) => Some(crate::remote_meta::Record { seq, ts_ms, entry }),
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "unreadable journal row skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    pub fn journal_sent(&self, last_seq: i64, n: u64) -> Result<()> {
+        let c = self.core();
+        c.db.journal_delete_upto(last_seq)?;
+        let since: u64 = c.db.setting("since_snapshot")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        c.db.set_setting("since_snapshot", &(since + n).to_string())?;
+        Ok(())
+    }
+
+    pub fn journal_pending_count(&self) -> Result<u64> {
+        Ok(self.core().db.conn().query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0)).map_err(crate::meta::MetaError::from)? as u64)
+    }
+
+    /// (entries uploaded since the last snapshot, time of the last snapshot in ms).
+    pub fn snapshot_due(&self) -> Result<(u64, i64)> {
+        let c = self.core();
+        let since = c.db.setting("since_snapshot")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let last = match c.db.setting("last_snapshot_ms")? {
+            Some(v) => v.parse().unwrap_or(0),
+            None => {
+                // Count the age from the first use, not from 1970.
+                c.db.set_setting("last_snapshot_ms", &now_ms().to_string())?;
+                now_ms()
+            }
+        };
+        Ok((since, last))
+    }
+
+    pub fn snapshot_taken(&self, _covers_seq: i64) -> Result<()> {
+        let c = self.core();
+        c.db.set_setting("since_snapshot", "0")?;
+        c.db.set_setting("last_snapshot_ms", &now_ms().to_string())?;
+        Ok(())
+    }
+
+    /// The uploaded namespace as a tree, and the journal sequence number it reflects — taken
+    /// under one lock so the snapshot and the sequence agree.
+    pub fn export_tree(&self) -> Result<(crate::remote_meta::Tree, i64)> {
+        use crate::remote_meta::{Entry, Tree};
+        let c = self.core();
+        let covers = c.db.journal_max_seq()?;
+        let mut t = Tree::default();
+        let mut all = c.db.select_inodes("WHERE ino != 1 ORDER BY ino", [])?;
+        all.sort_by_key(|i| i.ino);
+        for i in all {
+            let path = c.db.path_of(i.ino)?;
+            let e = match i.kind {
+                Kind::Dir => Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
+                Kind::Symlink => Entry::Symlink { path, target: i.target.clone().unwrap_or_default(), uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
+                Kind::File if i.state == State::Uploaded => Entry::Upload {
+                    path,
+                    key: i.object_key.clone().unwrap_or_default(),
+                    size: i.size,
+                    mtime_ns: i.mtime_ns,
+                    mode: i.mode,
+                    uid: i.uid,
+                    gid: i.gid,
+                    class: i.storage_class.clone().unwrap_or_else(|| "STANDARD".into()),
+                    sha256: i.sha256.clone().unwrap_or_default(),
+                    header: i.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
+                    xattrs: i.xattrs.clone(),
+                },
+                Kind::File => continue,
+            };
+            t.apply(&e);
+        }
+        // Directory attributes last: creating children above may have touched them.
+        for (p, n) in t.nodes.iter_mut() {
+            if n.kind == crate::remote_meta::NodeKind::Dir {
+                if let Ok(Some(i)) = Self::lookup_path(&c, p) {
+                    n.mtime_ns = i.mtime_ns;
+                }
+            }
+        }
+        Ok((t, covers))
+    }
+
+    fn lookup_path(c: &Core, path: &str) -> Result<Option<Inode>> {
+        let mut cur = ROOT;
+        let mut found = None;
+        for part in path.split('/') {
+            match c.db.lookup(cur, part)? {
+                Some(i) => {
+                    cur = i.ino;
+                    found = Some(i);
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(found)
+    }
+
+    /// A fresh index (only the root) that was never filled: a rebuild from the bucket applies.
+    pub fn needs_rebuild(&self) -> Result<bool> {
+        let c = self.core();
+        if c.db.setting("initialized")?.is_some() {
+            return Ok(false);
+        }
+        let n: i64 = c.db.conn().query_row("SELECT count(*) FROM inodes WHERE ino != 1", [], |r| r.get(0)).map_err(crate::meta::MetaError::from)?;
+        if n > 0 {
+            c.db.set_setting("initialized", "1")?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub fn dead_keys(&self) -> Result<Vec<String>> {
+        Ok(self.core().db.dead_keys()?)
+    }
+
+    pub fn mark_initialized(&self) -> Result<()> {
+        Ok(self.core().db.set_setting("initialized", "1")?)
+    }
+
+    /// Fill an empty index from a replayed tree (one transaction). Returns (dirs, files, links).
+    pub fn import_tree(&self, t: &crate::remote_meta::Tree) -> Result<(usize, usize, usize)> {
+        use crate::remote_meta::NodeKind;
+        let mut c = self.core();
+        let now = now_ns();
+        let tx = c.db.begin()?;
+        let mut inos: HashMap<String, u64> = HashMap::new();
+        inos.insert(String::new(), ROOT);
+        let (mut d, mut f, mut l) = (0, 0, 0);
+        // BTreeMap order puts "a" before "a/b": parents are inserted first.
+        for (path, n) in &t.nodes {
+            let (parent, name) = match path.rsplit_once('/') {
+                Some((p, n)) => (p.to_string(), n),
+                None => (String::new(), path.as_str()),
+            };
+            let Some(&pino) = inos.get(&parent) else { continue };
+            let (kind, state) = match n.kind {
+                NodeKind::Dir => (Kind::Dir, State::None),
+                NodeKind::Symlink => (Kind::Symlink, State::None),
+                NodeKind::File => (Kind::File, State::Uploaded),
+            };
+            tx.execute(
+                "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs)
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?8,?9,?10,?11,1,0,?12,?13,?14,?15,?16)",
+                rusqlite::params![
+                    pino as i64, name, kind as i64, n.mode, n.uid, n.gid, n.size as i64, n.mtime_ns, now, n.target, state.as_str(),
+                    n.key, n.class, n.header, n.sha256, n.xattrs
+                ],
+            )
+            .map_err(crate::meta::MetaError::from)?;
+            let ino = tx.last_insert_rowid() as u64;
+            match n.kind {
+                NodeKind::Dir => {
+                    d += 1;
+                    inos.insert(path.clone(), ino);
+                }
+                NodeKind::File => f += 1,
+                NodeKind::Symlink => l += 1,
+            }
+        }
+        // Keys the bucket holds but no live file uses stay dead in this index's snapshots too.
+        let live: std::collections::HashSet<&str> = t.nodes.values().filter_map(|n| n.key.as_deref()).collect();
+        for k in t.mentioned.iter().filter(|k| !live.contains(k.as_str())) {
+            Db::add_dead_key(&tx, k)?;
+        }
+        tx.execute("INSERT OR REPLACE INTO settings(key,value) VALUES('initialized','1')", []).map_err(crate::meta::MetaError::from)?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        Ok((d, f, l))
+    }
+
     // ------------------------------------------------------------------ status
 
     pub fn status(&self) -> Result<Status> {
@@ -1645,6 +1904,9 @@ impl Fs {
             requests: self.store.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             failures,
             eta_seconds: None,
+            uploads_since_mount: self.data_uploads.load(std::sync::atomic::Ordering::Relaxed),
+            metadata_objects_since_mount: self.meta_uploads.load(std::sync::atomic::Ordering::Relaxed),
+            journal_pending: c.db.conn().query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0)).map_err(crate::meta::MetaError::from)? as u64,
             restores: c
                 .db
                 .restores()?
@@ -1731,6 +1993,12 @@ pub struct Status {
     pub requests: std::collections::BTreeMap<String, u64>,
     pub failures: Vec<FailureInfo>,
     pub eta_seconds: Option<u64>,
+    /// File versions uploaded since mount.
+    pub uploads_since_mount: u64,
+    /// Journal batches and index snapshots uploaded since mount.
+    pub metadata_objects_since_mount: u64,
+    /// Namespace changes not yet uploaded to the bucket's journal.
+    pub journal_pending: u64,
     pub restores: Vec<RestoreInfo>,
 }
 

@@ -29,6 +29,8 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
             small_file_class: "STANDARD".into(),
         },
         restore: RestoreConfig { poll_override: Some(Duration::from_millis(100)), class_refresh: None, ..Default::default() },
+        // Tests flush the journal explicitly (so request counts stay about data objects).
+        journal: crate::remote_meta::JournalConfig { interval: Duration::from_secs(3600), ..Default::default() },
         read_cache: 0,
         segment_cache: 1 << 20,
     }
@@ -143,7 +145,7 @@ fn state_machine_survives_restarts() {
     e.store.clear_faults();
     e.wait_state(ino, State::Uploaded);
     assert_eq!(std::fs::read_dir(e.dir.path().join("outbox")).unwrap().count(), 0, "local copy released");
-    assert_eq!(e.store.snapshot().len(), 1);
+    assert_eq!(e.store.snapshot().keys().filter(|k| k.starts_with("v/d/")).count(), 1);
     assert_eq!(e.read_all(ino).unwrap(), d, "read back from S3");
     e.restart();
     assert_eq!(e.read_all(ino).unwrap(), d, "read back after restart");
@@ -482,6 +484,7 @@ fn cost_guard_and_indexers_refuse_automatic_restores() {
     let exe = dir.path().join("tracker-miner-fs-3");
     std::fs::copy("/bin/sleep", &exe).unwrap();
     let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+    wait_for("the indexer to exec", || std::fs::read_to_string(format!("/proc/{}/comm", child.id())).is_ok_and(|c| c.starts_with("tracker")));
     assert_eq!(open_errno(&e, ino, child.id()), Some(libc::EAGAIN));
     child.kill().unwrap();
     let _ = child.wait();
@@ -554,7 +557,7 @@ fn fetch_restored_keeps_the_file_readable_after_expiry() {
     c.restore.fetch_restored = true;
     e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
     *e.store.restore_delay.lock().unwrap() = Duration::from_millis(300);
-    *e.store.restore_lifetime.lock().unwrap() = Some(Duration::from_millis(1500));
+    *e.store.restore_lifetime.lock().unwrap() = Some(Duration::from_millis(3000));
     let raw = e.fs().mkdir(ROOT, OsStr::new("raw"), 0o755, 0, 0).unwrap();
     let d = data(300_000, 30);
     let ino = e.write_file(raw.ino, "x.CR2", &d);
@@ -603,4 +606,125 @@ fn new_file_at_a_renamed_files_old_path_never_overwrites_it() {
     e.fs().unlink(ROOT, OsStr::new("b.jpg")).unwrap();
     let (_, key_c) = upload_one(&e, "c.jpg", &data(10, 1));
     assert_eq!(key_c, format!("v/d/{}", crate::crypto::path_key(&e.keys.name_key, "c.jpg")));
+}
+
+// ---------------------------------------------------------------- metadata in the bucket
+
+fn flush_journal(e: &Env) {
+    let fs = e.fs();
+    let cfg = fs.cfg.journal.clone();
+    e.rt.block_on(crate::remote_meta::journal::flush(&fs, &cfg)).unwrap();
+}
+
+/// A second machine: fresh cache dir, same bucket and keys; its index is rebuilt at start.
+fn fresh_machine(e: &Env) -> (tempfile::TempDir, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), cfg(dir.path()), fast_upload()).unwrap();
+    (dir, d)
+}
+
+fn tree_of(fs: &Fs) -> Vec<(String, crate::remote_meta::Node)> {
+    let (t, _) = fs.export_tree().unwrap();
+    t.nodes.into_iter().collect()
+}
+
+#[test]
+fn rebuild_replays_renames_deletions_and_attributes() {
+    let e = Env::new();
+    let fs = e.fs();
+    let photos = fs.mkdir(ROOT, OsStr::new("photos"), 0o750, 0, 0).unwrap();
+    let y = fs.mkdir(photos.ino, OsStr::new("2019"), 0o755, 0, 0).unwrap();
+    let a = e.write_file(y.ino, "a.jpg", &data(70_000, 50));
+    let b = e.write_file(y.ino, "b.jpg", &data(1000, 51));
+    let _c = e.write_file(ROOT, "c.txt", b"c");
+    fs.symlink(ROOT, OsStr::new("latest"), std::path::Path::new("photos/2019"), 0, 0).unwrap();
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    // After upload: rename a file, rename a folder, delete, chmod/utimens, xattr, empty dir.
+    fs.rename(y.ino, OsStr::new("a.jpg"), y.ino, OsStr::new("a-renamed.jpg"), false).unwrap();
+    fs.rename(ROOT, OsStr::new("photos"), ROOT, OsStr::new("pictures"), false).unwrap();
+    fs.unlink(ROOT, OsStr::new("c.txt")).unwrap();
+    fs.setattr(b, Some(0o600), None, None, None, None, Some(1_546_300_800_987_654_321)).unwrap();
+    fs.setxattr(a, OsStr::new("user.DOSATTRIB"), b"\x20", 0).unwrap();
+    fs.mkdir(ROOT, OsStr::new("empty"), 0o700, 0, 0).unwrap();
+    // A new file at the renamed file's old path gets its own object.
+    let a2 = e.write_file(y.ino, "a.jpg", &data(5000, 52));
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    flush_journal(&e);
+    let (_dir, d2) = fresh_machine(&e);
+    let want = tree_of(&fs);
+    let got = tree_of(&d2.fs);
+    assert_eq!(got.iter().map(|x| &x.0).collect::<Vec<_>>(), want.iter().map(|x| &x.0).collect::<Vec<_>>());
+    for ((p, w), (_, g)) in want.iter().zip(got.iter()) {
+        assert_eq!(w.mode, g.mode, "{p}");
+        assert_eq!(w.size, g.size, "{p}");
+        assert_eq!(w.key, g.key, "{p}");
+        assert_eq!(w.xattrs, g.xattrs, "{p}");
+        if w.kind != crate::remote_meta::NodeKind::Dir {
+            assert_eq!(w.mtime_ns, g.mtime_ns, "{p}");
+        }
+    }
+    let f2 = d2.fs.clone();
+    let b2 = f2.resolve("pictures/2019/b.jpg").unwrap();
+    assert_eq!((b2.mode, b2.mtime_ns), (0o600, 1_546_300_800_987_654_321));
+    assert!(f2.resolve("c.txt").is_err());
+    assert_eq!(f2.readlink(f2.resolve("latest").unwrap().ino).unwrap(), "photos/2019");
+    // Content reads back on the new machine.
+    let ra = f2.resolve("pictures/2019/a-renamed.jpg").unwrap();
+    let (fh, _) = f2.open(ra.ino, false, false, 0).unwrap();
+    assert_eq!(f2.read(fh, 0, 100_000).unwrap(), data(70_000, 50));
+    f2.release(fh).unwrap();
+    let _ = (a2, b);
+    e.rt.block_on(d2.shutdown());
+}
+
+#[test]
+fn rebuild_finds_uploads_whose_journal_was_lost_and_refuses_unsafe_paths() {
+    let e = Env::new();
+    let d = data(3000, 60);
+    upload_one(&e, "kept.jpg", &d);
+    // No journal flush: the Upload entry never reached the bucket (a crash).
+    // A crafted object whose encrypted metadata names a path outside the vault.
+    let evil = b"root::0:0::/root:/bin/sh";
+    let mut body = Vec::new();
+    let sealed = crate::crypto::encrypt_stream(&e.keys.public, evil.len() as u64, &mut &evil[..], &mut body).unwrap();
+    let m = crate::crypto::ObjectMeta { path: "../../etc/passwd".into(), size: evil.len() as u64, mtime_ns: 0, mode: 0o644, uid: 0, gid: 0, sha256: hex::encode(sealed.sha256) };
+    let md = vec![("cvh".to_string(), B64.encode(sealed.header.bytes)), ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&m)))];
+    e.rt.block_on(e.store.put_object("v/d/evil", body.into(), &crate::store::PutOptions { storage_class: "STANDARD".into(), metadata: md, tagging: None })).unwrap();
+    let tree = e.rt.block_on(crate::remote_meta::rebuild(e.store.as_ref(), &e.keys, "v/", &|_, _, _| {})).unwrap();
+    assert!(tree.nodes.contains_key("kept.jpg"), "found by listing + HeadObject");
+    assert_eq!(tree.nodes.len(), 1);
+    assert!(tree.refused.iter().any(|r| r.contains("..")), "{:?}", tree.refused);
+}
+
+#[test]
+fn snapshots_compact_the_journal_and_rebuild_from_them() {
+    let mut e = Env::new();
+    let dd = e.daemon.take().unwrap();
+    e.rt.block_on(dd.shutdown());
+    let mut c = cfg(e.dir.path());
+    c.journal.snapshot_every = 5;
+    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    let fs = e.fs();
+    for k in 0..4 {
+        e.write_file(ROOT, &format!("f{k}"), &data(100, k));
+    }
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    flush_journal(&e); // 4 entries: no snapshot yet
+    fs.rename(ROOT, OsStr::new("f0"), ROOT, OsStr::new("g0"), false).unwrap();
+    fs.unlink(ROOT, OsStr::new("f1")).unwrap();
+    flush_journal(&e); // 6 entries: snapshot, then compaction
+    let keys: Vec<String> = e.store.snapshot().into_keys().collect();
+    assert_eq!(keys.iter().filter(|k| k.starts_with("v/s/")).count(), 1, "{keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.starts_with("v/j/")).count(), 0, "journal compacted: {keys:?}");
+    fs.rename(ROOT, OsStr::new("f2"), ROOT, OsStr::new("g2"), false).unwrap();
+    flush_journal(&e);
+    let (_dir, d2) = fresh_machine(&e);
+    let names: Vec<String> = d2.fs.readdir(ROOT).unwrap().into_iter().map(|i| i.name).collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, vec!["f3", "g0", "g2"]);
+    e.rt.block_on(d2.shutdown());
 }

@@ -203,6 +203,12 @@ CREATE TABLE IF NOT EXISTS restores(
   reason TEXT,
   auto INTEGER NOT NULL DEFAULT 1
 );
+CREATE TABLE IF NOT EXISTS dead_keys(key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS journal(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts_ms INTEGER NOT NULL,
+  entry TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS parts(
   upload_id INTEGER NOT NULL,
   part_no INTEGER NOT NULL,
@@ -561,6 +567,44 @@ impl Db {
              AND NOT (?2 = 'INTELLIGENT_TIERING' AND coalesce(storage_class,'') LIKE 'INTELLIGENT_TIERING/%')",
             params![key, class],
         )?)
+    }
+
+    // ---- journal of namespace changes (uploaded to the bucket in batches) ----
+
+    pub fn journal_append(conn: &Connection, ts_ms: i64, entry_json: &str) -> Result<()> {
+        conn.execute("INSERT INTO journal(ts_ms, entry) VALUES(?1, ?2)", params![ts_ms, entry_json])?;
+        Ok(())
+    }
+
+    pub fn journal_pending(&self, limit: usize) -> Result<Vec<(i64, i64, String)>> {
+        let mut st = self.conn.prepare_cached("SELECT seq, ts_ms, entry FROM journal ORDER BY seq LIMIT ?1")?;
+        let r = st.query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(r)
+    }
+
+    pub fn journal_delete_upto(&self, seq: i64) -> Result<()> {
+        self.conn.execute("DELETE FROM journal WHERE seq <= ?1", params![seq])?;
+        Ok(())
+    }
+
+    /// Highest journal sequence number ever assigned (sent or not).
+    pub fn journal_max_seq(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='journal'), 0)", [], |r| r.get(0))?)
+    }
+
+    /// Object keys no live file uses any more (deleted or replaced): a rebuild must not
+    /// resurrect them from the bucket listing. Snapshots carry this list.
+    pub fn add_dead_key(conn: &Connection, key: &str) -> Result<()> {
+        conn.execute("INSERT OR IGNORE INTO dead_keys(key) VALUES(?1)", params![key])?;
+        Ok(())
+    }
+
+    pub fn dead_keys(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare_cached("SELECT key FROM dead_keys ORDER BY key")?;
+        let r = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(r)
     }
 
     pub fn conn(&self) -> &Connection {

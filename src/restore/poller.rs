@@ -97,6 +97,9 @@ async fn head(fs: &Arc<Fs>, r: &mut Restore) {
             fs.apply_head(r, &h);
             if r.state == RState::Ready {
                 tracing::info!(ino = r.ino, until = ?r.expiry_text, "restore complete; file readable");
+                if fs.cfg.restore.fetch_restored {
+                    fetch(fs, r).await; // at once: the restored copy may be short-lived
+                }
             } else {
                 r.next_check_ms = now + interval(fs, r);
             }

@@ -123,7 +123,10 @@ def test_rsync_twice_second_run_is_silent_and_makes_no_requests(kind, servers, v
     # rsync's temp files never reached S3: exactly the final names, one object each.
     keys = {o["Key"] for o in v.data_objects()}
     assert keys == {v.object_key("dst/" + rel) for rel in files}
-    assert after.get("PutObject", 0) + after.get("CompleteMultipartUpload", 0) == len(files), "each file uploaded exactly once"
+    st = v.status()
+    assert st["uploads_since_mount"] == len(files), "each file uploaded exactly once"
+    puts = after.get("PutObject", 0) + after.get("CompleteMultipartUpload", 0)
+    assert puts == len(files) + st["metadata_objects_since_mount"], (after, st)
     # --delete propagates; a changed file is re-sent and uploaded again.
     victim = sorted(files)[10]
     (src / victim).unlink()

@@ -1,0 +1,478 @@
+//! Metadata in the bucket: the journal of namespace changes, index snapshots, and the replay
+//! that rebuilds the tree from them — so the bucket alone (plus the passphrase) is a complete
+//! backup, and write-only machines can still describe what they did.
+//!
+//! * Every namespace change (upload completed, mkdir, symlink, rename, remove, attribute or
+//!   xattr change) is appended to the `journal` table in the same lock as the change itself.
+//! * The journal task (`run`) uploads pending entries as one encrypted object per batch,
+//!   `P j/<machine>/<first seq>-<last seq>`, every `journal_interval` or 1,000 entries, on
+//!   `flush` and at unmount. Re-uploading a batch after a crash writes the same key.
+//! * Every `snapshot_every` entries (and at least daily while changes happen) the whole index is
+//!   uploaded as `P s/<machine>/<covered seq>`; with delete rights, older journal batches and
+//!   snapshots of this machine are then removed (compaction).
+//! * Replay (`Tree::apply`) = latest snapshot per machine + later batches in order + objects in
+//!   `P d/` that no entry mentions (uploads whose journal batch was lost), read with HeadObject
+//!   (works on archived objects too; nothing is restored).
+//! All objects use the file format of docs/FORMAT.md (sealed to the vault public key), so a
+//! write-only mount can write them and only the passphrase can read them.
+
+use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys};
+use crate::store::{ObjectStore, PutOptions, StoreError};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+
+pub mod journal;
+pub use journal::JournalConfig;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Entry {
+    /// A file version is durable in S3 at `key` and lives at `path`.
+    Upload {
+        path: String,
+        key: String,
+        size: u64,
+        mtime_ns: i64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        class: String,
+        sha256: String,
+        /// base64 of the 128-byte object header (reads need no extra GET).
+        header: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        xattrs: Option<String>,
+    },
+    Mkdir { path: String, mode: u32, uid: u32, gid: u32, mtime_ns: i64 },
+    Symlink { path: String, target: String, uid: u32, gid: u32, mtime_ns: i64 },
+    Rename { from: String, to: String },
+    Remove { path: String },
+    Attr {
+        path: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime_ns: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        xattrs: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub seq: i64,
+    pub ts_ms: i64,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Batch {
+    pub machine: String,
+    pub records: Vec<Record>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub machine: String,
+    /// Journal entries of this machine up to this sequence number are included.
+    pub covers_seq: i64,
+    pub ts_ms: i64,
+    pub entries: Vec<Entry>,
+    /// Keys of objects no live file uses (deleted or replaced files): never resurrected.
+    #[serde(default)]
+    pub dead_keys: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("S3: {0}")]
+    Store(#[from] StoreError),
+    #[error("{what}: {err}")]
+    Crypto { what: String, err: crypto::CryptoError },
+    #[error("{0}")]
+    Malformed(String),
+    #[error("this mount has no private key (write-only): it cannot read the bucket's metadata")]
+    WriteOnly,
+}
+
+/// Refuse paths that could escape the vault or a restore directory.
+pub fn check_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("empty path".into());
+    }
+    if p.starts_with('/') {
+        return Err(format!("absolute path {p:?}"));
+    }
+    if p.contains('\0') {
+        return Err(format!("path with NUL {p:?}"));
+    }
+    if p.len() > crate::fs::MAX_PATH {
+        return Err(format!("path longer than {} bytes", crate::fs::MAX_PATH));
+    }
+    for c in p.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(format!("path with an empty, '.' or '..' component {p:?}"));
+        }
+        if c.len() > crate::fs::MAX_NAME {
+            return Err(format!("name longer than {} bytes in {p:?}", crate::fs::MAX_NAME));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub size: u64,
+    pub key: Option<String>,
+    pub class: Option<String>,
+    pub sha256: Option<String>,
+    pub header: Option<Vec<u8>>,
+    pub target: Option<String>,
+    pub xattrs: Option<String>,
+}
+
+impl Node {
+    fn dir(mode: u32, uid: u32, gid: u32, mtime_ns: i64) -> Node {
+        Node { kind: NodeKind::Dir, mode, uid, gid, mtime_ns, size: 0, key: None, class: None, sha256: None, header: None, target: None, xattrs: None }
+    }
+}
+
+/// The vault's namespace as replayed from the bucket. Paths are vault-relative.
+#[derive(Default, Debug)]
+pub struct Tree {
+    pub nodes: BTreeMap<String, Node>,
+    /// Object keys any snapshot or journal entry mentions (live or not).
+    pub mentioned: HashSet<String>,
+    /// Entries refused (unsafe paths), with the reason.
+    pub refused: Vec<String>,
+}
+
+impl Tree {
+    fn ensure_parents(&mut self, path: &str, uid: u32, gid: u32, mtime_ns: i64) {
+        let mut acc = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for p in &parts[..parts.len() - 1] {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(p);
+            match self.nodes.get(&acc) {
+                Some(n) if n.kind == NodeKind::Dir => {}
+                Some(_) => {
+                    // A file where a folder must be: the newer entry wins.
+                    self.nodes.insert(acc.clone(), Node::dir(0o755, uid, gid, mtime_ns));
+                }
+                None => {
+                    self.nodes.insert(acc.clone(), Node::dir(0o755, uid, gid, mtime_ns));
+                }
+            }
+        }
+    }
+
+    fn remove_subtree(&mut self, path: &str) {
+        self.nodes.remove(path);
+        let prefix = format!("{path}/");
+        let doomed: Vec<String> = self.nodes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+        for k in doomed {
+            self.nodes.remove(&k);
+        }
+    }
+
+    pub fn apply(&mut self, e: &Entry) {
+        let path_of = |e: &Entry| -> Vec<String> {
+            match e {
+                Entry::Upload { path, .. } | Entry::Mkdir { path, .. } | Entry::Symlink { path, .. } | Entry::Remove { path } | Entry::Attr { path, .. } => vec![path.clone()],
+                Entry::Rename { from, to } => vec![from.clone(), to.clone()],
+            }
+        };
+        if let Entry::Upload { key, .. } = e {
+            self.mentioned.insert(key.clone());
+        }
+        for p in path_of(e) {
+            if let Err(why) = check_path(&p) {
+                self.refused.push(format!("refused a journal entry: {why}"));
+                return;
+            }
+        }
+        match e.clone() {
+            Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs } => {
+                self.ensure_parents(&path, uid, gid, mtime_ns);
+                if self.nodes.get(&path).is_some_and(|n| n.kind == NodeKind::Dir) {
+                    self.remove_subtree(&path);
+                }
+                let header = B64.decode(header).ok().filter(|h| h.len() == crypto::HEADER_LEN);
+                self.nodes.insert(
+                    path,
+                    Node { kind: NodeKind::File, mode, uid, gid, mtime_ns, size, key: Some(key), class: Some(class), sha256: Some(sha256), header, target: None, xattrs },
+                );
+            }
+            Entry::Mkdir { path, mode, uid, gid, mtime_ns } => {
+                self.ensure_parents(&path, uid, gid, mtime_ns);
+                match self.nodes.get_mut(&path) {
+                    Some(n) if n.kind == NodeKind::Dir => {
+                        n.mode = mode;
+                        n.uid = uid;
+                        n.gid = gid;
+                    }
+                    _ => {
+                        self.nodes.insert(path, Node::dir(mode, uid, gid, mtime_ns));
+                    }
+                }
+            }
+            Entry::Symlink { path, target, uid, gid, mtime_ns } => {
+                self.ensure_parents(&path, uid, gid, mtime_ns);
+                let mut n = Node::dir(0o777, uid, gid, mtime_ns);
+                n.kind = NodeKind::Symlink;
+                n.size = target.len() as u64;
+                n.target = Some(target);
+                self.nodes.insert(path, n);
+            }
+            Entry::Rename { from, to } => {
+                if !self.nodes.contains_key(&from) {
+                    return; // renamed before it was ever uploaded: its Upload names the new path
+                }
+                let moved: Vec<(String, Node)> = {
+                    let prefix = format!("{from}/");
+                    let mut v = vec![(from.clone(), self.nodes[&from].clone())];
+                    v.extend(self.nodes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, n)| (k.clone(), n.clone())));
+                    v
+                };
+                self.remove_subtree(&from);
+                self.remove_subtree(&to);
+                let n0 = &moved[0].1;
+                self.ensure_parents(&to, n0.uid, n0.gid, n0.mtime_ns);
+                for (k, n) in moved {
+                    let nk = format!("{to}{}", &k[from.len()..]);
+                    self.nodes.insert(nk, n);
+                }
+            }
+            Entry::Remove { path } => self.remove_subtree(&path),
+            Entry::Attr { path, mode, uid, gid, mtime_ns, xattrs } => {
+                if let Some(n) = self.nodes.get_mut(&path) {
+                    n.mode = mode;
+                    n.uid = uid;
+                    n.gid = gid;
+                    n.mtime_ns = mtime_ns;
+                    if xattrs.is_some() {
+                        n.xattrs = xattrs;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Entries that recreate this tree (a snapshot's content).
+    pub fn to_entries(&self) -> Vec<Entry> {
+        self.nodes
+            .iter()
+            .map(|(p, n)| match n.kind {
+                NodeKind::Dir => Entry::Mkdir { path: p.clone(), mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
+                NodeKind::Symlink => Entry::Symlink { path: p.clone(), target: n.target.clone().unwrap_or_default(), uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
+                NodeKind::File => Entry::Upload {
+                    path: p.clone(),
+                    key: n.key.clone().unwrap_or_default(),
+                    size: n.size,
+                    mtime_ns: n.mtime_ns,
+                    mode: n.mode,
+                    uid: n.uid,
+                    gid: n.gid,
+                    class: n.class.clone().unwrap_or_else(|| "STANDARD".into()),
+                    sha256: n.sha256.clone().unwrap_or_default(),
+                    header: n.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
+                    xattrs: n.xattrs.clone(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// Encrypt a JSON document as one vault object (format v1).
+pub fn seal_json<T: Serialize>(keys: &VaultKeys, v: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(v).expect("serialize");
+    let mut out = Vec::with_capacity(json.len() + 256);
+    crypto::encrypt_stream(&keys.public, json.len() as u64, &mut &json[..], &mut out).expect("in-memory encryption");
+    out
+}
+
+pub fn open_json<T: for<'de> Deserialize<'de>>(keys: &VaultKeys, key: &str, body: &[u8]) -> Result<T, RemoteError> {
+    let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
+    let size = crypto::plaintext_len(body.len() as u64).ok_or_else(|| RemoteError::Malformed(format!("{key}: impossible object length {}", body.len())))?;
+    let cerr = |err| RemoteError::Crypto { what: format!("object {key}"), err };
+    let h = Header::parse(body).map_err(cerr)?;
+    let o = Opened::open(sk, &h).map_err(cerr)?;
+    let pt = o.decrypt_all(size, body).map_err(cerr)?;
+    serde_json::from_slice(&pt).map_err(|e| RemoteError::Malformed(format!("{key}: {e}")))
+}
+
+/// Decrypt an object's user metadata (works on archived objects: HeadObject only).
+pub fn object_meta(keys: &VaultKeys, key: &str, md: &std::collections::HashMap<String, String>) -> Result<(ObjectMeta, Vec<u8>), RemoteError> {
+    let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
+    let get = |n: &str| md.get(n).and_then(|v| B64.decode(v).ok()).ok_or_else(|| RemoteError::Malformed(format!("{key}: no {n} metadata")));
+    let hb = get("cvh")?;
+    let cerr = |err| RemoteError::Crypto { what: format!("metadata of {key}"), err };
+    let h = Header::parse(&hb).map_err(cerr)?;
+    let o = Opened::open(sk, &h).map_err(cerr)?;
+    Ok((o.decrypt_meta(&get("cvm")?).map_err(cerr)?, hb))
+}
+
+/// Parse `P j/<machine>/<first>-<last>` and `P s/<machine>/<seq>` keys.
+fn parse_seq_key(rest: &str) -> Option<(String, i64, i64)> {
+    let (machine, tail) = rest.split_once('/')?;
+    match tail.split_once('-') {
+        Some((a, b)) => Some((machine.to_string(), a.parse().ok()?, b.parse().ok()?)),
+        None => {
+            let s = tail.parse().ok()?;
+            Some((machine.to_string(), s, s))
+        }
+    }
+}
+
+/// Progress callback: (what, done, total).
+pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
+
+/// Rebuild the namespace from the bucket: snapshots, journal batches, unmentioned objects.
+pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, progress: Progress<'_>) -> Result<Tree, RemoteError> {
+    let mut tree = Tree::default();
+    // Latest snapshot per machine.
+    let snaps = store.list(&format!("{prefix}s/")).await?;
+    let mut latest: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for o in &snaps {
+        if let Some((m, seq, _)) = parse_seq_key(&o.key[prefix.len() + 2..]) {
+            let e = latest.entry(m).or_insert((seq, o.key.clone()));
+            if seq > e.0 {
+                *e = (seq, o.key.clone());
+            }
+        }
+    }
+    let mut covered: BTreeMap<String, i64> = BTreeMap::new();
+    for (m, (seq, key)) in &latest {
+        progress("snapshot", 0, 1);
+        let body = store.get_object(key).await?;
+        let s: Snapshot = open_json(keys, key, &body)?;
+        for e in &s.entries {
+            tree.apply(e);
+        }
+        tree.mentioned.extend(s.dead_keys.iter().cloned());
+        covered.insert(m.clone(), *seq);
+    }
+    // Journal batches after each machine's snapshot, in order; machines one after another.
+    let jl = store.list(&format!("{prefix}j/")).await?;
+    let mut batches: Vec<(String, i64, i64, String)> = jl
+        .iter()
+        .filter_map(|o| parse_seq_key(&o.key[prefix.len() + 2..]).map(|(m, a, b)| (m, a, b, o.key.clone())))
+        .filter(|(m, _, b, _)| *b > covered.get(m).copied().unwrap_or(0))
+        .collect();
+    batches.sort_by(|a, b| (a.0.clone(), a.1).cmp(&(b.0.clone(), b.1)));
+    let total = batches.len();
+    let mut last_seq: BTreeMap<String, i64> = covered.clone();
+    for (k, (m, _first, _last, key)) in batches.iter().enumerate() {
+        progress("journal", k + 1, total);
+        let body = store.get_object(key).await?;
+        let b: Batch = open_json(keys, key, &body)?;
+        let done = last_seq.get(m).copied().unwrap_or(0);
+        for r in b.records.iter().filter(|r| r.seq > done) {
+            tree.apply(&r.entry);
+        }
+        if let Some(r) = b.records.last() {
+            last_seq.insert(m.clone(), r.seq.max(done));
+        }
+    }
+    // Data objects: classes from the listing; objects nothing mentions are read with HEAD.
+    let data = store.list(&format!("{prefix}d/")).await?;
+    let classes: std::collections::HashMap<&str, &str> = data.iter().map(|o| (o.key.as_str(), o.storage_class.as_str())).collect();
+    for n in tree.nodes.values_mut() {
+        if let (Some(k), Some(c)) = (&n.key, n.class.as_mut()) {
+            if let Some(lc) = classes.get(k.as_str()) {
+                // Keep the Intelligent-Tiering archive detail a HEAD taught us.
+                if !(c.starts_with("INTELLIGENT_TIERING/") && *lc == "INTELLIGENT_TIERING") {
+                    *c = lc.to_string();
+                }
+            }
+        }
+    }
+    let orphans: Vec<_> = data.iter().filter(|o| !tree.mentioned.contains(&o.key)).collect();
+    let total = orphans.len();
+    for (k, o) in orphans.into_iter().enumerate() {
+        progress("objects", k + 1, total);
+        let h = store.head_object(&o.key).await?;
+        let (m, header) = match object_meta(keys, &o.key, &h.metadata) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(object = %o.key, error = %e, "skipping an object whose metadata cannot be read");
+                tree.refused.push(format!("object {}: {e}", o.key));
+                continue;
+            }
+        };
+        if let Err(why) = check_path(&m.path) {
+            tree.refused.push(format!("object {}: refused {why}", o.key));
+            continue;
+        }
+        if tree.nodes.contains_key(&m.path) {
+            continue; // an older object for a path that has a newer version or was replaced
+        }
+        tree.apply(&Entry::Upload {
+            path: m.path,
+            key: o.key.clone(),
+            size: m.size,
+            mtime_ns: m.mtime_ns,
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            class: crate::fs::effective_class(&h),
+            sha256: m.sha256,
+            header: B64.encode(header),
+            xattrs: None,
+        });
+    }
+    Ok(tree)
+}
+
+/// Upload a batch of journal records (idempotent: the key is derived from the sequence range).
+pub async fn put_batch(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, machine: &str, records: Vec<Record>) -> Result<String, StoreError> {
+    let (first, last) = (records.first().map_or(0, |r| r.seq), records.last().map_or(0, |r| r.seq));
+    let key = format!("{prefix}j/{machine}/{first:016}-{last:016}");
+    let body = seal_json(keys, &Batch { machine: machine.to_string(), records });
+    store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }).await?;
+    Ok(key)
+}
+
+pub async fn put_snapshot(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, s: &Snapshot) -> Result<String, StoreError> {
+    let key = format!("{prefix}s/{}/{:016}", s.machine, s.covers_seq);
+    let body = seal_json(keys, s);
+    store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }).await?;
+    Ok(key)
+}
+
+/// Delete this machine's journal batches and snapshots that `covers_seq` makes redundant.
+pub async fn compact(store: &dyn ObjectStore, prefix: &str, machine: &str, covers_seq: i64) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for (dir, keep_latest) in [("j", false), ("s", true)] {
+        for o in store.list(&format!("{prefix}{dir}/{machine}/")).await? {
+            if let Some((_, _, last)) = parse_seq_key(&o.key[prefix.len() + 2..]) {
+                if last < covers_seq || (!keep_latest && last <= covers_seq) {
+                    store.delete_object(&o.key).await?;
+                    n += 1;
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests;

@@ -164,6 +164,9 @@ pub struct Fs {
     pub journal_wakeup: tokio::sync::Notify,
     /// One journal flusher at a time.
     pub journal_lock: tokio::sync::Mutex<()>,
+    /// One sealer at a time: the sealer thread and `flush` must never encrypt the same file
+    /// concurrently (they would write one outbox file with two data keys).
+    seal_lock: Mutex<()>,
     /// File versions that reached S3 since mount (status; tests check "uploaded once").
     pub data_uploads: std::sync::atomic::AtomicU64,
     /// Journal batches and snapshots uploaded since mount.
@@ -202,6 +205,7 @@ impl Fs {
             restore_wakeup: tokio::sync::Notify::new(),
             journal_wakeup: tokio::sync::Notify::new(),
             journal_lock: tokio::sync::Mutex::new(()),
+            seal_lock: Mutex::new(()),
             data_uploads: Default::default(),
             meta_uploads: Default::default(),
             uid,
@@ -602,7 +606,9 @@ impl Fs {
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &ups {
             self.staging.remove_outbox(u.ino, u.content_gen);
-            if let Some(mp) = &u.mp_upload_id {
+            // Write-only credentials lack s3:AbortMultipartUpload: leave it to the bucket's
+            // AbortIncompleteMultipartUpload lifecycle rule.
+            if let Some(mp) = u.mp_upload_id.as_ref().filter(|_| self.keys.secret.is_some()) {
                 // Best effort: the uploader also aborts uploads whose row vanished.
                 let store = self.store.clone();
                 let (k, mp) = (u.object_key.clone(), mp.clone());
@@ -818,12 +824,21 @@ impl Fs {
                 return Err(FsError::IsDir);
             }
             drop(c);
+            if self.keys.secret.is_none() && i.state != State::Dirty && !(write && trunc) && i.size > 0 {
+                return Err(self.write_only_refusal(&i));
+            }
             // Reading (or partly rewriting) archived content needs a restore; O_TRUNC does not.
             if i.state == State::Uploaded && !(write && trunc) && i.size > 0 {
                 self.check_restore(&i, pid)?;
             }
         }
         self.open_real(ino, write, trunc).map(|fh| (fh, false))
+    }
+
+    fn write_only_refusal(&self, i: &Inode) -> FsError {
+        let path = self.core().db.path_of(i.ino).unwrap_or_default();
+        tracing::warn!(path = %path, "refusing to read: this mount is write-only (no private key); its content is only readable with the passphrase");
+        FsError::WriteOnly
     }
 
     fn open_real(&self, ino: u64, write: bool, trunc: bool) -> Result<u64> {
@@ -1204,6 +1219,7 @@ impl Fs {
     /// Seal every dirty file that is closed and has settled (`force`: regardless of settle).
     /// Returns how many were sealed.
     pub fn seal_ready(&self, force: bool) -> Result<usize> {
+        let _one_sealer = self.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
         let cutoff = now_ms() - self.cfg.settle.as_millis() as i64;
         let candidates: Vec<(u64, i64)> = {
             let c = self.core();

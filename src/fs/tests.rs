@@ -728,3 +728,26 @@ fn snapshots_compact_the_journal_and_rebuild_from_them() {
     assert_eq!(names, vec!["f3", "g0", "g2"]);
     e.rt.block_on(d2.shutdown());
 }
+
+/// Regression: `flush` sealing while the sealer thread sealed the same file wrote one outbox
+/// file with two data keys (the index recorded one header, S3 got the other's segments).
+#[test]
+fn concurrent_sealing_never_mixes_two_encryptions() {
+    let e = Env::new();
+    let mut inos = Vec::new();
+    for k in 0..40 {
+        inos.push((e.write_file(ROOT, &format!("f{k}"), &data(150_000 + k, k as u8)), k));
+    }
+    let fs = e.fs();
+    std::thread::scope(|sc| {
+        for _ in 0..4 {
+            let fs = fs.clone();
+            sc.spawn(move || fs.seal_ready(true).unwrap());
+        }
+    });
+    e.wait_uploaded();
+    for (ino, k) in inos {
+        assert_eq!(e.read_all(ino).unwrap(), data(150_000 + k, k as u8), "file f{k}");
+    }
+    assert_eq!(e.puts(), 40, "each file sealed and uploaded once");
+}

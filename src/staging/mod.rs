@@ -77,8 +77,9 @@ impl Staging {
         self.outbox.join(format!("{ino}.{gen}.cv"))
     }
 
+    /// A fresh temporary name: never shared by two writers.
     pub fn outbox_tmp(&self, ino: u64, gen: i64) -> PathBuf {
-        self.outbox.join(format!("{ino}.{gen}.tmp"))
+        self.outbox.join(format!("{ino}.{gen}.{}.tmp", hex::encode(rand::random::<[u8; 6]>())))
     }
 
     /// Atomically publish a fully written and fsynced outbox file.

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
+mod offline;
+
 #[derive(Parser)]
 #[command(name = "coldvault", version, about = "Mount an S3 bucket as an encrypted, write-mostly folder")]
 struct Cli {
@@ -28,6 +30,9 @@ struct PassArgs {
     /// Internal: the passphrase arrives on stdin (used when the daemon forks itself).
     #[arg(long, hide = true)]
     passphrase_stdin: bool,
+    /// Use a recovery key (from `coldvault key export-recovery`) instead of the passphrase.
+    #[arg(long)]
+    recovery_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -90,7 +95,63 @@ enum Cmd {
         /// Seconds between storage-class refreshes by listing the bucket (0: off). Overrides the config.
         #[arg(long)]
         class_refresh: Option<f64>,
+        /// Write-only: needs only the vault's public key (no passphrase) and only s3:PutObject.
+        #[arg(long)]
+        write_only: bool,
+        /// Override the config's S3 endpoint for this mount (e.g. a gateway or proxy).
+        #[arg(long)]
+        endpoint_url: Option<String>,
         mountpoint: PathBuf,
+    },
+    /// List the vault from the bucket (no mount needed).
+    Ls {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// List everything below the path.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        vault_path: Option<String>,
+    },
+    /// Decrypt files or folders from the bucket into a local directory (no mount needed).
+    Get {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Request restores of archived files instead of only reporting them.
+        #[arg(long)]
+        restore: bool,
+        /// VAULT_PATH... LOCAL_DIR
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<String>,
+    },
+    /// Check that every uploaded file in the index is in the bucket with the right size and class.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Also download, decrypt and check the SHA-256 of every non-archived object.
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Print the minimal IAM policy for a mode: full, write-only or restore.
+    Policy {
+        #[arg(long)]
+        bucket: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value = "full")]
+        mode: String,
+    },
+    /// Manage the vault key.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
     },
     /// Request restores of archived files or whole folders inside a mount.
     Restore {
@@ -124,6 +185,27 @@ enum Cmd {
     Retry { mountpoint: PathBuf },
 }
 
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Change the passphrase (locally and in the bucket).
+    Passwd {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Read the new passphrase from this file (otherwise a prompt).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Print a recovery key: with it (and the bucket) the vault opens without the passphrase.
+    ExportRecovery {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "coldvault=info,warn".into());
@@ -146,11 +228,67 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Mount {
             config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth,
-            class_rules, restore_poll, fetch_restored, restore_budget, class_refresh, mountpoint,
+            class_rules, restore_poll, fetch_restored, restore_budget, class_refresh, write_only, endpoint_url, mountpoint,
         } => cmd_mount(MountArgs {
             config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth,
-            class_rules, restore_poll, fetch_restored, restore_budget, class_refresh, mountpoint,
+            class_rules, restore_poll, fetch_restored, restore_budget, class_refresh, write_only, endpoint_url, mountpoint,
         }),
+        Cmd::Ls { config, pass, recursive, vault_path } => {
+            let (cfg, keys) = load_unlocked(config, &pass)?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let store = connect(&cfg).await?;
+                offline::ls(&store, &keys, &cfg, vault_path, recursive).await
+            })
+        }
+        Cmd::Get { config, pass, restore, mut args } => {
+            let dest = PathBuf::from(args.pop().expect("two or more"));
+            let (cfg, keys) = load_unlocked(config, &pass)?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let store = connect(&cfg).await?;
+                offline::get(&store, &keys, &cfg, &args, &dest, restore).await
+            })
+        }
+        Cmd::Verify { config, cache_dir, pass, deep } => {
+            let cfg_path = config.unwrap_or_else(config::default_config_path);
+            let cfg = Config::load(&cfg_path)?;
+            let keys = if deep { Some(keys_for(&cfg, &pass)?) } else { None };
+            let cache = cache_dir.unwrap_or_else(|| cfg.default_cache_dir());
+            let rt = runtime()?;
+            rt.block_on(async {
+                let store = connect(&cfg).await?;
+                offline::verify(&store, keys.as_ref(), &cfg, &cache, deep).await
+            })
+        }
+        Cmd::Policy { bucket, prefix, mode } => {
+            println!("{}", offline::policy(&bucket, &prefix, &mode)?);
+            Ok(())
+        }
+        Cmd::Key { cmd } => match cmd {
+            KeyCmd::Passwd { config, pass, new_passphrase_file } => {
+                let cfg_path = config.unwrap_or_else(config::default_config_path);
+                let mut cfg = Config::load(&cfg_path)?;
+                let keys = keys_for(&cfg, &pass)?;
+                let new = passphrase(&PassArgs { passphrase_file: new_passphrase_file, passphrase_stdin: false, recovery_key_file: None }, true)?;
+                cfg.vault = cfg.vault.rewrap(&keys, new.as_bytes());
+                let rt = runtime()?;
+                rt.block_on(async {
+                    let store = connect(&cfg).await?;
+                    offline::put_descriptor(&store, &cfg).await
+                })?;
+                cfg.save(&cfg_path)?;
+                println!("passphrase changed (here and in the bucket's vault descriptor)");
+                Ok(())
+            }
+            KeyCmd::ExportRecovery { config, pass } => {
+                let cfg = Config::load(&config.unwrap_or_else(config::default_config_path))?;
+                let keys = keys_for(&cfg, &pass)?;
+                println!("{}", offline::recovery_key(&keys));
+                eprintln!("Write this down and keep it offline: with it and the bucket, anyone can read the vault.");
+                Ok(())
+            }
+        },
         Cmd::Restore { tier, days, dry_run, paths } => cmd_restore(tier, days, dry_run, paths),
         Cmd::Unmount { mountpoint } => cmd_unmount(&mountpoint),
         Cmd::Flush { wait, mountpoint } => {
@@ -286,6 +424,22 @@ fn passphrase(p: &PassArgs, confirm: bool) -> Result<Zeroizing<String>> {
     Ok(pw)
 }
 
+/// Keys for a command that reads the vault: a recovery key file, or the passphrase.
+fn keys_for(cfg: &Config, pass: &PassArgs) -> Result<VaultKeys> {
+    if let Some(f) = &pass.recovery_key_file {
+        let k = Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read recovery key file {}", f.display()))?);
+        return offline::parse_recovery_key(&k, &cfg.vault.public_key()?);
+    }
+    let pw = passphrase(pass, false)?;
+    unlock(&cfg.vault, &pw)
+}
+
+fn load_unlocked(config: Option<PathBuf>, pass: &PassArgs) -> Result<(Config, VaultKeys)> {
+    let cfg = Config::load(&config.unwrap_or_else(config::default_config_path))?;
+    let keys = keys_for(&cfg, pass)?;
+    Ok((cfg, keys))
+}
+
 fn unlock(d: &VaultDescriptor, pw: &str) -> Result<VaultKeys> {
     d.unlock(pw.as_bytes()).map_err(|e| match e {
         CryptoError::WrongPassphrase => anyhow!("wrong passphrase"),
@@ -324,42 +478,59 @@ fn cmd_init(bucket: String, prefix: String, endpoint_url: Option<String>, region
     }
     let prefix = config::normalize_prefix(&prefix)?;
     let endpoint_url = endpoint_url.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()).filter(|s| !s.is_empty());
+    let class = class.to_ascii_uppercase();
+    coldvault::rules::validate_class(&class).map_err(|e| anyhow!(e))?;
     let pw = passphrase(&pass, true)?;
-    let (desc, keys) = VaultDescriptor::create(pw.as_bytes());
-    use base64::Engine;
-    let cfg = Config {
-        bucket,
-        prefix,
+    let rt = runtime()?;
+    let probe = Config {
+        bucket: bucket.clone(),
+        prefix: prefix.clone(),
         endpoint_url: endpoint_url.clone(),
-        region,
+        region: region.clone(),
         path_style: endpoint_url.is_some(),
-        default_storage_class: class,
+        default_storage_class: class.clone(),
         settle_secs: 3.0,
         rules: Vec::new(),
         small_file_threshold: "128KiB".into(),
         small_file_class: "STANDARD".into(),
         restore: config::RestoreSettings::default(),
-        name_key: base64::engine::general_purpose::STANDARD.encode(keys.name_key),
-        vault: desc.clone(),
+        name_key: String::new(),
+        vault: VaultDescriptor::create_with_cost(b"probe", 8, 1).0,
     };
-    cfg.validate()?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        let store = connect(&cfg).await?;
-        let key = format!("{}coldvault/vault.json", cfg.prefix);
-        match store.head_object(&key).await {
-            Ok(_) => bail!("a vault already exists at s3://{}/{}; mount it with a config that has its descriptor", cfg.bucket, cfg.prefix),
-            Err(StoreError::NotFound) => {}
-            Err(StoreError::Permanent { code, .. }) if code == "AccessDenied" => {}
-            Err(e) => return Err(explain_store(e, &cfg.bucket, &cfg.endpoint_url)),
+    let key = format!("{}coldvault/vault.json", probe.prefix);
+    // An existing vault (a new machine, or after losing this one): join it with its passphrase.
+    let existing = rt.block_on(async {
+        let store = connect(&probe).await?;
+        match store.get_object(&key).await {
+            Ok(body) => Ok::<_, anyhow::Error>((store, Some(body))),
+            Err(StoreError::NotFound) => Ok((store, None)),
+            Err(e) => Err(explain_store(e, &probe.bucket, &probe.endpoint_url)),
         }
-        let body = serde_json::to_vec_pretty(&desc)?;
-        store
-            .put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() })
-            .await
-            .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
-        Ok(())
     })?;
+    let (store, existing) = existing;
+    let joined = existing.is_some();
+    let (desc, keys) = match existing {
+        Some(body) => {
+            let desc: VaultDescriptor = serde_json::from_slice(&body).with_context(|| format!("s3://{}/{key} is not a coldvault descriptor", probe.bucket))?;
+            let keys = unlock(&desc, &pw)?;
+            (desc, keys)
+        }
+        None => VaultDescriptor::create(pw.as_bytes()),
+    };
+    use base64::Engine;
+    let cfg = Config { name_key: base64::engine::general_purpose::STANDARD.encode(keys.name_key), vault: desc.clone(), ..probe };
+    cfg.validate()?;
+    if !joined {
+        let body = serde_json::to_vec_pretty(&desc)?;
+        rt.block_on(store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }))
+            .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
+    }
+    if joined {
+        cfg.save(&path)?;
+        println!("joined existing vault {} in s3://{}/{}", desc.vault_id, cfg.bucket, cfg.prefix);
+        println!("config written to {}; `coldvault mount` with an empty cache dir rebuilds the tree from the bucket", path.display());
+        return Ok(());
+    }
     cfg.save(&path)?;
     println!("created vault {} in s3://{}/{}", desc.vault_id, cfg.bucket, cfg.prefix);
     println!("config written to {}", path.display());
@@ -384,12 +555,18 @@ struct MountArgs {
     fetch_restored: bool,
     restore_budget: Option<String>,
     class_refresh: Option<f64>,
+    write_only: bool,
+    endpoint_url: Option<String>,
     mountpoint: PathBuf,
 }
 
 fn cmd_mount(a: MountArgs) -> Result<()> {
     let cfg_path = a.config.clone().unwrap_or_else(config::default_config_path);
-    let cfg = Config::load(&cfg_path)?;
+    let mut cfg = Config::load(&cfg_path)?;
+    if let Some(e) = &a.endpoint_url {
+        cfg.endpoint_url = Some(e.clone());
+        cfg.path_style = true;
+    }
     let meta = std::fs::metadata(&a.mountpoint).with_context(|| format!("mount point {} does not exist", a.mountpoint.display()))?;
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", a.mountpoint.display());
@@ -402,8 +579,15 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     }
     let cache_dir = a.cache_dir.clone().unwrap_or_else(|| cfg.default_cache_dir());
     let (policy, restore_cfg) = archive_settings(&cfg, &a)?;
-    let pw = passphrase(&a.pass, false)?;
-    let keys = unlock(&cfg.vault, &pw)?;
+    // Write-only: the public key and name key from the config are all it needs.
+    let (keys, pw) = if a.write_only {
+        (VaultKeys::write_only(cfg.vault.public_key()?, cfg.name_key()?), Zeroizing::new(String::new()))
+    } else if a.pass.recovery_key_file.is_some() {
+        (keys_for(&cfg, &a.pass)?, Zeroizing::new(String::new()))
+    } else {
+        let pw = passphrase(&a.pass, false)?;
+        (unlock(&cfg.vault, &pw)?, pw)
+    };
     if !a.foreground {
         return spawn_daemon(&a, &cfg_path, &cache_dir, &mountpoint, &pw);
     }
@@ -411,14 +595,19 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating cache dir {}", cache_dir.display()))?;
     let _lock = lock_cache(&cache_dir)?;
     let rt = runtime()?;
-    let store = rt.block_on(connect(&cfg))?;
+    let store = if a.write_only {
+        // HeadBucket needs s3:ListBucket, which a write-only machine does not have.
+        rt.block_on(S3Store::connect(&cfg.s3_settings()))
+    } else {
+        rt.block_on(connect(&cfg))?
+    };
     let fs_cfg = coldvault::fs::FsConfig {
         cache_dir: cache_dir.clone(),
         settle: Duration::from_secs_f64(settle),
         prefix: cfg.prefix.clone(),
         policy,
         restore: restore_cfg,
-        journal: coldvault::remote_meta::JournalConfig::default(),
+        journal: coldvault::remote_meta::JournalConfig { write_only: a.write_only, ..Default::default() },
         read_cache,
         segment_cache: 64 << 20,
     };
@@ -530,6 +719,9 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
         let s = arg.to_string_lossy();
         // Options re-added below with resolved values (and the passphrase file, replaced by stdin).
         const RESET: [&str; 3] = ["--passphrase-file", "--config", "--cache-dir"];
+        if s == "--passphrase-stdin" {
+            continue;
+        }
         if RESET.contains(&s.as_ref()) {
             args.next();
             continue;
@@ -539,7 +731,11 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
         }
         cmd.arg(&arg);
     }
-    cmd.arg("--foreground").arg("--passphrase-stdin").arg("--config").arg(cfg_path).arg("--cache-dir").arg(cache_dir);
+    cmd.arg("--foreground").arg("--config").arg(cfg_path).arg("--cache-dir").arg(cache_dir);
+    let send_pw = !a.write_only && a.pass.recovery_key_file.is_none();
+    if send_pw {
+        cmd.arg("--passphrase-stdin");
+    }
     cmd.env_remove("COLDVAULT_PASSPHRASE");
     let _ = (a, mountpoint);
     cmd.stdin(std::process::Stdio::piped()).stdout(log.try_clone()?).stderr(log);
@@ -552,10 +748,13 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
     let mut child = cmd.spawn()?;
     {
         let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(pw.as_bytes())?;
+        if send_pw {
+            stdin.write_all(pw.as_bytes())?;
+        }
     }
     let rt = runtime()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // A first mount on an empty cache rebuilds the index from the bucket: allow it time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1800);
     loop {
         if let Some(st) = child.try_wait()? {
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -567,7 +766,7 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            bail!("the mount daemon did not come up within 60 s; see {}", log_path.display());
+            bail!("the mount daemon did not come up within 30 minutes; see {}", log_path.display());
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -221,7 +221,9 @@ impl Uploader {
             let permit = sem.clone().acquire_owned().await.expect("semaphore");
             if !Self::journal(self.fs.upload_exists(u.id))? {
                 tasks.abort_all();
-                let _ = store.abort_multipart(&u.object_key, &mp).await;
+                if self.fs.keys.secret.is_some() {
+                    let _ = store.abort_multipart(&u.object_key, &mp).await;
+                }
                 return Ok(Outcome::Cancelled);
             }
             let start = (n as u64 - 1) * psize;
@@ -244,7 +246,9 @@ impl Uploader {
             self.part_result(r, u, &mp).await?;
         }
         if !Self::journal(self.fs.upload_exists(u.id))? {
-            let _ = store.abort_multipart(&u.object_key, &mp).await;
+            if self.fs.keys.secret.is_some() {
+                let _ = store.abort_multipart(&u.object_key, &mp).await;
+            }
             return Ok(Outcome::Cancelled);
         }
         let parts = Self::journal(self.fs.parts(u.id))?;

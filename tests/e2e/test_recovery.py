@@ -1,0 +1,290 @@
+"""Recovery from the bucket alone, offline commands, and PutObject-only write-only mounts."""
+import base64
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, free_port, is_mounted, run
+from treegen import make_tree
+
+
+def snapshot_tree(root):
+    """path -> (kind, size, mtime_ns, mode, sha256) for everything below root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            if rel.endswith(".restore-status"):
+                continue
+            st = os.lstat(p)
+            if os.path.islink(p):
+                out[rel] = ("l", os.readlink(p))
+            elif os.path.isdir(p):
+                out[rel] = ("d", st.st_mode & 0o7777)
+            else:
+                out[rel] = ("f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
+    return out
+
+
+def sha(p):
+    return hashlib.sha256(open(p, "rb").read()).hexdigest()
+
+
+def fresh_cache(v, name):
+    v.cache = v.tmp / name
+    return v
+
+
+def test_rebuild_500_files_with_renames_deletions_and_deep_archive(servers, vault_factory, tmp_path):
+    s = servers("moto")
+    v = vault_factory(s)
+    args = ("--class-rule", "raw/**=DEEP_ARCHIVE")
+    v.mount(*args)
+    src = tmp_path / "src"
+    files = make_tree(src, n_files=500, seed=3, big=())
+    (src / "raw").mkdir()
+    rng = random.Random(5)
+    for i in range(20):
+        p = src / "raw" / f"IMG_{i:04d}.CR2"
+        p.write_bytes(rng.randbytes(140_000 + i))
+        os.utime(p, ns=(1_500_000_000_123_456_789 + i, 1_500_000_000_123_456_789 + i))
+    os.chmod(src / "raw" / "IMG_0003.CR2", 0o600)
+    subprocess.run(["rsync", "-a", f"{src}/", f"{v.mnt}/"], check=True)
+    v.flush()
+    # After upload: renames (file and folder), deletions, chmod, utimens, a new empty folder.
+    m = v.mnt
+    victims = sorted(p for p in files if "/" in p)[:12]
+    for p in victims[:6]:
+        os.unlink(m / p)
+    for p in victims[6:]:
+        os.rename(m / p, m / (p + ".renamed"))
+    topdir = sorted(d for d in os.listdir(m) if os.path.isdir(m / d) and d != "raw")[0]
+    os.rename(m / topdir, m / (topdir + " (moved)"))
+    os.chmod(m / "raw" / "IMG_0007.CR2", 0o640)
+    os.utime(m / "raw" / "IMG_0008.CR2", ns=(1, 1_234_567_890_999_999_999))
+    (m / "empty folder").mkdir(mode=0o700)
+    os.symlink("raw/IMG_0001.CR2", m / "link-to-raw")
+    v.flush()
+    want = snapshot_tree(m)
+    v.unmount()
+    # A new machine: same config, empty cache dir.
+    fresh_cache(v, "cache-new-machine")
+    v.mount(*args)
+    got = snapshot_tree(v.mnt)
+    assert sorted(got) == sorted(want), set(got) ^ set(want)
+    for k in want:
+        assert got[k] == want[k], (k, got[k], want[k])
+    req = v.status()["requests"]
+    assert "RestoreObject" not in req, req
+    # Standard files read back identical; archived ones are refused (EAGAIN) without a GET first.
+    for rel, meta in list(want.items())[:80]:
+        if meta[0] == "f" and not rel.startswith("raw/"):
+            orig = src / rel.replace(" (moved)", "").replace(".renamed", "")
+            if orig.exists():
+                assert sha(v.mnt / rel) == sha(orig), rel
+    gets_before = v.status()["requests"].get("GetObject", 0)
+    v.unmount()
+    listed = run("ls", "--config", v.config, "--passphrase-file", v.passfile, "-R", "raw").stdout
+    assert "DEEP_ARCHIVE" in listed and "IMG_0007.CR2" in listed, listed
+    assert gets_before >= 0
+
+
+def test_get_restores_a_folder_and_refuses_unsafe_paths(servers, vault_factory, tmp_path):
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    src = tmp_path / "src"
+    files = make_tree(src / "photos", n_files=40, seed=9, big=(3 << 20,))
+    subprocess.run(["cp", "-a", f"{src}/photos", str(v.mnt)], check=True)
+    v.flush()
+    v.unmount()
+    out = tmp_path / "out"
+    r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "photos", out)
+    assert "restored 40 file(s)" in r.stdout, r.stdout
+    for rel, (size, ns) in files.items():
+        p = out / "photos" / rel
+        assert sha(p) == sha(src / "photos" / rel), rel
+        assert os.stat(p).st_mtime_ns == ns
+    # An object crafted with the vault's public key whose metadata names ../../etc/passwd.
+    evil = tmp_path / "evil.py"
+    evil.write_text(EVIL)
+    cfg = v.config.read_text()
+    import tomllib
+    c = tomllib.loads(cfg)
+    subprocess.run([sys.executable, str(evil), s.endpoint, v.bucket, v.prefix, c["vault"]["public_key"]], check=True)
+    out2 = tmp_path / "out2"
+    r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "photos", out2, check=False)
+    assert r.returncode != 0 and "../../etc/passwd" in r.stderr, r.stderr
+    assert not (tmp_path / "etc").exists() and not list(tmp_path.glob("**/passwd"))
+    assert (out2 / "photos").exists(), "the safe files are still restored"
+
+
+# Crafts an object in coldvault format v1 from docs/FORMAT.md with Python's cryptography.
+EVIL = r'''
+import base64, hashlib, json, os, sys
+import boto3
+from botocore.config import Config
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+endpoint, bucket, prefix, pub_b64 = sys.argv[1:5]
+V = base64.b64decode(pub_b64)
+def hkdf(salt, ikm, info): return HKDF(hashes.SHA256(), 32, salt, info).derive(ikm)
+pt = b"root::0:0:root:/root:/bin/sh\n"
+dk = os.urandom(32); prefix7 = os.urandom(7)
+e = X25519PrivateKey.generate(); E = e.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+shared = e.exchange(X25519PublicKey.from_public_bytes(V))
+head9 = b"CVAULT" + (1).to_bytes(2, "big") + bytes([16])
+wrapped = AESGCM(hkdf(E + V, shared, b"coldvault/v1/wrap")).encrypt(b"\0" * 12, dk, head9)
+header = head9 + E + wrapped + prefix7 + hkdf(b"", dk, b"coldvault/v1/commit")
+assert len(header) == 128
+seg = AESGCM(hkdf(b"", dk, b"coldvault/v1/content")).encrypt(prefix7 + (0).to_bytes(4, "big") + b"\x01", pt, header)
+meta = json.dumps({"path": "../../etc/passwd", "size": len(pt), "mtime_ns": 0, "mode": 420, "uid": 0, "gid": 0,
+                   "sha256": hashlib.sha256(pt).hexdigest()}).encode()
+cvm = AESGCM(hkdf(b"", dk, b"coldvault/v1/meta")).encrypt(b"\0" * 12, meta, header)
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
+s3.put_object(Bucket=bucket, Key=prefix + "d/" + "e" * 64, Body=header + seg,
+              Metadata={"cvh": base64.b64encode(header).decode(), "cvm": base64.b64encode(cvm).decode()})
+'''
+
+
+def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory, tmp_path):
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    log = tmp_path / "proxy.log"
+    port = free_port()
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "putonly_proxy.py"), "--port", str(port),
+                              "--upstream", f"127.0.0.1:{s.port}", "--log", str(log)])
+    try:
+        time.sleep(0.5)
+        endpoint = f"http://127.0.0.1:{port}"
+        # No passphrase at all: only the public key from the config.
+        run("mount", "--config", v.config, "--cache-dir", v.cache, "--write-only", "--endpoint-url", endpoint,
+            "--settle", "0.5", v.mnt)
+        assert is_mounted(v.mnt)
+        src = tmp_path / "src"
+        files = make_tree(src, n_files=200, seed=21, big=(20 << 20,))
+        dst = v.mnt / "backup"
+        subprocess.run(["rsync", "-a", f"{src}/", f"{dst}/"], check=True)
+        v.flush()
+        before = v.status()["requests"]
+        r = subprocess.run(["rsync", "-a", "--itemize-changes", f"{src}/", f"{dst}/"], check=True, capture_output=True, text=True)
+        assert r.stdout == ""
+        assert v.status()["requests"] == before, "the second rsync made no requests"
+        # Renames and deletions of uploaded files: journal only.
+        names = sorted(files)
+        os.rename(dst / names[0], dst / (names[0] + ".moved"))
+        os.unlink(dst / names[1])
+        v.flush()
+        # Reading uploaded content needs the private key: EACCES and a log line.
+        rd = subprocess.run(["cat", str(dst / names[2])], capture_output=True)
+        assert rd.returncode != 0 and b"Permission denied" in rd.stderr, rd.stderr
+        assert "write-only" in v.log()
+        want = snapshot_tree(dst)
+        v.unmount()
+    finally:
+        proxy.terminate()
+        proxy.wait()
+    entries = [json.loads(l) for l in log.read_text().splitlines()]
+    denied = [e for e in entries if not e["allowed"]]
+    assert not denied, f"requests outside PutObject: {denied[:5]}"
+    ops = {e["op"] for e in entries}
+    assert ops <= {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}, ops
+    assert "UploadPart" in ops, "the 20 MiB file went multipart"
+    # A full mount on a fresh machine rebuilds what the write-only machine left.
+    fresh_cache(v, "cache-full")
+    v.mount()
+    got = snapshot_tree(v.mnt / "backup")
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k] == want[k], k
+    names_left = [n for n in sorted(files)[2:12]]
+    for n in names_left:
+        assert sha(v.mnt / "backup" / n) == sha(src / n)
+    assert sha(v.mnt / "backup" / (names[0] + ".moved")) == sha(src / names[0])
+    v.unmount()
+
+
+def test_verify_deep_detects_deleted_and_corrupted_objects(servers, vault_factory, tmp_path):
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    for i in range(5):
+        (v.mnt / f"f{i}.jpg").write_bytes(os.urandom(100_000))
+    v.flush()
+    v.unmount()
+    ok = run("verify", "--config", v.config, "--cache-dir", v.cache, "--deep", "--passphrase-file", v.passfile)
+    assert "decrypted 5" in ok.stdout and "ok" in ok.stdout, ok.stdout
+    # Delete one object and flip a byte in another, behind coldvault's back.
+    s.s3.delete_object(Bucket=v.bucket, Key=v.object_key("f1.jpg"))
+    key = v.object_key("f2.jpg")
+    body = bytearray(s.s3.get_object(Bucket=v.bucket, Key=key)["Body"].read())
+    head = s.s3.head_object(Bucket=v.bucket, Key=key)
+    body[5000] ^= 0x01
+    s.s3.put_object(Bucket=v.bucket, Key=key, Body=bytes(body), Metadata=head["Metadata"])
+    shallow = run("verify", "--config", v.config, "--cache-dir", v.cache, check=False)
+    assert shallow.returncode != 0 and "f1.jpg" in shallow.stdout and "missing" in shallow.stdout, shallow.stdout
+    deep = run("verify", "--config", v.config, "--cache-dir", v.cache, "--deep", "--passphrase-file", v.passfile, check=False)
+    assert deep.returncode != 0, deep.stdout
+    assert "f1.jpg" in deep.stdout and "f2.jpg" in deep.stdout, deep.stdout
+    assert "2 problem(s)" in deep.stderr, deep.stderr
+
+
+def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "a.txt").write_text("recover me")
+    v.flush()
+    v.unmount()
+    # A new machine joins the vault with the passphrase only.
+    c2 = tmp_path / "c2.toml"
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    r = run("init", "--bucket", v.bucket, "--prefix", "vault", "--endpoint-url", s.endpoint, "--config", c2, "--passphrase-file", wrong, check=False)
+    assert r.returncode != 0 and "wrong passphrase" in r.stderr and not c2.exists(), r.stderr
+    r = run("init", "--bucket", v.bucket, "--prefix", "vault", "--endpoint-url", s.endpoint, "--config", c2, "--passphrase-file", v.passfile)
+    assert "joined existing vault" in r.stdout
+    out = tmp_path / "out"
+    run("get", "--config", c2, "--passphrase-file", v.passfile, "a.txt", out)
+    assert (out / "a.txt").read_text() == "recover me"
+    # Recovery key works instead of the passphrase; passwd changes it everywhere.
+    rk = run("key", "export-recovery", "--config", c2, "--passphrase-file", v.passfile).stdout.strip()
+    assert rk.startswith("CVRK1-")
+    rkf = tmp_path / "rk"
+    rkf.write_text(rk)
+    run("ls", "--config", c2, "--recovery-key-file", rkf)
+    newp = tmp_path / "newp"
+    newp.write_text("a new passphrase\n")
+    run("key", "passwd", "--config", c2, "--passphrase-file", v.passfile, "--new-passphrase-file", newp)
+    r = run("ls", "--config", c2, "--passphrase-file", v.passfile, check=False)
+    assert r.returncode != 0 and "wrong passphrase" in r.stderr
+    assert "a.txt" in run("ls", "--config", c2, "--passphrase-file", newp).stdout
+    c3 = tmp_path / "c3.toml"
+    run("init", "--bucket", v.bucket, "--prefix", "vault", "--endpoint-url", s.endpoint, "--config", c3, "--passphrase-file", newp)
+    # A vault written by a newer format version: one clear error.
+    newer = tmp_path / "newer.toml"
+    newer.write_text(c2.read_text().replace("format = 1", "format = 2"))
+    r = run("ls", "--config", newer, "--passphrase-file", newp, check=False)
+    assert r.returncode != 0 and "version 2" in r.stderr, r.stderr
+    # Missing config, missing bucket.
+    r = run("ls", "--config", tmp_path / "none.toml", check=False)
+    assert r.returncode != 0 and "coldvault init" in r.stderr
+    gone = tmp_path / "gone.toml"
+    gone.write_text(c2.read_text().replace(f'bucket = "{v.bucket}"', 'bucket = "no-such-bucket-x"'))
+    r = run("ls", "--config", gone, "--passphrase-file", newp, check=False)
+    assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr
+    # The policy printer.
+    pol = json.loads(run("policy", "--bucket", "photos", "--prefix", "laptop", "--mode", "write-only").stdout)
+    assert pol["Statement"][0]["Action"] == ["s3:PutObject"]
+    assert pol["Statement"][0]["Resource"] == "arn:aws:s3:::photos/laptop/*"

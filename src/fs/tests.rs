@@ -751,3 +751,31 @@ fn concurrent_sealing_never_mixes_two_encryptions() {
     }
     assert_eq!(e.puts(), 40, "each file sealed and uploaded once");
 }
+
+#[test]
+fn two_machines_in_different_folders_both_survive_a_rebuild() {
+    let e = Env::new();
+    let (_dir_b, b) = fresh_machine(&e);
+    let a = e.fs();
+    let da = a.mkdir(ROOT, OsStr::new("laptop"), 0o755, 0, 0).unwrap();
+    let db_ = b.fs.mkdir(ROOT, OsStr::new("desktop"), 0o755, 0, 0).unwrap();
+    e.write_file(da.ino, "a.jpg", &data(1000, 70));
+    let (fb, fhb) = b.fs.create(db_.ino, OsStr::new("b.jpg"), 0o644, 0, 0).unwrap();
+    b.fs.write(fhb, 0, &data(2000, 71)).unwrap();
+    b.fs.release(fhb).unwrap();
+    a.seal_ready(true).unwrap();
+    b.fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    wait_for("b uploaded", || b.fs.state_of(fb.ino).unwrap().map(|x| x.1) == Some(State::Uploaded));
+    a.rename(da.ino, OsStr::new("a.jpg"), da.ino, OsStr::new("a2.jpg"), false).unwrap();
+    flush_journal(&e);
+    let bcfg = b.fs.cfg.journal.clone();
+    e.rt.block_on(crate::remote_meta::journal::flush(&b.fs, &bcfg)).unwrap();
+    assert_ne!(a.machine_id().unwrap(), b.fs.machine_id().unwrap());
+    let (_dir_c, c) = fresh_machine(&e);
+    assert!(c.fs.resolve("laptop/a2.jpg").is_ok());
+    assert!(c.fs.resolve("laptop/a.jpg").is_err());
+    assert!(c.fs.resolve("desktop/b.jpg").is_ok());
+    e.rt.block_on(b.shutdown());
+    e.rt.block_on(c.shutdown());
+}

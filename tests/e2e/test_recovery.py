@@ -38,6 +38,15 @@ def sha(p):
     return hashlib.sha256(open(p, "rb").read()).hexdigest()
 
 
+def want_key(v, path):
+    import sqlite3
+    db = sqlite3.connect(f"file:{v.cache / 'index.db'}?mode=ro", uri=True)
+    ino = 1
+    for part in path.split("/"):
+        ino = db.execute("SELECT ino FROM inodes WHERE parent=? AND name=? AND ino != 1", (ino, part)).fetchone()[0]
+    return db.execute("SELECT object_key FROM inodes WHERE ino=?", (ino,)).fetchone()[0]
+
+
 def fresh_cache(v, name):
     v.cache = v.tmp / name
     return v
@@ -78,6 +87,8 @@ def test_rebuild_500_files_with_renames_deletions_and_deep_archive(servers, vaul
     # A new machine: same config, empty cache dir.
     fresh_cache(v, "cache-new-machine")
     v.mount(*args)
+    meta_objects = len(s.objects(v.bucket, v.prefix + "j/")) + len(s.objects(v.bucket, v.prefix + "s/"))
+    assert v.status()["requests"].get("GetObject", 0) == meta_objects, "the rebuild read only journal and snapshot objects"
     got = snapshot_tree(v.mnt)
     assert sorted(got) == sorted(want), set(got) ^ set(want)
     for k in want:
@@ -94,6 +105,14 @@ def test_rebuild_500_files_with_renames_deletions_and_deep_archive(servers, vaul
     v.unmount()
     listed = run("ls", "--config", v.config, "--passphrase-file", v.passfile, "-R", "raw").stdout
     assert "DEEP_ARCHIVE" in listed and "IMG_0007.CR2" in listed, listed
+    # get reports archived files (never skips them silently) and can request their restore.
+    out = tmp_path / "out"
+    r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "raw", out, check=False)
+    assert r.returncode != 0 and "archived: raw/IMG_0001.CR2 (DEEP_ARCHIVE)" in r.stdout, r.stdout + r.stderr
+    r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "--restore", "raw/IMG_0001.CR2", out, check=False)
+    assert r.returncode != 0 and "restore requested" in r.stdout, r.stdout
+    head = s.s3.head_object(Bucket=v.bucket, Key=want_key(v, "raw/IMG_0001.CR2"))
+    assert "ongoing-request" in head.get("Restore", ""), head
     assert gets_before >= 0
 
 

@@ -103,6 +103,11 @@ impl fuser::Filesystem for ColdFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
+        // READDIRPLUS: `ls -l` and rsync's directory scans get attributes with the listing
+        // instead of one LOOKUP per entry. PARALLEL_DIROPS: lookups in one folder run in parallel.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO | fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+        );
         Ok(())
     }
 

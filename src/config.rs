@@ -37,6 +37,9 @@ pub struct Config {
     pub small_file_class: String,
     #[serde(default)]
     pub restore: RestoreSettings,
+    /// File-name globs kept local and never uploaded (default: fs::DEFAULT_IGNORE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<Vec<String>>,
     /// Name key, base64. Lets a mount compute object keys without the private key.
     pub name_key: String,
     pub vault: VaultDescriptor,

@@ -494,6 +494,7 @@ fn cmd_init(bucket: String, prefix: String, endpoint_url: Option<String>, region
         small_file_threshold: "128KiB".into(),
         small_file_class: "STANDARD".into(),
         restore: config::RestoreSettings::default(),
+        ignore: None,
         name_key: String::new(),
         vault: VaultDescriptor::create_with_cost(b"probe", 8, 1).0,
     };
@@ -608,6 +609,7 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
         policy,
         restore: restore_cfg,
         journal: coldvault::remote_meta::JournalConfig { write_only: a.write_only, ..Default::default() },
+        ignore: cfg.ignore.clone().unwrap_or_else(|| coldvault::fs::DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()),
         read_cache,
         segment_cache: 64 << 20,
     };

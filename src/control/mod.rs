@@ -133,7 +133,7 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
                 let mut failed = 0u64;
                 for (ino, _, _) in &targets {
                     match fs.state_of(*ino) {
-                        Ok(None) | Ok(Some((_, crate::meta::State::Uploaded))) => {}
+                        Ok(None) | Ok(Some((_, crate::meta::State::Uploaded))) | Ok(Some((_, crate::meta::State::Local))) => {}
                         Ok(Some((_, crate::meta::State::Failed))) => failed += 1,
                         Ok(Some(_)) => waiting += 1,
                         Err(e) => return Reply::Error { message: e.to_string() },

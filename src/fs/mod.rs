@@ -54,6 +54,8 @@ pub struct FsConfig {
     pub restore: RestoreConfig,
     /// Metadata journal and snapshots in the bucket.
     pub journal: crate::remote_meta::JournalConfig,
+    /// File-name globs kept local and never uploaded.
+    pub ignore: Vec<String>,
     /// Bytes of uploaded objects kept locally for reads (0: release after upload).
     pub read_cache: u64,
     /// Bytes of decrypted segments kept in memory.
@@ -103,6 +105,10 @@ pub const STATUS_BIT: u64 = 1 << 62;
 pub const CTL_DIR: u64 = 1 << 61;
 pub const CTL_RESTORES: u64 = (1 << 61) + 1;
 pub const CTL_NAME: &str = ".coldvault";
+/// Junk that desktops and editors write beside real files: accepted, readable, never uploaded.
+pub const DEFAULT_IGNORE: &[&str] = &[
+    ".DS_Store", "._*", ".localized", "Thumbs.db", "ehthumbs.db", "desktop.ini", "~$*", ".~lock.*#", "*.swp", "*.swx", ".#*", "#*#", "*~",
+];
 /// An open of an archived file may ask S3 about its pending restore at most this often.
 const OPEN_HEAD_INTERVAL_MS: i64 = 60_000;
 
@@ -223,7 +229,7 @@ impl Fs {
     fn recover(&self) -> Result<()> {
         let mut c = self.core();
         let mut keep_spool = Vec::new();
-        for mut i in c.db.files_in_state(&[State::Dirty])? {
+        for mut i in c.db.files_in_state(&[State::Dirty, State::Local])? {
             match self.staging.spool_len(i.ino) {
                 Some(len) => {
                     if len != i.size {
@@ -472,7 +478,7 @@ impl Fs {
                     return Ok(());
                 }
             }
-            if i.state == State::Dirty {
+            if i.state.has_spool() {
                 let f = self.staging.open_spool(ino)?;
                 f.set_len(size)?;
                 f.sync_all()?;
@@ -691,6 +697,9 @@ impl Fs {
         src.parent = newparent;
         src.name = newname;
         src.ctime_ns = now_ns();
+        if src.state == State::Local && !self.ignored(&src.name) {
+            src.state = State::Dirty; // e.g. an editor's temp file saved over the real name
+        }
         if src.state == State::Dirty {
             src.dirty_ms = now_ms();
         }
@@ -740,7 +749,7 @@ impl Fs {
         let (i, src) = {
             let mut c = self.core();
             let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
-            if i.state == State::Dirty {
+            if i.state.has_spool() {
                 return Ok(());
             }
             if empty || i.size == 0 {
@@ -767,9 +776,9 @@ impl Fs {
         }
         let mut c = self.core();
         let mut cur = c.db.get(ino)?.ok_or(FsError::NotFound)?;
-        if cur.content_gen != i.content_gen || cur.state == State::Dirty {
+        if cur.content_gen != i.content_gen || cur.state.has_spool() {
             let _ = std::fs::remove_file(&tmp);
-            return if cur.state == State::Dirty { Ok(()) } else { Err(FsError::Invalid("file changed while opening")) };
+            return if cur.state.has_spool() { Ok(()) } else { Err(FsError::Invalid("file changed while opening")) };
         }
         let ups = c.db.uploads_for_ino(ino)?;
         self.staging.adopt_fetch(ino)?;
@@ -824,7 +833,7 @@ impl Fs {
                 return Err(FsError::IsDir);
             }
             drop(c);
-            if self.keys.secret.is_none() && i.state != State::Dirty && !(write && trunc) && i.size > 0 {
+            if self.keys.secret.is_none() && !i.state.has_spool() && !(write && trunc) && i.size > 0 {
                 return Err(self.write_only_refusal(&i));
             }
             // Reading (or partly rewriting) archived content needs a restore; O_TRUNC does not.
@@ -866,7 +875,7 @@ impl Fs {
             }
         }
         let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
-        let spool = if i.state == State::Dirty {
+        let spool = if i.state.has_spool() {
             match c.open.get(&ino).and_then(|o| o.spool.clone()) {
                 Some(s) => Some(s),
                 None => Some(Arc::new(self.staging.open_spool(ino)?)),
@@ -1041,7 +1050,7 @@ impl Fs {
             let c = self.core();
             let i = Self::get_inode(&c, ino)?;
             let spool = c.open.get(&ino).and_then(|o| o.spool.clone());
-            let src = if spool.is_none() && i.state != State::Dirty { Some(self.source_of(&c, &i)?) } else { None };
+            let src = if spool.is_none() && !i.state.has_spool() { Some(self.source_of(&c, &i)?) } else { None };
             (i, spool, src)
         };
         if offset >= i.size {
@@ -1180,7 +1189,8 @@ impl Fs {
         if !(name.starts_with("user.") || name.starts_with("security.") || name.starts_with("trusted.")) {
             return Err(FsError::NotSupported("only user.*, security.* and trusted.* attributes are stored"));
         }
-        if value.len() > 4096 {
+        // Samba's streams_xattr keeps alternate data streams (macOS resource forks) in xattrs.
+        if value.len() > 64 * 1024 {
             return Err(FsError::Range);
         }
         let c = self.core();
@@ -1231,6 +1241,9 @@ impl Fs {
         };
         let mut n = 0;
         for (ino, gen) in candidates {
+            if self.keep_local_if_ignored(ino, gen)? {
+                continue;
+            }
             match self.seal_one(ino, gen) {
                 Ok(true) => n += 1,
                 Ok(false) => {}
@@ -1238,6 +1251,24 @@ impl Fs {
             }
         }
         Ok(n)
+    }
+
+    /// Names on the ignore list (.DS_Store, Thumbs.db, ._*, editors' temp files) stay local.
+    pub fn ignored(&self, name: &str) -> bool {
+        self.cfg.ignore.iter().any(|g| crate::rules::matches(g, name))
+    }
+
+    /// Mark a settled dirty file whose name is on the ignore list as local-only. Returns true
+    /// if it was (it is then never sealed or uploaded, but stays readable here).
+    fn keep_local_if_ignored(&self, ino: u64, gen: i64) -> Result<bool> {
+        let c = self.core();
+        let Some(mut i) = c.db.get(ino)? else { return Ok(false) };
+        if i.state != State::Dirty || i.content_gen != gen || !self.ignored(&i.name) {
+            return Ok(false);
+        }
+        i.state = State::Local;
+        c.db.update(&i)?;
+        Ok(true)
     }
 
     /// The object key for `ino` at `path`: the keyed hash of the path, so a rewrite of a path
@@ -1900,6 +1931,7 @@ impl Fs {
         let (pending_files, pending_bytes) = q("SELECT count(*), sum(size) FROM inodes WHERE state IN ('dirty','sealed','uploading')")?;
         let (uploaded_files, uploaded_bytes) = q("SELECT count(*), sum(size) FROM inodes WHERE state='uploaded'")?;
         let (failed_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='failed'")?;
+        let (local_only_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='local'")?;
         let (dirty_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='dirty'")?;
         let (queued_uploads, _) = q("SELECT count(*), 0 FROM uploads WHERE state IN ('queued','uploading')")?;
         let failures = c
@@ -1920,6 +1952,7 @@ impl Fs {
             requests: self.store.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             failures,
             eta_seconds: None,
+            local_only_files,
             uploads_since_mount: self.data_uploads.load(std::sync::atomic::Ordering::Relaxed),
             metadata_objects_since_mount: self.meta_uploads.load(std::sync::atomic::Ordering::Relaxed),
             journal_pending: c.db.conn().query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0)).map_err(crate::meta::MetaError::from)? as u64,
@@ -2009,6 +2042,8 @@ pub struct Status {
     pub requests: std::collections::BTreeMap<String, u64>,
     pub failures: Vec<FailureInfo>,
     pub eta_seconds: Option<u64>,
+    /// Files on the ignore list, kept on local disk only.
+    pub local_only_files: u64,
     /// File versions uploaded since mount.
     pub uploads_since_mount: u64,
     /// Journal batches and index snapshots uploaded since mount.

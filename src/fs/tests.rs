@@ -31,6 +31,7 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         restore: RestoreConfig { poll_override: Some(Duration::from_millis(100)), class_refresh: None, ..Default::default() },
         // Tests flush the journal explicitly (so request counts stay about data objects).
         journal: crate::remote_meta::JournalConfig { interval: Duration::from_secs(3600), ..Default::default() },
+        ignore: DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect(),
         read_cache: 0,
         segment_cache: 1 << 20,
     }
@@ -778,4 +779,26 @@ fn two_machines_in_different_folders_both_survive_a_rebuild() {
     assert!(c.fs.resolve("desktop/b.jpg").is_ok());
     e.rt.block_on(b.shutdown());
     e.rt.block_on(c.shutdown());
+}
+
+#[test]
+fn junk_files_stay_local_and_are_never_uploaded() {
+    let e = Env::new();
+    let fs = e.fs();
+    for n in [".DS_Store", "._IMG_0001.JPG", "Thumbs.db", "desktop.ini", "~$report.docx", ".report.txt.swp", "notes.txt~"] {
+        e.write_file(ROOT, n, b"junk");
+    }
+    let tmp = e.write_file(ROOT, "~$draft.docx", b"real content");
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    assert_eq!(e.puts(), 0, "nothing uploaded");
+    let st = fs.status().unwrap();
+    assert_eq!((st.pending_files, st.local_only_files), (0, 8));
+    assert_eq!(e.read_all(tmp).unwrap(), b"real content", "still readable locally");
+    // Saved over a real name (Office's temp-then-rename): now it is uploaded.
+    fs.rename(ROOT, OsStr::new("~$draft.docx"), ROOT, OsStr::new("draft.docx"), false).unwrap();
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    assert_eq!(e.puts(), 1);
+    assert_eq!(fs.state_of(tmp).unwrap().unwrap().1, State::Uploaded);
 }

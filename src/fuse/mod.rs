@@ -381,6 +381,12 @@ impl fuser::Filesystem for ColdFs {
         }
     }
 
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: u64, _length: u64, _mode: i32, reply: ReplyEmpty) {
+        // Preallocation means nothing for a spool that is encrypted and uploaded anyway; say so
+        // the same way every time (Samba and cp fall back to plain writes).
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // default_permissions makes the kernel check modes; nothing more to decide here.
         reply.ok();

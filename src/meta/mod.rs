@@ -54,6 +54,8 @@ pub enum State {
     /// Not a regular file.
     None,
     Dirty,
+    /// Kept on local disk only, never uploaded (ignore list: .DS_Store, Thumbs.db, ...).
+    Local,
     Sealed,
     Uploading,
     Uploaded,
@@ -65,6 +67,7 @@ impl State {
         match self {
             State::None => "",
             State::Dirty => "dirty",
+            State::Local => "local",
             State::Sealed => "sealed",
             State::Uploading => "uploading",
             State::Uploaded => "uploaded",
@@ -75,12 +78,17 @@ impl State {
         Ok(match s {
             "" => State::None,
             "dirty" => State::Dirty,
+            "local" => State::Local,
             "sealed" => State::Sealed,
             "uploading" => State::Uploading,
             "uploaded" => State::Uploaded,
             "failed" => State::Failed,
             _ => return Err(MetaError::Corrupt(format!("state {s}"))),
         })
+    }
+    /// Content is in the plaintext spool file.
+    pub fn has_spool(self) -> bool {
+        matches!(self, State::Dirty | State::Local)
     }
     /// Content is in an encrypted outbox file waiting for (or in) upload.
     pub fn in_outbox(self) -> bool {
@@ -165,7 +173,7 @@ CREATE TABLE IF NOT EXISTS inodes(
   xattrs TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS inodes_dirent ON inodes(parent, name) WHERE ino != 1;
-CREATE INDEX IF NOT EXISTS inodes_state ON inodes(state) WHERE state IN ('dirty','sealed','uploading','failed');
+CREATE INDEX IF NOT EXISTS inodes_state ON inodes(state) WHERE state IN ('dirty','sealed','uploading','failed','local');
 CREATE TABLE IF NOT EXISTS uploads(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ino INTEGER NOT NULL,

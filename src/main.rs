@@ -14,6 +14,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 mod offline;
+mod share;
 
 #[derive(Parser)]
 #[command(name = "coldvault", version, about = "Mount an S3 bucket as an encrypted, write-mostly folder")]
@@ -148,6 +149,13 @@ enum Cmd {
         #[arg(long, default_value = "full")]
         mode: String,
     },
+    /// Print a tested smb.conf share section for re-exporting a mount with Samba.
+    Share {
+        /// Share name.
+        #[arg(long = "samba", value_name = "NAME")]
+        samba: String,
+        mountpoint: PathBuf,
+    },
     /// Manage the vault key.
     Key {
         #[command(subcommand)]
@@ -260,6 +268,14 @@ fn run(cli: Cli) -> Result<()> {
                 let store = connect(&cfg).await?;
                 offline::verify(&store, keys.as_ref(), &cfg, &cache, deep).await
             })
+        }
+        Cmd::Share { samba, mountpoint } => {
+            let mp = std::fs::canonicalize(&mountpoint).with_context(|| format!("{} does not exist", mountpoint.display()))?;
+            if samba.is_empty() || samba.contains([']', '[', '/', '\\']) {
+                bail!("invalid share name {samba:?}");
+            }
+            print!("{}", share::samba_section(&samba, &mp.to_string_lossy()));
+            Ok(())
         }
         Cmd::Policy { bucket, prefix, mode } => {
             println!("{}", offline::policy(&bucket, &prefix, &mode)?);

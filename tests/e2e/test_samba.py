@@ -1,0 +1,188 @@
+"""Samba re-exporting a real coldvault mount, on loopback only (smbd on 127.0.0.1, its own
+state directories and port), driven by smbclient (SMB3) and smbprotocol."""
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+
+import pytest
+
+from conftest import free_port, run
+from treegen import make_tree
+
+USER, PASSWORD = "root", "coldvault-smb-test"
+
+pytestmark = pytest.mark.skipif(shutil.which("smbd") is None or shutil.which("smbclient") is None,
+                                reason="samba/smbclient not installed (scripts/install-deps.sh installs them)")
+
+
+class Samba:
+    def __init__(self, v, tmp):
+        self.dir = tmp / "samba"
+        for d in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
+            (self.dir / d).mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        share = run("share", "--samba", "coldvault", v.mnt).stdout
+        d = self.dir
+        self.conf = d / "smb.conf"
+        self.conf.write_text(f"""[global]
+   interfaces = lo
+   bind interfaces only = yes
+   smb ports = {self.port}
+   disable netbios = yes
+   server role = standalone server
+   server min protocol = SMB2_10
+   passdb backend = tdbsam:{d}/private/passdb.tdb
+   private dir = {d}/private
+   lock directory = {d}/lock
+   state directory = {d}/state
+   cache directory = {d}/cache
+   pid directory = {d}/pid
+   ncalrpc dir = {d}/ncalrpc
+   log file = {d}/log.%m
+   log level = 1
+   load printers = no
+   printing = bsd
+   printcap name = /dev/null
+   disable spoolss = yes
+   map to guest = never
+
+{share}""")
+        subprocess.run(["pdbedit", "-s", str(self.conf), "-a", "-u", USER, "-t"], input=f"{PASSWORD}\n{PASSWORD}\n",
+                       text=True, check=True, capture_output=True)
+        # Its own session: smbd signals its whole process group when it stops.
+        self.proc = subprocess.Popen(["smbd", "--foreground", "--no-process-group", "-s", str(self.conf), "--debug-stdout"],
+                                     stdout=open(d / "smbd.out", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(100):
+            r = self.client("ls", check=False)
+            if r.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("smbd did not come up:\n" + (d / "smbd.out").read_text()[-3000:])
+
+    def client(self, commands, check=True, args=(), cwd=None, timeout=600):
+        cmd = ["smbclient", "//127.0.0.1/coldvault", "-p", str(self.port), "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", *args]
+        if commands:
+            cmd += ["-c", commands]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+        if check:
+            assert r.returncode == 0 and "NT_STATUS_" not in r.stdout + r.stderr, f"smbclient {commands!r}:\n{r.stdout}\n{r.stderr}"
+        return r
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def samba_vault(servers, vault_factory, tmp_path):
+    v = vault_factory(servers("s3s-fs"))
+    v.mount("--allow-other")
+    smb = Samba(v, tmp_path)
+    yield v, smb
+    smb.stop()
+
+
+def sha(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def tree_digest(root):
+    out = {}
+    for dp, _, fns in os.walk(root):
+        for n in fns:
+            p = os.path.join(dp, n)
+            out[os.path.relpath(p, root)] = sha(p)
+    return out
+
+
+def test_smbclient_mput_mget_tar_attributes_and_big_file(samba_vault, tmp_path):
+    v, smb = samba_vault
+    src = tmp_path / "src"
+    files = make_tree(src, n_files=200, seed=31, big=())
+    # mput of a 200-file tree, then mget back.
+    smb.client("prompt OFF; recurse ON; mkdir tree; cd tree; mput *", cwd=src)
+    back = tmp_path / "back"
+    back.mkdir()
+    smb.client("prompt OFF; recurse ON; cd tree; mget *", cwd=back)
+    assert tree_digest(back) == tree_digest(src)
+    assert tree_digest(v.mnt / "tree") == tree_digest(src), "the mount holds what the share received"
+    # tar extract through the share keeps every mtime.
+    tarp = tmp_path / "t.tar"
+    with tarfile.open(tarp, "w") as t:
+        t.add(src, arcname="tarred")
+    r = smb.client("", args=("-Tx", str(tarp)))
+    assert "restore" in (r.stdout + r.stderr).lower() or r.returncode == 0, r.stdout + r.stderr
+    for rel, (size, ns) in files.items():
+        st = os.stat(v.mnt / "tarred" / rel)
+        assert st.st_size == size and int(st.st_mtime) == ns // 1_000_000_000, rel
+    # DOS attributes.
+    smb.client("put /etc/hostname attrs.txt; setmode attrs.txt +a; setmode attrs.txt +r; setmode attrs.txt +h")
+    info = smb.client("allinfo attrs.txt").stdout
+    assert "attributes: RHA" in info or ("attributes:" in info and all(c in info.split("attributes:")[1].split()[0] for c in "RHA")), info
+    assert "NOT_SUPPORTED" not in info
+    # A 300 MiB round trip.
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(300):
+            f.write(os.urandom(1 << 20))
+    smb.client(f"put {big} big.bin", timeout=900)
+    got = tmp_path / "big.back"
+    smb.client(f"get big.bin {got}", timeout=900)
+    assert sha(got) == sha(big)
+    # Everything survives flush, unmount and a mount that must read from S3.
+    v.flush()
+    smb.stop()
+    v.unmount()
+    for d in ("spool", "outbox", "rcache"):
+        for f in (v.cache / d).iterdir():
+            f.unlink()
+    v.mount("--allow-other")
+    assert tree_digest(v.mnt / "tree") == tree_digest(src)
+    assert sha(v.mnt / "big.bin") == sha(big)
+    attrs = os.getxattr(v.mnt / "attrs.txt", "user.DOSATTRIB")
+    assert attrs, "DOS attributes kept"
+    v.unmount()
+
+
+MIRROR = os.path.join(os.path.dirname(__file__), "smb_mirror.py")
+
+
+def test_robocopy_style_mirror_second_run_copies_nothing(samba_vault, tmp_path):
+    v, smb = samba_vault
+    src = tmp_path / "src"
+    make_tree(src, n_files=120, seed=41, big=(6 << 20,))
+    cmd = ["python3", MIRROR, str(src), "127.0.0.1", str(smb.port), "coldvault", "mirror", USER, PASSWORD]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "copied 120" in first.stdout, first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr
+    assert "copied 0, deleted 0" in second.stdout, second.stdout
+    # /MIR deletes extras and re-copies changed files.
+    (v.mnt / "mirror" / "extra.txt").write_text("not in the source")
+    changed = next(p for p in sorted(src.rglob("*.jpg")))
+    with open(changed, "r+b") as f:
+        f.write(b"edited")
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert "copied 1, deleted 1" in third.stdout, third.stdout + third.stderr
+    assert not (v.mnt / "mirror" / "extra.txt").exists()
+    assert tree_digest(v.mnt / "mirror") == tree_digest(src)
+    for dp, _, fns in os.walk(src):
+        for n in fns:
+            p = os.path.join(dp, n)
+            rel = os.path.relpath(p, src)
+            assert abs(os.stat(v.mnt / "mirror" / rel).st_mtime - os.stat(p).st_mtime) < 1e-6, rel
+    assert os.getxattr(v.mnt / "mirror" / os.path.relpath(changed, src), "user.DOSATTRIB"), "attributes set after the write"
+    v.flush()
+    assert v.status()["failed_files"] == 0

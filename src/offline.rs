@@ -35,6 +35,7 @@ fn mode_str(kind: NodeKind, mode: u32) -> String {
     let t = match kind {
         NodeKind::Dir => 'd',
         NodeKind::Symlink => 'l',
+        NodeKind::Special => 'p',
         NodeKind::File => '-',
     };
     let mut s = String::from(t);
@@ -131,6 +132,10 @@ pub async fn get(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, paths:
             match n.kind {
                 NodeKind::Dir => {
                     std::fs::create_dir_all(&out)?;
+                }
+                NodeKind::Special => {
+                    // FIFOs, sockets and device nodes are recreated by `mount`, not extracted.
+                    eprintln!("coldvault: {vp}: special file ({}) not extracted", n.target.clone().unwrap_or_default());
                 }
                 NodeKind::Symlink => {
                     if let Some(parent) = out.parent() {

@@ -228,6 +228,11 @@ impl Fs {
     /// Start-up repair: requeue what was staged, drop orphans, reconcile spool sizes.
     fn recover(&self) -> Result<()> {
         let mut c = self.core();
+        // Unlinked files that were open when the daemon stopped: nobody can reach them now.
+        for o in c.db.orphans()? {
+            Db::delete_inode(c.db.conn(), o.ino)?;
+            self.drop_content(&mut c, o.ino)?;
+        }
         let mut keep_spool = Vec::new();
         for mut i in c.db.files_in_state(&[State::Dirty, State::Local])? {
             match self.staging.spool_len(i.ino) {
@@ -585,6 +590,32 @@ impl Fs {
         Ok(i)
     }
 
+    /// mknod: regular files are created empty; FIFOs, sockets and device nodes live in the
+    /// index only (nothing to upload) and are journaled so a rebuild recreates them.
+    pub fn mknod(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, rdev: u32, uid: u32, gid: u32) -> Result<Inode> {
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => {
+                let (i, fh) = self.create(parent, name, mode, uid, gid)?;
+                self.release(fh)?;
+                return Ok(i);
+            }
+            libc::S_IFIFO => "fifo:0".to_string(),
+            libc::S_IFSOCK => "sock:0".to_string(),
+            libc::S_IFCHR => format!("chr:{rdev}"),
+            libc::S_IFBLK => format!("blk:{rdev}"),
+            _ => return Err(FsError::Invalid("mknod of this file type")),
+        };
+        let mut c = self.core();
+        let name = Self::check_new_entry(&c, parent, name)?;
+        let mut n = Self::new_inode(parent, &name, Kind::Special, mode, uid, gid);
+        n.target = Some(special.clone());
+        let i = c.db.insert(&n)?;
+        Self::touch_dir(&c, parent)?;
+        let path = c.db.path_of(i.ino)?;
+        Self::record(&c, crate::remote_meta::Entry::Special { path, special, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns });
+        Ok(i)
+    }
+
     pub fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
         let c = self.core();
         let name = name.to_str().ok_or(FsError::NotFound)?;
@@ -628,6 +659,31 @@ impl Fs {
         Ok(())
     }
 
+    /// Remove an inode from the namespace. A file that is still open becomes an orphan
+    /// (parent 0): its handles keep reading, writing and stat-ing it until the last close,
+    /// as POSIX requires; it is never sealed; the last release deletes it.
+    fn remove_inode(&self, c: &mut Core, i: Inode) -> Result<()> {
+        if c.open.contains_key(&i.ino) {
+            let mut o = i;
+            o.parent = 0;
+            o.name = format!("#orphan-{}", o.ino);
+            o.ctime_ns = now_ns();
+            c.db.update(&o)?;
+            let ups = c.db.uploads_for_ino(o.ino)?;
+            let tx = c.db.begin()?;
+            for u in &ups {
+                Db::delete_upload(&tx, u.id)?;
+            }
+            tx.commit().map_err(crate::meta::MetaError::from)?;
+            return Ok(());
+        }
+        Db::delete_inode(c.db.conn(), i.ino)?;
+        if i.kind == Kind::File {
+            self.drop_content(c, i.ino)?;
+        }
+        Ok(())
+    }
+
     pub fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
         let mut c = self.core();
         let name = name.to_str().ok_or(FsError::NotFound)?;
@@ -636,16 +692,11 @@ impl Fs {
             return Err(FsError::IsDir);
         }
         let path = c.db.path_of(i.ino)?;
-        Db::delete_inode(c.db.conn(), i.ino)?;
         if let Some(k) = &i.object_key {
             Db::add_dead_key(c.db.conn(), k)?;
         }
         Self::record(&c, crate::remote_meta::Entry::Remove { path });
-        if i.kind == Kind::File {
-            // An open handle keeps its spool fd: reads and writes on it keep working
-            // (unlinked-but-open), and nothing is ever sealed for it.
-            self.drop_content(&mut c, i.ino)?;
-        }
+        self.remove_inode(&mut c, i)?;
         Self::touch_dir(&c, parent)?;
         Ok(())
     }
@@ -685,13 +736,10 @@ impl Fs {
                 (true, true) if c.db.has_children(dst.ino)? => return Err(FsError::NotEmpty),
                 _ => {}
             }
-            Db::delete_inode(c.db.conn(), dst.ino)?;
             if let Some(k) = &dst.object_key {
                 Db::add_dead_key(c.db.conn(), k)?;
             }
-            if dst.kind == Kind::File {
-                self.drop_content(&mut c, dst.ino)?;
-            }
+            self.remove_inode(&mut c, dst)?;
         }
         let from = c.db.path_of(src.ino)?;
         src.parent = newparent;
@@ -966,6 +1014,12 @@ impl Fs {
         };
         if last {
             c.open.remove(&ino);
+            if let Some(i) = c.db.get(ino)? {
+                if i.parent == 0 {
+                    Db::delete_inode(c.db.conn(), ino)?;
+                    self.drop_content(&mut c, ino)?;
+                }
+            }
         }
         r
     }
@@ -1797,13 +1851,14 @@ impl Fs {
         let c = self.core();
         let covers = c.db.journal_max_seq()?;
         let mut t = Tree::default();
-        let mut all = c.db.select_inodes("WHERE ino != 1 ORDER BY ino", [])?;
+        let mut all = c.db.select_inodes("WHERE ino != 1 AND parent != 0 ORDER BY ino", [])?;
         all.sort_by_key(|i| i.ino);
         for i in all {
             let path = c.db.path_of(i.ino)?;
             let e = match i.kind {
                 Kind::Dir => Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
                 Kind::Symlink => Entry::Symlink { path, target: i.target.clone().unwrap_or_default(), uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
+                Kind::Special => Entry::Special { path, special: i.target.clone().unwrap_or_default(), mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
                 Kind::File if i.state == State::Uploaded => Entry::Upload {
                     path,
                     key: i.object_key.clone().unwrap_or_default(),
@@ -1888,6 +1943,7 @@ impl Fs {
             let (kind, state) = match n.kind {
                 NodeKind::Dir => (Kind::Dir, State::None),
                 NodeKind::Symlink => (Kind::Symlink, State::None),
+                NodeKind::Special => (Kind::Special, State::None),
                 NodeKind::File => (Kind::File, State::Uploaded),
             };
             tx.execute(
@@ -1906,7 +1962,7 @@ impl Fs {
                     inos.insert(path.clone(), ino);
                 }
                 NodeKind::File => f += 1,
-                NodeKind::Symlink => l += 1,
+                NodeKind::Symlink | NodeKind::Special => l += 1,
             }
         }
         // Keys the bucket holds but no live file uses stay dead in this index's snapshots too.

@@ -802,3 +802,47 @@ fn junk_files_stay_local_and_are_never_uploaded() {
     assert_eq!(e.puts(), 1);
     assert_eq!(fs.state_of(tmp).unwrap().unwrap().1, State::Uploaded);
 }
+
+#[test]
+fn unlinked_open_file_stays_usable_until_closed() {
+    let mut e = Env::new();
+    let fs = e.fs();
+    let (i, fh) = fs.create(ROOT, OsStr::new("tmpfile"), 0o600, 0, 0).unwrap();
+    fs.write(fh, 0, b"scratch data").unwrap();
+    fs.unlink(ROOT, OsStr::new("tmpfile")).unwrap();
+    assert!(fs.lookup(ROOT, OsStr::new("tmpfile")).is_err(), "gone from the namespace");
+    assert_eq!(fs.getattr(i.ino).unwrap().size, 12, "fstat through the open handle");
+    fs.write(fh, 12, b"!").unwrap();
+    fs.setattr(i.ino, None, None, None, Some(5), None, None).unwrap();
+    assert_eq!(fs.read(fh, 0, 100).unwrap(), b"scrat");
+    fs.fsync(fh).unwrap();
+    fs.seal_ready(true).unwrap();
+    assert_eq!(e.puts(), 0, "an unlinked file is never uploaded");
+    fs.release(fh).unwrap();
+    assert!(fs.getattr(i.ino).is_err(), "deleted at the last close");
+    assert!(!fs.staging.spool_path(i.ino).exists());
+    // An orphan left by a crash is cleaned up at start.
+    let (j, _fh2) = fs.create(ROOT, OsStr::new("t2"), 0o600, 0, 0).unwrap();
+    fs.unlink(ROOT, OsStr::new("t2")).unwrap();
+    drop(fs);
+    e.restart();
+    assert!(e.fs().getattr(j.ino).is_err());
+}
+
+#[test]
+fn special_files_live_in_the_index_and_survive_a_rebuild() {
+    let e = Env::new();
+    let fs = e.fs();
+    let p = fs.mknod(ROOT, OsStr::new("pipe"), libc::S_IFIFO | 0o640, 0, 0, 0).unwrap();
+    let d = fs.mknod(ROOT, OsStr::new("null"), libc::S_IFCHR | 0o666, 0x0103, 0, 0).unwrap();
+    let r = fs.mknod(ROOT, OsStr::new("plain"), libc::S_IFREG | 0o644, 0, 0, 0).unwrap();
+    assert_eq!(p.kind, Kind::Special);
+    assert_eq!(d.target.as_deref(), Some("chr:259"));
+    assert_eq!(r.kind, Kind::File);
+    flush_journal(&e);
+    let (_dir, d2) = fresh_machine(&e);
+    let got = d2.fs.resolve("null").unwrap();
+    assert_eq!((got.kind, got.target.as_deref(), got.mode), (Kind::Special, Some("chr:259"), 0o666));
+    assert_eq!(d2.fs.resolve("pipe").unwrap().target.as_deref(), Some("fifo:0"));
+    e.rt.block_on(d2.shutdown());
+}

@@ -57,12 +57,28 @@ fn time_or_now(t: Option<TimeOrNow>) -> Option<i64> {
     })
 }
 
+/// File type and device number of an inode.
+fn type_and_rdev(i: &Inode) -> (FileType, u32) {
+    match i.kind {
+        Kind::File => (FileType::RegularFile, 0),
+        Kind::Dir => (FileType::Directory, 0),
+        Kind::Symlink => (FileType::Symlink, 0),
+        Kind::Special => {
+            let t = i.target.as_deref().unwrap_or("fifo:0");
+            let (kind, rdev) = t.split_once(':').unwrap_or((t, "0"));
+            let rdev = rdev.parse().unwrap_or(0);
+            match kind {
+                "sock" => (FileType::Socket, 0),
+                "chr" => (FileType::CharDevice, rdev),
+                "blk" => (FileType::BlockDevice, rdev),
+                _ => (FileType::NamedPipe, 0),
+            }
+        }
+    }
+}
+
 pub fn attr(i: &Inode) -> FileAttr {
-    let kind = match i.kind {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-    };
+    let (kind, rdev) = type_and_rdev(i);
     FileAttr {
         ino: INodeNo(i.ino),
         size: i.size,
@@ -73,21 +89,18 @@ pub fn attr(i: &Inode) -> FileAttr {
         crtime: ts(i.ctime_ns),
         kind,
         perm: i.mode as u16,
-        nlink: if i.kind == Kind::Dir { 2 } else { 1 },
+        // An unlinked file still open (parent 0) has no links left.
+        nlink: if i.parent == 0 && i.ino != 1 { 0 } else if i.kind == Kind::Dir { 2 } else { 1 },
         uid: i.uid,
         gid: i.gid,
-        rdev: 0,
+        rdev,
         blksize: 65536,
         flags: 0,
     }
 }
 
-fn file_type(k: Kind) -> FileType {
-    match k {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-    }
+fn file_type(i: &Inode) -> FileType {
+    type_and_rdev(i).0
 }
 
 const GEN: Generation = Generation(0);
@@ -166,6 +179,14 @@ impl fuser::Filesystem for ColdFs {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         match self.fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid()) {
+            Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
+        match self.fs.mknod(parent.0, name, mode, rdev, req.uid(), req.gid()) {
             Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
             Err(e) => reply.error(errno(&e)),
         }
@@ -304,7 +325,7 @@ impl fuser::Filesystem for ColdFs {
         let parent = self.fs.getattr(ino.0).map(|i| i.parent).unwrap_or(1);
         let dots = [(ino.0, FileType::Directory, ".".to_string()), (parent, FileType::Directory, "..".to_string())];
         let entries = dots.into_iter().enumerate().map(|(k, (i, t, n))| (k as u64 + 1, i, t, n));
-        let children = kids.into_iter().map(|i| (cookie(i.ino), i.ino, file_type(i.kind), i.name));
+        let children = kids.into_iter().map(|i| (cookie(i.ino), i.ino, file_type(&i), i.name));
         for (off, i, k, n) in entries.chain(children).filter(|e| e.0 > offset) {
             if reply.add(INodeNo(i), off, k, n) {
                 break;

@@ -36,6 +36,9 @@ pub enum Kind {
     File = 1,
     Dir = 2,
     Symlink = 3,
+    /// FIFO, socket or device node: index only, no content. `target` holds
+    /// `fifo:0`, `sock:0`, `chr:RDEV` or `blk:RDEV`.
+    Special = 4,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
             1 => Kind::File,
             2 => Kind::Dir,
             3 => Kind::Symlink,
+            4 => Kind::Special,
             _ => return Err(MetaError::Corrupt(format!("kind {v}"))),
         })
     }
@@ -429,9 +433,15 @@ impl Db {
         Ok(parts.join("/"))
     }
 
-    /// Files whose content is dirty, with their dirty time: the sealer's candidates.
+    /// Files whose content is dirty, with their dirty time: the sealer's candidates
+    /// (never orphans: unlinked files that are still open have parent 0).
     pub fn dirty_files(&self) -> Result<Vec<Inode>> {
-        self.select_inodes("WHERE state='dirty' ORDER BY dirty_ms", [])
+        self.select_inodes("WHERE state='dirty' AND parent != 0 ORDER BY dirty_ms", [])
+    }
+
+    /// Unlinked files kept while open (parent 0).
+    pub fn orphans(&self) -> Result<Vec<Inode>> {
+        self.select_inodes("WHERE parent = 0", [])
     }
 
     pub fn files_in_state(&self, states: &[State]) -> Result<Vec<Inode>> {
@@ -562,7 +572,7 @@ impl Db {
                 match c.kind {
                     Kind::Dir => stack.push(c.ino),
                     Kind::File => out.push(c),
-                    Kind::Symlink => {}
+                    Kind::Symlink | Kind::Special => {}
                 }
             }
         }

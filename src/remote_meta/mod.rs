@@ -47,6 +47,8 @@ pub enum Entry {
     },
     Mkdir { path: String, mode: u32, uid: u32, gid: u32, mtime_ns: i64 },
     Symlink { path: String, target: String, uid: u32, gid: u32, mtime_ns: i64 },
+    /// FIFO, socket or device node (`special` = `fifo:0`, `sock:0`, `chr:RDEV`, `blk:RDEV`).
+    Special { path: String, special: String, mode: u32, uid: u32, gid: u32, mtime_ns: i64 },
     Rename { from: String, to: String },
     Remove { path: String },
     Attr {
@@ -128,6 +130,7 @@ pub enum NodeKind {
     File,
     Dir,
     Symlink,
+    Special,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -196,7 +199,12 @@ impl Tree {
     pub fn apply(&mut self, e: &Entry) {
         let path_of = |e: &Entry| -> Vec<String> {
             match e {
-                Entry::Upload { path, .. } | Entry::Mkdir { path, .. } | Entry::Symlink { path, .. } | Entry::Remove { path } | Entry::Attr { path, .. } => vec![path.clone()],
+                Entry::Upload { path, .. }
+                | Entry::Mkdir { path, .. }
+                | Entry::Symlink { path, .. }
+                | Entry::Special { path, .. }
+                | Entry::Remove { path }
+                | Entry::Attr { path, .. } => vec![path.clone()],
                 Entry::Rename { from, to } => vec![from.clone(), to.clone()],
             }
         };
@@ -242,6 +250,13 @@ impl Tree {
                 n.target = Some(target);
                 self.nodes.insert(path, n);
             }
+            Entry::Special { path, special, mode, uid, gid, mtime_ns } => {
+                self.ensure_parents(&path, uid, gid, mtime_ns);
+                let mut n = Node::dir(mode, uid, gid, mtime_ns);
+                n.kind = NodeKind::Special;
+                n.target = Some(special);
+                self.nodes.insert(path, n);
+            }
             Entry::Rename { from, to } => {
                 if !self.nodes.contains_key(&from) {
                     return; // renamed before it was ever uploaded: its Upload names the new path
@@ -283,6 +298,14 @@ impl Tree {
             .map(|(p, n)| match n.kind {
                 NodeKind::Dir => Entry::Mkdir { path: p.clone(), mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
                 NodeKind::Symlink => Entry::Symlink { path: p.clone(), target: n.target.clone().unwrap_or_default(), uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
+                NodeKind::Special => Entry::Special {
+                    path: p.clone(),
+                    special: n.target.clone().unwrap_or_default(),
+                    mode: n.mode,
+                    uid: n.uid,
+                    gid: n.gid,
+                    mtime_ns: n.mtime_ns,
+                },
                 NodeKind::File => Entry::Upload {
                     path: p.clone(),
                     key: n.key.clone().unwrap_or_default(),

@@ -14,6 +14,7 @@ command -v fusermount3 >/dev/null || pkgs+=(fuse3)
 command -v rsync >/dev/null || pkgs+=(rsync)
 command -v pgrep >/dev/null || pkgs+=(procps)
 command -v gcc >/dev/null || pkgs+=(gcc)
+dpkg -s libacl1-dev >/dev/null 2>&1 || pkgs+=(libacl1-dev)  # pjdfstest links libacl
 if [ "${COLDVAULT_SKIP_CLIENTS:-0}" != 1 ]; then
   command -v smbd >/dev/null || pkgs+=(samba)
   command -v smbclient >/dev/null || pkgs+=(smbclient)
@@ -33,6 +34,12 @@ fi
 if ! python3 -c "import moto, pytest, boto3, cryptography, flask, smbclient" 2>/dev/null; then
   echo "install-deps: pip install moto[server] pytest smbprotocol"
   python3 -m pip install -q 'moto[server]==5.2.1' 'pytest>=8,<10' 'smbprotocol>=1.13,<2'
+fi
+
+# POSIX peer suites (crates.io).
+if [ "${COLDVAULT_SKIP_POSIX:-0}" != 1 ]; then
+  command -v pjdfstest >/dev/null || { echo "install-deps: cargo install pjdfstest"; cargo install --locked pjdfstest@0.2.2; }
+  command -v fsx >/dev/null || { echo "install-deps: cargo install fsx"; cargo install --locked fsx@0.3.2; }
 fi
 
 if [ "${COLDVAULT_SKIP_S3S:-0}" != 1 ] && ! command -v s3s-fs >/dev/null; then

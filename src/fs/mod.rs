@@ -295,6 +295,15 @@ impl Fs {
         Ok(Self::apply_overlay(c, i))
     }
 
+    /// Links of a directory: "." , its entry in the parent, and ".." of each subdirectory.
+    pub fn dir_nlink(&self, ino: u64) -> u32 {
+        let c = self.core();
+        c.db.conn()
+            .query_row("SELECT count(*) FROM inodes WHERE parent=?1 AND kind=2 AND ino != 1", [ino as i64], |r| r.get::<_, i64>(0))
+            .map(|n| 2 + n as u32)
+            .unwrap_or(2)
+    }
+
     pub fn getattr(&self, ino: u64) -> Result<Inode> {
         let c = self.core();
         if ino >= CTL_DIR {
@@ -304,6 +313,9 @@ impl Fs {
     }
 
     pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Result<Inode> {
+        if name.len() > MAX_NAME {
+            return Err(FsError::NameTooLong);
+        }
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let c = self.core();
         if parent == ROOT && name == CTL_NAME {

@@ -26,6 +26,21 @@ pub struct ColdFs {
 }
 
 impl ColdFs {
+    fn attr(&self, i: &Inode) -> FileAttr {
+        attr_full(&self.fs, i)
+    }
+}
+
+/// Attributes with the real link count of directories (2 + subdirectories).
+fn attr_full(fs: &Fs, i: &Inode) -> FileAttr {
+    let mut a = attr(i);
+    if i.kind == Kind::Dir && i.ino < crate::fs::CTL_DIR {
+        a.nlink = fs.dir_nlink(i.ino);
+    }
+    a
+}
+
+impl ColdFs {
     pub fn new(fs: Arc<Fs>) -> ColdFs {
         ColdFs { fs }
     }
@@ -126,14 +141,14 @@ impl fuser::Filesystem for ColdFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -160,7 +175,7 @@ impl fuser::Filesystem for ColdFs {
         let (a, m) = (time_or_now(atime), time_or_now(mtime));
         // A truncate of a remote file may need its old bytes: keep the network off this thread.
         let work = move || match fs.setattr(ino.0, mode, uid, gid, size, a, m) {
-            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Ok(i) => reply.attr(&TTL, &attr_full(&fs, &i)),
             Err(e) => reply.error(errno(&e)),
         };
         if size.is_some() {
@@ -179,7 +194,7 @@ impl fuser::Filesystem for ColdFs {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         match self.fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid()) {
-            Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -187,7 +202,7 @@ impl fuser::Filesystem for ColdFs {
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
         match self.fs.mknod(parent.0, name, mode, rdev, req.uid(), req.gid()) {
-            Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -208,7 +223,7 @@ impl fuser::Filesystem for ColdFs {
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         match self.fs.symlink(parent.0, link_name, target, req.uid(), req.gid()) {
-            Ok(i) => reply.entry(&TTL, &attr(&i), GEN),
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -347,7 +362,7 @@ impl fuser::Filesystem for ColdFs {
         let dots = [(1u64, ".".to_string(), me), (2u64, "..".to_string(), parent)];
         let children = kids.into_iter().map(|i| (cookie(i.ino), i.name.clone(), i));
         for (off, n, i) in dots.into_iter().chain(children).filter(|e| e.0 > offset) {
-            if reply.add(INodeNo(i.ino), off, n, &TTL, &attr(&i), GEN) {
+            if reply.add(INodeNo(i.ino), off, n, &TTL, &self.attr(&i), GEN) {
                 break;
             }
         }
@@ -415,7 +430,7 @@ impl fuser::Filesystem for ColdFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
         match self.fs.create(parent.0, name, mode & !umask, req.uid(), req.gid()) {
-            Ok((i, fh)) => reply.created(&TTL, &attr(&i), GEN, FileHandle(fh), FopenFlags::empty()),
+            Ok((i, fh)) => reply.created(&TTL, &self.attr(&i), GEN, FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -177,6 +177,7 @@ CREATE TABLE IF NOT EXISTS inodes(
   xattrs TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS inodes_dirent ON inodes(parent, name) WHERE ino != 1;
+CREATE INDEX IF NOT EXISTS inodes_parent_kind ON inodes(parent, kind);
 CREATE INDEX IF NOT EXISTS inodes_state ON inodes(state) WHERE state IN ('dirty','sealed','uploading','failed','local');
 CREATE TABLE IF NOT EXISTS uploads(
   id INTEGER PRIMARY KEY AUTOINCREMENT,

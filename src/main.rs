@@ -355,14 +355,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn human(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+    coldvault::restore::human_bytes(b)
 }
 
 fn print_status(s: &coldvault::fs::Status) {

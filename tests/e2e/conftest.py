@@ -3,6 +3,7 @@
 Servers are started by scripts/s3-server.sh on 127.0.0.1 (ports below 32768) and stopped at
 the end of the session. Set COLDVAULT_BIN to test another build.
 """
+import hashlib
 import json
 import os
 import pathlib
@@ -92,6 +93,22 @@ def run(*args, check=True, input=None, env=None, timeout=300):
     if check and r.returncode != 0:
         raise AssertionError(f"coldvault {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def sha(p):
+    """SHA-256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def clear_staged(v):
+    """Drop the cache dir's staged data (index kept): reads must then come from S3."""
+    for d in ("spool", "outbox", "rcache"):
+        for f in (v.cache / d).iterdir():
+            f.unlink()
 
 
 def is_mounted(path):

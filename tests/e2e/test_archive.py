@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import time
 
-import pytest
 
 from conftest import RESTORE_SECONDS, run
 

@@ -1,26 +1,17 @@
 """Real clients on a real mount: rsync across a daemon restart, a photo exporter
 (rawtherapee-cli) into the mount and through Samba, exiftool editing in place."""
-import hashlib
 import os
 import shutil
 import subprocess
 
 import pytest
 
-from conftest import run
+from conftest import sha, clear_staged
 from test_samba import Samba
 from tiffgen import write_tiff16
 from treegen import make_tree
 
 
-def sha(p):
-    return hashlib.sha256(open(p, "rb").read()).hexdigest()
-
-
-def clear_staged(v):
-    for d in ("spool", "outbox", "rcache"):
-        for f in (v.cache / d).iterdir():
-            f.unlink()
 
 
 def itemize(src, dst, *extra):

@@ -2,7 +2,6 @@
 vault on a local S3 server it starts itself (no endpoint given), and files written land in S3."""
 import os
 import subprocess
-import time
 
 from conftest import ROOT, is_mounted, free_port
 

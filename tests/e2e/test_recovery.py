@@ -1,17 +1,13 @@
 """Recovery from the bucket alone, offline commands, and PutObject-only write-only mounts."""
-import base64
-import hashlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
 
-import pytest
 
-from conftest import ROOT, free_port, is_mounted, run
+from conftest import sha, ROOT, free_port, is_mounted, run
 from treegen import make_tree
 
 
@@ -33,9 +29,6 @@ def snapshot_tree(root):
                 out[rel] = ("f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
     return out
 
-
-def sha(p):
-    return hashlib.sha256(open(p, "rb").read()).hexdigest()
 
 
 def want_key(v, path):

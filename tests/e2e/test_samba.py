@@ -1,6 +1,5 @@
 """Samba re-exporting a real coldvault mount, on loopback only (smbd on 127.0.0.1, its own
 state directories and port), driven by smbclient (SMB3) and smbprotocol."""
-import hashlib
 import os
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import free_port, run
+from conftest import sha, free_port, run
 from treegen import make_tree
 
 USER, PASSWORD = "root", "coldvault-smb-test"
@@ -88,13 +87,6 @@ def samba_vault(servers, vault_factory, tmp_path):
     yield v, smb
     smb.stop()
 
-
-def sha(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def tree_digest(root):

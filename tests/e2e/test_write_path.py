@@ -1,5 +1,4 @@
 """The encrypted write path end to end: real FUSE mount, real local S3 servers."""
-import hashlib
 import math
 import os
 import pathlib
@@ -10,25 +9,12 @@ import time
 
 import pytest
 
-from conftest import is_mounted, run
+from conftest import sha, clear_staged, is_mounted, run
 from treegen import make_tree
 
 SERVERS = ["s3s-fs", "moto"]
 
 
-def sha(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
-
-
-def clear_staged(v):
-    for d in ("spool", "outbox", "rcache"):
-        p = v.cache / d
-        for f in p.iterdir():
-            f.unlink()
 
 
 def compare_tree(files, src, dst):

@@ -120,6 +120,8 @@ struct OpenFile {
     spool: Option<Arc<File>>,
     size: u64,
     mtime_ns: i64,
+    /// Changed by writes and truncates (committed with the data; a close alone changes nothing).
+    ctime_ns: i64,
     /// Written since the last commit to the index.
     modified: bool,
 }
@@ -285,6 +287,7 @@ impl Fs {
             if o.spool.is_some() {
                 i.size = o.size;
                 i.mtime_ns = o.mtime_ns;
+                i.ctime_ns = o.ctime_ns;
             }
         }
         i
@@ -466,6 +469,9 @@ impl Fs {
             }
         }
         i.ctime_ns = now;
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.ctime_ns = now;
+        }
         if i.state == State::Dirty {
             // Metadata changes right after a write (robocopy sets times after closing) restart
             // the settle clock, so the file is sealed once, with its final attributes.
@@ -491,6 +497,7 @@ impl Fs {
                     sp.set_len(size)?;
                     o.size = size;
                     o.mtime_ns = now_ns();
+                    o.ctime_ns = o.mtime_ns;
                     o.modified = true;
                     return Ok(());
                 }
@@ -797,7 +804,7 @@ impl Fs {
         Self::touch_dir(&c, parent)?;
         c.open.insert(
             i.ino,
-            OpenFile { handles: 1, writers: 1, spool: Some(Arc::new(spool)), size: 0, mtime_ns: i.mtime_ns, modified: true },
+            OpenFile { handles: 1, writers: 1, spool: Some(Arc::new(spool)), size: 0, mtime_ns: i.mtime_ns, ctime_ns: i.ctime_ns, modified: true },
         );
         let fh = Self::alloc_handle(&mut c, i.ino, true);
         Ok((i, fh))
@@ -943,12 +950,13 @@ impl Fs {
         } else {
             None
         };
-        let o = c.open.entry(ino).or_insert(OpenFile { handles: 0, writers: 0, spool: None, size: i.size, mtime_ns: i.mtime_ns, modified: false });
+        let o = c.open.entry(ino).or_insert(OpenFile { handles: 0, writers: 0, spool: None, size: i.size, mtime_ns: i.mtime_ns, ctime_ns: i.ctime_ns, modified: false });
         if o.spool.is_none() {
             if let Some(s) = spool {
                 o.spool = Some(s);
                 o.size = i.size;
                 o.mtime_ns = i.mtime_ns;
+                o.ctime_ns = i.ctime_ns;
             }
         }
         o.handles += 1;
@@ -972,17 +980,17 @@ impl Fs {
             self.staging.sync_dirs()?;
         }
         let mut c = self.core();
-        let (size, mtime) = match c.open.get_mut(&ino) {
+        let (size, mtime, ctime) = match c.open.get_mut(&ino) {
             Some(o) if o.modified => {
                 o.modified = false;
-                (o.size, o.mtime_ns)
+                (o.size, o.mtime_ns, o.ctime_ns)
             }
             _ => return Ok(()),
         };
         if let Some(mut i) = c.db.get(ino)? {
             i.size = size;
             i.mtime_ns = mtime;
-            i.ctime_ns = now_ns();
+            i.ctime_ns = ctime;
             i.state = State::Dirty;
             i.content_gen += 1;
             i.dirty_ms = now_ms();
@@ -1050,6 +1058,7 @@ impl Fs {
         if let Some(o) = c.open.get_mut(&ino) {
             o.size = o.size.max(offset + data.len() as u64);
             o.mtime_ns = now_ns();
+            o.ctime_ns = o.mtime_ns;
             o.modified = true;
         }
         Ok(data.len())

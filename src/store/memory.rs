@@ -70,6 +70,11 @@ impl MemoryStore {
         i.objects.iter().map(|(k, v)| (k.clone(), v.last().unwrap().clone())).collect()
     }
 
+    /// Object versions written under `prefix` (all keys, all versions).
+    pub fn versions_under(&self, prefix: &str) -> usize {
+        self.inner.lock().unwrap().objects.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.len()).sum()
+    }
+
     pub fn version_count(&self, key: &str) -> usize {
         self.inner.lock().unwrap().objects.get(key).map_or(0, |v| v.len())
     }

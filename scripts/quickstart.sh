@@ -85,3 +85,6 @@ uploaded in the background.
   coldvault flush --wait $mnt    wait until everything is in S3
   scripts/quickstart.sh --stop $mnt   unmount (and stop the local S3 server)
 MSG
+if [ $local_s3 = 1 ]; then
+  echo "  (ls/get/verify talk to the local S3 server: export AWS_ACCESS_KEY_ID=coldvault-test AWS_SECRET_ACCESS_KEY=coldvault-test-secret first)"
+fi

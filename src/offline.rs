@@ -107,6 +107,7 @@ pub async fn get(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, paths:
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     let mut archived = Vec::new();
     let (mut files, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+    let mut made_dirs: Vec<(PathBuf, &remote_meta::Node)> = Vec::new();
     for p in paths {
         let base = norm(p)?;
         let root = tree.nodes.get(&base).ok_or_else(|| anyhow!("{p}: no such file or folder in the vault"))?;
@@ -132,6 +133,7 @@ pub async fn get(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, paths:
             match n.kind {
                 NodeKind::Dir => {
                     std::fs::create_dir_all(&out)?;
+                    made_dirs.push((out, n));
                 }
                 NodeKind::Special => {
                     // FIFOs, sockets and device nodes are recreated by `mount`, not extracted.
@@ -189,18 +191,12 @@ pub async fn get(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, paths:
             }
         }
     }
-    // Folder times last: writing files into them changed them.
-    for p in paths {
-        let base = norm(p)?;
-        let strip = base.rsplit_once('/').map(|(a, _)| a.len() + 1).unwrap_or(0);
-        let prefix = format!("{base}/");
-        for (vp, n) in tree.nodes.iter().filter(|(k, n)| n.kind == NodeKind::Dir && !k.is_empty() && (**k == base || k.starts_with(&prefix) || base.is_empty())) {
-            let out = dest.join(&vp[strip..]);
-            let _ = std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(n.mode & 0o7777));
-            if let Ok(d) = std::fs::File::open(&out) {
-                let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n.mtime_ns.max(0) as u64);
-                let _ = d.set_modified(t);
-            }
+    // Folder modes and times last: writing files into them changed them.
+    for (out, n) in made_dirs {
+        let _ = std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(n.mode & 0o7777));
+        if let Ok(d) = std::fs::File::open(&out) {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n.mtime_ns.max(0) as u64);
+            let _ = d.set_modified(t);
         }
     }
     println!("restored {files} file(s), {bytes} bytes, to {}", dest.display());

@@ -20,7 +20,6 @@ use crate::store::{Counted, ObjectStore, StoreError};
 pub use error::{FsError, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use rusqlite::OptionalExtension;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -1353,23 +1352,7 @@ impl Fs {
     fn object_key_for(&self, ino: u64, path: &str) -> Result<String> {
         let base = format!("{}d/{}", self.cfg.prefix, crypto::path_key(&self.keys.name_key, path));
         let c = self.core();
-        let taken = |k: &str| -> Result<bool> {
-            let used_by_file = c
-                .db
-                .conn()
-                .query_row("SELECT 1 FROM inodes WHERE object_key=?1 AND ino != ?2 LIMIT 1", rusqlite::params![k, ino as i64], |_| Ok(()))
-                .optional()
-                .map_err(crate::meta::MetaError::from)?
-                .is_some();
-            let used_by_upload = c
-                .db
-                .conn()
-                .query_row("SELECT 1 FROM uploads WHERE object_key=?1 AND ino != ?2 LIMIT 1", rusqlite::params![k, ino as i64], |_| Ok(()))
-                .optional()
-                .map_err(crate::meta::MetaError::from)?
-                .is_some();
-            Ok(used_by_file || used_by_upload)
-        };
+        let taken = |k: &str| -> Result<bool> { Ok(c.db.key_used_by_other(k, ino)?) };
         if !taken(&base)? {
             return Ok(base);
         }
@@ -1872,9 +1855,7 @@ impl Fs {
         let c = self.core();
         let covers = c.db.journal_max_seq()?;
         let mut t = Tree::default();
-        let mut all = c.db.select_inodes("WHERE ino != 1 AND parent != 0 ORDER BY ino", [])?;
-        all.sort_by_key(|i| i.ino);
-        for i in all {
+        for i in c.db.select_inodes("WHERE ino != 1 AND parent != 0 ORDER BY ino", [])? {
             let path = c.db.path_of(i.ino)?;
             let e = match i.kind {
                 Kind::Dir => Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
@@ -1897,30 +1878,7 @@ impl Fs {
             };
             t.apply(&e);
         }
-        // Directory attributes last: creating children above may have touched them.
-        for (p, n) in t.nodes.iter_mut() {
-            if n.kind == crate::remote_meta::NodeKind::Dir {
-                if let Ok(Some(i)) = Self::lookup_path(&c, p) {
-                    n.mtime_ns = i.mtime_ns;
-                }
-            }
-        }
         Ok((t, covers))
-    }
-
-    fn lookup_path(c: &Core, path: &str) -> Result<Option<Inode>> {
-        let mut cur = ROOT;
-        let mut found = None;
-        for part in path.split('/') {
-            match c.db.lookup(cur, part)? {
-                Some(i) => {
-                    cur = i.ino;
-                    found = Some(i);
-                }
-                None => return Ok(None),
-            }
-        }
-        Ok(found)
     }
 
     /// A fresh index (only the root) that was never filled: a rebuild from the bucket applies.

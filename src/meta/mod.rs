@@ -626,6 +626,19 @@ impl Db {
         Ok(r)
     }
 
+    /// Whether an inode other than `ino`, or an upload of one, uses object key `key`.
+    pub fn key_used_by_other(&self, key: &str, ino: u64) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM inodes WHERE object_key=?1 AND ino != ?2 UNION ALL SELECT 1 FROM uploads WHERE object_key=?1 AND ino != ?2 LIMIT 1",
+                params![key, ino as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     pub fn conn(&self) -> &Connection {
         &self.conn
     }

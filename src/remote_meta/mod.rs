@@ -232,10 +232,13 @@ impl Tree {
             Entry::Mkdir { path, mode, uid, gid, mtime_ns } => {
                 self.ensure_parents(&path, uid, gid, mtime_ns);
                 match self.nodes.get_mut(&path) {
+                    // A folder first created implicitly (as the parent of an earlier entry)
+                    // takes the attributes its own entry records.
                     Some(n) if n.kind == NodeKind::Dir => {
                         n.mode = mode;
                         n.uid = uid;
                         n.gid = gid;
+                        n.mtime_ns = mtime_ns;
                     }
                     _ => {
                         self.nodes.insert(path, Node::dir(mode, uid, gid, mtime_ns));

@@ -274,7 +274,6 @@ impl ObjectStore for MemoryStore {
                 return Err(StoreError::RestoreInProgress);
             }
         }
-        let _ = &o.tagging;
         o.restore_requested = Some(Instant::now());
         o.restore_days = days;
         Ok(())

@@ -179,6 +179,14 @@ impl Uploader {
         tokio::time::sleep_until(start).await;
     }
 
+    /// Best-effort abort of a cancelled multipart upload. Write-only credentials lack
+    /// s3:AbortMultipartUpload: there the bucket's AbortIncompleteMultipartUpload rule cleans up.
+    async fn abandon_multipart(&self, u: &Upload, mp: &str) {
+        if self.fs.keys.secret.is_some() {
+            let _ = self.fs.store.abort_multipart(&u.object_key, mp).await;
+        }
+    }
+
     fn opts(&self, u: &Upload) -> PutOptions {
         let metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap_or_default();
         PutOptions { storage_class: u.storage_class.clone(), metadata, tagging: u.tagging.clone() }
@@ -221,9 +229,7 @@ impl Uploader {
             let permit = sem.clone().acquire_owned().await.expect("semaphore");
             if !Self::journal(self.fs.upload_exists(u.id))? {
                 tasks.abort_all();
-                if self.fs.keys.secret.is_some() {
-                    let _ = store.abort_multipart(&u.object_key, &mp).await;
-                }
+                self.abandon_multipart(u, &mp).await;
                 return Ok(Outcome::Cancelled);
             }
             let start = (n as u64 - 1) * psize;
@@ -246,9 +252,7 @@ impl Uploader {
             self.part_result(r, u, &mp).await?;
         }
         if !Self::journal(self.fs.upload_exists(u.id))? {
-            if self.fs.keys.secret.is_some() {
-                let _ = store.abort_multipart(&u.object_key, &mp).await;
-            }
+            self.abandon_multipart(u, &mp).await;
             return Ok(Outcome::Cancelled);
         }
         let parts = Self::journal(self.fs.parts(u.id))?;

@@ -1,39 +1,126 @@
 #!/usr/bin/env bash
-# Install everything coldvault's build, tests and quickstart need. Idempotent; safe to re-run.
-#   Debian packages: fuse3 (fusermount3), rsync, procps (pgrep); for the client tests samba,
-#                    smbclient, exiftool, rawtherapee (rawtherapee-cli), stress-ng
-#   PyPI: moto[server] (archive-tier test server), pytest, smbprotocol (robocopy-style mirror)
-#   crates.io: s3s-fs 0.14.1 (fast local S3 server; the newest release needs a newer rustc)
-# Set COLDVAULT_SKIP_S3S=1 to skip the s3s-fs build (about 7 minutes on 2 cores).
+# Install everything coldvault's build, tests and quickstart need, then check that each thing is
+# really there. Idempotent; safe to re-run. Exits non-zero naming the package when something is
+# missing after installing.
+#
+# Every Debian package is named here explicitly and installed without Recommends: a machine that
+# had a package pulled in by something else must not hide a missing line (see `require` below).
+#   COLDVAULT_SKIP_CLIENTS=1  skip the client tools (Samba, exiftool, RawTherapee, stress-ng)
+#   COLDVAULT_SKIP_POSIX=1    skip the POSIX suites (pjdfstest, fsx from crates.io)
+#   COLDVAULT_SKIP_S3S=1      skip the s3s-fs build (about 7 minutes on 2 cores)
+#   COLDVAULT_SKIP_PYTHON=1   skip the Python test environment (the quickstart needs none)
+# The Python packages the tests use live in a virtual environment, $COLDVAULT_VENV (default
+# ~/.cache/coldvault/venv), so that a distribution's "externally managed" Python is never touched.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
+export PATH="$HOME/.cargo/bin:$PATH"
+VENV="${COLDVAULT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/coldvault/venv}"
 
-pkgs=()
-command -v fusermount3 >/dev/null || pkgs+=(fuse3)
-command -v rsync >/dev/null || pkgs+=(rsync)
-command -v pgrep >/dev/null || pkgs+=(procps)
-command -v gcc >/dev/null || pkgs+=(gcc)
-dpkg -s libacl1-dev >/dev/null 2>&1 || pkgs+=(libacl1-dev)  # pjdfstest links libacl
-if [ "${COLDVAULT_SKIP_CLIENTS:-0}" != 1 ]; then
-  command -v smbd >/dev/null || pkgs+=(samba)
-  command -v smbclient >/dev/null || pkgs+=(smbclient)
-  command -v exiftool >/dev/null || pkgs+=(libimage-exiftool-perl)
-  command -v rawtherapee-cli >/dev/null || pkgs+=(rawtherapee)
-  command -v stress-ng >/dev/null || pkgs+=(stress-ng)
+# Samba's module directory as the installed smbd reports it (empty when there is no smbd).
+samba_modules_dir() {
+  command -v smbd >/dev/null 2>&1 || return 0
+  smbd -b 2>/dev/null | sed -n 's/^ *MODULESDIR: *//p' | head -n 1
+}
+
+# check SPEC: true when SPEC is satisfied. SPEC is cmd:NAME (on PATH), file:PATH,
+# samba-vfs:MODULE (MODULESDIR/vfs/MODULE.so of the installed smbd), py:MODULE (importable by
+# python3), venv (python3 can create a virtual environment with pip).
+check() {
+  local spec=$1
+  case "$spec" in
+    cmd:*) command -v "${spec#cmd:}" >/dev/null 2>&1 ;;
+    file:*) [ -e "${spec#file:}" ] ;;
+    samba-vfs:*) local d; d=$(samba_modules_dir); [ -n "$d" ] && [ -f "$d/vfs/${spec#samba-vfs:}.so" ] ;;
+    venv) python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ;;
+    *) echo "install-deps: bad check $spec" >&2; return 2 ;;
+  esac
+}
+
+# require PACKAGE CHECK...: PACKAGE is installed unless every CHECK already holds; afterwards
+# every CHECK must hold.
+declare -a want_pkgs=() reqs=()
+require() {
+  local pkg=$1; shift
+  local c
+  for c in "$@"; do
+    reqs+=("$pkg $c")
+    if ! dpkg -s "$pkg" >/dev/null 2>&1 || ! check "$c"; then
+      case " ${want_pkgs[*]:-} " in *" $pkg "*) ;; *) want_pkgs+=("$pkg") ;; esac
+    fi
+  done
+}
+
+# The build: gcc for the C in rusqlite (bundled SQLite) and ring; ca-certificates for HTTPS to S3.
+require gcc cmd:gcc
+require libc6-dev file:/usr/include/stdio.h
+require ca-certificates file:/etc/ssl/certs/ca-certificates.crt
+# Mounting: fuser mounts through the fusermount3 helper (no libfuse is linked).
+require fuse3 cmd:fusermount3
+# The tests and scripts: rsync as a client, pgrep/pkill (procps) to find and stop daemons,
+# mount (util-linux) for the small filesystems of the full-disk tests, getfattr (attr) to read
+# the xattrs Samba stores through the mount, and Python with venv support for the e2e suite.
+require rsync cmd:rsync
+require procps cmd:pgrep cmd:pkill
+require util-linux cmd:mount cmd:umount
+require attr cmd:getfattr cmd:setfattr
+if [ "${COLDVAULT_SKIP_PYTHON:-0}" != 1 ]; then
+  require python3 cmd:python3
+  # Debian's python3 lacks ensurepip without python3-venv; another python3 (pyenv, a
+  # distribution that ships it whole) has it already.
+  check venv || require python3-venv venv
 fi
-if [ ${#pkgs[@]} -gt 0 ]; then
-  echo "install-deps: apt-get install ${pkgs[*]}"
+if [ "${COLDVAULT_SKIP_POSIX:-0}" != 1 ]; then
+  require libacl1-dev file:/usr/include/sys/acl.h   # pjdfstest links libacl
+fi
+if [ "${COLDVAULT_SKIP_CLIENTS:-0}" != 1 ]; then
+  # The Samba gateway: smbd and pdbedit (package samba), and the VFS modules that
+  # `coldvault share --samba` configures (package samba-vfs-modules: not pulled in without
+  # Recommends, and smbd refuses the share without them).
+  require samba cmd:smbd cmd:pdbedit
+  require samba-common-bin cmd:testparm cmd:smbcontrol
+  require samba-vfs-modules samba-vfs:streams_xattr samba-vfs:fruit samba-vfs:catia
+  require smbclient cmd:smbclient
+  require libimage-exiftool-perl cmd:exiftool
+  require rawtherapee cmd:rawtherapee-cli
+  require stress-ng cmd:stress-ng
+fi
+
+if [ ${#want_pkgs[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${want_pkgs[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want_pkgs[@]}" >/dev/null
   # Debian's samba package may start a system smbd; the tests run their own on loopback.
   $SUDO pkill -x smbd 2>/dev/null || true
   $SUDO pkill -x nmbd 2>/dev/null || true
 fi
 
-if ! python3 -c "import moto, pytest, boto3, cryptography, flask, smbclient" 2>/dev/null; then
-  echo "install-deps: pip install moto[server] pytest smbprotocol"
-  python3 -m pip install -q 'moto[server]==5.2.1' 'pytest>=8,<10' 'smbprotocol>=1.13,<2'
+missing=0
+for r in "${reqs[@]}"; do
+  pkg=${r%% *} c=${r#* }
+  if ! check "$c"; then
+    case "$c" in
+      samba-vfs:*) what="Samba VFS module ${c#samba-vfs:} ($(samba_modules_dir)/vfs/${c#samba-vfs:}.so)" ;;
+      *) what=${c#*:} ;;
+    esac
+    echo "install-deps: MISSING $what: install the Debian package $pkg" >&2
+    missing=1
+  fi
+done
+[ $missing = 0 ] || exit 1
+
+if [ "${COLDVAULT_SKIP_PYTHON:-0}" != 1 ]; then
+  # moto (archive-tier test server), pytest, smbprotocol (robocopy-style mirror), boto3.
+  if [ ! -x "$VENV/bin/python3" ]; then
+    echo "install-deps: python3 -m venv $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/python3" -c "import moto, pytest, boto3, cryptography, flask, smbclient" 2>/dev/null; then
+    echo "install-deps: pip install moto[server] pytest smbprotocol (into $VENV)"
+    "$VENV/bin/python3" -m pip install -q 'moto[server]==5.2.1' 'pytest>=8,<10' 'smbprotocol>=1.13,<2'
+  fi
+  "$VENV/bin/python3" -c "import moto, pytest, boto3, cryptography, flask, smbclient" \
+    || { echo "install-deps: MISSING Python packages in $VENV" >&2; exit 1; }
 fi
 
 # POSIX peer suites (crates.io).

@@ -36,7 +36,7 @@ fi
 
 echo "==> installing dependencies"
 # The quickstart needs neither the client tools nor the POSIX suites the tests use.
-export COLDVAULT_SKIP_CLIENTS=1 COLDVAULT_SKIP_POSIX=1
+export COLDVAULT_SKIP_CLIENTS=1 COLDVAULT_SKIP_POSIX=1 COLDVAULT_SKIP_PYTHON=1
 if [ $local_s3 = 1 ]; then "$repo/scripts/install-deps.sh"; else COLDVAULT_SKIP_S3S=1 "$repo/scripts/install-deps.sh"; fi
 echo "==> building and installing coldvault"
 cargo install --locked --path "$repo" --quiet

@@ -155,6 +155,13 @@ enum Cmd {
         #[arg(long = "samba", value_name = "NAME")]
         samba: String,
         mountpoint: PathBuf,
+        /// Samba module directory to check for the VFS modules the section uses (default: the
+        /// MODULESDIR of the local `smbd -b`).
+        #[arg(long, value_name = "DIR")]
+        modules_dir: Option<PathBuf>,
+        /// Print the section without checking the local Samba (e.g. for another machine).
+        #[arg(long)]
+        no_check: bool,
     },
     /// Manage the vault key.
     Key {
@@ -269,10 +276,17 @@ fn run(cli: Cli) -> Result<()> {
                 offline::verify(&store, keys.as_ref(), &cfg, &cache, deep).await
             })
         }
-        Cmd::Share { samba, mountpoint } => {
+        Cmd::Share { samba, mountpoint, modules_dir, no_check } => {
             let mp = std::fs::canonicalize(&mountpoint).with_context(|| format!("{} does not exist", mountpoint.display()))?;
             if samba.is_empty() || samba.contains([']', '[', '/', '\\']) {
                 bail!("invalid share name {samba:?}");
+            }
+            if !no_check {
+                let dir = match modules_dir {
+                    Some(d) => d,
+                    None => share::samba_modules_dir()?,
+                };
+                share::check_vfs_modules(&dir)?;
             }
             print!("{}", share::samba_section(&samba, &mp.to_string_lossy()));
             Ok(())

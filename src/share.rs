@@ -1,5 +1,57 @@
 //! `coldvault share --samba NAME MOUNTPOINT`: an smb.conf share section for re-exporting a
-//! mount to Windows and macOS clients (tested on loopback by tests/e2e/test_samba.py).
+//! mount to Windows and macOS clients (tested on loopback by tests/e2e/test_samba.py), and the
+//! check that the Samba installed here has the VFS modules that section loads: without them
+//! smbd refuses the whole share ("vfs_init_custom failed"), which clients see only as a share
+//! that does not answer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The VFS modules the printed section names in `vfs objects`.
+pub const VFS_MODULES: [&str; 3] = ["catia", "fruit", "streams_xattr"];
+
+/// Which package provides the VFS modules, per distribution family (printed in the error).
+pub const VFS_PACKAGES: &str = "Debian/Ubuntu: apt-get install samba samba-vfs-modules; \
+Fedora/RHEL: dnf install samba; Arch: pacman -S samba; openSUSE: zypper install samba";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SambaCheckError {
+    #[error("smbd was not found on PATH: Samba is not installed here ({VFS_PACKAGES}); use --modules-dir to check another Samba's modules")]
+    NoSmbd,
+    #[error("`smbd -b` did not report a MODULESDIR; give the module directory with --modules-dir")]
+    NoModulesDir,
+    #[error("Samba VFS module(s) {missing} missing from {dir}/vfs: smbd would refuse this share. Install them ({VFS_PACKAGES})", missing = .missing.join(", "), dir = .dir.display())]
+    Missing { dir: PathBuf, missing: Vec<String> },
+}
+
+/// Samba's module directory, as the installed `smbd -b` reports it.
+pub fn samba_modules_dir() -> Result<PathBuf, SambaCheckError> {
+    let out = Command::new("smbd").arg("-b").output().map_err(|_| SambaCheckError::NoSmbd)?;
+    parse_modules_dir(&String::from_utf8_lossy(&out.stdout)).ok_or(SambaCheckError::NoModulesDir)
+}
+
+/// The `MODULESDIR:` line of `smbd -b` output.
+fn parse_modules_dir(build_info: &str) -> Option<PathBuf> {
+    build_info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("MODULESDIR:"))
+        .map(|d| PathBuf::from(d.trim()))
+        .filter(|d| !d.as_os_str().is_empty())
+}
+
+/// Checks that every module of [`VFS_MODULES`] exists as `DIR/vfs/NAME.so`.
+pub fn check_vfs_modules(modules_dir: &Path) -> Result<(), SambaCheckError> {
+    let missing: Vec<String> = VFS_MODULES
+        .iter()
+        .filter(|m| !modules_dir.join("vfs").join(format!("{m}.so")).is_file())
+        .map(|m| m.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(SambaCheckError::Missing { dir: modules_dir.to_path_buf(), missing })
+    }
+}
 
 pub fn samba_section(name: &str, mountpoint: &str) -> String {
     format!(
@@ -40,4 +92,42 @@ pub fn samba_section(name: &str, mountpoint: &str) -> String {
    # statfs reports the staging disk's real free space (Explorer checks it before copying).
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_modules_dir_from_smbd_build_info() {
+        let info = "Paths:\n   SBINDIR: /usr/sbin\n   MODULESDIR: /usr/lib/x86_64-linux-gnu/samba\n   LOCKDIR: /run/samba\n";
+        assert_eq!(parse_modules_dir(info), Some(PathBuf::from("/usr/lib/x86_64-linux-gnu/samba")));
+        assert_eq!(parse_modules_dir("Paths:\n   SBINDIR: /usr/sbin\n"), None);
+    }
+
+    /// Regression: a Samba without samba-vfs-modules made smbd refuse the share; the check names
+    /// the missing modules and the package instead.
+    #[test]
+    fn missing_vfs_modules_name_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("vfs")).unwrap();
+        std::fs::write(dir.path().join("vfs/catia.so"), b"").unwrap();
+        let err = check_vfs_modules(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("fruit, streams_xattr"), "{err}");
+        assert!(!err.contains("catia,"), "{err}");
+        assert!(err.contains("samba-vfs-modules"), "{err}");
+        for m in ["fruit", "streams_xattr"] {
+            std::fs::write(dir.path().join(format!("vfs/{m}.so")), b"").unwrap();
+        }
+        check_vfs_modules(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn the_section_loads_exactly_the_checked_modules() {
+        let section = samba_section("photos", "/srv/coldvault");
+        let line = section.lines().find(|l| l.trim().starts_with("vfs objects")).unwrap();
+        let mut named: Vec<&str> = line.split('=').nth(1).unwrap().split_whitespace().collect();
+        named.sort();
+        assert_eq!(named, VFS_MODULES);
+    }
 }

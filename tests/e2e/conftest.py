@@ -34,6 +34,25 @@ RESTORE_SECONDS = 4
 os.environ["COLDVAULT_MOTO_RESTORE_SECONDS"] = str(RESTORE_SECONDS)
 
 
+# Under CI (CI=true, as .ci/run sets it) scripts/install-deps.sh has installed every tool the
+# tests use, so a missing one is a failed install step: the test fails instead of being skipped.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(tool, package):
+    """Path of an external tool a test needs. When it is missing the test is skipped, saying
+    which package to install, or fails under CI."""
+    path = shutil.which(tool)
+    if path is None and os.path.exists(os.path.expanduser(f"~/.cargo/bin/{tool}")):
+        path = os.path.expanduser(f"~/.cargo/bin/{tool}")
+    if path is None:
+        msg = f"{tool} is not installed: install {package} (scripts/install-deps.sh does)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
 def free_port():
     for _ in range(200):
         p = 20000 + (uuid.uuid4().int % 12000)
@@ -150,16 +169,19 @@ class Vault:
     def status(self):
         return json.loads(run("status", "--json", self.mnt).stdout)
 
-    def name_key(self):
-        import base64
-        import tomllib
-        return base64.b64decode(tomllib.loads(self.config.read_text())["name_key"])
-
     def object_key(self, path):
-        import hashlib
-        import hmac
-        h = hmac.new(self.name_key(), b"coldvault/v1/path\0" + path.encode(), hashlib.sha256).hexdigest()
-        return f"{self.prefix}d/{h}"
+        """The object key of `path`'s current version, from the index (keys are random per
+        version: nothing about them can be derived from the path)."""
+        db = self.db()
+        try:
+            ino = 1
+            for part in path.split("/"):
+                row = db.execute("SELECT ino FROM inodes WHERE parent=? AND name=? AND ino != 1", (ino, part)).fetchone()
+                assert row, f"{path} is not in the index"
+                ino = row[0]
+            return db.execute("SELECT object_key FROM inodes WHERE ino=?", (ino,)).fetchone()[0]
+        finally:
+            db.close()
 
     def data_objects(self):
         return self.server.objects(self.bucket, self.prefix + "d/")
@@ -174,6 +196,7 @@ class Vault:
 
 @pytest.fixture
 def vault_factory(tmp_path):
+    need("fusermount3", "fuse3")
     made = []
 
     def make(server, prefix="vault"):
@@ -193,10 +216,11 @@ def vault_factory(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mount tests need /dev/fuse and fusermount3; without them they are skipped, visibly."""
-    if os.path.exists("/dev/fuse") and shutil.which("fusermount3"):
+    """Mount tests need /dev/fuse (no package provides it: a container without it cannot mount);
+    without it they are skipped, visibly. A missing fusermount3 is need()'s business."""
+    if os.path.exists("/dev/fuse"):
         return
-    skip = pytest.mark.skip(reason="no /dev/fuse or fusermount3 on this machine")
+    skip = pytest.mark.skip(reason="no /dev/fuse on this machine")
     for it in items:
         if "vault_factory" in getattr(it, "fixturenames", ()):
             it.add_marker(skip)

@@ -3,22 +3,14 @@ each with its reason), fsx (3 seeds x 20,000 operations, close/open and fsync on
 stress-ng filesystem-class run with verification."""
 import os
 import pathlib
-import shutil
 import subprocess
 import tempfile
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, need
 
 POSIX = ROOT / "tests" / "posix"
-
-
-def need(tool):
-    path = shutil.which(tool) or os.path.expanduser(f"~/.cargo/bin/{tool}")
-    if not os.path.exists(path):
-        pytest.skip(f"{tool} not installed (scripts/install-deps.sh installs it)")
-    return path
 
 
 @pytest.fixture
@@ -37,7 +29,7 @@ def mounted(servers, vault_factory):
 
 
 def test_pjdfstest(mounted):
-    exe = need("pjdfstest")
+    exe = need("pjdfstest", "pjdfstest from crates.io")
     work = mounted.mnt / "pjd"
     work.mkdir()
     os.chmod(work, 0o777)
@@ -50,14 +42,14 @@ def test_pjdfstest(mounted):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_fsx(mounted, seed, tmp_path):
-    exe = need("fsx")
+    exe = need("fsx", "fsx from crates.io")
     r = subprocess.run([exe, "-f", str(POSIX / "fsx.toml"), "-N", "20000", "-S", str(seed), "-P", str(tmp_path), str(mounted.mnt / f"fsx-{seed}")],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and "All operations completed A-OK!" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
 
 
 def test_stress_ng_filesystem_class(mounted):
-    exe = need("stress-ng")
+    exe = need("stress-ng", "stress-ng")
     work = mounted.mnt / "stress"
     work.mkdir()
     r = subprocess.run([exe, "--temp-path", str(work), "--class", "filesystem", "--seq", "1", "--timeout", "1", "--verify", "--metrics-brief"],

@@ -3,8 +3,8 @@
 //! Role: everything cryptographic lives here and nowhere else — the vault key pair and its
 //! passphrase wrapping (Argon2id), per-file data keys wrapped to the vault public key
 //! (ephemeral X25519 + HKDF-SHA256 + AES-256-GCM), the STREAM content encryption in 64 KiB
-//! segments, the encrypted per-object metadata, and the keyed hash that turns a path into an
-//! object key. It knows nothing of FUSE, S3 or SQLite.
+//! segments, the encrypted per-object metadata, and the keyed path hash of earlier builds'
+//! object keys. It knows nothing of FUSE, S3 or SQLite.
 //!
 //! Invariants: a data key is generated fresh for every sealed file version and never reused;
 //! every segment authenticates the whole header (so segments cannot move between objects) and
@@ -375,7 +375,9 @@ mod subtle_eq {
     }
 }
 
-/// Keyed hash of a vault path: the object key suffix. Hex of HMAC-SHA256(name_key, "coldvault/v1/path\0" || path).
+/// Keyed hash of a vault path: how earlier builds named data objects (hex of
+/// HMAC-SHA256(name_key, "coldvault/v1/path\0" || path)). New versions get random keys
+/// (`Fs::new_object_key`); this stays to check the kept v1 fixtures (docs/FORMAT.md, section 1).
 pub fn path_key(name_key: &[u8; 32], path: &str) -> String {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(name_key).expect("hmac key");
     m.update(b"coldvault/v1/path\0");

@@ -259,7 +259,7 @@ impl Fs {
             if !self.staging.outbox_path(u.ino, u.content_gen).exists() {
                 tracing::error!(upload = u.id, ino = u.ino, "outbox file missing for a queued upload; dropping it");
                 let tx = c.db.begin()?;
-                Db::delete_upload(&tx, u.id)?;
+                Db::cancel_upload(&tx, u.id)?;
                 tx.commit().map_err(crate::meta::MetaError::from)?;
                 continue;
             }
@@ -656,7 +656,7 @@ impl Fs {
         let ups = c.db.uploads_for_ino(ino)?;
         let tx = c.db.begin()?;
         for u in &ups {
-            Db::delete_upload(&tx, u.id)?;
+            Db::cancel_upload(&tx, u.id)?;
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &ups {
@@ -690,7 +690,7 @@ impl Fs {
             let ups = c.db.uploads_for_ino(o.ino)?;
             let tx = c.db.begin()?;
             for u in &ups {
-                Db::delete_upload(&tx, u.id)?;
+                Db::cancel_upload(&tx, u.id)?;
             }
             tx.commit().map_err(crate::meta::MetaError::from)?;
             return Ok(());
@@ -850,7 +850,7 @@ impl Fs {
         self.staging.adopt_fetch(ino)?;
         let tx = c.db.begin()?;
         for u in &ups {
-            Db::delete_upload(&tx, u.id)?;
+            Db::cancel_upload(&tx, u.id)?;
         }
         cur.state = State::Dirty;
         cur.content_gen += 1;
@@ -1345,24 +1345,11 @@ impl Fs {
         Ok(true)
     }
 
-    /// The object key for `ino` at `path`: the keyed hash of the path, so a rewrite of a path
-    /// is a new version of the same key — unless another live file (renamed away from this
-    /// path after its upload) still refers to that key: overwriting it would destroy that
-    /// file's only copy, so this version gets a key of its own.
-    fn object_key_for(&self, ino: u64, path: &str) -> Result<String> {
-        let base = format!("{}d/{}", self.cfg.prefix, crypto::path_key(&self.keys.name_key, path));
-        let c = self.core();
-        let taken = |k: &str| -> Result<bool> { Ok(c.db.key_used_by_other(k, ino)?) };
-        if !taken(&base)? {
-            return Ok(base);
-        }
-        for n in 1u32.. {
-            let k = format!("{}d/{}", self.cfg.prefix, crypto::path_key(&self.keys.name_key, &format!("{path}\0{ino}\0{n}")));
-            if !taken(&k)? {
-                return Ok(k);
-            }
-        }
-        unreachable!()
+    /// A fresh object key for one file version: 128 random bits, never derived from the path,
+    /// so no upload (a stale retry, a rewrite, a second machine, a write-only mount on an empty
+    /// index) can land on another version's object (docs/FORMAT.md, section 1).
+    pub fn new_object_key(prefix: &str) -> String {
+        format!("{prefix}d/{}", hex::encode(rand::random::<[u8; 16]>()))
     }
 
     /// Encrypt one file's spool into the outbox and queue its upload in one transaction.
@@ -1405,7 +1392,7 @@ impl Fs {
             ("cvh".to_string(), B64.encode(sealed.header.bytes)),
             ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&meta))),
         ];
-        let object_key = self.object_key_for(ino, &path)?;
+        let object_key = Self::new_object_key(&self.cfg.prefix);
         let (class, tags) = self.cfg.policy.choose(&path, i.size);
         let mut c = self.core();
         let Some(mut cur) = c.db.get(ino)? else {
@@ -1477,6 +1464,14 @@ impl Fs {
 
     pub fn set_multipart(&self, id: i64, mp: Option<&str>) -> Result<()> {
         Ok(self.core().db.set_mp_upload_id(id, mp)?)
+    }
+
+    /// Move a queued version to a fresh object key (its key turned out to be occupied): the
+    /// multipart upload, if any, belonged to the old key and starts over.
+    pub fn rekey_upload(&self, id: i64, key: &str) -> Result<()> {
+        let c = self.core();
+        c.db.set_mp_upload_id(id, None)?;
+        Ok(c.db.set_upload_key(id, key)?)
     }
 
     pub fn record_part(&self, id: i64, part: i32, etag: &str) -> Result<()> {
@@ -1559,7 +1554,13 @@ impl Fs {
                 };
                 Db::journal_append(&tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
                 self.data_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                // A version superseded while it was uploading: its object is in the bucket but
+                // no file uses it.
+                Db::add_dead_key(&tx, &u.object_key)?;
             }
+        } else {
+            Db::add_dead_key(&tx, &u.object_key)?;
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
         // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.

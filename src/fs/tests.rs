@@ -253,8 +253,8 @@ fn rename_before_seal_uploads_once_under_final_name() {
     assert_eq!(e.puts(), 1);
     let snap = e.store.snapshot();
     assert_eq!(snap.len(), 1);
-    let expected_key = format!("v/d/{}", crate::crypto::path_key(&e.keys.name_key, "photo.jpg"));
-    let obj = &snap[&expected_key];
+    let key = e.fs().getattr(ino).unwrap().object_key.unwrap();
+    let obj = &snap[&key];
     let h = crate::crypto::Header::parse(&B64.decode(&obj.metadata["cvh"]).unwrap()).unwrap();
     let o = Opened::open(e.keys.secret.as_ref().unwrap(), &h).unwrap();
     let m = o.decrypt_meta(&B64.decode(&obj.metadata["cvm"]).unwrap()).unwrap();
@@ -604,10 +604,95 @@ fn new_file_at_a_renamed_files_old_path_never_overwrites_it() {
     assert_eq!(e.store.version_count(&key_a), 1, "not overwritten");
     assert_eq!(e.read_all(a).unwrap(), old);
     assert_eq!(e.read_all(a2).unwrap(), new);
-    // Once nothing refers to the old key, a path's key is its plain hash again.
-    e.fs().unlink(ROOT, OsStr::new("b.jpg")).unwrap();
-    let (_, key_c) = upload_one(&e, "c.jpg", &data(10, 1));
-    assert_eq!(key_c, format!("v/d/{}", crate::crypto::path_key(&e.keys.name_key, "c.jpg")));
+}
+
+/// Every version has an object of its own: a rewrite never touches the previous version's
+/// object, and no key is derived from the path.
+#[test]
+fn every_version_gets_its_own_object_and_old_ones_stay() {
+    let e = Env::new();
+    let (ino, k1) = upload_one(&e, "a.jpg", &data(10_000, 1));
+    let fs = e.fs();
+    let fh = fs.open(ino, true, true, 0).unwrap().0;
+    fs.write(fh, 0, &data(20_000, 2)).unwrap();
+    fs.release(fh).unwrap();
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    let k2 = fs.getattr(ino).unwrap().object_key.unwrap();
+    assert_ne!(k1, k2);
+    assert_eq!((e.store.version_count(&k1), e.store.version_count(&k2)), (1, 1));
+    assert!(fs.dead_keys().unwrap().contains(&k1), "the old version is recorded as not live");
+    // Two files with the same name in different lives (unlink, create) differ too.
+    fs.unlink(ROOT, OsStr::new("a.jpg")).unwrap();
+    let (_, k3) = upload_one(&e, "a.jpg", &data(10_000, 1));
+    assert!(k3 != k1 && k3 != k2);
+    for k in [&k1, &k2, &k3] {
+        assert!(!k.contains("a.jpg") && k.len() == "v/d/".len() + 32, "{k}");
+    }
+}
+
+/// Regression: a 2 MB file rewritten while its first version was still uploading; the first
+/// PUT landed last on the same key, `flush --wait` said all was in S3, and after a rebuild the
+/// file gave EIO. Now the stale PUT lands on its own key, which is recorded as dead.
+#[test]
+fn stale_upload_landing_last_never_replaces_the_newer_version() {
+    let e = Env::new();
+    e.store.delay_next("PutObject", Duration::from_millis(1500));
+    let ino = e.write_file(ROOT, "f.bin", &data(2_000_000, 7));
+    let fs = e.fs();
+    fs.seal_ready(true).unwrap();
+    wait_for("v1's PUT on the wire", || fs.store.counts().get("PutObject").copied().unwrap_or(0) > 0);
+    let v2 = data(1_500_000, 8);
+    let fh = fs.open(ino, true, true, 0).unwrap().0;
+    fs.write(fh, 0, &v2).unwrap();
+    fs.release(fh).unwrap();
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    std::thread::sleep(Duration::from_millis(1700)); // v1's PUT has landed by now
+    assert_eq!(e.puts(), 2, "both PUTs reached the bucket");
+    assert_eq!(e.read_all(ino).unwrap(), v2);
+    flush_journal(&e);
+    let (_dir, d2) = fresh_machine(&e);
+    let f2 = d2.fs.clone();
+    let i2 = f2.resolve("f.bin").unwrap();
+    let (fh, _) = f2.open(i2.ino, false, false, 0).unwrap();
+    let mut got = Vec::new();
+    while got.len() < v2.len() {
+        let d = f2.read(fh, got.len() as u64, 1 << 20).expect("the newer version reads back after a rebuild");
+        assert!(!d.is_empty());
+        got.extend(d);
+    }
+    f2.release(fh).unwrap();
+    assert!(got == v2, "the rebuilt file holds the newer version");
+    assert_eq!(f2.readdir(ROOT).unwrap().len(), 1, "the stale object is not adopted as another file");
+    e.rt.block_on(d2.shutdown());
+}
+
+/// A conditional write that finds an object at the key never overwrites it: our own earlier
+/// attempt (a lost response) counts as done; anything else moves the version to a fresh key.
+#[test]
+fn conditional_writes_never_overwrite_an_occupied_key() {
+    let e = Env::new();
+    let fs = e.fs();
+    // Lost response: the PUT landed, the retry finds our own object and is done.
+    e.store.lose_next_response("PutObject");
+    let (ino, key) = upload_one(&e, "mine.jpg", &data(5000, 9));
+    assert_eq!(e.store.version_count(&key), 1, "the retry did not write a second version");
+    assert_eq!(fs.state_of(ino).unwrap().unwrap().1, State::Uploaded);
+    assert!(fs.store.counts()["HeadObject"] >= 1, "confirmed by HeadObject");
+    // A foreign object appears at the key while our PUT is on the wire.
+    e.store.delay_next("PutObject", Duration::from_millis(600));
+    let d = data(5000, 10);
+    let ino = e.write_file(ROOT, "x.jpg", &d);
+    fs.seal_ready(true).unwrap();
+    let key = fs.core().db.uploads().unwrap()[0].object_key.clone();
+    e.store.plant(&key, b"someone else's");
+    e.wait_uploaded();
+    let final_key = fs.getattr(ino).unwrap().object_key.unwrap();
+    assert_ne!(final_key, key, "moved to a fresh key");
+    assert_eq!(&e.store.snapshot()[&key].body[..], b"someone else's", "the occupant is untouched");
+    assert_eq!(e.store.version_count(&key), 1);
+    assert_eq!(e.read_all(ino).unwrap(), d);
 }
 
 // ---------------------------------------------------------------- metadata in the bucket
@@ -693,7 +778,7 @@ fn rebuild_finds_uploads_whose_journal_was_lost_and_refuses_unsafe_paths() {
     let sealed = crate::crypto::encrypt_stream(&e.keys.public, evil.len() as u64, &mut &evil[..], &mut body).unwrap();
     let m = crate::crypto::ObjectMeta { path: "../../etc/passwd".into(), size: evil.len() as u64, mtime_ns: 0, mode: 0o644, uid: 0, gid: 0, sha256: hex::encode(sealed.sha256) };
     let md = vec![("cvh".to_string(), B64.encode(sealed.header.bytes)), ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&m)))];
-    e.rt.block_on(e.store.put_object("v/d/evil", body.into(), &crate::store::PutOptions { storage_class: "STANDARD".into(), metadata: md, tagging: None })).unwrap();
+    e.rt.block_on(e.store.put_object("v/d/evil", body.into(), &crate::store::PutOptions { storage_class: "STANDARD".into(), metadata: md, tagging: None, if_none_match: false })).unwrap();
     let tree = e.rt.block_on(crate::remote_meta::rebuild(e.store.as_ref(), &e.keys, "v/", &|_, _, _| {})).unwrap();
     assert!(tree.nodes.contains_key("kept.jpg"), "found by listing + HeadObject");
     assert_eq!(tree.nodes.len(), 1);

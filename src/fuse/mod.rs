@@ -133,8 +133,14 @@ impl fuser::Filesystem for ColdFs {
         let _ = config.set_max_readahead(MAX_WRITE);
         // READDIRPLUS: `ls -l` and rsync's directory scans get attributes with the listing
         // instead of one LOOKUP per entry. PARALLEL_DIROPS: lookups in one folder run in parallel.
+        // ATOMIC_O_TRUNC: O_TRUNC reaches `open`; without it the kernel opens without it and
+        // truncates afterwards, so every overwrite (`cp`, `>`, an export over an old one) would
+        // first fetch the old content — a download, or a restore of an archived file.
         let _ = config.add_capabilities(
-            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO | fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+            fuser::InitFlags::FUSE_DO_READDIRPLUS
+                | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
+                | fuser::InitFlags::FUSE_PARALLEL_DIROPS
+                | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
         Ok(())
     }

@@ -504,6 +504,11 @@ impl Db {
         Ok(())
     }
 
+    pub fn set_upload_key(&self, id: i64, key: &str) -> Result<()> {
+        self.conn.execute("UPDATE uploads SET object_key=?2 WHERE id=?1", params![id, key])?;
+        Ok(())
+    }
+
     pub fn add_part(&self, id: i64, part_no: i32, etag: &str) -> Result<()> {
         self.conn.execute(
             "INSERT OR REPLACE INTO parts(upload_id,part_no,etag) VALUES(?1,?2,?3)",
@@ -522,6 +527,14 @@ impl Db {
         conn.execute("DELETE FROM parts WHERE upload_id=?1", params![id])?;
         conn.execute("DELETE FROM uploads WHERE id=?1", params![id])?;
         Ok(())
+    }
+
+    /// Drop a queued upload whose version is no longer wanted (rewritten, deleted). Its PUT may
+    /// still be in flight and land, so its key is recorded as dead: a rebuild must never adopt
+    /// that object as a live file.
+    pub fn cancel_upload(conn: &Connection, id: i64) -> Result<()> {
+        conn.execute("INSERT OR IGNORE INTO dead_keys(key) SELECT object_key FROM uploads WHERE id=?1", params![id])?;
+        Self::delete_upload(conn, id)
     }
 
     // ---- restores ----
@@ -624,19 +637,6 @@ impl Db {
         let mut st = self.conn.prepare_cached("SELECT key FROM dead_keys ORDER BY key")?;
         let r = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(r)
-    }
-
-    /// Whether an inode other than `ino`, or an upload of one, uses object key `key`.
-    pub fn key_used_by_other(&self, key: &str, ino: u64) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT 1 FROM inodes WHERE object_key=?1 AND ino != ?2 UNION ALL SELECT 1 FROM uploads WHERE object_key=?1 AND ino != ?2 LIMIT 1",
-                params![key, ino as i64],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
     }
 
     pub fn conn(&self) -> &Connection {

@@ -1,7 +1,7 @@
 //! In-memory `ObjectStore`: the fake every fast test runs on.
 //!
 //! Models what coldvault relies on from S3: versions (a PUT to an existing key adds a version;
-//! reads see the newest), storage classes (GET of a GLACIER/DEEP_ARCHIVE object fails with
+//! reads see the newest), conditional writes (`If-None-Match: *` refuses an existing key), storage classes (GET of a GLACIER/DEEP_ARCHIVE object fails with
 //! `Archived` until a restore completes), RestoreObject with a configurable delay and
 //! RestoreAlreadyInProgress, multipart uploads, and injected faults: fail the Nth call, fail
 //! every call of one operation, or add latency.
@@ -39,6 +39,11 @@ pub struct MemoryStore {
     /// How long a restored copy stays readable (None: the requested Days).
     pub restore_lifetime: Mutex<Option<Duration>>,
     pub latency: Mutex<Duration>,
+    /// operation name -> delay for its next call only (a PUT that is slow on the wire and lands
+    /// after a newer one).
+    delay_next: Mutex<HashMap<&'static str, Duration>>,
+    /// operations whose next call succeeds but answers with a transient error.
+    lose_response: Mutex<std::collections::HashSet<&'static str>>,
 }
 
 impl MemoryStore {
@@ -56,6 +61,29 @@ impl MemoryStore {
     /// Make the next `count` calls of operation `op` (e.g. "UploadPart") fail with `err`.
     pub fn fail_op(&self, op: &'static str, count: u64, err: StoreError) {
         self.inner.lock().unwrap().fail_op.insert(op, (count, err));
+    }
+
+    /// Put an object behind coldvault's back (another writer, an attacker, a lost response).
+    pub fn plant(&self, key: &str, body: &[u8]) {
+        self.store(key, Bytes::copy_from_slice(body), &PutOptions::default()).expect("plant");
+    }
+
+    /// The next call of `op` takes effect but its response is lost (the caller sees a
+    /// retryable error), as when a connection drops after S3 stored the object.
+    pub fn lose_next_response(&self, op: &'static str) {
+        self.lose_response.lock().unwrap().insert(op);
+    }
+
+    fn response_lost(&self, op: &'static str) -> Result<()> {
+        if self.lose_response.lock().unwrap().remove(op) {
+            return Err(StoreError::Retryable(format!("{op}: connection reset after the request was sent")));
+        }
+        Ok(())
+    }
+
+    /// Delay the next call of operation `op` by `d` (its effect happens after the delay).
+    pub fn delay_next(&self, op: &'static str, d: Duration) {
+        self.delay_next.lock().unwrap().insert(op, d);
     }
 
     pub fn clear_faults(&self) {
@@ -101,7 +129,7 @@ impl MemoryStore {
     }
 
     async fn enter(&self, op: &'static str) -> Result<()> {
-        let lat = *self.latency.lock().unwrap();
+        let lat = *self.latency.lock().unwrap() + self.delay_next.lock().unwrap().remove(op).unwrap_or_default();
         if !lat.is_zero() {
             tokio::time::sleep(lat).await;
         }
@@ -171,7 +199,11 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
         self.enter("PutObject").await?;
-        self.store(key, body, opts)
+        if opts.if_none_match && self.inner.lock().unwrap().objects.contains_key(key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        self.store(key, body, opts)?;
+        self.response_lost("PutObject")
     }
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String> {
         self.enter("CreateMultipartUpload").await?;
@@ -192,8 +224,11 @@ impl ObjectStore for MemoryStore {
         u.2.insert(n, body);
         Ok(etag)
     }
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()> {
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)], if_none_match: bool) -> Result<()> {
         self.enter("CompleteMultipartUpload").await?;
+        if if_none_match && self.inner.lock().unwrap().objects.contains_key(key) {
+            return Err(StoreError::AlreadyExists);
+        }
         let (k, opts, stored) = {
             let mut i = self.inner.lock().unwrap();
             i.uploads.remove(upload_id).ok_or(StoreError::NoSuchUpload)?

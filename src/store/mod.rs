@@ -30,6 +30,11 @@ pub enum StoreError {
     /// The multipart upload id is gone (aborted or expired): restart the upload.
     #[error("multipart upload no longer exists")]
     NoSuchUpload,
+    /// A conditional write (`If-None-Match: *`) found an object at the key already (HTTP 412):
+    /// nothing was overwritten. The caller decides whether that object is its own earlier
+    /// attempt (a retry after a lost response) or another one.
+    #[error("an object already exists at this key (conditional write refused)")]
+    AlreadyExists,
     /// AccessDenied, NoSuchBucket, InvalidStorageClass, …: retrying will not help.
     #[error("S3 refused the request: {code}: {message}")]
     Permanent { code: String, message: String },
@@ -50,6 +55,11 @@ pub struct PutOptions {
     pub metadata: Vec<(String, String)>,
     /// Object tags, URL-encoded (`k=v&k2=v2`).
     pub tagging: Option<String>,
+    /// Never overwrite: send `If-None-Match: *` (on PutObject, or on CompleteMultipartUpload
+    /// for a multipart upload created with these options), so an existing object at the key
+    /// makes the request fail with `AlreadyExists`. Stores that do not implement conditional
+    /// writes get the request without it (`s3.rs` falls back once and says so).
+    pub if_none_match: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +93,8 @@ pub trait ObjectStore: Send + Sync {
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String>;
     /// Returns the part's ETag.
     async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> Result<String>;
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()>;
+    /// `if_none_match`: complete only if no object exists at `key` (see `PutOptions`).
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)], if_none_match: bool) -> Result<()>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
     /// Bytes [start, end) of the object.
     async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes>;
@@ -130,9 +141,9 @@ impl ObjectStore for Counted {
         self.bump("UploadPart");
         self.inner.upload_part(key, upload_id, n, body).await
     }
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()> {
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)], if_none_match: bool) -> Result<()> {
         self.bump("CompleteMultipartUpload");
-        self.inner.complete_multipart(key, upload_id, parts).await
+        self.inner.complete_multipart(key, upload_id, parts, if_none_match).await
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         self.bump("AbortMultipartUpload");

@@ -25,6 +25,16 @@ pub struct S3Settings {
 pub struct S3Store {
     client: Client,
     bucket: String,
+    /// Whether the store accepts `If-None-Match: *` on writes. Cleared (once, with a warning)
+    /// when it answers NotImplemented: object keys are random per version, so the condition is
+    /// a second line of defence, not the only one.
+    conditional: std::sync::atomic::AtomicBool,
+}
+
+/// A conditional write the store does not implement (S3-compatible servers without
+/// conditional-write support answer 501 NotImplemented or 400 with that code).
+fn conditional_unsupported(e: &StoreError) -> bool {
+    matches!(e, StoreError::Permanent { code, .. } if code == "NotImplemented" || code == "HTTP501")
 }
 
 impl S3Store {
@@ -47,7 +57,66 @@ impl S3Store {
         } else if s.path_style {
             b = b.force_path_style(true);
         }
-        S3Store { client: Client::from_conf(b.build()), bucket: s.bucket.clone() }
+        S3Store { client: Client::from_conf(b.build()), bucket: s.bucket.clone(), conditional: true.into() }
+    }
+
+    fn conditional(&self, wanted: bool) -> Option<String> {
+        (wanted && self.conditional.load(std::sync::atomic::Ordering::Relaxed)).then(|| "*".to_string())
+    }
+
+    fn conditional_unsupported_here(&self, e: &StoreError) -> bool {
+        let unsupported = conditional_unsupported(e);
+        if unsupported && self.conditional.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(error = %e, "this S3 store does not implement conditional writes (If-None-Match); writing without them (object keys are unique per version)");
+        }
+        unsupported
+    }
+
+    async fn put_once(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_storage_class(class(&opts.storage_class))
+            .set_metadata(meta_map(&opts.metadata))
+            .set_tagging(opts.tagging.clone())
+            .set_if_none_match(self.conditional(opts.if_none_match))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn complete_once(&self, key: &str, upload_id: &str, parts: &[(i32, String)], if_none_match: bool) -> Result<()> {
+        let parts = parts.iter().map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(e).build()).collect();
+        let r = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .set_if_none_match(self.conditional(if_none_match))
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            // Some S3-compatible servers (moto) answer success with a differently named XML
+            // root, which the SDK rejects. A 200 whose body is a result (an ETag, no <Error>)
+            // is accepted once HeadObject confirms the object exists.
+            Err(SdkError::ServiceError(se))
+                if se.raw().status().as_u16() == 200
+                    && se.raw().body().bytes().is_some_and(|b| {
+                        let t = String::from_utf8_lossy(b);
+                        t.contains("<ETag>") && !t.contains("<Error>")
+                    }) =>
+            {
+                tracing::debug!(key, "non-standard CompleteMultipartUpload response; confirming with HeadObject");
+                self.head_object(key).await.map(|_| ())
+            }
+            Err(e) => Err(classify(e)),
+        }
     }
 }
 
@@ -65,6 +134,8 @@ where
                 "InvalidObjectState" => StoreError::Archived,
                 "RestoreAlreadyInProgress" => StoreError::RestoreInProgress,
                 "NoSuchUpload" => StoreError::NoSuchUpload,
+                "PreconditionFailed" => StoreError::AlreadyExists,
+                "" if status == 412 => StoreError::AlreadyExists,
                 "SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable" | "RequestTimeTooSkewed" => {
                     StoreError::Retryable(format!("{code} (HTTP {status}) {message}"))
                 }
@@ -114,18 +185,10 @@ pub fn parse_restore_header(h: &str) -> RestoreState {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_storage_class(class(&opts.storage_class))
-            .set_metadata(meta_map(&opts.metadata))
-            .set_tagging(opts.tagging.clone())
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
+        match self.put_once(key, body.clone(), opts).await {
+            Err(e) if opts.if_none_match && self.conditional_unsupported_here(&e) => self.put_once(key, body, opts).await,
+            r => r,
+        }
     }
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String> {
         let r = self
@@ -155,33 +218,10 @@ impl ObjectStore for S3Store {
             .map_err(classify)?;
         r.e_tag().map(str::to_string).ok_or_else(|| StoreError::Retryable("no ETag for part".into()))
     }
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()> {
-        let parts = parts.iter().map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(e).build()).collect();
-        let r = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .send()
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            // Some S3-compatible servers (moto) answer success with a differently named XML
-            // root, which the SDK rejects. A 200 whose body is a result (an ETag, no <Error>)
-            // is accepted once HeadObject confirms the object exists.
-            Err(SdkError::ServiceError(se))
-                if se.raw().status().as_u16() == 200
-                    && se.raw().body().bytes().is_some_and(|b| {
-                        let t = String::from_utf8_lossy(b);
-                        t.contains("<ETag>") && !t.contains("<Error>")
-                    }) =>
-            {
-                tracing::debug!(key, "non-standard CompleteMultipartUpload response; confirming with HeadObject");
-                self.head_object(key).await.map(|_| ())
-            }
-            Err(e) => Err(classify(e)),
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)], if_none_match: bool) -> Result<()> {
+        match self.complete_once(key, upload_id, parts, if_none_match).await {
+            Err(e) if if_none_match && self.conditional_unsupported_here(&e) => self.complete_once(key, upload_id, parts, if_none_match).await,
+            r => r,
         }
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {

@@ -11,6 +11,8 @@
 
 use crate::fs::Fs;
 use crate::meta::Upload;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use crate::store::{ObjectStore, PutOptions, StoreError};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -189,7 +191,8 @@ impl Uploader {
 
     fn opts(&self, u: &Upload) -> PutOptions {
         let metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap_or_default();
-        PutOptions { storage_class: u.storage_class.clone(), metadata, tagging: u.tagging.clone() }
+        // Data objects are never overwritten: a version's key is fresh and the write conditional.
+        PutOptions { storage_class: u.storage_class.clone(), metadata, tagging: u.tagging.clone(), if_none_match: true }
     }
 
     fn journal<T>(r: crate::fs::Result<T>) -> Result<T, StoreError> {
@@ -197,7 +200,31 @@ impl Uploader {
         r.map_err(|e| StoreError::Retryable(format!("journal: {e}")))
     }
 
+    /// After a conditional write found an object at our key: it is ours when it carries this
+    /// version's header (unique per version: a fresh ephemeral key and data key) and size — our
+    /// own earlier attempt whose response was lost. Anything else is never overwritten: the
+    /// version moves to a fresh key and is uploaded again.
+    async fn settle_existing(&self, u: &Upload) -> Result<Outcome, StoreError> {
+        let h = self.fs.store.head_object(&u.object_key).await?;
+        let ours = B64.encode(&u.header);
+        if h.size == u.enc_size && h.metadata.get("cvh").is_some_and(|v| *v == ours) {
+            tracing::info!(upload = u.id, key = %u.object_key, "object already uploaded by an earlier attempt");
+            return Ok(Outcome::Done);
+        }
+        let fresh = crate::fs::Fs::new_object_key(&self.fs.cfg.prefix);
+        tracing::error!(upload = u.id, key = %u.object_key, new_key = %fresh, "another object occupies this version's key; it is left untouched and the version is uploaded under a new key");
+        Self::journal(self.fs.rekey_upload(u.id, &fresh))?;
+        Err(StoreError::Retryable("object key taken by another object; retrying under a new key".into()))
+    }
+
     async fn upload(&self, u: &Upload) -> Result<Outcome, StoreError> {
+        match self.upload_conditional(u).await {
+            Err(StoreError::AlreadyExists) => self.settle_existing(u).await,
+            r => r,
+        }
+    }
+
+    async fn upload_conditional(&self, u: &Upload) -> Result<Outcome, StoreError> {
         let store = self.fs.store.clone();
         if u.enc_size <= MULTIPART_THRESHOLD {
             let body = tokio::task::block_in_place(|| self.read_outbox(u, 0, u.enc_size))?;
@@ -259,7 +286,7 @@ impl Uploader {
         if parts.len() != nparts as usize {
             return Err(StoreError::Retryable(format!("{} of {nparts} parts recorded", parts.len())));
         }
-        match store.complete_multipart(&u.object_key, &mp, &parts).await {
+        match store.complete_multipart(&u.object_key, &mp, &parts, true).await {
             Ok(()) => Ok(Outcome::Done),
             Err(StoreError::NoSuchUpload) => {
                 // Expired or aborted behind our back: start a fresh multipart upload next time.

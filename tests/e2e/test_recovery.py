@@ -32,12 +32,7 @@ def snapshot_tree(root):
 
 
 def want_key(v, path):
-    import sqlite3
-    db = sqlite3.connect(f"file:{v.cache / 'index.db'}?mode=ro", uri=True)
-    ino = 1
-    for part in path.split("/"):
-        ino = db.execute("SELECT ino FROM inodes WHERE parent=? AND name=? AND ino != 1", (ino, part)).fetchone()[0]
-    return db.execute("SELECT object_key FROM inodes WHERE ino=?", (ino,)).fetchone()[0]
+    return v.object_key(path)
 
 
 def fresh_cache(v, name):

@@ -1,0 +1,106 @@
+"""File versions through a real mount: an overwrite is a new version that needs none of the old
+bytes (no GetObject, no RestoreObject, works on a write-only mount), and every version has an
+object of its own that no later upload can overwrite."""
+import os
+import subprocess
+
+from conftest import clear_staged, run, sha
+
+MiB = 1 << 20
+
+
+def requests(v, op):
+    return v.status()["requests"].get(op, 0)
+
+
+def remount_cold(v, *extra):
+    """Unmount, drop every staged copy, mount again: reads must come from S3."""
+    v.unmount()
+    clear_staged(v)
+    v.mount(*extra)
+
+
+def test_overwrite_of_an_uploaded_file_downloads_nothing(servers, vault_factory, tmp_path):
+    """Regression: without FUSE_ATOMIC_O_TRUNC the kernel opened without O_TRUNC and truncated
+    afterwards, so `cat v2 > f` over a 50 MB file first fetched all 48 segments of the old one."""
+    v = vault_factory(servers("s3s-fs"))
+    v.mount()
+    video = v.mnt / "std" / "video.mov"
+    video.parent.mkdir()
+    v1 = tmp_path / "v1"
+    v1.write_bytes(os.urandom(50 * MiB))
+    subprocess.run(["cp", str(v1), str(video)], check=True)
+    v.flush()
+    remount_cold(v)
+    assert requests(v, "GetObject") == 0
+    v2 = tmp_path / "v2"
+    v2.write_bytes(os.urandom(30 * MiB))
+    subprocess.run(["sh", "-c", f'cat "{v2}" > "{video}"'], check=True)
+    v3 = tmp_path / "v3"
+    v3.write_bytes(os.urandom(3 * MiB))
+    other = v.mnt / "std" / "clip.mov"
+    subprocess.run(["cp", str(v1), str(other)], check=True)
+    v.flush()
+    subprocess.run(["cp", str(v3), str(other)], check=True)  # cp over a file: O_WRONLY|O_TRUNC
+    assert requests(v, "GetObject") == 0, "an overwrite must not read the old version"
+    assert sha(video) == sha(v2) and sha(other) == sha(v3)
+    v.flush()
+    remount_cold(v)
+    assert sha(video) == sha(v2) and sha(other) == sha(v3)
+    v.unmount()
+
+
+def test_overwrite_on_a_write_only_mount(servers, vault_factory, tmp_path):
+    """A write-only mount (public key only) cannot read the old version, and needs not: O_TRUNC
+    overwrites work; a partial rewrite is refused with EACCES as documented."""
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "a.jpg").write_bytes(os.urandom(2 * MiB))
+    (v.mnt / "b.jpg").write_bytes(os.urandom(2 * MiB))
+    v.flush()
+    v.unmount()
+    clear_staged(v)
+    run("mount", "--config", v.config, "--cache-dir", v.cache, "--write-only", "--settle", "0.5", v.mnt)
+    new = os.urandom(1 * MiB)
+    with open(v.mnt / "a.jpg", "wb") as f:
+        f.write(new)
+    r = subprocess.run(["dd", "if=/dev/zero", f"of={v.mnt / 'b.jpg'}", "bs=1", "count=1", "conv=notrunc"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r.stderr
+    v.flush()
+    v.unmount()
+    clear_staged(v)
+    v.mount()
+    assert (v.mnt / "a.jpg").read_bytes() == new
+    v.unmount()
+
+
+def test_overwrite_of_a_deep_archive_file_needs_no_restore(servers, vault_factory, tmp_path):
+    """Regression: `cp new over/raw/photo.cr2` over a DEEP_ARCHIVE version answered EAGAIN and
+    sent a paid RestoreObject. Partial rewrites of archived files still say EAGAIN."""
+    v = vault_factory(servers("moto"))
+    rule = ("--class-rule", "raw/**=DEEP_ARCHIVE")
+    v.mount(*rule)
+    photo = v.mnt / "raw" / "photo.cr2"
+    photo.parent.mkdir()
+    photo.write_bytes(os.urandom(400_000))
+    (v.mnt / "raw" / "other.cr2").write_bytes(os.urandom(400_000))
+    v.flush()
+    remount_cold(v, *rule)
+    new = tmp_path / "new.cr2"
+    new.write_bytes(os.urandom(500_000))
+    subprocess.run(["cp", str(new), str(photo)], check=True)
+    assert sha(photo) == sha(new)
+    r = subprocess.run(["dd", "if=/dev/zero", f"of={v.mnt / 'raw' / 'other.cr2'}", "bs=1", "count=1", "conv=notrunc"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Resource temporarily unavailable" in r.stderr, r.stderr
+    assert requests(v, "GetObject") == 0
+    assert requests(v, "RestoreObject") <= 1, "only the partial rewrite may ask for a restore"
+    restores_after_partial = requests(v, "RestoreObject")
+    v.flush()
+    remount_cold(v, *rule)
+    # The new version is itself DEEP_ARCHIVE; its size and content are the new ones.
+    assert os.stat(photo).st_size == 500_000
+    assert requests(v, "RestoreObject") == 0, f"the overwrite itself asked for no restore ({restores_after_partial} before remount)"
+    v.unmount()

@@ -110,9 +110,8 @@ pub fn normalize_prefix(p: &str) -> Result<String> {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!("cannot read config {} (create one with `coldvault init --bucket BUCKET`)", path.display())
-        })?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {} (create one with `coldvault init --bucket BUCKET`)", path.display()))?;
         let c: Config = toml::from_str(&text).with_context(|| format!("malformed config {}", path.display()))?;
         c.validate().with_context(|| format!("invalid config {}", path.display()))?;
         Ok(c)
@@ -142,7 +141,7 @@ impl Config {
         if self.restore.status_suffix.is_empty() || self.restore.status_suffix.contains('/') {
             bail!("restore.status_suffix must be a non-empty file-name suffix");
         }
-        if !(self.settle_secs >= 0.0) {
+        if self.settle_secs.is_nan() || self.settle_secs < 0.0 {
             bail!("settle_secs must be >= 0");
         }
         self.name_key()?;

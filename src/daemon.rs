@@ -29,14 +29,20 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(rt: &tokio::runtime::Handle, store: Arc<dyn ObjectStore>, keys: Arc<VaultKeys>, fs_cfg: FsConfig, up: UploadConfig) -> crate::fs::Result<Daemon> {
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        store: Arc<dyn ObjectStore>,
+        keys: Arc<VaultKeys>,
+        fs_cfg: FsConfig,
+        up: UploadConfig,
+    ) -> crate::fs::Result<Daemon> {
         let counted = Arc::new(Counted::new(store));
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;
         if fs.needs_rebuild()? {
             if fs.keys.secret.is_some() {
                 let prefix = fs.cfg.prefix.clone();
                 let progress = |what: &str, done: usize, total: usize| {
-                    if done == total || done % 500 == 0 {
+                    if done == total || done.is_multiple_of(500) {
                         tracing::info!(what, done, total, "rebuilding the index from the bucket");
                     }
                 };
@@ -49,13 +55,16 @@ impl Daemon {
                 let (d, f, l) = fs.import_tree(&tree)?;
                 tracing::info!(dirs = d, files = f, symlinks = l, refused = tree.refused.len(), "index rebuilt from the bucket");
             } else {
-                tracing::warn!("write-only mount with an empty index: files uploaded earlier are not listed (a full mount with the passphrase rebuilds them)");
+                tracing::warn!(
+                    "write-only mount with an empty index: files uploaded earlier are not listed (a full mount with the passphrase rebuilds them)"
+                );
                 fs.mark_initialized()?;
             }
         }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let uploader = Uploader::new(fs.clone(), up, stop_rx.clone());
-        let mut tasks = vec![rt.spawn(uploader.run()), rt.spawn(crate::remote_meta::journal::run(fs.clone(), fs.cfg.journal.clone(), stop_rx.clone()))];
+        let mut tasks =
+            vec![rt.spawn(uploader.run()), rt.spawn(crate::remote_meta::journal::run(fs.clone(), fs.cfg.journal.clone(), stop_rx.clone()))];
         if fs.keys.secret.is_some() {
             // Restores and class refreshes need read rights a write-only mount does not have.
             tasks.push(rt.spawn(crate::restore::poller::run(fs.clone(), stop_rx.clone())));

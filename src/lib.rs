@@ -16,6 +16,9 @@
 //! * [`control`] — the daemon's local control socket (`status`, `flush`).
 //! * [`daemon`]  — wiring for `coldvault mount`: store, fs, uploader, sealer, FUSE session.
 
+// Every `unsafe` block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod config;
 pub mod control;
 pub mod crypto;

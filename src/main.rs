@@ -1,6 +1,9 @@
 //! The `coldvault` command line: parse flags into a validated configuration and hand over to
 //! the library. `anyhow` lives here and in `config` only.
 
+// Every `unsafe` block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use coldvault::config::{self, Config};
@@ -242,11 +245,41 @@ fn run(cli: Cli) -> Result<()> {
             cmd_init(bucket, prefix, endpoint_url, region, config, default_storage_class, pass)
         }
         Cmd::Mount {
-            config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth,
-            class_rules, restore_poll, fetch_restored, restore_budget, class_refresh, write_only, endpoint_url, mountpoint,
+            config,
+            cache_dir,
+            pass,
+            settle,
+            read_cache,
+            foreground,
+            allow_other,
+            upload_concurrency,
+            upload_bandwidth,
+            class_rules,
+            restore_poll,
+            fetch_restored,
+            restore_budget,
+            class_refresh,
+            write_only,
+            endpoint_url,
+            mountpoint,
         } => cmd_mount(MountArgs {
-            config, cache_dir, pass, settle, read_cache, foreground, allow_other, upload_concurrency, upload_bandwidth,
-            class_rules, restore_poll, fetch_restored, restore_budget, class_refresh, write_only, endpoint_url, mountpoint,
+            config,
+            cache_dir,
+            pass,
+            settle,
+            read_cache,
+            foreground,
+            allow_other,
+            upload_concurrency,
+            upload_bandwidth,
+            class_rules,
+            restore_poll,
+            fetch_restored,
+            restore_budget,
+            class_refresh,
+            write_only,
+            endpoint_url,
+            mountpoint,
         }),
         Cmd::Ls { config, pass, recursive, vault_path } => {
             let (cfg, keys) = load_unlocked(config, &pass)?;
@@ -399,21 +432,28 @@ fn print_status(s: &coldvault::fs::Status) {
 
 fn read_tty_line(prompt: &str) -> Result<Zeroizing<String>> {
     use std::os::fd::AsRawFd;
-    let mut tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
         .map_err(|_| anyhow!("no passphrase given and no terminal to ask on: use --passphrase-file F or COLDVAULT_PASSPHRASE"))?;
     write!(tty, "{prompt}")?;
     tty.flush()?;
     let fd = tty.as_raw_fd();
+    // SAFETY: termios is a plain C struct of integers and arrays; all-zero is a valid value.
     let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the life of `tty`, and `old` is a valid, writable termios.
     let is_tty = unsafe { libc::tcgetattr(fd, &mut old) } == 0;
     if is_tty {
         let mut new = old;
         new.c_lflag &= !libc::ECHO;
+        // SAFETY: `fd` is open, `new` is a valid termios read from it with ECHO cleared.
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &new) };
     }
     let mut line = Zeroizing::new(String::new());
     let r = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
     if is_tty {
+        // SAFETY: restores the termios read from the same open `fd` above.
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
     }
     writeln!(tty)?;
@@ -494,7 +534,15 @@ async fn connect(cfg: &Config) -> Result<S3Store> {
 
 // ---------------------------------------------------------------- init
 
-fn cmd_init(bucket: String, prefix: String, endpoint_url: Option<String>, region: Option<String>, config: Option<PathBuf>, class: String, pass: PassArgs) -> Result<()> {
+fn cmd_init(
+    bucket: String,
+    prefix: String,
+    endpoint_url: Option<String>,
+    region: Option<String>,
+    config: Option<PathBuf>,
+    class: String,
+    pass: PassArgs,
+) -> Result<()> {
     let path = config.unwrap_or_else(config::default_config_path);
     if path.exists() {
         bail!("config {} already exists; pass --config to create another vault's config", path.display());
@@ -535,7 +583,8 @@ fn cmd_init(bucket: String, prefix: String, endpoint_url: Option<String>, region
     let joined = existing.is_some();
     let (desc, keys) = match existing {
         Some(body) => {
-            let desc: VaultDescriptor = serde_json::from_slice(&body).with_context(|| format!("s3://{}/{key} is not a coldvault descriptor", probe.bucket))?;
+            let desc: VaultDescriptor =
+                serde_json::from_slice(&body).with_context(|| format!("s3://{}/{key} is not a coldvault descriptor", probe.bucket))?;
             let keys = unlock(&desc, &pw)?;
             (desc, keys)
         }
@@ -598,7 +647,7 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
     let read_cache = config::parse_size(&a.read_cache)?;
     let settle = a.settle.unwrap_or(cfg.settle_secs);
-    if !(settle >= 0.0) {
+    if settle.is_nan() || settle < 0.0 {
         bail!("--settle must be >= 0");
     }
     let cache_dir = a.cache_dir.clone().unwrap_or_else(|| cfg.default_cache_dir());
@@ -641,8 +690,9 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     let mut daemon = coldvault::daemon::Daemon::start(rt.handle(), Arc::new(store), Arc::new(keys), fs_cfg, up)
         .map_err(|e| anyhow!("cannot open the cache dir {}: {e}", cache_dir.display()))?;
     let sock = control::socket_path(&mountpoint)?;
-    let mut session = coldvault::fuse::session(daemon.fs.clone(), &mountpoint, &coldvault::fuse::MountOptions { allow_other: a.allow_other, threads: 4 })
-        .with_context(|| format!("mounting {} failed (is fuse3 installed and /dev/fuse available?)", mountpoint.display()))?;
+    let mut session =
+        coldvault::fuse::session(daemon.fs.clone(), &mountpoint, &coldvault::fuse::MountOptions { allow_other: a.allow_other, threads: 4 })
+            .with_context(|| format!("mounting {} failed (is fuse3 installed and /dev/fuse available?)", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     let fuse_thread = std::thread::Builder::new().name("fuse".into()).spawn(move || session.run())?;
     daemon.add_task(rt.spawn({
@@ -697,7 +747,7 @@ fn archive_settings(cfg: &Config, a: &MountArgs) -> Result<(coldvault::rules::Cl
     };
     let rs = &cfg.restore;
     let secs = |v: f64, what: &str| -> Result<Duration> {
-        if !(v >= 0.0) || !v.is_finite() {
+        if !v.is_finite() || v < 0.0 {
             bail!("{what} must be a number of seconds >= 0");
         }
         Ok(Duration::from_secs_f64(v))
@@ -725,6 +775,7 @@ fn archive_settings(cfg: &Config, a: &MountArgs) -> Result<(coldvault::rules::Cl
 fn lock_cache(dir: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+    // SAFETY: the descriptor belongs to `f`, which stays open (and holds the lock) while we run.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         bail!("cache dir {} is in use by another coldvault mount", dir.display());
     }
@@ -764,6 +815,8 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
     cmd.env_remove("COLDVAULT_PASSPHRASE");
     let _ = (a, mountpoint);
     cmd.stdin(std::process::Stdio::piped()).stdout(log.try_clone()?).stderr(log);
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid, which is
+    // async-signal-safe; it allocates nothing and takes no locks.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
@@ -799,9 +852,7 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
 
 fn is_mounted(mp: &Path) -> bool {
     let target = mp.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str())))
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/self/mountinfo").map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()))).unwrap_or(false)
 }
 
 /// The coldvault mount point containing `p`, and `p`'s vault-relative path.
@@ -848,7 +899,9 @@ fn cmd_restore(tier: Option<String>, days: Option<i32>, dry_run: bool, paths: Ve
             continue;
         }
         match rt.block_on(control::call(&mnt, &Request::Restore { paths: rels, tier: tier.clone(), days, dry_run: false }))? {
-            Reply::Restore { requested, .. } => println!("requested {requested} restore(s); follow them in `coldvault status {}` or NAME.restore-status", mnt.display()),
+            Reply::Restore { requested, .. } => {
+                println!("requested {requested} restore(s); follow them in `coldvault status {}` or NAME.restore-status", mnt.display())
+            }
             Reply::Error { message } => bail!(message),
             other => bail!("unexpected reply {other:?}"),
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub async fn load_tree(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config) -> Result<Tree> {
     let progress = |what: &str, done: usize, total: usize| {
-        if total >= 200 && (done % 200 == 0 || done == total) {
+        if total >= 200 && (done.is_multiple_of(200) || done == total) {
             eprintln!("reading the vault: {what} {done}/{total}");
         }
     };
@@ -160,7 +160,9 @@ pub async fn get(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, paths:
                                 let tier = coldvault::restore::default_tier(&class, &cfg.restore.glacier_tier, &cfg.restore.deep_archive_tier);
                                 let days = (!coldvault::restore::is_intelligent_tiering_archive(&class)).then_some(cfg.restore.days);
                                 match store.restore_object(&key, days, &tier).await {
-                                    Ok(()) | Err(StoreError::RestoreInProgress) => note.push_str(&format!("; restore requested ({tier}), run `get` again when it is done")),
+                                    Ok(()) | Err(StoreError::RestoreInProgress) => {
+                                        note.push_str(&format!("; restore requested ({tier}), run `get` again when it is done"))
+                                    }
                                     Err(e) => note.push_str(&format!("; restore request failed: {e}")),
                                 }
                             }
@@ -289,7 +291,11 @@ pub fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
 pub async fn put_descriptor(store: &dyn ObjectStore, cfg: &Config) -> Result<()> {
     let body = serde_json::to_vec_pretty(&cfg.vault)?;
     store
-        .put_object(&format!("{}coldvault/vault.json", cfg.prefix), body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() })
+        .put_object(
+            &format!("{}coldvault/vault.json", cfg.prefix),
+            body.into(),
+            &PutOptions { storage_class: "STANDARD".into(), ..Default::default() },
+        )
         .await
         .map_err(|e| anyhow!("updating the vault descriptor in the bucket: {e}"))
 }

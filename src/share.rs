@@ -32,20 +32,13 @@ pub fn samba_modules_dir() -> Result<PathBuf, SambaCheckError> {
 
 /// The `MODULESDIR:` line of `smbd -b` output.
 fn parse_modules_dir(build_info: &str) -> Option<PathBuf> {
-    build_info
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("MODULESDIR:"))
-        .map(|d| PathBuf::from(d.trim()))
-        .filter(|d| !d.as_os_str().is_empty())
+    build_info.lines().find_map(|l| l.trim().strip_prefix("MODULESDIR:")).map(|d| PathBuf::from(d.trim())).filter(|d| !d.as_os_str().is_empty())
 }
 
 /// Checks that every module of [`VFS_MODULES`] exists as `DIR/vfs/NAME.so`.
 pub fn check_vfs_modules(modules_dir: &Path) -> Result<(), SambaCheckError> {
-    let missing: Vec<String> = VFS_MODULES
-        .iter()
-        .filter(|m| !modules_dir.join("vfs").join(format!("{m}.so")).is_file())
-        .map(|m| m.to_string())
-        .collect();
+    let missing: Vec<String> =
+        VFS_MODULES.iter().filter(|m| !modules_dir.join("vfs").join(format!("{m}.so")).is_file()).map(|m| m.to_string()).collect();
     if missing.is_empty() {
         Ok(())
     } else {

@@ -27,7 +27,8 @@ fn vector_object() -> (Vec<u8>, [u8; 32]) {
     let vault_pk = PublicKey::from(&vault_sk);
     let pt = vector_plaintext();
     let mut out = Vec::new();
-    let s = crypto::encrypt_stream_with(&vault_pk, pt.len() as u64, &mut &pt[..], &mut out, [0x22; 32], [0x33; 7], StaticSecret::from([0x44u8; 32])).unwrap();
+    let s = crypto::encrypt_stream_with(&vault_pk, pt.len() as u64, &mut &pt[..], &mut out, [0x22; 32], [0x33; 7], StaticSecret::from([0x44u8; 32]))
+        .unwrap();
     (out, s.sha256)
 }
 
@@ -93,7 +94,15 @@ fn write_v1_fixtures() {
     let mut body = Vec::new();
     let s = crypto::encrypt_stream(&keys.public, pt.len() as u64, &mut &pt[..], &mut body).unwrap();
     let path = "Fotos/2019/Lisboa – día 1/IMG_0001.JPG";
-    let m = ObjectMeta { path: path.into(), size: pt.len() as u64, mtime_ns: 1_546_300_800_123_456_789, mode: 0o644, uid: 1000, gid: 1000, sha256: hex::encode(s.sha256) };
+    let m = ObjectMeta {
+        path: path.into(),
+        size: pt.len() as u64,
+        mtime_ns: 1_546_300_800_123_456_789,
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        sha256: hex::encode(s.sha256),
+    };
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("cvh", B64.encode(s.header.bytes));
     meta.insert("cvm", B64.encode(s.encrypt_meta(&m)));

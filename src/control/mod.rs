@@ -17,11 +17,18 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 pub enum Request {
     Status,
     /// Seal everything now; with `wait`, reply only once it is all in S3 (or failed).
-    Flush { wait: bool },
+    Flush {
+        wait: bool,
+    },
     RetryFailed,
     Pid,
     /// Request restores for vault paths (files or folders).
-    Restore { paths: Vec<String>, tier: Option<String>, days: Option<i32>, dry_run: bool },
+    Restore {
+        paths: Vec<String>,
+        tier: Option<String>,
+        days: Option<i32>,
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,6 +43,7 @@ pub enum Reply {
 }
 
 pub fn runtime_dir() -> PathBuf {
+    // SAFETY: getuid takes no arguments, cannot fail and touches no memory of ours.
     let uid = unsafe { libc::getuid() };
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() && Path::new(&d).is_dir() => PathBuf::from(d).join("coldvault"),

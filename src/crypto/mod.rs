@@ -77,9 +77,7 @@ fn seal_to_with(eph: StaticSecret, recipient: &PublicKey, secret: &[u8; 32], aad
     salt[32..].copy_from_slice(recipient.as_bytes());
     let mut kek = hkdf32(&salt, shared.as_bytes(), b"coldvault/v1/wrap");
     // A zero nonce is safe: the KEK is unique to this ephemeral key and encrypts one message.
-    let ct = gcm(&kek)
-        .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: secret, aad })
-        .expect("encrypt");
+    let ct = gcm(&kek).encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: secret, aad }).expect("encrypt");
     kek.zeroize();
     let mut out = [0u8; 48];
     out.copy_from_slice(&ct);
@@ -97,9 +95,7 @@ pub fn open_from(sk: &StaticSecret, eph_pub: &[u8; 32], wrapped: &[u8; 48], aad:
     salt[..32].copy_from_slice(eph_pub.as_bytes());
     salt[32..].copy_from_slice(recipient.as_bytes());
     let mut kek = hkdf32(&salt, shared.as_bytes(), b"coldvault/v1/wrap");
-    let pt = gcm(&kek)
-        .decrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: wrapped, aad })
-        .map_err(|_| CryptoError::Auth);
+    let pt = gcm(&kek).decrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: wrapped, aad }).map_err(|_| CryptoError::Auth);
     kek.zeroize();
     let pt = pt?;
     let mut out = [0u8; 32];
@@ -160,7 +156,11 @@ impl Header {
 
 /// Number of STREAM segments for a plaintext of `size` bytes (an empty file has one, empty, final segment).
 pub fn segment_count(size: u64) -> u64 {
-    if size == 0 { 1 } else { size.div_ceil(SEGMENT) }
+    if size == 0 {
+        1
+    } else {
+        size.div_ceil(SEGMENT)
+    }
 }
 
 /// Ciphertext length of a plaintext of `size` bytes.
@@ -217,9 +217,7 @@ impl Sealed {
         let keys = FileKeys::derive(&self.dk);
         let json = serde_json::to_vec(meta).expect("serialize");
         // Zero nonce: the meta key is unique to this data key and encrypts exactly one message.
-        gcm(&keys.meta)
-            .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: &json, aad: &self.header.bytes })
-            .expect("encrypt")
+        gcm(&keys.meta).encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: &json, aad: &self.header.bytes }).expect("encrypt")
     }
 }
 
@@ -268,9 +266,7 @@ pub fn encrypt_stream_with<R: Read, W: Write>(
         input.read_exact(&mut buf[..len])?;
         hasher.update(&buf[..len]);
         let nonce = seg_nonce(&prefix, i, i == n - 1)?;
-        let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &buf[..len], aad: &header.bytes })
-            .expect("encrypt");
+        let ct = cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: &buf[..len], aad: &header.bytes }).expect("encrypt");
         output.write_all(&ct)?;
         enc_len += ct.len() as u64;
     }
@@ -335,9 +331,7 @@ impl Opened {
             return Err(CryptoError::Malformed("segment index past end".into()));
         }
         let nonce = seg_nonce(&self.header.nonce_prefix(), idx, idx == n - 1)?;
-        gcm(&self.keys.content)
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: ct, aad: &self.header.bytes })
-            .map_err(|_| CryptoError::Auth)
+        gcm(&self.keys.content).decrypt(Nonce::from_slice(&nonce), Payload { msg: ct, aad: &self.header.bytes }).map_err(|_| CryptoError::Auth)
     }
 
     /// Decrypt a whole object body (header included) and check its length.

@@ -54,12 +54,10 @@ impl Drop for VaultKeys {
 
 fn argon2_key(pass: &[u8], p: &Argon2Params) -> Result<[u8; 32]> {
     let salt = B64.decode(&p.salt).map_err(|e| CryptoError::Malformed(format!("salt: {e}")))?;
-    let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(32))
-        .map_err(|e| CryptoError::Malformed(format!("argon2 params: {e}")))?;
+    let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(32)).map_err(|e| CryptoError::Malformed(format!("argon2 params: {e}")))?;
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = [0u8; 32];
-    a.hash_password_into(pass, &salt, &mut out)
-        .map_err(|e| CryptoError::Malformed(format!("argon2: {e}")))?;
+    a.hash_password_into(pass, &salt, &mut out).map_err(|e| CryptoError::Malformed(format!("argon2: {e}")))?;
     Ok(out)
 }
 
@@ -91,9 +89,7 @@ impl VaultDescriptor {
         rand::rngs::OsRng.fill_bytes(&mut id);
         let params = Argon2Params { m_kib, t, p: 1, salt: B64.encode(salt) };
         let mut kek = argon2_key(passphrase, &params).expect("valid fresh params");
-        let wrapped = gcm(&kek)
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &sk.to_bytes(), aad: SECRET_AAD })
-            .expect("encrypt");
+        let wrapped = gcm(&kek).encrypt(Nonce::from_slice(&nonce), Payload { msg: &sk.to_bytes(), aad: SECRET_AAD }).expect("encrypt");
         kek.zeroize();
         let (eph, nk_wrapped) = seal_to(&pk, &name_key, NAME_KEY_AAD);
         let d = VaultDescriptor {
@@ -120,9 +116,7 @@ impl VaultDescriptor {
             return Err(CryptoError::Malformed("nonce length".into()));
         }
         let wrapped = B64.decode(&self.wrapped_secret).map_err(|e| CryptoError::Malformed(format!("secret: {e}")))?;
-        let pt = gcm(&kek)
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &wrapped, aad: SECRET_AAD })
-            .map_err(|_| CryptoError::WrongPassphrase);
+        let pt = gcm(&kek).decrypt(Nonce::from_slice(&nonce), Payload { msg: &wrapped, aad: SECRET_AAD }).map_err(|_| CryptoError::WrongPassphrase);
         kek.zeroize();
         let mut pt = pt?;
         let mut skb = [0u8; 32];
@@ -153,9 +147,7 @@ impl VaultDescriptor {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let params = Argon2Params { salt: B64.encode(salt), ..self.argon2.clone() };
         let mut kek = argon2_key(new_passphrase, &params).expect("valid params");
-        let wrapped = gcm(&kek)
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &sk.to_bytes(), aad: SECRET_AAD })
-            .expect("encrypt");
+        let wrapped = gcm(&kek).encrypt(Nonce::from_slice(&nonce), Payload { msg: &sk.to_bytes(), aad: SECRET_AAD }).expect("encrypt");
         kek.zeroize();
         VaultDescriptor { argon2: params, secret_nonce: B64.encode(nonce), wrapped_secret: B64.encode(wrapped), ..self.clone() }
     }

@@ -17,9 +17,9 @@ use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys, HEADER_LEN, SEG
 use crate::meta::{Db, Inode, Kind, State, Upload, ROOT};
 use crate::staging::Staging;
 use crate::store::{Counted, ObjectStore, StoreError};
-pub use error::{FsError, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+pub use error::{FsError, Result};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -105,9 +105,8 @@ pub const CTL_DIR: u64 = 1 << 61;
 pub const CTL_RESTORES: u64 = (1 << 61) + 1;
 pub const CTL_NAME: &str = ".coldvault";
 /// Junk that desktops and editors write beside real files: accepted, readable, never uploaded.
-pub const DEFAULT_IGNORE: &[&str] = &[
-    ".DS_Store", "._*", ".localized", "Thumbs.db", "ehthumbs.db", "desktop.ini", "~$*", ".~lock.*#", "*.swp", "*.swx", ".#*", "#*#", "*~",
-];
+pub const DEFAULT_IGNORE: &[&str] =
+    &[".DS_Store", "._*", ".localized", "Thumbs.db", "ehthumbs.db", "desktop.ini", "~$*", ".~lock.*#", "*.swp", "*.swx", ".#*", "#*#", "*~"];
 /// An open of an archived file may ask S3 about its pending restore at most this often.
 const OPEN_HEAD_INTERVAL_MS: i64 = 60_000;
 
@@ -196,7 +195,9 @@ fn check_name(name: &std::ffi::OsStr) -> Result<&str> {
 impl Fs {
     pub fn new(cfg: FsConfig, keys: Arc<VaultKeys>, store: Arc<Counted>, rt: tokio::runtime::Handle) -> Result<Arc<Fs>> {
         let staging = Staging::open(&cfg.cache_dir)?;
+        // SAFETY: getuid/getgid take no arguments, cannot fail and touch no memory of ours.
         let uid = unsafe { libc::getuid() };
+        // SAFETY: as above.
         let gid = unsafe { libc::getgid() };
         let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
         let segs = SegCache::with_weighter(1024, cfg.segment_cache.max(1 << 20), SegWeighter);
@@ -949,7 +950,15 @@ impl Fs {
         } else {
             None
         };
-        let o = c.open.entry(ino).or_insert(OpenFile { handles: 0, writers: 0, spool: None, size: i.size, mtime_ns: i.mtime_ns, ctime_ns: i.ctime_ns, modified: false });
+        let o = c.open.entry(ino).or_insert(OpenFile {
+            handles: 0,
+            writers: 0,
+            spool: None,
+            size: i.size,
+            mtime_ns: i.mtime_ns,
+            ctime_ns: i.ctime_ns,
+            modified: false,
+        });
         if o.spool.is_none() {
             if let Some(s) = spool {
                 o.spool = Some(s);
@@ -1388,10 +1397,7 @@ impl Fs {
             gid: i.gid,
             sha256: hex::encode(sealed.sha256),
         };
-        let md = vec![
-            ("cvh".to_string(), B64.encode(sealed.header.bytes)),
-            ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&meta))),
-        ];
+        let md = vec![("cvh".to_string(), B64.encode(sealed.header.bytes)), ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&meta)))];
         let object_key = Self::new_object_key(&self.cfg.prefix);
         let (class, tags) = self.cfg.policy.choose(&path, i.size);
         let mut c = self.core();
@@ -1509,7 +1515,8 @@ impl Fs {
     /// Requeue uploads parked as failed (after the user fixed credentials or the bucket).
     pub fn retry_failed(&self) -> Result<usize> {
         let c = self.core();
-        let n = c.db.conn().execute("UPDATE uploads SET state='queued', next_try_ms=0 WHERE state='failed'", []).map_err(crate::meta::MetaError::from)?;
+        let n =
+            c.db.conn().execute("UPDATE uploads SET state='queued', next_try_ms=0 WHERE state='failed'", []).map_err(crate::meta::MetaError::from)?;
         c.db.conn().execute("UPDATE inodes SET state='sealed' WHERE state='failed'", []).map_err(crate::meta::MetaError::from)?;
         drop(c);
         self.upload_wakeup.notify_one();
@@ -1762,9 +1769,9 @@ impl Fs {
             if !archived {
                 continue;
             }
-            let ready = c.db.restore(f.ino)?.is_some_and(|r| {
-                r.state.pending() || (r.state == crate::restore::RState::Ready && r.expiry_ms.is_none_or(|e| e > now))
-            });
+            let ready =
+                c.db.restore(f.ino)?
+                    .is_some_and(|r| r.state.pending() || (r.state == crate::restore::RState::Ready && r.expiry_ms.is_none_or(|e| e > now)));
             if !ready {
                 out.push(f);
             }
@@ -1787,7 +1794,10 @@ impl Fs {
             return; // its Upload entry will carry the final attributes
         }
         if let Ok(path) = c.db.path_of(i.ino) {
-            Self::record(c, crate::remote_meta::Entry::Attr { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns, xattrs: i.xattrs.clone() });
+            Self::record(
+                c,
+                crate::remote_meta::Entry::Attr { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns, xattrs: i.xattrs.clone() },
+            );
         }
     }
 
@@ -1861,7 +1871,9 @@ impl Fs {
             let e = match i.kind {
                 Kind::Dir => Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
                 Kind::Symlink => Entry::Symlink { path, target: i.target.clone().unwrap_or_default(), uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
-                Kind::Special => Entry::Special { path, special: i.target.clone().unwrap_or_default(), mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
+                Kind::Special => {
+                    Entry::Special { path, special: i.target.clone().unwrap_or_default(), mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns }
+                }
                 Kind::File if i.state == State::Uploaded => Entry::Upload {
                     path,
                     key: i.object_key.clone().unwrap_or_default(),
@@ -1970,13 +1982,12 @@ impl Fs {
         let (local_only_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='local'")?;
         let (dirty_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='dirty'")?;
         let (queued_uploads, _) = q("SELECT count(*), 0 FROM uploads WHERE state IN ('queued','uploading')")?;
-        let failures = c
-            .db
-            .uploads()?
-            .into_iter()
-            .filter(|u| u.state == "failed" || u.last_error.is_some())
-            .map(|u| FailureInfo { path: u.path, state: u.state, attempts: u.attempts, error: u.last_error.unwrap_or_default() })
-            .collect();
+        let failures =
+            c.db.uploads()?
+                .into_iter()
+                .filter(|u| u.state == "failed" || u.last_error.is_some())
+                .map(|u| FailureInfo { path: u.path, state: u.state, attempts: u.attempts, error: u.last_error.unwrap_or_default() })
+                .collect();
         Ok(Status {
             pending_files,
             pending_bytes,
@@ -1991,7 +2002,11 @@ impl Fs {
             local_only_files,
             uploads_since_mount: self.data_uploads.load(std::sync::atomic::Ordering::Relaxed),
             metadata_objects_since_mount: self.meta_uploads.load(std::sync::atomic::Ordering::Relaxed),
-            journal_pending: c.db.conn().query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0)).map_err(crate::meta::MetaError::from)? as u64,
+            journal_pending: c
+                .db
+                .conn()
+                .query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0))
+                .map_err(crate::meta::MetaError::from)? as u64,
             restores: c
                 .db
                 .restores()?

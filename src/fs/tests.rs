@@ -38,7 +38,13 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
 }
 
 fn fast_upload() -> UploadConfig {
-    UploadConfig { concurrency: 2, part_concurrency: 1, base_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(100), bandwidth: None }
+    UploadConfig {
+        concurrency: 2,
+        part_concurrency: 1,
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        bandwidth: None,
+    }
 }
 
 impl Env {
@@ -580,7 +586,11 @@ fn class_refresh_learns_transitions_and_tags_are_sent() {
     e.rt.block_on(dd.shutdown());
     let mut c = cfg(e.dir.path());
     c.restore.class_refresh = Some(Duration::from_millis(300));
-    c.policy.rules = vec![crate::rules::ClassRule { glob: "*.tif".into(), class: "STANDARD_IA".into(), tags: [("kind".to_string(), "master copy".to_string())].into() }];
+    c.policy.rules = vec![crate::rules::ClassRule {
+        glob: "*.tif".into(),
+        class: "STANDARD_IA".into(),
+        tags: [("kind".to_string(), "master copy".to_string())].into(),
+    }];
     e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
     let (ino, key) = upload_one(&e, "a.tif", &data(1000, 31));
     let o = &e.store.snapshot()[&key];
@@ -776,9 +786,22 @@ fn rebuild_finds_uploads_whose_journal_was_lost_and_refuses_unsafe_paths() {
     let evil = b"root::0:0::/root:/bin/sh";
     let mut body = Vec::new();
     let sealed = crate::crypto::encrypt_stream(&e.keys.public, evil.len() as u64, &mut &evil[..], &mut body).unwrap();
-    let m = crate::crypto::ObjectMeta { path: "../../etc/passwd".into(), size: evil.len() as u64, mtime_ns: 0, mode: 0o644, uid: 0, gid: 0, sha256: hex::encode(sealed.sha256) };
+    let m = crate::crypto::ObjectMeta {
+        path: "../../etc/passwd".into(),
+        size: evil.len() as u64,
+        mtime_ns: 0,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        sha256: hex::encode(sealed.sha256),
+    };
     let md = vec![("cvh".to_string(), B64.encode(sealed.header.bytes)), ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&m)))];
-    e.rt.block_on(e.store.put_object("v/d/evil", body.into(), &crate::store::PutOptions { storage_class: "STANDARD".into(), metadata: md, tagging: None, if_none_match: false })).unwrap();
+    e.rt.block_on(e.store.put_object(
+        "v/d/evil",
+        body.into(),
+        &crate::store::PutOptions { storage_class: "STANDARD".into(), metadata: md, tagging: None, if_none_match: false },
+    ))
+    .unwrap();
     let tree = e.rt.block_on(crate::remote_meta::rebuild(e.store.as_ref(), &e.keys, "v/", &|_, _, _| {})).unwrap();
     assert!(tree.nodes.contains_key("kept.jpg"), "found by listing + HeadObject");
     assert_eq!(tree.nodes.len(), 1);

@@ -7,9 +7,9 @@
 use crate::fs::{Fs, FsError};
 use crate::meta::{Inode, Kind};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -105,7 +105,13 @@ pub fn attr(i: &Inode) -> FileAttr {
         kind,
         perm: i.mode as u16,
         // An unlinked file still open (parent 0) has no links left.
-        nlink: if i.parent == 0 && i.ino != 1 { 0 } else if i.kind == Kind::Dir { 2 } else { 1 },
+        nlink: if i.parent == 0 && i.ino != 1 {
+            0
+        } else if i.kind == Kind::Dir {
+            2
+        } else {
+            1
+        },
         uid: i.uid,
         gid: i.gid,
         rdev,
@@ -234,16 +240,7 @@ impl fuser::Filesystem for ColdFs {
         }
     }
 
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
         if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -377,16 +374,9 @@ impl fuser::Filesystem for ColdFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs() {
-            Ok(s) => reply.statfs(
-                s.f_blocks as u64,
-                s.f_bfree as u64,
-                s.f_bavail as u64,
-                s.f_files as u64,
-                s.f_ffree as u64,
-                s.f_bsize as u32,
-                crate::fs::MAX_NAME as u32,
-                s.f_frsize as u32,
-            ),
+            Ok(s) => {
+                reply.statfs(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_bsize as u32, crate::fs::MAX_NAME as u32, s.f_frsize as u32)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

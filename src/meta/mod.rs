@@ -265,7 +265,8 @@ fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<(Inode, i64, String)> {
 
 const INODE_COLS: &str = "ino,parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs";
 const UPLOAD_COLS: &str = "id,ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,last_error,mp_upload_id,metadata,header,sha256,tagging";
-const RESTORE_COLS: &str = "ino,object_key,state,class,tier,days,size,requested_ms,expected_ms,expiry_ms,expiry_text,last_check_ms,next_check_ms,attempts,reason,auto";
+const RESTORE_COLS: &str =
+    "ino,object_key,state,class,tier,days,size,requested_ms,expected_ms,expiry_ms,expiry_text,last_check_ms,next_check_ms,attempts,reason,auto";
 
 fn restore_from_row(r: &Row<'_>) -> rusqlite::Result<Restore> {
     let st: String = r.get(2)?;
@@ -363,11 +364,7 @@ impl Db {
     }
 
     pub fn has_children(&self, parent: u64) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM inodes WHERE parent=?1 AND ino != 1 LIMIT 1", params![parent as i64], |_| Ok(()))
-            .optional()?
-            .is_some())
+        Ok(self.conn.query_row("SELECT 1 FROM inodes WHERE parent=?1 AND ino != 1 LIMIT 1", params![parent as i64], |_| Ok(())).optional()?.is_some())
     }
 
     pub fn select_inodes(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Inode>> {
@@ -461,10 +458,7 @@ impl Db {
     }
 
     pub fn upload(&self, id: i64) -> Result<Option<Upload>> {
-        Ok(self
-            .conn
-            .query_row(&format!("SELECT {UPLOAD_COLS} FROM uploads WHERE id=?1"), params![id], upload_from_row)
-            .optional()?)
+        Ok(self.conn.query_row(&format!("SELECT {UPLOAD_COLS} FROM uploads WHERE id=?1"), params![id], upload_from_row).optional()?)
     }
 
     pub fn uploads(&self) -> Result<Vec<Upload>> {
@@ -510,10 +504,7 @@ impl Db {
     }
 
     pub fn add_part(&self, id: i64, part_no: i32, etag: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO parts(upload_id,part_no,etag) VALUES(?1,?2,?3)",
-            params![id, part_no, etag],
-        )?;
+        self.conn.execute("INSERT OR REPLACE INTO parts(upload_id,part_no,etag) VALUES(?1,?2,?3)", params![id, part_no, etag])?;
         Ok(())
     }
 
@@ -540,10 +531,7 @@ impl Db {
     // ---- restores ----
 
     pub fn restore(&self, ino: u64) -> Result<Option<Restore>> {
-        Ok(self
-            .conn
-            .query_row(&format!("SELECT {RESTORE_COLS} FROM restores WHERE ino=?1"), params![ino as i64], restore_from_row)
-            .optional()?)
+        Ok(self.conn.query_row(&format!("SELECT {RESTORE_COLS} FROM restores WHERE ino=?1"), params![ino as i64], restore_from_row).optional()?)
     }
 
     pub fn restores(&self) -> Result<Vec<Restore>> {
@@ -556,8 +544,22 @@ impl Db {
         self.conn.execute(
             &format!("INSERT OR REPLACE INTO restores({RESTORE_COLS}) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
             params![
-                r.ino as i64, r.object_key, r.state.as_str(), r.class, r.tier, r.days, r.size as i64, r.requested_ms,
-                r.expected_ms, r.expiry_ms, r.expiry_text, r.last_check_ms, r.next_check_ms, r.attempts, r.reason, r.auto as i64
+                r.ino as i64,
+                r.object_key,
+                r.state.as_str(),
+                r.class,
+                r.tier,
+                r.days,
+                r.size as i64,
+                r.requested_ms,
+                r.expected_ms,
+                r.expiry_ms,
+                r.expiry_text,
+                r.last_check_ms,
+                r.next_check_ms,
+                r.attempts,
+                r.reason,
+                r.auto as i64
             ],
         )?;
         Ok(())
@@ -621,9 +623,7 @@ impl Db {
 
     /// Highest journal sequence number ever assigned (sent or not).
     pub fn journal_max_seq(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='journal'), 0)", [], |r| r.get(0))?)
+        Ok(self.conn.query_row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='journal'), 0)", [], |r| r.get(0))?)
     }
 
     /// Object keys no live file uses any more (deleted or replaced): a rebuild must not

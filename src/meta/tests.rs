@@ -2,9 +2,26 @@ use super::*;
 
 fn file(parent: u64, name: &str) -> Inode {
     Inode {
-        ino: 0, parent, name: name.into(), kind: Kind::File, mode: 0o644, uid: 0, gid: 0, size: 0,
-        atime_ns: 0, mtime_ns: 0, ctime_ns: 0, target: None, state: State::Dirty, content_gen: 0,
-        dirty_ms: 0, object_key: None, storage_class: None, header: None, sha256: None, xattrs: None,
+        ino: 0,
+        parent,
+        name: name.into(),
+        kind: Kind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        atime_ns: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        target: None,
+        state: State::Dirty,
+        content_gen: 0,
+        dirty_ms: 0,
+        object_key: None,
+        storage_class: None,
+        header: None,
+        sha256: None,
+        xattrs: None,
     }
 }
 

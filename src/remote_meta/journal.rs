@@ -23,7 +23,12 @@ pub struct JournalConfig {
 
 impl Default for JournalConfig {
     fn default() -> Self {
-        JournalConfig { interval: Duration::from_secs(30), snapshot_every: 10_000, snapshot_max_age: Duration::from_secs(24 * 3600), write_only: false }
+        JournalConfig {
+            interval: Duration::from_secs(30),
+            snapshot_every: 10_000,
+            snapshot_max_age: Duration::from_secs(24 * 3600),
+            write_only: false,
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! * Replay (`Tree::apply`) = latest snapshot per machine + later batches in order + objects in
 //!   `P d/` that no entry mentions (uploads whose journal batch was lost), read with HeadObject
 //!   (works on archived objects too; nothing is restored).
+//!
 //! All objects use the file format of docs/FORMAT.md (sealed to the vault public key), so a
 //! write-only mount can write them and only the passphrase can read them.
 
@@ -45,12 +46,36 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         xattrs: Option<String>,
     },
-    Mkdir { path: String, mode: u32, uid: u32, gid: u32, mtime_ns: i64 },
-    Symlink { path: String, target: String, uid: u32, gid: u32, mtime_ns: i64 },
+    Mkdir {
+        path: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime_ns: i64,
+    },
+    Symlink {
+        path: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+        mtime_ns: i64,
+    },
     /// FIFO, socket or device node (`special` = `fifo:0`, `sock:0`, `chr:RDEV`, `blk:RDEV`).
-    Special { path: String, special: String, mode: u32, uid: u32, gid: u32, mtime_ns: i64 },
-    Rename { from: String, to: String },
-    Remove { path: String },
+    Special {
+        path: String,
+        special: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime_ns: i64,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Remove {
+        path: String,
+    },
     Attr {
         path: String,
         mode: u32,
@@ -151,7 +176,20 @@ pub struct Node {
 
 impl Node {
     fn dir(mode: u32, uid: u32, gid: u32, mtime_ns: i64) -> Node {
-        Node { kind: NodeKind::Dir, mode, uid, gid, mtime_ns, size: 0, key: None, class: None, sha256: None, header: None, target: None, xattrs: None }
+        Node {
+            kind: NodeKind::Dir,
+            mode,
+            uid,
+            gid,
+            mtime_ns,
+            size: 0,
+            key: None,
+            class: None,
+            sha256: None,
+            header: None,
+            target: None,
+            xattrs: None,
+        }
     }
 }
 
@@ -226,7 +264,20 @@ impl Tree {
                 let header = B64.decode(header).ok().filter(|h| h.len() == crypto::HEADER_LEN);
                 self.nodes.insert(
                     path,
-                    Node { kind: NodeKind::File, mode, uid, gid, mtime_ns, size, key: Some(key), class: Some(class), sha256: Some(sha256), header, target: None, xattrs },
+                    Node {
+                        kind: NodeKind::File,
+                        mode,
+                        uid,
+                        gid,
+                        mtime_ns,
+                        size,
+                        key: Some(key),
+                        class: Some(class),
+                        sha256: Some(sha256),
+                        header,
+                        target: None,
+                        xattrs,
+                    },
                 );
             }
             Entry::Mkdir { path, mode, uid, gid, mtime_ns } => {
@@ -300,7 +351,9 @@ impl Tree {
             .iter()
             .map(|(p, n)| match n.kind {
                 NodeKind::Dir => Entry::Mkdir { path: p.clone(), mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
-                NodeKind::Symlink => Entry::Symlink { path: p.clone(), target: n.target.clone().unwrap_or_default(), uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
+                NodeKind::Symlink => {
+                    Entry::Symlink { path: p.clone(), target: n.target.clone().unwrap_or_default(), uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns }
+                }
                 NodeKind::Special => Entry::Special {
                     path: p.clone(),
                     special: n.target.clone().unwrap_or_default(),
@@ -337,7 +390,8 @@ pub fn seal_json<T: Serialize>(keys: &VaultKeys, v: &T) -> Vec<u8> {
 
 pub fn open_json<T: for<'de> Deserialize<'de>>(keys: &VaultKeys, key: &str, body: &[u8]) -> Result<T, RemoteError> {
     let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
-    let size = crypto::plaintext_len(body.len() as u64).ok_or_else(|| RemoteError::Malformed(format!("{key}: impossible object length {}", body.len())))?;
+    let size =
+        crypto::plaintext_len(body.len() as u64).ok_or_else(|| RemoteError::Malformed(format!("{key}: impossible object length {}", body.len())))?;
     let cerr = |err| RemoteError::Crypto { what: format!("object {key}"), err };
     let h = Header::parse(body).map_err(cerr)?;
     let o = Opened::open(sk, &h).map_err(cerr)?;
@@ -403,7 +457,7 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
         .filter_map(|o| parse_seq_key(&o.key[prefix.len() + 2..]).map(|(m, a, b)| (m, a, b, o.key.clone())))
         .filter(|(m, _, b, _)| *b > covered.get(m).copied().unwrap_or(0))
         .collect();
-    batches.sort_by(|a, b| (a.0.clone(), a.1).cmp(&(b.0.clone(), b.1)));
+    batches.sort_by_key(|a| (a.0.clone(), a.1));
     let total = batches.len();
     let mut last_seq: BTreeMap<String, i64> = covered.clone();
     for (k, (m, _first, _last, key)) in batches.iter().enumerate() {

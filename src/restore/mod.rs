@@ -121,10 +121,30 @@ pub fn default_tier(class: &str, glacier: &str, deep: &str) -> String {
 
 /// Processes that open files for indexing or thumbnails: they never trigger a restore.
 pub const KNOWN_INDEXERS: &[&str] = &[
-    "tracker-miner-f", "tracker-miner", "tracker-extract", "tracker3", "baloo_file", "baloo_file_extr",
-    "baloorunner", "tumblerd", "gnome-desktop-th", "gdk-pixbuf-thum", "totem-video-thu", "evince-thumbna",
-    "ffmpegthumbnail", "kioworker", "thumbnail", "zeitgeist", "recoll", "updatedb", "plocate", "mlocate",
-    "clamd", "clamscan", "mdworker", "mds",
+    "tracker-miner-f",
+    "tracker-miner",
+    "tracker-extract",
+    "tracker3",
+    "baloo_file",
+    "baloo_file_extr",
+    "baloorunner",
+    "tumblerd",
+    "gnome-desktop-th",
+    "gdk-pixbuf-thum",
+    "totem-video-thu",
+    "evince-thumbna",
+    "ffmpegthumbnail",
+    "kioworker",
+    "thumbnail",
+    "zeitgeist",
+    "recoll",
+    "updatedb",
+    "plocate",
+    "mlocate",
+    "clamd",
+    "clamscan",
+    "mdworker",
+    "mds",
 ];
 
 /// Name of the process `pid` (its `comm`, and the base name of its executable).
@@ -163,10 +183,7 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
         return None;
     }
     let day: i64 = parts[1].parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == parts[2])? as i64
-        + 1;
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == parts[2])? as i64 + 1;
     let year: i64 = parts[3].parse().ok()?;
     let hms: Vec<i64> = parts[4].split(':').map(|x| x.parse().ok()).collect::<Option<Vec<_>>>()?;
     if hms.len() != 3 {
@@ -216,7 +233,11 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 /// One restore as the index holds it.
@@ -259,12 +280,7 @@ pub fn status_text(path: &str, r: &Restore) -> String {
     }
     match r.state {
         RState::Requesting | RState::InProgress => {
-            t.push_str(&format!(
-                "expected ready by: {} (published worst case for {} from {})\n",
-                fmt_ms(r.expected_ms),
-                r.tier,
-                r.class
-            ));
+            t.push_str(&format!("expected ready by: {} (published worst case for {} from {})\n", fmt_ms(r.expected_ms), r.tier, r.class));
             let days = r.days.map(|d| format!("{d} days after it completes")).unwrap_or_else(|| "until moved back to an archive tier".into());
             t.push_str(&format!("available until:   not yet known (the restored copy stays {days})\n"));
         }
@@ -276,7 +292,9 @@ pub fn status_text(path: &str, r: &Restore) -> String {
     let cost = cost_estimate(&r.class, &r.tier, r.size, 1);
     t.push_str(&format!("cost estimate:     ${cost:.4} retrieval (AWS list price; excludes storage of the restored copy)\n\n"));
     let advice = match r.state {
-        RState::Requesting | RState::InProgress => "The file becomes readable when S3 finishes the restore; until then opening it fails with EAGAIN (Resource temporarily unavailable).",
+        RState::Requesting | RState::InProgress => {
+            "The file becomes readable when S3 finishes the restore; until then opening it fails with EAGAIN (Resource temporarily unavailable)."
+        }
         RState::Ready => "The file reads normally now. When the restore expires it returns to its archive tier.",
         RState::Refused => "Nothing was requested. To restore it anyway: coldvault restore PATH (from outside the file's folder is fine).",
         RState::Failed => "S3 refused the restore request. Check the log and permissions (s3:RestoreObject), then: coldvault restore PATH.",

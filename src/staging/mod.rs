@@ -26,12 +26,7 @@ fn fsync_dir(p: &Path) -> io::Result<()> {
 
 impl Staging {
     pub fn open(root: &Path) -> io::Result<Staging> {
-        let s = Staging {
-            root: root.to_path_buf(),
-            spool: root.join("spool"),
-            outbox: root.join("outbox"),
-            rcache: root.join("rcache"),
-        };
+        let s = Staging { root: root.to_path_buf(), spool: root.join("spool"), outbox: root.join("outbox"), rcache: root.join("rcache") };
         for d in [&s.root, &s.spool, &s.outbox, &s.rcache] {
             fs::create_dir_all(d)?;
             // Plaintext lives here until sealed: owner-only.
@@ -155,7 +150,9 @@ impl Staging {
 
     pub fn statvfs(&self) -> io::Result<libc::statvfs> {
         let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+        // SAFETY: statvfs is a plain C struct of integers; all-zero is a valid value.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path that outlives the call; `st` is writable.
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -9,9 +9,7 @@ use super::*;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, GlacierJobParameters, RestoreRequest, StorageClass, Tier,
-};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, GlacierJobParameters, RestoreRequest, StorageClass, Tier};
 use aws_sdk_s3::Client;
 
 #[derive(Clone, Debug, Default)]
@@ -161,18 +159,23 @@ mod aws_smithy_runtime_api_http {
 }
 
 fn meta_map(m: &[(String, String)]) -> Option<HashMap<String, String>> {
-    if m.is_empty() { None } else { Some(m.iter().cloned().collect()) }
+    if m.is_empty() {
+        None
+    } else {
+        Some(m.iter().cloned().collect())
+    }
 }
 
 fn class(c: &str) -> Option<StorageClass> {
-    if c.is_empty() { None } else { Some(StorageClass::from(c)) }
+    if c.is_empty() {
+        None
+    } else {
+        Some(StorageClass::from(c))
+    }
 }
 
 async fn collect(body: ByteStream) -> Result<Bytes> {
-    body.collect()
-        .await
-        .map(|d| d.into_bytes())
-        .map_err(|e| StoreError::Retryable(format!("reading body: {e}")))
+    body.collect().await.map(|d| d.into_bytes()).map_err(|e| StoreError::Retryable(format!("reading body: {e}")))
 }
 
 /// Parses `ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`.
@@ -232,15 +235,8 @@ impl ObjectStore for S3Store {
         if end <= start {
             return Ok(Bytes::new());
         }
-        let r = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", start, end - 1))
-            .send()
-            .await
-            .map_err(classify)?;
+        let r =
+            self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={}-{}", start, end - 1)).send().await.map_err(classify)?;
         collect(r.body).await
     }
     async fn get_object(&self, key: &str) -> Result<Bytes> {
@@ -285,14 +281,7 @@ impl ObjectStore for S3Store {
                 .map_err(|e| StoreError::Permanent { code: "BadRequest".into(), message: e.to_string() })?;
             req = req.glacier_job_parameters(gp);
         }
-        self.client
-            .restore_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .restore_request(req.build())
-            .send()
-            .await
-            .map_err(classify)?;
+        self.client.restore_object().bucket(&self.bucket).key(key).restore_request(req.build()).send().await.map_err(classify)?;
         Ok(())
     }
     async fn check_bucket(&self) -> Result<()> {

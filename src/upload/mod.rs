@@ -11,9 +11,9 @@
 
 use crate::fs::Fs;
 use crate::meta::Upload;
+use crate::store::{ObjectStore, PutOptions, StoreError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use crate::store::{ObjectStore, PutOptions, StoreError};
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
@@ -76,7 +76,14 @@ enum Outcome {
 
 impl Uploader {
     pub fn new(fs: Arc<Fs>, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
-        Arc::new(Uploader { fs, cfg, inflight: Mutex::new(HashSet::new()), running: Mutex::new(Vec::new()), link_free_at: Mutex::new(tokio::time::Instant::now()), stop })
+        Arc::new(Uploader {
+            fs,
+            cfg,
+            inflight: Mutex::new(HashSet::new()),
+            running: Mutex::new(Vec::new()),
+            link_free_at: Mutex::new(tokio::time::Instant::now()),
+            stop,
+        })
     }
 
     /// Runs until `stop` turns true. Uploads in flight at stop are simply interrupted: their
@@ -161,7 +168,8 @@ impl Uploader {
 
     fn read_outbox(&self, u: &Upload, start: u64, len: u64) -> Result<Bytes, StoreError> {
         let p = self.fs.staging.outbox_path(u.ino, u.content_gen);
-        let f = std::fs::File::open(&p).map_err(|e| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) })?;
+        let f =
+            std::fs::File::open(&p).map_err(|e| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) })?;
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, start)
             .map_err(|e| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) })?;

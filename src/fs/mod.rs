@@ -260,7 +260,7 @@ impl Fs {
             if !self.staging.outbox_path(u.ino, u.content_gen).exists() {
                 tracing::error!(upload = u.id, ino = u.ino, "outbox file missing for a queued upload; dropping it");
                 let tx = c.db.begin()?;
-                Db::cancel_upload(&tx, u.id)?;
+                Self::discard_uploads(&tx, std::slice::from_ref(u))?;
                 tx.commit().map_err(crate::meta::MetaError::from)?;
                 continue;
             }
@@ -656,9 +656,7 @@ impl Fs {
     fn drop_content(&self, c: &mut Core, ino: u64) -> Result<()> {
         let ups = c.db.uploads_for_ino(ino)?;
         let tx = c.db.begin()?;
-        for u in &ups {
-            Db::cancel_upload(&tx, u.id)?;
-        }
+        Self::discard_uploads(&tx, &ups)?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &ups {
             self.staging.remove_outbox(u.ino, u.content_gen);
@@ -690,9 +688,7 @@ impl Fs {
             c.db.update(&o)?;
             let ups = c.db.uploads_for_ino(o.ino)?;
             let tx = c.db.begin()?;
-            for u in &ups {
-                Db::cancel_upload(&tx, u.id)?;
-            }
+            Self::discard_uploads(&tx, &ups)?;
             tx.commit().map_err(crate::meta::MetaError::from)?;
             return Ok(());
         }
@@ -850,9 +846,7 @@ impl Fs {
         let ups = c.db.uploads_for_ino(ino)?;
         self.staging.adopt_fetch(ino)?;
         let tx = c.db.begin()?;
-        for u in &ups {
-            Db::cancel_upload(&tx, u.id)?;
-        }
+        Self::discard_uploads(&tx, &ups)?;
         cur.state = State::Dirty;
         cur.content_gen += 1;
         cur.dirty_ms = now_ms();
@@ -1354,6 +1348,28 @@ impl Fs {
         Ok(true)
     }
 
+    /// Drop queued uploads of versions no longer wanted (rewritten, deleted). A PUT of one may
+    /// already be on the wire and land later: its key is recorded as dead locally and, when a
+    /// request may have been sent, in the journal (`discard`), so that no rebuild — even one
+    /// that has no snapshot carrying the dead-key list — adopts that object as a live file.
+    fn discard_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<()> {
+        for u in ups {
+            if u.state == "uploading" || u.attempts > 0 {
+                Self::discard_key(tx, &u.object_key)?;
+            }
+            Db::cancel_upload(tx, u.id)?;
+        }
+        Ok(())
+    }
+
+    /// Record that the object at `key` is no live file's version (journal + dead-key list).
+    fn discard_key(tx: &rusqlite::Connection, key: &str) -> Result<()> {
+        Db::add_dead_key(tx, key)?;
+        let entry = crate::remote_meta::Entry::Discard { key: key.to_string() };
+        Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
+        Ok(())
+    }
+
     /// A fresh object key for one file version: 128 random bits, never derived from the path,
     /// so no upload (a stale retry, a rewrite, a second machine, a write-only mount on an empty
     /// index) can land on another version's object (docs/FORMAT.md, section 1).
@@ -1564,10 +1580,10 @@ impl Fs {
             } else {
                 // A version superseded while it was uploading: its object is in the bucket but
                 // no file uses it.
-                Db::add_dead_key(&tx, &u.object_key)?;
+                Self::discard_key(&tx, &u.object_key)?;
             }
         } else {
-            Db::add_dead_key(&tx, &u.object_key)?;
+            Self::discard_key(&tx, &u.object_key)?;
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
         // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.

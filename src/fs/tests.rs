@@ -676,6 +676,13 @@ fn stale_upload_landing_last_never_replaces_the_newer_version() {
     assert!(got == v2, "the rebuilt file holds the newer version");
     assert_eq!(f2.readdir(ROOT).unwrap().len(), 1, "the stale object is not adopted as another file");
     e.rt.block_on(d2.shutdown());
+    // Once the file is deleted, the stale version's object (still in the bucket, never
+    // journaled as an upload) must not come back as the deleted file.
+    fs.unlink(ROOT, OsStr::new("f.bin")).unwrap();
+    flush_journal(&e);
+    let (_dir3, d3) = fresh_machine(&e);
+    assert!(d3.fs.resolve("f.bin").is_err(), "a deleted file came back from a stale object");
+    e.rt.block_on(d3.shutdown());
 }
 
 /// A conditional write that finds an object at the key never overwrites it: our own earlier

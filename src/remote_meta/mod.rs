@@ -76,6 +76,11 @@ pub enum Entry {
     Remove {
         path: String,
     },
+    /// The object at `key` is no file's live version (a version rewritten or deleted while its
+    /// upload was on the wire, which may land after this record): never adopt it.
+    Discard {
+        key: String,
+    },
     Attr {
         path: String,
         mode: u32,
@@ -244,9 +249,10 @@ impl Tree {
                 | Entry::Remove { path }
                 | Entry::Attr { path, .. } => vec![path.clone()],
                 Entry::Rename { from, to } => vec![from.clone(), to.clone()],
+                Entry::Discard { .. } => vec![],
             }
         };
-        if let Entry::Upload { key, .. } = e {
+        if let Entry::Upload { key, .. } | Entry::Discard { key } = e {
             self.mentioned.insert(key.clone());
         }
         for p in path_of(e) {
@@ -331,6 +337,7 @@ impl Tree {
                 }
             }
             Entry::Remove { path } => self.remove_subtree(&path),
+            Entry::Discard { .. } => {}
             Entry::Attr { path, mode, uid, gid, mtime_ns, xattrs } => {
                 if let Some(n) = self.nodes.get_mut(&path) {
                     n.mode = mode;

@@ -1868,6 +1868,22 @@ impl Fs {
         Ok((since, last))
     }
 
+    /// What a snapshot taken now reflects of every machine's journal: this machine's records up
+    /// to `covers_seq`, other machines' as far as this index imported them.
+    pub fn snapshot_seen(&self, machine: &str, covers_seq: i64) -> Result<std::collections::BTreeMap<String, i64>> {
+        let c = self.core();
+        let mut seen: std::collections::BTreeMap<String, i64> =
+            c.db.setting("imported_seen")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+        seen.insert(machine.to_string(), covers_seq);
+        Ok(seen)
+    }
+
+    /// Now, for stamping bucket metadata: never before what this index imported.
+    pub fn clock_ms(&self) -> Result<i64> {
+        let floor = self.core().db.setting("clock_floor_ms")?.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        Ok(now_ms().max(floor + 1))
+    }
+
     pub fn snapshot_taken(&self, _covers_seq: i64) -> Result<()> {
         let c = self.core();
         c.db.set_setting("since_snapshot", "0")?;
@@ -1979,6 +1995,13 @@ impl Fs {
             Db::add_dead_key(&tx, k)?;
         }
         tx.execute("INSERT OR REPLACE INTO settings(key,value) VALUES('initialized','1')", []).map_err(crate::meta::MetaError::from)?;
+        // What this index was built from: its snapshots say so (so a later rebuild replays only
+        // what came after), and its own changes are stamped after all of it.
+        tx.execute(
+            "INSERT OR REPLACE INTO settings(key,value) VALUES('imported_seen',?1),('clock_floor_ms',?2)",
+            rusqlite::params![serde_json::to_string(&t.seen).expect("json"), t.max_ts.to_string()],
+        )
+        .map_err(crate::meta::MetaError::from)?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         Ok((d, f, l))
     }

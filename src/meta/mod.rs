@@ -605,8 +605,14 @@ impl Db {
 
     // ---- journal of namespace changes (uploaded to the bucket in batches) ----
 
+    /// Append a journal record stamped `ts_ms`, raised above the clock floor (the newest
+    /// time this index imported from the bucket), so that changes made after a rebuild sort
+    /// after everything they were built on, even when this machine's clock is behind.
     pub fn journal_append(conn: &Connection, ts_ms: i64, entry_json: &str) -> Result<()> {
-        conn.execute("INSERT INTO journal(ts_ms, entry) VALUES(?1, ?2)", params![ts_ms, entry_json])?;
+        conn.execute(
+            "INSERT INTO journal(ts_ms, entry) VALUES(max(?1, coalesce((SELECT CAST(value AS INTEGER) FROM settings WHERE key='clock_floor_ms'), 0) + 1), ?2)",
+            params![ts_ms, entry_json],
+        )?;
         Ok(())
     }
 

@@ -71,7 +71,9 @@ pub async fn flush(fs: &Arc<Fs>, cfg: &JournalConfig) -> Result<usize, String> {
     if since > 0 && (since >= cfg.snapshot_every || now_ms() - last_ms >= cfg.snapshot_max_age.as_millis() as i64) {
         let (tree, covers_seq) = fs.export_tree().map_err(|e| e.to_string())?;
         let dead_keys = fs.dead_keys().map_err(|e| e.to_string())?;
-        let s = Snapshot { machine: machine.clone(), covers_seq, ts_ms: now_ms(), entries: tree.to_entries(), dead_keys };
+        let seen = fs.snapshot_seen(&machine, covers_seq).map_err(|e| e.to_string())?;
+        let ts_ms = fs.clock_ms().map_err(|e| e.to_string())?;
+        let s = Snapshot { machine: machine.clone(), covers_seq, ts_ms, entries: tree.to_entries(), dead_keys, seen };
         let key = put_snapshot(fs.store.as_ref(), &fs.keys, &fs.cfg.prefix, &s).await.map_err(|e| e.to_string())?;
         fs.snapshot_taken(covers_seq).map_err(|e| e.to_string())?;
         fs.meta_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

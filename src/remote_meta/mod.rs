@@ -116,6 +116,21 @@ pub struct Snapshot {
     /// Keys of objects no live file uses (deleted or replaced files): never resurrected.
     #[serde(default)]
     pub dead_keys: Vec<String>,
+    /// For every machine whose journal this snapshot reflects, the highest sequence number it
+    /// reflects (its own: `covers_seq`; others': what its index imported when it was rebuilt).
+    /// Empty in snapshots of earlier builds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seen: BTreeMap<String, i64>,
+}
+
+impl Snapshot {
+    /// What this snapshot reflects of each machine's journal.
+    pub fn reflects(&self) -> BTreeMap<String, i64> {
+        let mut s = self.seen.clone();
+        let own = s.entry(self.machine.clone()).or_insert(0);
+        *own = (*own).max(self.covers_seq);
+        s
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +221,10 @@ pub struct Tree {
     pub mentioned: HashSet<String>,
     /// Entries refused (unsafe paths), with the reason.
     pub refused: Vec<String>,
+    /// Per machine, the highest journal sequence number this tree reflects.
+    pub seen: BTreeMap<String, i64>,
+    /// The newest record or snapshot time replayed (the importing machine's clock floor).
+    pub max_ts: i64,
 }
 
 impl Tree {
@@ -446,18 +465,47 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
             }
         }
     }
+    let mut loaded: Vec<Snapshot> = Vec::new();
+    for (_, key) in latest.values() {
+        progress("snapshot", loaded.len() + 1, latest.len());
+        let body = match store.get_object(key).await {
+            Ok(b) => b,
+            Err(StoreError::Retryable(e)) => return Err(StoreError::Retryable(e).into()),
+            Err(e) => {
+                tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it"));
+                continue;
+            }
+        };
+        match open_json::<Snapshot>(keys, key, &body) {
+            Ok(s) => loaded.push(s),
+            Err(RemoteError::WriteOnly) => return Err(RemoteError::WriteOnly),
+            Err(e) => tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it")),
+        }
+    }
+    // The base: the newest snapshot that records what it saw of every machine — the state of
+    // the vault as of that moment; every machine's later records are replayed on top. Vaults
+    // whose snapshots predate `seen` start from all of them, each covering its own journal.
+    loaded.sort_by_key(|s| (s.ts_ms, s.machine.clone()));
+    let base: Vec<&Snapshot> = match loaded.iter().rev().find(|s| !s.seen.is_empty()) {
+        Some(b) => vec![b],
+        None => loaded.iter().collect(),
+    };
     let mut covered: BTreeMap<String, i64> = BTreeMap::new();
-    for (m, (seq, key)) in &latest {
-        progress("snapshot", 0, 1);
-        let body = store.get_object(key).await?;
-        let s: Snapshot = open_json(keys, key, &body)?;
+    for s in &base {
         for e in &s.entries {
             tree.apply(e);
         }
-        tree.mentioned.extend(s.dead_keys.iter().cloned());
-        covered.insert(m.clone(), *seq);
+        for (m, q) in s.reflects() {
+            let c = covered.entry(m).or_insert(0);
+            *c = (*c).max(q);
+        }
+        tree.max_ts = tree.max_ts.max(s.ts_ms);
     }
-    // Journal batches after each machine's snapshot, in order; machines one after another.
+    for s in &loaded {
+        // Dead keys stay dead whichever snapshot said so (keys are never reused).
+        tree.mentioned.extend(s.dead_keys.iter().cloned());
+    }
+    // Every machine's journal after what the base covers.
     let jl = store.list(&format!("{prefix}j/")).await?;
     let mut batches: Vec<(String, i64, i64, String)> = jl
         .iter()
@@ -466,17 +514,53 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
         .collect();
     batches.sort_by_key(|a| (a.0.clone(), a.1));
     let total = batches.len();
-    let mut last_seq: BTreeMap<String, i64> = covered.clone();
-    for (k, (m, _first, _last, key)) in batches.iter().enumerate() {
+    let mut streams: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for (k, (m, first, last, key)) in batches.iter().enumerate() {
         progress("journal", k + 1, total);
-        let body = store.get_object(key).await?;
-        let b: Batch = open_json(keys, key, &body)?;
-        let done = last_seq.get(m).copied().unwrap_or(0);
-        for r in b.records.iter().filter(|r| r.seq > done) {
-            tree.apply(&r.entry);
+        let recs = streams.entry(m.clone()).or_default();
+        let next = recs.last().map(|r| r.seq).unwrap_or_else(|| covered.get(m).copied().unwrap_or(0)) + 1;
+        if *first > next {
+            tree.refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
         }
-        if let Some(r) = b.records.last() {
-            last_seq.insert(m.clone(), r.seq.max(done));
+        let body = match store.get_object(key).await {
+            Ok(b) => b,
+            Err(StoreError::Retryable(e)) => return Err(StoreError::Retryable(e).into()),
+            Err(e) => {
+                tree.refused.push(format!("journal batch {key} (records {first}..{last}) cannot be read ({e}); its changes are not in this tree"));
+                continue;
+            }
+        };
+        let b: Batch = match open_json(keys, key, &body) {
+            Ok(b) => b,
+            Err(RemoteError::WriteOnly) => return Err(RemoteError::WriteOnly),
+            Err(e) => {
+                tree.refused.push(format!("journal batch {key} (records {first}..{last}) cannot be read ({e}); its changes are not in this tree"));
+                continue;
+            }
+        };
+        if b.machine != *m || b.records.iter().any(|r| r.seq < *first || r.seq > *last) {
+            tree.refused
+                .push(format!("journal batch {key} does not match its key (machine {:?}, records outside {first}..{last}); ignored", b.machine));
+            continue;
+        }
+        let done = recs.last().map(|r| r.seq).unwrap_or_else(|| covered.get(m).copied().unwrap_or(0));
+        recs.extend(b.records.into_iter().filter(|r| r.seq > done));
+    }
+    // Merge the machines' streams by time (ties by machine id), each stream in its own order:
+    // a change made after a rebuild is stamped after everything that rebuild saw (the clock
+    // floor), so a dead machine's older records never land on top of newer state.
+    let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(i64, String, usize)>> =
+        streams.iter().filter(|(_, v)| !v.is_empty()).map(|(m, v)| std::cmp::Reverse((v[0].ts_ms, m.clone(), 0))).collect();
+    tree.seen = covered;
+    while let Some(std::cmp::Reverse((_, m, i))) = heads.pop() {
+        let recs = &streams[&m];
+        let r = &recs[i];
+        tree.apply(&r.entry);
+        tree.max_ts = tree.max_ts.max(r.ts_ms);
+        let s = tree.seen.entry(m.clone()).or_insert(0);
+        *s = (*s).max(r.seq);
+        if let Some(n) = recs.get(i + 1) {
+            heads.push(std::cmp::Reverse((n.ts_ms, m, i + 1)));
         }
     }
     // Data objects: classes from the listing; objects nothing mentions are read with HEAD.
@@ -546,15 +630,16 @@ pub async fn put_snapshot(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &st
 }
 
 /// Delete this machine's journal batches and snapshots that `covers_seq` makes redundant.
+/// Remove this machine's snapshots older than the one covering `covers_seq`. Journal batches
+/// are kept: another machine's later snapshot may have seen less of this journal than this
+/// snapshot covers, and replay on top of that snapshot needs the records in between.
 pub async fn compact(store: &dyn ObjectStore, prefix: &str, machine: &str, covers_seq: i64) -> Result<usize, StoreError> {
     let mut n = 0;
-    for (dir, keep_latest) in [("j", false), ("s", true)] {
-        for o in store.list(&format!("{prefix}{dir}/{machine}/")).await? {
-            if let Some((_, _, last)) = parse_seq_key(&o.key[prefix.len() + 2..]) {
-                if last < covers_seq || (!keep_latest && last <= covers_seq) {
-                    store.delete_object(&o.key).await?;
-                    n += 1;
-                }
+    for o in store.list(&format!("{prefix}s/{machine}/")).await? {
+        if let Some((_, _, last)) = parse_seq_key(&o.key[prefix.len() + 2..]) {
+            if last < covers_seq {
+                store.delete_object(&o.key).await?;
+                n += 1;
             }
         }
     }

@@ -76,7 +76,8 @@ def test_rebuild_500_files_with_renames_deletions_and_deep_archive(servers, vaul
     fresh_cache(v, "cache-new-machine")
     v.mount(*args)
     meta_objects = len(s.objects(v.bucket, v.prefix + "j/")) + len(s.objects(v.bucket, v.prefix + "s/"))
-    assert v.status()["requests"].get("GetObject", 0) == meta_objects, "the rebuild read only journal and snapshot objects"
+    gets = v.status()["requests"].get("GetObject", 0)
+    assert 0 < gets <= meta_objects, f"the rebuild read only journal and snapshot objects ({gets} GETs, {meta_objects} such objects)"
     got = snapshot_tree(v.mnt)
     assert sorted(got) == sorted(want), set(got) ^ set(want)
     for k in want:

@@ -104,3 +104,51 @@ def test_overwrite_of_a_deep_archive_file_needs_no_restore(servers, vault_factor
     assert os.stat(photo).st_size == 500_000
     assert requests(v, "RestoreObject") == 0, f"the overwrite itself asked for no restore ({restores_after_partial} before remount)"
     v.unmount()
+
+
+def test_recovery_after_recovery_on_a_real_mount(servers, vault_factory, tmp_path):
+    """Regression (the issue's table): write, rename, flush; lose the cache and remount; rewrite
+    f1, rm f2, mv f5 h1, create n1, flush; lose the cache again: f1 gave EIO, f2 came back and f5
+    was there under both names. Three recoveries in a row must each give the live tree."""
+    v = vault_factory(servers("s3s-fs"))
+    v.mount()
+    content = {}
+    for n in range(1, 6):
+        content[f"f{n}"] = os.urandom(100_000 + n)
+        (v.mnt / f"f{n}").write_bytes(content[f"f{n}"])
+    v.flush()
+    os.rename(v.mnt / "f3", v.mnt / "g3")
+    content["g3"] = content.pop("f3")
+    v.flush()
+
+    def lose_cache_and_remount(name):
+        v.unmount()
+        v.cache = v.tmp / name
+        v.mount()
+
+    def check(label):
+        assert sorted(os.listdir(v.mnt)) == sorted(content), label
+        for n, d in content.items():
+            assert (v.mnt / n).read_bytes() == d, f"{label}: {n}"
+
+    lose_cache_and_remount("cache-b")
+    check("first recovery")
+    content["f1"] = os.urandom(70_000)
+    (v.mnt / "f1").write_bytes(content["f1"])
+    os.unlink(v.mnt / "f2")
+    del content["f2"]
+    os.rename(v.mnt / "f5", v.mnt / "h1")
+    content["h1"] = content.pop("f5")
+    content["n1"] = os.urandom(5_000)
+    (v.mnt / "n1").write_bytes(content["n1"])
+    v.flush()
+    lose_cache_and_remount("cache-c")
+    check("second recovery")
+    os.unlink(v.mnt / "h1")
+    del content["h1"]
+    content["f2"] = os.urandom(9_000)
+    (v.mnt / "f2").write_bytes(content["f2"])
+    v.flush()
+    lose_cache_and_remount("cache-d")
+    check("third recovery")
+    v.unmount()

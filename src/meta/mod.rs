@@ -178,7 +178,10 @@ CREATE TABLE IF NOT EXISTS inodes(
 );
 CREATE UNIQUE INDEX IF NOT EXISTS inodes_dirent ON inodes(parent, name) WHERE ino != 1;
 CREATE INDEX IF NOT EXISTS inodes_parent_kind ON inodes(parent, kind);
-CREATE INDEX IF NOT EXISTS inodes_state ON inodes(state) WHERE state IN ('dirty','sealed','uploading','failed','local');
+-- (A partial index over an IN list was never used: SQLite cannot tell that state='dirty'
+-- implies it. Replaced by a plain index.)
+DROP INDEX IF EXISTS inodes_state;
+CREATE INDEX IF NOT EXISTS inodes_by_state ON inodes(state);
 CREATE TABLE IF NOT EXISTS uploads(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ino INTEGER NOT NULL,
@@ -198,6 +201,11 @@ CREATE TABLE IF NOT EXISTS uploads(
   sha256 TEXT NOT NULL,
   tagging TEXT
 );
+-- Every lookup the upload path makes per file is indexed: no per-seal or per-completion scan
+-- that grows with the vault (uploads by inode, due uploads, inodes by object key).
+CREATE INDEX IF NOT EXISTS uploads_ino ON uploads(ino);
+CREATE INDEX IF NOT EXISTS uploads_due ON uploads(next_try_ms, id) WHERE state IN ('queued','uploading');
+CREATE INDEX IF NOT EXISTS inodes_object_key ON inodes(object_key) WHERE object_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS restores(
   ino INTEGER PRIMARY KEY,
   object_key TEXT NOT NULL,

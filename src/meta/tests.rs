@@ -51,3 +51,24 @@ fn inode_numbers_are_never_reused_and_survive_reopen() {
     assert_eq!(db.path_of(c.ino).unwrap(), "c");
     assert!(db.insert(&file(ROOT, "a")).is_err(), "duplicate directory entry refused");
 }
+
+/// Regression (ingest was O(N²)): the per-file lookups of the upload path use indexes, never a
+/// scan of every inode or upload.
+#[test]
+fn upload_path_queries_use_indexes() {
+    let d = tempfile::tempdir().unwrap();
+    let db = Db::open(&d.path().join("i.db"), 0, 0, 0).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut st = db.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        st.query_map([], |r| r.get::<_, String>(3)).unwrap().map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    };
+    for (sql, index) in [
+        ("SELECT id FROM uploads WHERE ino=1", "uploads_ino"),
+        ("SELECT id FROM uploads WHERE state IN ('queued','uploading') AND next_try_ms <= 5 ORDER BY next_try_ms, id LIMIT 8", "uploads_due"),
+        ("UPDATE inodes SET storage_class='GLACIER' WHERE object_key='k' AND state='uploaded'", "inodes_object_key"),
+        ("SELECT ino FROM inodes WHERE state='dirty' AND parent != 0", "inodes_by_state"),
+    ] {
+        let p = plan(sql);
+        assert!(p.contains(index) && !p.contains("SCAN"), "{sql}: {p}");
+    }
+}

@@ -1095,3 +1095,22 @@ fn two_live_machines_with_snapshots_rebuild_to_both_trees() {
     }
     e.rt.block_on(b.shutdown());
 }
+
+/// Regression: ExpiredToken parked the upload as a permanent failure. Expired credentials are
+/// retried (with the longest backoff), shown in `status` while they last, and the file uploads
+/// once they are renewed.
+#[test]
+fn expired_credentials_are_retried_and_shown_in_status() {
+    let e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Credentials("ExpiredToken: The provided token has expired.".into()));
+    let ino = e.write_file(ROOT, "a.jpg", b"hello");
+    let fs = e.fs();
+    fs.seal_ready(true).unwrap();
+    wait_for("the failure in status", || fs.status().unwrap().failures.iter().any(|f| f.error.contains("ExpiredToken")));
+    let s = fs.status().unwrap();
+    assert_eq!(s.failed_files, 0, "not parked: {s:?}");
+    assert!(s.failures[0].error.contains("credentials"), "{s:?}");
+    e.store.clear_faults(); // renewed credentials
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.read_all(ino).unwrap(), b"hello");
+}

@@ -20,6 +20,10 @@ pub enum StoreError {
     /// 5xx, SlowDown, timeouts, connection resets: retried forever with capped backoff.
     #[error("transient S3 error: {0}")]
     Retryable(String),
+    /// The credentials expired or were refused as stale (ExpiredToken, RequestExpired, …):
+    /// retried with the longest backoff until renewed credentials work; shown in `status`.
+    #[error("S3 credentials expired or not yet valid ({0}); retrying until renewed credentials work")]
+    Credentials(String),
     #[error("no such object")]
     NotFound,
     /// GET of an object in an archive tier that is not restored (InvalidObjectState).
@@ -42,7 +46,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Retryable(_))
+        matches!(self, StoreError::Retryable(_) | StoreError::Credentials(_))
     }
 }
 

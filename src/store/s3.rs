@@ -47,7 +47,15 @@ impl S3Store {
             loader = loader.region(Region::new("us-east-1"));
         }
         let sdk = loader.load().await;
+        // No request may hang forever: connecting, waiting for response bytes, and a whole
+        // attempt (a part of up to 64 MiB at >= 75 KB/s) are bounded; a timeout is retried.
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .operation_attempt_timeout(std::time::Duration::from_secs(15 * 60))
+            .build();
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+            .timeout_config(timeouts)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(e) = endpoint {
@@ -137,6 +145,13 @@ where
                 "SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable" | "RequestTimeTooSkewed" => {
                     StoreError::Retryable(format!("{code} (HTTP {status}) {message}"))
                 }
+                // The body arrived short or damaged on the way: sending it again helps.
+                "IncompleteBody" | "BadDigest" | "XAmzContentSHA256Mismatch" => StoreError::Retryable(format!("{code} (HTTP {status}) {message}")),
+                "ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired" | "RequestExpired" => {
+                    StoreError::Credentials(format!("{code}: {message}"))
+                }
+                // CompleteMultipartUpload naming a part S3 no longer has: start the upload over.
+                "InvalidPart" | "InvalidPartOrder" => StoreError::NoSuchUpload,
                 _ if status >= 500 || status == 429 => StoreError::Retryable(format!("HTTP {status} {code} {message}")),
                 "" if status == 404 => StoreError::NotFound,
                 "" if status == 403 => StoreError::Permanent { code: "AccessDenied".into(), message: "HTTP 403".into() },

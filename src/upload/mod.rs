@@ -152,7 +152,8 @@ impl Uploader {
             }
             Ok(Outcome::Cancelled) => Ok(()),
             Err(e) if e.is_retryable() => {
-                let d = backoff(&self.cfg, u.attempts);
+                // Expired credentials are not renewed by hammering: wait the longest backoff.
+                let d = if matches!(e, StoreError::Credentials(_)) { self.cfg.max_backoff } else { backoff(&self.cfg, u.attempts) };
                 tracing::warn!(upload = u.id, attempt = u.attempts + 1, retry_in_ms = d.as_millis() as u64, error = %e, "upload failed; will retry");
                 self.fs.upload_retry(&u, &e, d)
             }

@@ -1389,20 +1389,31 @@ impl Fs {
             (i, path)
         };
         let spool = self.staging.open_spool(ino)?;
-        if spool.metadata()?.len() != i.size {
-            spool.set_len(i.size)?;
-        }
         let tmp = self.staging.outbox_tmp(ino, gen);
-        let sealed = {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-            let mut input = std::io::BufReader::with_capacity(1 << 20, &spool);
+        // The spool is only read, never cut to size: a writer that opened it since the check
+        // above may be appending (the seal then aborts below and the spool must be intact).
+        // Exactly `i.size` bytes are sealed; a spool shorter than that (a hole at the end)
+        // reads as zeros.
+        let encrypt = || -> Result<crypto::Sealed> {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, self.staging.create_outbox_tmp(&tmp)?);
+            let input = std::io::BufReader::with_capacity(1 << 20, &spool);
+            let mut input = std::io::Read::take(std::io::Read::chain(std::io::Read::take(input, i.size), std::io::repeat(0)), i.size);
             let s = crypto::encrypt_stream(&self.keys.public, i.size, &mut input, &mut out).map_err(|e| match e {
                 crypto::CryptoError::Io(io) => FsError::Io(io),
                 other => FsError::Crypto(other),
             })?;
             let f = out.into_inner().map_err(|e| FsError::Io(e.into_error()))?;
             f.sync_all()?;
-            s
+            Ok(s)
+        };
+        let sealed = match encrypt() {
+            Ok(s) => s,
+            Err(e) => {
+                // Never leave a partial outbox file behind (a full disk retried every 250 ms
+                // left hundreds of them).
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
         };
         let meta = ObjectMeta {
             path: path.clone(),

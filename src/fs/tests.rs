@@ -1114,3 +1114,24 @@ fn expired_credentials_are_retried_and_shown_in_status() {
     e.wait_state(ino, State::Uploaded);
     assert_eq!(e.read_all(ino).unwrap(), b"hello");
 }
+
+/// Regression: a seal that failed (a full staging disk) left its `*.tmp` outbox file behind,
+/// one more every 250 ms. A failed seal removes it; the plaintext stays staged and the next
+/// attempt seals.
+#[test]
+fn a_failed_seal_leaves_no_temp_file() {
+    let e = Env::new();
+    let d = data(200_000, 3);
+    let ino = e.write_file(ROOT, "a.jpg", &d);
+    let fs = e.fs();
+    // The sealed copy's writes fail as on a full disk (ENOSPC).
+    fs.staging.full_disk_once.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(fs.seal_ready(true).unwrap(), 0, "the seal failed");
+    let outbox = fs.staging.root().join("outbox");
+    let left: Vec<_> = std::fs::read_dir(outbox).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(fs.state_of(ino).unwrap().unwrap().1, State::Dirty, "still staged");
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.read_all(ino).unwrap(), d);
+}

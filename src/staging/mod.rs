@@ -18,6 +18,9 @@ pub struct Staging {
     spool: PathBuf,
     outbox: PathBuf,
     rcache: PathBuf,
+    /// Tests: the next outbox file's writes fail with ENOSPC, as on a full disk.
+    #[cfg(test)]
+    pub full_disk_once: std::sync::atomic::AtomicBool,
 }
 
 fn fsync_dir(p: &Path) -> io::Result<()> {
@@ -26,7 +29,14 @@ fn fsync_dir(p: &Path) -> io::Result<()> {
 
 impl Staging {
     pub fn open(root: &Path) -> io::Result<Staging> {
-        let s = Staging { root: root.to_path_buf(), spool: root.join("spool"), outbox: root.join("outbox"), rcache: root.join("rcache") };
+        let s = Staging {
+            root: root.to_path_buf(),
+            spool: root.join("spool"),
+            outbox: root.join("outbox"),
+            rcache: root.join("rcache"),
+            #[cfg(test)]
+            full_disk_once: false.into(),
+        };
         for d in [&s.root, &s.spool, &s.outbox, &s.rcache] {
             fs::create_dir_all(d)?;
             // Plaintext lives here until sealed: owner-only.
@@ -75,6 +85,16 @@ impl Staging {
     /// A fresh temporary name: never shared by two writers.
     pub fn outbox_tmp(&self, ino: u64, gen: i64) -> PathBuf {
         self.outbox.join(format!("{ino}.{gen}.{}.tmp", hex::encode(rand::random::<[u8; 6]>())))
+    }
+
+    /// Create the temporary outbox file at `tmp` (from `outbox_tmp`) for writing.
+    pub fn create_outbox_tmp(&self, tmp: &Path) -> io::Result<File> {
+        let f = File::create(tmp)?;
+        #[cfg(test)]
+        if self.full_disk_once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return File::options().write(true).open("/dev/full");
+        }
+        Ok(f)
     }
 
     /// Atomically publish a fully written and fsynced outbox file.

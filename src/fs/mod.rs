@@ -120,8 +120,20 @@ struct OpenFile {
     mtime_ns: i64,
     /// Changed by writes and truncates (committed with the data; a close alone changes nothing).
     ctime_ns: i64,
-    /// Written since the last commit to the index.
-    modified: bool,
+    /// Writes and truncates through this file so far, and how many of them are durable
+    /// (spool fsynced and index committed). A close or fsync makes durable what came before
+    /// it; a write racing with it stays pending for the next one.
+    changes: u64,
+    committed: u64,
+}
+
+impl OpenFile {
+    fn touch(&mut self) {
+        self.changes += 1;
+    }
+    fn pending(&self) -> bool {
+        self.changes != self.committed
+    }
 }
 
 struct Handle {
@@ -173,6 +185,10 @@ pub struct Fs {
     /// One sealer at a time: the sealer thread and `flush` must never encrypt the same file
     /// concurrently (they would write one outbox file with two data keys).
     seal_lock: Mutex<()>,
+    /// Tests: runs once inside the next `persist`, between choosing what to make durable and
+    /// the fsync (where a concurrent write can land).
+    #[cfg(test)]
+    persist_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// File versions that reached S3 since mount (status; tests check "uploaded once").
     pub data_uploads: std::sync::atomic::AtomicU64,
     /// Journal batches and snapshots uploaded since mount.
@@ -214,6 +230,8 @@ impl Fs {
             journal_wakeup: tokio::sync::Notify::new(),
             journal_lock: tokio::sync::Mutex::new(()),
             seal_lock: Mutex::new(()),
+            #[cfg(test)]
+            persist_hook: Mutex::new(None),
             data_uploads: Default::default(),
             meta_uploads: Default::default(),
             uid,
@@ -498,8 +516,12 @@ impl Fs {
                     o.size = size;
                     o.mtime_ns = now_ns();
                     o.ctime_ns = o.mtime_ns;
-                    o.modified = true;
-                    return Ok(());
+                    o.touch();
+                    let writers = o.writers;
+                    drop(c);
+                    // With a writer open, its close commits this; with only readers (or
+                    // `truncate` by path while someone reads), nobody else would.
+                    return if writers == 0 { self.persist(ino) } else { Ok(()) };
                 }
             }
             if i.state.has_spool() {
@@ -800,7 +822,16 @@ impl Fs {
         Self::touch_dir(&c, parent)?;
         c.open.insert(
             i.ino,
-            OpenFile { handles: 1, writers: 1, spool: Some(Arc::new(spool)), size: 0, mtime_ns: i.mtime_ns, ctime_ns: i.ctime_ns, modified: true },
+            OpenFile {
+                handles: 1,
+                writers: 1,
+                spool: Some(Arc::new(spool)),
+                size: 0,
+                mtime_ns: i.mtime_ns,
+                ctime_ns: i.ctime_ns,
+                changes: 1,
+                committed: 0,
+            },
         );
         let fh = Self::alloc_handle(&mut c, i.ino, true);
         Ok((i, fh))
@@ -925,7 +956,7 @@ impl Fs {
             sp.set_len(0)?;
             if let Some(o) = c.open.get_mut(&ino) {
                 o.size = 0;
-                o.modified = true;
+                o.touch();
             } else {
                 let mut i = i.clone();
                 i.size = 0;
@@ -951,7 +982,8 @@ impl Fs {
             size: i.size,
             mtime_ns: i.mtime_ns,
             ctime_ns: i.ctime_ns,
-            modified: false,
+            changes: 0,
+            committed: 0,
         });
         if o.spool.is_none() {
             if let Some(s) = spool {
@@ -970,23 +1002,25 @@ impl Fs {
 
     /// Make what was written through this file durable (spool fsync + index commit).
     fn persist(&self, ino: u64) -> Result<()> {
-        let spool = {
+        let (spool, target) = {
             let c = self.core();
             match c.open.get(&ino) {
-                Some(o) if o.modified => o.spool.clone(),
+                Some(o) if o.pending() => (o.spool.clone(), o.changes),
                 _ => return Ok(()),
             }
         };
+        #[cfg(test)]
+        if let Some(hook) = self.persist_hook.lock().unwrap().take() {
+            hook();
+        }
         if let Some(sp) = spool {
             sp.sync_all()?;
             self.staging.sync_dirs()?;
         }
         let mut c = self.core();
-        let (size, mtime, ctime) = match c.open.get_mut(&ino) {
-            Some(o) if o.modified => {
-                o.modified = false;
-                (o.size, o.mtime_ns, o.ctime_ns)
-            }
+        let (size, mtime, ctime) = match c.open.get(&ino) {
+            // Another close made at least these changes durable meanwhile.
+            Some(o) if o.committed < target => (o.size, o.mtime_ns, o.ctime_ns),
             _ => return Ok(()),
         };
         if let Some(mut i) = c.db.get(ino)? {
@@ -997,6 +1031,10 @@ impl Fs {
             i.content_gen += 1;
             i.dirty_ms = now_ms();
             c.db.update(&i)?;
+        }
+        // Only now, after the fsync and the commit, are the changes up to `target` durable.
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.committed = o.committed.max(target);
         }
         Ok(())
     }
@@ -1061,7 +1099,7 @@ impl Fs {
             o.size = o.size.max(offset + data.len() as u64);
             o.mtime_ns = now_ns();
             o.ctime_ns = o.mtime_ns;
-            o.modified = true;
+            o.touch();
         }
         Ok(data.len())
     }

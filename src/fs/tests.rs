@@ -1135,3 +1135,42 @@ fn a_failed_seal_leaves_no_temp_file() {
     e.wait_state(ino, State::Uploaded);
     assert_eq!(e.read_all(ino).unwrap(), d);
 }
+
+/// Regression: a truncate while only read handles were open was never committed: the index
+/// kept the old size, and the sealed version was the short spool padded back with zeros.
+#[test]
+fn truncate_with_only_readers_open_is_committed() {
+    let e = Env::new();
+    let ino = e.write_file(ROOT, "t.txt", b"0123456789");
+    let fs = e.fs();
+    let (fh, _) = fs.open(ino, false, false, 0).unwrap();
+    fs.setattr(ino, None, None, None, Some(3), None, None).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(fs.getattr(ino).unwrap().size, 3);
+    fs.seal_ready(true).unwrap();
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.read_all(ino).unwrap(), b"012");
+}
+
+/// Regression: `persist` marked the file clean after its fsync, so a write that landed between
+/// choosing what to sync and the fsync was acknowledged by the next `fsync` without ever being
+/// synced. Such a write stays pending until an fsync or close that comes after it.
+#[test]
+fn a_write_racing_a_close_stays_pending_for_the_next_fsync() {
+    let e = Env::new();
+    let fs = e.fs();
+    let (i, h1) = fs.create(ROOT, OsStr::new("r.bin"), 0o644, 0, 0).unwrap();
+    fs.write(h1, 0, b"first").unwrap();
+    let h2 = fs.open(i.ino, true, false, 0).unwrap().0;
+    let racer = fs.clone();
+    *fs.persist_hook.lock().unwrap() = Some(Box::new(move || {
+        racer.write(h2, 5, b"-second").unwrap();
+    }));
+    fs.flush(h1).unwrap(); // close(h1) while h2 writes
+    assert!(fs.core().open[&i.ino].pending(), "the racing write is not yet durable");
+    fs.fsync(h2).unwrap();
+    assert!(!fs.core().open[&i.ino].pending());
+    fs.release(h1).unwrap();
+    fs.release(h2).unwrap();
+    assert_eq!(e.read_all(i.ino).unwrap(), b"first-second");
+}

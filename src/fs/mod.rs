@@ -854,7 +854,7 @@ impl Fs {
         };
         // Decrypt the old content outside the lock into a fetch file, then adopt it.
         let tmp = self.staging.fetch_path(ino);
-        {
+        let fetch = || -> Result<()> {
             let out = File::create(&tmp)?;
             let mut off = 0u64;
             while off < i.size {
@@ -866,7 +866,11 @@ impl Fs {
                     break;
                 }
             }
-            out.sync_all()?;
+            Ok(out.sync_all()?)
+        };
+        if let Err(e) = fetch() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
         let mut c = self.core();
         let mut cur = c.db.get(ino)?.ok_or(FsError::NotFound)?;
@@ -875,7 +879,7 @@ impl Fs {
             return if cur.state.has_spool() { Ok(()) } else { Err(FsError::Invalid("file changed while opening")) };
         }
         let ups = c.db.uploads_for_ino(ino)?;
-        self.staging.adopt_fetch(ino)?;
+        self.staging.adopt_fetch(&tmp, ino)?;
         let tx = c.db.begin()?;
         Self::discard_uploads(&tx, &ups)?;
         cur.state = State::Dirty;

@@ -4,7 +4,7 @@
 //! * `outbox/<ino>.<gen>.cv`: the immutable encrypted object, exactly the bytes that are
 //!   uploaded (retries and resumed multipart uploads reuse them; nothing is re-encrypted).
 //! * `rcache/<id>.cv`: uploaded objects kept for reads when `--read-cache` is non-zero.
-//! * `spool/<ino>.fetch`: old content being materialized for a partial rewrite.
+//! * `spool/<ino>.<random>.fetch`: old content being materialized for a partial rewrite.
 //!
 //! Invariant: a file's staged bytes are removed only after the index no longer points at them.
 
@@ -69,12 +69,14 @@ impl Staging {
         let _ = fs::remove_file(self.spool_path(ino));
     }
 
+    /// A fresh name for materializing old content: two opens for write of one file at once
+    /// each fill their own, and the first to finish is adopted.
     pub fn fetch_path(&self, ino: u64) -> PathBuf {
-        self.spool.join(format!("{ino}.fetch"))
+        self.spool.join(format!("{ino}.{}.fetch", hex::encode(rand::random::<[u8; 6]>())))
     }
 
-    pub fn adopt_fetch(&self, ino: u64) -> io::Result<()> {
-        fs::rename(self.fetch_path(ino), self.spool_path(ino))?;
+    pub fn adopt_fetch(&self, fetched: &Path, ino: u64) -> io::Result<()> {
+        fs::rename(fetched, self.spool_path(ino))?;
         fsync_dir(&self.spool)
     }
 

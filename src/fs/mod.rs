@@ -1613,6 +1613,7 @@ impl Fs {
                 i.header = Some(u.header.clone());
                 i.sha256 = Some(u.sha256.clone());
                 Db::save(&tx, &i)?;
+                Db::add_version(&tx, &i, now_ms())?;
                 // A restore of the previous version means nothing for the new one.
                 tx.execute("DELETE FROM restores WHERE ino=?1", [i.ino as i64]).map_err(crate::meta::MetaError::from)?;
                 let entry = crate::remote_meta::Entry::Upload {
@@ -1972,7 +1973,24 @@ impl Fs {
                     header: i.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
                     xattrs: i.xattrs.clone(),
                 },
-                Kind::File => continue,
+                // The next version is still pending: the snapshot carries the newest one that
+                // is durable (the file must not vanish from a rebuild meanwhile).
+                Kind::File => match c.db.latest_version(i.ino)? {
+                    Some((key, size, mtime_ns, mode, uid, gid, class, sha256, header)) => Entry::Upload {
+                        path,
+                        key,
+                        size,
+                        mtime_ns,
+                        mode,
+                        uid,
+                        gid,
+                        class,
+                        sha256,
+                        header: B64.encode(header),
+                        xattrs: i.xattrs.clone(),
+                    },
+                    None => continue,
+                },
             };
             t.apply(&e);
         }
@@ -2038,7 +2056,28 @@ impl Fs {
                     d += 1;
                     inos.insert(path.clone(), ino);
                 }
-                NodeKind::File => f += 1,
+                NodeKind::File => {
+                    f += 1;
+                    if let Some(key) = &n.key {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO versions(object_key,ino,size,mtime_ns,mode,uid,gid,storage_class,sha256,header,uploaded_ms)
+                             VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,0)",
+                            rusqlite::params![
+                                key,
+                                ino as i64,
+                                n.size as i64,
+                                n.mtime_ns,
+                                n.mode,
+                                n.uid,
+                                n.gid,
+                                n.class.as_deref().unwrap_or("STANDARD"),
+                                n.sha256.as_deref().unwrap_or(""),
+                                n.header.as_deref().unwrap_or(&[])
+                            ],
+                        )
+                        .map_err(crate::meta::MetaError::from)?;
+                    }
+                }
                 NodeKind::Symlink | NodeKind::Special => l += 1,
             }
         }

@@ -1207,3 +1207,33 @@ fn concurrent_partial_rewrites_each_materialize_their_own_copy() {
         assert!(fetches.is_empty(), "{fetches:?}");
     }
 }
+
+/// Regression: a snapshot taken while a file's new version was pending left the file out, so a
+/// rebuild from it lost the file although its previous version was safe in the bucket.
+#[test]
+fn snapshot_keeps_the_durable_version_of_a_file_being_rewritten() {
+    let mut e = Env::new();
+    let d = e.daemon.take().unwrap();
+    e.rt.block_on(d.shutdown());
+    let mut c = cfg(e.dir.path());
+    c.journal.snapshot_every = 1;
+    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    let v1 = data(50_000, 21);
+    let (ino, _) = upload_one(&e, "keep.jpg", &v1);
+    let fs = e.fs();
+    fs.rename(ROOT, OsStr::new("keep.jpg"), ROOT, OsStr::new("kept.jpg"), false).unwrap();
+    // The new version is still on the wire when the snapshot is taken (and the machine dies).
+    e.store.delay_next("PutObject", Duration::from_secs(4));
+    let puts = fs.store.counts().get("PutObject").copied().unwrap_or(0);
+    rewrite_on(&fs, ino, &data(60_000, 22));
+    fs.seal_ready(true).unwrap();
+    wait_for("the new version's PUT on the wire", || fs.store.counts().get("PutObject").copied().unwrap_or(0) > puts);
+    let bcfg = fs.cfg.journal.clone();
+    e.rt.block_on(crate::remote_meta::journal::flush(&fs, &bcfg)).unwrap();
+    assert_ne!(fs.state_of(ino).unwrap().unwrap().1, State::Uploaded, "still pending at the snapshot");
+    let snaps = e.store.snapshot().into_keys().filter(|k| k.starts_with("v/s/")).count();
+    assert!(snaps >= 1, "a snapshot was taken");
+    let (_d2, d2) = fresh_machine(&e);
+    assert_eq!(read_on(&d2.fs, "kept.jpg"), v1, "the durable version survives, under its current name");
+    e.rt.block_on(d2.shutdown());
+}

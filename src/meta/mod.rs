@@ -225,6 +225,23 @@ CREATE TABLE IF NOT EXISTS restores(
   auto INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS dead_keys(key TEXT PRIMARY KEY);
+-- Every file version known to be durable in the bucket, newest last per inode: what a snapshot
+-- carries for a file whose next version is still pending, and what listing, restoring and
+-- pruning old versions will need.
+CREATE TABLE IF NOT EXISTS versions(
+  object_key TEXT PRIMARY KEY,
+  ino INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  mtime_ns INTEGER NOT NULL,
+  mode INTEGER NOT NULL,
+  uid INTEGER NOT NULL,
+  gid INTEGER NOT NULL,
+  storage_class TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  header BLOB NOT NULL,
+  uploaded_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_ino ON versions(ino, uploaded_ms);
 CREATE TABLE IF NOT EXISTS journal(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   ts_ms INTEGER NOT NULL,
@@ -504,6 +521,42 @@ impl Db {
             self.conn.execute("DELETE FROM parts WHERE upload_id=?1", params![id])?;
         }
         Ok(())
+    }
+
+    /// Record that `i`'s current content is durable at its `object_key`.
+    pub fn add_version(conn: &Connection, i: &Inode, uploaded_ms: i64) -> Result<()> {
+        conn.execute(
+            "INSERT OR REPLACE INTO versions(object_key,ino,size,mtime_ns,mode,uid,gid,storage_class,sha256,header,uploaded_ms)
+             VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+            params![
+                i.object_key,
+                i.ino as i64,
+                i.size as i64,
+                i.mtime_ns,
+                i.mode,
+                i.uid,
+                i.gid,
+                i.storage_class.as_deref().unwrap_or("STANDARD"),
+                i.sha256.as_deref().unwrap_or(""),
+                i.header.as_deref().unwrap_or(&[]),
+                uploaded_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newest durable version of inode `ino`, as (key, size, mtime_ns, mode, uid, gid,
+    /// class, sha256, header).
+    #[allow(clippy::type_complexity)]
+    pub fn latest_version(&self, ino: u64) -> Result<Option<(String, u64, i64, u32, u32, u32, String, String, Vec<u8>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT object_key,size,mtime_ns,mode,uid,gid,storage_class,sha256,header FROM versions WHERE ino=?1 ORDER BY uploaded_ms DESC, rowid DESC LIMIT 1",
+                params![ino as i64],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
+            )
+            .optional()?)
     }
 
     pub fn set_upload_key(&self, id: i64, key: &str) -> Result<()> {

@@ -148,6 +148,10 @@ struct Core {
     open: HashMap<u64, OpenFile>,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
+    /// Inside a namespace operation (`Fs::in_op`): staged files it made unreferenced, deleted
+    /// only once its transaction has committed (a crash or an error before keeps them).
+    op_depth: u32,
+    after_commit: Vec<PathBuf>,
 }
 
 /// Where an encrypted copy of a file's current content can be read from.
@@ -219,7 +223,7 @@ impl Fs {
         let segs = SegCache::with_weighter(1024, cfg.segment_cache.max(1 << 20), SegWeighter);
         let fs = Arc::new(Fs {
             cfg,
-            core: Mutex::new(Core { db, open: HashMap::new(), handles: HashMap::new(), next_fh: 1 }),
+            core: Mutex::new(Core { db, open: HashMap::new(), handles: HashMap::new(), next_fh: 1, op_depth: 0, after_commit: Vec::new() }),
             keys,
             store,
             rt,
@@ -658,7 +662,11 @@ impl Fs {
     }
 
     pub fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
-        let c = self.core();
+        let mut c = self.core();
+        self.in_op(&mut c, |c| Self::rmdir_in(c, parent, name))
+    }
+
+    fn rmdir_in(c: &mut Core, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let d = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         if d.kind != Kind::Dir {
@@ -669,9 +677,40 @@ impl Fs {
         }
         let path = c.db.path_of(d.ino)?;
         Db::delete_inode(c.db.conn(), d.ino)?;
-        Self::record(&c, crate::remote_meta::Entry::Remove { path });
-        Self::touch_dir(&c, parent)?;
+        Self::record_in_op(c, crate::remote_meta::Entry::Remove { path })?;
+        Self::touch_dir(c, parent)?;
         Ok(())
+    }
+
+    /// Run one namespace operation as one SQLite transaction (a savepoint, so operations
+    /// nest): its index changes and its journal record commit together or not at all, and the
+    /// staged files it made unreferenced are deleted only after the commit.
+    fn in_op<T>(&self, c: &mut Core, f: impl FnOnce(&mut Core) -> Result<T>) -> Result<T> {
+        c.db.conn().execute_batch("SAVEPOINT ns_op").map_err(crate::meta::MetaError::from)?;
+        c.op_depth += 1;
+        let r = f(c).and_then(|v| c.db.conn().execute_batch("RELEASE ns_op").map_err(|e| crate::meta::MetaError::from(e).into()).map(|_| v));
+        c.op_depth -= 1;
+        if r.is_err() {
+            let _ = c.db.conn().execute_batch("ROLLBACK TO ns_op; RELEASE ns_op");
+        }
+        if c.op_depth == 0 {
+            let doomed = std::mem::take(&mut c.after_commit);
+            if r.is_ok() {
+                for p in doomed {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        r
+    }
+
+    /// Delete a staged file now, or after the enclosing operation commits.
+    fn remove_staged(c: &mut Core, p: PathBuf) {
+        if c.op_depth > 0 {
+            c.after_commit.push(p);
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     /// Remove a file's local content and queued uploads (the inode row is the caller's).
@@ -681,7 +720,7 @@ impl Fs {
         Self::discard_uploads(&tx, &ups)?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &ups {
-            self.staging.remove_outbox(u.ino, u.content_gen);
+            Self::remove_staged(c, self.staging.outbox_path(u.ino, u.content_gen));
             // Write-only credentials lack s3:AbortMultipartUpload: leave it to the bucket's
             // AbortIncompleteMultipartUpload lifecycle rule.
             if let Some(mp) = u.mp_upload_id.as_ref().filter(|_| self.keys.secret.is_some()) {
@@ -693,7 +732,7 @@ impl Fs {
                 });
             }
         }
-        self.staging.remove_spool(ino);
+        Self::remove_staged(c, self.staging.spool_path(ino));
         c.db.delete_restore(ino)?;
         Ok(())
     }
@@ -723,6 +762,10 @@ impl Fs {
 
     pub fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
         let mut c = self.core();
+        self.in_op(&mut c, |c| self.unlink_in(c, parent, name))
+    }
+
+    fn unlink_in(&self, c: &mut Core, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let i = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         if i.kind == Kind::Dir {
@@ -732,14 +775,18 @@ impl Fs {
         if let Some(k) = &i.object_key {
             Db::add_dead_key(c.db.conn(), k)?;
         }
-        Self::record(&c, crate::remote_meta::Entry::Remove { path });
-        self.remove_inode(&mut c, i)?;
-        Self::touch_dir(&c, parent)?;
+        Self::record_in_op(c, crate::remote_meta::Entry::Remove { path })?;
+        self.remove_inode(c, i)?;
+        Self::touch_dir(c, parent)?;
         Ok(())
     }
 
     pub fn rename(&self, parent: u64, name: &std::ffi::OsStr, newparent: u64, newname: &std::ffi::OsStr, noreplace: bool) -> Result<()> {
         let mut c = self.core();
+        self.in_op(&mut c, |c| self.rename_in(c, parent, name, newparent, newname, noreplace))
+    }
+
+    fn rename_in(&self, c: &mut Core, parent: u64, name: &std::ffi::OsStr, newparent: u64, newname: &std::ffi::OsStr, noreplace: bool) -> Result<()> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let newname = check_name(newname)?.to_string();
         let mut src = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
@@ -776,7 +823,7 @@ impl Fs {
             if let Some(k) = &dst.object_key {
                 Db::add_dead_key(c.db.conn(), k)?;
             }
-            self.remove_inode(&mut c, dst)?;
+            self.remove_inode(c, dst)?;
         }
         let from = c.db.path_of(src.ino)?;
         src.parent = newparent;
@@ -790,10 +837,10 @@ impl Fs {
         }
         c.db.update(&src)?;
         let to = c.db.path_of(src.ino)?;
-        Self::record(&c, crate::remote_meta::Entry::Rename { from, to });
-        Self::touch_dir(&c, parent)?;
+        Self::record_in_op(c, crate::remote_meta::Entry::Rename { from, to })?;
+        Self::touch_dir(c, parent)?;
         if newparent != parent {
-            Self::touch_dir(&c, newparent)?;
+            Self::touch_dir(c, newparent)?;
         }
         Ok(())
     }
@@ -1852,6 +1899,13 @@ impl Fs {
     // ------------------------------------------------------------------ journal (metadata in the bucket)
 
     /// Append a namespace change to the journal (called with `core` held, right after the change).
+    /// Journal a change inside its operation's transaction: if the record cannot be written,
+    /// the operation fails and nothing of it is kept.
+    fn record_in_op(c: &Core, e: crate::remote_meta::Entry) -> Result<()> {
+        Db::journal_append(c.db.conn(), now_ms(), &serde_json::to_string(&e).expect("serialize"))?;
+        Ok(())
+    }
+
     fn record(c: &Core, e: crate::remote_meta::Entry) {
         let json = serde_json::to_string(&e).expect("serialize");
         if let Err(err) = Db::journal_append(c.db.conn(), now_ms(), &json) {

@@ -1237,3 +1237,29 @@ fn snapshot_keeps_the_durable_version_of_a_file_being_rewritten() {
     assert_eq!(read_on(&d2.fs, "kept.jpg"), v1, "the durable version survives, under its current name");
     e.rt.block_on(d2.shutdown());
 }
+
+/// Regression: a rename over an existing file was several commits; failing (or crashing)
+/// between removing the destination and moving the source lost the destination. A namespace
+/// operation is now one transaction, and staged files it drops are deleted only after it commits.
+#[test]
+fn a_rename_over_that_fails_midway_loses_nothing() {
+    let e = Env::new();
+    let fs = e.fs();
+    let src = e.write_file(ROOT, "src.jpg", b"new content");
+    let dst = e.write_file(ROOT, "target.jpg", b"the only copy of the old content");
+    // Fail the step after the destination is removed: moving the source onto its name.
+    fs.core()
+        .db
+        .conn()
+        .execute_batch("CREATE TEMP TRIGGER fail_move BEFORE UPDATE OF name ON inodes WHEN NEW.name='target.jpg' BEGIN SELECT RAISE(ABORT, 'injected failure'); END;")
+        .unwrap();
+    assert!(fs.rename(ROOT, OsStr::new("src.jpg"), ROOT, OsStr::new("target.jpg"), false).is_err());
+    assert_eq!(e.read_all(dst).unwrap(), b"the only copy of the old content", "the destination survives");
+    assert_eq!(fs.lookup(ROOT, OsStr::new("target.jpg")).unwrap().ino, dst);
+    assert_eq!(fs.lookup(ROOT, OsStr::new("src.jpg")).unwrap().ino, src);
+    assert_eq!(fs.journal_pending_count().unwrap(), 0, "no journal record of a change that did not happen");
+    fs.core().db.conn().execute_batch("DROP TRIGGER fail_move").unwrap();
+    fs.rename(ROOT, OsStr::new("src.jpg"), ROOT, OsStr::new("target.jpg"), false).unwrap();
+    assert_eq!(e.read_all(src).unwrap(), b"new content");
+    assert!(!fs.staging.spool_path(dst).exists(), "the replaced file's staged copy is gone after the commit");
+}

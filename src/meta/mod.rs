@@ -356,8 +356,10 @@ impl Db {
         Ok(db)
     }
 
-    pub fn begin(&mut self) -> Result<rusqlite::Transaction<'_>> {
-        Ok(self.conn.transaction()?)
+    /// A transaction; inside a namespace operation's savepoint it nests as a savepoint and
+    /// commits with the operation.
+    pub fn begin(&mut self) -> Result<rusqlite::Savepoint<'_>> {
+        Ok(self.conn.savepoint()?)
     }
 
     fn query_inode(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Option<Inode>> {

@@ -596,10 +596,11 @@ fn class_refresh_learns_transitions_and_tags_are_sent() {
     let o = &e.store.snapshot()[&key];
     assert_eq!(o.storage_class, "STANDARD_IA");
     assert_eq!(o.tagging.as_deref(), Some("kind=master%20copy"));
+    let heads = e.fs().store.counts().get("HeadObject").copied().unwrap_or(0); // the post-upload check
     e.store.set_storage_class(&key, "DEEP_ARCHIVE");
     wait_for("refresh", || e.fs().getattr(ino).unwrap().storage_class.as_deref() == Some("DEEP_ARCHIVE"));
     assert!(e.fs().store.counts()["ListObjectsV2"] >= 1);
-    assert_eq!(e.fs().store.counts().get("HeadObject"), None, "learned from the listing, not per-file HEADs");
+    assert_eq!(e.fs().store.counts().get("HeadObject").copied().unwrap_or(0), heads, "learned from the listing, not per-file HEADs");
 }
 
 #[test]
@@ -1262,4 +1263,27 @@ fn a_rename_over_that_fails_midway_loses_nothing() {
     fs.rename(ROOT, OsStr::new("src.jpg"), ROOT, OsStr::new("target.jpg"), false).unwrap();
     assert_eq!(e.read_all(src).unwrap(), b"new content");
     assert!(!fs.staging.spool_path(dst).exists(), "the replaced file's staged copy is gone after the commit");
+}
+
+/// Before the local copy is released, the stored object is checked (size and this version's
+/// header): an object that is not what was sent (cut short on the way, replaced behind our
+/// back) is left alone and the version is uploaded again under a new key, from the copy still
+/// here. Without the check the file was marked uploaded and read back as EIO.
+#[test]
+fn a_stored_object_that_is_not_ours_is_never_trusted() {
+    let e = Env::new();
+    let fs = e.fs();
+    let d = data(9000, 44);
+    e.store.truncate_next_put();
+    let ino = e.write_file(ROOT, "x.jpg", &d);
+    fs.seal_ready(true).unwrap();
+    e.wait_state(ino, State::Uploaded);
+    let final_key = fs.getattr(ino).unwrap().object_key.unwrap();
+    let objects = e.store.snapshot();
+    let data_keys: Vec<&String> = objects.keys().filter(|k| k.starts_with("v/d/")).collect();
+    assert_eq!(data_keys.len(), 2, "the short object stays, the version went to a new key: {data_keys:?}");
+    let short = data_keys.iter().find(|k| ***k != final_key).unwrap();
+    assert!(objects[*short].body.len() < objects[&final_key].body.len());
+    assert!(fs.store.counts()["HeadObject"] >= 2, "checked after each upload");
+    assert_eq!(e.read_all(ino).unwrap(), d);
 }

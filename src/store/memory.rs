@@ -44,6 +44,9 @@ pub struct MemoryStore {
     delay_next: Mutex<HashMap<&'static str, Duration>>,
     /// operations whose next call succeeds but answers with a transient error.
     lose_response: Mutex<std::collections::HashSet<&'static str>>,
+    /// The next PutObject stores only the first half of its body and answers success (a store
+    /// or proxy that cut the object short).
+    truncate_next_put: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -79,6 +82,11 @@ impl MemoryStore {
             return Err(StoreError::Retryable(format!("{op}: connection reset after the request was sent")));
         }
         Ok(())
+    }
+
+    /// The next PutObject keeps only half of its body but reports success.
+    pub fn truncate_next_put(&self) {
+        self.truncate_next_put.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Delay the next call of operation `op` by `d` (its effect happens after the delay).
@@ -202,6 +210,7 @@ impl ObjectStore for MemoryStore {
         if opts.if_none_match && self.inner.lock().unwrap().objects.contains_key(key) {
             return Err(StoreError::AlreadyExists);
         }
+        let body = if self.truncate_next_put.swap(false, std::sync::atomic::Ordering::SeqCst) { body.slice(..body.len() / 2) } else { body };
         self.store(key, body, opts)?;
         self.response_lost("PutObject")
     }

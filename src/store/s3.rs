@@ -87,6 +87,7 @@ impl S3Store {
             .set_metadata(meta_map(&opts.metadata))
             .set_tagging(opts.tagging.clone())
             .set_if_none_match(self.conditional(opts.if_none_match))
+            .content_md5(content_md5(&body))
             .body(ByteStream::from(body))
             .send()
             .await
@@ -173,6 +174,13 @@ mod aws_smithy_runtime_api_http {
     pub use aws_sdk_s3::config::http::HttpResponse;
 }
 
+/// Base64 MD5 of a request body, sent as Content-MD5 so the store verifies what it received.
+fn content_md5(body: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
+}
+
 fn meta_map(m: &[(String, String)]) -> Option<HashMap<String, String>> {
     if m.is_empty() {
         None
@@ -230,6 +238,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(n)
+            .content_md5(content_md5(&body))
             .body(ByteStream::from(body))
             .send()
             .await

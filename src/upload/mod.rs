@@ -209,15 +209,15 @@ impl Uploader {
         r.map_err(|e| StoreError::Retryable(format!("journal: {e}")))
     }
 
-    /// After a conditional write found an object at our key: it is ours when it carries this
-    /// version's header (unique per version: a fresh ephemeral key and data key) and size — our
-    /// own earlier attempt whose response was lost. Anything else is never overwritten: the
-    /// version moves to a fresh key and is uploaded again.
+    /// The object at this version's key is ours when it carries this version's header (unique
+    /// per version: a fresh ephemeral key and data key) and size — after an upload, or when a
+    /// conditional write found an object there (our own earlier attempt whose response was
+    /// lost). Anything else is never overwritten: the version moves to a fresh key and is
+    /// uploaded again.
     async fn settle_existing(&self, u: &Upload) -> Result<Outcome, StoreError> {
         let h = self.fs.store.head_object(&u.object_key).await?;
         let ours = B64.encode(&u.header);
         if h.size == u.enc_size && h.metadata.get("cvh").is_some_and(|v| *v == ours) {
-            tracing::info!(upload = u.id, key = %u.object_key, "object already uploaded by an earlier attempt");
             return Ok(Outcome::Done);
         }
         let fresh = crate::fs::Fs::new_object_key(&self.fs.cfg.prefix);
@@ -229,6 +229,10 @@ impl Uploader {
     async fn upload(&self, u: &Upload) -> Result<Outcome, StoreError> {
         match self.upload_conditional(u).await {
             Err(StoreError::AlreadyExists) => self.settle_existing(u).await,
+            // Before the local copy is released, check what the store holds: its size and this
+            // version's header. A write-only mount may not read the bucket (HeadObject is
+            // denied): there the Content-MD5 of every request is the check.
+            Ok(Outcome::Done) if self.fs.keys.secret.is_some() => self.settle_existing(u).await,
             r => r,
         }
     }

@@ -139,13 +139,27 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
                 fs.upload_wakeup.notify_one();
                 let mut waiting = 0u64;
                 let mut failed = 0u64;
+                // Files that cannot be sealed now (a full staging disk): waiting would never end.
+                let mut unsealable = Vec::new();
                 for (ino, _, _) in &targets {
                     match fs.state_of(*ino) {
                         Ok(None) | Ok(Some((_, crate::meta::State::Uploaded))) | Ok(Some((_, crate::meta::State::Local))) => {}
                         Ok(Some((_, crate::meta::State::Failed))) => failed += 1,
+                        Ok(Some((_, crate::meta::State::Dirty))) if fs.seal_failure(*ino).is_some() => {
+                            unsealable.push(format!("  {}: {}", fs.path_of(*ino), fs.seal_failure(*ino).unwrap_or_default()));
+                        }
                         Ok(Some(_)) => waiting += 1,
                         Err(e) => return Reply::Error { message: e.to_string() },
                     }
+                }
+                if wait && waiting == 0 && !unsealable.is_empty() {
+                    return Reply::Error {
+                        message: format!(
+                            "{} file(s) could not be sealed and stay staged (nothing is lost; they are retried):\n{}",
+                            unsealable.len(),
+                            unsealable.join("\n")
+                        ),
+                    };
                 }
                 if !wait || waiting == 0 {
                     if wait {

@@ -41,6 +41,8 @@ pub enum FsError {
     Range,
     #[error("staging disk: {0}")]
     Io(#[from] std::io::Error),
+    #[error("staging disk full: {0}")]
+    NoSpace(String),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("object failed authentication: {0}")]
@@ -69,6 +71,9 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             // ENOSPC and friends pass through; any other local I/O problem is EIO.
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            FsError::NoSpace(_) => libc::ENOSPC,
+            // The index cannot grow on a full disk: the caller learns the disk is full.
+            FsError::Meta(MetaError::Sql(rusqlite::Error::SqliteFailure(e, _))) if e.code == rusqlite::ErrorCode::DiskFull => libc::ENOSPC,
             FsError::Meta(_) => libc::EIO,
             // Never wrong bytes: tampered or truncated objects are EIO (and logged).
             FsError::Crypto(_) => libc::EIO,

@@ -31,6 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// user-metadata limit once base64-encoded beside the 128-byte header.
 pub const MAX_PATH: usize = 1000;
 pub const MAX_NAME: usize = 255;
+/// Free space kept beyond a sealed copy's size when sealing (index, journal, other writers).
+const SEAL_HEADROOM: u64 = 16 << 20;
+
 /// Segments fetched per remote GET on a cache miss (1 MiB): sequential readers need fewer requests.
 const READ_AHEAD_SEGMENTS: u64 = 16;
 
@@ -189,6 +192,9 @@ pub struct Fs {
     /// One sealer at a time: the sealer thread and `flush` must never encrypt the same file
     /// concurrently (they would write one outbox file with two data keys).
     seal_lock: Mutex<()>,
+    /// Files whose last seal failed (content generation, attempts, error): shown in `status`,
+    /// and `flush --wait` answers with them instead of waiting for a seal that cannot happen.
+    seal_failures: Mutex<HashMap<u64, (i64, i64, String)>>,
     /// Tests: runs once inside the next `persist`, between choosing what to make durable and
     /// the fsync (where a concurrent write can land).
     #[cfg(test)]
@@ -215,6 +221,7 @@ fn check_name(name: &std::ffi::OsStr) -> Result<&str> {
 impl Fs {
     pub fn new(cfg: FsConfig, keys: Arc<VaultKeys>, store: Arc<Counted>, rt: tokio::runtime::Handle) -> Result<Arc<Fs>> {
         let staging = Staging::open(&cfg.cache_dir)?;
+        staging.ensure_reserve();
         // SAFETY: getuid/getgid take no arguments, cannot fail and touch no memory of ours.
         let uid = unsafe { libc::getuid() };
         // SAFETY: as above.
@@ -234,6 +241,7 @@ impl Fs {
             journal_wakeup: tokio::sync::Notify::new(),
             journal_lock: tokio::sync::Mutex::new(()),
             seal_lock: Mutex::new(()),
+            seal_failures: Mutex::new(HashMap::new()),
             #[cfg(test)]
             persist_hook: Mutex::new(None),
             data_uploads: Default::default(),
@@ -685,7 +693,19 @@ impl Fs {
     /// Run one namespace operation as one SQLite transaction (a savepoint, so operations
     /// nest): its index changes and its journal record commit together or not at all, and the
     /// staged files it made unreferenced are deleted only after the commit.
-    fn in_op<T>(&self, c: &mut Core, f: impl FnOnce(&mut Core) -> Result<T>) -> Result<T> {
+    fn in_op<T>(&self, c: &mut Core, mut f: impl FnMut(&mut Core) -> Result<T>) -> Result<T> {
+        match self.in_op_once(c, &mut f) {
+            // The disk is full and the index cannot grow: give up the reserve and try once more
+            // (deleting must work on a full disk: it is how space comes back).
+            Err(e) if e.errno() == libc::ENOSPC && c.op_depth == 0 && self.staging.release_reserve() => {
+                tracing::warn!("staging disk full: released the reserve so that this change can be recorded");
+                self.in_op_once(c, &mut f)
+            }
+            r => r,
+        }
+    }
+
+    fn in_op_once<T>(&self, c: &mut Core, f: &mut impl FnMut(&mut Core) -> Result<T>) -> Result<T> {
         c.db.conn().execute_batch("SAVEPOINT ns_op").map_err(crate::meta::MetaError::from)?;
         c.op_depth += 1;
         let r = f(c).and_then(|v| c.db.conn().execute_batch("RELEASE ns_op").map_err(|e| crate::meta::MetaError::from(e).into()).map(|_| v));
@@ -1396,6 +1416,7 @@ impl Fs {
     /// Returns how many were sealed.
     pub fn seal_ready(&self, force: bool) -> Result<usize> {
         let _one_sealer = self.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.staging.ensure_reserve();
         let cutoff = now_ms() - self.cfg.settle.as_millis() as i64;
         let candidates: Vec<(u64, i64)> = {
             let c = self.core();
@@ -1410,13 +1431,34 @@ impl Fs {
             if self.keep_local_if_ignored(ino, gen)? {
                 continue;
             }
-            match self.seal_one(ino, gen) {
-                Ok(true) => n += 1,
-                Ok(false) => {}
-                Err(e) => tracing::error!(ino, error = %e, "sealing failed; the plaintext stays staged and will be retried"),
+            let r = self.seal_one(ino, gen);
+            let mut failures = self.seal_failures.lock().unwrap();
+            match r {
+                Ok(sealed) => {
+                    failures.remove(&ino);
+                    n += sealed as usize;
+                }
+                Err(e) => {
+                    let f = failures.entry(ino).or_insert((gen, 0, String::new()));
+                    if f.1 == 0 || f.2 != e.to_string() {
+                        tracing::error!(ino, error = %e, "sealing failed; the plaintext stays staged and will be retried");
+                    }
+                    *f = (gen, f.1 + 1, e.to_string());
+                }
             }
         }
         Ok(n)
+    }
+
+    /// The vault path of `ino` (for messages).
+    pub fn path_of(&self, ino: u64) -> String {
+        self.core().db.path_of(ino).unwrap_or_else(|_| format!("inode {ino}"))
+    }
+
+    /// Why `ino`'s current content could not be sealed, if its last attempt failed.
+    pub fn seal_failure(&self, ino: u64) -> Option<String> {
+        let gen = self.state_of(ino).ok().flatten()?.0;
+        self.seal_failures.lock().unwrap().get(&ino).filter(|f| f.0 == gen).map(|f| f.2.clone())
     }
 
     /// Names on the ignore list (.DS_Store, Thumbs.db, ._*, editors' temp files) stay local.
@@ -1477,6 +1519,19 @@ impl Fs {
             let path = c.db.path_of(ino)?;
             (i, path)
         };
+        // The sealed copy needs its own room (about the file's size) plus headroom for the
+        // index: refuse at once with the numbers rather than fill the disk and fail midway.
+        let need = crypto::encrypted_len(i.size) + SEAL_HEADROOM;
+        let st = self.staging.statvfs()?;
+        let free = st.f_bavail * st.f_frsize;
+        if free < need {
+            return Err(FsError::NoSpace(format!(
+                "the staging disk has {} MiB free; sealing this {} MiB file needs {} MiB (free space or move the cache dir to a larger disk)",
+                free >> 20,
+                i.size >> 20,
+                need.div_ceil(1 << 20)
+            )));
+        }
         let spool = self.staging.open_spool(ino)?;
         let tmp = self.staging.outbox_tmp(ino, gen);
         // The spool is only read, never cut to size: a writer that opened it since the check
@@ -2167,12 +2222,18 @@ impl Fs {
         let (local_only_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='local'")?;
         let (dirty_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='dirty'")?;
         let (queued_uploads, _) = q("SELECT count(*), 0 FROM uploads WHERE state IN ('queued','uploading')")?;
-        let failures =
+        let mut failures: Vec<FailureInfo> =
             c.db.uploads()?
                 .into_iter()
                 .filter(|u| u.state == "failed" || u.last_error.is_some())
                 .map(|u| FailureInfo { path: u.path, state: u.state, attempts: u.attempts, error: u.last_error.unwrap_or_default() })
                 .collect();
+        for (ino, (gen, attempts, error)) in self.seal_failures.lock().unwrap().iter() {
+            if c.db.get(*ino)?.is_some_and(|i| i.content_gen == *gen && i.state == State::Dirty) {
+                let path = c.db.path_of(*ino).unwrap_or_default();
+                failures.push(FailureInfo { path, state: "sealing".into(), attempts: *attempts, error: error.clone() });
+            }
+        }
         Ok(Status {
             pending_files,
             pending_bytes,

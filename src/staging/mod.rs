@@ -13,6 +13,9 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Bytes of the reserve file (see `Staging::ensure_reserve`).
+pub const RESERVE: u64 = 8 << 20;
+
 pub struct Staging {
     root: PathBuf,
     spool: PathBuf,
@@ -43,6 +46,32 @@ impl Staging {
             fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         }
         Ok(s)
+    }
+
+    /// A file of `RESERVE` bytes kept on the staging disk, like a filesystem's reserved
+    /// blocks: when the disk is full, giving it up lets the index record a deletion (`rm`
+    /// must always work). Re-created once there is room again.
+    pub fn ensure_reserve(&self) {
+        let p = self.root.join("reserve");
+        if p.metadata().is_ok_and(|m| m.len() == RESERVE) {
+            return;
+        }
+        let ok = self.statvfs().is_ok_and(|st| st.f_bavail * st.f_frsize > 4 * RESERVE);
+        if ok {
+            let r = (|| -> io::Result<()> {
+                let mut f = File::create(&p)?;
+                io::Write::write_all(&mut f, &vec![0u8; RESERVE as usize])?;
+                f.sync_all()
+            })();
+            if r.is_err() {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+
+    /// Give up the reserve (the disk is full). Returns whether there was one.
+    pub fn release_reserve(&self) -> bool {
+        fs::remove_file(self.root.join("reserve")).is_ok()
     }
 
     pub fn root(&self) -> &Path {

@@ -1715,7 +1715,19 @@ impl Fs {
                 i.header = Some(u.header.clone());
                 i.sha256 = Some(u.sha256.clone());
                 Db::save(&tx, &i)?;
-                Db::add_version(&tx, &i, now_ms())?;
+                let v = crate::meta::Version {
+                    object_key: u.object_key.clone(),
+                    ino: i.ino,
+                    size: i.size,
+                    mtime_ns: i.mtime_ns,
+                    mode: i.mode,
+                    uid: i.uid,
+                    gid: i.gid,
+                    storage_class: u.storage_class.clone(),
+                    sha256: u.sha256.clone(),
+                    header: u.header.clone(),
+                };
+                Db::add_version(&tx, &v, now_ms())?;
                 // A restore of the previous version means nothing for the new one.
                 tx.execute("DELETE FROM restores WHERE ino=?1", [i.ino as i64]).map_err(crate::meta::MetaError::from)?;
                 let entry = crate::remote_meta::Entry::Upload {
@@ -2085,17 +2097,17 @@ impl Fs {
                 // The next version is still pending: the snapshot carries the newest one that
                 // is durable (the file must not vanish from a rebuild meanwhile).
                 Kind::File => match c.db.latest_version(i.ino)? {
-                    Some((key, size, mtime_ns, mode, uid, gid, class, sha256, header)) => Entry::Upload {
+                    Some(v) => Entry::Upload {
                         path,
-                        key,
-                        size,
-                        mtime_ns,
-                        mode,
-                        uid,
-                        gid,
-                        class,
-                        sha256,
-                        header: B64.encode(header),
+                        key: v.object_key,
+                        size: v.size,
+                        mtime_ns: v.mtime_ns,
+                        mode: v.mode,
+                        uid: v.uid,
+                        gid: v.gid,
+                        class: v.storage_class,
+                        sha256: v.sha256,
+                        header: B64.encode(v.header),
                         xattrs: i.xattrs.clone(),
                     },
                     None => continue,
@@ -2168,23 +2180,19 @@ impl Fs {
                 NodeKind::File => {
                     f += 1;
                     if let Some(key) = &n.key {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO versions(object_key,ino,size,mtime_ns,mode,uid,gid,storage_class,sha256,header,uploaded_ms)
-                             VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,0)",
-                            rusqlite::params![
-                                key,
-                                ino as i64,
-                                n.size as i64,
-                                n.mtime_ns,
-                                n.mode,
-                                n.uid,
-                                n.gid,
-                                n.class.as_deref().unwrap_or("STANDARD"),
-                                n.sha256.as_deref().unwrap_or(""),
-                                n.header.as_deref().unwrap_or(&[])
-                            ],
-                        )
-                        .map_err(crate::meta::MetaError::from)?;
+                        let v = crate::meta::Version {
+                            object_key: key.clone(),
+                            ino,
+                            size: n.size,
+                            mtime_ns: n.mtime_ns,
+                            mode: n.mode,
+                            uid: n.uid,
+                            gid: n.gid,
+                            storage_class: n.class.clone().unwrap_or_else(|| "STANDARD".into()),
+                            sha256: n.sha256.clone().unwrap_or_default(),
+                            header: n.header.clone().unwrap_or_default(),
+                        };
+                        Db::add_version(&tx, &v, 0)?;
                     }
                 }
                 NodeKind::Symlink | NodeKind::Special => l += 1,

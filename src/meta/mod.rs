@@ -152,6 +152,21 @@ pub struct Upload {
     pub tagging: Option<String>,
 }
 
+/// One durable version of a file (the `versions` table).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Version {
+    pub object_key: String,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub storage_class: String,
+    pub sha256: String,
+    pub header: Vec<u8>,
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inodes(
@@ -525,38 +540,37 @@ impl Db {
         Ok(())
     }
 
-    /// Record that `i`'s current content is durable at its `object_key`.
-    pub fn add_version(conn: &Connection, i: &Inode, uploaded_ms: i64) -> Result<()> {
+    /// Record a durable file version.
+    pub fn add_version(conn: &Connection, v: &Version, uploaded_ms: i64) -> Result<()> {
         conn.execute(
             "INSERT OR REPLACE INTO versions(object_key,ino,size,mtime_ns,mode,uid,gid,storage_class,sha256,header,uploaded_ms)
              VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
-            params![
-                i.object_key,
-                i.ino as i64,
-                i.size as i64,
-                i.mtime_ns,
-                i.mode,
-                i.uid,
-                i.gid,
-                i.storage_class.as_deref().unwrap_or("STANDARD"),
-                i.sha256.as_deref().unwrap_or(""),
-                i.header.as_deref().unwrap_or(&[]),
-                uploaded_ms
-            ],
+            params![v.object_key, v.ino as i64, v.size as i64, v.mtime_ns, v.mode, v.uid, v.gid, v.storage_class, v.sha256, v.header, uploaded_ms],
         )?;
         Ok(())
     }
 
-    /// The newest durable version of inode `ino`, as (key, size, mtime_ns, mode, uid, gid,
-    /// class, sha256, header).
-    #[allow(clippy::type_complexity)]
-    pub fn latest_version(&self, ino: u64) -> Result<Option<(String, u64, i64, u32, u32, u32, String, String, Vec<u8>)>> {
+    /// The newest durable version of inode `ino`.
+    pub fn latest_version(&self, ino: u64) -> Result<Option<Version>> {
         Ok(self
             .conn
             .query_row(
                 "SELECT object_key,size,mtime_ns,mode,uid,gid,storage_class,sha256,header FROM versions WHERE ino=?1 ORDER BY uploaded_ms DESC, rowid DESC LIMIT 1",
                 params![ino as i64],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
+                |r| {
+                    Ok(Version {
+                        object_key: r.get(0)?,
+                        ino,
+                        size: r.get::<_, i64>(1)? as u64,
+                        mtime_ns: r.get(2)?,
+                        mode: r.get(3)?,
+                        uid: r.get(4)?,
+                        gid: r.get(5)?,
+                        storage_class: r.get(6)?,
+                        sha256: r.get(7)?,
+                        header: r.get(8)?,
+                    })
+                },
             )
             .optional()?)
     }

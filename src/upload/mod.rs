@@ -215,7 +215,11 @@ impl Uploader {
     /// lost). Anything else is never overwritten: the version moves to a fresh key and is
     /// uploaded again.
     async fn settle_existing(&self, u: &Upload) -> Result<Outcome, StoreError> {
-        let h = self.fs.store.head_object(&u.object_key).await?;
+        let h = match self.fs.store.head_object(&u.object_key).await {
+            // Just written but not visible yet (an eventually consistent store): ask again later.
+            Err(StoreError::NotFound) => return Err(StoreError::Retryable("the uploaded object is not visible yet".into())),
+            r => r?,
+        };
         let ours = B64.encode(&u.header);
         if h.size == u.enc_size && h.metadata.get("cvh").is_some_and(|v| *v == ours) {
             return Ok(Outcome::Done);

@@ -1468,3 +1468,20 @@ fn model_regressions() {
         Recover,
     ]);
 }
+
+/// A journal batch that cannot be decrypted (tampered, truncated) is reported by name; the rest
+/// of the vault still rebuilds (before, one bad object aborted every rebuild).
+#[test]
+fn an_unreadable_journal_batch_is_reported_by_name_and_the_rest_rebuilds() {
+    let e = Env::new();
+    upload_one(&e, "a.jpg", &data(1000, 1));
+    flush_journal(&e);
+    upload_one(&e, "b.jpg", &data(1000, 2));
+    flush_journal(&e);
+    let batches: Vec<String> = e.store.snapshot().into_keys().filter(|k| k.starts_with("v/j/")).collect();
+    assert_eq!(batches.len(), 2);
+    e.store.plant(&batches[1], b"not a coldvault object");
+    let tree = e.rt.block_on(crate::remote_meta::rebuild(e.store.as_ref(), &e.keys, "v/", &|_, _, _| {})).unwrap();
+    assert!(tree.nodes.contains_key("a.jpg"));
+    assert!(tree.refused.iter().any(|r| r.contains(&batches[1])), "{:?}", tree.refused);
+}

@@ -448,6 +448,22 @@ fn parse_seq_key(rest: &str) -> Option<(String, i64, i64)> {
     }
 }
 
+/// GET and decrypt one metadata object. The outer error stops the rebuild (a transient S3
+/// error: try again later; no private key); the inner one is this object's own problem
+/// (missing, refused, tampered, malformed), reported by the caller, which goes on without it.
+async fn fetch_json<T: for<'de> Deserialize<'de>>(store: &dyn ObjectStore, keys: &VaultKeys, key: &str) -> Result<Result<T, String>, RemoteError> {
+    let body = match store.get_object(key).await {
+        Ok(b) => b,
+        Err(e @ StoreError::Retryable(_)) | Err(e @ StoreError::Credentials(_)) => return Err(e.into()),
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    match open_json(keys, key, &body) {
+        Ok(v) => Ok(Ok(v)),
+        Err(RemoteError::WriteOnly) => Err(RemoteError::WriteOnly),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
 /// Progress callback: (what, done, total).
 pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
 
@@ -468,17 +484,8 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
     let mut loaded: Vec<Snapshot> = Vec::new();
     for (_, key) in latest.values() {
         progress("snapshot", loaded.len() + 1, latest.len());
-        let body = match store.get_object(key).await {
-            Ok(b) => b,
-            Err(StoreError::Retryable(e)) => return Err(StoreError::Retryable(e).into()),
-            Err(e) => {
-                tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it"));
-                continue;
-            }
-        };
-        match open_json::<Snapshot>(keys, key, &body) {
+        match fetch_json::<Snapshot>(store, keys, key).await? {
             Ok(s) => loaded.push(s),
-            Err(RemoteError::WriteOnly) => return Err(RemoteError::WriteOnly),
             Err(e) => tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it")),
         }
     }
@@ -522,17 +529,8 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
         if *first > next {
             tree.refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
         }
-        let body = match store.get_object(key).await {
+        let b: Batch = match fetch_json(store, keys, key).await? {
             Ok(b) => b,
-            Err(StoreError::Retryable(e)) => return Err(StoreError::Retryable(e).into()),
-            Err(e) => {
-                tree.refused.push(format!("journal batch {key} (records {first}..{last}) cannot be read ({e}); its changes are not in this tree"));
-                continue;
-            }
-        };
-        let b: Batch = match open_json(keys, key, &body) {
-            Ok(b) => b,
-            Err(RemoteError::WriteOnly) => return Err(RemoteError::WriteOnly),
             Err(e) => {
                 tree.refused.push(format!("journal batch {key} (records {first}..{last}) cannot be read ({e}); its changes are not in this tree"));
                 continue;

@@ -621,26 +621,30 @@ impl Fs {
 
     pub fn mkdir(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<Inode> {
         let mut c = self.core();
-        let name = Self::check_new_entry(&c, parent, name)?;
-        let i = c.db.insert(&Self::new_inode(parent, &name, Kind::Dir, mode, uid, gid))?;
-        Self::touch_dir(&c, parent)?;
-        let path = c.db.path_of(i.ino)?;
-        Self::record(&c, crate::remote_meta::Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns });
-        Ok(i)
+        self.in_op(&mut c, |c| {
+            let name = Self::check_new_entry(c, parent, name)?;
+            let i = c.db.insert(&Self::new_inode(parent, &name, Kind::Dir, mode, uid, gid))?;
+            Self::touch_dir(c, parent)?;
+            let path = c.db.path_of(i.ino)?;
+            Self::record_in_op(c, crate::remote_meta::Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns })?;
+            Ok(i)
+        })
     }
 
     pub fn symlink(&self, parent: u64, name: &std::ffi::OsStr, target: &std::path::Path, uid: u32, gid: u32) -> Result<Inode> {
         let target = target.to_str().ok_or(FsError::BadName)?.to_string();
         let mut c = self.core();
-        let name = Self::check_new_entry(&c, parent, name)?;
-        let mut n = Self::new_inode(parent, &name, Kind::Symlink, 0o777, uid, gid);
-        n.size = target.len() as u64;
-        n.target = Some(target.clone());
-        let i = c.db.insert(&n)?;
-        Self::touch_dir(&c, parent)?;
-        let path = c.db.path_of(i.ino)?;
-        Self::record(&c, crate::remote_meta::Entry::Symlink { path, target, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns });
-        Ok(i)
+        self.in_op(&mut c, |c| {
+            let name = Self::check_new_entry(c, parent, name)?;
+            let mut n = Self::new_inode(parent, &name, Kind::Symlink, 0o777, uid, gid);
+            n.size = target.len() as u64;
+            n.target = Some(target.clone());
+            let i = c.db.insert(&n)?;
+            Self::touch_dir(c, parent)?;
+            let path = c.db.path_of(i.ino)?;
+            Self::record_in_op(c, crate::remote_meta::Entry::Symlink { path, target: target.clone(), uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns })?;
+            Ok(i)
+        })
     }
 
     /// mknod: regular files are created empty; FIFOs, sockets and device nodes live in the
@@ -659,14 +663,18 @@ impl Fs {
             _ => return Err(FsError::Invalid("mknod of this file type")),
         };
         let mut c = self.core();
-        let name = Self::check_new_entry(&c, parent, name)?;
-        let mut n = Self::new_inode(parent, &name, Kind::Special, mode, uid, gid);
-        n.target = Some(special.clone());
-        let i = c.db.insert(&n)?;
-        Self::touch_dir(&c, parent)?;
-        let path = c.db.path_of(i.ino)?;
-        Self::record(&c, crate::remote_meta::Entry::Special { path, special, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns });
-        Ok(i)
+        self.in_op(&mut c, |c| {
+            let name = Self::check_new_entry(c, parent, name)?;
+            let mut n = Self::new_inode(parent, &name, Kind::Special, mode, uid, gid);
+            n.target = Some(special.clone());
+            let i = c.db.insert(&n)?;
+            Self::touch_dir(c, parent)?;
+            let path = c.db.path_of(i.ino)?;
+            let entry =
+                crate::remote_meta::Entry::Special { path, special: special.clone(), mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns };
+            Self::record_in_op(c, entry)?;
+            Ok(i)
+        })
     }
 
     pub fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {

@@ -1485,3 +1485,28 @@ fn an_unreadable_journal_batch_is_reported_by_name_and_the_rest_rebuilds() {
     assert!(tree.nodes.contains_key("a.jpg"));
     assert!(tree.refused.iter().any(|r| r.contains(&batches[1])), "{:?}", tree.refused);
 }
+
+/// mkdir, symlink and mknod commit together with their journal record: when the record cannot
+/// be written, nothing of the operation is kept (before, the folder existed locally while the
+/// bucket's journal never learned of it).
+#[test]
+fn a_namespace_change_and_its_journal_record_commit_together() {
+    let e = Env::new();
+    let fs = e.fs();
+    let root_mtime = fs.getattr(ROOT).unwrap().mtime_ns;
+    fs.core()
+        .db
+        .conn()
+        .execute_batch("CREATE TEMP TRIGGER fail_journal BEFORE INSERT ON journal BEGIN SELECT RAISE(ABORT, 'injected failure'); END;")
+        .unwrap();
+    assert!(fs.mkdir(ROOT, OsStr::new("d"), 0o755, 0, 0).is_err());
+    assert!(fs.symlink(ROOT, OsStr::new("l"), std::path::Path::new("d"), 0, 0).is_err());
+    assert!(fs.mknod(ROOT, OsStr::new("p"), libc::S_IFIFO | 0o644, 0, 0, 0).is_err());
+    for n in ["d", "l", "p"] {
+        assert!(fs.lookup(ROOT, OsStr::new(n)).is_err(), "{n} was kept without its journal record");
+    }
+    assert_eq!(fs.getattr(ROOT).unwrap().mtime_ns, root_mtime, "the parent is untouched");
+    fs.core().db.conn().execute_batch("DROP TRIGGER fail_journal").unwrap();
+    fs.mkdir(ROOT, OsStr::new("d"), 0o755, 0, 0).unwrap();
+    assert_eq!(fs.journal_pending_count().unwrap(), 1);
+}

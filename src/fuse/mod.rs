@@ -419,6 +419,23 @@ impl fuser::Filesystem for ColdFs {
         reply.error(Errno::EOPNOTSUPP);
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctl means anything here; answer as a regular file on a local filesystem does
+        // (ENOTTY: Python's open() asks TCGETS of every file), quietly.
+        reply.error(Errno::ENOTTY);
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // default_permissions makes the kernel check modes; nothing more to decide here.
         reply.ok();

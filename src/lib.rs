@@ -19,6 +19,7 @@
 // Every `unsafe` block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod crypto;

@@ -164,7 +164,7 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
                 if !wait || waiting == 0 {
                     if wait {
                         // Renames, deletions and attribute changes are part of "everything".
-                        if let Err(e) = crate::remote_meta::journal::flush(fs, &fs.cfg.journal).await {
+                        if let Err(e) = crate::remote_meta::journal::flush(fs.as_ref(), &fs.cfg.journal).await {
                             return Reply::Error { message: format!("uploading the metadata journal failed: {e}") };
                         }
                     }

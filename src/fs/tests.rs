@@ -719,7 +719,7 @@ fn conditional_writes_never_overwrite_an_occupied_key() {
 fn flush_journal(e: &Env) {
     let fs = e.fs();
     let cfg = fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(&fs, &cfg)).unwrap();
+    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &cfg)).unwrap();
 }
 
 /// A second machine: fresh cache dir, same bucket and keys; its index is rebuilt at start.
@@ -898,7 +898,7 @@ fn two_machines_in_different_folders_both_survive_a_rebuild() {
     a.rename(da.ino, OsStr::new("a.jpg"), da.ino, OsStr::new("a2.jpg"), false).unwrap();
     flush_journal(&e);
     let bcfg = b.fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(&b.fs, &bcfg)).unwrap();
+    e.rt.block_on(crate::remote_meta::journal::flush(b.fs.as_ref(), &bcfg)).unwrap();
     assert_ne!(a.machine_id().unwrap(), b.fs.machine_id().unwrap());
     let (_dir_c, c) = fresh_machine(&e);
     assert!(c.fs.resolve("laptop/a2.jpg").is_ok());
@@ -992,7 +992,7 @@ fn settle_machine(e: &Env, fs: &Arc<Fs>) {
     fs.seal_ready(true).unwrap();
     wait_for("uploads", || fs.status().unwrap().pending_files == 0);
     let cfg = fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(fs, &cfg)).unwrap();
+    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &cfg)).unwrap();
 }
 
 fn read_on(fs: &Fs, path: &str) -> Vec<u8> {
@@ -1231,7 +1231,7 @@ fn snapshot_keeps_the_durable_version_of_a_file_being_rewritten() {
     fs.seal_ready(true).unwrap();
     wait_for("the new version's PUT on the wire", || fs.store.counts().get("PutObject").copied().unwrap_or(0) > puts);
     let bcfg = fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(&fs, &bcfg)).unwrap();
+    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &bcfg)).unwrap();
     assert_ne!(fs.state_of(ino).unwrap().unwrap().1, State::Uploaded, "still pending at the snapshot");
     let snaps = e.store.snapshot().into_keys().filter(|k| k.starts_with("v/s/")).count();
     assert!(snaps >= 1, "a snapshot was taken");

@@ -1,8 +1,11 @@
 //! The journal task: uploads pending journal entries in batches, snapshots the index now and
 //! then, and compacts what the snapshot makes redundant (when the credentials allow deletes).
 
-use super::{compact, put_batch, put_snapshot, Record, Snapshot};
-use crate::fs::{now_ms, Fs};
+use super::{compact, put_batch, put_snapshot, Record, Snapshot, Tree};
+use crate::clock::now_ms;
+use crate::crypto::VaultKeys;
+use crate::meta::IndexResult;
+use crate::store::ObjectStore;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,17 +35,49 @@ impl Default for JournalConfig {
     }
 }
 
-pub async fn run(fs: Arc<Fs>, cfg: JournalConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// All the journal task knows of the rest of coldvault: the index's pending records, its
+/// snapshot bookkeeping, and where to upload. The filesystem core implements it.
+pub trait JournalIndex: Send + Sync {
+    fn store(&self) -> &dyn ObjectStore;
+    fn keys(&self) -> &VaultKeys;
+    /// Key prefix of this vault in the bucket.
+    fn prefix(&self) -> &str;
+    /// Held by whoever is uploading the journal (the task, `flush`, unmount): one at a time.
+    fn flush_lock(&self) -> &tokio::sync::Mutex<()>;
+    /// Notified when the journal should go up now.
+    fn wakeup(&self) -> &tokio::sync::Notify;
+    /// A journal batch or snapshot reached the bucket (counted for `status`).
+    fn uploaded_one(&self);
+    /// This machine's id in the bucket's journal.
+    fn machine(&self) -> IndexResult<String>;
+    /// Records not yet uploaded, oldest first, at most `limit`.
+    fn pending_journal(&self, limit: usize) -> IndexResult<Vec<Record>>;
+    /// Records up to `last_seq` (`n` of them) are in the bucket.
+    fn journal_sent(&self, last_seq: i64, n: u64) -> IndexResult<()>;
+    /// Records since the last snapshot, and when it was taken (ms).
+    fn snapshot_due(&self) -> IndexResult<(u64, i64)>;
+    /// The live tree and the last journal record it reflects.
+    fn tree(&self) -> IndexResult<(Tree, i64)>;
+    /// Object keys no version uses any more.
+    fn dead(&self) -> IndexResult<Vec<String>>;
+    /// How far the snapshot has seen each machine's journal.
+    fn snapshot_seen(&self, machine: &str, covers_seq: i64) -> IndexResult<std::collections::BTreeMap<String, i64>>;
+    /// The time to stamp on a snapshot: never before anything already in the bucket.
+    fn clock_ms(&self) -> IndexResult<i64>;
+    fn snapshot_taken(&self, covers_seq: i64) -> IndexResult<()>;
+}
+
+pub async fn run(fs: Arc<dyn JournalIndex>, cfg: JournalConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let stopping = *stop.borrow();
-        if let Err(e) = flush(&fs, &cfg).await {
+        if let Err(e) = flush(fs.as_ref(), &cfg).await {
             tracing::warn!(error = %e, "journal upload failed; will retry");
         }
         if stopping {
             return;
         }
         tokio::select! {
-            _ = fs.journal_wakeup.notified() => {}
+            _ = fs.wakeup().notified() => {}
             _ = tokio::time::sleep(cfg.interval) => {}
             _ = stop.changed() => {}
         }
@@ -50,9 +85,9 @@ pub async fn run(fs: Arc<Fs>, cfg: JournalConfig, mut stop: tokio::sync::watch::
 }
 
 /// Upload every pending entry (and a snapshot if one is due). Returns entries uploaded.
-pub async fn flush(fs: &Arc<Fs>, cfg: &JournalConfig) -> Result<usize, String> {
-    let _guard = fs.journal_lock.lock().await; // one flusher at a time (task, `flush`, unmount)
-    let machine = fs.machine_id().map_err(|e| e.to_string())?;
+pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, String> {
+    let _guard = fs.flush_lock().lock().await; // one flusher at a time (task, `flush`, unmount)
+    let machine = fs.machine().map_err(|e| e.to_string())?;
     let mut sent = 0;
     loop {
         let recs: Vec<Record> = fs.pending_journal(BATCH).map_err(|e| e.to_string())?;
@@ -61,25 +96,25 @@ pub async fn flush(fs: &Arc<Fs>, cfg: &JournalConfig) -> Result<usize, String> {
         }
         let last = recs.last().map(|r| r.seq).unwrap_or(0);
         let n = recs.len();
-        let key = put_batch(fs.store.as_ref(), &fs.keys, &fs.cfg.prefix, &machine, recs).await.map_err(|e| e.to_string())?;
+        let key = put_batch(fs.store(), fs.keys(), fs.prefix(), &machine, recs).await.map_err(|e| e.to_string())?;
         fs.journal_sent(last, n as u64).map_err(|e| e.to_string())?;
-        fs.meta_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fs.uploaded_one();
         tracing::debug!(key, entries = n, "journal batch uploaded");
         sent += n;
     }
     let (since, last_ms) = fs.snapshot_due().map_err(|e| e.to_string())?;
     if since > 0 && (since >= cfg.snapshot_every || now_ms() - last_ms >= cfg.snapshot_max_age.as_millis() as i64) {
-        let (tree, covers_seq) = fs.export_tree().map_err(|e| e.to_string())?;
-        let dead_keys = fs.dead_keys().map_err(|e| e.to_string())?;
+        let (tree, covers_seq) = fs.tree().map_err(|e| e.to_string())?;
+        let dead_keys = fs.dead().map_err(|e| e.to_string())?;
         let seen = fs.snapshot_seen(&machine, covers_seq).map_err(|e| e.to_string())?;
         let ts_ms = fs.clock_ms().map_err(|e| e.to_string())?;
         let s = Snapshot { machine: machine.clone(), covers_seq, ts_ms, entries: tree.to_entries(), dead_keys, seen };
-        let key = put_snapshot(fs.store.as_ref(), &fs.keys, &fs.cfg.prefix, &s).await.map_err(|e| e.to_string())?;
+        let key = put_snapshot(fs.store(), fs.keys(), fs.prefix(), &s).await.map_err(|e| e.to_string())?;
         fs.snapshot_taken(covers_seq).map_err(|e| e.to_string())?;
-        fs.meta_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fs.uploaded_one();
         tracing::info!(key, files = s.entries.len(), covers_seq, "index snapshot uploaded");
         if !cfg.write_only {
-            match compact(fs.store.as_ref(), &fs.cfg.prefix, &machine, covers_seq).await {
+            match compact(fs.store(), fs.prefix(), &machine, covers_seq).await {
                 Ok(n) => tracing::info!(removed = n, "journal compacted"),
                 Err(e) => tracing::warn!(error = %e, "journal compaction failed (needs s3:ListBucket and s3:DeleteObject)"),
             }

@@ -156,15 +156,15 @@ pub fn check_path(p: &str) -> Result<(), String> {
     if p.contains('\0') {
         return Err(format!("path with NUL {p:?}"));
     }
-    if p.len() > crate::fs::MAX_PATH {
-        return Err(format!("path longer than {} bytes", crate::fs::MAX_PATH));
+    if p.len() > crate::meta::MAX_PATH {
+        return Err(format!("path longer than {} bytes", crate::meta::MAX_PATH));
     }
     for c in p.split('/') {
         if c.is_empty() || c == "." || c == ".." {
             return Err(format!("path with an empty, '.' or '..' component {p:?}"));
         }
-        if c.len() > crate::fs::MAX_NAME {
-            return Err(format!("name longer than {} bytes in {p:?}", crate::fs::MAX_NAME));
+        if c.len() > crate::meta::MAX_NAME {
+            return Err(format!("name longer than {} bytes in {p:?}", crate::meta::MAX_NAME));
         }
     }
     Ok(())
@@ -602,7 +602,7 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
             mode: m.mode,
             uid: m.uid,
             gid: m.gid,
-            class: crate::fs::effective_class(&h),
+            class: crate::store::effective_class(&h),
             sha256: m.sha256,
             header: B64.encode(header),
             xattrs: None,

@@ -7,6 +7,43 @@
 
 use std::time::Duration;
 
+#[derive(Clone, Debug)]
+pub struct RestoreConfig {
+    /// Tier for automatic restores of GLACIER / DEEP_ARCHIVE objects.
+    pub glacier_tier: String,
+    pub deep_archive_tier: String,
+    /// Days a restored copy stays available (not sent for Intelligent-Tiering).
+    pub days: i32,
+    /// Bytes of open-triggered restores allowed per UTC day.
+    pub daily_budget: u64,
+    /// Extra process names that never trigger a restore.
+    pub indexers: Vec<String>,
+    /// Suffix of the placeholder status files.
+    pub suffix: String,
+    /// Poll interval overriding the per-tier default (`--restore-poll`).
+    pub poll_override: Option<Duration>,
+    /// Download restored objects into the local cache so they stay readable after expiry.
+    pub fetch_restored: bool,
+    /// ListObjectsV2 refresh of storage classes (None: off).
+    pub class_refresh: Option<Duration>,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            glacier_tier: "Standard".into(),
+            deep_archive_tier: "Bulk".into(),
+            days: 7,
+            daily_budget: 10 << 30,
+            indexers: Vec::new(),
+            suffix: ".restore-status".into(),
+            poll_override: None,
+            fetch_restored: false,
+            class_refresh: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
 pub mod poller;
 
 /// States of a restore, as stored in the index.

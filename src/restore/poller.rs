@@ -4,40 +4,63 @@
 //! expiry date, optionally fetches restored objects, and periodically refreshes storage
 //! classes with ListObjectsV2. All state is in the index, so it survives restarts.
 
-use super::{poll_interval, RState, Restore};
-use crate::fs::{now_ms, Fs};
-use crate::store::{ObjectStore, StoreError};
+use super::{poll_interval, RState, Restore, RestoreConfig};
+use crate::clock::now_ms;
+use crate::meta::IndexResult;
+use crate::store::{HeadInfo, ObjectStore, StoreError};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn interval(fs: &Fs, r: &Restore) -> i64 {
-    fs.cfg.restore.poll_override.unwrap_or_else(|| poll_interval(&r.tier)).as_millis() as i64
+/// All the restore task knows of the rest of coldvault: the restores recorded in the index,
+/// storage classes, where a restored copy is kept, and the store. The filesystem core
+/// implements it.
+pub trait RestoreBook: Send + Sync {
+    fn store(&self) -> &dyn ObjectStore;
+    fn config(&self) -> &RestoreConfig;
+    /// Key prefix of this vault in the bucket.
+    fn prefix(&self) -> &str;
+    /// Notified when a restore is recorded and must be sent.
+    fn wakeup(&self) -> &tokio::sync::Notify;
+    fn restores(&self) -> IndexResult<Vec<Restore>>;
+    /// Save a restore's new state (dropped if its file was deleted or rewritten meanwhile).
+    fn put_restore(&self, r: &Restore) -> IndexResult<()>;
+    /// What a HeadObject says of a pending restore: ready, until when, or still archived.
+    fn apply_head(&self, r: &mut Restore, h: &HeadInfo);
+    /// The object's storage class as a listing shows it; returns the files changed.
+    fn set_class_by_key(&self, key: &str, class: &str) -> IndexResult<usize>;
+    /// Where a local copy of this file's current version is kept (`--fetch-restored`).
+    fn restored_copy_path(&self, ino: u64) -> Option<PathBuf>;
 }
 
-pub async fn run(fs: Arc<Fs>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut next_refresh = fs.cfg.restore.class_refresh.map(|d| tokio::time::Instant::now() + d);
+fn interval(fs: &dyn RestoreBook, r: &Restore) -> i64 {
+    fs.config().poll_override.unwrap_or_else(|| poll_interval(&r.tier)).as_millis() as i64
+}
+
+pub async fn run(fs: Arc<dyn RestoreBook>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut next_refresh = fs.config().class_refresh.map(|d| tokio::time::Instant::now() + d);
     loop {
         if *stop.borrow() {
             return;
         }
-        if let Err(e) = tick(&fs).await {
+        if let Err(e) = tick(fs.as_ref()).await {
             tracing::error!(error = %e, "restore poller");
         }
         if let Some(t) = next_refresh {
             if tokio::time::Instant::now() >= t {
-                refresh_classes(&fs).await;
-                next_refresh = fs.cfg.restore.class_refresh.map(|d| tokio::time::Instant::now() + d);
+                refresh_classes(fs.as_ref()).await;
+                next_refresh = fs.config().class_refresh.map(|d| tokio::time::Instant::now() + d);
             }
         }
         tokio::select! {
-            _ = fs.restore_wakeup.notified() => {}
+            _ = fs.wakeup().notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.changed() => {}
         }
     }
 }
 
-async fn tick(fs: &Arc<Fs>) -> crate::fs::Result<()> {
+async fn tick(fs: &dyn RestoreBook) -> IndexResult<()> {
     let now = now_ms();
     for mut r in fs.restores()? {
         if r.next_check_ms > now {
@@ -50,7 +73,7 @@ async fn tick(fs: &Arc<Fs>) -> crate::fs::Result<()> {
                 if r.expiry_ms.is_some_and(|e| e <= now) {
                     tracing::info!(ino = r.ino, "restored copy expired; the object is archived again");
                     r.state = RState::Expired;
-                } else if fs.cfg.restore.fetch_restored {
+                } else if fs.config().fetch_restored {
                     fetch(fs, &mut r).await;
                 }
                 r.next_check_ms = r.expiry_ms.unwrap_or(i64::MAX).min(now + 3_600_000);
@@ -62,9 +85,9 @@ async fn tick(fs: &Arc<Fs>) -> crate::fs::Result<()> {
     Ok(())
 }
 
-async fn send(fs: &Arc<Fs>, r: &mut Restore) {
+async fn send(fs: &dyn RestoreBook, r: &mut Restore) {
     let now = now_ms();
-    match fs.store.restore_object(&r.object_key, r.days, &r.tier).await {
+    match fs.store().restore_object(&r.object_key, r.days, &r.tier).await {
         Ok(()) | Err(StoreError::RestoreInProgress) => {
             tracing::info!(ino = r.ino, tier = %r.tier, "RestoreObject accepted");
             r.state = RState::InProgress;
@@ -90,14 +113,14 @@ async fn send(fs: &Arc<Fs>, r: &mut Restore) {
     }
 }
 
-async fn head(fs: &Arc<Fs>, r: &mut Restore) {
+async fn head(fs: &dyn RestoreBook, r: &mut Restore) {
     let now = now_ms();
-    match fs.store.head_object(&r.object_key).await {
+    match fs.store().head_object(&r.object_key).await {
         Ok(h) => {
             fs.apply_head(r, &h);
             if r.state == RState::Ready {
                 tracing::info!(ino = r.ino, until = ?r.expiry_text, "restore complete; file readable");
-                if fs.cfg.restore.fetch_restored {
+                if fs.config().fetch_restored {
                     fetch(fs, r).await; // at once: the restored copy may be short-lived
                 }
             } else {
@@ -117,14 +140,12 @@ async fn head(fs: &Arc<Fs>, r: &mut Restore) {
 }
 
 /// `--fetch-restored`: keep a local copy so the file stays readable after the restore expires.
-async fn fetch(fs: &Arc<Fs>, r: &mut Restore) {
-    let Ok(i) = fs.getattr(r.ino) else { return };
-    let Some(h) = i.header.clone() else { return };
-    let dest = fs.staging.rcache_path(&h[96..128]);
+async fn fetch(fs: &dyn RestoreBook, r: &mut Restore) {
+    let Some(dest) = fs.restored_copy_path(r.ino) else { return };
     if dest.exists() {
         return;
     }
-    match fs.store.get_object(&r.object_key).await {
+    match fs.store().get_object(&r.object_key).await {
         Ok(body) => {
             let tmp = dest.with_extension("tmp");
             let w = std::fs::write(&tmp, &body).and_then(|_| std::fs::File::open(&tmp)?.sync_all()).and_then(|_| std::fs::rename(&tmp, &dest));
@@ -138,9 +159,9 @@ async fn fetch(fs: &Arc<Fs>, r: &mut Restore) {
 }
 
 /// ListObjectsV2 over the data prefix: learn lifecycle transitions without a HEAD per file.
-async fn refresh_classes(fs: &Arc<Fs>) {
-    let prefix = format!("{}d/", fs.cfg.prefix);
-    match fs.store.list(&prefix).await {
+async fn refresh_classes(fs: &dyn RestoreBook) {
+    let prefix = format!("{}d/", fs.prefix());
+    match fs.store().list(&prefix).await {
         Ok(entries) => {
             let mut changed = 0;
             for e in entries {

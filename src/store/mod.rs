@@ -84,6 +84,15 @@ pub struct HeadInfo {
     pub archive_status: Option<String>,
 }
 
+/// The storage class as the index records it: Intelligent-Tiering objects in an archive access
+/// tier become `INTELLIGENT_TIERING/<ARCHIVE_ACCESS|DEEP_ARCHIVE_ACCESS>`.
+pub fn effective_class(h: &HeadInfo) -> String {
+    match (&h.storage_class[..], &h.archive_status) {
+        ("INTELLIGENT_TIERING", Some(a)) => format!("INTELLIGENT_TIERING/{a}"),
+        (c, _) => c.to_string(),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ListEntry {
     pub key: String,

@@ -9,7 +9,6 @@
 //!   `status`).
 //! * An upload whose journal row disappeared (file rewritten or deleted) is abandoned.
 
-use crate::fs::Fs;
 use crate::meta::Upload;
 use crate::store::{ObjectStore, PutOptions, StoreError};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -17,6 +16,7 @@ use base64::Engine;
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,8 +58,39 @@ pub fn backoff(cfg: &UploadConfig, attempts: i64) -> Duration {
     capped.mul_f64(jitter).min(cfg.max_backoff)
 }
 
+pub use crate::meta::{IndexError, IndexResult};
+
+/// All the uploader knows of the rest of coldvault: the queue of sealed versions kept in the
+/// index, where each one's encrypted copy is, and the store. The filesystem core implements
+/// it; every state change of a queued version goes through these calls.
+pub trait UploadQueue: Send + Sync {
+    fn store(&self) -> Arc<dyn ObjectStore>;
+    /// The mount holds the private key and full rights (HeadObject, AbortMultipartUpload); a
+    /// write-only mount does not.
+    fn can_read(&self) -> bool;
+    /// A fresh, never used object key for a version whose key turned out to be occupied.
+    fn new_key(&self) -> String;
+    /// The encrypted copy of a queued version on local disk.
+    fn outbox_path(&self, u: &Upload) -> PathBuf;
+    /// Notified when a version is queued.
+    fn wakeup(&self) -> &tokio::sync::Notify;
+    /// Queued versions whose next attempt is due, oldest first.
+    fn due_uploads(&self, limit: usize) -> IndexResult<Vec<Upload>>;
+    /// False once the version was cancelled (file rewritten or deleted): stop sending it.
+    fn upload_exists(&self, id: i64) -> IndexResult<bool>;
+    fn mark_uploading(&self, u: &Upload) -> IndexResult<()>;
+    fn set_multipart(&self, id: i64, mp: Option<&str>) -> IndexResult<()>;
+    fn rekey_upload(&self, id: i64, key: &str) -> IndexResult<()>;
+    fn record_part(&self, id: i64, part: i32, etag: &str) -> IndexResult<()>;
+    fn parts(&self, id: i64) -> IndexResult<Vec<(i32, String)>>;
+    fn upload_retry(&self, u: &Upload, err: &StoreError, delay: Duration) -> IndexResult<()>;
+    fn upload_failed(&self, u: &Upload, err: &StoreError) -> IndexResult<()>;
+    /// The object is in the store and checked: record the version and release the local copy.
+    fn complete_upload(&self, u: &Upload) -> IndexResult<()>;
+}
+
 pub struct Uploader {
-    fs: Arc<Fs>,
+    fs: Arc<dyn UploadQueue>,
     cfg: UploadConfig,
     inflight: Mutex<HashSet<i64>>,
     /// Abort handles of running attempts: stopping interrupts them as a crash would.
@@ -75,7 +106,7 @@ enum Outcome {
 }
 
 impl Uploader {
-    pub fn new(fs: Arc<Fs>, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
+    pub fn new(fs: Arc<dyn UploadQueue>, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
         Arc::new(Uploader {
             fs,
             cfg,
@@ -99,7 +130,7 @@ impl Uploader {
             }
             self.dispatch();
             tokio::select! {
-                _ = self.fs.upload_wakeup.notified() => {}
+                _ = self.fs.wakeup().notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = stop.changed() => {}
             }
@@ -131,7 +162,7 @@ impl Uploader {
                 let id = u.id;
                 me.attempt(u).await;
                 me.inflight.lock().unwrap().remove(&id);
-                me.fs.upload_wakeup.notify_one();
+                me.fs.wakeup().notify_one();
             });
             let mut running = self.running.lock().unwrap();
             running.retain(|h| !h.is_finished());
@@ -168,7 +199,7 @@ impl Uploader {
     }
 
     fn read_outbox(&self, u: &Upload, start: u64, len: u64) -> Result<Bytes, StoreError> {
-        let p = self.fs.staging.outbox_path(u.ino, u.content_gen);
+        let p = self.fs.outbox_path(u);
         let f =
             std::fs::File::open(&p).map_err(|e| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) })?;
         let mut buf = vec![0u8; len as usize];
@@ -193,8 +224,8 @@ impl Uploader {
     /// Best-effort abort of a cancelled multipart upload. Write-only credentials lack
     /// s3:AbortMultipartUpload: there the bucket's AbortIncompleteMultipartUpload rule cleans up.
     async fn abandon_multipart(&self, u: &Upload, mp: &str) {
-        if self.fs.keys.secret.is_some() {
-            let _ = self.fs.store.abort_multipart(&u.object_key, mp).await;
+        if self.fs.can_read() {
+            let _ = self.fs.store().abort_multipart(&u.object_key, mp).await;
         }
     }
 
@@ -204,7 +235,7 @@ impl Uploader {
         PutOptions { storage_class: u.storage_class.clone(), metadata, tagging: u.tagging.clone(), if_none_match: true }
     }
 
-    fn journal<T>(r: crate::fs::Result<T>) -> Result<T, StoreError> {
+    fn journal<T>(r: IndexResult<T>) -> Result<T, StoreError> {
         // A failing journal write must not lose the upload: treat as transient.
         r.map_err(|e| StoreError::Retryable(format!("journal: {e}")))
     }
@@ -215,7 +246,7 @@ impl Uploader {
     /// lost). Anything else is never overwritten: the version moves to a fresh key and is
     /// uploaded again.
     async fn settle_existing(&self, u: &Upload) -> Result<Outcome, StoreError> {
-        let h = match self.fs.store.head_object(&u.object_key).await {
+        let h = match self.fs.store().head_object(&u.object_key).await {
             // Just written but not visible yet (an eventually consistent store): ask again later.
             Err(StoreError::NotFound) => return Err(StoreError::Retryable("the uploaded object is not visible yet".into())),
             r => r?,
@@ -224,7 +255,7 @@ impl Uploader {
         if h.size == u.enc_size && h.metadata.get("cvh").is_some_and(|v| *v == ours) {
             return Ok(Outcome::Done);
         }
-        let fresh = crate::fs::Fs::new_object_key(&self.fs.cfg.prefix);
+        let fresh = self.fs.new_key();
         tracing::error!(upload = u.id, key = %u.object_key, new_key = %fresh, "another object occupies this version's key; it is left untouched and the version is uploaded under a new key");
         Self::journal(self.fs.rekey_upload(u.id, &fresh))?;
         Err(StoreError::Retryable("object key taken by another object; retrying under a new key".into()))
@@ -235,18 +266,18 @@ impl Uploader {
             // A write-only mount may not HeadObject. The key is 128 random bits drawn for this
             // version and never shown to anyone before this upload, so an object already there
             // is our own earlier attempt whose answer was lost.
-            Err(StoreError::AlreadyExists) if self.fs.keys.secret.is_none() => Ok(Outcome::Done),
+            Err(StoreError::AlreadyExists) if !self.fs.can_read() => Ok(Outcome::Done),
             Err(StoreError::AlreadyExists) => self.settle_existing(u).await,
             // Before the local copy is released, check what the store holds: its size and this
             // version's header. A write-only mount may not read the bucket (HeadObject is
             // denied): there the Content-MD5 of every request is the check.
-            Ok(Outcome::Done) if self.fs.keys.secret.is_some() => self.settle_existing(u).await,
+            Ok(Outcome::Done) if self.fs.can_read() => self.settle_existing(u).await,
             r => r,
         }
     }
 
     async fn upload_conditional(&self, u: &Upload) -> Result<Outcome, StoreError> {
-        let store = self.fs.store.clone();
+        let store = self.fs.store();
         if u.enc_size <= MULTIPART_THRESHOLD {
             let body = tokio::task::block_in_place(|| self.read_outbox(u, 0, u.enc_size))?;
             if !Self::journal(self.fs.upload_exists(u.id))? {

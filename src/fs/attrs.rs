@@ -1,0 +1,308 @@
+//! Attributes: lookup, getattr/setattr (truncate included), readdir, readlink, extended attributes, statfs, and the virtual status files.
+
+use super::*;
+
+impl Fs {
+    /// Links of a directory: "." , its entry in the parent, and ".." of each subdirectory.
+    pub fn dir_nlink(&self, ino: u64) -> u32 {
+        let c = self.core();
+        c.db.subdir_count(ino).map(|n| 2 + n as u32).unwrap_or(2)
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Inode> {
+        let c = self.core();
+        if ino >= CTL_DIR {
+            return self.virtual_inode(&c, ino).map(|(i, _)| i);
+        }
+        Self::get_inode(&c, ino)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Result<Inode> {
+        if name.len() > MAX_NAME {
+            return Err(FsError::NameTooLong);
+        }
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let c = self.core();
+        if parent == ROOT && name == CTL_NAME {
+            return self.virtual_inode(&c, CTL_DIR).map(|(i, _)| i);
+        }
+        if parent == CTL_DIR {
+            return if name == "restores" { self.virtual_inode(&c, CTL_RESTORES).map(|(i, _)| i) } else { Err(FsError::NotFound) };
+        }
+        match c.db.lookup(parent, name)? {
+            Some(i) => Ok(Self::apply_overlay(&c, i)),
+            None => {
+                // NAME.restore-status beside a file with a visible restore.
+                let base = name.strip_suffix(self.cfg.restore.suffix.as_str()).ok_or(FsError::NotFound)?;
+                let b = c.db.lookup(parent, base)?.ok_or(FsError::NotFound)?;
+                self.virtual_inode(&c, b.ino | STATUS_BIT).map(|(i, _)| i)
+            }
+        }
+    }
+
+    pub fn readdir(&self, ino: u64) -> Result<Vec<Inode>> {
+        let c = self.core();
+        if ino == CTL_DIR {
+            return Ok(vec![self.virtual_inode(&c, CTL_RESTORES)?.0]);
+        }
+        let d = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        if d.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut out: Vec<Inode> = c.db.children(ino)?.into_iter().map(|i| Self::apply_overlay(&c, i)).collect();
+        let restores = c.db.restores()?;
+        if !restores.is_empty() {
+            let visible: std::collections::HashSet<u64> = restores.iter().filter(|r| r.state.visible()).map(|r| r.ino).collect();
+            let extra: Vec<u64> = out.iter().filter(|i| visible.contains(&i.ino)).map(|i| i.ino).collect();
+            for x in extra {
+                if let Ok((v, _)) = self.virtual_inode(&c, x | STATUS_BIT) {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A virtual inode (status file, `.coldvault`, its `restores` listing) and its content.
+    pub(super) fn virtual_inode(&self, c: &Core, ino: u64) -> Result<(Inode, Vec<u8>)> {
+        let root = c.db.get(ROOT)?.ok_or(FsError::NotFound)?;
+        let mut v = Self::new_inode(ROOT, CTL_NAME, Kind::Dir, 0o555, root.uid, root.gid);
+        v.ino = ino;
+        v.state = State::None;
+        v.mtime_ns = now_ns();
+        v.ctime_ns = v.mtime_ns;
+        let content = match ino {
+            CTL_DIR => Vec::new(),
+            CTL_RESTORES => {
+                v.parent = CTL_DIR;
+                v.name = "restores".into();
+                v.kind = Kind::File;
+                v.mode = 0o444;
+                let mut t = String::from("# path\tstate\tclass\ttier\tsize\trequested\texpected ready / available until\treason\n");
+                for r in c.db.restores()? {
+                    let path = c.db.path_of(r.ino).unwrap_or_default();
+                    let when = match r.state {
+                        crate::restore::RState::Ready => r.expiry_text.clone().unwrap_or_default(),
+                        _ => crate::restore::fmt_ms(r.expected_ms),
+                    };
+                    t.push_str(&format!(
+                        "{path}\t{}\t{}\t{}\t{}\t{}\t{when}\t{}\n",
+                        r.state.as_str(),
+                        r.class,
+                        r.tier,
+                        r.size,
+                        crate::restore::fmt_ms(r.requested_ms),
+                        r.reason.clone().unwrap_or_default()
+                    ));
+                }
+                t.into_bytes()
+            }
+            x if x & STATUS_BIT != 0 => {
+                let base_ino = x & !STATUS_BIT;
+                let b = c.db.get(base_ino)?.ok_or(FsError::NotFound)?;
+                let r = c.db.restore(base_ino)?.filter(|r| r.state.visible()).ok_or(FsError::NotFound)?;
+                let path = c.db.path_of(base_ino)?;
+                v.parent = b.parent;
+                v.name = format!("{}{}", b.name, self.cfg.restore.suffix);
+                v.kind = Kind::File;
+                v.mode = 0o444;
+                v.uid = b.uid;
+                v.gid = b.gid;
+                v.mtime_ns = r.last_check_ms.max(r.requested_ms) * 1_000_000;
+                v.ctime_ns = v.mtime_ns;
+                crate::restore::status_text(&path, &r).into_bytes()
+            }
+            _ => return Err(FsError::NotFound),
+        };
+        v.size = content.len() as u64;
+        Ok((v, content))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<String> {
+        let i = self.getattr(ino)?;
+        i.target.ok_or(FsError::Invalid("not a symlink"))
+    }
+
+    /// chmod/chown/truncate/utimens. `None` leaves a field unchanged (UTIME_OMIT).
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Inode> {
+        if let Some(sz) = size {
+            self.truncate(ino, sz)?;
+        }
+        let mut c = self.core();
+        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let now = now_ns();
+        if let Some(m) = mode {
+            i.mode = m & 0o7777;
+        }
+        if let Some(u) = uid {
+            i.uid = u;
+        }
+        if let Some(g) = gid {
+            i.gid = g;
+        }
+        if let Some(a) = atime_ns {
+            i.atime_ns = a;
+        }
+        if let Some(m) = mtime_ns {
+            i.mtime_ns = m;
+            if let Some(o) = c.open.get_mut(&ino) {
+                o.mtime_ns = m;
+            }
+        } else if let Some(o) = c.open.get(&ino) {
+            if o.spool.is_some() {
+                i.mtime_ns = o.mtime_ns;
+            }
+        }
+        if size.is_none() {
+            if let Some(o) = c.open.get(&ino) {
+                if o.spool.is_some() {
+                    i.size = o.size;
+                }
+            }
+        }
+        i.ctime_ns = now;
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.ctime_ns = now;
+        }
+        if i.state == State::Dirty {
+            // Metadata changes right after a write (robocopy sets times after closing) restart
+            // the settle clock, so the file is sealed once, with its final attributes.
+            i.dirty_ms = now_ms();
+        }
+        c.db.update(&i)?;
+        Self::record_attr(&c, &i);
+        Ok(Self::apply_overlay(&c, i))
+    }
+
+    pub(super) fn truncate(&self, ino: u64, size: u64) -> Result<()> {
+        {
+            let mut c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            if i.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            if i.kind != Kind::File {
+                return Err(FsError::Invalid("truncate of a non-file"));
+            }
+            if let Some(o) = c.open.get_mut(&ino) {
+                if let Some(sp) = &o.spool {
+                    sp.set_len(size)?;
+                    o.size = size;
+                    o.mtime_ns = now_ns();
+                    o.ctime_ns = o.mtime_ns;
+                    o.touch();
+                    let writers = o.writers;
+                    drop(c);
+                    // With a writer open, its close commits this; with only readers (or
+                    // `truncate` by path while someone reads), nobody else would.
+                    return if writers == 0 { self.persist(ino) } else { Ok(()) };
+                }
+            }
+            if i.state.has_spool() {
+                let f = self.staging.open_spool(ino)?;
+                f.set_len(size)?;
+                f.sync_all()?;
+                drop(f);
+                let mut i = i;
+                i.size = size;
+                i.mtime_ns = now_ns();
+                i.content_gen += 1;
+                i.dirty_ms = now_ms();
+                c.db.update(&i)?;
+                return Ok(());
+            }
+        }
+        // Content is sealed or remote: materialize it (or start empty), then cut.
+        self.ensure_spool(ino, size == 0)?;
+        let c = self.core();
+        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let f = self.staging.open_spool(ino)?;
+        f.set_len(size)?;
+        f.sync_all()?;
+        i.size = size;
+        i.mtime_ns = now_ns();
+        i.content_gen += 1;
+        i.dirty_ms = now_ms();
+        c.db.update(&i)?;
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        Ok(self.staging.statvfs()?)
+    }
+
+    // ------------------------------------------------------------------ xattrs (Samba DOS attributes)
+
+    pub(super) fn xattr_map(i: &Inode) -> HashMap<String, String> {
+        i.xattrs.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default()
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &std::ffi::OsStr) -> Result<Vec<u8>> {
+        let i = self.getattr(ino)?;
+        let m = Self::xattr_map(&i);
+        let v = m.get(name.to_str().ok_or(FsError::NoAttr)?).ok_or(FsError::NoAttr)?;
+        hex::decode(v).map_err(|_| FsError::NoAttr)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let i = self.getattr(ino)?;
+        let mut out = Vec::new();
+        let mut names: Vec<_> = Self::xattr_map(&i).into_keys().collect();
+        names.sort();
+        for n in names {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &std::ffi::OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let name = name.to_str().ok_or(FsError::BadName)?;
+        if !(name.starts_with("user.") || name.starts_with("security.") || name.starts_with("trusted.")) {
+            return Err(FsError::NotSupported("only user.*, security.* and trusted.* attributes are stored"));
+        }
+        // Samba's streams_xattr keeps alternate data streams (macOS resource forks) in xattrs.
+        if value.len() > 64 * 1024 {
+            return Err(FsError::Range);
+        }
+        let c = self.core();
+        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let mut m = Self::xattr_map(&i);
+        let exists = m.contains_key(name);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoAttr);
+        }
+        m.insert(name.to_string(), hex::encode(value));
+        i.xattrs = Some(serde_json::to_string(&m).expect("json"));
+        i.ctime_ns = now_ns();
+        c.db.update(&i)?;
+        Self::record_attr(&c, &i);
+        Ok(())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &std::ffi::OsStr) -> Result<()> {
+        let c = self.core();
+        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let mut m = Self::xattr_map(&i);
+        if m.remove(name.to_str().ok_or(FsError::NoAttr)?).is_none() {
+            return Err(FsError::NoAttr);
+        }
+        i.xattrs = Some(serde_json::to_string(&m).expect("json"));
+        c.db.update(&i)?;
+        Self::record_attr(&c, &i);
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! The open-handle table: open (and O_TRUNC), write, flush/fsync/release and `persist`, which makes a close durable (spool fsynced, size and state committed).
+
+use super::*;
+
+impl Fs {
+    // ------------------------------------------------------------------ open / close
+
+    pub(super) fn alloc_handle(c: &mut Core, ino: u64, write: bool) -> u64 {
+        let fh = c.next_fh;
+        c.next_fh += 1;
+        c.handles.insert(fh, Handle { ino, write, virt: None });
+        fh
+    }
+
+    /// Make sure the file's plaintext is in its spool (state dirty). `empty`: start from
+    /// nothing (O_TRUNC) instead of fetching the old content.
+    pub(super) fn ensure_spool(&self, ino: u64, empty: bool) -> Result<()> {
+        let (i, src) = {
+            let mut c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            if i.state.has_spool() {
+                return Ok(());
+            }
+            if empty || i.size == 0 {
+                return self.become_dirty_empty(&mut c, i);
+            }
+            let src = self.source_of(&c, &i)?;
+            (i, src)
+        };
+        // Decrypt the old content outside the lock into a fetch file, then adopt it.
+        let tmp = self.staging.fetch_path(ino);
+        let fetch = || -> Result<()> {
+            let out = File::create(&tmp)?;
+            let mut off = 0u64;
+            while off < i.size {
+                let n = (i.size - off).min(8 * SEGMENT);
+                let data = self.read_encrypted(&i, &src, off, n)?;
+                out.write_all_at(&data, off)?;
+                off += data.len() as u64;
+                if data.is_empty() {
+                    break;
+                }
+            }
+            Ok(out.sync_all()?)
+        };
+        if let Err(e) = fetch() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut c = self.core();
+        let mut cur = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        if cur.content_gen != i.content_gen || cur.state.has_spool() {
+            let _ = std::fs::remove_file(&tmp);
+            return if cur.state.has_spool() { Ok(()) } else { Err(FsError::Invalid("file changed while opening")) };
+        }
+        let ups = c.db.uploads_for_ino(ino)?;
+        self.staging.adopt_fetch(&tmp, ino)?;
+        let tx = c.db.begin()?;
+        Self::discard_uploads(&tx, &ups)?;
+        cur.state = State::Dirty;
+        cur.content_gen += 1;
+        cur.dirty_ms = now_ms();
+        Db::save(&tx, &cur)?;
+        Db::delete_restore(&tx, ino)?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        for u in &ups {
+            self.staging.remove_outbox(u.ino, u.content_gen);
+        }
+        Ok(())
+    }
+
+    pub(super) fn become_dirty_empty(&self, c: &mut Core, mut i: Inode) -> Result<()> {
+        self.drop_content(c, i.ino)?;
+        self.staging.create_spool(i.ino)?.sync_all()?;
+        i.state = State::Dirty;
+        i.size = 0;
+        i.content_gen += 1;
+        i.dirty_ms = now_ms();
+        i.mtime_ns = now_ns();
+        c.db.update(&i)?;
+        Ok(())
+    }
+
+    /// Open an existing file. Returns the handle number and whether the kernel must bypass its
+    /// page cache (virtual files, whose content changes). `pid` is the opener (cost guard).
+    pub fn open(&self, ino: u64, write: bool, trunc: bool, pid: u32) -> Result<(u64, bool)> {
+        if ino >= CTL_DIR {
+            if write {
+                return Err(FsError::NotPermitted("status files are read-only"));
+            }
+            let mut c = self.core();
+            let (i, content) = self.virtual_inode(&c, ino)?;
+            if i.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let fh = Self::alloc_handle(&mut c, ino, false);
+            c.handles.get_mut(&fh).expect("just added").virt = Some(Arc::new(content));
+            return Ok((fh, true));
+        }
+        {
+            let c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            if i.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            drop(c);
+            if self.keys.secret.is_none() && !i.state.has_spool() && !(write && trunc) && i.size > 0 {
+                return Err(self.write_only_refusal(&i));
+            }
+            // Reading (or partly rewriting) archived content needs a restore; O_TRUNC does not.
+            if i.state == State::Uploaded && !(write && trunc) && i.size > 0 {
+                self.check_restore(&i, pid)?;
+            }
+        }
+        self.open_real(ino, write, trunc).map(|fh| (fh, false))
+    }
+
+    pub(super) fn write_only_refusal(&self, i: &Inode) -> FsError {
+        let path = self.core().db.path_of(i.ino).unwrap_or_default();
+        tracing::warn!(path = %path, "refusing to read: this mount is write-only (no private key); its content is only readable with the passphrase");
+        FsError::WriteOnly
+    }
+
+    pub(super) fn open_real(&self, ino: u64, write: bool, trunc: bool) -> Result<u64> {
+        if write {
+            self.ensure_spool(ino, trunc)?;
+        }
+        let mut c = self.core();
+        let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        if write && trunc && i.size != 0 {
+            let sp = match c.open.get(&ino).and_then(|o| o.spool.clone()) {
+                Some(s) => s,
+                None => Arc::new(self.staging.open_spool(ino)?),
+            };
+            sp.set_len(0)?;
+            if let Some(o) = c.open.get_mut(&ino) {
+                o.size = 0;
+                o.touch();
+            } else {
+                let mut i = i.clone();
+                i.size = 0;
+                i.content_gen += 1;
+                i.dirty_ms = now_ms();
+                i.mtime_ns = now_ns();
+                c.db.update(&i)?;
+            }
+        }
+        let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let spool = if i.state.has_spool() {
+            match c.open.get(&ino).and_then(|o| o.spool.clone()) {
+                Some(s) => Some(s),
+                None => Some(Arc::new(self.staging.open_spool(ino)?)),
+            }
+        } else {
+            None
+        };
+        let o = c.open.entry(ino).or_insert(OpenFile {
+            handles: 0,
+            writers: 0,
+            spool: None,
+            size: i.size,
+            mtime_ns: i.mtime_ns,
+            ctime_ns: i.ctime_ns,
+            changes: 0,
+            committed: 0,
+        });
+        if o.spool.is_none() {
+            if let Some(s) = spool {
+                o.spool = Some(s);
+                o.size = i.size;
+                o.mtime_ns = i.mtime_ns;
+                o.ctime_ns = i.ctime_ns;
+            }
+        }
+        o.handles += 1;
+        if write {
+            o.writers += 1;
+        }
+        Ok(Self::alloc_handle(&mut c, ino, write))
+    }
+
+    /// Make what was written through this file durable (spool fsync + index commit).
+    pub(super) fn persist(&self, ino: u64) -> Result<()> {
+        let (spool, target) = {
+            let c = self.core();
+            match c.open.get(&ino) {
+                Some(o) if o.pending() => (o.spool.clone(), o.changes),
+                _ => return Ok(()),
+            }
+        };
+        #[cfg(test)]
+        if let Some(hook) = self.persist_hook.lock().unwrap().take() {
+            hook();
+        }
+        if let Some(sp) = spool {
+            sp.sync_all()?;
+            self.staging.sync_dirs()?;
+        }
+        let mut c = self.core();
+        let (size, mtime, ctime) = match c.open.get(&ino) {
+            // Another close made at least these changes durable meanwhile.
+            Some(o) if o.committed < target => (o.size, o.mtime_ns, o.ctime_ns),
+            _ => return Ok(()),
+        };
+        if let Some(mut i) = c.db.get(ino)? {
+            i.size = size;
+            i.mtime_ns = mtime;
+            i.ctime_ns = ctime;
+            i.state = State::Dirty;
+            i.content_gen += 1;
+            i.dirty_ms = now_ms();
+            c.db.update(&i)?;
+        }
+        // Only now, after the fsync and the commit, are the changes up to `target` durable.
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.committed = o.committed.max(target);
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_ino(&self, fh: u64) -> Result<(u64, bool)> {
+        let c = self.core();
+        c.handles.get(&fh).map(|h| (h.ino, h.write)).ok_or(FsError::BadHandle)
+    }
+
+    /// close(): durable before it returns.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let (ino, write) = self.handle_ino(fh)?;
+        if write {
+            self.persist(ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        let (ino, _) = self.handle_ino(fh)?;
+        self.persist(ino)
+    }
+
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let (ino, write) = self.handle_ino(fh)?;
+        let r = if write { self.persist(ino) } else { Ok(()) };
+        let mut c = self.core();
+        c.handles.remove(&fh);
+        let last = if let Some(o) = c.open.get_mut(&ino) {
+            o.handles = o.handles.saturating_sub(1);
+            if write {
+                o.writers = o.writers.saturating_sub(1);
+            }
+            o.handles == 0
+        } else {
+            false
+        };
+        if last {
+            c.open.remove(&ino);
+            if let Some(i) = c.db.get(ino)? {
+                if i.parent == 0 {
+                    Db::delete_inode(c.db.conn(), ino)?;
+                    self.drop_content(&mut c, ino)?;
+                }
+            }
+        }
+        r
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let (ino, write) = self.handle_ino(fh)?;
+        if !write {
+            return Err(FsError::BadHandle);
+        }
+        let spool = {
+            let c = self.core();
+            c.open.get(&ino).and_then(|o| o.spool.clone()).ok_or(FsError::BadHandle)?
+        };
+        spool.write_all_at(data, offset)?;
+        let mut c = self.core();
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.size = o.size.max(offset + data.len() as u64);
+            o.mtime_ns = now_ns();
+            o.ctime_ns = o.mtime_ns;
+            o.touch();
+        }
+        Ok(data.len())
+    }
+}

@@ -1,0 +1,310 @@
+//! The bucket's view of the index: journal records written with each change, snapshots, and rebuilding the index from a tree read back from the bucket.
+
+use super::*;
+
+use crate::meta::IndexResult;
+use crate::remote_meta::journal::JournalIndex;
+
+impl JournalIndex for Fs {
+    fn store(&self) -> &dyn ObjectStore {
+        self.store.as_ref()
+    }
+
+    fn keys(&self) -> &VaultKeys {
+        &self.keys
+    }
+
+    fn prefix(&self) -> &str {
+        &self.cfg.prefix
+    }
+
+    fn flush_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.journal_lock
+    }
+
+    fn wakeup(&self) -> &tokio::sync::Notify {
+        &self.journal_wakeup
+    }
+
+    fn uploaded_one(&self) {
+        self.meta_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn machine(&self) -> IndexResult<String> {
+        Ok(self.machine_id()?)
+    }
+
+    fn tree(&self) -> IndexResult<(crate::remote_meta::Tree, i64)> {
+        Ok(self.export_tree()?)
+    }
+
+    fn dead(&self) -> IndexResult<Vec<String>> {
+        Ok(self.dead_keys()?)
+    }
+
+    fn pending_journal(&self, limit: usize) -> IndexResult<Vec<crate::remote_meta::Record>> {
+        let rows = self.core().db.journal_pending(limit)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, ts_ms, json)| match serde_json::from_str(&json) {
+                Ok(entry) => Some(crate::remote_meta::Record { seq, ts_ms, entry }),
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "unreadable journal row skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn journal_sent(&self, last_seq: i64, n: u64) -> IndexResult<()> {
+        let c = self.core();
+        c.db.journal_delete_upto(last_seq)?;
+        let since: u64 = c.db.setting("since_snapshot")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        c.db.set_setting("since_snapshot", &(since + n).to_string())?;
+        Ok(())
+    }
+
+    /// (entries uploaded since the last snapshot, time of the last snapshot in ms).
+    fn snapshot_due(&self) -> IndexResult<(u64, i64)> {
+        let c = self.core();
+        let since = c.db.setting("since_snapshot")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let last = match c.db.setting("last_snapshot_ms")? {
+            Some(v) => v.parse().unwrap_or(0),
+            None => {
+                // Count the age from the first use, not from 1970.
+                c.db.set_setting("last_snapshot_ms", &now_ms().to_string())?;
+                now_ms()
+            }
+        };
+        Ok((since, last))
+    }
+
+    /// What a snapshot taken now reflects of every machine's journal: this machine's records up
+    /// to `covers_seq`, other machines' as far as this index imported them.
+    fn snapshot_seen(&self, machine: &str, covers_seq: i64) -> IndexResult<std::collections::BTreeMap<String, i64>> {
+        let c = self.core();
+        let mut seen: std::collections::BTreeMap<String, i64> =
+            c.db.setting("imported_seen")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+        seen.insert(machine.to_string(), covers_seq);
+        Ok(seen)
+    }
+
+    /// Now, for stamping bucket metadata: never before what this index imported.
+    fn clock_ms(&self) -> IndexResult<i64> {
+        let floor = self.core().db.setting("clock_floor_ms")?.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        Ok(now_ms().max(floor + 1))
+    }
+
+    fn snapshot_taken(&self, _covers_seq: i64) -> IndexResult<()> {
+        let c = self.core();
+        c.db.set_setting("since_snapshot", "0")?;
+        c.db.set_setting("last_snapshot_ms", &now_ms().to_string())?;
+        Ok(())
+    }
+}
+
+impl Fs {
+    // ------------------------------------------------------------------ journal (metadata in the bucket)
+
+    /// Append a namespace change to the journal (called with `core` held, right after the change).
+    /// Journal a change inside its operation's transaction: if the record cannot be written,
+    /// the operation fails and nothing of it is kept.
+    pub(super) fn record_in_op(c: &Core, e: crate::remote_meta::Entry) -> Result<()> {
+        Db::journal_append(c.db.conn(), now_ms(), &serde_json::to_string(&e).expect("serialize"))?;
+        Ok(())
+    }
+
+    pub(super) fn record(c: &Core, e: crate::remote_meta::Entry) {
+        let json = serde_json::to_string(&e).expect("serialize");
+        if let Err(err) = Db::journal_append(c.db.conn(), now_ms(), &json) {
+            tracing::error!(error = %err, "could not journal a namespace change; the next snapshot will carry it");
+        }
+    }
+
+    pub(super) fn record_attr(c: &Core, i: &Inode) {
+        if i.kind == Kind::File && i.state != State::Uploaded {
+            return; // its Upload entry will carry the final attributes
+        }
+        if let Ok(path) = c.db.path_of(i.ino) {
+            Self::record(
+                c,
+                crate::remote_meta::Entry::Attr { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns, xattrs: i.xattrs.clone() },
+            );
+        }
+    }
+
+    pub fn machine_id(&self) -> Result<String> {
+        let c = self.core();
+        if let Some(m) = c.db.setting("machine_id")? {
+            return Ok(m);
+        }
+        let m = hex::encode(rand::random::<[u8; 8]>());
+        c.db.set_setting("machine_id", &m)?;
+        Ok(m)
+    }
+
+    pub fn journal_pending_count(&self) -> Result<u64> {
+        Ok(self.core().db.journal_len()?)
+    }
+
+    /// The uploaded namespace as a tree, and the journal sequence number it reflects — taken
+    /// under one lock so the snapshot and the sequence agree.
+    pub fn export_tree(&self) -> Result<(crate::remote_meta::Tree, i64)> {
+        use crate::remote_meta::{Entry, Tree};
+        let c = self.core();
+        let covers = c.db.journal_max_seq()?;
+        let mut t = Tree::default();
+        for i in c.db.select_inodes("WHERE ino != 1 AND parent != 0 ORDER BY ino", [])? {
+            let path = c.db.path_of(i.ino)?;
+            let e = match i.kind {
+                Kind::Dir => Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
+                Kind::Symlink => Entry::Symlink { path, target: i.target.clone().unwrap_or_default(), uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
+                Kind::Special => {
+                    Entry::Special { path, special: i.target.clone().unwrap_or_default(), mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns }
+                }
+                Kind::File if i.state == State::Uploaded => Entry::Upload {
+                    path,
+                    key: i.object_key.clone().unwrap_or_default(),
+                    size: i.size,
+                    mtime_ns: i.mtime_ns,
+                    mode: i.mode,
+                    uid: i.uid,
+                    gid: i.gid,
+                    class: i.storage_class.clone().unwrap_or_else(|| "STANDARD".into()),
+                    sha256: i.sha256.clone().unwrap_or_default(),
+                    header: i.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
+                    xattrs: i.xattrs.clone(),
+                },
+                // The next version is still pending: the snapshot carries the newest one that
+                // is durable (the file must not vanish from a rebuild meanwhile).
+                Kind::File => match c.db.latest_version(i.ino)? {
+                    Some(v) => Entry::Upload {
+                        path,
+                        key: v.object_key,
+                        size: v.size,
+                        mtime_ns: v.mtime_ns,
+                        mode: v.mode,
+                        uid: v.uid,
+                        gid: v.gid,
+                        class: v.storage_class,
+                        sha256: v.sha256,
+                        header: B64.encode(v.header),
+                        xattrs: i.xattrs.clone(),
+                    },
+                    None => continue,
+                },
+            };
+            t.apply(&e);
+        }
+        Ok((t, covers))
+    }
+
+    /// A fresh index (only the root) that was never filled: a rebuild from the bucket applies.
+    pub fn needs_rebuild(&self) -> Result<bool> {
+        let c = self.core();
+        if c.db.setting("initialized")?.is_some() {
+            return Ok(false);
+        }
+        let n = c.db.inode_count()?;
+        if n > 0 {
+            c.db.set_setting("initialized", "1")?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub fn dead_keys(&self) -> Result<Vec<String>> {
+        Ok(self.core().db.dead_keys()?)
+    }
+
+    pub fn mark_initialized(&self) -> Result<()> {
+        Ok(self.core().db.set_setting("initialized", "1")?)
+    }
+
+    /// Fill an empty index from a replayed tree (one transaction). Returns (dirs, files, links).
+    pub fn import_tree(&self, t: &crate::remote_meta::Tree) -> Result<(usize, usize, usize)> {
+        use crate::remote_meta::NodeKind;
+        let mut c = self.core();
+        let now = now_ns();
+        let tx = c.db.begin()?;
+        let mut inos: HashMap<String, u64> = HashMap::new();
+        inos.insert(String::new(), ROOT);
+        let (mut d, mut f, mut l) = (0, 0, 0);
+        // BTreeMap order puts "a" before "a/b": parents are inserted first.
+        for (path, n) in &t.nodes {
+            let (parent, name) = match path.rsplit_once('/') {
+                Some((p, n)) => (p.to_string(), n),
+                None => (String::new(), path.as_str()),
+            };
+            let Some(&pino) = inos.get(&parent) else { continue };
+            let (kind, state) = match n.kind {
+                NodeKind::Dir => (Kind::Dir, State::None),
+                NodeKind::Symlink => (Kind::Symlink, State::None),
+                NodeKind::Special => (Kind::Special, State::None),
+                NodeKind::File => (Kind::File, State::Uploaded),
+            };
+            let ino = Db::insert_full(
+                &tx,
+                &Inode {
+                    ino: 0,
+                    parent: pino,
+                    name: name.to_string(),
+                    kind,
+                    mode: n.mode,
+                    uid: n.uid,
+                    gid: n.gid,
+                    size: n.size,
+                    atime_ns: n.mtime_ns,
+                    mtime_ns: n.mtime_ns,
+                    ctime_ns: now,
+                    target: n.target.clone(),
+                    state,
+                    content_gen: 1,
+                    dirty_ms: 0,
+                    object_key: n.key.clone(),
+                    storage_class: n.class.clone(),
+                    header: n.header.clone(),
+                    sha256: n.sha256.clone(),
+                    xattrs: n.xattrs.clone(),
+                },
+            )?;
+            match n.kind {
+                NodeKind::Dir => {
+                    d += 1;
+                    inos.insert(path.clone(), ino);
+                }
+                NodeKind::File => {
+                    f += 1;
+                    if let Some(key) = &n.key {
+                        let v = crate::meta::Version {
+                            object_key: key.clone(),
+                            ino,
+                            size: n.size,
+                            mtime_ns: n.mtime_ns,
+                            mode: n.mode,
+                            uid: n.uid,
+                            gid: n.gid,
+                            storage_class: n.class.clone().unwrap_or_else(|| "STANDARD".into()),
+                            sha256: n.sha256.clone().unwrap_or_default(),
+                            header: n.header.clone().unwrap_or_default(),
+                        };
+                        Db::add_version(&tx, &v, 0)?;
+                    }
+                }
+                NodeKind::Symlink | NodeKind::Special => l += 1,
+            }
+        }
+        // Keys the bucket holds but no live file uses stay dead in this index's snapshots too.
+        let live: std::collections::HashSet<&str> = t.nodes.values().filter_map(|n| n.key.as_deref()).collect();
+        for k in t.mentioned.iter().filter(|k| !live.contains(k.as_str())) {
+            Db::add_dead_key(&tx, k)?;
+        }
+        Db::set_setting_in(&tx, "initialized", "1")?;
+        // What this index was built from: its snapshots say so (so a later rebuild replays only
+        // what came after), and its own changes are stamped after all of it.
+        Db::set_setting_in(&tx, "imported_seen", &serde_json::to_string(&t.seen).expect("json"))?;
+        Db::set_setting_in(&tx, "clock_floor_ms", &t.max_ts.to_string())?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        Ok((d, f, l))
+    }
+}

@@ -1,0 +1,351 @@
+//! Namespace operations: create, mkdir, symlink, mknod, unlink, rmdir, rename — each one SQLite transaction with its journal record (`in_op`); staged files are deleted only after the commit.
+
+use super::*;
+
+impl Fs {
+    // ------------------------------------------------------------------ namespace
+
+    pub(super) fn new_inode(parent: u64, name: &str, kind: Kind, mode: u32, uid: u32, gid: u32) -> Inode {
+        let now = now_ns();
+        Inode {
+            ino: 0,
+            parent,
+            name: name.to_string(),
+            kind,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            size: 0,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            target: None,
+            state: if kind == Kind::File { State::Dirty } else { State::None },
+            content_gen: 0,
+            dirty_ms: now_ms(),
+            object_key: None,
+            storage_class: None,
+            header: None,
+            sha256: None,
+            xattrs: None,
+        }
+    }
+
+    pub(super) fn check_new_entry(c: &Core, parent: u64, name: &std::ffi::OsStr) -> Result<String> {
+        let name = check_name(name)?;
+        let p = c.db.get(parent)?.ok_or(FsError::NotFound)?;
+        if p.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let ppath = c.db.path_of(parent)?;
+        if ppath.len() + 1 + name.len() > MAX_PATH {
+            return Err(FsError::NameTooLong);
+        }
+        if c.db.lookup(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        Ok(name.to_string())
+    }
+
+    pub(super) fn touch_dir(c: &Core, dir: u64) -> Result<()> {
+        if let Some(mut d) = c.db.get(dir)? {
+            let now = now_ns();
+            d.mtime_ns = now;
+            d.ctime_ns = now;
+            c.db.update(&d)?;
+        }
+        Ok(())
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<Inode> {
+        let mut c = self.core();
+        self.in_op(&mut c, |c| {
+            let name = Self::check_new_entry(c, parent, name)?;
+            let i = c.db.insert(&Self::new_inode(parent, &name, Kind::Dir, mode, uid, gid))?;
+            Self::touch_dir(c, parent)?;
+            let path = c.db.path_of(i.ino)?;
+            Self::record_in_op(c, crate::remote_meta::Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns })?;
+            Ok(i)
+        })
+    }
+
+    pub fn symlink(&self, parent: u64, name: &std::ffi::OsStr, target: &std::path::Path, uid: u32, gid: u32) -> Result<Inode> {
+        let target = target.to_str().ok_or(FsError::BadName)?.to_string();
+        let mut c = self.core();
+        self.in_op(&mut c, |c| {
+            let name = Self::check_new_entry(c, parent, name)?;
+            let mut n = Self::new_inode(parent, &name, Kind::Symlink, 0o777, uid, gid);
+            n.size = target.len() as u64;
+            n.target = Some(target.clone());
+            let i = c.db.insert(&n)?;
+            Self::touch_dir(c, parent)?;
+            let path = c.db.path_of(i.ino)?;
+            Self::record_in_op(c, crate::remote_meta::Entry::Symlink { path, target: target.clone(), uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns })?;
+            Ok(i)
+        })
+    }
+
+    /// mknod: regular files are created empty; FIFOs, sockets and device nodes live in the
+    /// index only (nothing to upload) and are journaled so a rebuild recreates them.
+    pub fn mknod(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, rdev: u32, uid: u32, gid: u32) -> Result<Inode> {
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => {
+                let (i, fh) = self.create(parent, name, mode, uid, gid)?;
+                self.release(fh)?;
+                return Ok(i);
+            }
+            libc::S_IFIFO => "fifo:0".to_string(),
+            libc::S_IFSOCK => "sock:0".to_string(),
+            libc::S_IFCHR => format!("chr:{rdev}"),
+            libc::S_IFBLK => format!("blk:{rdev}"),
+            _ => return Err(FsError::Invalid("mknod of this file type")),
+        };
+        let mut c = self.core();
+        self.in_op(&mut c, |c| {
+            let name = Self::check_new_entry(c, parent, name)?;
+            let mut n = Self::new_inode(parent, &name, Kind::Special, mode, uid, gid);
+            n.target = Some(special.clone());
+            let i = c.db.insert(&n)?;
+            Self::touch_dir(c, parent)?;
+            let path = c.db.path_of(i.ino)?;
+            let entry =
+                crate::remote_meta::Entry::Special { path, special: special.clone(), mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns };
+            Self::record_in_op(c, entry)?;
+            Ok(i)
+        })
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
+        let mut c = self.core();
+        self.in_op(&mut c, |c| Self::rmdir_in(c, parent, name))
+    }
+
+    pub(super) fn rmdir_in(c: &mut Core, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let d = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        if d.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if c.db.has_children(d.ino)? {
+            return Err(FsError::NotEmpty);
+        }
+        let path = c.db.path_of(d.ino)?;
+        Db::delete_inode(c.db.conn(), d.ino)?;
+        Self::record_in_op(c, crate::remote_meta::Entry::Remove { path })?;
+        Self::touch_dir(c, parent)?;
+        Ok(())
+    }
+
+    /// Run one namespace operation as one SQLite transaction (a savepoint, so operations
+    /// nest): its index changes and its journal record commit together or not at all, and the
+    /// staged files it made unreferenced are deleted only after the commit.
+    pub(super) fn in_op<T>(&self, c: &mut Core, mut f: impl FnMut(&mut Core) -> Result<T>) -> Result<T> {
+        match self.in_op_once(c, &mut f) {
+            // The disk is full and the index cannot grow: give up the reserve and try once more
+            // (deleting must work on a full disk: it is how space comes back).
+            Err(e) if e.errno() == libc::ENOSPC && c.op_depth == 0 && self.staging.release_reserve() => {
+                tracing::warn!("staging disk full: released the reserve so that this change can be recorded");
+                self.in_op_once(c, &mut f)
+            }
+            r => r,
+        }
+    }
+
+    pub(super) fn in_op_once<T>(&self, c: &mut Core, f: &mut impl FnMut(&mut Core) -> Result<T>) -> Result<T> {
+        c.db.op_begin()?;
+        c.op_depth += 1;
+        let r = f(c).and_then(|v| Ok(c.db.op_commit().map(|_| v)?));
+        c.op_depth -= 1;
+        if r.is_err() {
+            let _ = c.db.op_rollback();
+        }
+        if c.op_depth == 0 {
+            let doomed = std::mem::take(&mut c.after_commit);
+            if r.is_ok() {
+                for p in doomed {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        r
+    }
+
+    /// Delete a staged file now, or after the enclosing operation commits.
+    pub(super) fn remove_staged(c: &mut Core, p: PathBuf) {
+        if c.op_depth > 0 {
+            c.after_commit.push(p);
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Remove a file's local content and queued uploads (the inode row is the caller's).
+    pub(super) fn drop_content(&self, c: &mut Core, ino: u64) -> Result<()> {
+        let ups = c.db.uploads_for_ino(ino)?;
+        let tx = c.db.begin()?;
+        Self::discard_uploads(&tx, &ups)?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        for u in &ups {
+            Self::remove_staged(c, self.staging.outbox_path(u.ino, u.content_gen));
+            // Write-only credentials lack s3:AbortMultipartUpload: leave it to the bucket's
+            // AbortIncompleteMultipartUpload lifecycle rule.
+            if let Some(mp) = u.mp_upload_id.as_ref().filter(|_| self.keys.secret.is_some()) {
+                // Best effort: the uploader also aborts uploads whose row vanished.
+                let store = self.store.clone();
+                let (k, mp) = (u.object_key.clone(), mp.clone());
+                self.rt.spawn(async move {
+                    let _ = store.abort_multipart(&k, &mp).await;
+                });
+            }
+        }
+        Self::remove_staged(c, self.staging.spool_path(ino));
+        Db::delete_restore(c.db.conn(), ino)?;
+        Ok(())
+    }
+
+    /// Remove an inode from the namespace. A file that is still open becomes an orphan
+    /// (parent 0): its handles keep reading, writing and stat-ing it until the last close,
+    /// as POSIX requires; it is never sealed; the last release deletes it.
+    pub(super) fn remove_inode(&self, c: &mut Core, i: Inode) -> Result<()> {
+        if c.open.contains_key(&i.ino) {
+            let mut o = i;
+            o.parent = 0;
+            o.name = format!("#orphan-{}", o.ino);
+            o.ctime_ns = now_ns();
+            c.db.update(&o)?;
+            let ups = c.db.uploads_for_ino(o.ino)?;
+            let tx = c.db.begin()?;
+            Self::discard_uploads(&tx, &ups)?;
+            tx.commit().map_err(crate::meta::MetaError::from)?;
+            return Ok(());
+        }
+        Db::delete_inode(c.db.conn(), i.ino)?;
+        if i.kind == Kind::File {
+            self.drop_content(c, i.ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
+        let mut c = self.core();
+        self.in_op(&mut c, |c| self.unlink_in(c, parent, name))
+    }
+
+    pub(super) fn unlink_in(&self, c: &mut Core, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let i = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        if i.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let path = c.db.path_of(i.ino)?;
+        if let Some(k) = &i.object_key {
+            Db::add_dead_key(c.db.conn(), k)?;
+        }
+        Self::record_in_op(c, crate::remote_meta::Entry::Remove { path })?;
+        self.remove_inode(c, i)?;
+        Self::touch_dir(c, parent)?;
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: u64, name: &std::ffi::OsStr, newparent: u64, newname: &std::ffi::OsStr, noreplace: bool) -> Result<()> {
+        let mut c = self.core();
+        self.in_op(&mut c, |c| self.rename_in(c, parent, name, newparent, newname, noreplace))
+    }
+
+    pub(super) fn rename_in(
+        &self,
+        c: &mut Core,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        newparent: u64,
+        newname: &std::ffi::OsStr,
+        noreplace: bool,
+    ) -> Result<()> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let newname = check_name(newname)?.to_string();
+        let mut src = c.db.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        let np = c.db.get(newparent)?.ok_or(FsError::NotFound)?;
+        if np.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if c.db.path_of(newparent)?.len() + 1 + newname.len() > MAX_PATH {
+            return Err(FsError::NameTooLong);
+        }
+        if src.kind == Kind::Dir {
+            // Refuse moving a directory into its own subtree.
+            let mut cur = newparent;
+            while cur != ROOT {
+                if cur == src.ino {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                cur = c.db.get(cur)?.ok_or(FsError::NotFound)?.parent;
+            }
+        }
+        if let Some(dst) = c.db.lookup(newparent, &newname)? {
+            if dst.ino == src.ino {
+                return Ok(());
+            }
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if c.db.has_children(dst.ino)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            if let Some(k) = &dst.object_key {
+                Db::add_dead_key(c.db.conn(), k)?;
+            }
+            self.remove_inode(c, dst)?;
+        }
+        let from = c.db.path_of(src.ino)?;
+        src.parent = newparent;
+        src.name = newname;
+        src.ctime_ns = now_ns();
+        if src.state == State::Local && !self.ignored(&src.name) {
+            src.state = State::Dirty; // e.g. an editor's temp file saved over the real name
+        }
+        if src.state == State::Dirty {
+            src.dirty_ms = now_ms();
+        }
+        c.db.update(&src)?;
+        let to = c.db.path_of(src.ino)?;
+        Self::record_in_op(c, crate::remote_meta::Entry::Rename { from, to })?;
+        Self::touch_dir(c, parent)?;
+        if newparent != parent {
+            Self::touch_dir(c, newparent)?;
+        }
+        Ok(())
+    }
+
+    pub fn create(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<(Inode, u64)> {
+        let mut c = self.core();
+        let name = Self::check_new_entry(&c, parent, name)?;
+        let mut i = c.db.insert(&Self::new_inode(parent, &name, Kind::File, mode, uid, gid))?;
+        let spool = match self.staging.create_spool(i.ino) {
+            Ok(f) => f,
+            Err(e) => {
+                Db::delete_inode(c.db.conn(), i.ino)?;
+                return Err(e.into());
+            }
+        };
+        i.state = State::Dirty;
+        Self::touch_dir(&c, parent)?;
+        c.open.insert(
+            i.ino,
+            OpenFile {
+                handles: 1,
+                writers: 1,
+                spool: Some(Arc::new(spool)),
+                size: 0,
+                mtime_ns: i.mtime_ns,
+                ctime_ns: i.ctime_ns,
+                changes: 1,
+                committed: 0,
+            },
+        );
+        let fh = Self::alloc_handle(&mut c, i.ino, true);
+        Ok((i, fh))
+    }
+}

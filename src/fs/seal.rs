@@ -1,0 +1,212 @@
+//! Sealing: settled dirty files are encrypted into the outbox with a fresh object key and queued for upload; superseded uploads become dead keys.
+
+use super::*;
+
+impl Fs {
+    // ------------------------------------------------------------------ sealing
+
+    /// Seal every dirty file that is closed and has settled (`force`: regardless of settle).
+    /// Returns how many were sealed.
+    pub fn seal_ready(&self, force: bool) -> Result<usize> {
+        let _one_sealer = self.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.staging.ensure_reserve();
+        let cutoff = now_ms() - self.cfg.settle.as_millis() as i64;
+        let candidates: Vec<(u64, i64)> = {
+            let c = self.core();
+            c.db.dirty_files()?
+                .into_iter()
+                .filter(|i| (force || i.dirty_ms <= cutoff) && c.open.get(&i.ino).is_none_or(|o| o.writers == 0))
+                .map(|i| (i.ino, i.content_gen))
+                .collect()
+        };
+        let mut n = 0;
+        for (ino, gen) in candidates {
+            if self.keep_local_if_ignored(ino, gen)? {
+                continue;
+            }
+            let r = self.seal_one(ino, gen);
+            let mut failures = self.seal_failures.lock().unwrap();
+            match r {
+                Ok(sealed) => {
+                    failures.remove(&ino);
+                    n += sealed as usize;
+                }
+                Err(e) => {
+                    let f = failures.entry(ino).or_insert((gen, 0, String::new()));
+                    if f.1 == 0 || f.2 != e.to_string() {
+                        tracing::error!(ino, error = %e, "sealing failed; the plaintext stays staged and will be retried");
+                    }
+                    *f = (gen, f.1 + 1, e.to_string());
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The vault path of `ino` (for messages).
+    pub fn path_of(&self, ino: u64) -> String {
+        self.core().db.path_of(ino).unwrap_or_else(|_| format!("inode {ino}"))
+    }
+
+    /// Why `ino`'s current content could not be sealed, if its last attempt failed.
+    pub fn seal_failure(&self, ino: u64) -> Option<String> {
+        let gen = self.state_of(ino).ok().flatten()?.0;
+        self.seal_failures.lock().unwrap().get(&ino).filter(|f| f.0 == gen).map(|f| f.2.clone())
+    }
+
+    /// Names on the ignore list (.DS_Store, Thumbs.db, ._*, editors' temp files) stay local.
+    pub fn ignored(&self, name: &str) -> bool {
+        self.cfg.ignore.iter().any(|g| crate::rules::matches(g, name))
+    }
+
+    /// Mark a settled dirty file whose name is on the ignore list as local-only. Returns true
+    /// if it was (it is then never sealed or uploaded, but stays readable here).
+    pub(super) fn keep_local_if_ignored(&self, ino: u64, gen: i64) -> Result<bool> {
+        let c = self.core();
+        let Some(mut i) = c.db.get(ino)? else { return Ok(false) };
+        if i.state != State::Dirty || i.content_gen != gen || !self.ignored(&i.name) {
+            return Ok(false);
+        }
+        i.state = State::Local;
+        c.db.update(&i)?;
+        Ok(true)
+    }
+
+    /// Drop queued uploads of versions no longer wanted (rewritten, deleted). A PUT of one may
+    /// already be on the wire and land later: its key is recorded as dead locally and, when a
+    /// request may have been sent, in the journal (`discard`), so that no rebuild — even one
+    /// that has no snapshot carrying the dead-key list — adopts that object as a live file.
+    pub(super) fn discard_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<()> {
+        for u in ups {
+            if u.state == "uploading" || u.attempts > 0 {
+                Self::discard_key(tx, &u.object_key)?;
+            }
+            Db::cancel_upload(tx, u.id)?;
+        }
+        Ok(())
+    }
+
+    /// Record that the object at `key` is no live file's version (journal + dead-key list).
+    pub(super) fn discard_key(tx: &rusqlite::Connection, key: &str) -> Result<()> {
+        Db::add_dead_key(tx, key)?;
+        let entry = crate::remote_meta::Entry::Discard { key: key.to_string() };
+        Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
+        Ok(())
+    }
+
+    /// A fresh object key for one file version: 128 random bits, never derived from the path,
+    /// so no upload (a stale retry, a rewrite, a second machine, a write-only mount on an empty
+    /// index) can land on another version's object (docs/FORMAT.md, section 1).
+    pub fn new_object_key(prefix: &str) -> String {
+        format!("{prefix}d/{}", hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    /// Encrypt one file's spool into the outbox and queue its upload in one transaction.
+    pub(super) fn seal_one(&self, ino: u64, gen: i64) -> Result<bool> {
+        let (i, path) = {
+            let c = self.core();
+            let Some(i) = c.db.get(ino)? else { return Ok(false) };
+            if i.state != State::Dirty || i.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0) {
+                return Ok(false);
+            }
+            let path = c.db.path_of(ino)?;
+            (i, path)
+        };
+        // The sealed copy needs its own room (about the file's size) plus headroom for the
+        // index: refuse at once with the numbers rather than fill the disk and fail midway.
+        let need = crypto::encrypted_len(i.size) + SEAL_HEADROOM;
+        let st = self.staging.statvfs()?;
+        let free = st.f_bavail * st.f_frsize;
+        if free < need {
+            return Err(FsError::NoSpace(format!(
+                "the staging disk has {} MiB free; sealing this {} MiB file needs {} MiB (free space or move the cache dir to a larger disk)",
+                free >> 20,
+                i.size >> 20,
+                need.div_ceil(1 << 20)
+            )));
+        }
+        let spool = self.staging.open_spool(ino)?;
+        let tmp = self.staging.outbox_tmp(ino, gen);
+        // The spool is only read, never cut to size: a writer that opened it since the check
+        // above may be appending (the seal then aborts below and the spool must be intact).
+        // Exactly `i.size` bytes are sealed; a spool shorter than that (a hole at the end)
+        // reads as zeros.
+        let encrypt = || -> Result<crypto::Sealed> {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, self.staging.create_outbox_tmp(&tmp)?);
+            let input = std::io::BufReader::with_capacity(1 << 20, &spool);
+            let mut input = std::io::Read::take(std::io::Read::chain(std::io::Read::take(input, i.size), std::io::repeat(0)), i.size);
+            let s = crypto::encrypt_stream(&self.keys.public, i.size, &mut input, &mut out).map_err(|e| match e {
+                crypto::CryptoError::Io(io) => FsError::Io(io),
+                other => FsError::Crypto(other),
+            })?;
+            let f = out.into_inner().map_err(|e| FsError::Io(e.into_error()))?;
+            f.sync_all()?;
+            Ok(s)
+        };
+        let sealed = match encrypt() {
+            Ok(s) => s,
+            Err(e) => {
+                // Never leave a partial outbox file behind (a full disk retried every 250 ms
+                // left hundreds of them).
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let meta = ObjectMeta {
+            path: path.clone(),
+            size: i.size,
+            mtime_ns: i.mtime_ns,
+            mode: i.mode,
+            uid: i.uid,
+            gid: i.gid,
+            sha256: hex::encode(sealed.sha256),
+        };
+        let md = vec![("cvh".to_string(), B64.encode(sealed.header.bytes)), ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&meta)))];
+        let object_key = Self::new_object_key(&self.cfg.prefix);
+        let (class, tags) = self.cfg.policy.choose(&path, i.size);
+        let mut c = self.core();
+        let Some(mut cur) = c.db.get(ino)? else {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        };
+        if cur.state != State::Dirty || cur.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0) || c.db.path_of(ino)? != path {
+            // Written, renamed or reopened while we encrypted: seal again later.
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        self.staging.commit_outbox(&tmp, ino, gen)?;
+        let u = Upload {
+            id: 0,
+            ino,
+            content_gen: gen,
+            object_key,
+            path,
+            size: i.size,
+            enc_size: sealed.enc_len,
+            storage_class: class,
+            state: "queued".into(),
+            attempts: 0,
+            next_try_ms: 0,
+            last_error: None,
+            mp_upload_id: None,
+            metadata: serde_json::to_string(&md).expect("json"),
+            header: sealed.header.bytes.to_vec(),
+            sha256: hex::encode(sealed.sha256),
+            tagging: crate::rules::tagging(&tags),
+        };
+        let tx = c.db.begin()?;
+        Db::insert_upload(&tx, &u)?;
+        cur.state = State::Sealed;
+        cur.sha256 = Some(u.sha256.clone());
+        Db::save(&tx, &cur)?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        // The spool fd in an open read-only handle (if any) keeps working until it is closed.
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.spool = None;
+        }
+        self.staging.remove_spool(ino);
+        drop(c);
+        self.upload_wakeup.notify_one();
+        Ok(true)
+    }
+}

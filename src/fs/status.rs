@@ -1,0 +1,133 @@
+//! What `coldvault status` and `flush --wait` report: pending, failed and uploaded files, requests, restores.
+
+use super::*;
+
+impl Fs {
+    // ------------------------------------------------------------------ status
+
+    pub fn status(&self) -> Result<Status> {
+        let c = self.core();
+        let crate::meta::Counts {
+            pending_files,
+            pending_bytes,
+            uploaded_files,
+            uploaded_bytes,
+            failed_files,
+            local_only_files,
+            dirty_files,
+            queued_uploads,
+        } = c.db.counts()?;
+        let mut failures: Vec<FailureInfo> =
+            c.db.uploads()?
+                .into_iter()
+                .filter(|u| u.state == "failed" || u.last_error.is_some())
+                .map(|u| FailureInfo { path: u.path, state: u.state, attempts: u.attempts, error: u.last_error.unwrap_or_default() })
+                .collect();
+        for (ino, (gen, attempts, error)) in self.seal_failures.lock().unwrap().iter() {
+            if c.db.get(*ino)?.is_some_and(|i| i.content_gen == *gen && i.state == State::Dirty) {
+                let path = c.db.path_of(*ino).unwrap_or_default();
+                failures.push(FailureInfo { path, state: "sealing".into(), attempts: *attempts, error: error.clone() });
+            }
+        }
+        Ok(Status {
+            pending_files,
+            pending_bytes,
+            uploaded_files,
+            uploaded_bytes,
+            failed_files,
+            dirty_files,
+            queued_uploads,
+            requests: self.store.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            failures,
+            eta_seconds: None,
+            local_only_files,
+            uploads_since_mount: self.data_uploads.load(std::sync::atomic::Ordering::Relaxed),
+            metadata_objects_since_mount: self.meta_uploads.load(std::sync::atomic::Ordering::Relaxed),
+            journal_pending: c.db.journal_len()?,
+            restores: c
+                .db
+                .restores()?
+                .into_iter()
+                .map(|r| RestoreInfo {
+                    path: c.db.path_of(r.ino).unwrap_or_default(),
+                    state: r.state.as_str().to_string(),
+                    class: r.class,
+                    tier: r.tier,
+                    size: r.size,
+                    requested_at: crate::restore::fmt_ms(r.requested_ms),
+                    expected_ready_by: crate::restore::fmt_ms(r.expected_ms),
+                    available_until: r.expiry_text,
+                    reason: r.reason,
+                })
+                .collect(),
+        })
+    }
+
+    /// Inode numbers whose content is not yet in S3 (dirty or in the outbox).
+    pub fn pending_inodes(&self) -> Result<Vec<(u64, i64, State)>> {
+        let c = self.core();
+        Ok(c.db
+            .files_in_state(&[State::Dirty, State::Sealed, State::Uploading, State::Failed])?
+            .into_iter()
+            .map(|i| (i.ino, i.content_gen, i.state))
+            .collect())
+    }
+
+    pub fn state_of(&self, ino: u64) -> Result<Option<(i64, State)>> {
+        Ok(self.core().db.get(ino)?.map(|i| (i.content_gen, i.state)))
+    }
+
+    /// Multipart parts recorded in the journal, over all uploads (tests and status).
+    pub fn parts_recorded(&self) -> usize {
+        let c = self.core();
+        c.db.parts_count().unwrap_or(0) as usize
+    }
+
+    pub fn open_writers(&self) -> usize {
+        self.core().open.values().filter(|o| o.writers > 0).count()
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct FailureInfo {
+    pub path: String,
+    pub state: String,
+    pub attempts: i64,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct Status {
+    pub pending_files: u64,
+    pub pending_bytes: u64,
+    pub uploaded_files: u64,
+    pub uploaded_bytes: u64,
+    pub failed_files: u64,
+    pub dirty_files: u64,
+    pub queued_uploads: u64,
+    pub requests: std::collections::BTreeMap<String, u64>,
+    pub failures: Vec<FailureInfo>,
+    pub eta_seconds: Option<u64>,
+    /// Files on the ignore list, kept on local disk only.
+    pub local_only_files: u64,
+    /// File versions uploaded since mount.
+    pub uploads_since_mount: u64,
+    /// Journal batches and index snapshots uploaded since mount.
+    pub metadata_objects_since_mount: u64,
+    /// Namespace changes not yet uploaded to the bucket's journal.
+    pub journal_pending: u64,
+    pub restores: Vec<RestoreInfo>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct RestoreInfo {
+    pub path: String,
+    pub state: String,
+    pub class: String,
+    pub tier: String,
+    pub size: u64,
+    pub requested_at: String,
+    pub expected_ready_by: String,
+    pub available_until: Option<String>,
+    pub reason: Option<String>,
+}

@@ -1,0 +1,172 @@
+//! Upload completion: the uploader's view of the queue (due, retry, failed, parts) and committing a finished version into the index.
+
+use super::*;
+
+use crate::upload::{IndexResult, UploadQueue};
+
+impl UploadQueue for Fs {
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    fn can_read(&self) -> bool {
+        self.keys.secret.is_some()
+    }
+
+    fn new_key(&self) -> String {
+        Self::new_object_key(&self.cfg.prefix)
+    }
+
+    fn outbox_path(&self, u: &Upload) -> PathBuf {
+        self.staging.outbox_path(u.ino, u.content_gen)
+    }
+
+    fn wakeup(&self) -> &tokio::sync::Notify {
+        &self.upload_wakeup
+    }
+
+    fn due_uploads(&self, limit: usize) -> IndexResult<Vec<Upload>> {
+        Ok(self.core().db.due_uploads(now_ms(), limit)?)
+    }
+
+    fn upload_exists(&self, id: i64) -> IndexResult<bool> {
+        Ok(self.core().db.upload(id)?.is_some())
+    }
+
+    fn mark_uploading(&self, u: &Upload) -> IndexResult<()> {
+        let c = self.core();
+        c.db.set_upload_state(u.id, "uploading", u.attempts, u.next_try_ms, u.last_error.as_deref())?;
+        if let Some(mut i) = c.db.get(u.ino)? {
+            if i.content_gen == u.content_gen && i.state.in_outbox() {
+                i.state = State::Uploading;
+                c.db.update(&i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_multipart(&self, id: i64, mp: Option<&str>) -> IndexResult<()> {
+        Ok(self.core().db.set_mp_upload_id(id, mp)?)
+    }
+
+    /// Move a queued version to a fresh object key (its key turned out to be occupied): the
+    /// multipart upload, if any, belonged to the old key and starts over.
+    fn rekey_upload(&self, id: i64, key: &str) -> IndexResult<()> {
+        let c = self.core();
+        c.db.set_mp_upload_id(id, None)?;
+        Ok(c.db.set_upload_key(id, key)?)
+    }
+
+    fn record_part(&self, id: i64, part: i32, etag: &str) -> IndexResult<()> {
+        Ok(self.core().db.add_part(id, part, etag)?)
+    }
+
+    fn parts(&self, id: i64) -> IndexResult<Vec<(i32, String)>> {
+        Ok(self.core().db.parts(id)?)
+    }
+
+    fn upload_retry(&self, u: &Upload, err: &StoreError, delay: Duration) -> IndexResult<()> {
+        let c = self.core();
+        c.db.set_upload_state(u.id, "queued", u.attempts + 1, now_ms() + delay.as_millis() as i64, Some(&err.to_string()))?;
+        if let Some(mut i) = c.db.get(u.ino)? {
+            if i.content_gen == u.content_gen && i.state == State::Uploading {
+                i.state = State::Sealed;
+                c.db.update(&i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upload_failed(&self, u: &Upload, err: &StoreError) -> IndexResult<()> {
+        let c = self.core();
+        c.db.set_upload_state(u.id, "failed", u.attempts + 1, i64::MAX, Some(&err.to_string()))?;
+        if let Some(mut i) = c.db.get(u.ino)? {
+            if i.content_gen == u.content_gen && i.state.in_outbox() {
+                i.state = State::Failed;
+                c.db.update(&i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The object is durable in S3: record it and release the local copy.
+    fn complete_upload(&self, u: &Upload) -> IndexResult<()> {
+        let mut c = self.core();
+        if c.db.upload(u.id)?.is_none() {
+            return Ok(()); // cancelled (rewritten or deleted) while in flight
+        }
+        let cur = c.db.get(u.ino)?;
+        let cur_path = if cur.is_some() { c.db.path_of(u.ino).ok() } else { None };
+        let tx = c.db.begin()?;
+        Db::delete_upload(&tx, u.id)?;
+        if let Some(mut i) = cur {
+            if i.content_gen == u.content_gen && i.state.in_outbox() {
+                if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
+                    Db::add_dead_key(&tx, old)?;
+                }
+                i.state = State::Uploaded;
+                i.object_key = Some(u.object_key.clone());
+                i.storage_class = Some(u.storage_class.clone());
+                i.header = Some(u.header.clone());
+                i.sha256 = Some(u.sha256.clone());
+                Db::save(&tx, &i)?;
+                let v = crate::meta::Version {
+                    object_key: u.object_key.clone(),
+                    ino: i.ino,
+                    size: i.size,
+                    mtime_ns: i.mtime_ns,
+                    mode: i.mode,
+                    uid: i.uid,
+                    gid: i.gid,
+                    storage_class: u.storage_class.clone(),
+                    sha256: u.sha256.clone(),
+                    header: u.header.clone(),
+                };
+                Db::add_version(&tx, &v, now_ms())?;
+                // A restore of the previous version means nothing for the new one.
+                Db::delete_restore(&tx, i.ino)?;
+                let entry = crate::remote_meta::Entry::Upload {
+                    path: cur_path.clone().unwrap_or_else(|| u.path.clone()),
+                    key: u.object_key.clone(),
+                    size: i.size,
+                    mtime_ns: i.mtime_ns,
+                    mode: i.mode,
+                    uid: i.uid,
+                    gid: i.gid,
+                    class: u.storage_class.clone(),
+                    sha256: u.sha256.clone(),
+                    header: B64.encode(&u.header),
+                    xattrs: i.xattrs.clone(),
+                };
+                Db::journal_append(&tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
+                self.data_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                // A version superseded while it was uploading: its object is in the bucket but
+                // no file uses it.
+                Self::discard_key(&tx, &u.object_key)?;
+            }
+        } else {
+            Self::discard_key(&tx, &u.object_key)?;
+        }
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.
+        if self.cfg.read_cache > 0 && u.enc_size <= self.cfg.read_cache {
+            self.staging.keep_in_read_cache(u.ino, u.content_gen, &u.header[96..128], self.cfg.read_cache);
+        } else {
+            self.staging.remove_outbox(u.ino, u.content_gen);
+        }
+        drop(c);
+        Ok(())
+    }
+}
+
+impl Fs {
+    /// Requeue uploads parked as failed (after the user fixed credentials or the bucket).
+    pub fn retry_failed(&self) -> Result<usize> {
+        let c = self.core();
+        let n = c.db.requeue_failed()?;
+        drop(c);
+        self.upload_wakeup.notify_one();
+        Ok(n)
+    }
+}

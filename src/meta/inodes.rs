@@ -1,0 +1,209 @@
+//! Inodes and directory entries: lookups, listings, saving, paths.
+
+use super::*;
+
+const INODE_COLS: &str = "ino,parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs";
+
+fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<(Inode, i64, String)> {
+    Ok((
+        Inode {
+            ino: r.get::<_, i64>(0)? as u64,
+            parent: r.get::<_, i64>(1)? as u64,
+            name: r.get(2)?,
+            kind: Kind::File,
+            mode: r.get::<_, i64>(4)? as u32,
+            uid: r.get::<_, i64>(5)? as u32,
+            gid: r.get::<_, i64>(6)? as u32,
+            size: r.get::<_, i64>(7)? as u64,
+            atime_ns: r.get(8)?,
+            mtime_ns: r.get(9)?,
+            ctime_ns: r.get(10)?,
+            target: r.get(11)?,
+            state: State::None,
+            content_gen: r.get(13)?,
+            dirty_ms: r.get(14)?,
+            object_key: r.get(15)?,
+            storage_class: r.get(16)?,
+            header: r.get(17)?,
+            sha256: r.get(18)?,
+            xattrs: r.get(19)?,
+        },
+        r.get(3)?,
+        r.get(12)?,
+    ))
+}
+
+impl Db {
+    pub(super) fn query_inode(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Option<Inode>> {
+        let r = conn.query_row(sql, p, inode_from_row).optional()?;
+        match r {
+            None => Ok(None),
+            Some((mut i, k, s)) => {
+                i.kind = Kind::from_i64(k)?;
+                i.state = State::parse(&s)?;
+                Ok(Some(i))
+            }
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Result<Option<Inode>> {
+        Self::query_inode(&self.conn, &format!("SELECT {INODE_COLS} FROM inodes WHERE ino=?1"), params![ino as i64])
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Option<Inode>> {
+        Self::query_inode(
+            &self.conn,
+            &format!("SELECT {INODE_COLS} FROM inodes WHERE parent=?1 AND name=?2 AND ino != 1"),
+            params![parent as i64, name],
+        )
+    }
+
+    pub fn children(&self, parent: u64) -> Result<Vec<Inode>> {
+        self.select_inodes("WHERE parent=?1 AND ino != 1 ORDER BY ino", params![parent as i64])
+    }
+
+    pub fn has_children(&self, parent: u64) -> Result<bool> {
+        Ok(self.conn.query_row("SELECT 1 FROM inodes WHERE parent=?1 AND ino != 1 LIMIT 1", params![parent as i64], |_| Ok(())).optional()?.is_some())
+    }
+
+    pub fn select_inodes(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Inode>> {
+        let mut st = self.conn.prepare_cached(&format!("SELECT {INODE_COLS} FROM inodes {clause}"))?;
+        let rows = st.query_map(p, inode_from_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (mut i, k, s) = r?;
+            i.kind = Kind::from_i64(k)?;
+            i.state = State::parse(&s)?;
+            out.push(i);
+        }
+        Ok(out)
+    }
+
+    /// Insert a new inode; returns it with its fresh number.
+    pub fn insert(&mut self, i: &Inode) -> Result<Inode> {
+        self.conn.execute(
+            "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
+            params![i.parent as i64, i.name, i.kind as i64, i.mode, i.uid, i.gid, i.size as i64, i.atime_ns, i.mtime_ns, i.ctime_ns, i.target, i.state.as_str(), i.content_gen, i.dirty_ms],
+        )?;
+        let mut n = i.clone();
+        n.ino = self.conn.last_insert_rowid() as u64;
+        Ok(n)
+    }
+
+    /// Write every mutable column of `i` back.
+    pub fn save(conn: &Connection, i: &Inode) -> Result<()> {
+        conn.execute(
+            "UPDATE inodes SET parent=?2,name=?3,mode=?4,uid=?5,gid=?6,size=?7,atime_ns=?8,mtime_ns=?9,ctime_ns=?10,target=?11,state=?12,content_gen=?13,dirty_ms=?14,object_key=?15,storage_class=?16,header=?17,sha256=?18,xattrs=?19 WHERE ino=?1",
+            params![i.ino as i64, i.parent as i64, i.name, i.mode, i.uid, i.gid, i.size as i64, i.atime_ns, i.mtime_ns, i.ctime_ns, i.target, i.state.as_str(), i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs],
+        )?;
+        Ok(())
+    }
+
+    pub fn update(&self, i: &Inode) -> Result<()> {
+        Self::save(&self.conn, i)
+    }
+
+    pub fn delete_inode(conn: &Connection, ino: u64) -> Result<()> {
+        conn.execute("DELETE FROM inodes WHERE ino=?1", params![ino as i64])?;
+        Ok(())
+    }
+
+    /// Vault-relative path ("a/b/c.jpg") of an inode.
+    pub fn path_of(&self, ino: u64) -> Result<String> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        let mut guard = 0;
+        while cur != ROOT {
+            let (p, n): (i64, String) = self
+                .conn
+                .query_row("SELECT parent,name FROM inodes WHERE ino=?1", params![cur as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or_else(|| MetaError::Corrupt(format!("dangling inode {cur}")))?;
+            parts.push(n);
+            cur = p as u64;
+            guard += 1;
+            if guard > 4096 {
+                return Err(MetaError::Corrupt("directory cycle".into()));
+            }
+        }
+        parts.reverse();
+        Ok(parts.join("/"))
+    }
+
+    /// Files whose content is dirty, with their dirty time: the sealer's candidates
+    /// (never orphans: unlinked files that are still open have parent 0).
+    pub fn dirty_files(&self) -> Result<Vec<Inode>> {
+        self.select_inodes("WHERE state='dirty' AND parent != 0 ORDER BY dirty_ms", [])
+    }
+
+    /// Unlinked files kept while open (parent 0).
+    pub fn orphans(&self) -> Result<Vec<Inode>> {
+        self.select_inodes("WHERE parent = 0", [])
+    }
+
+    pub fn files_in_state(&self, states: &[State]) -> Result<Vec<Inode>> {
+        let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        self.select_inodes(&format!("WHERE state IN ({})", list.join(",")), [])
+    }
+
+    /// Files (ino, size, class) below `dir` (recursively) — for `coldvault restore DIR`.
+    pub fn files_below(&self, dir: u64) -> Result<Vec<Inode>> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for c in self.children(d)? {
+                match c.kind {
+                    Kind::Dir => stack.push(c.ino),
+                    Kind::File => out.push(c),
+                    Kind::Symlink | Kind::Special => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_storage_class_by_key(&self, key: &str, class: &str) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE inodes SET storage_class=?2 WHERE object_key=?1 AND state='uploaded' AND coalesce(storage_class,'') != ?2
+             AND NOT (?2 = 'INTELLIGENT_TIERING' AND coalesce(storage_class,'') LIKE 'INTELLIGENT_TIERING/%')",
+            params![key, class],
+        )?)
+    }
+
+    /// Subdirectories of `ino` (a directory's link count is two more).
+    pub fn subdir_count(&self, ino: u64) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM inodes WHERE parent=?1 AND kind=2 AND ino != 1", [ino as i64], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Inodes besides the root.
+    pub fn inode_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM inodes WHERE ino != 1", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Insert an inode with every column (content already in the bucket); returns its number.
+    pub fn insert_full(conn: &Connection, i: &Inode) -> Result<u64> {
+        conn.execute(
+            "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs)
+             VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
+            params![
+                i.parent as i64, i.name, i.kind as i64, i.mode, i.uid, i.gid, i.size as i64, i.atime_ns, i.mtime_ns, i.ctime_ns, i.target, i.state.as_str(),
+                i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs
+            ],
+        )?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// Files and bytes per content state, for `status`.
+    pub fn counts(&self) -> Result<Counts> {
+        let q = |sql: &str| -> Result<(u64, u64)> {
+            Ok(self.conn.query_row(sql, [], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64)))?)
+        };
+        let (pending_files, pending_bytes) = q("SELECT count(*), sum(size) FROM inodes WHERE state IN ('dirty','sealed','uploading')")?;
+        let (uploaded_files, uploaded_bytes) = q("SELECT count(*), sum(size) FROM inodes WHERE state='uploaded'")?;
+        let (failed_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='failed'")?;
+        let (local_only_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='local'")?;
+        let (dirty_files, _) = q("SELECT count(*), 0 FROM inodes WHERE state='dirty'")?;
+        let (queued_uploads, _) = q("SELECT count(*), 0 FROM uploads WHERE state IN ('queued','uploading')")?;
+        Ok(Counts { pending_files, pending_bytes, uploaded_files, uploaded_bytes, failed_files, local_only_files, dirty_files, queued_uploads })
+    }
+}

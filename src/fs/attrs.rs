@@ -179,8 +179,10 @@ impl Fs {
             // the settle clock, so the file is sealed once, with its final attributes.
             i.dirty_ms = now_ms();
         }
-        c.db.update(&i)?;
-        Self::record_attr(&c, &i);
+        self.in_op(&mut c, |c| {
+            c.db.update(&i)?;
+            Self::record_attr_in_op(c, &i)
+        })?;
         Ok(Self::apply_overlay(&c, i))
     }
 
@@ -275,7 +277,7 @@ impl Fs {
         if value.len() > 64 * 1024 {
             return Err(FsError::Range);
         }
-        let c = self.core();
+        let mut c = self.core();
         let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
         let mut m = Self::xattr_map(&i);
         let exists = m.contains_key(name);
@@ -288,21 +290,25 @@ impl Fs {
         m.insert(name.to_string(), hex::encode(value));
         i.xattrs = Some(serde_json::to_string(&m).expect("json"));
         i.ctime_ns = now_ns();
-        c.db.update(&i)?;
-        Self::record_attr(&c, &i);
+        self.in_op(&mut c, |c| {
+            c.db.update(&i)?;
+            Self::record_attr_in_op(c, &i)
+        })?;
         Ok(())
     }
 
     pub fn removexattr(&self, ino: u64, name: &std::ffi::OsStr) -> Result<()> {
-        let c = self.core();
+        let mut c = self.core();
         let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
         let mut m = Self::xattr_map(&i);
         if m.remove(name.to_str().ok_or(FsError::NoAttr)?).is_none() {
             return Err(FsError::NoAttr);
         }
         i.xattrs = Some(serde_json::to_string(&m).expect("json"));
-        c.db.update(&i)?;
-        Self::record_attr(&c, &i);
+        self.in_op(&mut c, |c| {
+            c.db.update(&i)?;
+            Self::record_attr_in_op(c, &i)
+        })?;
         Ok(())
     }
 }

@@ -114,23 +114,18 @@ impl Fs {
         Ok(())
     }
 
-    pub(super) fn record(c: &Core, e: crate::remote_meta::Entry) {
-        let json = serde_json::to_string(&e).expect("serialize");
-        if let Err(err) = Db::journal_append(c.db.conn(), now_ms(), &json) {
-            tracing::error!(error = %err, "could not journal a namespace change; the next snapshot will carry it");
-        }
-    }
-
-    pub(super) fn record_attr(c: &Core, i: &Inode) {
+    /// Journal an attribute change (chmod, chown, utimens, xattrs) inside its operation's
+    /// transaction. A file whose content is not uploaded yet needs none: its `upload` record
+    /// will carry the final attributes.
+    pub(super) fn record_attr_in_op(c: &Core, i: &Inode) -> Result<()> {
         if i.kind == Kind::File && i.state != State::Uploaded {
-            return; // its Upload entry will carry the final attributes
+            return Ok(());
         }
-        if let Ok(path) = c.db.path_of(i.ino) {
-            Self::record(
-                c,
-                crate::remote_meta::Entry::Attr { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns, xattrs: i.xattrs.clone() },
-            );
-        }
+        let path = c.db.path_of(i.ino)?;
+        Self::record_in_op(
+            c,
+            crate::remote_meta::Entry::Attr { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns, xattrs: i.xattrs.clone() },
+        )
     }
 
     pub fn machine_id(&self) -> Result<String> {

@@ -322,16 +322,16 @@ impl Fs {
     pub fn create(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<(Inode, u64)> {
         let mut c = self.core();
         let name = Self::check_new_entry(&c, parent, name)?;
-        let mut i = c.db.insert(&Self::new_inode(parent, &name, Kind::File, mode, uid, gid))?;
-        let spool = match self.staging.create_spool(i.ino) {
-            Ok(f) => f,
-            Err(e) => {
-                Db::delete_inode(c.db.conn(), i.ino)?;
-                return Err(e.into());
-            }
-        };
+        // The inode, the parent's times and the spool come into being together: a spool that
+        // cannot be made (full disk) leaves no entry behind, and a spool whose inode never
+        // committed is an orphan that start-up removes.
+        let (mut i, spool) = self.in_op(&mut c, |c| {
+            let i = c.db.insert(&Self::new_inode(parent, &name, Kind::File, mode, uid, gid))?;
+            Self::touch_dir(c, parent)?;
+            let spool = self.staging.create_spool(i.ino)?;
+            Ok((i, spool))
+        })?;
         i.state = State::Dirty;
-        Self::touch_dir(&c, parent)?;
         c.open.insert(
             i.ino,
             OpenFile {

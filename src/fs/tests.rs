@@ -1486,13 +1486,17 @@ fn an_unreadable_journal_batch_is_reported_by_name_and_the_rest_rebuilds() {
     assert!(tree.refused.iter().any(|r| r.contains(&batches[1])), "{:?}", tree.refused);
 }
 
-/// mkdir, symlink and mknod commit together with their journal record: when the record cannot
-/// be written, nothing of the operation is kept (before, the folder existed locally while the
-/// bucket's journal never learned of it).
+/// mkdir, symlink, mknod, create, chmod and xattr changes commit together with their journal
+/// record: when the record cannot be written, nothing of the operation is kept (before, the
+/// folder or the new mode existed locally while the bucket's journal never learned of it, so a
+/// rebuild lost it silently).
 #[test]
 fn a_namespace_change_and_its_journal_record_commit_together() {
     let e = Env::new();
     let fs = e.fs();
+    let (up, _) = upload_one(&e, "up.jpg", &data(1000, 3));
+    flush_journal(&e);
+    let before = fs.getattr(up).unwrap();
     let root_mtime = fs.getattr(ROOT).unwrap().mtime_ns;
     fs.core()
         .db
@@ -1506,7 +1510,16 @@ fn a_namespace_change_and_its_journal_record_commit_together() {
         assert!(fs.lookup(ROOT, OsStr::new(n)).is_err(), "{n} was kept without its journal record");
     }
     assert_eq!(fs.getattr(ROOT).unwrap().mtime_ns, root_mtime, "the parent is untouched");
+    assert!(fs.setattr(up, Some(0o600), None, None, None, None, Some(12_345)).is_err());
+    assert!(fs.setxattr(up, OsStr::new("user.rating"), b"5", 0).is_err());
+    let after = fs.getattr(up).unwrap();
+    assert_eq!(
+        (after.mode, after.mtime_ns, after.xattrs),
+        (before.mode, before.mtime_ns, before.xattrs),
+        "attributes were kept without a journal record"
+    );
     fs.core().db.conn().execute_batch("DROP TRIGGER fail_journal").unwrap();
     fs.mkdir(ROOT, OsStr::new("d"), 0o755, 0, 0).unwrap();
-    assert_eq!(fs.journal_pending_count().unwrap(), 1);
+    fs.setattr(up, Some(0o600), None, None, None, None, None).unwrap();
+    assert_eq!(fs.journal_pending_count().unwrap(), 2);
 }

@@ -29,7 +29,13 @@ pub use vault::{VaultDescriptor, VaultKeys};
 pub const SEGMENT: u64 = 65536;
 pub const TAG: u64 = 16;
 pub const MAGIC: &[u8; 6] = b"CVAULT";
+/// Version of an object body (docs/FORMAT.md, section 4): unchanged since format 1.
 pub const FORMAT_VERSION: u16 = 1;
+/// Version of the vault as a whole (descriptor, bucket layout, journal and snapshots;
+/// docs/FORMAT.md). 2: random per-version object keys and conditional writes, journal times with
+/// a clock floor, `discard` records, snapshots saying what they have seen of every machine.
+/// Vaults of format 1 are read and written by this build; a 0.1 build refuses format 2.
+pub const VAULT_FORMAT: u16 = 2;
 /// log2(SEGMENT), stored in the header so a future format can change it.
 const SEG_LOG2: u8 = 16;
 pub const HEADER_LEN: usize = 128;
@@ -40,6 +46,8 @@ pub enum CryptoError {
     BadMagic,
     #[error("object written by format version {0}; this coldvault reads version {FORMAT_VERSION} only — upgrade coldvault")]
     NewerVersion(u16),
+    #[error("vault written by vault format {0}; this coldvault knows vault formats up to {VAULT_FORMAT} — upgrade coldvault")]
+    NewerVault(u16),
     #[error("authentication failed: object is tampered, truncated, or encrypted to another vault")]
     Auth,
     #[error("wrong passphrase (or corrupted vault key)")]

@@ -117,6 +117,22 @@ fn unlock_recovers_name_key_and_rewrap_keeps_keys() {
     assert_eq!(k3.name_key, k.name_key);
 }
 
+/// New vaults are format 2; a vault of a newer format is refused by name before anything is
+/// read or written (a write-only mount included), and a format-1 vault still unlocks
+/// (tests/format_v1.rs, tests/e2e/test_format_v1_vault.py).
+#[test]
+fn newer_vault_format_is_refused_clearly() {
+    let (mut d, _) = VaultDescriptor::create_with_cost(b"pw", 64, 1);
+    assert_eq!(d.format, 2);
+    d.format = 3;
+    let e = d.unlock(b"pw").err().expect("a format-3 vault was unlocked");
+    assert!(matches!(e, CryptoError::NewerVault(3)));
+    assert!(e.to_string().contains("upgrade coldvault"), "{e}");
+    assert!(matches!(d.public_key(), Err(CryptoError::NewerVault(3))));
+    d.format = 1;
+    assert!(d.unlock(b"pw").is_ok());
+}
+
 #[test]
 fn newer_format_version_is_refused_clearly() {
     let (_, k) = vault();

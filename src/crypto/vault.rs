@@ -67,8 +67,18 @@ fn b32(s: &str, what: &str) -> Result<[u8; 32]> {
 }
 
 impl VaultDescriptor {
+    /// The vault's public key; refuses a vault of a newer format than this build knows, so
+    /// that a write-only mount never writes into a layout it does not understand.
     pub fn public_key(&self) -> Result<PublicKey> {
+        self.check_format()?;
         Ok(PublicKey::from(b32(&self.public_key, "public_key")?))
+    }
+
+    fn check_format(&self) -> Result<()> {
+        if self.format > super::VAULT_FORMAT {
+            return Err(CryptoError::NewerVault(self.format));
+        }
+        Ok(())
     }
 
     /// Create a new vault protected by `passphrase`.
@@ -93,7 +103,7 @@ impl VaultDescriptor {
         kek.zeroize();
         let (eph, nk_wrapped) = seal_to(&pk, &name_key, NAME_KEY_AAD);
         let d = VaultDescriptor {
-            format: super::FORMAT_VERSION,
+            format: super::VAULT_FORMAT,
             vault_id: hex::encode(id),
             public_key: B64.encode(pk.as_bytes()),
             argon2: params,
@@ -107,9 +117,7 @@ impl VaultDescriptor {
 
     /// Unlock with the passphrase. A wrong passphrase is `CryptoError::WrongPassphrase`.
     pub fn unlock(&self, passphrase: &[u8]) -> Result<VaultKeys> {
-        if self.format > super::FORMAT_VERSION {
-            return Err(CryptoError::NewerVersion(self.format));
-        }
+        self.check_format()?;
         let mut kek = argon2_key(passphrase, &self.argon2)?;
         let nonce = B64.decode(&self.secret_nonce).map_err(|e| CryptoError::Malformed(format!("nonce: {e}")))?;
         if nonce.len() != 12 {

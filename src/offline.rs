@@ -62,7 +62,7 @@ pub async fn ls(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, path: O
         if !listed {
             continue;
         }
-        let when = coldvault::restore::fmt_ms(n.mtime_ns.div_euclid(1_000_000));
+        let when = coldvault::restore::fmt_ms(i64::try_from(n.mtime_ns.div_euclid(1_000_000)).unwrap_or(i64::MAX));
         let class = n.class.clone().unwrap_or_default();
         let name = match &n.target {
             Some(t) => format!("{p} -> {t}"),
@@ -90,12 +90,8 @@ pub fn decrypt_checked(keys: &VaultKeys, key: &str, size: u64, sha: &str, body: 
     Ok(pt)
 }
 
-fn set_times_and_mode(p: &Path, mtime_ns: i64, mode: u32) -> Result<()> {
-    let t = if mtime_ns >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64)
-    } else {
-        std::time::UNIX_EPOCH - std::time::Duration::from_nanos(mtime_ns.unsigned_abs())
-    };
+fn set_times_and_mode(p: &Path, mtime_ns: coldvault::clock::Nanos, mode: u32) -> Result<()> {
+    let t = coldvault::clock::from_nanos(mtime_ns);
     let f = std::fs::File::options().write(true).open(p)?;
     f.set_modified(t)?;
     std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
@@ -197,7 +193,7 @@ pub async fn get(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, paths:
     for (out, n) in made_dirs {
         let _ = std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(n.mode & 0o7777));
         if let Ok(d) = std::fs::File::open(&out) {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n.mtime_ns.max(0) as u64);
+            let t = coldvault::clock::from_nanos(n.mtime_ns);
             let _ = d.set_modified(t);
         }
     }

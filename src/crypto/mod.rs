@@ -198,7 +198,8 @@ fn seg_nonce(prefix: &[u8; 7], idx: u64, last: bool) -> Result<[u8; 12]> {
 pub struct ObjectMeta {
     pub path: String,
     pub size: u64,
-    pub mtime_ns: i64,
+    #[serde(with = "crate::clock::nanos_json")]
+    pub mtime_ns: crate::clock::Nanos,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,

@@ -108,7 +108,7 @@ impl Fs {
                 v.mode = 0o444;
                 v.uid = b.uid;
                 v.gid = b.gid;
-                v.mtime_ns = r.last_check_ms.max(r.requested_ms) * 1_000_000;
+                v.mtime_ns = r.last_check_ms.max(r.requested_ms) as Nanos * 1_000_000;
                 v.ctime_ns = v.mtime_ns;
                 crate::restore::status_text(&path, &r).into_bytes()
             }
@@ -132,8 +132,8 @@ impl Fs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        atime_ns: Option<i64>,
-        mtime_ns: Option<i64>,
+        atime_ns: Option<Nanos>,
+        mtime_ns: Option<Nanos>,
     ) -> Result<Inode> {
         if let Some(sz) = size {
             self.truncate(ino, sz)?;

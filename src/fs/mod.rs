@@ -26,6 +26,7 @@ mod uploads;
 
 pub use status::{FailureInfo, RestoreInfo, Status};
 
+use crate::clock::Nanos;
 use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys, HEADER_LEN, SEGMENT};
 use crate::meta::{Db, Inode, Kind, State, Upload, ROOT};
 use crate::staging::Staging;
@@ -91,9 +92,9 @@ struct OpenFile {
     /// The plaintext spool, open read-write, when the file's content is dirty.
     spool: Option<Arc<File>>,
     size: u64,
-    mtime_ns: i64,
+    mtime_ns: Nanos,
     /// Changed by writes and truncates (committed with the data; a close alone changes nothing).
-    ctime_ns: i64,
+    ctime_ns: Nanos,
     /// Writes and truncates through this file so far, and how many of them are durable
     /// (spool fsynced and index committed). A close or fsync makes durable what came before
     /// it; a write racing with it stays pending for the next one.

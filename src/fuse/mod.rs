@@ -4,6 +4,7 @@
 //! of remote content) move their reply into a blocking task so the dispatch threads never wait
 //! on S3; everything else is local (SQLite, staging disk) and runs inline.
 
+use crate::clock::Nanos;
 use crate::fs::{Fs, FsError};
 use crate::meta::{Inode, Kind};
 use fuser::{
@@ -14,7 +15,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Attribute/entry cache time given to the kernel. coldvault is the only writer of its own
 /// namespace, so a short TTL is safe and saves a getattr round trip per stat.
@@ -50,22 +51,23 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn ts(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+fn ts(ns: Nanos) -> SystemTime {
+    crate::clock::from_nanos(ns)
+}
+
+/// A time the kernel sent in a request. fuser 0.18 turns the kernel's `(secs < 0, nsecs)` into
+/// `EPOCH - (|secs| s + nsecs ns)` instead of `EPOCH - |secs| s + nsecs ns` (its src/time.rs,
+/// `system_time_from_time`), so -0.999999995 s arrives as -1.000000005 s; undo that here.
+/// (Replies are converted correctly.) tests/e2e/test_write_path.py sets such times through a
+/// real mount, so a fuser that fixes it shows up as a failing test, not as shifted times.
+fn to_ns(t: SystemTime) -> Nanos {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(_) => crate::clock::to_nanos(t),
+        Err(e) => -(e.duration().as_secs() as Nanos) * 1_000_000_000 + e.duration().subsec_nanos() as Nanos,
     }
 }
 
-fn to_ns(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i64,
-        Err(e) => -(e.duration().as_nanos() as i64),
-    }
-}
-
-fn time_or_now(t: Option<TimeOrNow>) -> Option<i64> {
+fn time_or_now(t: Option<TimeOrNow>) -> Option<Nanos> {
     t.map(|t| match t {
         TimeOrNow::SpecificTime(s) => to_ns(s),
         TimeOrNow::Now => crate::fs::now_ns(),

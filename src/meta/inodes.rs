@@ -15,9 +15,9 @@ fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<(Inode, i64, String)> {
             uid: r.get::<_, i64>(5)? as u32,
             gid: r.get::<_, i64>(6)? as u32,
             size: r.get::<_, i64>(7)? as u64,
-            atime_ns: r.get(8)?,
-            mtime_ns: r.get(9)?,
-            ctime_ns: r.get(10)?,
+            atime_ns: r.get::<_, SqlNanos>(8)?.0,
+            mtime_ns: r.get::<_, SqlNanos>(9)?.0,
+            ctime_ns: r.get::<_, SqlNanos>(10)?.0,
             target: r.get(11)?,
             state: State::None,
             content_gen: r.get(13)?,
@@ -83,7 +83,7 @@ impl Db {
     pub fn insert(&mut self, i: &Inode) -> Result<Inode> {
         self.conn.execute(
             "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
-            params![i.parent as i64, i.name, i.kind as i64, i.mode, i.uid, i.gid, i.size as i64, i.atime_ns, i.mtime_ns, i.ctime_ns, i.target, i.state.as_str(), i.content_gen, i.dirty_ms],
+            params![i.parent as i64, i.name, i.kind as i64, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.state.as_str(), i.content_gen, i.dirty_ms],
         )?;
         let mut n = i.clone();
         n.ino = self.conn.last_insert_rowid() as u64;
@@ -94,7 +94,7 @@ impl Db {
     pub fn save(conn: &Connection, i: &Inode) -> Result<()> {
         conn.execute(
             "UPDATE inodes SET parent=?2,name=?3,mode=?4,uid=?5,gid=?6,size=?7,atime_ns=?8,mtime_ns=?9,ctime_ns=?10,target=?11,state=?12,content_gen=?13,dirty_ms=?14,object_key=?15,storage_class=?16,header=?17,sha256=?18,xattrs=?19 WHERE ino=?1",
-            params![i.ino as i64, i.parent as i64, i.name, i.mode, i.uid, i.gid, i.size as i64, i.atime_ns, i.mtime_ns, i.ctime_ns, i.target, i.state.as_str(), i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs],
+            params![i.ino as i64, i.parent as i64, i.name, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.state.as_str(), i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs],
         )?;
         Ok(())
     }
@@ -186,7 +186,7 @@ impl Db {
             "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs)
              VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
             params![
-                i.parent as i64, i.name, i.kind as i64, i.mode, i.uid, i.gid, i.size as i64, i.atime_ns, i.mtime_ns, i.ctime_ns, i.target, i.state.as_str(),
+                i.parent as i64, i.name, i.kind as i64, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.state.as_str(),
                 i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs
             ],
         )?;

@@ -15,6 +15,7 @@
 //!   if the generation it sealed is still current.
 //! * the caller serialises access (one connection behind the filesystem's core lock).
 
+use crate::clock::{Nanos, SqlNanos};
 use crate::restore::{RState, Restore};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
@@ -121,9 +122,9 @@ pub struct Inode {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
-    pub atime_ns: i64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub atime_ns: Nanos,
+    pub mtime_ns: Nanos,
+    pub ctime_ns: Nanos,
     pub target: Option<String>,
     pub state: State,
     pub content_gen: i64,
@@ -168,7 +169,7 @@ pub struct Version {
     pub object_key: String,
     pub ino: u64,
     pub size: u64,
-    pub mtime_ns: i64,
+    pub mtime_ns: Nanos,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -201,7 +202,7 @@ pub struct Db {
 }
 
 impl Db {
-    pub fn open(path: &Path, now_ns: i64, uid: u32, gid: u32) -> Result<Db> {
+    pub fn open(path: &Path, now_ns: Nanos, uid: u32, gid: u32) -> Result<Db> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a committed transaction survives power loss, not only a process crash.
@@ -213,7 +214,7 @@ impl Db {
         if db.get(ROOT)?.is_none() {
             db.conn.execute(
                 "INSERT INTO inodes(ino,parent,name,kind,mode,uid,gid,atime_ns,mtime_ns,ctime_ns) VALUES(1,1,'',2,493,?1,?2,?3,?3,?3)",
-                params![uid, gid, now_ns],
+                params![uid, gid, SqlNanos(now_ns)],
             )?;
         }
         Ok(db)

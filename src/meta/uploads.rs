@@ -83,7 +83,19 @@ impl Db {
         conn.execute(
             "INSERT OR REPLACE INTO versions(object_key,ino,size,mtime_ns,mode,uid,gid,storage_class,sha256,header,uploaded_ms)
              VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
-            params![v.object_key, v.ino as i64, v.size as i64, v.mtime_ns, v.mode, v.uid, v.gid, v.storage_class, v.sha256, v.header, uploaded_ms],
+            params![
+                v.object_key,
+                v.ino as i64,
+                v.size as i64,
+                SqlNanos(v.mtime_ns),
+                v.mode,
+                v.uid,
+                v.gid,
+                v.storage_class,
+                v.sha256,
+                v.header,
+                uploaded_ms
+            ],
         )?;
         Ok(())
     }
@@ -100,7 +112,7 @@ impl Db {
                         object_key: r.get(0)?,
                         ino,
                         size: r.get::<_, i64>(1)? as u64,
-                        mtime_ns: r.get(2)?,
+                        mtime_ns: r.get::<_, SqlNanos>(2)?.0,
                         mode: r.get(3)?,
                         uid: r.get(4)?,
                         gid: r.get(5)?,

@@ -35,7 +35,8 @@ pub enum Entry {
         path: String,
         key: String,
         size: u64,
-        mtime_ns: i64,
+        #[serde(with = "crate::clock::nanos_json")]
+        mtime_ns: crate::clock::Nanos,
         mode: u32,
         uid: u32,
         gid: u32,
@@ -51,14 +52,16 @@ pub enum Entry {
         mode: u32,
         uid: u32,
         gid: u32,
-        mtime_ns: i64,
+        #[serde(with = "crate::clock::nanos_json")]
+        mtime_ns: crate::clock::Nanos,
     },
     Symlink {
         path: String,
         target: String,
         uid: u32,
         gid: u32,
-        mtime_ns: i64,
+        #[serde(with = "crate::clock::nanos_json")]
+        mtime_ns: crate::clock::Nanos,
     },
     /// FIFO, socket or device node (`special` = `fifo:0`, `sock:0`, `chr:RDEV`, `blk:RDEV`).
     Special {
@@ -67,7 +70,8 @@ pub enum Entry {
         mode: u32,
         uid: u32,
         gid: u32,
-        mtime_ns: i64,
+        #[serde(with = "crate::clock::nanos_json")]
+        mtime_ns: crate::clock::Nanos,
     },
     Rename {
         from: String,
@@ -86,7 +90,8 @@ pub enum Entry {
         mode: u32,
         uid: u32,
         gid: u32,
-        mtime_ns: i64,
+        #[serde(with = "crate::clock::nanos_json")]
+        mtime_ns: crate::clock::Nanos,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         xattrs: Option<String>,
     },
@@ -184,7 +189,7 @@ pub struct Node {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub mtime_ns: i64,
+    pub mtime_ns: crate::clock::Nanos,
     pub size: u64,
     pub key: Option<String>,
     pub class: Option<String>,
@@ -195,7 +200,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn dir(mode: u32, uid: u32, gid: u32, mtime_ns: i64) -> Node {
+    fn dir(mode: u32, uid: u32, gid: u32, mtime_ns: crate::clock::Nanos) -> Node {
         Node {
             kind: NodeKind::Dir,
             mode,
@@ -228,7 +233,7 @@ pub struct Tree {
 }
 
 impl Tree {
-    fn ensure_parents(&mut self, path: &str, uid: u32, gid: u32, mtime_ns: i64) {
+    fn ensure_parents(&mut self, path: &str, uid: u32, gid: u32, mtime_ns: crate::clock::Nanos) {
         let mut acc = String::new();
         let parts: Vec<&str> = path.split('/').collect();
         for p in &parts[..parts.len() - 1] {

@@ -278,3 +278,36 @@ def test_bad_input_gets_one_clear_error(servers, vault_factory, tmp_path):
     assert "correct horse" not in ps
     v.unmount()
     assert "correct horse" not in v.log()
+
+
+def test_times_far_from_now_read_back_exactly(servers, vault_factory, tmp_path):
+    """utime past 2262 and before 1970 through the mount, as smbtorture's smb2.timestamps and
+    Windows clients set them: stat gives them back after a remount and after a rebuild from the
+    bucket on an empty cache (an i64 of nanoseconds read 10,000,000,000 s back as -8,446,744,074)."""
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    times = {"t1e10.jpg": 10_000_000_000, "t15e9.jpg": 15_032_385_535, "t4e9.jpg": 4_294_967_295, "before.jpg": -1,
+             "filetime0.jpg": -11_644_473_600}
+    for name, t in times.items():
+        (v.mnt / name).write_bytes(name.encode())
+        os.utime(v.mnt / name, ns=(t * 10**9, t * 10**9 + 5))
+    (v.mnt / "d").mkdir()
+    os.utime(v.mnt / "d", ns=(0, 15_032_385_535 * 10**9))
+
+    def check(when):
+        for name, t in times.items():
+            st = os.stat(v.mnt / name)
+            assert st.st_mtime_ns == t * 10**9 + 5, f"{when}: {name} mtime {st.st_mtime_ns}, set {t * 10**9 + 5}"
+        assert os.stat(v.mnt / "d").st_mtime_ns == 15_032_385_535 * 10**9, when
+
+    check("right away")
+    v.flush()
+    v.unmount()
+    v.mount()
+    check("after a remount")
+    v.unmount()
+    v.cache = tmp_path / "fresh-cache"
+    v.mount()
+    check("after a rebuild from the bucket")
+    v.unmount()

@@ -3,9 +3,13 @@
 503 SlowDown before forwarding, 500 InternalError *after* forwarding (the request took effect
 but the answer says it failed), and dropped connections before or after forwarding.
 Every request is counted by outcome in the stats file (JSON), rewritten after each request.
+With --hold-first-put S, the first PUT of a data object (`/d/` in its key) is held S seconds
+after its body arrived and only then forwarded: a stale upload that lands after newer ones.
 
 Usage: fault_proxy.py --port P --upstream 127.0.0.1:U --rate 0.1 --seed N --stats FILE
+                      [--hold-first-put SECONDS]
 """
+import time
 import argparse
 import http.client
 import json
@@ -47,6 +51,13 @@ class Handler(BaseHTTPRequestHandler):
             roll = self.server.rng.random()
             kind = self.server.rng.choice(["503", "500-after", "drop-before", "drop-after"])
         fault = kind if roll < self.server.rate else None
+        if self.command == "PUT" and "/d/" in self.path and self.server.hold > 0:
+            with self.server.lock:
+                hold, self.server.hold = self.server.hold, 0
+            if hold:
+                self.count("held")
+                time.sleep(hold)
+                self.count("released")
         if fault == "503":
             self.count("503")
             return self.error(503, SLOWDOWN)
@@ -96,6 +107,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--stats", required=True)
     ap.add_argument("--log", default=None, help="one JSON line per request")
+    ap.add_argument("--hold-first-put", type=float, default=0, help="hold the first data PUT this many seconds")
     a = ap.parse_args()
     host, port = a.upstream.split(":")
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
@@ -106,4 +118,5 @@ if __name__ == "__main__":
     srv.logfile = a.log
     srv.stats = {}
     srv.lock = threading.Lock()
+    srv.hold = a.hold_first_put
     srv.serve_forever()

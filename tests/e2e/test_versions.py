@@ -203,3 +203,64 @@ def test_full_staging_disk_is_an_answer_not_a_hang(servers, vault_factory, tmp_p
     finally:
         subprocess.run(["fusermount3", "-uz", str(v.mnt)], check=False)
         subprocess.run(["umount", "-l", str(fsdir)], check=False)
+
+
+def test_a_stale_put_landing_last_never_replaces_the_newer_version(servers, vault_factory, tmp_path):
+    """Regression (the issue's table): a 2 MB file rewritten while its first version's PUT is
+    held by a proxy; the newer version uploads, `flush --wait` succeeds, then the stale PUT lands.
+    With path-derived keys it landed on the newer version's object and a rebuild gave EIO. Now
+    each version has its own key: the stale object lands beside it and is never adopted."""
+    import json
+    import sys
+    import time
+
+    from conftest import ROOT, free_port
+
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    port = free_port()
+    stats = tmp_path / "proxy.json"
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "fault_proxy.py"), "--port", str(port),
+                              "--upstream", f"127.0.0.1:{s.port}", "--rate", "0", "--stats", str(stats),
+                              "--hold-first-put", "8"], stderr=subprocess.DEVNULL)
+
+    def proxy_stats():
+        try:
+            return json.loads(stats.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    try:
+        time.sleep(0.5)
+        v.mount("--endpoint-url", f"http://127.0.0.1:{port}", settle="0.2")
+        v1, v2 = os.urandom(2 * MiB), os.urandom(2 * MiB + 7)
+        (v.mnt / "video.mov").write_bytes(v1)
+        deadline = time.time() + 30
+        while proxy_stats().get("held", 0) < 1:
+            assert time.time() < deadline, f"the first version's PUT never reached the proxy: {proxy_stats()}"
+            time.sleep(0.05)
+        (v.mnt / "video.mov").write_bytes(v2)
+        v.flush()
+        assert proxy_stats().get("released", 0) == 0, "the test needs the stale PUT still held when flush returns"
+        assert sha(v.mnt / "video.mov") == sha_bytes(v2)
+        deadline = time.time() + 60
+        while proxy_stats().get("released", 0) < 1:
+            assert time.time() < deadline, "the held PUT was never released"
+            time.sleep(0.1)
+        time.sleep(1)  # let the stale PUT reach the server
+        v.flush()
+        v.unmount()
+        v.cache = tmp_path / "fresh-cache"
+        v.mount("--endpoint-url", f"http://127.0.0.1:{port}")
+        assert (v.mnt / "video.mov").read_bytes() == v2, "a rebuild after the stale PUT landed gives the newer version"
+        v.unmount()
+        # Both versions' objects are in the bucket: the stale one landed beside the newer one.
+        assert len(v.data_objects()) >= 2
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+def sha_bytes(b):
+    import hashlib
+    return hashlib.sha256(b).hexdigest()

@@ -282,6 +282,146 @@ pub fn encrypt_stream_with<R: Read, W: Write>(
     Ok(Sealed { header, sha256: hasher.finalize().into(), enc_len, dk })
 }
 
+/// One file version's encryption, fixed when the version is sealed and reproducible from its
+/// data key and header: the uploader encrypts any byte range of the object straight from the
+/// frozen plaintext, as often as retries and resumed multipart uploads need, and always gets
+/// the same bytes. No encrypted copy of the file is ever written to the local disk.
+///
+/// The data key is secret: it stays in the local index only while the version waits for its
+/// upload (beside the plaintext it protects) and is dropped with the upload row.
+pub struct VersionCipher {
+    header: Header,
+    keys: FileKeys,
+    size: u64,
+    dk: [u8; 32],
+}
+
+impl Drop for VersionCipher {
+    fn drop(&mut self) {
+        self.dk.zeroize();
+    }
+}
+
+impl VersionCipher {
+    /// A fresh version of `size` plaintext bytes: new data key, nonce prefix and ephemeral key.
+    pub fn new(vault_pub: &PublicKey, size: u64) -> VersionCipher {
+        let mut dk = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut dk);
+        let mut prefix = [0u8; 7];
+        rand::rngs::OsRng.fill_bytes(&mut prefix);
+        let eph = StaticSecret::random_from_rng(rand::rngs::OsRng);
+        let c = Self::with(vault_pub, size, dk, prefix, eph);
+        dk.zeroize();
+        c
+    }
+
+    /// `new` with caller-chosen randomness. Only for test vectors.
+    #[doc(hidden)]
+    pub fn with(vault_pub: &PublicKey, size: u64, dk: [u8; 32], prefix: [u8; 7], eph: StaticSecret) -> VersionCipher {
+        let keys = FileKeys::derive(&dk);
+        let mut h = [0u8; HEADER_LEN];
+        h[0..6].copy_from_slice(MAGIC);
+        h[6..8].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+        h[8] = SEG_LOG2;
+        let (eph, wrapped) = seal_to_with(eph, vault_pub, &dk, &h[0..9]);
+        h[9..41].copy_from_slice(&eph);
+        h[41..89].copy_from_slice(&wrapped);
+        let header = build_header(h, &prefix, &keys.commit);
+        VersionCipher { header, keys, size, dk }
+    }
+
+    /// The cipher of a sealed version, from the data key and header recorded with its upload.
+    /// Refuses a key that does not match the header's commitment.
+    pub fn resume(dk: &[u8], header: &[u8], size: u64) -> Result<VersionCipher> {
+        let dk: [u8; 32] = dk.try_into().map_err(|_| CryptoError::Malformed("data key length".into()))?;
+        let header = Header::parse(header)?;
+        let keys = FileKeys::derive(&dk);
+        if !subtle_eq::ct_eq(&keys.commit, &header.bytes[96..128]) {
+            return Err(CryptoError::Auth);
+        }
+        Ok(VersionCipher { header, keys, size, dk })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn data_key(&self) -> &[u8; 32] {
+        &self.dk
+    }
+
+    pub fn enc_len(&self) -> u64 {
+        encrypted_len(self.size)
+    }
+
+    /// Encrypt the metadata under this version's key (`cvm` user-metadata value, raw bytes).
+    pub fn encrypt_meta(&self, meta: &ObjectMeta) -> Vec<u8> {
+        let json = serde_json::to_vec(meta).expect("serialize");
+        // Zero nonce: the meta key is unique to this data key and encrypts exactly one message.
+        gcm(&self.keys.meta).encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: &json, aad: &self.header.bytes }).expect("encrypt")
+    }
+
+    /// Object bytes [start, start + len), encrypted from `plain` (the version's plaintext,
+    /// `size` bytes; a shorter file reads as zeros past its end, as a sparse tail does).
+    pub fn encrypt_range(&self, plain: &std::fs::File, start: u64, len: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let end = start.checked_add(len).filter(|e| *e <= self.enc_len()).ok_or_else(|| CryptoError::Malformed("range beyond the object".into()))?;
+        let mut out = Vec::with_capacity(len as usize);
+        if start < HEADER_LEN as u64 {
+            out.extend_from_slice(&self.header.bytes[start as usize..end.min(HEADER_LEN as u64) as usize]);
+        }
+        if end <= HEADER_LEN as u64 {
+            return Ok(out);
+        }
+        let n = segment_count(self.size);
+        let first = start.saturating_sub(HEADER_LEN as u64) / (SEGMENT + TAG);
+        let last = ((end - 1 - HEADER_LEN as u64) / (SEGMENT + TAG)).min(n - 1);
+        let cipher = gcm(&self.keys.content);
+        let mut buf = vec![0u8; SEGMENT as usize];
+        for i in first..=last {
+            let plen = if i == n - 1 { (self.size - i * SEGMENT) as usize } else { SEGMENT as usize };
+            let mut got = 0;
+            while got < plen {
+                let k = plain.read_at(&mut buf[got..plen], i * SEGMENT + got as u64)?;
+                if k == 0 {
+                    buf[got..plen].fill(0);
+                    break;
+                }
+                got += k;
+            }
+            let nonce = seg_nonce(&self.header.nonce_prefix(), i, i == n - 1)?;
+            let ct = cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: &buf[..plen], aad: &self.header.bytes }).expect("encrypt");
+            let (a, b) = segment_cipher_range(self.size, i);
+            let (from, to) = (start.max(a), end.min(b));
+            out.extend_from_slice(&ct[(from - a) as usize..(to - a) as usize]);
+        }
+        buf.zeroize();
+        debug_assert_eq!(out.len() as u64, len);
+        Ok(out)
+    }
+}
+
+/// SHA-256 of `size` bytes of `plain` (zeros past its end), read in 1 MiB blocks.
+pub fn sha256_file(plain: &std::fs::File, size: u64) -> std::io::Result<[u8; 32]> {
+    use std::os::unix::fs::FileExt;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < size {
+        let want = (size - off).min(buf.len() as u64) as usize;
+        let k = plain.read_at(&mut buf[..want], off)?;
+        if k == 0 {
+            buf[..want].fill(0);
+            h.update(&buf[..want]);
+            off += want as u64;
+            continue;
+        }
+        h.update(&buf[..k]);
+        off += k as u64;
+    }
+    Ok(h.finalize().into())
+}
+
 // Header layout v1 (see docs/FORMAT.md):
 //   0..6   magic "CVAULT"
 //   6..8   format version, u16 big-endian (1)

@@ -196,3 +196,47 @@ fn single_segment_decrypts_on_its_own() {
     let (s, e) = segment_cipher_range(d.len() as u64, 5);
     assert!(o.decrypt_segment(10 * SEGMENT, 5, &body[s as usize..e as usize]).is_err());
 }
+
+/// The uploader encrypts ranges of a version straight from its plaintext: every range, however
+/// it falls on segment and header boundaries, equals the same bytes of the one-pass stream
+/// (the pinned v1 vector's randomness), and a cipher resumed from the recorded data key and
+/// header produces them again (a retried part is byte-identical).
+#[test]
+fn ranges_encrypted_from_plaintext_equal_the_stream() {
+    use std::io::Write as _;
+    let vault_sk = StaticSecret::from([0x11u8; 32]);
+    let vault_pk = PublicKey::from(&vault_sk);
+    for size in [0u64, 1, 65535, 65536, 65537, 2 * 65536 + 100] {
+        let pt: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let mut stream = Vec::new();
+        let s = encrypt_stream_with(&vault_pk, size, &mut &pt[..], &mut stream, [0x22; 32], [0x33; 7], StaticSecret::from([0x44u8; 32])).unwrap();
+        let vc = VersionCipher::with(&vault_pk, size, [0x22; 32], [0x33; 7], StaticSecret::from([0x44u8; 32]));
+        assert_eq!(vc.header().bytes, s.header.bytes);
+        assert_eq!(vc.enc_len(), stream.len() as u64);
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&pt).unwrap();
+        let again = VersionCipher::resume(vc.data_key(), &vc.header().bytes, size).unwrap();
+        let enc = stream.len() as u64;
+        let mut cuts = vec![(0, enc), (0, 1), (0, 128), (127, 2), (128, enc - 128)];
+        for k in [1u64, 7, 65551, 65552, 65553, 65680, 100_000] {
+            if k < enc {
+                cuts.push((k, enc - k));
+                cuts.push((0, k));
+                cuts.push((k / 2, k - k / 2));
+            }
+        }
+        for (a, n) in cuts {
+            let want = &stream[a as usize..(a + n) as usize];
+            assert_eq!(vc.encrypt_range(&f, a, n).unwrap(), want, "size {size}: range {a}+{n}");
+            assert_eq!(again.encrypt_range(&f, a, n).unwrap(), want, "resumed, size {size}: range {a}+{n}");
+        }
+        assert!(vc.encrypt_range(&f, 0, enc + 1).is_err());
+        assert_eq!(sha256_file(&f, size).unwrap(), s.sha256);
+        // The opened object decrypts to the plaintext.
+        let o = Opened::open(&vault_sk, &Header::parse(&stream).unwrap()).unwrap();
+        assert_eq!(o.decrypt_all(size, &stream).unwrap(), pt);
+    }
+    // A data key that does not belong to the header is refused.
+    let vc = VersionCipher::new(&vault_pk, 10);
+    assert!(matches!(VersionCipher::resume(&[0u8; 32], &vc.header().bytes, 10), Err(CryptoError::Auth)));
+}

@@ -34,7 +34,7 @@ impl Fs {
             let mut off = 0u64;
             while off < i.size {
                 let n = (i.size - off).min(8 * SEGMENT);
-                let data = self.read_encrypted(&i, &src, off, n)?;
+                let data = self.read_source(&i, &src, off, n)?;
                 out.write_all_at(&data, off)?;
                 off += data.len() as u64;
                 if data.is_empty() {

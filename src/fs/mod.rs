@@ -131,6 +131,9 @@ struct Core {
 
 /// Where an encrypted copy of a file's current content can be read from.
 enum Source {
+    /// A sealed version's frozen plaintext, or an uploaded one kept in the read cache.
+    Plain(PathBuf),
+    /// An encrypted copy (outbox or read cache) written by an earlier build.
     Local(PathBuf),
     Remote(String),
 }
@@ -259,7 +262,16 @@ impl Fs {
         let uploads = c.db.uploads()?;
         let mut keep_outbox = Vec::new();
         for u in &uploads {
-            if !self.staging.outbox_path(u.ino, u.content_gen).exists() {
+            if !self.staged_version(u).exists() && u.dk.is_some() && self.staging.spool_len(u.ino).is_some() {
+                // The seal committed and the daemon stopped before the spool was renamed: the
+                // spool is this version's plaintext (a later write would have discarded the row).
+                let current = c.db.get(u.ino)?.is_some_and(|i| i.state.in_outbox() && i.content_gen == u.content_gen);
+                if current {
+                    tracing::info!(upload = u.id, ino = u.ino, "finishing a seal the daemon stopped in");
+                    self.staging.freeze_spool(u.ino, u.content_gen)?;
+                }
+            }
+            if !self.staged_version(u).exists() {
                 tracing::error!(upload = u.id, ino = u.ino, "outbox file missing for a queued upload; dropping it");
                 let tx = c.db.begin()?;
                 Self::discard_uploads(&tx, std::slice::from_ref(u))?;

@@ -186,7 +186,9 @@ impl Fs {
         Self::discard_uploads(&tx, &ups)?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &ups {
-            Self::remove_staged(c, self.staging.outbox_path(u.ino, u.content_gen));
+            for p in self.staging.version_files(u.ino, u.content_gen) {
+                Self::remove_staged(c, p);
+            }
             // Write-only credentials lack s3:AbortMultipartUpload: leave it to the bucket's
             // AbortIncompleteMultipartUpload lifecycle rule.
             if let Some(mp) = u.mp_upload_id.as_ref().filter(|_| self.keys.secret.is_some()) {

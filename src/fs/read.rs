@@ -9,10 +9,14 @@ impl Fs {
         if i.state.in_outbox() {
             let ups = c.db.uploads_for_ino(i.ino)?;
             let u = ups.iter().find(|u| u.content_gen == i.content_gen).ok_or(FsError::NotFound)?;
-            return Ok(Source::Local(self.staging.outbox_path(u.ino, u.content_gen)));
+            return Ok(if u.dk.is_some() { Source::Plain(self.staged_version(u)) } else { Source::Local(self.staged_version(u)) });
         }
         if i.state == State::Uploaded {
             let h = i.header.as_deref().ok_or(FsError::Invalid("no header"))?;
+            let cached = self.staging.rcache_plain_path(&h[96..128]);
+            if cached.exists() {
+                return Ok(Source::Plain(cached));
+            }
             let cached = self.staging.rcache_path(&h[96..128]);
             if cached.exists() {
                 return Ok(Source::Local(cached));
@@ -76,7 +80,15 @@ impl Fs {
         }
         match src {
             None => read_plain(&self.staging.open_spool(ino)?, offset, len),
-            Some(src) => self.read_encrypted(&i, &src, offset, len),
+            Some(src) => self.read_source(&i, &src, offset, len),
+        }
+    }
+
+    /// Read plaintext [offset, offset+len) of `i` from where its content is.
+    pub(super) fn read_source(&self, i: &Inode, src: &Source, offset: u64, len: u64) -> Result<Vec<u8>> {
+        match src {
+            Source::Plain(p) => read_plain(&File::open(p)?, offset, len),
+            _ => self.read_encrypted(i, src, offset, len),
         }
     }
 
@@ -84,6 +96,7 @@ impl Fs {
     pub(super) fn read_encrypted(&self, i: &Inode, src: &Source, offset: u64, len: u64) -> Result<Vec<u8>> {
         let sk = self.keys.secret.as_ref().ok_or(FsError::WriteOnly)?;
         let header = match (src, &i.header) {
+            (Source::Plain(_), _) => return Err(FsError::Invalid("a plaintext source is not decrypted")),
             (Source::Remote(_), Some(h)) => Header::parse(h)?,
             (Source::Local(p), _) => {
                 let f = File::open(p)?;
@@ -112,7 +125,7 @@ impl Fs {
                     // Miss: fetch a run of segments in one request and cache them all.
                     let upto = match src {
                         Source::Remote(_) => (s + READ_AHEAD_SEGMENTS).min(nseg).max(last + 1).min(nseg),
-                        Source::Local(_) => last + 1,
+                        Source::Local(_) | Source::Plain(_) => last + 1,
                     };
                     let (start, _) = crypto::segment_cipher_range(size, s);
                     let (_, end) = crypto::segment_cipher_range(size, upto - 1);
@@ -130,6 +143,7 @@ impl Fs {
                             b
                         }
                         Source::Remote(k) => self.rt.block_on(self.store.get_range(k, start, end))?.to_vec(),
+                        Source::Plain(_) => return Err(FsError::Invalid("a plaintext source is not decrypted")),
                     };
                     if raw.len() as u64 != end - start {
                         return Err(self.log_bad_object(i, src, crypto::CryptoError::Auth).into());
@@ -162,7 +176,7 @@ impl Fs {
 
     pub(super) fn log_bad_object(&self, i: &Inode, src: &Source, e: crypto::CryptoError) -> crypto::CryptoError {
         let what = match src {
-            Source::Local(p) => p.display().to_string(),
+            Source::Local(p) | Source::Plain(p) => p.display().to_string(),
             Source::Remote(k) => format!("s3 object {k}"),
         };
         tracing::error!(ino = i.ino, object = %what, error = %e, "refusing to return data: object failed authentication");

@@ -1,4 +1,4 @@
-//! Sealing: settled dirty files are encrypted into the outbox with a fresh object key and queued for upload; superseded uploads become dead keys.
+//! Sealing: settled dirty files are frozen (their spool renamed into the outbox, no copy) with a fresh object key, data key and header, and queued for upload; superseded uploads become dead keys.
 
 use super::*;
 
@@ -97,11 +97,23 @@ impl Fs {
     /// A fresh object key for one file version: 128 random bits, never derived from the path,
     /// so no upload (a stale retry, a rewrite, a second machine, a write-only mount on an empty
     /// index) can land on another version's object (docs/FORMAT.md, section 1).
+    /// Where a queued version's bytes are: its frozen plaintext, or an encrypted outbox file
+    /// written by an earlier build (no data key recorded).
+    pub(super) fn staged_version(&self, u: &Upload) -> PathBuf {
+        if u.dk.is_some() {
+            self.staging.frozen_path(u.ino, u.content_gen)
+        } else {
+            self.staging.outbox_path(u.ino, u.content_gen)
+        }
+    }
+
     pub fn new_object_key(prefix: &str) -> String {
         format!("{prefix}d/{}", hex::encode(rand::random::<[u8; 16]>()))
     }
 
-    /// Encrypt one file's spool into the outbox and queue its upload in one transaction.
+    /// Seal one file: freeze its spool as this version's plaintext and queue its upload, in one
+    /// transaction. No encrypted copy is written: the uploader encrypts from the frozen file
+    /// (`crypto::VersionCipher`), so sealing needs no room beyond the index's headroom.
     pub(super) fn seal_one(&self, ino: u64, gen: i64) -> Result<bool> {
         let (i, path) = {
             let c = self.core();
@@ -112,69 +124,38 @@ impl Fs {
             let path = c.db.path_of(ino)?;
             (i, path)
         };
-        // The sealed copy needs its own room (about the file's size) plus headroom for the
-        // index: refuse at once with the numbers rather than fill the disk and fail midway.
-        let need = crypto::encrypted_len(i.size) + SEAL_HEADROOM;
+        // Recording the version needs a little room for the index: refuse at once, with the
+        // numbers, rather than fail midway.
         let st = self.staging.statvfs()?;
         let free = st.f_bavail * st.f_frsize;
-        if free < need {
+        if free < SEAL_HEADROOM {
             return Err(FsError::NoSpace(format!(
-                "the staging disk has {} MiB free; sealing this {} MiB file needs {} MiB (free space or move the cache dir to a larger disk)",
+                "the staging disk has {} MiB free; queueing this {} MiB file for upload needs {} MiB for the index (free space or move the cache dir to a larger disk)",
                 free >> 20,
                 i.size >> 20,
-                need.div_ceil(1 << 20)
+                SEAL_HEADROOM >> 20
             )));
         }
+        // Digest and durability of exactly `i.size` bytes (a spool shorter than that, a hole at
+        // the end, reads as zeros), outside the lock. The spool is only read, never cut to size:
+        // a writer that opened it since the check above may be appending (the seal then aborts
+        // below and the spool must be intact).
         let spool = self.staging.open_spool(ino)?;
-        let tmp = self.staging.outbox_tmp(ino, gen);
-        // The spool is only read, never cut to size: a writer that opened it since the check
-        // above may be appending (the seal then aborts below and the spool must be intact).
-        // Exactly `i.size` bytes are sealed; a spool shorter than that (a hole at the end)
-        // reads as zeros.
-        let encrypt = || -> Result<crypto::Sealed> {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, self.staging.create_outbox_tmp(&tmp)?);
-            let input = std::io::BufReader::with_capacity(1 << 20, &spool);
-            let mut input = std::io::Read::take(std::io::Read::chain(std::io::Read::take(input, i.size), std::io::repeat(0)), i.size);
-            let s = crypto::encrypt_stream(&self.keys.public, i.size, &mut input, &mut out).map_err(|e| match e {
-                crypto::CryptoError::Io(io) => FsError::Io(io),
-                other => FsError::Crypto(other),
-            })?;
-            let f = out.into_inner().map_err(|e| FsError::Io(e.into_error()))?;
-            f.sync_all()?;
-            Ok(s)
-        };
-        let sealed = match encrypt() {
-            Ok(s) => s,
-            Err(e) => {
-                // Never leave a partial outbox file behind (a full disk retried every 250 ms
-                // left hundreds of them).
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        let meta = ObjectMeta {
-            path: path.clone(),
-            size: i.size,
-            mtime_ns: i.mtime_ns,
-            mode: i.mode,
-            uid: i.uid,
-            gid: i.gid,
-            sha256: hex::encode(sealed.sha256),
-        };
-        let md = vec![("cvh".to_string(), B64.encode(sealed.header.bytes)), ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&meta)))];
+        let sha256 = hex::encode(crypto::sha256_file(&spool, i.size)?);
+        spool.sync_data()?;
+        drop(spool);
+        let cipher = crypto::VersionCipher::new(&self.keys.public, i.size);
+        let meta =
+            ObjectMeta { path: path.clone(), size: i.size, mtime_ns: i.mtime_ns, mode: i.mode, uid: i.uid, gid: i.gid, sha256: sha256.clone() };
+        let md = vec![("cvh".to_string(), B64.encode(cipher.header().bytes)), ("cvm".to_string(), B64.encode(cipher.encrypt_meta(&meta)))];
         let object_key = Self::new_object_key(&self.cfg.prefix);
         let (class, tags) = self.cfg.policy.choose(&path, i.size);
         let mut c = self.core();
-        let Some(mut cur) = c.db.get(ino)? else {
-            let _ = std::fs::remove_file(&tmp);
-            return Ok(false);
-        };
+        let Some(mut cur) = c.db.get(ino)? else { return Ok(false) };
         if cur.state != State::Dirty || cur.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0) || c.db.path_of(ino)? != path {
-            // Written, renamed or reopened while we encrypted: seal again later.
-            let _ = std::fs::remove_file(&tmp);
+            // Written, renamed or reopened while we read it: seal again later.
             return Ok(false);
         }
-        self.staging.commit_outbox(&tmp, ino, gen)?;
         let u = Upload {
             id: 0,
             ino,
@@ -182,7 +163,7 @@ impl Fs {
             object_key,
             path,
             size: i.size,
-            enc_size: sealed.enc_len,
+            enc_size: cipher.enc_len(),
             storage_class: class,
             state: "queued".into(),
             attempts: 0,
@@ -190,9 +171,10 @@ impl Fs {
             last_error: None,
             mp_upload_id: None,
             metadata: serde_json::to_string(&md).expect("json"),
-            header: sealed.header.bytes.to_vec(),
-            sha256: hex::encode(sealed.sha256),
+            header: cipher.header().bytes.to_vec(),
+            sha256,
             tagging: crate::rules::tagging(&tags),
+            dk: Some(crate::meta::SecretBytes(cipher.data_key().to_vec())),
         };
         let tx = c.db.begin()?;
         Db::insert_upload(&tx, &u)?;
@@ -204,7 +186,9 @@ impl Fs {
         if let Some(o) = c.open.get_mut(&ino) {
             o.spool = None;
         }
-        self.staging.remove_spool(ino);
+        // After the commit, still under the lock (no open or read can see the file half-way):
+        // a crash before this rename is finished by start-up (`recover`).
+        self.staging.freeze_spool(ino, gen)?;
         drop(c);
         self.upload_wakeup.notify_one();
         Ok(true)

@@ -1117,23 +1117,58 @@ fn expired_credentials_are_retried_and_shown_in_status() {
     assert_eq!(e.read_all(ino).unwrap(), b"hello");
 }
 
-/// Regression: a seal that failed (a full staging disk) left its `*.tmp` outbox file behind,
-/// one more every 250 ms. A failed seal removes it; the plaintext stays staged and the next
-/// attempt seals.
+/// Sealing makes no second copy of a file: the spool itself becomes the sealed version's
+/// plaintext (same inode, renamed), the uploader encrypts from it, and what lands in the
+/// bucket decrypts to the file. (Before, sealing wrote an encrypted copy of the whole file
+/// first: a 150 MB file on a 256 MiB staging disk could never be sealed.)
 #[test]
-fn a_failed_seal_leaves_no_temp_file() {
+fn sealing_renames_the_spool_and_the_uploader_encrypts_from_it() {
+    use std::os::unix::fs::MetadataExt;
     let e = Env::new();
-    let d = data(200_000, 3);
+    let fs = e.fs();
+    // Above the multipart threshold, so parts are encrypted range by range from the plaintext.
+    let d = data(9 << 20, 4);
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    e.store.fail_op("CreateMultipartUpload", u64::MAX, StoreError::Retryable("held".into()));
+    let ino = e.write_file(ROOT, "big.mov", &d);
+    let spool_ino = std::fs::metadata(fs.staging.spool_path(ino)).unwrap().ino();
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    let outbox: Vec<_> = std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(outbox.len(), 1, "{outbox:?}");
+    assert_eq!(std::fs::metadata(&outbox[0]).unwrap().ino(), spool_ino, "the sealed version is the spool, renamed, not a copy");
+    assert!(!fs.staging.spool_path(ino).exists());
+    // A sealed file reads from its frozen plaintext (no private key needed).
+    assert_eq!(e.read_all(ino).unwrap(), d);
+    e.store.clear_faults();
+    e.wait_state(ino, State::Uploaded);
+    assert!(std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().is_none(), "released after the upload");
+    // The object in the bucket decrypts to the file.
+    let key = fs.getattr(ino).unwrap().object_key.unwrap();
+    let obj = e.store.snapshot()[&key].body.clone();
+    let h = Header::parse(&obj).unwrap();
+    let o = Opened::open(e.keys.secret.as_ref().unwrap(), &h).unwrap();
+    assert_eq!(o.decrypt_all(d.len() as u64, &obj).unwrap(), d);
+}
+
+/// A crash after the seal committed and before the spool was renamed: start-up finishes the
+/// rename, and the version uploads intact (before this, such a version would have been
+/// dropped with "outbox file missing").
+#[test]
+fn a_seal_interrupted_before_the_rename_is_finished_at_start_up() {
+    let mut e = Env::new();
+    let d = data(300_000, 6);
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
     let ino = e.write_file(ROOT, "a.jpg", &d);
     let fs = e.fs();
-    // The sealed copy's writes fail as on a full disk (ENOSPC).
-    fs.staging.full_disk_once.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(fs.seal_ready(true).unwrap(), 0, "the seal failed");
-    let outbox = fs.staging.root().join("outbox");
-    let left: Vec<_> = std::fs::read_dir(outbox).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-    assert_eq!(fs.state_of(ino).unwrap().unwrap().1, State::Dirty, "still staged");
     assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    let frozen = std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().unwrap().unwrap().path();
+    drop(fs);
+    let spool = e.fs().staging.spool_path(ino);
+    let d2 = e.daemon.take().unwrap();
+    e.rt.block_on(d2.shutdown());
+    std::fs::rename(&frozen, &spool).unwrap(); // as if the daemon died right after the commit
+    e.store.clear_faults();
+    e.start();
     e.wait_state(ino, State::Uploaded);
     assert_eq!(e.read_all(ino).unwrap(), d);
 }

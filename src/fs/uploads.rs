@@ -18,7 +18,7 @@ impl UploadQueue for Fs {
     }
 
     fn outbox_path(&self, u: &Upload) -> PathBuf {
-        self.staging.outbox_path(u.ino, u.content_gen)
+        self.staged_version(u)
     }
 
     fn wakeup(&self) -> &tokio::sync::Notify {

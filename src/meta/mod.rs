@@ -161,6 +161,25 @@ pub struct Upload {
     pub sha256: String,
     /// Object tags, URL-encoded (`k=v&k2=v2`), for bucket lifecycle rules.
     pub tagging: Option<String>,
+    /// The version's data key while it waits for upload (`crypto::VersionCipher::resume`);
+    /// None for an encrypted outbox file written by an earlier build.
+    pub dk: Option<SecretBytes>,
+}
+
+/// Key material kept in the index: never shown by `Debug` (logs), wiped when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBytes(..)")
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// One durable version of a file (the `versions` table).
@@ -210,6 +229,7 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(schema::SCHEMA)?;
+        schema::migrate(&conn)?;
         let db = Db { conn };
         if db.get(ROOT)?.is_none() {
             db.conn.execute(

@@ -48,7 +48,10 @@ CREATE TABLE IF NOT EXISTS uploads(
   metadata TEXT NOT NULL,
   header BLOB NOT NULL,
   sha256 TEXT NOT NULL,
-  tagging TEXT
+  tagging TEXT,
+  -- The version's data key while its upload is pending: the uploader encrypts from the frozen
+  -- plaintext (outbox/<ino>.<gen>.plain). NULL: an encrypted outbox file of an earlier build.
+  dk BLOB
 );
 -- Every lookup the upload path makes per file is indexed: no per-seal or per-completion scan
 -- that grows with the vault (uploads by inode, due uploads, inodes by object key).
@@ -103,3 +106,13 @@ CREATE TABLE IF NOT EXISTS parts(
   PRIMARY KEY(upload_id, part_no)
 );
 "#;
+
+/// Columns added since the table was first created (`CREATE TABLE IF NOT EXISTS` leaves an
+/// existing table as it was).
+pub(super) fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has_dk = conn.prepare("SELECT dk FROM uploads LIMIT 0").is_ok();
+    if !has_dk {
+        conn.execute_batch("ALTER TABLE uploads ADD COLUMN dk BLOB")?;
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 
 use super::*;
 
-const UPLOAD_COLS: &str = "id,ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,last_error,mp_upload_id,metadata,header,sha256,tagging";
+const UPLOAD_COLS: &str = "id,ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,last_error,mp_upload_id,metadata,header,sha256,tagging,dk";
 
 fn upload_from_row(r: &Row<'_>) -> rusqlite::Result<Upload> {
     Ok(Upload {
@@ -23,6 +23,7 @@ fn upload_from_row(r: &Row<'_>) -> rusqlite::Result<Upload> {
         header: r.get(14)?,
         sha256: r.get(15)?,
         tagging: r.get(16)?,
+        dk: r.get::<_, Option<Vec<u8>>>(17)?.map(SecretBytes),
     })
 }
 
@@ -31,8 +32,8 @@ impl Db {
 
     pub fn insert_upload(conn: &Connection, u: &Upload) -> Result<i64> {
         conn.execute(
-            "INSERT INTO uploads(ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,metadata,header,sha256,tagging) VALUES(?1,?2,?3,?4,?5,?6,?7,'queued',0,0,?8,?9,?10,?11)",
-            params![u.ino as i64, u.content_gen, u.object_key, u.path, u.size as i64, u.enc_size as i64, u.storage_class, u.metadata, u.header, u.sha256, u.tagging],
+            "INSERT INTO uploads(ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,metadata,header,sha256,tagging,dk) VALUES(?1,?2,?3,?4,?5,?6,?7,'queued',0,0,?8,?9,?10,?11,?12)",
+            params![u.ino as i64, u.content_gen, u.object_key, u.path, u.size as i64, u.enc_size as i64, u.storage_class, u.metadata, u.header, u.sha256, u.tagging, u.dk.as_ref().map(|k| &k.0[..])],
         )?;
         Ok(conn.last_insert_rowid())
     }

@@ -21,9 +21,6 @@ pub struct Staging {
     spool: PathBuf,
     outbox: PathBuf,
     rcache: PathBuf,
-    /// Tests: the next outbox file's writes fail with ENOSPC, as on a full disk.
-    #[cfg(test)]
-    pub full_disk_once: std::sync::atomic::AtomicBool,
 }
 
 fn fsync_dir(p: &Path) -> io::Result<()> {
@@ -32,14 +29,7 @@ fn fsync_dir(p: &Path) -> io::Result<()> {
 
 impl Staging {
     pub fn open(root: &Path) -> io::Result<Staging> {
-        let s = Staging {
-            root: root.to_path_buf(),
-            spool: root.join("spool"),
-            outbox: root.join("outbox"),
-            rcache: root.join("rcache"),
-            #[cfg(test)]
-            full_disk_once: false.into(),
-        };
+        let s = Staging { root: root.to_path_buf(), spool: root.join("spool"), outbox: root.join("outbox"), rcache: root.join("rcache") };
         for d in [&s.root, &s.spool, &s.outbox, &s.rcache] {
             fs::create_dir_all(d)?;
             // Plaintext lives here until sealed: owner-only.
@@ -109,42 +99,53 @@ impl Staging {
         fsync_dir(&self.spool)
     }
 
+    /// An encrypted outbox file, as builds before frozen plaintexts wrote them (still read and
+    /// uploaded after an upgrade).
     pub fn outbox_path(&self, ino: u64, gen: i64) -> PathBuf {
         self.outbox.join(format!("{ino}.{gen}.cv"))
     }
 
-    /// A fresh temporary name: never shared by two writers.
-    pub fn outbox_tmp(&self, ino: u64, gen: i64) -> PathBuf {
-        self.outbox.join(format!("{ino}.{gen}.{}.tmp", hex::encode(rand::random::<[u8; 6]>())))
+    /// The frozen plaintext of sealed version `gen`: the spool, renamed. Immutable from then
+    /// on; the uploader encrypts from it (`crypto::VersionCipher`).
+    pub fn frozen_path(&self, ino: u64, gen: i64) -> PathBuf {
+        self.outbox.join(format!("{ino}.{gen}.plain"))
     }
 
-    /// Create the temporary outbox file at `tmp` (from `outbox_tmp`) for writing.
-    pub fn create_outbox_tmp(&self, tmp: &Path) -> io::Result<File> {
-        let f = File::create(tmp)?;
-        #[cfg(test)]
-        if self.full_disk_once.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return File::options().write(true).open("/dev/full");
-        }
-        Ok(f)
+    /// Freeze the spool of `ino` as version `gen`: a rename, so sealing needs no room for a
+    /// second copy of the file.
+    pub fn freeze_spool(&self, ino: u64, gen: i64) -> io::Result<()> {
+        fs::rename(self.spool_path(ino), self.frozen_path(ino, gen))?;
+        fsync_dir(&self.outbox)?;
+        fsync_dir(&self.spool)
     }
 
-    /// Atomically publish a fully written and fsynced outbox file.
-    pub fn commit_outbox(&self, tmp: &Path, ino: u64, gen: i64) -> io::Result<()> {
-        fs::rename(tmp, self.outbox_path(ino, gen))?;
-        fsync_dir(&self.outbox)
+    /// Both names a staged version may have (frozen plaintext, or an earlier build's encrypted copy).
+    pub fn version_files(&self, ino: u64, gen: i64) -> [PathBuf; 2] {
+        [self.frozen_path(ino, gen), self.outbox_path(ino, gen)]
     }
 
     pub fn remove_outbox(&self, ino: u64, gen: i64) {
-        let _ = fs::remove_file(self.outbox_path(ino, gen));
+        for p in self.version_files(ino, gen) {
+            let _ = fs::remove_file(p);
+        }
     }
 
+    /// An encrypted read-cache entry (earlier builds).
     pub fn rcache_path(&self, id: &[u8]) -> PathBuf {
         self.rcache.join(format!("{}.cv", hex::encode(id)))
     }
 
-    /// Move an uploaded outbox file into the read cache and evict the oldest entries beyond `limit` bytes.
+    /// A plaintext read-cache entry: an uploaded version's frozen plaintext, kept.
+    pub fn rcache_plain_path(&self, id: &[u8]) -> PathBuf {
+        self.rcache.join(format!("{}.plain", hex::encode(id)))
+    }
+
+    /// Move an uploaded version's staged file into the read cache and evict the oldest entries
+    /// beyond `limit` bytes.
     pub fn keep_in_read_cache(&self, ino: u64, gen: i64, id: &[u8], limit: u64) {
-        if fs::rename(self.outbox_path(ino, gen), self.rcache_path(id)).is_err() {
+        if fs::rename(self.frozen_path(ino, gen), self.rcache_plain_path(id)).is_err()
+            && fs::rename(self.outbox_path(ino, gen), self.rcache_path(id)).is_err()
+        {
             return;
         }
         let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = fs::read_dir(&self.rcache)
@@ -188,6 +189,7 @@ impl Staging {
             let name = e.file_name().to_string_lossy().to_string();
             let keep = name
                 .strip_suffix(".cv")
+                .or_else(|| name.strip_suffix(".plain"))
                 .and_then(|s| s.split_once('.'))
                 .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<i64>().ok()?)))
                 .is_some_and(|k| keep_outbox.contains(&k));

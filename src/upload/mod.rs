@@ -198,13 +198,19 @@ impl Uploader {
         }
     }
 
+    /// Object bytes [start, start + len) of `u`: encrypted now from the version's frozen
+    /// plaintext (the same bytes on every retry), or read from an encrypted outbox file of an
+    /// earlier build.
     fn read_outbox(&self, u: &Upload, start: u64, len: u64) -> Result<Bytes, StoreError> {
         let p = self.fs.outbox_path(u);
-        let f =
-            std::fs::File::open(&p).map_err(|e| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) })?;
+        let local = |e: String| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) };
+        let f = std::fs::File::open(&p).map_err(|e| local(e.to_string()))?;
+        if let Some(dk) = &u.dk {
+            let cipher = crate::crypto::VersionCipher::resume(&dk.0, &u.header, u.size).map_err(|e| local(e.to_string()))?;
+            return cipher.encrypt_range(&f, start, len).map(Bytes::from).map_err(|e| local(e.to_string()));
+        }
         let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, start)
-            .map_err(|e| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) })?;
+        f.read_exact_at(&mut buf, start).map_err(|e| local(e.to_string()))?;
         Ok(Bytes::from(buf))
     }
 

@@ -282,9 +282,10 @@ def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):
     run("init", "--bucket", v.bucket, "--prefix", "vault", "--endpoint-url", s.endpoint, "--config", c3, "--passphrase-file", newp)
     # A vault written by a newer format version: one clear error.
     newer = tmp_path / "newer.toml"
-    newer.write_text(c2.read_text().replace("format = 1", "format = 2"))
+    assert "format = 2" in c2.read_text(), "new vaults are vault format 2"
+    newer.write_text(c2.read_text().replace("format = 2", "format = 3"))
     r = run("ls", "--config", newer, "--passphrase-file", newp, check=False)
-    assert r.returncode != 0 and "version 2" in r.stderr, r.stderr
+    assert r.returncode != 0 and "vault format 3" in r.stderr and "upgrade coldvault" in r.stderr, r.stderr
     # Missing config, missing bucket.
     r = run("ls", "--config", tmp_path / "none.toml", check=False)
     assert r.returncode != 0 and "coldvault init" in r.stderr

@@ -255,17 +255,10 @@ pub fn encrypt_stream_with<R: Read, W: Write>(
     prefix: [u8; 7],
     eph: StaticSecret,
 ) -> Result<Sealed> {
-    let keys = FileKeys::derive(&dk);
-    let mut h = [0u8; HEADER_LEN];
-    h[0..6].copy_from_slice(MAGIC);
-    h[6..8].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
-    h[8] = SEG_LOG2;
-    let (eph, wrapped) = seal_to_with(eph, vault_pub, &dk, &h[0..9]);
-    h[9..41].copy_from_slice(&eph);
-    h[41..89].copy_from_slice(&wrapped);
-    let header = build_header(h, &prefix, &keys.commit);
+    let vc = VersionCipher::with(vault_pub, size, dk, prefix, eph);
+    let header = vc.header.clone();
     output.write_all(&header.bytes)?;
-    let cipher = gcm(&keys.content);
+    let cipher = gcm(&vc.keys.content);
     let n = segment_count(size);
     let mut buf = vec![0u8; SEGMENT as usize];
     let mut hasher = Sha256::new();

@@ -54,8 +54,8 @@ impl Fs {
             return Ok(());
         }
         if let Some(h) = &i.header {
-            if self.staging.rcache_path(&h[96..128]).exists() {
-                return Ok(()); // a fetched copy of the restored object
+            if self.staging.rcache_path(&h[96..128]).exists() || self.staging.rcache_plain_path(&h[96..128]).exists() {
+                return Ok(()); // a fetched copy of the restored object, or the version kept after its upload
             }
         }
         let now = now_ms();

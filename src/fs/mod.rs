@@ -242,6 +242,11 @@ impl Fs {
         }
         let mut keep_spool = Vec::new();
         for mut i in c.db.files_in_state(&[State::Dirty, State::Local])? {
+            if self.staging.spool_len(i.ino).is_none() && self.staging.frozen_path(i.ino, i.content_gen).exists() {
+                // A seal renamed the spool and the daemon stopped before its commit.
+                tracing::info!(ino = i.ino, "undoing a seal the daemon stopped in");
+                self.staging.unfreeze_spool(i.ino, i.content_gen)?;
+            }
             match self.staging.spool_len(i.ino) {
                 Some(len) => {
                     if len != i.size {
@@ -262,15 +267,6 @@ impl Fs {
         let uploads = c.db.uploads()?;
         let mut keep_outbox = Vec::new();
         for u in &uploads {
-            if !self.staged_version(u).exists() && u.dk.is_some() && self.staging.spool_len(u.ino).is_some() {
-                // The seal committed and the daemon stopped before the spool was renamed: the
-                // spool is this version's plaintext (a later write would have discarded the row).
-                let current = c.db.get(u.ino)?.is_some_and(|i| i.state.in_outbox() && i.content_gen == u.content_gen);
-                if current {
-                    tracing::info!(upload = u.id, ino = u.ino, "finishing a seal the daemon stopped in");
-                    self.staging.freeze_spool(u.ino, u.content_gen)?;
-                }
-            }
             if !self.staged_version(u).exists() {
                 tracing::error!(upload = u.id, ino = u.ino, "outbox file missing for a queued upload; dropping it");
                 let tx = c.db.begin()?;

@@ -181,6 +181,13 @@ impl Fs {
 
     /// Remove a file's local content and queued uploads (the inode row is the caller's).
     pub(super) fn drop_content(&self, c: &mut Core, ino: u64) -> Result<()> {
+        // The read-cache copy of the version that goes away (plaintext: never keep it longer).
+        if let Some(h) = c.db.get(ino)?.and_then(|i| i.header) {
+            if h.len() == HEADER_LEN {
+                Self::remove_staged(c, self.staging.rcache_plain_path(&h[96..128]));
+                Self::remove_staged(c, self.staging.rcache_path(&h[96..128]));
+            }
+        }
         let ups = c.db.uploads_for_ino(ino)?;
         let tx = c.db.begin()?;
         Self::discard_uploads(&tx, &ups)?;

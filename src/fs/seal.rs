@@ -118,7 +118,7 @@ impl Fs {
         let (i, path) = {
             let c = self.core();
             let Some(i) = c.db.get(ino)? else { return Ok(false) };
-            if i.state != State::Dirty || i.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0) {
+            if i.state != State::Dirty || i.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0 || o.pending()) {
                 return Ok(false);
             }
             let path = c.db.path_of(ino)?;
@@ -152,8 +152,14 @@ impl Fs {
         let (class, tags) = self.cfg.policy.choose(&path, i.size);
         let mut c = self.core();
         let Some(mut cur) = c.db.get(ino)? else { return Ok(false) };
-        if cur.state != State::Dirty || cur.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0) || c.db.path_of(ino)? != path {
-            // Written, renamed or reopened while we read it: seal again later.
+        // A change not committed yet (a truncate whose `persist` is still fsyncing, a close
+        // whose commit failed) counts as a change: the spool may differ from what was hashed.
+        if cur.state != State::Dirty
+            || cur.content_gen != gen
+            || c.open.get(&ino).is_some_and(|o| o.writers > 0 || o.pending())
+            || c.db.path_of(ino)? != path
+        {
+            // Written, truncated, renamed or reopened while we read it: seal again later.
             return Ok(false);
         }
         let u = Upload {
@@ -176,19 +182,35 @@ impl Fs {
             tagging: crate::rules::tagging(&tags),
             dk: Some(crate::meta::SecretBytes(cipher.data_key().to_vec())),
         };
-        let tx = c.db.begin()?;
-        Db::insert_upload(&tx, &u)?;
-        cur.state = State::Sealed;
-        cur.sha256 = Some(u.sha256.clone());
-        Db::save(&tx, &cur)?;
-        tx.commit().map_err(crate::meta::MetaError::from)?;
+        // The frozen file holds exactly the version's bytes (the uploader checks its length):
+        // a spool that differs from the committed size (a sparse tail, bytes no close
+        // committed) is set to it here, with no writer open, as the hash above read it.
+        if self.staging.spool_len(ino) != Some(cur.size) {
+            self.staging.open_spool(ino)?.set_len(cur.size)?;
+        }
+        // Freeze first, under the lock (no open or read sees the file half-way), then commit: a
+        // rename that fails leaves the file staged and the seal is retried; a commit that fails
+        // renames it back; a crash between the two is undone at start-up (`recover`).
+        self.staging.freeze_spool(ino, gen)?;
+        let commit = (|| -> Result<()> {
+            let tx = c.db.begin()?;
+            Db::insert_upload(&tx, &u)?;
+            cur.state = State::Sealed;
+            cur.sha256 = Some(u.sha256.clone());
+            Db::save(&tx, &cur)?;
+            tx.commit().map_err(crate::meta::MetaError::from)?;
+            Ok(())
+        })();
+        if let Err(e) = commit {
+            if let Err(back) = self.staging.unfreeze_spool(ino, gen) {
+                tracing::error!(ino, error = %back, "could not put the spool back after a failed seal; start-up will");
+            }
+            return Err(e);
+        }
         // The spool fd in an open read-only handle (if any) keeps working until it is closed.
         if let Some(o) = c.open.get_mut(&ino) {
             o.spool = None;
         }
-        // After the commit, still under the lock (no open or read can see the file half-way):
-        // a crash before this rename is finished by start-up (`recover`).
-        self.staging.freeze_spool(ino, gen)?;
         drop(c);
         self.upload_wakeup.notify_one();
         Ok(true)

@@ -1150,27 +1150,43 @@ fn sealing_renames_the_spool_and_the_uploader_encrypts_from_it() {
     assert_eq!(o.decrypt_all(d.len() as u64, &obj).unwrap(), d);
 }
 
-/// A crash after the seal committed and before the spool was renamed: start-up finishes the
-/// rename, and the version uploads intact (before this, such a version would have been
-/// dropped with "outbox file missing").
+/// A crash after the seal renamed the spool and before its commit: start-up puts the spool
+/// back (before, the file would have been found without a spool and emptied), and the file
+/// then seals and uploads intact.
 #[test]
-fn a_seal_interrupted_before_the_rename_is_finished_at_start_up() {
+fn a_seal_interrupted_before_its_commit_is_undone_at_start_up() {
     let mut e = Env::new();
     let d = data(300_000, 6);
-    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
     let ino = e.write_file(ROOT, "a.jpg", &d);
     let fs = e.fs();
-    assert_eq!(fs.seal_ready(true).unwrap(), 1);
-    let frozen = std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().unwrap().unwrap().path();
-    drop(fs);
-    let spool = e.fs().staging.spool_path(ino);
+    let gen = fs.getattr(ino).unwrap().content_gen;
     let d2 = e.daemon.take().unwrap();
     e.rt.block_on(d2.shutdown());
-    std::fs::rename(&frozen, &spool).unwrap(); // as if the daemon died right after the commit
-    e.store.clear_faults();
+    fs.staging.freeze_spool(ino, gen).unwrap(); // as if the daemon died right after the rename
+    drop(fs);
     e.start();
+    assert_eq!(e.read_all(ino).unwrap(), d, "the staged bytes are back");
+    e.fs().seal_ready(true).unwrap();
     e.wait_state(ino, State::Uploaded);
     assert_eq!(e.read_all(ino).unwrap(), d);
+}
+
+/// A frozen file is never encrypted again after it changed (that would reuse the version's
+/// nonces and upload zeros or other bytes under the recorded digest): the upload stops with a
+/// failure naming the change, and the object never appears.
+#[test]
+fn a_sealed_file_that_changed_is_not_uploaded() {
+    let e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    let ino = e.write_file(ROOT, "a.jpg", &data(300_000, 7));
+    let fs = e.fs();
+    fs.seal_ready(true).unwrap();
+    let frozen = std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().unwrap().unwrap().path();
+    std::fs::OpenOptions::new().write(true).open(&frozen).unwrap().set_len(1000).unwrap();
+    e.store.clear_faults();
+    wait_for("the upload to fail", || fs.status().unwrap().failures.iter().any(|f| f.error.contains("changed after sealing")));
+    assert_eq!(e.puts(), 0, "nothing was uploaded");
+    let _ = ino;
 }
 
 /// Regression: a truncate while only read handles were open was never committed: the index

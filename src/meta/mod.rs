@@ -226,6 +226,9 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a committed transaction survives power loss, not only a process crash.
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Deleted rows (an upload's data key once it is done) are zeroed in the pages SQLite
+        // writes anyway; older copies can remain in the WAL until it is overwritten.
+        conn.pragma_update(None, "secure_delete", "FAST")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(schema::SCHEMA)?;

@@ -115,8 +115,18 @@ impl Staging {
     /// second copy of the file.
     pub fn freeze_spool(&self, ino: u64, gen: i64) -> io::Result<()> {
         fs::rename(self.spool_path(ino), self.frozen_path(ino, gen))?;
-        fsync_dir(&self.outbox)?;
-        fsync_dir(&self.spool)
+        if let Err(e) = fsync_dir(&self.outbox).and_then(|_| fsync_dir(&self.spool)) {
+            let _ = fs::rename(self.frozen_path(ino, gen), self.spool_path(ino));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Undo `freeze_spool` (its seal did not commit).
+    pub fn unfreeze_spool(&self, ino: u64, gen: i64) -> io::Result<()> {
+        fs::rename(self.frozen_path(ino, gen), self.spool_path(ino))?;
+        fsync_dir(&self.spool)?;
+        fsync_dir(&self.outbox)
     }
 
     /// Both names a staged version may have (frozen plaintext, or an earlier build's encrypted copy).

@@ -206,6 +206,12 @@ impl Uploader {
         let local = |e: String| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) };
         let f = std::fs::File::open(&p).map_err(|e| local(e.to_string()))?;
         if let Some(dk) = &u.dk {
+            // Frozen files never change; one that did is not encrypted again under the same
+            // nonces (a short one would upload zeros in place of the file's bytes).
+            let on_disk = f.metadata().map_err(|e| local(e.to_string()))?.len();
+            if on_disk != u.size {
+                return Err(local(format!("the sealed file is {on_disk} bytes, its version {} bytes: it changed after sealing", u.size)));
+            }
             let cipher = crate::crypto::VersionCipher::resume(&dk.0, &u.header, u.size).map_err(|e| local(e.to_string()))?;
             return cipher.encrypt_range(&f, start, len).map(Bytes::from).map_err(|e| local(e.to_string()));
         }

@@ -12,6 +12,8 @@ scripts/install-deps.sh
 export PATH="${COLDVAULT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/coldvault/venv}/bin:$PATH"
 cargo build --release --locked
 cargo test --release --locked
+# Model-checked races of the filesystem core (shuttle schedules; src/fs/shuttle_tests.rs).
+cargo test --release --locked --features shuttle --lib shuttle_
 if [ ! -e /dev/fuse ]; then
   echo "WARNING: /dev/fuse is missing: mount tests will be reported as skipped" >&2
 fi

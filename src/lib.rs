@@ -5,8 +5,8 @@
 //! * [`fuse`]    — `fuser::Filesystem` adapter: translate requests, call [`fs`], reply.
 //! * [`fs`]      — POSIX semantics without FUSE: handles, sealing, reads, errno mapping.
 //! * [`meta`]    — SQLite index and upload journal (WAL, synchronous=FULL).
-//! * [`staging`] — spool (plaintext), outbox (encrypted, immutable) and read-cache files.
-//! * [`crypto`]  — format v1: vault keys, STREAM encryption, metadata, path hashing.
+//! * [`staging`] — spool (plaintext), outbox (frozen plaintext of sealed versions) and read-cache files.
+//! * [`crypto`]  — vault keys, STREAM encryption (object format 1, vault format 2), metadata.
 //! * [`remote_meta`] — journal of namespace changes and index snapshots in the bucket; rebuild.
 //! * [`restore`] — archive tiers: restore states, costs, times, cost guard, status-file text.
 //! * [`rules`]   — storage class per path (globs, small-file guard, object tags).
@@ -15,6 +15,7 @@
 //! * [`config`]  — TOML config + vault descriptor on disk.
 //! * [`control`] — the daemon's local control socket (`status`, `flush`).
 //! * [`daemon`]  — wiring for `coldvault mount`: store, fs, uploader, sealer, FUSE session.
+//! * [`sync`]    — the core's locks, swapped for shuttle's in the model-checked tests.
 
 // Every `unsafe` block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -32,4 +33,5 @@ pub mod restore;
 pub mod rules;
 pub mod staging;
 pub mod store;
+pub mod sync;
 pub mod upload;

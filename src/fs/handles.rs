@@ -15,14 +15,29 @@ impl Fs {
     /// Make sure the file's plaintext is in its spool (state dirty). `empty`: start from
     /// nothing (O_TRUNC) instead of fetching the old content.
     pub(super) fn ensure_spool(&self, ino: u64, empty: bool) -> Result<()> {
+        // The content can move while it is copied (an upload completing releases the sealed
+        // file; a truncate starts a new generation): look again rather than fail the open.
+        for _ in 0..5 {
+            match self.ensure_spool_once(ino, empty) {
+                Err(FsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Ok(false) => continue,
+                Ok(true) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FsError::Invalid("the file kept changing while it was opened"))
+    }
+
+    /// One attempt of `ensure_spool`: false when the file changed meanwhile.
+    fn ensure_spool_once(&self, ino: u64, empty: bool) -> Result<bool> {
         let (i, src) = {
             let mut c = self.core();
             let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
             if i.state.has_spool() {
-                return Ok(());
+                return Ok(true);
             }
             if empty || i.size == 0 {
-                return self.become_dirty_empty(&mut c, i);
+                return self.become_dirty_empty(&mut c, i).map(|_| true);
             }
             let src = self.source_of(&c, &i)?;
             (i, src)
@@ -51,7 +66,7 @@ impl Fs {
         let mut cur = c.db.get(ino)?.ok_or(FsError::NotFound)?;
         if cur.content_gen != i.content_gen || cur.state.has_spool() {
             let _ = std::fs::remove_file(&tmp);
-            return if cur.state.has_spool() { Ok(()) } else { Err(FsError::Invalid("file changed while opening")) };
+            return Ok(cur.state.has_spool());
         }
         let ups = c.db.uploads_for_ino(ino)?;
         self.staging.adopt_fetch(&tmp, ino)?;
@@ -66,7 +81,7 @@ impl Fs {
         for u in &ups {
             self.staging.remove_outbox(u.ino, u.content_gen);
         }
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn become_dirty_empty(&self, c: &mut Core, mut i: Inode) -> Result<()> {
@@ -122,11 +137,25 @@ impl Fs {
     }
 
     pub(super) fn open_real(&self, ino: u64, write: bool, trunc: bool) -> Result<u64> {
-        if write {
-            self.ensure_spool(ino, trunc)?;
-        }
-        let mut c = self.core();
-        let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        let mut tries = 0;
+        let (mut c, i) = loop {
+            if write {
+                self.ensure_spool(ino, trunc)?;
+            }
+            let c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            // The sealer may have frozen the spool between `ensure_spool` and this lock (the
+            // writer is not counted yet): bring the content back into a spool first. Once
+            // counted below, under this lock, the writer keeps the sealer away.
+            if write && !i.state.has_spool() {
+                tries += 1;
+                if tries < 5 {
+                    continue;
+                }
+                return Err(FsError::Invalid("the file kept changing while it was opened"));
+            }
+            break (c, i);
+        };
         if write && trunc && i.size != 0 {
             let sp = match c.open.get(&ino).and_then(|o| o.spool.clone()) {
                 Some(s) => s,

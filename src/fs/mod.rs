@@ -31,6 +31,7 @@ use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys, HEADER_LEN, SEG
 use crate::meta::{Db, Inode, Kind, State, Upload, ROOT};
 use crate::staging::Staging;
 use crate::store::{Counted, ObjectStore, StoreError};
+use crate::sync::{Mutex, MutexGuard};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 pub use error::{FsError, Result};
@@ -38,7 +39,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::meta::{MAX_NAME, MAX_PATH};
@@ -309,5 +310,8 @@ impl Fs {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "shuttle"))]
+mod shuttle_tests;
+// The in-memory-store tests run real threads and tokio: without shuttle's locks.
+#[cfg(all(test, not(feature = "shuttle")))]
 mod tests;

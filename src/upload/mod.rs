@@ -198,26 +198,8 @@ impl Uploader {
         }
     }
 
-    /// Object bytes [start, start + len) of `u`: encrypted now from the version's frozen
-    /// plaintext (the same bytes on every retry), or read from an encrypted outbox file of an
-    /// earlier build.
     fn read_outbox(&self, u: &Upload, start: u64, len: u64) -> Result<Bytes, StoreError> {
-        let p = self.fs.outbox_path(u);
-        let local = |e: String| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) };
-        let f = std::fs::File::open(&p).map_err(|e| local(e.to_string()))?;
-        if let Some(dk) = &u.dk {
-            // Frozen files never change; one that did is not encrypted again under the same
-            // nonces (a short one would upload zeros in place of the file's bytes).
-            let on_disk = f.metadata().map_err(|e| local(e.to_string()))?.len();
-            if on_disk != u.size {
-                return Err(local(format!("the sealed file is {on_disk} bytes, its version {} bytes: it changed after sealing", u.size)));
-            }
-            let cipher = crate::crypto::VersionCipher::resume(&dk.0, &u.header, u.size).map_err(|e| local(e.to_string()))?;
-            return cipher.encrypt_range(&f, start, len).map(Bytes::from).map_err(|e| local(e.to_string()));
-        }
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, start).map_err(|e| local(e.to_string()))?;
-        Ok(Bytes::from(buf))
+        object_bytes(&self.fs.outbox_path(u), u, start, len)
     }
 
     /// Wait for our turn on the link when a bandwidth cap is set (reservation-based pacing).
@@ -373,4 +355,25 @@ impl Uploader {
             Err(e) => Err(StoreError::Retryable(format!("part task: {e}"))),
         }
     }
+}
+
+/// Object bytes [start, start + len) of `u`: encrypted now from the version's frozen
+/// plaintext (the same bytes on every retry), or read from an encrypted outbox file of an
+/// earlier build.
+pub fn object_bytes(p: &std::path::Path, u: &Upload, start: u64, len: u64) -> Result<Bytes, StoreError> {
+    let local = |e: String| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) };
+    let f = std::fs::File::open(p).map_err(|e| local(e.to_string()))?;
+    if let Some(dk) = &u.dk {
+        // Frozen files never change; one that did is not encrypted again under the same
+        // nonces (a short one would upload zeros in place of the file's bytes).
+        let on_disk = f.metadata().map_err(|e| local(e.to_string()))?.len();
+        if on_disk != u.size {
+            return Err(local(format!("the sealed file is {on_disk} bytes, its version {} bytes: it changed after sealing", u.size)));
+        }
+        let cipher = crate::crypto::VersionCipher::resume(&dk.0, &u.header, u.size).map_err(|e| local(e.to_string()))?;
+        return cipher.encrypt_range(&f, start, len).map(Bytes::from).map_err(|e| local(e.to_string()));
+    }
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, start).map_err(|e| local(e.to_string()))?;
+    Ok(Bytes::from(buf))
 }

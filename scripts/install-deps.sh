@@ -81,6 +81,7 @@ if [ "${COLDVAULT_SKIP_CLIENTS:-0}" != 1 ]; then
   require samba-common-bin cmd:testparm cmd:smbcontrol
   require samba-vfs-modules samba-vfs:streams_xattr samba-vfs:fruit samba-vfs:catia
   require smbclient cmd:smbclient
+  require samba-testsuite cmd:smbtorture   # smb2.timestamps on the share
   require libimage-exiftool-perl cmd:exiftool
   require rawtherapee cmd:rawtherapee-cli
   require stress-ng cmd:stress-ng

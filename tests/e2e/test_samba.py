@@ -78,6 +78,12 @@ class Samba:
             assert r.returncode == 0 and "NT_STATUS_" not in r.stdout + r.stderr, f"smbclient {commands!r}:\n{r.stdout}\n{r.stderr}"
         return r
 
+    def add_share(self, name, path):
+        """Another share of this smbd (a plain directory, as a control), loaded at once."""
+        with open(self.conf, "a") as f:
+            f.write(f"\n[{name}]\n   path = {path}\n   read only = no\n")
+        subprocess.run(["smbcontrol", "-s", str(self.conf), "smbd", "reload-config"], check=True, capture_output=True)
+
     def stop(self):
         self.proc.terminate()
         try:
@@ -211,3 +217,34 @@ def test_robocopy_style_mirror_second_run_copies_nothing(samba_vault, tmp_path):
     assert os.getxattr(v.mnt / "mirror" / os.path.relpath(changed, src), "user.DOSATTRIB"), "attributes set after the write"
     v.flush()
     assert v.status()["failed_files"] == 0
+
+
+def smbtorture(smb, share, tests):
+    """Run smbtorture's SMB2 tests against a share of this smbd; {test: 'success'|'failure'|...}."""
+    need("smbtorture", "samba-testsuite")
+    r = subprocess.run(["smbtorture", f"//127.0.0.1/{share}", "-p", str(smb.port), "-U", f"{USER}%{PASSWORD}",
+                        "--option=torture:sharedelay=100000", *tests], capture_output=True, text=True, timeout=900)
+    results = {}
+    for line in r.stdout.splitlines():
+        for word in ("success", "failure", "error", "skip"):
+            if line.startswith(word + ": "):
+                results[line[len(word) + 2:].split()[0]] = word
+    assert results, f"smbtorture ran nothing:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return results, r.stdout
+
+
+def test_smbtorture_timestamps_match_a_plain_directory(samba_vault):
+    """smbtorture's smb2.timestamps on the coldvault share: times far from now (time_t
+    10,000,000,000 and 15,032,385,535 — past 2262, where 64-bit nanoseconds overflow) read back
+    as set, and nothing fails that does not also fail on a share of a plain local directory."""
+    v, smb = samba_vault
+    plain = smb.dir / "plain"
+    plain.mkdir()
+    smb.add_share("plain", plain)
+    ours, out = smbtorture(smb, "coldvault", ["smb2.timestamps"])
+    theirs, out_plain = smbtorture(smb, "plain", ["smb2.timestamps"])
+    print("coldvault share:", ours, "\nplain directory:", theirs)
+    for t in ("time_t_10000000000", "time_t_15032385535"):
+        assert ours.get(t) == "success", f"{t}: {ours.get(t)}\n{out[-4000:]}"
+    worse = {t: r for t, r in ours.items() if r != "success" and theirs.get(t) == "success"}
+    assert not worse, f"fail on coldvault and pass on a plain directory: {worse}\n{out[-4000:]}"

@@ -1,5 +1,5 @@
 //! Wiring for `coldvault mount`: connect the store, open the index, start the uploader, the
-//! sealer and the control socket, run the FUSE session, and shut down cleanly.
+//! sealer (which also runs the group commit) and the control socket, run the FUSE session, and shut down cleanly.
 //!
 //! Shutdown: a watch channel (`stop`) tells every background task to end; uploads in flight are
 //! interrupted, their journal rows stay queued, and the next mount resumes them.
@@ -76,11 +76,22 @@ impl Daemon {
                 .name("sealer".into())
                 .spawn(move || {
                     // Poll often enough that the settle delay is honoured to within ~0.25 s.
+                    let mut last_commit = std::time::Instant::now();
                     while !*stop_rx.borrow() {
                         if let Err(e) = fs.seal_ready(false) {
                             tracing::error!(error = %e, "sealer");
                         }
+                        // The group commit: everything before it survives power loss.
+                        if last_commit.elapsed() >= crate::fs::GROUP_COMMIT {
+                            if let Err(e) = fs.group_commit() {
+                                tracing::error!(error = %e, "group commit failed; retrying at the next one");
+                            }
+                            last_commit = std::time::Instant::now();
+                        }
                         std::thread::sleep(Duration::from_millis(250));
+                    }
+                    if let Err(e) = fs.group_commit() {
+                        tracing::error!(error = %e, "final group commit failed");
                     }
                 })
                 .expect("spawn sealer")

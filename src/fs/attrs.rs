@@ -213,7 +213,6 @@ impl Fs {
             if i.state.has_spool() {
                 let f = self.staging.open_spool(ino)?;
                 f.set_len(size)?;
-                f.sync_all()?;
                 drop(f);
                 let mut i = i;
                 i.size = size;
@@ -224,13 +223,23 @@ impl Fs {
                 return Ok(());
             }
         }
-        // Content is sealed or remote: materialize it (or start empty), then cut.
-        self.ensure_spool(ino, size == 0)?;
-        let c = self.core();
-        let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+        // Content is sealed or remote: materialize it (or start empty), then cut. The sealer
+        // may freeze the new spool before this takes the lock again: then look again.
+        let mut tries = 0;
+        let (c, mut i) = loop {
+            self.ensure_spool(ino, size == 0)?;
+            let c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            if i.state.has_spool() {
+                break (c, i);
+            }
+            tries += 1;
+            if tries >= 5 {
+                return Err(FsError::Invalid("the file kept changing while it was truncated"));
+            }
+        };
         let f = self.staging.open_spool(ino)?;
         f.set_len(size)?;
-        f.sync_all()?;
         i.size = size;
         i.mtime_ns = now_ns();
         i.content_gen += 1;

@@ -1,4 +1,4 @@
-//! The open-handle table: open (and O_TRUNC), write, flush/fsync/release and `persist`, which makes a close durable (spool fsynced, size and state committed).
+//! The open-handle table: open (and O_TRUNC), write, flush/fsync/release and `persist`, which commits a close's size and state (a crash of the daemon keeps it; `fsync` and the group commit make it survive power loss).
 
 use super::*;
 
@@ -79,14 +79,16 @@ impl Fs {
         Db::delete_restore(&tx, ino)?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &ups {
-            self.staging.remove_outbox(u.ino, u.content_gen);
+            for p in self.staging.version_files(u.ino, u.content_gen) {
+                Self::remove_when_durable(&mut c, p);
+            }
         }
         Ok(true)
     }
 
     pub(super) fn become_dirty_empty(&self, c: &mut Core, mut i: Inode) -> Result<()> {
         self.drop_content(c, i.ino)?;
-        self.staging.create_spool(i.ino)?.sync_all()?;
+        self.staging.create_spool(i.ino)?;
         i.state = State::Dirty;
         i.size = 0;
         i.content_gen += 1;
@@ -221,10 +223,9 @@ impl Fs {
         if let Some(hook) = self.persist_hook.lock().unwrap().take() {
             hook();
         }
-        if let Some(sp) = spool {
-            sp.sync_all()?;
-            self.staging.sync_dirs()?;
-        }
+        // The bytes are in the kernel (they survive a crash of the daemon); `fsync` and the
+        // group commit make them survive power loss. Here only the index is brought up to date.
+        drop(spool);
         let mut c = self.core();
         let (size, mtime, ctime) = match c.open.get(&ino) {
             // Another close made at least these changes durable meanwhile.
@@ -240,7 +241,7 @@ impl Fs {
             i.dirty_ms = now_ms();
             c.db.update(&i)?;
         }
-        // Only now, after the fsync and the commit, are the changes up to `target` durable.
+        // Only now, after the commit, do the changes up to `target` survive a crash.
         if let Some(o) = c.open.get_mut(&ino) {
             o.committed = o.committed.max(target);
         }
@@ -261,9 +262,11 @@ impl Fs {
         Ok(())
     }
 
+    /// fsync(): everything written before it, to this file and any other, survives power loss.
     pub fn fsync(&self, fh: u64) -> Result<()> {
         let (ino, _) = self.handle_ino(fh)?;
-        self.persist(ino)
+        self.persist(ino)?;
+        self.sync_durable()
     }
 
     pub fn release(&self, fh: u64) -> Result<()> {
@@ -303,6 +306,7 @@ impl Fs {
         };
         spool.write_all_at(data, offset)?;
         let mut c = self.core();
+        c.written = true;
         if let Some(o) = c.open.get_mut(&ino) {
             o.size = o.size.max(offset + data.len() as u64);
             o.mtime_ns = now_ns();

@@ -8,8 +8,11 @@
 //! state transition happens under it. It is never held across network I/O, encryption of a
 //! whole file, or a `pwrite`: those run outside and re-check `content_gen` before committing.
 //!
-//! Durability: `flush` (every close), `fsync` and `release` fsync the spool file and commit its
-//! size and state before replying, so a close that returned success survives kill -9.
+//! Durability, with a local filesystem's contract: `flush` (every close) and `release` commit
+//! the file's size and state to the index (SQLite WAL, not fsynced) before replying, so a
+//! close that returned success survives kill -9 of the daemon; `fsync` (and `flush --wait`)
+//! makes everything before it survive power loss (`sync_durable`); the group commit does the
+//! same every `GROUP_COMMIT` (5 s, like ext4's journal commit).
 
 pub mod error;
 
@@ -46,6 +49,8 @@ pub use crate::meta::{MAX_NAME, MAX_PATH};
 pub use crate::store::effective_class;
 /// Free space kept beyond a sealed copy's size when sealing (index, journal, other writers).
 const SEAL_HEADROOM: u64 = 16 << 20;
+/// How often the group commit makes everything survive power loss (ext4 commits every 5 s).
+pub const GROUP_COMMIT: Duration = Duration::from_secs(5);
 
 /// Segments fetched per remote GET on a cache miss (1 MiB): sequential readers need fewer requests.
 const READ_AHEAD_SEGMENTS: u64 = 16;
@@ -127,7 +132,17 @@ struct Core {
     /// Inside a namespace operation (`Fs::in_op`): staged files it made unreferenced, deleted
     /// only once its transaction has committed (a crash or an error before keeps them).
     op_depth: u32,
-    after_commit: Vec<PathBuf>,
+    /// (path, delete only once durable): see `remove_staged` and `remove_when_durable`.
+    after_commit: Vec<(PathBuf, bool)>,
+    /// Staged files that committed changes no longer reference, deleted by the next
+    /// `sync_durable` once those commits survive power loss (before, a power cut could bring
+    /// back an index that still needs them: a sealed version whose upload's completion was
+    /// lost, a version a rewrite discarded).
+    after_durable: Vec<PathBuf>,
+    /// The connection's change count right after the last `sync_durable`, and whether bytes
+    /// were written to a spool since: the group commit skips an idle filesystem.
+    synced_changes: u64,
+    written: bool,
 }
 
 /// Where an encrypted copy of a file's current content can be read from.
@@ -206,7 +221,17 @@ impl Fs {
         let segs = SegCache::with_weighter(1024, cfg.segment_cache.max(1 << 20), SegWeighter);
         let fs = Arc::new(Fs {
             cfg,
-            core: Mutex::new(Core { db, open: HashMap::new(), handles: HashMap::new(), next_fh: 1, op_depth: 0, after_commit: Vec::new() }),
+            core: Mutex::new(Core {
+                db,
+                open: HashMap::new(),
+                handles: HashMap::new(),
+                next_fh: 1,
+                op_depth: 0,
+                after_commit: Vec::new(),
+                after_durable: Vec::new(),
+                synced_changes: u64::MAX,
+                written: false,
+            }),
             keys,
             store,
             rt,
@@ -231,6 +256,55 @@ impl Fs {
 
     fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make everything so far survive power loss: every staged byte and rename (one `syncfs`
+    /// of the staging filesystem), then the index (its WAL fsynced), in that order, so a
+    /// durable commit never refers to a staged file that is not; then delete the staged files
+    /// those commits released. `fsync` calls it; so does the group commit every
+    /// `GROUP_COMMIT` and unmount.
+    pub fn sync_durable(&self) -> Result<()> {
+        self.staging.syncfs()?;
+        let doomed = {
+            let mut c = self.core();
+            let doomed = std::mem::take(&mut c.after_durable);
+            if let Err(e) = c.db.sync() {
+                c.after_durable.extend(doomed);
+                return Err(e.into());
+            }
+            c.synced_changes = c.db.conn().total_changes();
+            c.written = false;
+            doomed
+        };
+        for p in doomed {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    }
+
+    /// The group commit: `sync_durable` when anything changed since the last one, then a WAL
+    /// checkpoint (so the WAL stays small).
+    pub fn group_commit(&self) -> Result<()> {
+        let idle = {
+            let c = self.core();
+            !c.written && c.db.conn().total_changes() == c.synced_changes && c.after_durable.is_empty()
+        };
+        if idle {
+            return Ok(());
+        }
+        self.sync_durable()?;
+        self.core().db.checkpoint()?;
+        Ok(())
+    }
+
+    /// Delete `p` once the commits made so far (and the enclosing operation's, if any)
+    /// survive power loss (`sync_durable`).
+    fn remove_when_durable(c: &mut Core, p: PathBuf) {
+        if c.op_depth > 0 {
+            c.after_commit.push((p, true));
+        } else {
+            c.after_durable.push(p);
+        }
     }
 
     /// Start-up repair: requeue what was staged, drop orphans, reconcile spool sizes.
@@ -269,6 +343,9 @@ impl Fs {
         let mut keep_outbox = Vec::new();
         for u in &uploads {
             if !self.staged_version(u).exists() {
+                self.refind_sealed_version(&c, u)?;
+            }
+            if !self.staged_version(u).exists() {
                 tracing::error!(upload = u.id, ino = u.ino, "outbox file missing for a queued upload; dropping it");
                 let tx = c.db.begin()?;
                 Self::discard_uploads(&tx, std::slice::from_ref(u))?;
@@ -287,6 +364,32 @@ impl Fs {
         let removed = self.staging.remove_orphans(&keep_spool, &keep_outbox)?;
         if removed > 0 {
             tracing::info!(removed, "removed orphaned staging files");
+        }
+        Ok(())
+    }
+
+    /// A queued version whose frozen file is not where the index says, after a power cut
+    /// that kept the index's commit and lost a rename (the group commit orders them, but the
+    /// filesystem may persist renames in any order within one sync): the upload's completion
+    /// had moved it into the read cache (move it back), or the seal's freeze never reached
+    /// the disk (the spool is still the version when its size and digest say so: freeze it).
+    fn refind_sealed_version(&self, c: &Core, u: &Upload) -> Result<()> {
+        if u.dk.is_none() || u.header.len() != HEADER_LEN {
+            return Ok(());
+        }
+        let cached = self.staging.rcache_plain_path(&u.header[96..128]);
+        if cached.exists() {
+            tracing::info!(upload = u.id, ino = u.ino, "a sealed version found in the read cache after a restart; queued again");
+            std::fs::rename(&cached, self.staging.frozen_path(u.ino, u.content_gen))?;
+            return Ok(());
+        }
+        let current = c.db.get(u.ino)?.is_some_and(|i| i.state.in_outbox() && i.content_gen == u.content_gen);
+        if current && self.staging.spool_len(u.ino) == Some(u.size) {
+            let spool = self.staging.open_spool(u.ino)?;
+            if hex::encode(crypto::sha256_file(&spool, u.size)?) == u.sha256 {
+                tracing::info!(upload = u.id, ino = u.ino, "finishing a seal whose rename a power cut lost");
+                self.staging.freeze_spool(u.ino, u.content_gen)?;
+            }
         }
         Ok(())
     }

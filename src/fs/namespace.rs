@@ -162,18 +162,23 @@ impl Fs {
         if c.op_depth == 0 {
             let doomed = std::mem::take(&mut c.after_commit);
             if r.is_ok() {
-                for p in doomed {
-                    let _ = std::fs::remove_file(p);
+                for (p, when_durable) in doomed {
+                    if when_durable {
+                        c.after_durable.push(p);
+                    } else {
+                        let _ = std::fs::remove_file(p);
+                    }
                 }
             }
         }
         r
     }
 
-    /// Delete a staged file now, or after the enclosing operation commits.
+    /// Delete a staged file now, or after the enclosing operation commits (the spool: its
+    /// path is reused by the next content of the inode, so it cannot wait for `sync_durable`).
     pub(super) fn remove_staged(c: &mut Core, p: PathBuf) {
         if c.op_depth > 0 {
-            c.after_commit.push(p);
+            c.after_commit.push((p, false));
         } else {
             let _ = std::fs::remove_file(p);
         }
@@ -184,8 +189,8 @@ impl Fs {
         // The read-cache copy of the version that goes away (plaintext: never keep it longer).
         if let Some(h) = c.db.get(ino)?.and_then(|i| i.header) {
             if h.len() == HEADER_LEN {
-                Self::remove_staged(c, self.staging.rcache_plain_path(&h[96..128]));
-                Self::remove_staged(c, self.staging.rcache_path(&h[96..128]));
+                Self::remove_when_durable(c, self.staging.rcache_plain_path(&h[96..128]));
+                Self::remove_when_durable(c, self.staging.rcache_path(&h[96..128]));
             }
         }
         let ups = c.db.uploads_for_ino(ino)?;
@@ -194,7 +199,7 @@ impl Fs {
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &ups {
             for p in self.staging.version_files(u.ino, u.content_gen) {
-                Self::remove_staged(c, p);
+                Self::remove_when_durable(c, p);
             }
             // Write-only credentials lack s3:AbortMultipartUpload: leave it to the bucket's
             // AbortIncompleteMultipartUpload lifecycle rule.

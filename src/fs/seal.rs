@@ -20,27 +20,54 @@ impl Fs {
                 .collect()
         };
         let mut n = 0;
-        for (ino, gen) in candidates {
-            if self.keep_local_if_ignored(ino, gen)? {
+        // In batches: digest each file, make the batch's bytes durable with one `syncfs`
+        // (not one fsync per file), then freeze and commit each.
+        for batch in candidates.chunks(SEAL_BATCH) {
+            let mut ready = Vec::new();
+            for &(ino, gen) in batch {
+                if self.keep_local_if_ignored(ino, gen)? {
+                    continue;
+                }
+                match self.prepare_seal(ino, gen) {
+                    Ok(Some(p)) => ready.push(p),
+                    Ok(None) => {}
+                    Err(e) => self.note_seal_result(ino, gen, Err(e)),
+                }
+            }
+            if ready.is_empty() {
                 continue;
             }
-            let r = self.seal_one(ino, gen);
-            let mut failures = self.seal_failures.lock().unwrap();
-            match r {
-                Ok(sealed) => {
-                    failures.remove(&ino);
-                    n += sealed as usize;
+            if let Err(e) = self.staging.syncfs() {
+                let e = FsError::from(e);
+                for p in &ready {
+                    self.note_seal_result(p.u.ino, p.u.content_gen, Err(FsError::Invalid("the staging disk could not be synced")));
                 }
-                Err(e) => {
-                    let f = failures.entry(ino).or_insert((gen, 0, String::new()));
-                    if f.1 == 0 || f.2 != e.to_string() {
-                        tracing::error!(ino, error = %e, "sealing failed; the plaintext stays staged and will be retried");
-                    }
-                    *f = (gen, f.1 + 1, e.to_string());
-                }
+                return Err(e);
+            }
+            for p in ready {
+                let (ino, gen) = (p.u.ino, p.u.content_gen);
+                let r = self.commit_seal(p);
+                n += matches!(r, Ok(true)) as usize;
+                self.note_seal_result(ino, gen, r.map(|_| ()));
             }
         }
         Ok(n)
+    }
+
+    fn note_seal_result(&self, ino: u64, gen: i64, r: Result<()>) {
+        let mut failures = self.seal_failures.lock().unwrap();
+        match r {
+            Ok(()) => {
+                failures.remove(&ino);
+            }
+            Err(e) => {
+                let f = failures.entry(ino).or_insert((gen, 0, String::new()));
+                if f.1 == 0 || f.2 != e.to_string() {
+                    tracing::error!(ino, error = %e, "sealing failed; the plaintext stays staged and will be retried");
+                }
+                *f = (gen, f.1 + 1, e.to_string());
+            }
+        }
     }
 
     /// The vault path of `ino` (for messages).
@@ -111,15 +138,17 @@ impl Fs {
         format!("{prefix}d/{}", hex::encode(rand::random::<[u8; 16]>()))
     }
 
-    /// Seal one file: freeze its spool as this version's plaintext and queue its upload, in one
-    /// transaction. No encrypted copy is written: the uploader encrypts from the frozen file
-    /// (`crypto::VersionCipher`), so sealing needs no room beyond the index's headroom.
-    pub(super) fn seal_one(&self, ino: u64, gen: i64) -> Result<bool> {
+    // Sealing one file: freeze its spool as this version's plaintext and queue its upload, in
+    // one transaction. No encrypted copy is written: the uploader encrypts from the frozen
+    // file (`crypto::VersionCipher`), so sealing needs no room beyond the index's headroom.
+
+    /// The part of a seal done outside the lock: digest, keys and header of the version.
+    fn prepare_seal(&self, ino: u64, gen: i64) -> Result<Option<PreparedSeal>> {
         let (i, path) = {
             let c = self.core();
-            let Some(i) = c.db.get(ino)? else { return Ok(false) };
+            let Some(i) = c.db.get(ino)? else { return Ok(None) };
             if i.state != State::Dirty || i.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0 || o.pending()) {
-                return Ok(false);
+                return Ok(None);
             }
             let path = c.db.path_of(ino)?;
             (i, path)
@@ -136,13 +165,12 @@ impl Fs {
                 SEAL_HEADROOM >> 20
             )));
         }
-        // Digest and durability of exactly `i.size` bytes (a spool shorter than that, a hole at
-        // the end, reads as zeros), outside the lock. The spool is only read, never cut to size:
+        // Digest of exactly `i.size` bytes (a spool shorter than that, a hole at the end, reads
+        // as zeros), outside the lock; the caller makes them durable. The spool is only read, never cut to size:
         // a writer that opened it since the check above may be appending (the seal then aborts
         // below and the spool must be intact).
         let spool = self.staging.open_spool(ino)?;
         let sha256 = hex::encode(crypto::sha256_file(&spool, i.size)?);
-        spool.sync_data()?;
         drop(spool);
         let cipher = crypto::VersionCipher::new(&self.keys.public, i.size);
         let meta =
@@ -150,18 +178,6 @@ impl Fs {
         let md = vec![("cvh".to_string(), B64.encode(cipher.header().bytes)), ("cvm".to_string(), B64.encode(cipher.encrypt_meta(&meta)))];
         let object_key = Self::new_object_key(&self.cfg.prefix);
         let (class, tags) = self.cfg.policy.choose(&path, i.size);
-        let mut c = self.core();
-        let Some(mut cur) = c.db.get(ino)? else { return Ok(false) };
-        // A change not committed yet (a truncate whose `persist` is still fsyncing, a close
-        // whose commit failed) counts as a change: the spool may differ from what was hashed.
-        if cur.state != State::Dirty
-            || cur.content_gen != gen
-            || c.open.get(&ino).is_some_and(|o| o.writers > 0 || o.pending())
-            || c.db.path_of(ino)? != path
-        {
-            // Written, truncated, renamed or reopened while we read it: seal again later.
-            return Ok(false);
-        }
         let u = Upload {
             id: 0,
             ino,
@@ -182,6 +198,29 @@ impl Fs {
             tagging: crate::rules::tagging(&tags),
             dk: Some(crate::meta::SecretBytes(cipher.data_key().to_vec())),
         };
+        Ok(Some(PreparedSeal { u, size: i.size }))
+    }
+
+    /// The part of a seal done under the lock: check nothing changed since `prepare_seal`,
+    /// freeze the spool, commit the upload row.
+    fn commit_seal(&self, p: PreparedSeal) -> Result<bool> {
+        let PreparedSeal { u, size } = p;
+        let (ino, gen, path) = (u.ino, u.content_gen, u.path.clone());
+        let mut c = self.core();
+        let Some(mut cur) = c.db.get(ino)? else { return Ok(false) };
+        // A change not committed yet (a truncate whose `persist` is still fsyncing, a close
+        // whose commit failed) counts as a change: the spool may differ from what was hashed.
+        if cur.state != State::Dirty
+            || cur.content_gen != gen
+            || c.open.get(&ino).is_some_and(|o| o.writers > 0 || o.pending())
+            || c.db.path_of(ino)? != path
+        {
+            // Written, truncated, renamed or reopened while we read it: seal again later.
+            return Ok(false);
+        }
+        if cur.size != size {
+            return Ok(false);
+        }
         // The frozen file holds exactly the version's bytes (the uploader checks its length):
         // a spool that differs from the committed size (a sparse tail, bytes no close
         // committed) is set to it here, with no writer open, as the hash above read it.
@@ -216,3 +255,12 @@ impl Fs {
         Ok(true)
     }
 }
+
+/// A seal prepared outside the lock (`Fs::prepare_seal`), to be committed under it.
+struct PreparedSeal {
+    u: Upload,
+    size: u64,
+}
+
+/// Files digested before one `syncfs` makes their bytes durable.
+const SEAL_BATCH: usize = 256;

@@ -139,6 +139,7 @@ impl World {
             let pt = decrypt(&o.body, size.unwrap_or_else(|| panic!("object {key} has no version's size")));
             assert!(versions.contains(&pt.as_slice()), "object {key} ({} bytes, header {:?}) is no closed version", pt.len(), &h.bytes[..8]);
         }
+        self.fs.group_commit().unwrap(); // released files go once their commits are durable
         for sub in ["spool", "outbox", "rcache"] {
             let left: Vec<_> =
                 std::fs::read_dir(self.fs.staging.root().join(sub)).map(|d| d.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();

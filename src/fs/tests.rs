@@ -152,6 +152,7 @@ fn state_machine_survives_restarts() {
     e.restart();
     e.store.clear_faults();
     e.wait_state(ino, State::Uploaded);
+    e.fs().group_commit().unwrap();
     assert_eq!(std::fs::read_dir(e.dir.path().join("outbox")).unwrap().count(), 0, "local copy released");
     assert_eq!(e.store.snapshot().keys().filter(|k| k.starts_with("v/d/")).count(), 1);
     assert_eq!(e.read_all(ino).unwrap(), d, "read back from S3");
@@ -377,6 +378,8 @@ fn read_cache_keeps_uploaded_objects_local_within_budget() {
     // Two more objects overflow the 1 MiB budget: the oldest is evicted, reads go to S3.
     let (ino2, _) = upload_one(&e, "b", &data(500_000, 9));
     let _ = upload_one(&e, "c", &data(500_000, 10));
+    // Evicted entries go once the uploads' completions are durable (the group commit).
+    e.fs().group_commit().unwrap();
     let cached: u64 = std::fs::read_dir(e.dir.path().join("rcache")).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum();
     assert!(cached <= 1 << 20, "read cache over budget: {cached}");
     assert_eq!(e.read_all(ino).unwrap(), small);
@@ -1141,6 +1144,8 @@ fn sealing_renames_the_spool_and_the_uploader_encrypts_from_it() {
     assert_eq!(e.read_all(ino).unwrap(), d);
     e.store.clear_faults();
     e.wait_state(ino, State::Uploaded);
+    assert!(std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().is_some(), "kept until the completion is durable");
+    fs.group_commit().unwrap();
     assert!(std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().is_none(), "released after the upload");
     // The object in the bucket decrypts to the file.
     let key = fs.getattr(ino).unwrap().object_key.unwrap();
@@ -1169,6 +1174,103 @@ fn a_seal_interrupted_before_its_commit_is_undone_at_start_up() {
     e.fs().seal_ready(true).unwrap();
     e.wait_state(ino, State::Uploaded);
     assert_eq!(e.read_all(ino).unwrap(), d);
+}
+
+/// A power cut that kept the seal's commit and lost its rename (the filesystem persisted the
+/// index first): start-up finds the spool, checks its size and digest against the recorded
+/// version, freezes it, and the version uploads intact.
+#[test]
+fn a_seal_whose_rename_a_power_cut_lost_is_finished_at_start_up() {
+    let mut e = Env::new();
+    let d = data(300_000, 11);
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    let ino = e.write_file(ROOT, "a.jpg", &d);
+    let fs = e.fs();
+    let gen = fs.getattr(ino).unwrap().content_gen;
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    let d2 = e.daemon.take().unwrap();
+    e.rt.block_on(d2.shutdown());
+    fs.staging.unfreeze_spool(ino, gen).unwrap(); // the rename never reached the disk
+    drop(fs);
+    e.store.clear_faults();
+    e.start();
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.read_all(ino).unwrap(), d);
+    assert_eq!(e.puts(), 1);
+}
+
+/// The same, but the spool on disk is not the version the index recorded (its bytes were
+/// lost): it is never uploaded under that version's digest; the upload is dropped, loudly.
+#[test]
+fn a_lost_seal_rename_with_other_bytes_is_not_uploaded() {
+    let mut e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    let ino = e.write_file(ROOT, "a.jpg", &data(300_000, 12));
+    let fs = e.fs();
+    let gen = fs.getattr(ino).unwrap().content_gen;
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    let d2 = e.daemon.take().unwrap();
+    e.rt.block_on(d2.shutdown());
+    fs.staging.unfreeze_spool(ino, gen).unwrap();
+    std::fs::OpenOptions::new().write(true).open(fs.staging.spool_path(ino)).unwrap().write_all_at(b"zzzz", 0).unwrap();
+    drop(fs);
+    e.store.clear_faults();
+    e.start();
+    e.fs().seal_ready(true).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(e.puts(), 0, "a version whose bytes do not match its digest is never sent");
+}
+
+/// A power cut that kept the upload's completion out of the index but its move into the read
+/// cache on disk: start-up moves the file back and the version is queued again.
+#[test]
+fn a_sealed_version_found_in_the_read_cache_is_queued_again() {
+    let mut e = Env::new();
+    let d = data(300_000, 13);
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    let ino = e.write_file(ROOT, "a.jpg", &d);
+    let fs = e.fs();
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    let frozen = std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().unwrap().unwrap().path();
+    let u = fs.core().db.uploads().unwrap().remove(0);
+    let d2 = e.daemon.take().unwrap();
+    e.rt.block_on(d2.shutdown());
+    std::fs::rename(&frozen, fs.staging.rcache_plain_path(&u.header[96..128])).unwrap();
+    drop(fs);
+    e.store.clear_faults();
+    e.start();
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.read_all(ino).unwrap(), d);
+}
+
+/// The durability contract's mechanism: a close commits to the index without syncing it (a
+/// crash of the daemon keeps it: see the kill -9 tests); `fsync` syncs the staging
+/// filesystem and the index; the group commit does the same when anything changed, and
+/// nothing when idle.
+#[test]
+fn close_commits_fsync_and_the_group_commit_sync() {
+    let e = Env::new();
+    let fs = e.fs();
+    let mark = || fs.core().db.setting("sync_mark").unwrap().unwrap_or_default();
+    fs.group_commit().unwrap();
+    let m0 = mark();
+    let ino = e.write_file(ROOT, "a.txt", b"hello");
+    assert_eq!(mark(), m0, "a close does not sync");
+    assert_eq!(fs.getattr(ino).unwrap().size, 5, "but it is committed");
+    let (fh, _) = fs.open(ino, true, false, 0).unwrap();
+    fs.write(fh, 5, b" world").unwrap();
+    fs.fsync(fh).unwrap();
+    let m1 = mark();
+    assert_ne!(m1, m0, "fsync syncs the index");
+    fs.release(fh).unwrap();
+    fs.group_commit().unwrap();
+    assert_eq!(mark(), m1, "nothing changed since the fsync");
+    e.write_file(ROOT, "b.txt", b"more");
+    fs.group_commit().unwrap();
+    let m2 = mark();
+    assert_ne!(m2, m1, "the group commit syncs what changed since");
+    fs.group_commit().unwrap();
+    assert_eq!(mark(), m2, "an idle index is not synced again");
 }
 
 /// A frozen file is never encrypted again after it changed (that would reuse the version's

@@ -150,10 +150,17 @@ impl UploadQueue for Fs {
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
         // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.
+        // (A power cut that loses this commit finds the kept copy in the read cache and moves
+        // it back, `recover`.) Without a read cache the frozen file goes once the commit is
+        // durable: until then the index on disk may still need it.
         if self.cfg.read_cache > 0 && u.enc_size <= self.cfg.read_cache {
-            self.staging.keep_in_read_cache(u.ino, u.content_gen, &u.header[96..128], self.cfg.read_cache);
+            for p in self.staging.keep_in_read_cache(u.ino, u.content_gen, &u.header[96..128], self.cfg.read_cache) {
+                Self::remove_when_durable(&mut c, p);
+            }
         } else {
-            self.staging.remove_outbox(u.ino, u.content_gen);
+            for p in self.staging.version_files(u.ino, u.content_gen) {
+                Self::remove_when_durable(&mut c, p);
+            }
         }
         drop(c);
         Ok(())

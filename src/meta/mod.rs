@@ -1,4 +1,4 @@
-//! The local index and upload journal, in SQLite (WAL, synchronous=FULL).
+//! The local index and upload journal, in SQLite (WAL, synchronous=NORMAL, synced by `Db::sync`).
 //!
 //! Role: source of truth for listings (inodes, directory entries, attributes), the per-file
 //! content state machine, the upload queue and multipart progress. SQLite, not sled: sled lost
@@ -224,8 +224,13 @@ impl Db {
     pub fn open(path: &Path, now_ns: Nanos, uid: u32, gid: u32) -> Result<Db> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a committed transaction survives power loss, not only a process crash.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // NORMAL: a committed transaction is in the WAL (it survives a crash of the daemon)
+        // but not yet fsynced; `sync` makes every commit so far survive power loss (`fsync`,
+        // the group commit). No automatic checkpoint: it would sync the WAL at a moment of its
+        // own choosing, ahead of the staged files the commits refer to; `checkpoint` runs
+        // after each group commit instead.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // Deleted rows (an upload's data key once it is done) are zeroed in the pages SQLite
         // writes anyway; older copies can remain in the WAL until it is overwritten.
         conn.pragma_update(None, "secure_delete", "FAST")?;
@@ -241,6 +246,26 @@ impl Db {
             )?;
         }
         Ok(db)
+    }
+
+    /// Make every transaction committed so far survive power loss: one commit with
+    /// synchronous=FULL fsyncs the WAL, and with it every frame before it.
+    pub fn sync(&self) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let r = self.conn.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key = 'sync_mark'", []).and_then(|n| {
+            if n == 0 {
+                self.conn.execute("INSERT INTO settings(key, value) VALUES('sync_mark', '1')", [])?;
+            }
+            Ok(())
+        });
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(r?)
+    }
+
+    /// Copy the WAL into the database file (after a `sync`), so the WAL stays small.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// A transaction; inside a namespace operation's savepoint it nests as a savepoint and

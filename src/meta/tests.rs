@@ -32,7 +32,17 @@ fn durable_settings_are_in_force() {
     let mode: String = db.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     let sync: i64 = db.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
-    assert_eq!(sync, 2, "synchronous=FULL");
+    assert_eq!(sync, 1, "synchronous=NORMAL: commits survive a crash; `sync` makes them survive power loss");
+    let auto: i64 = db.conn().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+    assert_eq!(auto, 0, "no checkpoint (and WAL sync) behind the group commit's back");
+    // `sync` commits with FULL and goes back to NORMAL, and can run any number of times.
+    for n in 1..=3 {
+        db.sync().unwrap();
+        assert_eq!(db.setting("sync_mark").unwrap().as_deref(), Some(n.to_string().as_str()));
+        let sync: i64 = db.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 1);
+    }
+    db.checkpoint().unwrap();
 }
 
 #[test]

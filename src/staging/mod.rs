@@ -10,6 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -113,20 +114,18 @@ impl Staging {
 
     /// Freeze the spool of `ino` as version `gen`: a rename, so sealing needs no room for a
     /// second copy of the file.
+    ///
+    /// Not synced here: the group commit syncs the staging filesystem before the index, and
+    /// start-up repairs either order a power cut can leave (`Fs::recover`: a frozen file whose
+    /// seal is not in the index goes back; a seal in the index whose rename was lost is
+    /// redone from the spool when its digest matches).
     pub fn freeze_spool(&self, ino: u64, gen: i64) -> io::Result<()> {
-        fs::rename(self.spool_path(ino), self.frozen_path(ino, gen))?;
-        if let Err(e) = fsync_dir(&self.outbox).and_then(|_| fsync_dir(&self.spool)) {
-            let _ = fs::rename(self.frozen_path(ino, gen), self.spool_path(ino));
-            return Err(e);
-        }
-        Ok(())
+        fs::rename(self.spool_path(ino), self.frozen_path(ino, gen))
     }
 
     /// Undo `freeze_spool` (its seal did not commit).
     pub fn unfreeze_spool(&self, ino: u64, gen: i64) -> io::Result<()> {
-        fs::rename(self.frozen_path(ino, gen), self.spool_path(ino))?;
-        fsync_dir(&self.spool)?;
-        fsync_dir(&self.outbox)
+        fs::rename(self.frozen_path(ino, gen), self.spool_path(ino))
     }
 
     /// Both names a staged version may have (frozen plaintext, or an earlier build's encrypted copy).
@@ -152,12 +151,17 @@ impl Staging {
 
     /// Move an uploaded version's staged file into the read cache and evict the oldest entries
     /// beyond `limit` bytes.
-    pub fn keep_in_read_cache(&self, ino: u64, gen: i64, id: &[u8], limit: u64) {
+    /// Returns the older entries it evicted to stay within `limit`, for the caller to delete
+    /// once its commit is durable (an entry kept moments ago may still be needed after a
+    /// power cut).
+    pub fn keep_in_read_cache(&self, ino: u64, gen: i64, id: &[u8], limit: u64) -> Vec<PathBuf> {
+        let mut evicted = Vec::new();
         if fs::rename(self.frozen_path(ino, gen), self.rcache_plain_path(id)).is_err()
             && fs::rename(self.outbox_path(ino, gen), self.rcache_path(id)).is_err()
         {
-            return;
+            return evicted;
         }
+        let kept = [self.rcache_plain_path(id), self.rcache_path(id)];
         let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = fs::read_dir(&self.rcache)
             .into_iter()
             .flatten()
@@ -173,13 +177,24 @@ impl Staging {
             if total <= limit {
                 break;
             }
-            let _ = fs::remove_file(p);
-            total -= len;
+            if !kept.contains(&p) {
+                evicted.push(p);
+                total -= len;
+            }
         }
+        evicted
     }
 
-    pub fn sync_dirs(&self) -> io::Result<()> {
-        fsync_dir(&self.spool)
+    /// Make every staged byte and rename so far survive power loss: one `syncfs` of the
+    /// staging filesystem (what a journalling filesystem's commit does), not one fsync per file.
+    pub fn syncfs(&self) -> io::Result<()> {
+        let d = File::open(&self.root)?;
+        // SAFETY: `d` is an open directory descriptor owned by this frame for the whole call;
+        // syncfs reads no memory of ours.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Remove staging files the index does not reference. Returns how many were removed.

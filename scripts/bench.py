@@ -1,0 +1,434 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: coldvault against a local directory, rclone mount (VFS cache writes),
+rclone crypt mount and s3fs, all on one Garage S3 server on loopback, same data, one run.
+
+    scripts/bench.py                          # every system, every workload
+    scripts/bench.py --systems coldvault,local --workloads small,rsync
+    scripts/bench.py --perf                   # also record a perf profile of coldvault per workload
+    scripts/bench.py --write docs/BENCHMARKS.md   # replace the results section of that file
+
+Needs: garage (`cargo install --locked garage`), rclone, s3fs, rsync, fuse3, perf (with --perf);
+scripts/install-deps.sh --bench installs them. Times are wall-clock seconds of the command the
+user runs ("returns") and until everything is in the bucket ("durable": `coldvault flush
+--wait`, rclone's upload queue empty, s3fs after close, `sync` for the local directory).
+Peak RSS is the daemon's VmHWM after all workloads.
+"""
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = os.environ.get("COLDVAULT_BIN", str(ROOT / "target" / "release" / "coldvault"))
+
+WORKLOADS = {
+    # name: (description, files, size of each)
+    "big": ("1 GiB file", 1, 1 << 30),
+    "mid": ("500 × 1 MiB", 500, 1 << 20),
+    "small": ("1000 × 100 KiB", 1000, 100 << 10),
+    "rsync": ("rsync 5000 × 20 KB", 5000, 20_000),
+}
+
+
+def sh(*cmd, check=True, env=None, timeout=3600, **kw):
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return r
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_mounted(p):
+    return any(line.split()[1] == str(p) for line in open("/proc/mounts"))
+
+
+def wait_for(what, cond, timeout=600, step=0.05):
+    t = time.monotonic()
+    while not cond():
+        if time.monotonic() - t > timeout:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def vmhwm(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        return None
+
+
+class Garage:
+    """One Garage node on loopback with its own directories, a bucket per system and a key."""
+
+    def __init__(self, work):
+        self.dir = work / "garage"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "meta").mkdir(parents=True)
+        (self.dir / "data").mkdir()
+        self.port, rpc = free_port(), free_port()
+        self.conf = self.dir / "garage.toml"
+        self.conf.write_text(f"""metadata_dir = "{self.dir}/meta"
+data_dir = "{self.dir}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secrets.token_hex(32)}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{self.port}"
+root_domain = ".s3.garage.localhost"
+""")
+        self.log = open(self.dir / "garage.log", "w")
+        self.proc = subprocess.Popen(["garage", "-c", self.conf, "server"], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env={**os.environ, "RUST_LOG": "garage=warn"})
+        wait_for("garage", lambda: self.cli("status", check=False).returncode == 0, timeout=60, step=0.3)
+        node = re.search(r"^([0-9a-f]{16})\s", self.cli("status").stdout, re.M).group(1)
+        self.cli("layout", "assign", "-z", "dc1", "-c", "100G", node)
+        self.cli("layout", "apply", "--version", "1")
+        out = self.cli("key", "create", "bench").stdout
+        self.key = re.search(r"Key ID:\s*(\S+)", out).group(1)
+        self.secret = re.search(r"Secret key:\s*(\S+)", out).group(1)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args, check=True):
+        return sh("garage", "-c", self.conf, *args, check=check)
+
+    def bucket(self, name):
+        self.cli("bucket", "create", name)
+        self.cli("bucket", "allow", "--read", "--write", "--owner", name, "--key", "bench")
+        return name
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+class System:
+    name = ""
+    pid = None
+
+    def __init__(self, work, garage):
+        self.work = work / self.name
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.mnt = self.work / "mnt"
+        self.mnt.mkdir()
+        self.g = garage
+        self.env = {**os.environ, "AWS_ACCESS_KEY_ID": garage.key, "AWS_SECRET_ACCESS_KEY": garage.secret,
+                    "AWS_REGION": "garage", "AWS_DEFAULT_REGION": "garage"}
+        self.env.pop("AWS_CA_BUNDLE", None)
+
+    def durable(self):
+        pass
+
+    def rss(self):
+        return vmhwm(self.pid) if self.pid else None
+
+    def stop(self):
+        if is_mounted(self.mnt):
+            sh("fusermount3", "-u", self.mnt, check=False)
+            if is_mounted(self.mnt):
+                time.sleep(2)
+                sh("fusermount3", "-uz", self.mnt, check=False)
+
+
+class Local(System):
+    name = "local directory"
+
+    def __init__(self, work, garage):
+        System.__init__(self, work, garage)
+
+    def durable(self):
+        os.sync()
+
+    def stop(self):
+        pass
+
+
+def find_pid(pattern):
+    r = sh("pgrep", "-n", "-f", pattern, check=False)
+    return int(r.stdout.split()[0]) if r.stdout.strip() else None
+
+
+class Coldvault(System):
+    name = "coldvault"
+
+    def __init__(self, work, garage):
+        System.__init__(self, work, garage)
+        bucket = garage.bucket("cv")
+        self.cfg, self.pw = self.work / "config.toml", self.work / "passphrase"
+        self.pw.write_text(secrets.token_hex(16) + "\n")
+        sh(BIN, "init", "--bucket", bucket, "--prefix", "bench", "--endpoint-url", garage.endpoint, "--region", "garage",
+           "--config", self.cfg, "--passphrase-file", self.pw, env=self.env)
+        sh(BIN, "mount", "--config", self.cfg, "--cache-dir", self.work / "cache", "--passphrase-file", self.pw, self.mnt,
+           env=self.env)
+        wait_for("coldvault mount", lambda: is_mounted(self.mnt))
+        self.pid = find_pid(f"coldvault mount.*{self.mnt}")
+
+    def durable(self):
+        sh(BIN, "flush", "--wait", self.mnt, timeout=3600)
+
+    def stop(self):
+        sh(BIN, "unmount", self.mnt, check=False, timeout=600)
+        System.stop(self)
+
+
+class Rclone(System):
+    name = "rclone mount"
+    crypt = False
+
+    def __init__(self, work, garage):
+        System.__init__(self, work, garage)
+        bucket = garage.bucket("rclone-crypt" if self.crypt else "rclone")
+        e = self.env
+        e.update({"RCLONE_CONFIG_GS3_TYPE": "s3", "RCLONE_CONFIG_GS3_PROVIDER": "Other", "RCLONE_CONFIG_GS3_ENDPOINT": garage.endpoint,
+                  "RCLONE_CONFIG_GS3_ACCESS_KEY_ID": garage.key, "RCLONE_CONFIG_GS3_SECRET_ACCESS_KEY": garage.secret,
+                  "RCLONE_CONFIG_GS3_REGION": "garage", "RCLONE_CONFIG_GS3_FORCE_PATH_STYLE": "true"})
+        remote = f"gs3:{bucket}"
+        if self.crypt:
+            pw = sh("rclone", "obscure", secrets.token_hex(16)).stdout.strip()
+            e.update({"RCLONE_CONFIG_GCRYPT_TYPE": "crypt", "RCLONE_CONFIG_GCRYPT_REMOTE": f"gs3:{bucket}/c",
+                      "RCLONE_CONFIG_GCRYPT_PASSWORD": pw})
+            remote = "gcrypt:"
+        self.rc = free_port()
+        sh("rclone", "mount", remote, self.mnt, "--vfs-cache-mode", "writes", "--cache-dir", self.work / "cache", "--daemon",
+           "--rc", "--rc-addr", f"127.0.0.1:{self.rc}", "--rc-no-auth", "--log-file", self.work / "rclone.log", env=e)
+        wait_for("rclone mount", lambda: is_mounted(self.mnt))
+        self.pid = find_pid(f"rclone mount.*{self.mnt}")
+
+    def durable(self):
+        def idle():
+            r = sh("rclone", "rc", "--url", f"http://127.0.0.1:{self.rc}/", "vfs/stats", check=False, env=self.env)
+            if r.returncode != 0:
+                return False
+            dc = json.loads(r.stdout).get("diskCache", {})
+            return dc.get("uploadsInProgress", 1) == 0 and dc.get("uploadsQueued", 1) == 0
+        wait_for("rclone uploads", idle, timeout=3600, step=0.1)
+
+
+class RcloneCrypt(Rclone):
+    name = "rclone crypt mount"
+    crypt = True
+
+
+class S3fs(System):
+    name = "s3fs"
+
+    def __init__(self, work, garage):
+        System.__init__(self, work, garage)
+        bucket = garage.bucket("s3fs")
+        pw = self.work / "passwd"
+        pw.write_text(f"{garage.key}:{garage.secret}\n")
+        pw.chmod(0o600)
+        sh("s3fs", bucket, self.mnt, "-o", f"passwd_file={pw},url={garage.endpoint},use_path_request_style,endpoint=garage,"
+           f"use_cache={self.work / 'cache'}", env=self.env)
+        wait_for("s3fs mount", lambda: is_mounted(self.mnt))
+        self.pid = find_pid(f"s3fs {bucket} {self.mnt}")
+
+
+SYSTEMS = {"local": Local, "coldvault": Coldvault, "rclone": Rclone, "rclone-crypt": RcloneCrypt, "s3fs": S3fs}
+
+
+def make_source(src):
+    """The same data for every system, on local disk (random bytes: nothing compresses)."""
+    for name, (_, n, size) in WORKLOADS.items():
+        d = src / name
+        if d.is_dir() and len(list(d.iterdir())) == n:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        for i in range(n):
+            with open(d / f"f{i:05}.bin", "wb") as f:
+                left = size
+                while left:
+                    k = min(left, 8 << 20)
+                    f.write(os.urandom(k))
+                    left -= k
+
+
+class Perf:
+    """perf record of the coldvault daemon during one workload (text report kept)."""
+
+    def __init__(self, pid, out):
+        self.out = out
+        self.proc = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", str(out) + ".data"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=120)
+        r = sh("perf", "report", "--stdio", "--no-children", "--percent-limit", "1.5", "-i", str(self.out) + ".data",
+               "--sort", "dso,symbol", "-g", "none", check=False)
+        self.out.write_text(r.stdout)
+        Path(str(self.out) + ".data").unlink(missing_ok=True)
+
+
+def run_system(cls, work, src, garage, workloads, perf_dir):
+    s = cls(work, garage)
+    res = {}
+    try:
+        for w in workloads:
+            p = Perf(s.pid, perf_dir / f"{w}.txt") if perf_dir and s.pid else None
+            t0 = time.monotonic()
+            if w == "rsync":
+                sh("rsync", "-a", f"{src / w}/", s.mnt / w)
+                t1 = time.monotonic()
+                s.durable()
+                t2 = time.monotonic()
+                sh("rsync", "-a", f"{src / w}/", s.mnt / w)
+                res["rsync2"] = time.monotonic() - t2
+            else:
+                sh("cp", "-r", src / w, s.mnt / w)
+                t1 = time.monotonic()
+                s.durable()
+                t2 = time.monotonic()
+            res[w] = (t1 - t0, t2 - t0)
+            if p:
+                p.stop()
+            print(f"  {cls.name}: {w}: returns {t1 - t0:.2f} s, durable {t2 - t0:.2f} s", flush=True)
+            if w == "small":
+                best = None
+                for _ in range(3):
+                    t = time.monotonic()
+                    sh("ls", "-l", s.mnt / w)
+                    best = min(best or 1e9, time.monotonic() - t)
+                res["ls"] = best
+        res["rss"] = s.rss()
+    finally:
+        s.stop()
+    return res
+
+
+def direct_upload(work, src, garage, workloads):
+    """`rclone copy --transfers 16` of the same files straight into a bucket: the floor for durable."""
+    e = {**os.environ, "RCLONE_CONFIG_GS3_TYPE": "s3", "RCLONE_CONFIG_GS3_PROVIDER": "Other",
+         "RCLONE_CONFIG_GS3_ENDPOINT": garage.endpoint, "RCLONE_CONFIG_GS3_ACCESS_KEY_ID": garage.key,
+         "RCLONE_CONFIG_GS3_SECRET_ACCESS_KEY": garage.secret, "RCLONE_CONFIG_GS3_REGION": "garage",
+         "RCLONE_CONFIG_GS3_FORCE_PATH_STYLE": "true"}
+    bucket = garage.bucket("direct")
+    res = {}
+    for w in workloads:
+        if w == "rsync":
+            continue
+        t = time.monotonic()
+        sh("rclone", "copy", "--transfers", "16", src / w, f"gs3:{bucket}/{w}", env=e)
+        res[w] = time.monotonic() - t
+        print(f"  direct upload: {w}: {res[w]:.2f} s", flush=True)
+    return res
+
+
+def table(results, direct, workloads):
+    local = results.get("local directory", {})
+    cols = [w for w in ("big", "mid", "small") if w in workloads]
+    head = ["system"] + [f"{WORKLOADS[w][0]}: returns / durable" for w in cols]
+    if "rsync" in workloads:
+        head.append("rsync 5000 × 20 KB: 1st / 2nd")
+    if "small" in workloads:
+        head.append("ls -l 1000")
+    head.append("peak RSS")
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ratio(v, base):
+        return f" ({v / base:.1f}×)" if base and v and base > 0 else ""
+
+    for name, r in results.items():
+        row = [name]
+        for w in cols:
+            if w in r:
+                a, b = r[w]
+                la, lb = local.get(w, (None, None))
+                row.append(f"{a:.2f}{ratio(a, la) if name != 'local directory' else ''} / {b:.2f}"
+                           f"{ratio(b, direct.get(w)) if name != 'local directory' else ''}")
+            else:
+                row.append("—")
+        if "rsync" in workloads:
+            if "rsync" in r:
+                la = local.get("rsync", (None,))[0]
+                l2 = local.get("rsync2")
+                row.append(f"{r['rsync'][0]:.2f}{ratio(r['rsync'][0], la) if name != 'local directory' else ''} / "
+                           f"{r['rsync2']:.2f}{ratio(r['rsync2'], l2) if name != 'local directory' else ''}")
+            else:
+                row.append("—")
+        if "small" in workloads:
+            row.append(f"{r['ls']:.3f}" if "ls" in r else "—")
+        row.append(f"{r['rss']} MiB" if r.get("rss") else "—")
+        rows.append("| " + " | ".join(row) + " |")
+    if direct:
+        row = ["direct upload, 16 parallel (`rclone copy`)"]
+        for w in cols:
+            row.append(f"— / {direct[w]:.2f}" if w in direct else "—")
+        row += ["—"] * (len(head) - len(row))
+        rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--work", default="/var/tmp/coldvault-bench")
+    ap.add_argument("--perf", action="store_true", help="perf profile of coldvault per workload (docs/profiles/)")
+    ap.add_argument("--label", default="now", help="profile file suffix (e.g. before, after)")
+    ap.add_argument("--no-direct", action="store_true")
+    ap.add_argument("--write", help="replace the section between the BENCH markers of this file with the table")
+    a = ap.parse_args()
+    workloads = [w for w in a.workloads.split(",") if w]
+    systems = [s for s in a.systems.split(",") if s]
+    for tool in ["garage", "rsync", "fusermount3"] + (["rclone"] if any(s.startswith("rclone") for s in systems) or not a.no_direct else []) \
+            + (["s3fs"] if "s3fs" in systems else []) + (["perf"] if a.perf else []):
+        if not shutil.which(tool):
+            raise SystemExit(f"bench: {tool} is not installed (scripts/install-deps.sh --bench)")
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / "src"
+    make_source(src)
+    garage = Garage(work)
+    results, direct = {}, {}
+    try:
+        if not a.no_direct:
+            direct = direct_upload(work, src, garage, workloads)
+        for s in systems:
+            cls = SYSTEMS[s]
+            perf_dir = None
+            if a.perf and s == "coldvault":
+                perf_dir = ROOT / "docs" / "profiles" / a.label
+                perf_dir.mkdir(parents=True, exist_ok=True)
+            print(f"{cls.name} …", flush=True)
+            results[cls.name] = run_system(cls, work, src, garage, workloads, perf_dir)
+    finally:
+        garage.stop()
+    t = table(results, direct, workloads)
+    cpu = sh("sh", "-c", "nproc; grep -m1 'model name' /proc/cpuinfo").stdout.split("\n")
+    meta = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu[0]} cores ({cpu[1].split(':')[-1].strip()}), "
+            f"garage {sh('garage', '--version', check=False).stdout.strip()}, "
+            f"coldvault {sh(BIN, '--version', check=False).stdout.strip()}: `scripts/bench.py "
+            f"--systems {a.systems} --workloads {a.workloads}`. Seconds; ratios to the local directory (returns, rsync) "
+            f"and to the direct upload (durable).")
+    print("\n" + meta + "\n\n" + t)
+    if a.write:
+        p = Path(a.write)
+        s = p.read_text()
+        start, end = "<!-- BENCH START -->", "<!-- BENCH END -->"
+        i, j = s.index(start) + len(start), s.index(end)
+        p.write_text(s[:i] + "\n" + meta + "\n\n" + t + "\n" + s[j:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

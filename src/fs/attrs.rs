@@ -40,22 +40,41 @@ impl Fs {
         }
     }
 
+    /// Every entry of a directory (tests, small listings).
     pub fn readdir(&self, ino: u64) -> Result<Vec<Inode>> {
+        self.readdir_after(ino, 0, usize::MAX)
+    }
+
+    /// One page of a directory listing: up to `limit` entries whose inode number is above
+    /// `after`, in inode order (the order of FUSE's offsets), then the status files of the
+    /// directory's files being restored (their numbers, with `STATUS_BIT`, sort after every
+    /// real inode). Each FUSE readdir call reads one page from the index instead of the whole
+    /// directory, so listing a 100,000-file folder stays linear.
+    pub fn readdir_after(&self, ino: u64, after: u64, limit: usize) -> Result<Vec<Inode>> {
         let c = self.core();
         if ino == CTL_DIR {
-            return Ok(vec![self.virtual_inode(&c, CTL_RESTORES)?.0]);
+            return Ok(if after < CTL_RESTORES { vec![self.virtual_inode(&c, CTL_RESTORES)?.0] } else { Vec::new() });
         }
         let d = c.db.get(ino)?.ok_or(FsError::NotFound)?;
         if d.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let mut out: Vec<Inode> = c.db.children(ino)?.into_iter().map(|i| Self::apply_overlay(&c, i)).collect();
-        let restores = c.db.restores()?;
-        if !restores.is_empty() {
-            let visible: std::collections::HashSet<u64> = restores.iter().filter(|r| r.state.visible()).map(|r| r.ino).collect();
-            let extra: Vec<u64> = out.iter().filter(|i| visible.contains(&i.ino)).map(|i| i.ino).collect();
-            for x in extra {
-                if let Ok((v, _)) = self.virtual_inode(&c, x | STATUS_BIT) {
+        let mut out: Vec<Inode> = if after < STATUS_BIT {
+            c.db.children_after(ino, after, limit)?.into_iter().map(|i| Self::apply_overlay(&c, i)).collect()
+        } else {
+            Vec::new()
+        };
+        if out.len() < limit {
+            let mut status: Vec<u64> =
+                c.db.restores()?
+                    .into_iter()
+                    .filter(|r| r.state.visible() && r.ino | STATUS_BIT > after)
+                    .filter(|r| c.db.get(r.ino).ok().flatten().is_some_and(|i| i.parent == ino))
+                    .map(|r| r.ino | STATUS_BIT)
+                    .collect();
+            status.sort_unstable();
+            for x in status.into_iter().take(limit - out.len()) {
+                if let Ok((v, _)) = self.virtual_inode(&c, x) {
                     out.push(v);
                 }
             }

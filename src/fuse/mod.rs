@@ -135,6 +135,16 @@ fn cookie(ino: u64) -> u64 {
     ino + 2
 }
 
+/// The inode number after which a listing resumes at FUSE offset `offset` (0, 1 and 2 are the
+/// start, `.` and `..`).
+fn after_cookie(offset: u64) -> u64 {
+    offset.saturating_sub(2)
+}
+
+/// Entries read from the index per readdir call: more than a reply buffer holds (about 30
+/// with attributes in 4 KiB), few enough that a page costs little when most is left out.
+const READDIR_PAGE: usize = 128;
+
 impl fuser::Filesystem for ColdFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
@@ -338,7 +348,7 @@ impl fuser::Filesystem for ColdFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let kids = match self.fs.readdir(ino.0) {
+        let kids = match self.fs.readdir_after(ino.0, after_cookie(offset), READDIR_PAGE) {
             Ok(k) => k,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -355,7 +365,7 @@ impl fuser::Filesystem for ColdFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let kids = match self.fs.readdir(ino.0) {
+        let kids = match self.fs.readdir_after(ino.0, after_cookie(offset), READDIR_PAGE) {
             Ok(k) => k,
             Err(e) => return reply.error(errno(&e)),
         };

@@ -62,6 +62,12 @@ impl Db {
         self.select_inodes("WHERE parent=?1 AND ino != 1 ORDER BY ino", params![parent as i64])
     }
 
+    /// Up to `limit` children with an inode number above `after`, in inode order.
+    pub fn children_after(&self, parent: u64, after: u64, limit: usize) -> Result<Vec<Inode>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.select_inodes("WHERE parent=?1 AND ino > ?2 AND ino != 1 ORDER BY ino LIMIT ?3", params![parent as i64, after as i64, limit])
+    }
+
     pub fn has_children(&self, parent: u64) -> Result<bool> {
         Ok(self.conn.query_row("SELECT 1 FROM inodes WHERE parent=?1 AND ino != 1 LIMIT 1", params![parent as i64], |_| Ok(())).optional()?.is_some())
     }

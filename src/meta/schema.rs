@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS inodes(
 );
 CREATE UNIQUE INDEX IF NOT EXISTS inodes_dirent ON inodes(parent, name) WHERE ino != 1;
 CREATE INDEX IF NOT EXISTS inodes_parent_kind ON inodes(parent, kind);
+-- Directory listings page through a folder in inode order (FUSE offsets).
+CREATE INDEX IF NOT EXISTS inodes_parent_ino ON inodes(parent, ino);
 -- (A partial index over an IN list was never used: SQLite cannot tell that state='dirty'
 -- implies it. Replaced by a plain index.)
 DROP INDEX IF EXISTS inodes_state;

@@ -9,6 +9,8 @@
 #   COLDVAULT_SKIP_POSIX=1    skip the POSIX suites (pjdfstest, fsx from crates.io)
 #   COLDVAULT_SKIP_S3S=1      skip the s3s-fs build (about 7 minutes on 2 cores)
 #   COLDVAULT_SKIP_PYTHON=1   skip the Python test environment (the quickstart needs none)
+#   --bench                   also what scripts/bench.py compares against: rclone, s3fs, perf,
+#                             and the Garage S3 server (crates.io, about 25 minutes on 2 cores)
 # The Python packages the tests use live in a virtual environment, $COLDVAULT_VENV (default
 # ~/.cache/coldvault/venv), so that a distribution's "externally managed" Python is never touched.
 set -euo pipefail
@@ -61,6 +63,14 @@ require fuse3 cmd:fusermount3
 # mount (util-linux) for the small filesystems of the full-disk tests, getfattr (attr) to read
 # the xattrs Samba stores through the mount, and Python with venv support for the e2e suite.
 require rsync cmd:rsync
+BENCH=0
+[ "${1:-}" = "--bench" ] && BENCH=1
+if [ $BENCH = 1 ]; then
+  # scripts/bench.py: the peers (rclone mount and crypt, s3fs) and profiles (perf).
+  require rclone cmd:rclone
+  require s3fs cmd:s3fs
+  require linux-perf cmd:perf
+fi
 require procps cmd:pgrep cmd:pkill
 require util-linux cmd:mount cmd:umount
 require attr cmd:getfattr cmd:setfattr
@@ -133,5 +143,9 @@ fi
 if [ "${COLDVAULT_SKIP_S3S:-0}" != 1 ] && ! command -v s3s-fs >/dev/null; then
   echo "install-deps: cargo install s3s-fs 0.14.1 (takes several minutes)"
   cargo install --locked s3s-fs@0.14.1 --features binary
+fi
+if [ $BENCH = 1 ] && ! command -v garage >/dev/null; then
+  echo "install-deps: cargo install garage 2.5.0 (the benchmark's S3 server; takes a long time)"
+  cargo install --locked garage@2.5.0
 fi
 echo "install-deps: ok"

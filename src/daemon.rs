@@ -1,5 +1,5 @@
 //! Wiring for `coldvault mount`: connect the store, open the index, start the uploader, the
-//! sealer (which also runs the group commit) and the control socket, run the FUSE session, and shut down cleanly.
+//! sealer, the group commit and the control socket, run the FUSE session, and shut down cleanly.
 //!
 //! Shutdown: a watch channel (`stop`) tells every background task to end; uploads in flight are
 //! interrupted, their journal rows stay queued, and the next mount resumes them.
@@ -25,7 +25,8 @@ pub struct Daemon {
     pub fs: Arc<Fs>,
     pub stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    sealer: Option<std::thread::JoinHandle<()>>,
+    /// The sealer and the group commit threads.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -76,27 +77,37 @@ impl Daemon {
                 .name("sealer".into())
                 .spawn(move || {
                     // Poll often enough that the settle delay is honoured to within ~0.25 s.
-                    let mut last_commit = std::time::Instant::now();
                     while !*stop_rx.borrow() {
                         if let Err(e) = fs.seal_ready(false) {
                             tracing::error!(error = %e, "sealer");
                         }
-                        // The group commit: everything before it survives power loss.
-                        if last_commit.elapsed() >= crate::fs::GROUP_COMMIT {
-                            if let Err(e) = fs.group_commit() {
-                                tracing::error!(error = %e, "group commit failed; retrying at the next one");
-                            }
-                            last_commit = std::time::Instant::now();
-                        }
                         std::thread::sleep(Duration::from_millis(250));
-                    }
-                    if let Err(e) = fs.group_commit() {
-                        tracing::error!(error = %e, "final group commit failed");
                     }
                 })
                 .expect("spawn sealer")
         };
-        Ok(Daemon { fs, stop, tasks, sealer: Some(sealer) })
+        // The group commit, on a thread of its own so that long seals (a batch of big files
+        // being digested) never delay it: everything before it survives power loss.
+        let committer = {
+            let fs = fs.clone();
+            let stop_rx = stop_rx.clone();
+            std::thread::Builder::new()
+                .name("group-commit".into())
+                .spawn(move || {
+                    let mut last = std::time::Instant::now();
+                    while !*stop_rx.borrow() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        if last.elapsed() >= fs.cfg.group_commit {
+                            if let Err(e) = fs.group_commit() {
+                                tracing::error!(error = %e, "group commit failed; retrying at the next one");
+                            }
+                            last = std::time::Instant::now();
+                        }
+                    }
+                })
+                .expect("spawn group commit")
+        };
+        Ok(Daemon { fs, stop, tasks, threads: vec![sealer, committer] })
     }
 
     pub fn add_task(&mut self, t: tokio::task::JoinHandle<()>) {
@@ -104,13 +115,39 @@ impl Daemon {
     }
 
     /// Stop background work. Pending uploads stay in the journal.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop_all(true).await
+    }
+
+    /// Stop background work as a crash would (tests): tasks are cancelled where they are
+    /// (no last journal flush), no last group commit.
+    #[cfg(test)]
+    pub async fn crash(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.stop_all(false).await
+    }
+
+    async fn stop_all(mut self, last_commit: bool) {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
-        if let Some(s) = self.sealer.take() {
-            let _ = tokio::task::spawn_blocking(move || s.join()).await;
-        }
+        let threads = std::mem::take(&mut self.threads);
+        let fs = self.fs.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            // The last group commit, after the sealer's last seal.
+            if !last_commit {
+                return;
+            }
+            if let Err(e) = fs.group_commit() {
+                tracing::error!(error = %e, "final group commit failed");
+            }
+        })
+        .await;
     }
 }

@@ -684,6 +684,7 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
         ignore: cfg.ignore.clone().unwrap_or_else(|| coldvault::fs::DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()),
         read_cache,
         segment_cache: 64 << 20,
+        group_commit: coldvault::fs::GROUP_COMMIT,
     };
     let bandwidth = a.upload_bandwidth.as_deref().map(config::parse_size).transpose()?;
     let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), bandwidth, ..Default::default() };

@@ -74,6 +74,7 @@ impl FsError {
             FsError::NoSpace(_) => libc::ENOSPC,
             // The index cannot grow on a full disk: the caller learns the disk is full.
             FsError::Meta(MetaError::Sql(rusqlite::Error::SqliteFailure(e, _))) if e.code == rusqlite::ErrorCode::DiskFull => libc::ENOSPC,
+            FsError::Meta(MetaError::Io(e)) => e.raw_os_error().unwrap_or(libc::EIO),
             FsError::Meta(_) => libc::EIO,
             // Never wrong bytes: tampered or truncated objects are EIO (and logged).
             FsError::Crypto(_) => libc::EIO,

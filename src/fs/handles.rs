@@ -304,7 +304,15 @@ impl Fs {
             let c = self.core();
             c.open.get(&ino).and_then(|o| o.spool.clone()).ok_or(FsError::BadHandle)?
         };
-        spool.write_all_at(data, offset)?;
+        if let Err(e) = spool.write_all_at(data, offset) {
+            // Deleted files give their space back at the next sync (like a journalling
+            // filesystem, which commits and retries before it answers ENOSPC).
+            if e.raw_os_error() != Some(libc::ENOSPC) || self.core().after_durable.is_empty() {
+                return Err(e.into());
+            }
+            self.sync_durable()?;
+            spool.write_all_at(data, offset)?;
+        }
         let mut c = self.core();
         c.written = true;
         if let Some(o) = c.open.get_mut(&ino) {

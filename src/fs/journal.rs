@@ -43,14 +43,12 @@ impl JournalIndex for Fs {
     }
 
     fn pending_journal(&self, limit: usize) -> IndexResult<Vec<crate::remote_meta::Record>> {
-        let c = self.core();
-        let rows = c.db.journal_pending(limit)?;
+        let rows = self.core().db.journal_pending(limit)?;
         if !rows.is_empty() {
             // What goes to the bucket must never be ahead of the index on disk: a power cut
             // that lost these records would hand their sequence numbers out again.
-            c.db.sync()?;
+            self.sync_durable()?;
         }
-        drop(c);
         Ok(rows
             .into_iter()
             .filter_map(|(seq, ts_ms, json)| match serde_json::from_str(&json) {
@@ -153,8 +151,10 @@ impl Fs {
     /// under one lock so the snapshot and the sequence agree.
     pub fn export_tree(&self) -> Result<(crate::remote_meta::Tree, i64)> {
         use crate::remote_meta::{Entry, Tree};
+        // A snapshot covers what the index holds on disk (see `pending_journal`): synced under
+        // the lock it is read under, after the staged files (as `sync_durable` orders them).
+        self.staging.syncfs()?;
         let c = self.core();
-        // A snapshot covers what the index holds on disk (see `pending_journal`).
         c.db.sync()?;
         let covers = c.db.journal_max_seq()?;
         let mut t = Tree::default();

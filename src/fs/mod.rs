@@ -38,7 +38,7 @@ use crate::sync::{Mutex, MutexGuard};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 pub use error::{FsError, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -75,6 +75,8 @@ pub struct FsConfig {
     pub read_cache: u64,
     /// Bytes of decrypted segments kept in memory.
     pub segment_cache: u64,
+    /// Interval of the group commit (`GROUP_COMMIT`).
+    pub group_commit: Duration,
 }
 
 pub use crate::restore::RestoreConfig;
@@ -132,8 +134,7 @@ struct Core {
     /// Inside a namespace operation (`Fs::in_op`): staged files it made unreferenced, deleted
     /// only once its transaction has committed (a crash or an error before keeps them).
     op_depth: u32,
-    /// (path, delete only once durable): see `remove_staged` and `remove_when_durable`.
-    after_commit: Vec<(PathBuf, bool)>,
+    after_commit: Vec<AfterCommit>,
     /// Staged files that committed changes no longer reference, deleted by the next
     /// `sync_durable` once those commits survive power loss (before, a power cut could bring
     /// back an index that still needs them: a sealed version whose upload's completion was
@@ -143,6 +144,14 @@ struct Core {
     /// were written to a spool since: the group commit skips an idle filesystem.
     synced_changes: u64,
     written: bool,
+}
+
+/// What a namespace operation does with staged files once its transaction has committed.
+enum AfterCommit {
+    /// Delete once durable (`Fs::remove_when_durable`).
+    RemoveWhenDurable(PathBuf),
+    /// Move the inode's spool aside, delete it once durable (`Fs::drop_spool`).
+    DropSpool(u64),
 }
 
 /// Where an encrypted copy of a file's current content can be read from.
@@ -259,21 +268,39 @@ impl Fs {
     }
 
     /// Make everything so far survive power loss: every staged byte and rename (one `syncfs`
-    /// of the staging filesystem), then the index (its WAL fsynced), in that order, so a
-    /// durable commit never refers to a staged file that is not; then delete the staged files
-    /// those commits released. `fsync` calls it; so does the group commit every
-    /// `GROUP_COMMIT` and unmount.
+    /// of the staging filesystem), then the index (its WAL fsynced), in that order, so that a
+    /// change made before the call is durable in its staged files before the index commit that
+    /// refers to it; then delete the staged files those commits released. (A commit made
+    /// between the two steps may become durable ahead of its files: start-up repairs that,
+    /// see `recover`.) `fsync` calls it; so do the group commit every `GROUP_COMMIT`, start-up
+    /// and unmount.
     pub fn sync_durable(&self) -> Result<()> {
-        self.staging.syncfs()?;
+        self.sync_durable_then(false)
+    }
+
+    /// `sync_durable`, and with `checkpoint` a WAL checkpoint under the same lock right after
+    /// (a checkpoint syncs the WAL too, so it must not run without the `syncfs` before it).
+    fn sync_durable_then(&self, checkpoint: bool) -> Result<()> {
+        // A write from here on is caught by the next sync, even if it lands during this one.
+        self.core().written = false;
+        if let Err(e) = self.staging.syncfs() {
+            self.core().written = true;
+            return Err(e.into());
+        }
         let doomed = {
             let mut c = self.core();
-            let doomed = std::mem::take(&mut c.after_durable);
+            let changes = c.db.conn().total_changes();
             if let Err(e) = c.db.sync() {
-                c.after_durable.extend(doomed);
+                c.written = true;
                 return Err(e.into());
             }
-            c.synced_changes = c.db.conn().total_changes();
-            c.written = false;
+            c.synced_changes = changes;
+            let doomed = std::mem::take(&mut c.after_durable);
+            if checkpoint {
+                if let Err(e) = c.db.checkpoint() {
+                    tracing::warn!(error = %e, "index checkpoint failed; the next group commit tries again");
+                }
+            }
             doomed
         };
         for p in doomed {
@@ -282,8 +309,8 @@ impl Fs {
         Ok(())
     }
 
-    /// The group commit: `sync_durable` when anything changed since the last one, then a WAL
-    /// checkpoint (so the WAL stays small).
+    /// The group commit: `sync_durable` and a WAL checkpoint (so the WAL stays small) when
+    /// anything changed since the last one.
     pub fn group_commit(&self) -> Result<()> {
         let idle = {
             let c = self.core();
@@ -292,16 +319,14 @@ impl Fs {
         if idle {
             return Ok(());
         }
-        self.sync_durable()?;
-        self.core().db.checkpoint()?;
-        Ok(())
+        self.sync_durable_then(true)
     }
 
     /// Delete `p` once the commits made so far (and the enclosing operation's, if any)
     /// survive power loss (`sync_durable`).
     fn remove_when_durable(c: &mut Core, p: PathBuf) {
         if c.op_depth > 0 {
-            c.after_commit.push((p, true));
+            c.after_commit.push(AfterCommit::RemoveWhenDurable(p));
         } else {
             c.after_durable.push(p);
         }
@@ -309,18 +334,59 @@ impl Fs {
 
     /// Start-up repair: requeue what was staged, drop orphans, reconcile spool sizes.
     fn recover(&self) -> Result<()> {
+        // After a crash of the daemon, its last commits and renames may be in the page cache
+        // only: make them durable first, so that nothing below acts on (or deletes files for)
+        // an index a power cut could still take back.
+        self.sync_durable()?;
         let mut c = self.core();
         // Unlinked files that were open when the daemon stopped: nobody can reach them now.
         for o in c.db.orphans()? {
             Db::delete_inode(c.db.conn(), o.ino)?;
             self.drop_content(&mut c, o.ino)?;
         }
-        let mut keep_spool = Vec::new();
+        let uploads = c.db.uploads()?;
+        let mut keep_outbox = HashSet::new();
+        for u in &uploads {
+            if !self.staged_version(u).exists() {
+                self.refind_sealed_version(&c, u)?;
+            }
+            if !self.staged_version(u).exists() {
+                let cur = c.db.get(u.ino)?;
+                let tx = c.db.begin()?;
+                Self::discard_uploads(&tx, std::slice::from_ref(u))?;
+                // The spool is still the file's content (it was never frozen, or changed
+                // after the seal): a dirty file again, sealed anew below.
+                let back = match cur {
+                    Some(mut i) if i.state.in_outbox() && i.content_gen == u.content_gen && self.staging.spool_len(u.ino).is_some() => {
+                        i.state = State::Dirty;
+                        i.content_gen += 1;
+                        i.dirty_ms = now_ms();
+                        Db::save(&tx, &i)?;
+                        true
+                    }
+                    _ => false,
+                };
+                tx.commit().map_err(crate::meta::MetaError::from)?;
+                if back {
+                    tracing::warn!(ino = u.ino, "a sealed version's file was lost in a power cut; the file's staged content is queued again");
+                } else {
+                    tracing::error!(upload = u.id, ino = u.ino, "outbox file missing for a queued upload; dropping it");
+                }
+                continue;
+            }
+            if u.state == "uploading" {
+                c.db.set_upload_state(u.id, "queued", u.attempts, 0, u.last_error.as_deref())?;
+            }
+            keep_outbox.insert((u.ino, u.content_gen));
+        }
+        for mut i in c.db.files_in_state(&[State::Uploading])? {
+            i.state = State::Sealed;
+            c.db.update(&i)?;
+        }
+        let mut keep_spool = HashSet::new();
         for mut i in c.db.files_in_state(&[State::Dirty, State::Local])? {
-            if self.staging.spool_len(i.ino).is_none() && self.staging.frozen_path(i.ino, i.content_gen).exists() {
-                // A seal renamed the spool and the daemon stopped before its commit.
-                tracing::info!(ino = i.ino, "undoing a seal the daemon stopped in");
-                self.staging.unfreeze_spool(i.ino, i.content_gen)?;
+            if self.staging.spool_len(i.ino).is_none() {
+                self.refind_spool(&i, &keep_outbox)?;
             }
             match self.staging.spool_len(i.ino) {
                 Some(len) => {
@@ -337,30 +403,11 @@ impl Fs {
                     c.db.update(&i)?;
                 }
             }
-            keep_spool.push(i.ino);
+            keep_spool.insert(i.ino);
         }
-        let uploads = c.db.uploads()?;
-        let mut keep_outbox = Vec::new();
-        for u in &uploads {
-            if !self.staged_version(u).exists() {
-                self.refind_sealed_version(&c, u)?;
-            }
-            if !self.staged_version(u).exists() {
-                tracing::error!(upload = u.id, ino = u.ino, "outbox file missing for a queued upload; dropping it");
-                let tx = c.db.begin()?;
-                Self::discard_uploads(&tx, std::slice::from_ref(u))?;
-                tx.commit().map_err(crate::meta::MetaError::from)?;
-                continue;
-            }
-            if u.state == "uploading" {
-                c.db.set_upload_state(u.id, "queued", u.attempts, 0, u.last_error.as_deref())?;
-            }
-            keep_outbox.push((u.ino, u.content_gen));
-        }
-        for mut i in c.db.files_in_state(&[State::Uploading])? {
-            i.state = State::Sealed;
-            c.db.update(&i)?;
-        }
+        drop(c);
+        // The repairs above survive power loss before anything they no longer need goes.
+        self.sync_durable()?;
         let removed = self.staging.remove_orphans(&keep_spool, &keep_outbox)?;
         if removed > 0 {
             tracing::info!(removed, "removed orphaned staging files");
@@ -368,11 +415,33 @@ impl Fs {
         Ok(())
     }
 
+    /// A dirty file without its spool: after a crash, the spool may be where a change the
+    /// index does not hold (lost in a power cut) had moved it — frozen by a seal (this
+    /// generation or a later one), or dropped by a deletion or truncation. The newest such
+    /// file becomes the spool again.
+    fn refind_spool(&self, i: &Inode, queued: &HashSet<(u64, i64)>) -> Result<()> {
+        if self.staging.frozen_path(i.ino, i.content_gen).exists() {
+            // A seal renamed the spool and the daemon stopped before its commit.
+            tracing::info!(ino = i.ino, "undoing a seal the daemon stopped in");
+            self.staging.unfreeze_spool(i.ino, i.content_gen)?;
+            return Ok(());
+        }
+        let queued_paths: Vec<PathBuf> =
+            queued.iter().filter(|(ino, _)| *ino == i.ino).flat_map(|&(ino, g)| self.staging.version_files(ino, g)).collect();
+        let newest = self.staging.lost_spools(i.ino, i.content_gen).into_iter().filter(|(_, p)| !queued_paths.contains(p)).max();
+        if let Some((_, p)) = newest {
+            tracing::warn!(ino = i.ino, file = %p.display(), "a change to this file was lost in a power cut; its newest staged content is kept");
+            self.staging.restore_spool(i.ino, &p)?;
+        }
+        Ok(())
+    }
+
     /// A queued version whose frozen file is not where the index says, after a power cut
-    /// that kept the index's commit and lost a rename (the group commit orders them, but the
-    /// filesystem may persist renames in any order within one sync): the upload's completion
-    /// had moved it into the read cache (move it back), or the seal's freeze never reached
-    /// the disk (the spool is still the version when its size and digest say so: freeze it).
+    /// that kept the index's commit and lost a rename (the filesystem may persist renames
+    /// and truncations in any order within one sync): the upload's completion had moved it
+    /// into the read cache (move it back), or the seal's freeze never reached the disk (the
+    /// spool is still the version when its first `size` bytes have the version's digest:
+    /// cut it to that size and freeze it). Otherwise the caller requeues the spool.
     fn refind_sealed_version(&self, c: &Core, u: &Upload) -> Result<()> {
         if u.dk.is_none() || u.header.len() != HEADER_LEN {
             return Ok(());
@@ -384,10 +453,12 @@ impl Fs {
             return Ok(());
         }
         let current = c.db.get(u.ino)?.is_some_and(|i| i.state.in_outbox() && i.content_gen == u.content_gen);
-        if current && self.staging.spool_len(u.ino) == Some(u.size) {
+        if current && self.staging.spool_len(u.ino).is_some_and(|len| len >= u.size) {
             let spool = self.staging.open_spool(u.ino)?;
             if hex::encode(crypto::sha256_file(&spool, u.size)?) == u.sha256 {
                 tracing::info!(upload = u.id, ino = u.ino, "finishing a seal whose rename a power cut lost");
+                spool.set_len(u.size)?;
+                drop(spool);
                 self.staging.freeze_spool(u.ino, u.content_gen)?;
             }
         }

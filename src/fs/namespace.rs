@@ -162,11 +162,14 @@ impl Fs {
         if c.op_depth == 0 {
             let doomed = std::mem::take(&mut c.after_commit);
             if r.is_ok() {
-                for (p, when_durable) in doomed {
-                    if when_durable {
-                        c.after_durable.push(p);
-                    } else {
-                        let _ = std::fs::remove_file(p);
+                for a in doomed {
+                    match a {
+                        AfterCommit::RemoveWhenDurable(p) => c.after_durable.push(p),
+                        AfterCommit::DropSpool(ino) => {
+                            if let Some(p) = self.staging.drop_spool(ino) {
+                                c.after_durable.push(p);
+                            }
+                        }
                     }
                 }
             }
@@ -174,13 +177,14 @@ impl Fs {
         r
     }
 
-    /// Delete a staged file now, or after the enclosing operation commits (the spool: its
-    /// path is reused by the next content of the inode, so it cannot wait for `sync_durable`).
-    pub(super) fn remove_staged(c: &mut Core, p: PathBuf) {
+    /// Move the spool of `ino` aside now, or after the enclosing operation commits, and delete
+    /// it once that commit is durable (its path is reused by the next content of the inode;
+    /// a power cut that takes the change back finds it again: `Fs::refind_spool`).
+    pub(super) fn drop_spool(&self, c: &mut Core, ino: u64) {
         if c.op_depth > 0 {
-            c.after_commit.push((p, false));
-        } else {
-            let _ = std::fs::remove_file(p);
+            c.after_commit.push(AfterCommit::DropSpool(ino));
+        } else if let Some(p) = self.staging.drop_spool(ino) {
+            c.after_durable.push(p);
         }
     }
 
@@ -212,7 +216,7 @@ impl Fs {
                 });
             }
         }
-        Self::remove_staged(c, self.staging.spool_path(ino));
+        self.drop_spool(c, ino);
         Db::delete_restore(c.db.conn(), ino)?;
         Ok(())
     }

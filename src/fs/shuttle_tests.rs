@@ -58,6 +58,7 @@ impl World {
             ignore: vec![],
             read_cache: 0,
             segment_cache: 1 << 20,
+            group_commit: crate::fs::GROUP_COMMIT,
         };
         let fs = Fs::new(cfg, keys(), Arc::new(Counted::new(store.clone())), runtime()).unwrap();
         World { _dir: dir, store, fs }

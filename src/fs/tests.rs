@@ -35,6 +35,8 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         ignore: DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect(),
         read_cache: 0,
         segment_cache: 1 << 20,
+        // Tests sync explicitly (a power cut is simulated by going back to a copy of the index).
+        group_commit: Duration::from_secs(3600),
     }
 }
 
@@ -67,6 +69,39 @@ impl Env {
     }
     fn fs(&self) -> Arc<Fs> {
         self.daemon.as_ref().unwrap().fs.clone()
+    }
+    /// The index files as they are on disk after a sync: what a power cut from now on keeps.
+    fn durable_index(&self) -> Vec<(std::path::PathBuf, Option<Vec<u8>>)> {
+        let fs = self.fs();
+        fs.sync_durable().unwrap();
+        let _quiet = fs.core();
+        ["index.db", "index.db-wal"]
+            .iter()
+            .map(|n| {
+                let p = self.dir.path().join(n);
+                let b = std::fs::read(&p).ok();
+                (p, b)
+            })
+            .collect()
+    }
+    /// A power cut: the daemon stops without syncing, and the index on disk goes back to
+    /// `durable` (commits since were not synced), while staged files stay as they are (the
+    /// filesystem may have written any of their renames). Then the daemon starts again.
+    fn power_cut(&mut self, durable: Vec<(std::path::PathBuf, Option<Vec<u8>>)>) {
+        let d = self.daemon.take().unwrap();
+        let gone = Arc::downgrade(&d.fs);
+        self.rt.block_on(d.crash());
+        assert!(gone.upgrade().is_none(), "the test still holds the crashed filesystem (drop its handles first)");
+        let _ = std::fs::remove_file(self.dir.path().join("index.db-shm"));
+        for (p, b) in durable {
+            match b {
+                Some(b) => std::fs::write(&p, b).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        self.start();
     }
     fn write_file(&self, parent: u64, name: &str, data: &[u8]) -> u64 {
         let fs = self.fs();
@@ -1200,13 +1235,16 @@ fn a_seal_whose_rename_a_power_cut_lost_is_finished_at_start_up() {
     assert_eq!(e.puts(), 1);
 }
 
-/// The same, but the spool on disk is not the version the index recorded (its bytes were
-/// lost): it is never uploaded under that version's digest; the upload is dropped, loudly.
+/// The same, but the spool on disk is not the version the index recorded (a write after the
+/// seal's digest reached the disk, the index lost the seal's commit... or the bytes changed):
+/// it is never uploaded under that version's digest; the spool is the file's content again
+/// and is sealed and uploaded as a new version.
 #[test]
-fn a_lost_seal_rename_with_other_bytes_is_not_uploaded() {
+fn a_lost_seal_rename_with_other_bytes_is_sealed_again() {
     let mut e = Env::new();
+    let mut d = data(300_000, 12);
     e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
-    let ino = e.write_file(ROOT, "a.jpg", &data(300_000, 12));
+    let ino = e.write_file(ROOT, "a.jpg", &d);
     let fs = e.fs();
     let gen = fs.getattr(ino).unwrap().content_gen;
     assert_eq!(fs.seal_ready(true).unwrap(), 1);
@@ -1214,12 +1252,93 @@ fn a_lost_seal_rename_with_other_bytes_is_not_uploaded() {
     e.rt.block_on(d2.shutdown());
     fs.staging.unfreeze_spool(ino, gen).unwrap();
     std::fs::OpenOptions::new().write(true).open(fs.staging.spool_path(ino)).unwrap().write_all_at(b"zzzz", 0).unwrap();
+    d[..4].copy_from_slice(b"zzzz");
     drop(fs);
     e.store.clear_faults();
     e.start();
+    assert!(e.read_all(ino).unwrap() == d, "the staged bytes are the file's content");
     e.fs().seal_ready(true).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(e.puts(), 0, "a version whose bytes do not match its digest is never sent");
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.puts(), 1, "one version: the staged bytes, under their own digest");
+    assert!(e.read_all(ino).unwrap() == d, "the content is whole");
+}
+
+/// A seal cuts a spool with a stale tail to the version's size before freezing it; a power
+/// cut can keep the seal's commit and lose both the cut and the rename: start-up checks the
+/// digest of the version's bytes, cuts and freezes, and the version uploads intact.
+#[test]
+fn a_lost_seal_rename_and_cut_are_both_redone() {
+    let mut e = Env::new();
+    let d = data(300_000, 14);
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    let ino = e.write_file(ROOT, "a.jpg", &d);
+    let fs = e.fs();
+    let gen = fs.getattr(ino).unwrap().content_gen;
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    let d2 = e.daemon.take().unwrap();
+    e.rt.block_on(d2.shutdown());
+    fs.staging.unfreeze_spool(ino, gen).unwrap();
+    let spool = std::fs::OpenOptions::new().write(true).open(fs.staging.spool_path(ino)).unwrap();
+    spool.write_all_at(b"stale tail", d.len() as u64).unwrap();
+    drop((spool, fs));
+    e.store.clear_faults();
+    e.start();
+    e.wait_state(ino, State::Uploaded);
+    assert_eq!(e.puts(), 1);
+    assert!(e.read_all(ino).unwrap() == d, "the content is whole");
+}
+
+/// A power cut after a file's fsynced content was appended to and sealed: the index on disk
+/// lost both (a dirty file of the older generation, whose spool is gone), the disk kept the
+/// seal's rename. Start-up takes the newest staged content back instead of emptying the file.
+#[test]
+fn a_seal_of_a_change_lost_in_a_power_cut_keeps_the_staged_content() {
+    let mut e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    let mut d = data(100_000, 21);
+    let ino = e.write_file(ROOT, "a.txt", &d);
+    let durable = e.durable_index();
+    let fs = e.fs();
+    let (fh, _) = fs.open(ino, true, false, 0).unwrap();
+    fs.write(fh, d.len() as u64, b"and more").unwrap();
+    fs.release(fh).unwrap();
+    d.extend_from_slice(b"and more");
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    drop(fs);
+    e.power_cut(durable);
+    e.store.clear_faults();
+    assert!(e.read_all(ino).unwrap() == d, "the content is whole");
+    e.fs().seal_ready(true).unwrap();
+    e.wait_state(ino, State::Uploaded);
+    assert!(e.read_all(ino).unwrap() == d, "the content is whole");
+}
+
+/// An unlink and a rename over a file, lost in a power cut: the files come back with their
+/// content (their spools are deleted only once the change is durable).
+#[test]
+fn deletions_lost_in_a_power_cut_bring_the_files_back_whole() {
+    let mut e = Env::new();
+    let (da, db) = (data(50_000, 22), data(60_000, 23));
+    let a = e.write_file(ROOT, "a.txt", &da);
+    let b = e.write_file(ROOT, "b.txt", &db);
+    let durable = e.durable_index();
+    let fs = e.fs();
+    e.write_file(ROOT, "c.txt", b"new");
+    fs.unlink(ROOT, OsStr::new("a.txt")).unwrap();
+    fs.rename(ROOT, OsStr::new("c.txt"), ROOT, OsStr::new("b.txt"), false).unwrap();
+    drop(fs);
+    e.power_cut(durable);
+    let fs = e.fs();
+    assert_eq!(fs.lookup(ROOT, OsStr::new("a.txt")).unwrap().ino, a);
+    assert_eq!(fs.lookup(ROOT, OsStr::new("b.txt")).unwrap().ino, b);
+    assert!(e.read_all(a).unwrap() == da, "a.txt is whole");
+    assert!(e.read_all(b).unwrap() == db, "b.txt is whole");
+    assert!(fs.lookup(ROOT, OsStr::new("c.txt")).is_err());
+    // And once a deletion is durable, the dropped spool goes.
+    fs.unlink(ROOT, OsStr::new("a.txt")).unwrap();
+    fs.sync_durable().unwrap();
+    let left: Vec<_> = std::fs::read_dir(fs.staging.root().join("spool")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from(b.to_string())]);
 }
 
 /// A power cut that kept the upload's completion out of the index but its move into the read
@@ -1252,7 +1371,7 @@ fn a_sealed_version_found_in_the_read_cache_is_queued_again() {
 fn close_commits_fsync_and_the_group_commit_sync() {
     let e = Env::new();
     let fs = e.fs();
-    let mark = || fs.core().db.setting("sync_mark").unwrap().unwrap_or_default();
+    let mark = || fs.core().db.syncs();
     fs.group_commit().unwrap();
     let m0 = mark();
     let ino = e.write_file(ROOT, "a.txt", b"hello");

@@ -347,6 +347,15 @@ impl fuser::Filesystem for ColdFs {
         }
     }
 
+    /// fsync of a folder (after a rename into it, say): every change so far survives power
+    /// loss. Without it the kernel takes ENOSYS as success and stops asking.
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.fs.sync_durable() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let kids = match self.fs.readdir_after(ino.0, after_cookie(offset), READDIR_PAGE) {
             Ok(k) => k,

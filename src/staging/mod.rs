@@ -5,6 +5,8 @@
 //!   uploaded (retries and resumed multipart uploads reuse them; nothing is re-encrypted).
 //! * `rcache/<id>.cv`: uploaded objects kept for reads when `--read-cache` is non-zero.
 //! * `spool/<ino>.<random>.fetch`: old content being materialized for a partial rewrite.
+//! * `spool/<ino>.<ns>.dropped`: the spool of a file deleted or truncated away, kept until
+//!   the deletion survives power loss (start-up takes it back if the index still needs it).
 //!
 //! Invariant: a file's staged bytes are removed only after the index no longer points at them.
 
@@ -87,6 +89,43 @@ impl Staging {
 
     pub fn remove_spool(&self, ino: u64) {
         let _ = fs::remove_file(self.spool_path(ino));
+    }
+
+    /// Move the spool of `ino` out of the way (its file was deleted, or starts again empty):
+    /// the caller deletes the returned file once the change is durable. None if there was none.
+    pub fn drop_spool(&self, ino: u64) -> Option<PathBuf> {
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let to = self.spool.join(format!("{ino}.{stamp}.dropped"));
+        fs::rename(self.spool_path(ino), &to).ok().map(|_| to)
+    }
+
+    /// Earlier contents of `ino`'s spool that a power cut may have left behind its index
+    /// (dropped spools, and frozen versions of generation `gen` and later): (modified, path).
+    pub fn lost_spools(&self, ino: u64, min_gen: i64) -> Vec<(std::time::SystemTime, PathBuf)> {
+        let mut found = Vec::new();
+        let dropped = format!("{ino}.");
+        for (dir, frozen) in [(&self.spool, false), (&self.outbox, true)] {
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let Some(rest) = name.strip_prefix(&dropped) else { continue };
+                let ok = if frozen {
+                    rest.strip_suffix(".plain").and_then(|g| g.parse::<i64>().ok()).is_some_and(|g| g >= min_gen)
+                } else {
+                    rest.strip_suffix(".dropped").is_some_and(|t| t.parse::<u128>().is_ok())
+                };
+                if ok {
+                    if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                        found.push((m, e.path()));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Make `p` (a file `lost_spools` found) the spool of `ino` again.
+    pub fn restore_spool(&self, ino: u64, p: &Path) -> io::Result<()> {
+        fs::rename(p, self.spool_path(ino))
     }
 
     /// A fresh name for materializing old content: two opens for write of one file at once
@@ -198,7 +237,11 @@ impl Staging {
     }
 
     /// Remove staging files the index does not reference. Returns how many were removed.
-    pub fn remove_orphans(&self, keep_spool: &[u64], keep_outbox: &[(u64, i64)]) -> io::Result<usize> {
+    pub fn remove_orphans(
+        &self,
+        keep_spool: &std::collections::HashSet<u64>,
+        keep_outbox: &std::collections::HashSet<(u64, i64)>,
+    ) -> io::Result<usize> {
         let mut n = 0;
         for e in fs::read_dir(&self.spool)? {
             let e = e?;

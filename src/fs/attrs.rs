@@ -230,9 +230,12 @@ impl Fs {
                 }
             }
             if i.state.has_spool() {
-                let f = self.staging.open_spool(ino)?;
-                f.set_len(size)?;
-                drop(f);
+                if size == 0 && i.size > 0 {
+                    // Not open: a new empty spool; the old content stays until this is durable.
+                    drop(self.swap_in_empty_spool(&mut c, ino)?);
+                } else {
+                    self.staging.open_spool(ino)?.set_len(size)?;
+                }
                 let mut i = i;
                 i.size = size;
                 i.mtime_ns = now_ns();

@@ -86,16 +86,34 @@ impl Fs {
         Ok(true)
     }
 
+    /// Start a new, empty version of a file that has no spool (O_TRUNC over a sealed or
+    /// uploaded file): the empty spool first, then one commit that discards the queued
+    /// uploads and makes the file dirty (a failure in between leaves the old version whole).
     pub(super) fn become_dirty_empty(&self, c: &mut Core, mut i: Inode) -> Result<()> {
-        self.drop_content(c, i.ino)?;
-        self.staging.create_spool(i.ino)?;
+        self.swap_in_empty_spool(c, i.ino)?;
+        let old = i.clone();
+        let ups = c.db.uploads_for_ino(i.ino)?;
         i.state = State::Dirty;
         i.size = 0;
         i.content_gen += 1;
         i.dirty_ms = now_ms();
         i.mtime_ns = now_ns();
-        c.db.update(&i)?;
+        let tx = c.db.begin()?;
+        Self::discard_uploads(&tx, &ups)?;
+        Db::save(&tx, &i)?;
+        Db::delete_restore(&tx, i.ino)?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        self.forget_versions(c, Some(&old), &ups);
         Ok(())
+    }
+
+    /// A new empty spool for `ino`; the old one (if any) is moved aside and deleted once the
+    /// change is durable, so a power cut that loses the truncation still finds the content.
+    pub(super) fn swap_in_empty_spool(&self, c: &mut Core, ino: u64) -> Result<File> {
+        if let Some(p) = self.staging.drop_spool(ino) {
+            c.after_durable.push(p);
+        }
+        Ok(self.staging.create_spool(ino)?)
     }
 
     /// Open an existing file. Returns the handle number and whether the kernel must bypass its
@@ -159,11 +177,12 @@ impl Fs {
             break (c, i);
         };
         if write && trunc && i.size != 0 {
-            let sp = match c.open.get(&ino).and_then(|o| o.spool.clone()) {
-                Some(s) => s,
-                None => Arc::new(self.staging.open_spool(ino)?),
-            };
-            sp.set_len(0)?;
+            match c.open.get(&ino).and_then(|o| o.spool.clone()) {
+                // Open elsewhere: those handles share the spool, cut in place.
+                Some(s) => s.set_len(0)?,
+                // Not open: a new empty spool; the old content stays until this is durable.
+                None => drop(self.swap_in_empty_spool(&mut c, ino)?),
+            }
             if let Some(o) = c.open.get_mut(&ino) {
                 o.size = 0;
                 o.touch();
@@ -307,7 +326,7 @@ impl Fs {
         if let Err(e) = spool.write_all_at(data, offset) {
             // Deleted files give their space back at the next sync (like a journalling
             // filesystem, which commits and retries before it answers ENOSPC).
-            if e.raw_os_error() != Some(libc::ENOSPC) || self.core().after_durable.is_empty() {
+            if e.raw_os_error() != Some(libc::ENOSPC) {
                 return Err(e.into());
             }
             self.sync_durable()?;

@@ -391,6 +391,10 @@ impl Fs {
             match self.staging.spool_len(i.ino) {
                 Some(len) => {
                     if len != i.size {
+                        self.refind_durable_spool(&i)?;
+                    }
+                    let len = self.staging.spool_len(i.ino).unwrap_or(len);
+                    if len != i.size {
                         tracing::info!(ino = i.ino, len, indexed = i.size, "spool size differs from index after restart; keeping the bytes on disk");
                         i.size = len;
                         c.db.update(&i)?;
@@ -408,7 +412,15 @@ impl Fs {
         drop(c);
         // The repairs above survive power loss before anything they no longer need goes.
         self.sync_durable()?;
-        let removed = self.staging.remove_orphans(&keep_spool, &keep_outbox)?;
+        let mut removed = self.staging.remove_orphans(&keep_spool, &keep_outbox)?;
+        // Read-cache copies of versions no file has any more (their deletion was pending).
+        let mut versions: HashSet<String> = HashSet::new();
+        {
+            let c = self.core();
+            let headers = c.db.file_headers()?.into_iter().chain(c.db.uploads()?.into_iter().map(|u| u.header));
+            versions.extend(headers.filter(|h| h.len() == HEADER_LEN).map(|h| hex::encode(&h[96..128])));
+        }
+        removed += self.staging.remove_rcache_orphans(&versions)?;
         if removed > 0 {
             tracing::info!(removed, "removed orphaned staging files");
         }
@@ -428,9 +440,29 @@ impl Fs {
         }
         let queued_paths: Vec<PathBuf> =
             queued.iter().filter(|(ino, _)| *ino == i.ino).flat_map(|&(ino, g)| self.staging.version_files(ino, g)).collect();
-        let newest = self.staging.lost_spools(i.ino, i.content_gen).into_iter().filter(|(_, p)| !queued_paths.contains(p)).max();
-        if let Some((_, p)) = newest {
+        let newest = self.staging.lost_spools(i.ino, i.content_gen).into_iter().filter(|(_, _, p)| !queued_paths.contains(p)).max();
+        if let Some((_, _, p)) = newest {
             tracing::warn!(ino = i.ino, file = %p.display(), "a change to this file was lost in a power cut; its newest staged content is kept");
+            self.staging.restore_spool(i.ino, &p)?;
+        }
+        Ok(())
+    }
+
+    /// A dirty file whose spool has another length than the index says: after a power cut
+    /// that lost a truncation (`cp`/`>` over the file), the spool is the new content, maybe
+    /// cut short, and the content the index describes may still be staged (moved aside, not
+    /// deleted until the truncation was durable). The newest such file of exactly the
+    /// indexed length is the file's content again.
+    fn refind_durable_spool(&self, i: &Inode) -> Result<()> {
+        let durable = self
+            .staging
+            .lost_spools(i.ino, i64::MAX)
+            .into_iter()
+            .filter(|(_, len, p)| *len == i.size && p.extension().is_some_and(|e| e == "dropped"))
+            .max();
+        if let Some((_, _, p)) = durable {
+            tracing::warn!(ino = i.ino, "a truncation of this file was lost in a power cut; its content before it is kept");
+            self.staging.drop_spool(i.ino);
             self.staging.restore_spool(i.ino, &p)?;
         }
         Ok(())

@@ -190,18 +190,28 @@ impl Fs {
 
     /// Remove a file's local content and queued uploads (the inode row is the caller's).
     pub(super) fn drop_content(&self, c: &mut Core, ino: u64) -> Result<()> {
-        // The read-cache copy of the version that goes away (plaintext: never keep it longer).
-        if let Some(h) = c.db.get(ino)?.and_then(|i| i.header) {
+        let old = c.db.get(ino)?;
+        let ups = c.db.uploads_for_ino(ino)?;
+        let tx = c.db.begin()?;
+        Self::discard_uploads(&tx, &ups)?;
+        tx.commit().map_err(crate::meta::MetaError::from)?;
+        self.forget_versions(c, old.as_ref(), &ups);
+        self.drop_spool(c, ino);
+        Db::delete_restore(c.db.conn(), ino)?;
+        Ok(())
+    }
+
+    /// After a commit that discarded `ups` and the version `old` had: their staged files and
+    /// read-cache copies go once that commit is durable (plaintext: never kept longer), and
+    /// their multipart uploads are aborted.
+    pub(super) fn forget_versions(&self, c: &mut Core, old: Option<&Inode>, ups: &[Upload]) {
+        if let Some(h) = old.and_then(|i| i.header.as_ref()) {
             if h.len() == HEADER_LEN {
                 Self::remove_when_durable(c, self.staging.rcache_plain_path(&h[96..128]));
                 Self::remove_when_durable(c, self.staging.rcache_path(&h[96..128]));
             }
         }
-        let ups = c.db.uploads_for_ino(ino)?;
-        let tx = c.db.begin()?;
-        Self::discard_uploads(&tx, &ups)?;
-        tx.commit().map_err(crate::meta::MetaError::from)?;
-        for u in &ups {
+        for u in ups {
             for p in self.staging.version_files(u.ino, u.content_gen) {
                 Self::remove_when_durable(c, p);
             }
@@ -216,9 +226,6 @@ impl Fs {
                 });
             }
         }
-        self.drop_spool(c, ino);
-        Db::delete_restore(c.db.conn(), ino)?;
-        Ok(())
     }
 
     /// Remove an inode from the namespace. A file that is still open becomes an orphan

@@ -1318,17 +1318,23 @@ fn a_seal_of_a_change_lost_in_a_power_cut_keeps_the_staged_content() {
 #[test]
 fn deletions_lost_in_a_power_cut_bring_the_files_back_whole() {
     let mut e = Env::new();
-    let (da, db) = (data(50_000, 22), data(60_000, 23));
+    let (da, db, dd) = (data(50_000, 22), data(60_000, 23), data(70_000, 24));
     let a = e.write_file(ROOT, "a.txt", &da);
     let b = e.write_file(ROOT, "b.txt", &db);
+    let d = e.write_file(ROOT, "d.txt", &dd);
     let durable = e.durable_index();
     let fs = e.fs();
     e.write_file(ROOT, "c.txt", b"new");
     fs.unlink(ROOT, OsStr::new("a.txt")).unwrap();
     fs.rename(ROOT, OsStr::new("c.txt"), ROOT, OsStr::new("b.txt"), false).unwrap();
+    // `cp other d.txt` whose new bytes only partly reached the disk.
+    let (fh, _) = fs.open(d, true, true, 0).unwrap();
+    fs.write(fh, 0, b"the start of new content").unwrap();
+    fs.release(fh).unwrap();
     drop(fs);
     e.power_cut(durable);
     let fs = e.fs();
+    assert!(e.read_all(d).unwrap() == dd, "d.txt has its content from before the lost truncation");
     assert_eq!(fs.lookup(ROOT, OsStr::new("a.txt")).unwrap().ino, a);
     assert_eq!(fs.lookup(ROOT, OsStr::new("b.txt")).unwrap().ino, b);
     assert!(e.read_all(a).unwrap() == da, "a.txt is whole");
@@ -1337,8 +1343,36 @@ fn deletions_lost_in_a_power_cut_bring_the_files_back_whole() {
     // And once a deletion is durable, the dropped spool goes.
     fs.unlink(ROOT, OsStr::new("a.txt")).unwrap();
     fs.sync_durable().unwrap();
-    let left: Vec<_> = std::fs::read_dir(fs.staging.root().join("spool")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(left, vec![std::ffi::OsString::from(b.to_string())]);
+    let mut left: Vec<_> = std::fs::read_dir(fs.staging.root().join("spool")).unwrap().flatten().map(|e| e.file_name()).collect();
+    left.sort();
+    assert_eq!(left, vec![std::ffi::OsString::from(b.to_string()), std::ffi::OsString::from(d.to_string())]);
+}
+
+/// A crash of the daemon right after `rm` forgets the pending removal of the file's read-cache
+/// copy (plaintext): start-up removes read-cache entries that no file's version has.
+#[test]
+fn read_cache_copies_of_deleted_files_go_after_a_crash() {
+    let mut e = Env::new();
+    let with_cache = |e: &mut Env| {
+        let mut c = cfg(e.dir.path());
+        c.read_cache = 1 << 20;
+        e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    };
+    let d = e.daemon.take().unwrap();
+    e.rt.block_on(d.shutdown());
+    with_cache(&mut e);
+    let keep = data(100_000, 30);
+    let (ino, _) = upload_one(&e, "keep", &keep);
+    upload_one(&e, "gone", &data(100_000, 31));
+    let cached = |e: &Env| std::fs::read_dir(e.dir.path().join("rcache")).unwrap().count();
+    assert_eq!(cached(&e), 2);
+    e.fs().unlink(ROOT, OsStr::new("gone")).unwrap();
+    let d = e.daemon.take().unwrap();
+    e.rt.block_on(d.crash());
+    with_cache(&mut e);
+    assert_eq!(cached(&e), 1, "the deleted file's plaintext copy is gone");
+    assert!(e.read_all(ino).unwrap() == keep);
+    assert_eq!(e.fs().store.counts().get("GetObject"), None, "the kept file still reads from the read cache");
 }
 
 /// A power cut that kept the upload's completion out of the index but its move into the read

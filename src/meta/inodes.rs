@@ -143,6 +143,13 @@ impl Db {
     }
 
     /// Unlinked files kept while open (parent 0).
+    /// The version headers the index's files have (their read-cache copies are named after them).
+    pub fn file_headers(&self) -> Result<Vec<Vec<u8>>> {
+        let mut st = self.conn.prepare("SELECT header FROM inodes WHERE header IS NOT NULL")?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn orphans(&self) -> Result<Vec<Inode>> {
         self.select_inodes("WHERE parent = 0", [])
     }

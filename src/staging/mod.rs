@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 pub const RESERVE: u64 = 8 << 20;
 
 pub struct Staging {
+    /// Held open for `syncfs`: a writeback error is reported once per open file description,
+    /// so one kept from the start sees every error since (a fresh one would miss those
+    /// another sync already consumed).
+    root_fd: File,
     root: PathBuf,
     spool: PathBuf,
     outbox: PathBuf,
@@ -32,13 +36,18 @@ fn fsync_dir(p: &Path) -> io::Result<()> {
 
 impl Staging {
     pub fn open(root: &Path) -> io::Result<Staging> {
-        let s = Staging { root: root.to_path_buf(), spool: root.join("spool"), outbox: root.join("outbox"), rcache: root.join("rcache") };
-        for d in [&s.root, &s.spool, &s.outbox, &s.rcache] {
-            fs::create_dir_all(d)?;
+        for d in [root.to_path_buf(), root.join("spool"), root.join("outbox"), root.join("rcache")] {
+            fs::create_dir_all(&d)?;
             // Plaintext lives here until sealed: owner-only.
-            fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         }
-        Ok(s)
+        Ok(Staging {
+            root_fd: File::open(root)?,
+            root: root.to_path_buf(),
+            spool: root.join("spool"),
+            outbox: root.join("outbox"),
+            rcache: root.join("rcache"),
+        })
     }
 
     /// A file of `RESERVE` bytes kept on the staging disk, like a filesystem's reserved
@@ -100,8 +109,9 @@ impl Staging {
     }
 
     /// Earlier contents of `ino`'s spool that a power cut may have left behind its index
-    /// (dropped spools, and frozen versions of generation `gen` and later): (modified, path).
-    pub fn lost_spools(&self, ino: u64, min_gen: i64) -> Vec<(std::time::SystemTime, PathBuf)> {
+    /// (dropped spools, and frozen versions of generation `gen` and later): (modified, length,
+    /// path).
+    pub fn lost_spools(&self, ino: u64, min_gen: i64) -> Vec<(std::time::SystemTime, u64, PathBuf)> {
         let mut found = Vec::new();
         let dropped = format!("{ino}.");
         for (dir, frozen) in [(&self.spool, false), (&self.outbox, true)] {
@@ -114,8 +124,8 @@ impl Staging {
                     rest.strip_suffix(".dropped").is_some_and(|t| t.parse::<u128>().is_ok())
                 };
                 if ok {
-                    if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-                        found.push((m, e.path()));
+                    if let Ok((t, len)) = e.metadata().and_then(|m| Ok((m.modified()?, m.len()))) {
+                        found.push((t, len, e.path()));
                     }
                 }
             }
@@ -227,10 +237,9 @@ impl Staging {
     /// Make every staged byte and rename so far survive power loss: one `syncfs` of the
     /// staging filesystem (what a journalling filesystem's commit does), not one fsync per file.
     pub fn syncfs(&self) -> io::Result<()> {
-        let d = File::open(&self.root)?;
-        // SAFETY: `d` is an open directory descriptor owned by this frame for the whole call;
-        // syncfs reads no memory of ours.
-        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        // SAFETY: `root_fd` is an open directory descriptor owned by `self` for the whole
+        // call; syncfs reads no memory of ours.
+        if unsafe { libc::syncfs(self.root_fd.as_raw_fd()) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -262,6 +271,22 @@ impl Staging {
                 .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<i64>().ok()?)))
                 .is_some_and(|k| keep_outbox.contains(&k));
             if !keep {
+                fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Remove read-cache entries whose version id is not in `keep` (a deletion whose removal
+    /// a crash of the daemon forgot). Returns how many were removed.
+    pub fn remove_rcache_orphans(&self, keep: &std::collections::HashSet<String>) -> io::Result<usize> {
+        let mut n = 0;
+        for e in fs::read_dir(&self.rcache)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().to_string();
+            let id = name.strip_suffix(".plain").or_else(|| name.strip_suffix(".cv")).unwrap_or("");
+            if !keep.contains(id) {
                 fs::remove_file(e.path())?;
                 n += 1;
             }

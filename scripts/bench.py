@@ -52,7 +52,8 @@ def free_port():
 
 
 def is_mounted(p):
-    return any(line.split()[1] == str(p) for line in open("/proc/mounts"))
+    # /proc/mounts writes a space in a path as \040.
+    return any(line.split()[1].replace("\\040", " ") == str(p) for line in open("/proc/mounts"))
 
 
 def wait_for(what, cond, timeout=600, step=0.05):
@@ -125,7 +126,7 @@ class System:
     pid = None
 
     def __init__(self, work, garage):
-        self.work = work / self.name
+        self.work = work / self.name.replace(" ", "-")
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         self.mnt = self.work / "mnt"
@@ -172,7 +173,7 @@ class Coldvault(System):
 
     def __init__(self, work, garage):
         System.__init__(self, work, garage)
-        bucket = garage.bucket("cv")
+        bucket = garage.bucket("coldvault")
         self.cfg, self.pw = self.work / "config.toml", self.work / "passphrase"
         self.pw.write_text(secrets.token_hex(16) + "\n")
         sh(BIN, "init", "--bucket", bucket, "--prefix", "bench", "--endpoint-url", garage.endpoint, "--region", "garage",
@@ -208,10 +209,13 @@ class Rclone(System):
                       "RCLONE_CONFIG_GCRYPT_PASSWORD": pw})
             remote = "gcrypt:"
         self.rc = free_port()
-        sh("rclone", "mount", remote, self.mnt, "--vfs-cache-mode", "writes", "--cache-dir", self.work / "cache", "--daemon",
-           "--rc", "--rc-addr", f"127.0.0.1:{self.rc}", "--rc-no-auth", "--log-file", self.work / "rclone.log", env=e)
+        # In the foreground (rclone 1.60's --daemon starts the rc server in both processes).
+        self.proc = subprocess.Popen(["rclone", "mount", remote, str(self.mnt), "--vfs-cache-mode", "writes", "--cache-dir",
+                                      str(self.work / "cache"), "--rc", "--rc-addr", f"127.0.0.1:{self.rc}", "--rc-no-auth",
+                                      "--log-file", str(self.work / "rclone.log")], env=e, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for("rclone mount", lambda: is_mounted(self.mnt))
-        self.pid = find_pid(f"rclone mount.*{self.mnt}")
+        self.pid = self.proc.pid
 
     def durable(self):
         def idle():
@@ -221,6 +225,14 @@ class Rclone(System):
             dc = json.loads(r.stdout).get("diskCache", {})
             return dc.get("uploadsInProgress", 1) == 0 and dc.get("uploadsQueued", 1) == 0
         wait_for("rclone uploads", idle, timeout=3600, step=0.1)
+
+
+    def stop(self):
+        System.stop(self)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 class RcloneCrypt(Rclone):
@@ -322,6 +334,7 @@ def direct_upload(work, src, garage, workloads):
          "RCLONE_CONFIG_GS3_ENDPOINT": garage.endpoint, "RCLONE_CONFIG_GS3_ACCESS_KEY_ID": garage.key,
          "RCLONE_CONFIG_GS3_SECRET_ACCESS_KEY": garage.secret, "RCLONE_CONFIG_GS3_REGION": "garage",
          "RCLONE_CONFIG_GS3_FORCE_PATH_STYLE": "true"}
+    e.pop("AWS_CA_BUNDLE", None)  # rclone refuses a custom CA bundle with its own transport
     bucket = garage.bucket("direct")
     res = {}
     for w in workloads:

@@ -304,7 +304,7 @@ impl Fs {
             doomed
         };
         for p in doomed {
-            let _ = std::fs::remove_file(p);
+            self.staging.discard(&p);
         }
         Ok(())
     }

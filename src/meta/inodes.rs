@@ -35,7 +35,7 @@ fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<(Inode, i64, String)> {
 
 impl Db {
     pub(super) fn query_inode(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Option<Inode>> {
-        let r = conn.query_row(sql, p, inode_from_row).optional()?;
+        let r = conn.row(sql, p, inode_from_row).optional()?;
         match r {
             None => Ok(None),
             Some((mut i, k, s)) => {
@@ -69,7 +69,7 @@ impl Db {
     }
 
     pub fn has_children(&self, parent: u64) -> Result<bool> {
-        Ok(self.conn.query_row("SELECT 1 FROM inodes WHERE parent=?1 AND ino != 1 LIMIT 1", params![parent as i64], |_| Ok(())).optional()?.is_some())
+        Ok(self.conn.row("SELECT 1 FROM inodes WHERE parent=?1 AND ino != 1 LIMIT 1", params![parent as i64], |_| Ok(())).optional()?.is_some())
     }
 
     pub fn select_inodes(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Inode>> {
@@ -87,7 +87,7 @@ impl Db {
 
     /// Insert a new inode; returns it with its fresh number.
     pub fn insert(&mut self, i: &Inode) -> Result<Inode> {
-        self.conn.execute(
+        self.conn.exec(
             "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
             params![i.parent as i64, i.name, i.kind as i64, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.state.as_str(), i.content_gen, i.dirty_ms],
         )?;
@@ -98,7 +98,7 @@ impl Db {
 
     /// Write every mutable column of `i` back.
     pub fn save(conn: &Connection, i: &Inode) -> Result<()> {
-        conn.execute(
+        conn.exec(
             "UPDATE inodes SET parent=?2,name=?3,mode=?4,uid=?5,gid=?6,size=?7,atime_ns=?8,mtime_ns=?9,ctime_ns=?10,target=?11,state=?12,content_gen=?13,dirty_ms=?14,object_key=?15,storage_class=?16,header=?17,sha256=?18,xattrs=?19 WHERE ino=?1",
             params![i.ino as i64, i.parent as i64, i.name, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.state.as_str(), i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs],
         )?;
@@ -110,7 +110,7 @@ impl Db {
     }
 
     pub fn delete_inode(conn: &Connection, ino: u64) -> Result<()> {
-        conn.execute("DELETE FROM inodes WHERE ino=?1", params![ino as i64])?;
+        conn.exec("DELETE FROM inodes WHERE ino=?1", params![ino as i64])?;
         Ok(())
     }
 
@@ -122,7 +122,7 @@ impl Db {
         while cur != ROOT {
             let (p, n): (i64, String) = self
                 .conn
-                .query_row("SELECT parent,name FROM inodes WHERE ino=?1", params![cur as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .row("SELECT parent,name FROM inodes WHERE ino=?1", params![cur as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
                 .ok_or_else(|| MetaError::Corrupt(format!("dangling inode {cur}")))?;
             parts.push(n);
@@ -176,7 +176,7 @@ impl Db {
     }
 
     pub fn set_storage_class_by_key(&self, key: &str, class: &str) -> Result<usize> {
-        Ok(self.conn.execute(
+        Ok(self.conn.exec(
             "UPDATE inodes SET storage_class=?2 WHERE object_key=?1 AND state='uploaded' AND coalesce(storage_class,'') != ?2
              AND NOT (?2 = 'INTELLIGENT_TIERING' AND coalesce(storage_class,'') LIKE 'INTELLIGENT_TIERING/%')",
             params![key, class],
@@ -185,17 +185,17 @@ impl Db {
 
     /// Subdirectories of `ino` (a directory's link count is two more).
     pub fn subdir_count(&self, ino: u64) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM inodes WHERE parent=?1 AND kind=2 AND ino != 1", [ino as i64], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.conn.row("SELECT count(*) FROM inodes WHERE parent=?1 AND kind=2 AND ino != 1", [ino as i64], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Inodes besides the root.
     pub fn inode_count(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM inodes WHERE ino != 1", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.conn.row("SELECT count(*) FROM inodes WHERE ino != 1", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Insert an inode with every column (content already in the bucket); returns its number.
     pub fn insert_full(conn: &Connection, i: &Inode) -> Result<u64> {
-        conn.execute(
+        conn.exec(
             "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs)
              VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
             params![
@@ -209,7 +209,7 @@ impl Db {
     /// Files and bytes per content state, for `status`.
     pub fn counts(&self) -> Result<Counts> {
         let q = |sql: &str| -> Result<(u64, u64)> {
-            Ok(self.conn.query_row(sql, [], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64)))?)
+            Ok(self.conn.row(sql, [], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64)))?)
         };
         let (pending_files, pending_bytes) = q("SELECT count(*), sum(size) FROM inodes WHERE state IN ('dirty','sealed','uploading')")?;
         let (uploaded_files, uploaded_bytes) = q("SELECT count(*), sum(size) FROM inodes WHERE state='uploaded'")?;

@@ -9,7 +9,7 @@ impl Db {
     /// time this index imported from the bucket), so that changes made after a rebuild sort
     /// after everything they were built on, even when this machine's clock is behind.
     pub fn journal_append(conn: &Connection, ts_ms: i64, entry_json: &str) -> Result<()> {
-        conn.execute(
+        conn.exec(
             "INSERT INTO journal(ts_ms, entry) VALUES(max(?1, coalesce((SELECT CAST(value AS INTEGER) FROM settings WHERE key='clock_floor_ms'), 0) + 1), ?2)",
             params![ts_ms, entry_json],
         )?;
@@ -23,17 +23,17 @@ impl Db {
     }
 
     pub fn journal_delete_upto(&self, seq: i64) -> Result<()> {
-        self.conn.execute("DELETE FROM journal WHERE seq <= ?1", params![seq])?;
+        self.conn.exec("DELETE FROM journal WHERE seq <= ?1", params![seq])?;
         Ok(())
     }
 
     /// Highest journal sequence number ever assigned (sent or not).
     pub fn journal_max_seq(&self) -> Result<i64> {
-        Ok(self.conn.query_row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='journal'), 0)", [], |r| r.get(0))?)
+        Ok(self.conn.row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='journal'), 0)", [], |r| r.get(0))?)
     }
 
     /// Records waiting to be uploaded.
     pub fn journal_len(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.conn.row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0))? as u64)
     }
 }

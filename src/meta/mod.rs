@@ -20,6 +20,24 @@ use crate::restore::{RState, Restore};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 
+/// `execute` and `query_row` through the connection's statement cache. rusqlite's own parse
+/// and plan the SQL on every call, which was the largest single cost of a small file's
+/// namespace operations in the daemon (see docs/BENCHMARKS.md).
+pub(crate) trait Cached {
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    fn row<T, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(&self, sql: &str, p: impl rusqlite::Params, f: F) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(p)
+    }
+
+    fn row<T, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(&self, sql: &str, p: impl rusqlite::Params, f: F) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(p, f)
+    }
+}
+
 /// Longest vault path (bytes). The encrypted metadata (path included) must fit S3's 2 KiB
 /// user-metadata limit once base64-encoded beside the 128-byte header.
 pub const MAX_PATH: usize = 1000;
@@ -242,13 +260,15 @@ impl Db {
         conn.pragma_update(None, "secure_delete", "FAST")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Every statement the daemon runs stays prepared (`Cached`).
+        conn.set_prepared_statement_cache_capacity(256);
         conn.execute_batch(schema::SCHEMA)?;
         schema::migrate(&conn)?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let db = Db { conn, wal: wal.into(), syncs: Default::default() };
         if db.get(ROOT)?.is_none() {
-            db.conn.execute(
+            db.conn.exec(
                 "INSERT INTO inodes(ino,parent,name,kind,mode,uid,gid,atime_ns,mtime_ns,ctime_ns) VALUES(1,1,'',2,493,?1,?2,?3,?3,?3)",
                 params![uid, gid, SqlNanos(now_ns)],
             )?;
@@ -292,7 +312,7 @@ impl Db {
     }
 
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM settings WHERE key=?1", params![key], |r| r.get(0)).optional()?)
+        Ok(self.conn.row("SELECT value FROM settings WHERE key=?1", params![key], |r| r.get(0)).optional()?)
     }
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
@@ -300,7 +320,7 @@ impl Db {
     }
 
     pub fn set_setting_in(conn: &Connection, key: &str, value: &str) -> Result<()> {
-        conn.execute("INSERT OR REPLACE INTO settings(key,value) VALUES(?1,?2)", params![key, value])?;
+        conn.exec("INSERT OR REPLACE INTO settings(key,value) VALUES(?1,?2)", params![key, value])?;
         Ok(())
     }
 

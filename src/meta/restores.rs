@@ -31,7 +31,7 @@ impl Db {
     // ---- restores ----
 
     pub fn restore(&self, ino: u64) -> Result<Option<Restore>> {
-        Ok(self.conn.query_row(&format!("SELECT {RESTORE_COLS} FROM restores WHERE ino=?1"), params![ino as i64], restore_from_row).optional()?)
+        Ok(self.conn.row(&format!("SELECT {RESTORE_COLS} FROM restores WHERE ino=?1"), params![ino as i64], restore_from_row).optional()?)
     }
 
     pub fn restores(&self) -> Result<Vec<Restore>> {
@@ -41,7 +41,7 @@ impl Db {
     }
 
     pub fn put_restore(&self, r: &Restore) -> Result<()> {
-        self.conn.execute(
+        self.conn.exec(
             &format!("INSERT OR REPLACE INTO restores({RESTORE_COLS}) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
             params![
                 r.ino as i64,
@@ -66,13 +66,13 @@ impl Db {
     }
 
     pub fn delete_restore(conn: &Connection, ino: u64) -> Result<()> {
-        conn.execute("DELETE FROM restores WHERE ino=?1", [ino as i64])?;
+        conn.exec("DELETE FROM restores WHERE ino=?1", [ino as i64])?;
         Ok(())
     }
 
     /// Bytes of automatic restores requested since `since_ms` (the daily budget).
     pub fn auto_restore_bytes_since(&self, since_ms: i64) -> Result<u64> {
-        Ok(self.conn.query_row(
+        Ok(self.conn.row(
             "SELECT coalesce(sum(size),0) FROM restores WHERE auto=1 AND requested_ms >= ?1 AND state IN ('requested','in progress','ready','expired')",
             params![since_ms],
             |r| r.get::<_, i64>(0),

@@ -31,7 +31,7 @@ impl Db {
     // ---- upload queue ----
 
     pub fn insert_upload(conn: &Connection, u: &Upload) -> Result<i64> {
-        conn.execute(
+        conn.exec(
             "INSERT INTO uploads(ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,metadata,header,sha256,tagging,dk) VALUES(?1,?2,?3,?4,?5,?6,?7,'queued',0,0,?8,?9,?10,?11,?12)",
             params![u.ino as i64, u.content_gen, u.object_key, u.path, u.size as i64, u.enc_size as i64, u.storage_class, u.metadata, u.header, u.sha256, u.tagging, u.dk.as_ref().map(|k| &k.0[..])],
         )?;
@@ -39,7 +39,7 @@ impl Db {
     }
 
     pub fn upload(&self, id: i64) -> Result<Option<Upload>> {
-        Ok(self.conn.query_row(&format!("SELECT {UPLOAD_COLS} FROM uploads WHERE id=?1"), params![id], upload_from_row).optional()?)
+        Ok(self.conn.row(&format!("SELECT {UPLOAD_COLS} FROM uploads WHERE id=?1"), params![id], upload_from_row).optional()?)
     }
 
     pub fn uploads(&self) -> Result<Vec<Upload>> {
@@ -64,7 +64,7 @@ impl Db {
     }
 
     pub fn set_upload_state(&self, id: i64, state: &str, attempts: i64, next_try_ms: i64, err: Option<&str>) -> Result<()> {
-        self.conn.execute(
+        self.conn.exec(
             "UPDATE uploads SET state=?2, attempts=?3, next_try_ms=?4, last_error=?5 WHERE id=?1",
             params![id, state, attempts, next_try_ms, err],
         )?;
@@ -72,16 +72,16 @@ impl Db {
     }
 
     pub fn set_mp_upload_id(&self, id: i64, mp: Option<&str>) -> Result<()> {
-        self.conn.execute("UPDATE uploads SET mp_upload_id=?2 WHERE id=?1", params![id, mp])?;
+        self.conn.exec("UPDATE uploads SET mp_upload_id=?2 WHERE id=?1", params![id, mp])?;
         if mp.is_none() {
-            self.conn.execute("DELETE FROM parts WHERE upload_id=?1", params![id])?;
+            self.conn.exec("DELETE FROM parts WHERE upload_id=?1", params![id])?;
         }
         Ok(())
     }
 
     /// Record a durable file version.
     pub fn add_version(conn: &Connection, v: &Version, uploaded_ms: i64) -> Result<()> {
-        conn.execute(
+        conn.exec(
             "INSERT OR REPLACE INTO versions(object_key,ino,size,mtime_ns,mode,uid,gid,storage_class,sha256,header,uploaded_ms)
              VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
             params![
@@ -105,7 +105,7 @@ impl Db {
     pub fn latest_version(&self, ino: u64) -> Result<Option<Version>> {
         Ok(self
             .conn
-            .query_row(
+            .row(
                 "SELECT object_key,size,mtime_ns,mode,uid,gid,storage_class,sha256,header FROM versions WHERE ino=?1 ORDER BY uploaded_ms DESC, rowid DESC LIMIT 1",
                 params![ino as i64],
                 |r| {
@@ -127,12 +127,12 @@ impl Db {
     }
 
     pub fn set_upload_key(&self, id: i64, key: &str) -> Result<()> {
-        self.conn.execute("UPDATE uploads SET object_key=?2 WHERE id=?1", params![id, key])?;
+        self.conn.exec("UPDATE uploads SET object_key=?2 WHERE id=?1", params![id, key])?;
         Ok(())
     }
 
     pub fn add_part(&self, id: i64, part_no: i32, etag: &str) -> Result<()> {
-        self.conn.execute("INSERT OR REPLACE INTO parts(upload_id,part_no,etag) VALUES(?1,?2,?3)", params![id, part_no, etag])?;
+        self.conn.exec("INSERT OR REPLACE INTO parts(upload_id,part_no,etag) VALUES(?1,?2,?3)", params![id, part_no, etag])?;
         Ok(())
     }
 
@@ -143,8 +143,8 @@ impl Db {
     }
 
     pub fn delete_upload(conn: &Connection, id: i64) -> Result<()> {
-        conn.execute("DELETE FROM parts WHERE upload_id=?1", params![id])?;
-        conn.execute("DELETE FROM uploads WHERE id=?1", params![id])?;
+        conn.exec("DELETE FROM parts WHERE upload_id=?1", params![id])?;
+        conn.exec("DELETE FROM uploads WHERE id=?1", params![id])?;
         Ok(())
     }
 
@@ -152,14 +152,14 @@ impl Db {
     /// still be in flight and land, so its key is recorded as dead: a rebuild must never adopt
     /// that object as a live file.
     pub fn cancel_upload(conn: &Connection, id: i64) -> Result<()> {
-        conn.execute("INSERT OR IGNORE INTO dead_keys(key) SELECT object_key FROM uploads WHERE id=?1", params![id])?;
+        conn.exec("INSERT OR IGNORE INTO dead_keys(key) SELECT object_key FROM uploads WHERE id=?1", params![id])?;
         Self::delete_upload(conn, id)
     }
 
     /// Object keys no live file uses any more (deleted or replaced): a rebuild must not
     /// resurrect them from the bucket listing. Snapshots carry this list.
     pub fn add_dead_key(conn: &Connection, key: &str) -> Result<()> {
-        conn.execute("INSERT OR IGNORE INTO dead_keys(key) VALUES(?1)", params![key])?;
+        conn.exec("INSERT OR IGNORE INTO dead_keys(key) VALUES(?1)", params![key])?;
         Ok(())
     }
 
@@ -171,13 +171,13 @@ impl Db {
 
     /// Multipart parts recorded, over all uploads.
     pub fn parts_count(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM parts", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.conn.row("SELECT count(*) FROM parts", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Queue again every upload parked as failed; returns how many.
     pub fn requeue_failed(&self) -> Result<usize> {
-        let n = self.conn.execute("UPDATE uploads SET state='queued', next_try_ms=0 WHERE state='failed'", [])?;
-        self.conn.execute("UPDATE inodes SET state='sealed' WHERE state='failed'", [])?;
+        let n = self.conn.exec("UPDATE uploads SET state='queued', next_try_ms=0 WHERE state='failed'", [])?;
+        self.conn.exec("UPDATE inodes SET state='sealed' WHERE state='failed'", [])?;
         Ok(n)
     }
 }

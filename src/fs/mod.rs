@@ -304,7 +304,7 @@ impl Fs {
             doomed
         };
         for p in doomed {
-            self.staging.discard(&p);
+            let _ = std::fs::remove_file(p);
         }
         Ok(())
     }

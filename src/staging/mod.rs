@@ -28,16 +28,7 @@ pub struct Staging {
     spool: PathBuf,
     outbox: PathBuf,
     rcache: PathBuf,
-    /// `free/`: emptied files kept for reuse as spools (`discard`, `create_spool`).
-    free: PathBuf,
-    pool: std::sync::Mutex<(Vec<PathBuf>, u64)>,
 }
-
-/// Emptied files kept for reuse. Creating a file costs an inode allocation, and on a busy
-/// staging disk that churns through files (every small file is created, sealed, uploaded and
-/// deleted) the allocator's search grows with the inodes freed recently (ext4 without a
-/// journal checks each one): reusing a few thousand emptied files keeps creation flat.
-const POOL: usize = 4096;
 
 fn fsync_dir(p: &Path) -> io::Result<()> {
     File::open(p)?.sync_all()
@@ -45,7 +36,7 @@ fn fsync_dir(p: &Path) -> io::Result<()> {
 
 impl Staging {
     pub fn open(root: &Path) -> io::Result<Staging> {
-        for d in [root.to_path_buf(), root.join("spool"), root.join("outbox"), root.join("rcache"), root.join("free")] {
+        for d in [root.to_path_buf(), root.join("spool"), root.join("outbox"), root.join("rcache")] {
             fs::create_dir_all(&d)?;
             // Plaintext lives here until sealed: owner-only.
             fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -56,17 +47,6 @@ impl Staging {
             spool: root.join("spool"),
             outbox: root.join("outbox"),
             rcache: root.join("rcache"),
-            free: root.join("free"),
-            pool: {
-                // A crash between a discard's rename and its truncation leaves bytes: empty them.
-                let kept: Vec<PathBuf> = fs::read_dir(root.join("free"))?
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| OpenOptions::new().write(true).open(p).and_then(|f| f.set_len(0)).is_ok())
-                    .collect();
-                let last = kept.iter().filter_map(|p| p.file_name()?.to_str()?.parse::<u64>().ok()).max().unwrap_or(0);
-                std::sync::Mutex::new((kept, last))
-            },
         })
     }
 
@@ -109,31 +89,7 @@ impl Staging {
     }
 
     pub fn create_spool(&self, ino: u64) -> io::Result<File> {
-        let reuse = self.pool.lock().unwrap_or_else(|p| p.into_inner()).0.pop();
-        if let Some(f) = reuse {
-            let _ = fs::rename(f, self.spool_path(ino));
-        }
         OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(self.spool_path(ino))
-    }
-
-    /// Delete a staged file the index no longer needs (its removal is durable): emptied and
-    /// kept for reuse while the pool has room, else unlinked.
-    pub fn discard(&self, p: &Path) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.0.len() < POOL {
-            pool.1 += 1;
-            let to = self.free.join(pool.1.to_string());
-            if fs::rename(p, &to).is_ok() {
-                if OpenOptions::new().write(true).open(&to).and_then(|f| f.set_len(0)).is_ok() {
-                    pool.0.push(to);
-                } else {
-                    let _ = fs::remove_file(&to);
-                }
-                return;
-            }
-        }
-        drop(pool);
-        let _ = fs::remove_file(p);
     }
 
     pub fn open_spool(&self, ino: u64) -> io::Result<File> {

@@ -1212,6 +1212,21 @@ fn a_seal_interrupted_before_its_commit_is_undone_at_start_up() {
     assert_eq!(e.read_all(ino).unwrap(), d);
 }
 
+/// A file sealed while its upload is held, then the daemon stopped and the seal's rename undone
+/// on disk (as a power cut that kept the index's commit and lost the rename leaves it).
+/// Returns the inode and the spool's path; the daemon is stopped.
+fn sealed_and_rename_lost(e: &mut Env, d: &[u8]) -> (u64, std::path::PathBuf) {
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    let ino = e.write_file(ROOT, "a.jpg", d);
+    let fs = e.fs();
+    let gen = fs.getattr(ino).unwrap().content_gen;
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    let d2 = e.daemon.take().unwrap();
+    e.rt.block_on(d2.shutdown());
+    fs.staging.unfreeze_spool(ino, gen).unwrap();
+    (ino, fs.staging.spool_path(ino))
+}
+
 /// A power cut that kept the seal's commit and lost its rename (the filesystem persisted the
 /// index first): start-up finds the spool, checks its size and digest against the recorded
 /// version, freezes it, and the version uploads intact.
@@ -1219,15 +1234,7 @@ fn a_seal_interrupted_before_its_commit_is_undone_at_start_up() {
 fn a_seal_whose_rename_a_power_cut_lost_is_finished_at_start_up() {
     let mut e = Env::new();
     let d = data(300_000, 11);
-    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
-    let ino = e.write_file(ROOT, "a.jpg", &d);
-    let fs = e.fs();
-    let gen = fs.getattr(ino).unwrap().content_gen;
-    assert_eq!(fs.seal_ready(true).unwrap(), 1);
-    let d2 = e.daemon.take().unwrap();
-    e.rt.block_on(d2.shutdown());
-    fs.staging.unfreeze_spool(ino, gen).unwrap(); // the rename never reached the disk
-    drop(fs);
+    let (ino, _) = sealed_and_rename_lost(&mut e, &d);
     e.store.clear_faults();
     e.start();
     e.wait_state(ino, State::Uploaded);
@@ -1243,17 +1250,9 @@ fn a_seal_whose_rename_a_power_cut_lost_is_finished_at_start_up() {
 fn a_lost_seal_rename_with_other_bytes_is_sealed_again() {
     let mut e = Env::new();
     let mut d = data(300_000, 12);
-    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
-    let ino = e.write_file(ROOT, "a.jpg", &d);
-    let fs = e.fs();
-    let gen = fs.getattr(ino).unwrap().content_gen;
-    assert_eq!(fs.seal_ready(true).unwrap(), 1);
-    let d2 = e.daemon.take().unwrap();
-    e.rt.block_on(d2.shutdown());
-    fs.staging.unfreeze_spool(ino, gen).unwrap();
-    std::fs::OpenOptions::new().write(true).open(fs.staging.spool_path(ino)).unwrap().write_all_at(b"zzzz", 0).unwrap();
+    let (ino, spool) = sealed_and_rename_lost(&mut e, &d);
+    std::fs::OpenOptions::new().write(true).open(spool).unwrap().write_all_at(b"zzzz", 0).unwrap();
     d[..4].copy_from_slice(b"zzzz");
-    drop(fs);
     e.store.clear_faults();
     e.start();
     assert!(e.read_all(ino).unwrap() == d, "the staged bytes are the file's content");
@@ -1270,17 +1269,8 @@ fn a_lost_seal_rename_with_other_bytes_is_sealed_again() {
 fn a_lost_seal_rename_and_cut_are_both_redone() {
     let mut e = Env::new();
     let d = data(300_000, 14);
-    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
-    let ino = e.write_file(ROOT, "a.jpg", &d);
-    let fs = e.fs();
-    let gen = fs.getattr(ino).unwrap().content_gen;
-    assert_eq!(fs.seal_ready(true).unwrap(), 1);
-    let d2 = e.daemon.take().unwrap();
-    e.rt.block_on(d2.shutdown());
-    fs.staging.unfreeze_spool(ino, gen).unwrap();
-    let spool = std::fs::OpenOptions::new().write(true).open(fs.staging.spool_path(ino)).unwrap();
-    spool.write_all_at(b"stale tail", d.len() as u64).unwrap();
-    drop((spool, fs));
+    let (ino, spool) = sealed_and_rename_lost(&mut e, &d);
+    std::fs::OpenOptions::new().write(true).open(spool).unwrap().write_all_at(b"stale tail", d.len() as u64).unwrap();
     e.store.clear_faults();
     e.start();
     e.wait_state(ino, State::Uploaded);

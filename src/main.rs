@@ -224,7 +224,20 @@ enum KeyCmd {
     },
 }
 
+/// Buffers of 1 MiB and more (upload parts, FUSE writes, decrypted segments) are mapped and
+/// unmapped on their own. By default glibc raises its mmap threshold after each such free, and
+/// from then on keeps 8 MiB part buffers in per-thread heaps that it seldom returns: the
+/// daemon's peak RSS while uploading a 1 GiB file was ~200 MiB for ~40 MiB of live buffers.
+fn bound_malloc_retention() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called once, before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() {
+    bound_malloc_retention();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "coldvault=info,warn".into());
     use std::io::IsTerminal;

@@ -70,42 +70,24 @@ impl Daemon {
             // Restores and class refreshes need read rights a write-only mount does not have.
             tasks.push(rt.spawn(crate::restore::poller::run(fs.clone(), stop_rx.clone())));
         }
+        // Poll often enough that the settle delay is honoured to within ~0.25 s.
         let sealer = {
             let fs = fs.clone();
-            let stop_rx = stop_rx.clone();
-            std::thread::Builder::new()
-                .name("sealer".into())
-                .spawn(move || {
-                    // Poll often enough that the settle delay is honoured to within ~0.25 s.
-                    while !*stop_rx.borrow() {
-                        if let Err(e) = fs.seal_ready(false) {
-                            tracing::error!(error = %e, "sealer");
-                        }
-                        std::thread::sleep(Duration::from_millis(250));
-                    }
-                })
-                .expect("spawn sealer")
+            periodic("sealer", stop_rx.clone(), Duration::from_millis(250), move || {
+                if let Err(e) = fs.seal_ready(false) {
+                    tracing::error!(error = %e, "sealer");
+                }
+            })
         };
         // The group commit, on a thread of its own so that long seals (a batch of big files
         // being digested) never delay it: everything before it survives power loss.
         let committer = {
             let fs = fs.clone();
-            let stop_rx = stop_rx.clone();
-            std::thread::Builder::new()
-                .name("group-commit".into())
-                .spawn(move || {
-                    let mut last = std::time::Instant::now();
-                    while !*stop_rx.borrow() {
-                        std::thread::sleep(Duration::from_millis(100));
-                        if last.elapsed() >= fs.cfg.group_commit {
-                            if let Err(e) = fs.group_commit() {
-                                tracing::error!(error = %e, "group commit failed; retrying at the next one");
-                            }
-                            last = std::time::Instant::now();
-                        }
-                    }
-                })
-                .expect("spawn group commit")
+            periodic("group-commit", stop_rx.clone(), fs.cfg.group_commit, move || {
+                if let Err(e) = fs.group_commit() {
+                    tracing::error!(error = %e, "group commit failed; retrying at the next one");
+                }
+            })
         };
         Ok(Daemon { fs, stop, tasks, threads: vec![sealer, committer] })
     }
@@ -150,4 +132,27 @@ impl Daemon {
         })
         .await;
     }
+}
+
+/// A thread named `name` that runs `f` every `every` until `stop` says so (it looks at least
+/// every 100 ms, so shutdown never waits a whole period).
+fn periodic(
+    name: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+    every: Duration,
+    mut f: impl FnMut() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            let start = std::time::Instant::now();
+            while start.elapsed() < every {
+                if *stop.borrow() {
+                    return;
+                }
+                std::thread::sleep(every.saturating_sub(start.elapsed()).min(Duration::from_millis(100)));
+            }
+            f();
+        })
+        .expect("spawn a background thread")
 }

@@ -110,9 +110,7 @@ impl Fs {
     /// A new empty spool for `ino`; the old one (if any) is moved aside and deleted once the
     /// change is durable, so a power cut that loses the truncation still finds the content.
     pub(super) fn swap_in_empty_spool(&self, c: &mut Core, ino: u64) -> Result<File> {
-        if let Some(p) = self.staging.drop_spool(ino) {
-            c.after_durable.push(p);
-        }
+        self.move_spool_aside(c, ino);
         Ok(self.staging.create_spool(ino)?)
     }
 

@@ -165,11 +165,7 @@ impl Fs {
                 for a in doomed {
                     match a {
                         AfterCommit::RemoveWhenDurable(p) => c.after_durable.push(p),
-                        AfterCommit::DropSpool(ino) => {
-                            if let Some(p) = self.staging.drop_spool(ino) {
-                                c.after_durable.push(p);
-                            }
-                        }
+                        AfterCommit::DropSpool(ino) => self.move_spool_aside(c, ino),
                     }
                 }
             }
@@ -183,7 +179,14 @@ impl Fs {
     pub(super) fn drop_spool(&self, c: &mut Core, ino: u64) {
         if c.op_depth > 0 {
             c.after_commit.push(AfterCommit::DropSpool(ino));
-        } else if let Some(p) = self.staging.drop_spool(ino) {
+        } else {
+            self.move_spool_aside(c, ino);
+        }
+    }
+
+    /// Move the spool of `ino` aside now (if there is one); it is deleted by the next sync.
+    pub(super) fn move_spool_aside(&self, c: &mut Core, ino: u64) {
+        if let Some(p) = self.staging.drop_spool(ino) {
             c.after_durable.push(p);
         }
     }

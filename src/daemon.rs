@@ -144,15 +144,32 @@ fn periodic(
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || loop {
-            let start = std::time::Instant::now();
-            while start.elapsed() < every {
-                if *stop.borrow() {
-                    return;
+        .spawn(move || {
+            background_priority();
+            loop {
+                let start = std::time::Instant::now();
+                while start.elapsed() < every {
+                    if *stop.borrow() {
+                        return;
+                    }
+                    std::thread::sleep(every.saturating_sub(start.elapsed()).min(Duration::from_millis(100)));
                 }
-                std::thread::sleep(every.saturating_sub(start.elapsed()).min(Duration::from_millis(100)));
+                f();
             }
-            f();
         })
         .expect("spawn a background thread")
+}
+
+/// Lower the CPU priority of the calling thread to nice 10: the threads that seal, encrypt
+/// and upload in the background (and the runtime they run on) yield the CPU to the FUSE
+/// threads that answer applications, so a copy into the mount returns at the speed of its own
+/// work while uploads use what is left; when nothing else runs they get the whole CPU.
+pub fn background_priority() {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours; on
+    // Linux, PRIO_PROCESS with a thread id changes that thread only. A failure leaves the
+    // priority as it was, which is harmless.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }

@@ -398,7 +398,10 @@ impl VersionCipher {
 pub fn sha256_file(plain: &std::fs::File, size: u64) -> std::io::Result<[u8; 32]> {
     use std::os::unix::fs::FileExt;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // Below the allocator's mmap threshold (1 MiB, set in main): a buffer of that size is
+    // mapped and unmapped for every file, and each unmap interrupts every other CPU to flush
+    // its TLB (thousands of small files sealed while an application copies more in).
+    let mut buf = vec![0u8; (size as usize).clamp(1, 256 << 10)];
     let mut off = 0u64;
     while off < size {
         let want = (size - off).min(buf.len() as u64) as usize;

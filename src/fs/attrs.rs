@@ -40,6 +40,13 @@ impl Fs {
         }
     }
 
+    /// Whether `name` may come into being without a namespace operation through the kernel
+    /// (a restore's status file; the control folder): a lookup that misses such a name must
+    /// not be cached as missing.
+    pub fn is_virtual_name(&self, name: &std::ffi::OsStr) -> bool {
+        name.to_str().is_none_or(|n| n.ends_with(self.cfg.restore.suffix.as_str()) || n == CTL_NAME)
+    }
+
     /// Every entry of a directory (tests, small listings).
     pub fn readdir(&self, ino: u64) -> Result<Vec<Inode>> {
         self.readdir_after(ino, 0, usize::MAX)

@@ -122,6 +122,27 @@ pub fn attr(i: &Inode) -> FileAttr {
     }
 }
 
+/// The reply to a lookup of a name that does not exist, cached by the kernel: inode 0.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 65536,
+        flags: 0,
+    }
+}
+
 fn file_type(i: &Inode) -> FileType {
     type_and_rdev(i).0
 }
@@ -166,6 +187,12 @@ impl fuser::Filesystem for ColdFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
             Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
+            // A name that does not exist is remembered by the kernel for TTL (an entry with
+            // inode 0), so the lookups that rsync, cp and Samba make before every create do not
+            // each cost a round trip. Every real name comes and goes through the kernel, which
+            // drops the negative entry then; status files appear when the daemon starts a
+            // restore, so a missing one is never remembered.
+            Err(FsError::NotFound) if !self.fs.is_virtual_name(name) => reply.entry(&TTL, &negative_entry(), GEN),
             Err(e) => reply.error(errno(&e)),
         }
     }

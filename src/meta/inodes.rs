@@ -96,12 +96,26 @@ impl Db {
         Ok(n)
     }
 
-    /// Write every mutable column of `i` back.
+    /// Write every mutable column of `i` back. An UPDATE rewrites the entries of every index
+    /// over a column it assigns, changed or not, and each index page it touches is one more
+    /// page in the WAL: so the columns no index covers are written by one statement, and each
+    /// indexed column (name, parent, state, object key) only when its value changed (a chmod
+    /// writes 2 pages instead of 5).
     pub fn save(conn: &Connection, i: &Inode) -> Result<()> {
-        conn.exec(
-            "UPDATE inodes SET parent=?2,name=?3,mode=?4,uid=?5,gid=?6,size=?7,atime_ns=?8,mtime_ns=?9,ctime_ns=?10,target=?11,state=?12,content_gen=?13,dirty_ms=?14,object_key=?15,storage_class=?16,header=?17,sha256=?18,xattrs=?19 WHERE ino=?1",
-            params![i.ino as i64, i.parent as i64, i.name, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.state.as_str(), i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs],
+        let ino = i.ino as i64;
+        let n = conn.exec(
+            "UPDATE inodes SET mode=?2,uid=?3,gid=?4,size=?5,atime_ns=?6,mtime_ns=?7,ctime_ns=?8,target=?9,content_gen=?10,dirty_ms=?11,storage_class=?12,header=?13,sha256=?14,xattrs=?15 WHERE ino=?1",
+            params![ino, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.content_gen, i.dirty_ms, i.storage_class, i.header, i.sha256, i.xattrs],
         )?;
+        if n == 0 {
+            return Ok(());
+        }
+        // (parent, name) is in one index, parent in two more: a rename within a folder
+        // touches only the first.
+        conn.exec("UPDATE inodes SET name=?2 WHERE ino=?1 AND name IS NOT ?2", params![ino, i.name])?;
+        conn.exec("UPDATE inodes SET parent=?2 WHERE ino=?1 AND parent IS NOT ?2", params![ino, i.parent as i64])?;
+        conn.exec("UPDATE inodes SET state=?2 WHERE ino=?1 AND state IS NOT ?2", params![ino, i.state.as_str()])?;
+        conn.exec("UPDATE inodes SET object_key=?2 WHERE ino=?1 AND object_key IS NOT ?2", params![ino, i.object_key])?;
         Ok(())
     }
 

@@ -56,11 +56,15 @@ def test_deep_archive_rule_restore_on_open(servers, vault_factory, tmp_path):
     v.mount("--class-rule", "raw/**=DEEP_ARCHIVE", "--restore-poll", "1")
     st = os.stat(p)
     assert st.st_size == 300_000, "getattr keeps the real size while archived"
+    status = v.mnt / "raw/2019/IMG_0001.CR2.restore-status"
+    assert not status.exists(), "no status file before the first open"
     assert_eagain(p)
+    # The kernel remembers names that are missing (for a second); this one appears without a
+    # create through the kernel, so the lookup just before must not have been remembered.
+    assert status.exists(), "the status file is there as soon as open answers EAGAIN"
     for _ in range(10):
         assert_eagain(p)
     wait_until("RestoreObject sent", lambda: restore_requests(v) == 1)
-    status = v.mnt / "raw/2019/IMG_0001.CR2.restore-status"
     assert status.name in os.listdir(v.mnt / "raw/2019")
     text = status.read_text()
     for field in ("state:", "tier:              Bulk", "storage class:     DEEP_ARCHIVE", "requested at:", "expected ready by:", "cost estimate:"):

@@ -10,46 +10,63 @@ impl Fs {
     pub fn seal_ready(&self, force: bool) -> Result<usize> {
         let _one_sealer = self.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.staging.ensure_reserve();
-        let cutoff = now_ms() - self.cfg.settle.as_millis() as i64;
-        let candidates: Vec<(u64, i64)> = {
-            let c = self.core();
-            c.db.dirty_files()?
-                .into_iter()
-                .filter(|i| (force || i.dirty_ms <= cutoff) && c.open.get(&i.ino).is_none_or(|o| o.writers == 0))
-                .map(|i| (i.ino, i.content_gen))
-                .collect()
-        };
+        // Forced (flush): every file dirty now, and not the ones changed while this runs (a
+        // copy still going on would keep it from ever finishing).
+        let cutoff = if force { self.core().db.newest_dirty_ms()?.unwrap_or(0) } else { now_ms() - self.cfg.settle.as_millis() as i64 };
         let mut n = 0;
-        // In batches: digest each file, make the batch's bytes durable with one `syncfs`
-        // (not one fsync per file), then freeze and commit each.
-        for batch in candidates.chunks(SEAL_BATCH) {
-            let mut ready = Vec::new();
-            for &(ino, gen) in batch {
-                if self.keep_local_if_ignored(ino, gen)? {
-                    continue;
+        // A page of settled files at a time (the lock is held for one indexed read of a page,
+        // however many files are dirty); each page is digested, its bytes made durable with
+        // one `syncfs` (not one fsync per file), then each file is frozen and committed.
+        let mut after = (i64::MIN, 0);
+        loop {
+            let (page, more) = {
+                let c = self.core();
+                let rows = c.db.settled_dirty(cutoff, after, SEAL_BATCH)?;
+                let more = rows.len() == SEAL_BATCH;
+                if let Some(&(ino, _, ms)) = rows.last() {
+                    after = (ms, ino);
                 }
-                match self.prepare_seal(ino, gen) {
-                    Ok(Some(p)) => ready.push(p),
-                    Ok(None) => {}
-                    Err(e) => self.note_seal_result(ino, gen, Err(e)),
-                }
+                let page: Vec<(u64, i64)> =
+                    rows.into_iter().filter(|(ino, _, _)| c.open.get(ino).is_none_or(|o| o.writers == 0)).map(|(ino, gen, _)| (ino, gen)).collect();
+                (page, more)
+            };
+            n += self.seal_page(&page)?;
+            if !more {
+                break;
             }
-            if ready.is_empty() {
+        }
+        Ok(n)
+    }
+
+    /// Seal the files of one page (those that changed since are skipped). Returns how many were sealed.
+    fn seal_page(&self, page: &[(u64, i64)]) -> Result<usize> {
+        let mut ready = Vec::new();
+        for &(ino, gen) in page {
+            if self.keep_local_if_ignored(ino, gen)? {
                 continue;
             }
-            if let Err(e) = self.staging.syncfs() {
-                let e = FsError::from(e);
-                for p in &ready {
-                    self.note_seal_result(p.u.ino, p.u.content_gen, Err(FsError::Invalid("the staging disk could not be synced")));
-                }
-                return Err(e);
+            match self.prepare_seal(ino, gen) {
+                Ok(Some(p)) => ready.push(p),
+                Ok(None) => {}
+                Err(e) => self.note_seal_result(ino, gen, Err(e)),
             }
-            for p in ready {
-                let (ino, gen) = (p.u.ino, p.u.content_gen);
-                let r = self.commit_seal(p);
-                n += matches!(r, Ok(true)) as usize;
-                self.note_seal_result(ino, gen, r.map(|_| ()));
+        }
+        if ready.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.staging.syncfs() {
+            let e = FsError::from(e);
+            for p in &ready {
+                self.note_seal_result(p.u.ino, p.u.content_gen, Err(FsError::Invalid("the staging disk could not be synced")));
             }
+            return Err(e);
+        }
+        let mut n = 0;
+        for p in ready {
+            let (ino, gen) = (p.u.ino, p.u.content_gen);
+            let r = self.commit_seal(p);
+            n += matches!(r, Ok(true)) as usize;
+            self.note_seal_result(ino, gen, r.map(|_| ()));
         }
         Ok(n)
     }

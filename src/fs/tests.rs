@@ -195,6 +195,26 @@ fn state_machine_survives_restarts() {
     assert_eq!(e.read_all(ino).unwrap(), d, "read back after restart");
 }
 
+/// The sealer reads dirty files a page at a time: a flush seals every one of several pages,
+/// the periodic pass none that has not settled, and a file still open for writing waits.
+#[test]
+fn sealing_pages_through_many_dirty_files() {
+    let e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("503".into()));
+    let n = 2 * 256 + 7;
+    let inos: Vec<u64> = (0..n).map(|k| e.write_file(ROOT, &format!("f{k}"), &data(100, k as u8))).collect();
+    let (held, fh) = e.fs().create(ROOT, OsStr::new("open"), 0o644, 0, 0).unwrap();
+    e.fs().write(fh, 0, b"still writing").unwrap();
+    assert_eq!(e.fs().seal_ready(false).unwrap(), 0, "nothing has settled (settle is an hour here)");
+    assert_eq!(e.fs().seal_ready(true).unwrap(), n);
+    for ino in inos {
+        assert!(e.fs().state_of(ino).unwrap().unwrap().1.in_outbox(), "inode {ino} sealed");
+    }
+    assert_eq!(e.fs().state_of(held.ino).unwrap().unwrap().1, State::Dirty, "open for writing: not sealed");
+    e.fs().release(fh).unwrap();
+    assert_eq!(e.fs().seal_ready(true).unwrap(), 1);
+}
+
 #[test]
 fn retryable_errors_are_retried_with_backoff() {
     let e = Env::new();

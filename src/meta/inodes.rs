@@ -99,13 +99,13 @@ impl Db {
     /// Write every mutable column of `i` back. An UPDATE rewrites the entries of every index
     /// over a column it assigns, changed or not, and each index page it touches is one more
     /// page in the WAL: so the columns no index covers are written by one statement, and each
-    /// indexed column (name, parent, state, object key) only when its value changed (a chmod
+    /// indexed column (name, parent, state and dirty time, object key) only when its value changed (a chmod
     /// writes 2 pages instead of 5).
     pub fn save(conn: &Connection, i: &Inode) -> Result<()> {
         let ino = i.ino as i64;
         let n = conn.exec(
-            "UPDATE inodes SET mode=?2,uid=?3,gid=?4,size=?5,atime_ns=?6,mtime_ns=?7,ctime_ns=?8,target=?9,content_gen=?10,dirty_ms=?11,storage_class=?12,header=?13,sha256=?14,xattrs=?15 WHERE ino=?1",
-            params![ino, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.content_gen, i.dirty_ms, i.storage_class, i.header, i.sha256, i.xattrs],
+            "UPDATE inodes SET mode=?2,uid=?3,gid=?4,size=?5,atime_ns=?6,mtime_ns=?7,ctime_ns=?8,target=?9,content_gen=?10,storage_class=?11,header=?12,sha256=?13,xattrs=?14 WHERE ino=?1",
+            params![ino, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.content_gen, i.storage_class, i.header, i.sha256, i.xattrs],
         )?;
         if n == 0 {
             return Ok(());
@@ -114,7 +114,10 @@ impl Db {
         // touches only the first.
         conn.exec("UPDATE inodes SET name=?2 WHERE ino=?1 AND name IS NOT ?2", params![ino, i.name])?;
         conn.exec("UPDATE inodes SET parent=?2 WHERE ino=?1 AND parent IS NOT ?2", params![ino, i.parent as i64])?;
-        conn.exec("UPDATE inodes SET state=?2 WHERE ino=?1 AND state IS NOT ?2", params![ino, i.state.as_str()])?;
+        conn.exec(
+            "UPDATE inodes SET state=?2,dirty_ms=?3 WHERE ino=?1 AND (state IS NOT ?2 OR dirty_ms IS NOT ?3)",
+            params![ino, i.state.as_str(), i.dirty_ms],
+        )?;
         conn.exec("UPDATE inodes SET object_key=?2 WHERE ino=?1 AND object_key IS NOT ?2", params![ino, i.object_key])?;
         Ok(())
     }
@@ -152,8 +155,21 @@ impl Db {
 
     /// Files whose content is dirty, with their dirty time: the sealer's candidates
     /// (never orphans: unlinked files that are still open have parent 0).
-    pub fn dirty_files(&self) -> Result<Vec<Inode>> {
-        self.select_inodes("WHERE state='dirty' AND parent != 0 ORDER BY dirty_ms", [])
+    /// The time of the latest change of any dirty file.
+    pub fn newest_dirty_ms(&self) -> Result<Option<i64>> {
+        Ok(self.conn.row("SELECT max(dirty_ms) FROM inodes WHERE state='dirty'", [], |r| r.get(0))?)
+    }
+
+    /// One page of the dirty files (not unlinked) whose last change is at or before
+    /// `cutoff_ms`, oldest first, after `after` = (dirty_ms, ino) of the previous page's last:
+    /// (ino, content_gen, dirty_ms) each.
+    pub fn settled_dirty(&self, cutoff_ms: i64, after: (i64, u64), limit: usize) -> Result<Vec<(u64, i64, i64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT ino, content_gen, dirty_ms FROM inodes WHERE state='dirty' AND dirty_ms <= ?1 AND (dirty_ms, ino) > (?2, ?3) AND parent != 0 ORDER BY dirty_ms, ino LIMIT ?4",
+        )?;
+        let rows =
+            st.query_map(params![cutoff_ms, after.0, after.1 as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Unlinked files kept while open (parent 0).

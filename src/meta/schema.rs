@@ -32,7 +32,10 @@ CREATE INDEX IF NOT EXISTS inodes_parent_ino ON inodes(parent, ino);
 -- (A partial index over an IN list was never used: SQLite cannot tell that state='dirty'
 -- implies it. Replaced by a plain index.)
 DROP INDEX IF EXISTS inodes_state;
-CREATE INDEX IF NOT EXISTS inodes_by_state ON inodes(state);
+-- By state, and dirty files by the time of their last change: the sealer reads the settled
+-- ones a page at a time, never every dirty file (a folder being copied in).
+DROP INDEX IF EXISTS inodes_by_state;
+CREATE INDEX IF NOT EXISTS inodes_state_dirty_ms ON inodes(state, dirty_ms);
 CREATE TABLE IF NOT EXISTS uploads(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ino INTEGER NOT NULL,

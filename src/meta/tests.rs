@@ -76,7 +76,11 @@ fn upload_path_queries_use_indexes() {
         ("SELECT id FROM uploads WHERE ino=1", "uploads_ino"),
         ("SELECT id FROM uploads WHERE state IN ('queued','uploading') AND next_try_ms <= 5 ORDER BY next_try_ms, id LIMIT 8", "uploads_due"),
         ("UPDATE inodes SET storage_class='GLACIER' WHERE object_key='k' AND state='uploaded'", "inodes_object_key"),
-        ("SELECT ino FROM inodes WHERE state='dirty' AND parent != 0", "inodes_by_state"),
+        (
+            "SELECT ino, content_gen, dirty_ms FROM inodes WHERE state='dirty' AND dirty_ms <= 9 AND (dirty_ms, ino) > (1, 2) AND parent != 0 ORDER BY dirty_ms, ino LIMIT 256",
+            "inodes_state_dirty_ms",
+        ),
+        ("SELECT count(*) FROM inodes WHERE state='uploaded'", "inodes_state_dirty_ms"),
     ] {
         let p = plan(sql);
         assert!(p.contains(index) && !p.contains("SCAN"), "{sql}: {p}");

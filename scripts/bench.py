@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: coldvault against a local directory, rclone mount (VFS cache writes),
-rclone crypt mount and s3fs, all on one Garage S3 server on loopback, same data, one run.
+rclone crypt mount and s3fs, all on one Garage S3 server on loopback, same data, one run; and
+beside them a FUSE passthrough (bindfs) over a local directory, which shows what FUSE itself
+costs on this machine.
 
     scripts/bench.py                          # every system, every workload
     scripts/bench.py --systems coldvault,local --workloads small,rsync
     scripts/bench.py --perf                   # also record a perf profile of coldvault per workload
     scripts/bench.py --write docs/BENCHMARKS.md   # replace the results section of that file
 
-Needs: garage (`cargo install --locked garage`), rclone, s3fs, rsync, fuse3, perf (with --perf);
+Needs: garage (`cargo install --locked garage`), rclone, s3fs, bindfs, rsync, fuse3, e2fsprogs,
+perf (with --perf), root (for the loop-mounted file system; --no-loop-fs without);
 scripts/install-deps.sh --bench installs them. Times are wall-clock seconds of the command the
 user runs ("returns") and until everything is in the bucket ("durable": `coldvault flush
 --wait`, rclone's upload queue empty, s3fs after close, `sync` for the local directory).
@@ -163,6 +166,22 @@ class Local(System):
         pass
 
 
+class Passthrough(System):
+    """bindfs: a FUSE file system in C that passes every call to a local directory and does
+    nothing else — the cost of FUSE itself, the floor for any FUSE file system here."""
+    name = "FUSE passthrough (bindfs)"
+
+    def __init__(self, work, garage):
+        System.__init__(self, work, garage)
+        (self.work / "back").mkdir()
+        sh("bindfs", "-o", "multithreaded", self.work / "back", self.mnt)
+        wait_for("bindfs mount", lambda: is_mounted(self.mnt))
+        self.pid = find_pid(f"bindfs .*{self.mnt}")
+
+    def durable(self):
+        os.sync()
+
+
 def find_pid(pattern):
     r = sh("pgrep", "-n", "-f", pattern, check=False)
     return int(r.stdout.split()[0]) if r.stdout.strip() else None
@@ -255,7 +274,29 @@ class S3fs(System):
         self.pid = find_pid(f"s3fs {bucket} {self.mnt}")
 
 
-SYSTEMS = {"local": Local, "coldvault": Coldvault, "rclone": Rclone, "rclone-crypt": RcloneCrypt, "s3fs": S3fs}
+SYSTEMS = {"local": Local, "passthrough": Passthrough, "coldvault": Coldvault, "rclone": Rclone, "rclone-crypt": RcloneCrypt, "s3fs": S3fs}
+
+
+class LoopFs:
+    """A fresh ext4 file system for one run, in a sparse image beside `work`, mounted on it.
+    Every system, the source data and the S3 server's data live on it: the same journaled
+    file system a user's disk has, and none of the inodes deleted by earlier runs (ext4 without
+    a journal scans recently deleted inodes on every create, which made creates cost
+    anything from 20 µs to 1 ms here depending on what ran before)."""
+
+    def __init__(self, work, size="40G"):
+        self.work = work
+        if is_mounted(work):
+            sh("umount", work)
+        self.img = work.parent / (work.name + ".img")
+        self.img.unlink(missing_ok=True)
+        sh("truncate", "-s", size, self.img)
+        sh("mkfs.ext4", "-q", "-F", self.img)
+        sh("mount", "-o", "loop", self.img, work)
+
+    def stop(self):
+        sh("umount", self.work, check=False)
+        self.img.unlink(missing_ok=True)
 
 
 def make_source(src):
@@ -368,7 +409,7 @@ def table(results, direct, workloads):
                 a, b = r[w]
                 la, lb = local.get(w, (None, None))
                 row.append(f"{a:.2f}{ratio(a, la) if name != 'local directory' else ''} / {b:.2f}"
-                           f"{ratio(b, direct.get(w)) if name != 'local directory' else ''}")
+                           f"{ratio(b, direct.get(w)) if name not in ('local directory', Passthrough.name) else ''}")
             else:
                 row.append("—")
         if "rsync" in workloads:
@@ -397,6 +438,9 @@ def main():
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--work", default="/var/tmp/coldvault-bench")
+    ap.add_argument("--no-loop-fs", action="store_true",
+                    help="run in --work as it is, instead of on a fresh ext4 file system (with a journal, as on a "
+                         "user's disk) made in a sparse image and loop-mounted there for this run (needs root)")
     ap.add_argument("--perf", action="store_true", help="perf profile of coldvault per workload (docs/profiles/)")
     ap.add_argument("--label", default="now", help="profile file suffix (e.g. before, after)")
     ap.add_argument("--no-direct", action="store_true")
@@ -404,12 +448,13 @@ def main():
     a = ap.parse_args()
     workloads = [w for w in a.workloads.split(",") if w]
     systems = [s for s in a.systems.split(",") if s]
-    for tool in ["garage", "rsync", "fusermount3"] + (["rclone"] if any(s.startswith("rclone") for s in systems) or not a.no_direct else []) \
+    for tool in ["garage", "rsync", "fusermount3"] + (["bindfs"] if "passthrough" in systems else []) + (["mkfs.ext4"] if not a.no_loop_fs else []) + (["rclone"] if any(s.startswith("rclone") for s in systems) or not a.no_direct else []) \
             + (["s3fs"] if "s3fs" in systems else []) + (["perf"] if a.perf else []):
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} is not installed (scripts/install-deps.sh --bench)")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    loop = None if a.no_loop_fs else LoopFs(work)
     src = work / "src"
     make_source(src)
     garage = Garage(work)
@@ -427,6 +472,8 @@ def main():
             results[cls.name] = run_system(cls, work, src, garage, workloads, perf_dir)
     finally:
         garage.stop()
+        if loop:
+            loop.stop()
     t = table(results, direct, workloads)
     cpu = sh("sh", "-c", "nproc; grep -m1 'model name' /proc/cpuinfo").stdout.split("\n")
     meta = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu[0]} cores ({cpu[1].split(':')[-1].strip()}), "

@@ -9,8 +9,8 @@
 #   COLDVAULT_SKIP_POSIX=1    skip the POSIX suites (pjdfstest, fsx from crates.io)
 #   COLDVAULT_SKIP_S3S=1      skip the s3s-fs build (about 7 minutes on 2 cores)
 #   COLDVAULT_SKIP_PYTHON=1   skip the Python test environment (the quickstart needs none)
-#   --bench                   also what scripts/bench.py compares against: rclone, s3fs, perf,
-#                             and the Garage S3 server (crates.io, about 25 minutes on 2 cores)
+#   --bench                   also what scripts/bench.py compares against: rclone, s3fs, bindfs
+#                             (a FUSE passthrough), perf, e2fsprogs (its loop-mounted ext4) and the Garage S3 server (crates.io, about 25 minutes on 2 cores)
 # The Python packages the tests use live in a virtual environment, $COLDVAULT_VENV (default
 # ~/.cache/coldvault/venv), so that a distribution's "externally managed" Python is never touched.
 set -euo pipefail
@@ -66,9 +66,12 @@ require rsync cmd:rsync
 BENCH=0
 [ "${1:-}" = "--bench" ] && BENCH=1
 if [ $BENCH = 1 ]; then
-  # scripts/bench.py: the peers (rclone mount and crypt, s3fs) and profiles (perf).
+  # scripts/bench.py: the peers (rclone mount and crypt, s3fs), the FUSE floor (bindfs),
+  # the file system it runs on (mkfs.ext4) and profiles (perf).
   require rclone cmd:rclone
   require s3fs cmd:s3fs
+  require bindfs cmd:bindfs
+  require e2fsprogs cmd:mkfs.ext4
   require linux-perf cmd:perf
 fi
 require procps cmd:pgrep cmd:pkill

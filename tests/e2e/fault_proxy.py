@@ -5,9 +5,11 @@ but the answer says it failed), and dropped connections before or after forwardi
 Every request is counted by outcome in the stats file (JSON), rewritten after each request.
 With --hold-first-put S, the first PUT of a data object (`/d/` in its key) is held S seconds
 after its body arrived and only then forwarded: a stale upload that lands after newer ones.
+With --corrupt-puts N, the first PUTs of N data objects or parts reach the server with one
+byte of their body flipped (their retries pass whole): damage on the way that the store must refuse.
 
 Usage: fault_proxy.py --port P --upstream 127.0.0.1:U --rate 0.1 --seed N --stats FILE
-                      [--hold-first-put SECONDS]
+                      [--hold-first-put SECONDS] [--corrupt-puts N]
 """
 import time
 import argparse
@@ -58,6 +60,16 @@ class Handler(BaseHTTPRequestHandler):
                 self.count("held")
                 time.sleep(hold)
                 self.count("released")
+        if self.command == "PUT" and "/d/" in self.path and body:
+            with self.server.lock:
+                # Once per object or part: its retry goes through whole.
+                corrupt = len(self.server.corrupted) < self.server.corrupt and self.path not in self.server.corrupted
+                if corrupt:
+                    self.server.corrupted.add(self.path)
+            if corrupt:
+                i = len(body) // 2
+                body = body[:i] + bytes([body[i] ^ 0x40]) + body[i + 1:]
+                self.count("corrupted")
         if fault == "503":
             self.count("503")
             return self.error(503, SLOWDOWN)
@@ -108,6 +120,7 @@ if __name__ == "__main__":
     ap.add_argument("--stats", required=True)
     ap.add_argument("--log", default=None, help="one JSON line per request")
     ap.add_argument("--hold-first-put", type=float, default=0, help="hold the first data PUT this many seconds")
+    ap.add_argument("--corrupt-puts", type=int, default=0, help="flip a byte in the first PUT of N data objects or parts")
     a = ap.parse_args()
     host, port = a.upstream.split(":")
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
@@ -119,4 +132,6 @@ if __name__ == "__main__":
     srv.stats = {}
     srv.lock = threading.Lock()
     srv.hold = a.hold_first_put
+    srv.corrupt = a.corrupt_puts
+    srv.corrupted = set()
     srv.serve_forever()

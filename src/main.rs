@@ -224,15 +224,18 @@ enum KeyCmd {
     },
 }
 
-/// Buffers of 1 MiB and more (upload parts, FUSE writes, decrypted segments) are mapped and
-/// unmapped on their own. By default glibc raises its mmap threshold after each such free, and
-/// from then on keeps 8 MiB part buffers in per-thread heaps that it seldom returns: the
-/// daemon's peak RSS while uploading a 1 GiB file was ~200 MiB for ~40 MiB of live buffers.
+/// Buffers of more than 4 MiB (8 MiB upload parts) are mapped and unmapped on their own. By
+/// default glibc raises its mmap threshold after each such free, and from then on keeps 8 MiB
+/// part buffers in per-thread heaps that it seldom returns: the daemon's peak RSS while
+/// uploading a 1 GiB file was ~200 MiB for ~40 MiB of live buffers. A fixed threshold stops
+/// that; at 4 MiB (not lower) the body of each small object (a 1 MiB photo is just over 1 MiB
+/// encrypted) comes from the heap: mapping and unmapping one per file cost page faults, and
+/// each unmap interrupts every other CPU to flush its TLB.
 fn bound_malloc_retention() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called once, before any other thread.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 

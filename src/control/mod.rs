@@ -126,32 +126,40 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
             Err(e) => Reply::Error { message: e.to_string() },
         },
         Request::Flush { wait } => {
-            // Everything pending now must reach S3; content that changes later does not hold us.
-            let targets = match fs.pending_inodes() {
+            // Everything pending now must reach S3 (in this version or a newer one).
+            let mut targets = match fs.pending_inodes() {
                 Ok(t) => t,
                 Err(e) => return Reply::Error { message: e.to_string() },
             };
             loop {
+                let started = std::time::Instant::now();
                 let f = fs.clone();
                 if let Err(e) = tokio::task::spawn_blocking(move || f.seal_ready(true)).await.unwrap_or(Ok(0)) {
                     return Reply::Error { message: e.to_string() };
                 }
                 fs.upload_wakeup.notify_one();
-                let mut waiting = 0u64;
+                let f = fs.clone();
+                let t = std::mem::take(&mut targets);
+                let states = match tokio::task::spawn_blocking(move || f.states_of(&t).map(|s| (t, s))).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => return Reply::Error { message: e.to_string() },
+                    Err(e) => return Reply::Error { message: e.to_string() },
+                };
                 let mut failed = 0u64;
                 // Files that cannot be sealed now (a full staging disk): waiting would never end.
                 let mut unsealable = Vec::new();
-                for (ino, _, _) in &targets {
-                    match fs.state_of(*ino) {
-                        Ok(None) | Ok(Some((_, crate::meta::State::Uploaded))) | Ok(Some((_, crate::meta::State::Local))) => {}
-                        Ok(Some((_, crate::meta::State::Failed))) => failed += 1,
-                        Ok(Some((_, crate::meta::State::Dirty))) if fs.seal_failure(*ino).is_some() => {
-                            unsealable.push(format!("  {}: {}", fs.path_of(*ino), fs.seal_failure(*ino).unwrap_or_default()));
+                for (ino, state) in states.0.into_iter().zip(states.1) {
+                    match state {
+                        None | Some(crate::meta::State::Uploaded) | Some(crate::meta::State::Local) => continue,
+                        Some(crate::meta::State::Failed) => failed += 1,
+                        Some(crate::meta::State::Dirty) if fs.seal_failure(ino).is_some() => {
+                            unsealable.push(format!("  {}: {}", fs.path_of(ino), fs.seal_failure(ino).unwrap_or_default()));
                         }
-                        Ok(Some(_)) => waiting += 1,
-                        Err(e) => return Reply::Error { message: e.to_string() },
+                        Some(_) => {}
                     }
+                    targets.push(ino); // still pending: looked at again next round
                 }
+                let waiting = targets.len() as u64 - failed - unsealable.len() as u64;
                 if wait && waiting == 0 && !unsealable.is_empty() {
                     return Reply::Error {
                         message: format!(
@@ -171,7 +179,8 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
                     let s = fs.status().unwrap_or_default();
                     return Reply::Flushed { uploaded_files: s.uploaded_files, failed_files: failed, still_open_for_write: fs.open_writers() as u64 };
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Look again in 200 ms, or later when looking took long (a large backlog).
+                tokio::time::sleep(Duration::from_millis(200).max(started.elapsed() * 4)).await;
             }
         }
     }

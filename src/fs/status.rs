@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How many upload failures `status` lists.
+const MAX_FAILURES_SHOWN: usize = 100;
+
 impl Fs {
     // ------------------------------------------------------------------ status
 
@@ -17,12 +20,14 @@ impl Fs {
             dirty_files,
             queued_uploads,
         } = c.db.counts()?;
-        let mut failures: Vec<FailureInfo> =
-            c.db.uploads()?
-                .into_iter()
-                .filter(|u| u.state == "failed" || u.last_error.is_some())
-                .map(|u| FailureInfo { path: u.path, state: u.state, attempts: u.attempts, error: u.last_error.unwrap_or_default() })
-                .collect();
+        // The first failures, not all: a long outage can leave every queued upload with an
+        // error, and the queue can hold a million files (`failed_files` counts them all).
+        let mut failures: Vec<FailureInfo> = c
+            .db
+            .upload_failures(MAX_FAILURES_SHOWN)?
+            .into_iter()
+            .map(|(path, state, attempts, error)| FailureInfo { path, state, attempts, error })
+            .collect();
         for (ino, (gen, attempts, error)) in self.seal_failures.lock().unwrap().iter() {
             if c.db.get(*ino)?.is_some_and(|i| i.content_gen == *gen && i.state == State::Dirty) {
                 let path = c.db.path_of(*ino).unwrap_or_default();
@@ -63,14 +68,22 @@ impl Fs {
         })
     }
 
-    /// Inode numbers whose content is not yet in S3 (dirty or in the outbox).
-    pub fn pending_inodes(&self) -> Result<Vec<(u64, i64, State)>> {
-        let c = self.core();
-        Ok(c.db
-            .files_in_state(&[State::Dirty, State::Sealed, State::Uploading, State::Failed])?
-            .into_iter()
-            .map(|i| (i.ino, i.content_gen, i.state))
-            .collect())
+    /// Inode numbers whose content is not yet in S3 (dirty, in the outbox, or failed).
+    pub fn pending_inodes(&self) -> Result<Vec<u64>> {
+        Ok(self.core().db.inos_in_state(&[State::Dirty, State::Sealed, State::Uploading, State::Failed])?)
+    }
+
+    /// The state of each of `inos` (None: gone), reading a chunk at a time under the lock so
+    /// that a flush waiting on a million files never holds it for long.
+    pub fn states_of(&self, inos: &[u64]) -> Result<Vec<Option<State>>> {
+        let mut out = Vec::with_capacity(inos.len());
+        for chunk in inos.chunks(512) {
+            let c = self.core();
+            for &ino in chunk {
+                out.push(c.db.state(ino)?);
+            }
+        }
+        Ok(out)
     }
 
     pub fn state_of(&self, ino: u64) -> Result<Option<(i64, State)>> {

@@ -184,6 +184,20 @@ impl Db {
         self.select_inodes("WHERE parent = 0", [])
     }
 
+    /// Inode numbers of the files in these states (one narrow column: there may be millions).
+    pub fn inos_in_state(&self, states: &[State]) -> Result<Vec<u64>> {
+        let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        let mut st = self.conn.prepare_cached(&format!("SELECT ino FROM inodes WHERE state IN ({})", list.join(",")))?;
+        let r = st.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(r)
+    }
+
+    /// The content state of one inode.
+    pub fn state(&self, ino: u64) -> Result<Option<State>> {
+        let s: Option<String> = self.conn.row("SELECT state FROM inodes WHERE ino=?1", params![ino as i64], |r| r.get(0)).optional()?;
+        s.map(|s| State::parse(&s)).transpose()
+    }
+
     pub fn files_in_state(&self, states: &[State]) -> Result<Vec<Inode>> {
         let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
         self.select_inodes(&format!("WHERE state IN ({})", list.join(",")), [])

@@ -42,6 +42,16 @@ impl Db {
         Ok(self.conn.row(&format!("SELECT {UPLOAD_COLS} FROM uploads WHERE id=?1"), params![id], upload_from_row).optional()?)
     }
 
+    /// The first `limit` uploads that failed or were retried after an error: (path, state,
+    /// attempts, last error). Only those columns: the queue can hold a million rows.
+    pub fn upload_failures(&self, limit: usize) -> Result<Vec<(String, String, i64, String)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT path, state, attempts, coalesce(last_error,'') FROM uploads WHERE state='failed' OR last_error IS NOT NULL ORDER BY id LIMIT ?1",
+        )?;
+        let r = st.query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(r)
+    }
+
     pub fn uploads(&self) -> Result<Vec<Upload>> {
         let mut st = self.conn.prepare_cached(&format!("SELECT {UPLOAD_COLS} FROM uploads ORDER BY id"))?;
         let r = st.query_map([], upload_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;

@@ -132,12 +132,12 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
                 Err(e) => return Reply::Error { message: e.to_string() },
             };
             loop {
-                let started = std::time::Instant::now();
                 let f = fs.clone();
                 if let Err(e) = tokio::task::spawn_blocking(move || f.seal_ready(true)).await.unwrap_or(Ok(0)) {
                     return Reply::Error { message: e.to_string() };
                 }
                 fs.upload_wakeup.notify_one();
+                let looking = std::time::Instant::now();
                 let f = fs.clone();
                 let t = std::mem::take(&mut targets);
                 let states = match tokio::task::spawn_blocking(move || f.states_of(&t).map(|s| (t, s))).await {
@@ -179,8 +179,9 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
                     let s = fs.status().unwrap_or_default();
                     return Reply::Flushed { uploaded_files: s.uploaded_files, failed_files: failed, still_open_for_write: fs.open_writers() as u64 };
                 }
-                // Look again in 200 ms, or later when looking took long (a large backlog).
-                tokio::time::sleep(Duration::from_millis(200).max(started.elapsed() * 4)).await;
+                // Look again in 200 ms, or later when looking took long (a large backlog). Only
+                // the looking counts: sealing a batch of big files must not stretch the wait.
+                tokio::time::sleep(Duration::from_millis(200).max(looking.elapsed() * 4)).await;
             }
         }
     }

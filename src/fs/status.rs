@@ -22,12 +22,11 @@ impl Fs {
         } = c.db.counts()?;
         // The first failures, not all: a long outage can leave every queued upload with an
         // error, and the queue can hold a million files (`failed_files` counts them all).
-        let mut failures: Vec<FailureInfo> = c
-            .db
-            .upload_failures(MAX_FAILURES_SHOWN)?
-            .into_iter()
-            .map(|(path, state, attempts, error)| FailureInfo { path, state, attempts, error })
-            .collect();
+        let mut failures: Vec<FailureInfo> =
+            c.db.upload_failures(MAX_FAILURES_SHOWN)?
+                .into_iter()
+                .map(|(path, state, attempts, error)| FailureInfo { path, state, attempts, error })
+                .collect();
         for (ino, (gen, attempts, error)) in self.seal_failures.lock().unwrap().iter() {
             if c.db.get(*ino)?.is_some_and(|i| i.content_gen == *gen && i.state == State::Dirty) {
                 let path = c.db.path_of(*ino).unwrap_or_default();

@@ -3,7 +3,8 @@
 //! Credentials and region come from the standard AWS chain (env, profiles, SSO, instance roles);
 //! `endpoint_url` (or `AWS_ENDPOINT_URL`) plus path-style addressing serve S3-compatible stores.
 //! Checksums are `WhenRequired` because several S3-compatible servers reject the SDK's default
-//! CRC trailers. Every SDK error is classified into `StoreError` in `classify`.
+//! CRC trailers; coldvault sends its own checksum headers (CRC32C on whole objects, Content-MD5 on
+//! parts). Every SDK error is classified into `StoreError` in `classify`.
 
 use super::*;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
@@ -87,7 +88,7 @@ impl S3Store {
             .set_metadata(meta_map(&opts.metadata))
             .set_tagging(opts.tagging.clone())
             .set_if_none_match(self.conditional(opts.if_none_match))
-            .content_md5(content_md5(&body))
+            .checksum_crc32_c(crc32c(&body))
             .body(ByteStream::from(body))
             .send()
             .await
@@ -172,6 +173,15 @@ where
 
 mod aws_smithy_runtime_api_http {
     pub use aws_sdk_s3::config::http::HttpResponse;
+}
+
+/// Base64 CRC32C of a whole object's body, sent as `x-amz-checksum-crc32c` so the store
+/// verifies what it received (and keeps it with the object). Parts keep Content-MD5: on AWS a
+/// part's checksum algorithm must be declared when the multipart upload is created.
+fn crc32c(body: &[u8]) -> String {
+    use base64::Engine;
+    let c = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, body) as u32;
+    base64::engine::general_purpose::STANDARD.encode(c.to_be_bytes())
 }
 
 /// Base64 MD5 of a request body, sent as Content-MD5 so the store verifies what it received.
@@ -322,6 +332,14 @@ mod tests {
     //! code the way `classify` expects.)
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The check value of CRC32C (iSCSI, Castagnoli) and the encoding S3 expects: the four
+    /// big-endian bytes in base64.
+    #[test]
+    fn crc32c_header_value() {
+        assert_eq!(super::crc32c(b"123456789"), base64::Engine::encode(&base64::engine::general_purpose::STANDARD, 0xE306_9283u32.to_be_bytes()));
+        assert_eq!(super::crc32c(b""), "AAAAAA==");
+    }
 
     async fn answering(status: u16, code: &str) -> (S3Store, tokio::task::JoinHandle<()>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

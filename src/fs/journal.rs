@@ -69,10 +69,11 @@ impl JournalIndex for Fs {
         Ok(())
     }
 
-    /// (entries uploaded since the last snapshot, time of the last snapshot in ms).
-    fn snapshot_due(&self) -> IndexResult<(u64, i64)> {
+    /// (entries uploaded since the last snapshot, time of the last snapshot in ms, its entries).
+    fn snapshot_due(&self) -> IndexResult<(u64, i64, u64)> {
         let c = self.core();
         let since = c.db.setting("since_snapshot")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let entries = c.db.setting("last_snapshot_entries")?.and_then(|v| v.parse().ok()).unwrap_or(0);
         let last = match c.db.setting("last_snapshot_ms")? {
             Some(v) => v.parse().unwrap_or(0),
             None => {
@@ -81,7 +82,7 @@ impl JournalIndex for Fs {
                 now_ms()
             }
         };
-        Ok((since, last))
+        Ok((since, last, entries))
     }
 
     /// What a snapshot taken now reflects of every machine's journal: this machine's records up
@@ -100,9 +101,10 @@ impl JournalIndex for Fs {
         Ok(now_ms().max(floor + 1))
     }
 
-    fn snapshot_taken(&self, _covers_seq: i64) -> IndexResult<()> {
+    fn snapshot_taken(&self, _covers_seq: i64, entries: u64) -> IndexResult<()> {
         let c = self.core();
         c.db.set_setting("since_snapshot", "0")?;
+        c.db.set_setting("last_snapshot_entries", &entries.to_string())?;
         c.db.set_setting("last_snapshot_ms", &now_ms().to_string())?;
         Ok(())
     }

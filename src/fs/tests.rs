@@ -916,6 +916,37 @@ fn snapshots_replace_older_snapshots_and_rebuild_from_them() {
     e.rt.block_on(d2.shutdown());
 }
 
+/// Snapshots come further apart as the index grows (each costs work and memory in proportion
+/// to it): after one of N entries, the next waits for N/2 more records, not `snapshot_every`.
+#[test]
+fn snapshots_wait_for_half_the_last_one_in_new_records() {
+    let mut e = Env::new();
+    let dd = e.daemon.take().unwrap();
+    e.rt.block_on(dd.shutdown());
+    let mut c = cfg(e.dir.path());
+    c.journal.snapshot_every = 3;
+    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    let taken = |e: &Env| e.store.snapshot().keys().filter(|k| k.starts_with("v/s/")).cloned().collect::<Vec<_>>();
+    for k in 0..20 {
+        e.write_file(ROOT, &format!("f{k}"), &data(10, k as u8));
+    }
+    e.fs().seal_ready(true).unwrap();
+    e.wait_uploaded();
+    flush_journal(&e); // 20 records: a snapshot of the root and 20 files
+    let first = taken(&e);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let fs = e.fs();
+    for k in 0..9 {
+        fs.rename(ROOT, OsStr::new(&format!("f{k}")), ROOT, OsStr::new(&format!("g{k}")), false).unwrap();
+        flush_journal(&e);
+    }
+    assert_eq!(taken(&e), first, "9 records after a 21-entry snapshot: not yet (3 would have been enough before)");
+    fs.rename(ROOT, OsStr::new("f9"), ROOT, OsStr::new("g9"), false).unwrap();
+    flush_journal(&e);
+    let second = taken(&e);
+    assert!(second.len() == 1 && second != first, "10 records: the next snapshot replaces the first: {second:?}");
+}
+
 /// Regression: `flush` sealing while the sealer thread sealed the same file wrote one outbox
 /// file with two data keys (the index recorded one header, S3 got the other's segments).
 #[test]

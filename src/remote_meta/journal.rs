@@ -55,7 +55,8 @@ pub trait JournalIndex: Send + Sync {
     /// Records up to `last_seq` (`n` of them) are in the bucket.
     fn journal_sent(&self, last_seq: i64, n: u64) -> IndexResult<()>;
     /// Records since the last snapshot, and when it was taken (ms).
-    fn snapshot_due(&self) -> IndexResult<(u64, i64)>;
+    /// (records sent since the last snapshot, its time in ms, how many entries it had).
+    fn snapshot_due(&self) -> IndexResult<(u64, i64, u64)>;
     /// The live tree and the last journal record it reflects.
     fn tree(&self) -> IndexResult<(Tree, i64)>;
     /// Object keys no version uses any more.
@@ -64,7 +65,7 @@ pub trait JournalIndex: Send + Sync {
     fn snapshot_seen(&self, machine: &str, covers_seq: i64) -> IndexResult<std::collections::BTreeMap<String, i64>>;
     /// The time to stamp on a snapshot: never before anything already in the bucket.
     fn clock_ms(&self) -> IndexResult<i64>;
-    fn snapshot_taken(&self, covers_seq: i64) -> IndexResult<()>;
+    fn snapshot_taken(&self, covers_seq: i64, entries: u64) -> IndexResult<()>;
 }
 
 pub async fn run(fs: Arc<dyn JournalIndex>, cfg: JournalConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -102,15 +103,20 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
         tracing::debug!(key, entries = n, "journal batch uploaded");
         sent += n;
     }
-    let (since, last_ms) = fs.snapshot_due().map_err(|e| e.to_string())?;
-    if since > 0 && (since >= cfg.snapshot_every || now_ms() - last_ms >= cfg.snapshot_max_age.as_millis() as i64) {
+    let (since, last_ms, last_entries) = fs.snapshot_due().map_err(|e| e.to_string())?;
+    // A snapshot costs work and memory in proportion to the whole index, so the next one waits
+    // for records amounting to half the last one (and at least `snapshot_every`): copying a
+    // million files in then costs a few snapshots, not one per 10,000 files, and a rebuild
+    // replays at most half a snapshot's worth of records on top of it.
+    let every = cfg.snapshot_every.max(last_entries / 2);
+    if since > 0 && (since >= every || now_ms() - last_ms >= cfg.snapshot_max_age.as_millis() as i64) {
         let (tree, covers_seq) = fs.tree().map_err(|e| e.to_string())?;
         let dead_keys = fs.dead().map_err(|e| e.to_string())?;
         let seen = fs.snapshot_seen(&machine, covers_seq).map_err(|e| e.to_string())?;
         let ts_ms = fs.clock_ms().map_err(|e| e.to_string())?;
         let s = Snapshot { machine: machine.clone(), covers_seq, ts_ms, entries: tree.to_entries(), dead_keys, seen };
         let key = put_snapshot(fs.store(), fs.keys(), fs.prefix(), &s).await.map_err(|e| e.to_string())?;
-        fs.snapshot_taken(covers_seq).map_err(|e| e.to_string())?;
+        fs.snapshot_taken(covers_seq, s.entries.len() as u64).map_err(|e| e.to_string())?;
         fs.uploaded_one();
         tracing::info!(key, files = s.entries.len(), covers_seq, "index snapshot uploaded");
         if !cfg.write_only {

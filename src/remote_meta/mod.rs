@@ -7,8 +7,9 @@
 //! * The journal task (`run`) uploads pending entries as one encrypted object per batch,
 //!   `P j/<machine>/<first seq>-<last seq>`, every `journal_interval` or 1,000 entries, on
 //!   `flush` and at unmount. Re-uploading a batch after a crash writes the same key.
-//! * Every `snapshot_every` entries (and at least daily while changes happen) the whole index is
-//!   uploaded as `P s/<machine>/<covered seq>`; with delete rights, older journal batches and
+//! * After `snapshot_every` entries, or half as many as the last snapshot had if that is more
+//!   (and at least daily while changes happen), the whole index is uploaded as
+//!   `P s/<machine>/<covered seq>`; with delete rights, older journal batches and
 //!   snapshots of this machine are then removed (compaction).
 //! * Replay (`Tree::apply`) = latest snapshot per machine + later batches in order + objects in
 //!   `P d/` that no entry mentions (uploads whose journal batch was lost), read with HeadObject

@@ -1,7 +1,7 @@
 //! The journal task: uploads pending journal entries in batches, snapshots the index now and
 //! then, and compacts what the snapshot makes redundant (when the credentials allow deletes).
 
-use super::{compact, put_batch, put_snapshot, Record, Snapshot, Tree};
+use super::{compact, put_batch, put_snapshot, seal_json, EntriesOf, Record, SnapshotOf, Tree};
 use crate::clock::now_ms;
 use crate::crypto::VaultKeys;
 use crate::meta::IndexResult;
@@ -114,11 +114,14 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
         let dead_keys = fs.dead().map_err(|e| e.to_string())?;
         let seen = fs.snapshot_seen(&machine, covers_seq).map_err(|e| e.to_string())?;
         let ts_ms = fs.clock_ms().map_err(|e| e.to_string())?;
-        let s = Snapshot { machine: machine.clone(), covers_seq, ts_ms, entries: tree.to_entries(), dead_keys, seen };
-        let key = put_snapshot(fs.store(), fs.keys(), fs.prefix(), &s).await.map_err(|e| e.to_string())?;
-        fs.snapshot_taken(covers_seq, s.entries.len() as u64).map_err(|e| e.to_string())?;
+        let files = tree.nodes.len();
+        let body =
+            seal_json(fs.keys(), &SnapshotOf { machine: &machine, covers_seq, ts_ms, entries: EntriesOf(&tree), dead_keys: &dead_keys, seen: &seen });
+        drop(tree);
+        let key = put_snapshot(fs.store(), fs.prefix(), &machine, covers_seq, body).await.map_err(|e| e.to_string())?;
+        fs.snapshot_taken(covers_seq, files as u64).map_err(|e| e.to_string())?;
         fs.uploaded_one();
-        tracing::info!(key, files = s.entries.len(), covers_seq, "index snapshot uploaded");
+        tracing::info!(key, files, covers_seq, "index snapshot uploaded");
         if !cfg.write_only {
             match compact(fs.store(), fs.prefix(), &machine, covers_seq).await {
                 Ok(n) => tracing::info!(removed = n, "journal compacted"),

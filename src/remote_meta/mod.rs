@@ -379,36 +379,64 @@ impl Tree {
 
     /// Entries that recreate this tree (a snapshot's content).
     pub fn to_entries(&self) -> Vec<Entry> {
-        self.nodes
-            .iter()
-            .map(|(p, n)| match n.kind {
-                NodeKind::Dir => Entry::Mkdir { path: p.clone(), mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
-                NodeKind::Symlink => {
-                    Entry::Symlink { path: p.clone(), target: n.target.clone().unwrap_or_default(), uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns }
-                }
-                NodeKind::Special => Entry::Special {
-                    path: p.clone(),
-                    special: n.target.clone().unwrap_or_default(),
-                    mode: n.mode,
-                    uid: n.uid,
-                    gid: n.gid,
-                    mtime_ns: n.mtime_ns,
-                },
-                NodeKind::File => Entry::Upload {
-                    path: p.clone(),
-                    key: n.key.clone().unwrap_or_default(),
-                    size: n.size,
-                    mtime_ns: n.mtime_ns,
-                    mode: n.mode,
-                    uid: n.uid,
-                    gid: n.gid,
-                    class: n.class.clone().unwrap_or_else(|| "STANDARD".into()),
-                    sha256: n.sha256.clone().unwrap_or_default(),
-                    header: n.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
-                    xattrs: n.xattrs.clone(),
-                },
-            })
-            .collect()
+        self.nodes.iter().map(|(p, n)| Self::entry_of(p, n)).collect()
+    }
+
+    /// The entry that recreates one node.
+    fn entry_of(p: &str, n: &Node) -> Entry {
+        match n.kind {
+            NodeKind::Dir => Entry::Mkdir { path: p.to_string(), mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
+            NodeKind::Symlink => {
+                Entry::Symlink { path: p.to_string(), target: n.target.clone().unwrap_or_default(), uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns }
+            }
+            NodeKind::Special => Entry::Special {
+                path: p.to_string(),
+                special: n.target.clone().unwrap_or_default(),
+                mode: n.mode,
+                uid: n.uid,
+                gid: n.gid,
+                mtime_ns: n.mtime_ns,
+            },
+            NodeKind::File => Entry::Upload {
+                path: p.to_string(),
+                key: n.key.clone().unwrap_or_default(),
+                size: n.size,
+                mtime_ns: n.mtime_ns,
+                mode: n.mode,
+                uid: n.uid,
+                gid: n.gid,
+                class: n.class.clone().unwrap_or_else(|| "STANDARD".into()),
+                sha256: n.sha256.clone().unwrap_or_default(),
+                header: n.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
+                xattrs: n.xattrs.clone(),
+            },
+        }
+    }
+}
+
+/// A snapshot serialized straight from a tree: the JSON of `Snapshot`, without first copying
+/// every entry (the snapshot of a large index is its largest allocation).
+#[derive(Serialize)]
+pub struct SnapshotOf<'a> {
+    pub machine: &'a str,
+    pub covers_seq: i64,
+    pub ts_ms: i64,
+    pub entries: EntriesOf<'a>,
+    pub dead_keys: &'a [String],
+    #[serde(skip_serializing_if = "no_seen")]
+    pub seen: &'a BTreeMap<String, i64>,
+}
+
+fn no_seen(m: &&BTreeMap<String, i64>) -> bool {
+    m.is_empty()
+}
+
+/// A tree's entries, serialized one at a time as a JSON array.
+pub struct EntriesOf<'a>(pub &'a Tree);
+
+impl Serialize for EntriesOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.nodes.iter().map(|(p, n)| Tree::entry_of(p, n)))
     }
 }
 
@@ -626,9 +654,9 @@ pub async fn put_batch(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, 
     Ok(key)
 }
 
-pub async fn put_snapshot(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, s: &Snapshot) -> Result<String, StoreError> {
-    let key = format!("{prefix}s/{}/{:016}", s.machine, s.covers_seq);
-    let body = seal_json(keys, s);
+/// Upload a sealed snapshot (`seal_json` of a `Snapshot` or `SnapshotOf`) under its key.
+pub async fn put_snapshot(store: &dyn ObjectStore, prefix: &str, machine: &str, covers_seq: i64, body: Vec<u8>) -> Result<String, StoreError> {
+    let key = format!("{prefix}s/{machine}/{covers_seq:016}");
     store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }).await?;
     Ok(key)
 }

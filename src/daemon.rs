@@ -73,7 +73,7 @@ impl Daemon {
         // Poll often enough that the settle delay is honoured to within ~0.25 s.
         let sealer = {
             let fs = fs.clone();
-            periodic("sealer", stop_rx.clone(), Duration::from_millis(250), move || {
+            periodic("sealer", true, stop_rx.clone(), Duration::from_millis(250), move || {
                 if let Err(e) = fs.seal_ready(false) {
                     tracing::error!(error = %e, "sealer");
                 }
@@ -83,7 +83,7 @@ impl Daemon {
         // being digested) never delay it: everything before it survives power loss.
         let committer = {
             let fs = fs.clone();
-            periodic("group-commit", stop_rx.clone(), fs.cfg.group_commit, move || {
+            periodic("group-commit", false, stop_rx.clone(), fs.cfg.group_commit, move || {
                 if let Err(e) = fs.group_commit() {
                     tracing::error!(error = %e, "group commit failed; retrying at the next one");
                 }
@@ -135,9 +135,10 @@ impl Daemon {
 }
 
 /// A thread named `name` that runs `f` every `every` until `stop` says so (it looks at least
-/// every 100 ms, so shutdown never waits a whole period).
+/// every 100 ms, so shutdown never waits a whole period); `background`: at a lower priority.
 fn periodic(
     name: &str,
+    background: bool,
     stop: tokio::sync::watch::Receiver<bool>,
     every: Duration,
     mut f: impl FnMut() + Send + 'static,
@@ -145,7 +146,9 @@ fn periodic(
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            background_priority();
+            if background {
+                background_priority();
+            }
             loop {
                 let start = std::time::Instant::now();
                 while start.elapsed() < every {
@@ -160,11 +163,11 @@ fn periodic(
         .expect("spawn a background thread")
 }
 
-/// Lower the CPU priority of the calling thread to nice 10: the threads that seal, encrypt
-/// and upload in the background (and the runtime they run on) yield the CPU to the FUSE
-/// threads that answer applications, so a copy into the mount returns at the speed of its own
-/// work while uploads use what is left; when nothing else runs they get the whole CPU.
-pub fn background_priority() {
+/// Lower the CPU priority of the calling thread to nice 10: the sealer (digests and key wraps,
+/// outside the lock) yields the CPU to the FUSE threads that answer applications; when nothing
+/// else runs it gets the whole CPU. Not the group commit (it holds the lock through an fsync)
+/// nor the runtime (its blocking threads serve FUSE reads and opens).
+fn background_priority() {
     // SAFETY: gettid and setpriority take plain integers and touch no memory of ours; on
     // Linux, PRIO_PROCESS with a thread id changes that thread only. A failure leaves the
     // priority as it was, which is harmless.

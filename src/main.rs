@@ -255,12 +255,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?)
 }
 
-/// The mount's runtime: uploads, the journal, restores and the control socket run on it, below
-/// the priority of the FUSE threads (`daemon::background_priority`).
-fn background_runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().on_thread_start(coldvault::daemon::background_priority).build()?)
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Init { bucket, prefix, endpoint_url, region, config, default_storage_class, pass } => {
@@ -689,7 +683,7 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     drop(pw);
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating cache dir {}", cache_dir.display()))?;
     let _lock = lock_cache(&cache_dir)?;
-    let rt = background_runtime()?;
+    let rt = runtime()?;
     let store = if a.write_only {
         // HeadBucket needs s3:ListBucket, which a write-only machine does not have.
         rt.block_on(S3Store::connect(&cfg.s3_settings()))

@@ -398,9 +398,9 @@ impl VersionCipher {
 pub fn sha256_file(plain: &std::fs::File, size: u64) -> std::io::Result<[u8; 32]> {
     use std::os::unix::fs::FileExt;
     let mut h = Sha256::new();
-    // Below the allocator's mmap threshold (1 MiB, set in main): a buffer of that size is
-    // mapped and unmapped for every file, and each unmap interrupts every other CPU to flush
-    // its TLB (thousands of small files sealed while an application copies more in).
+    // Small: a buffer of 1 MiB or more was mapped and unmapped for every file (glibc's mmap
+    // threshold was 1 MiB then; 4 MiB now, set in main), and each unmap interrupts every other
+    // CPU to flush its TLB (thousands of small files sealed while an application copies more in).
     let mut buf = vec![0u8; (size as usize).clamp(1, 256 << 10)];
     let mut off = 0u64;
     while off < size {

@@ -916,6 +916,28 @@ fn snapshots_replace_older_snapshots_and_rebuild_from_them() {
     e.rt.block_on(d2.shutdown());
 }
 
+/// Regression (a review of the narrowed inode update): a move to another folder under a new
+/// name, beside an entry of that name in the old folder, failed with EIO — the row passed
+/// through (old folder, new name) between two statements. With and without a file to replace.
+#[test]
+fn a_move_to_another_folder_under_a_name_taken_in_the_old_one() {
+    let e = Env::new();
+    let fs = e.fs();
+    let inbox = fs.mkdir(ROOT, OsStr::new("inbox"), 0o755, 0, 0).unwrap().ino;
+    let year = fs.mkdir(ROOT, OsStr::new("2024"), 0o755, 0, 0).unwrap().ino;
+    let a = e.write_file(inbox, "a.jpg", &data(100, 1));
+    let b = e.write_file(inbox, "b.jpg", &data(100, 2));
+    fs.rename(inbox, OsStr::new("a.jpg"), year, OsStr::new("b.jpg"), false).unwrap();
+    let c = e.write_file(inbox, "c.jpg", &data(100, 3));
+    let old = e.write_file(year, "c.jpg", &data(100, 4));
+    fs.rename(inbox, OsStr::new("b.jpg"), year, OsStr::new("c.jpg"), false).unwrap();
+    let names = |d: u64| fs.readdir(d).unwrap().into_iter().map(|i| (i.name, i.ino)).collect::<std::collections::BTreeMap<_, _>>();
+    assert_eq!(names(inbox), [("c.jpg".to_string(), c)].into());
+    assert_eq!(names(year), [("b.jpg".to_string(), a), ("c.jpg".to_string(), b)].into());
+    assert!(fs.state_of(old).unwrap().is_none(), "the replaced file is gone");
+    assert_eq!(e.read_all(a).unwrap(), data(100, 1));
+}
+
 /// Snapshots come further apart as the index grows (each costs work and memory in proportion
 /// to it): after one of N entries, the next waits for N/2 more records, not `snapshot_every`.
 #[test]

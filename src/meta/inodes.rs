@@ -110,10 +110,12 @@ impl Db {
         if n == 0 {
             return Ok(());
         }
-        // (parent, name) is in one index, parent in two more: a rename within a folder
-        // touches only the first.
-        conn.exec("UPDATE inodes SET name=?2 WHERE ino=?1 AND name IS NOT ?2", params![ino, i.name])?;
-        conn.exec("UPDATE inodes SET parent=?2 WHERE ino=?1 AND parent IS NOT ?2", params![ino, i.parent as i64])?;
+        // (parent, name) is in one unique index, parent in two more: a rename within a folder
+        // touches only the first. A move to another folder sets both in one statement: set one
+        // at a time, the row would pass through (old folder, new name), which another entry
+        // may hold (`mv inbox/a.jpg 2024/b.jpg` beside `inbox/b.jpg`).
+        conn.exec("UPDATE inodes SET name=?2 WHERE ino=?1 AND parent IS ?3 AND name IS NOT ?2", params![ino, i.name, i.parent as i64])?;
+        conn.exec("UPDATE inodes SET parent=?3,name=?2 WHERE ino=?1 AND parent IS NOT ?3", params![ino, i.name, i.parent as i64])?;
         conn.exec(
             "UPDATE inodes SET state=?2,dirty_ms=?3 WHERE ino=?1 AND (state IS NOT ?2 OR dirty_ms IS NOT ?3)",
             params![ino, i.state.as_str(), i.dirty_ms],

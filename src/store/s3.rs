@@ -148,7 +148,11 @@ where
                     StoreError::Retryable(format!("{code} (HTTP {status}) {message}"))
                 }
                 // The body arrived short or damaged on the way: sending it again helps.
-                "IncompleteBody" | "BadDigest" | "XAmzContentSHA256Mismatch" => StoreError::Retryable(format!("{code} (HTTP {status}) {message}")),
+                // (AWS answers BadDigest for a CRC32C mismatch too; Garage InvalidDigest, MinIO
+                // XAmzContentChecksumMismatch.)
+                "IncompleteBody" | "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch" | "XAmzContentChecksumMismatch" => {
+                    StoreError::Retryable(format!("{code} (HTTP {status}) {message}"))
+                }
                 "ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired" | "RequestExpired" => {
                     StoreError::Credentials(format!("{code}: {message}"))
                 }

@@ -102,6 +102,18 @@ impl Db {
     /// indexed column (name, parent, state and dirty time, object key) only when its value changed (a chmod
     /// writes 2 pages instead of 5).
     pub fn save(conn: &Connection, i: &Inode) -> Result<()> {
+        // Its statements commit together: outside a transaction each would commit on its own
+        // (a crash between two would leave half a row, and each commit writes the page again).
+        if conn.is_autocommit() {
+            let tx = conn.unchecked_transaction()?;
+            Self::save_columns(&tx, i)?;
+            tx.commit()?;
+            return Ok(());
+        }
+        Self::save_columns(conn, i)
+    }
+
+    fn save_columns(conn: &Connection, i: &Inode) -> Result<()> {
         let ino = i.ino as i64;
         let n = conn.exec(
             "UPDATE inodes SET mode=?2,uid=?3,gid=?4,size=?5,atime_ns=?6,mtime_ns=?7,ctime_ns=?8,target=?9,content_gen=?10,storage_class=?11,header=?12,sha256=?13,xattrs=?14 WHERE ino=?1",

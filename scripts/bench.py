@@ -295,7 +295,13 @@ class LoopFs:
         sh("mount", "-o", "loop", self.img, work)
 
     def stop(self):
-        sh("umount", self.work, check=False)
+        # A peer's daemon may still be exiting (s3fs, rclone): wait for it, then detach lazily.
+        deadline = time.monotonic() + 30
+        while is_mounted(self.work) and sh("umount", self.work, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                sh("umount", "-l", self.work, check=False)
+                break
+            time.sleep(1)
         self.img.unlink(missing_ok=True)
 
 

@@ -63,9 +63,15 @@ impl Env {
         self.daemon = Some(d);
     }
     fn restart(&mut self) {
+        self.restart_with(|_| {});
+    }
+    /// Restart with the test configuration changed by `change`.
+    fn restart_with(&mut self, change: impl FnOnce(&mut FsConfig)) {
         let d = self.daemon.take().unwrap();
         self.rt.block_on(d.shutdown());
-        self.start();
+        let mut c = cfg(self.dir.path());
+        change(&mut c);
+        self.daemon = Some(Daemon::start(self.rt.handle(), self.store.clone(), self.keys.clone(), c, fast_upload()).unwrap());
     }
     fn fs(&self) -> Arc<Fs> {
         self.daemon.as_ref().unwrap().fs.clone()
@@ -619,11 +625,9 @@ fn restored_copy_expires_and_the_file_is_archived_again() {
 #[test]
 fn fetch_restored_keeps_the_file_readable_after_expiry() {
     let mut e = Env::new();
-    let dd = e.daemon.take().unwrap();
-    e.rt.block_on(dd.shutdown());
-    let mut c = cfg(e.dir.path());
-    c.restore.fetch_restored = true;
-    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    e.restart_with(|c| {
+        c.restore.fetch_restored = true;
+    });
     *e.store.restore_delay.lock().unwrap() = Duration::from_millis(300);
     *e.store.restore_lifetime.lock().unwrap() = Some(Duration::from_millis(3000));
     let raw = e.fs().mkdir(ROOT, OsStr::new("raw"), 0o755, 0, 0).unwrap();
@@ -642,16 +646,14 @@ fn fetch_restored_keeps_the_file_readable_after_expiry() {
 #[test]
 fn class_refresh_learns_transitions_and_tags_are_sent() {
     let mut e = Env::new();
-    let dd = e.daemon.take().unwrap();
-    e.rt.block_on(dd.shutdown());
-    let mut c = cfg(e.dir.path());
-    c.restore.class_refresh = Some(Duration::from_millis(300));
-    c.policy.rules = vec![crate::rules::ClassRule {
-        glob: "*.tif".into(),
-        class: "STANDARD_IA".into(),
-        tags: [("kind".to_string(), "master copy".to_string())].into(),
-    }];
-    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    e.restart_with(|c| {
+        c.restore.class_refresh = Some(Duration::from_millis(300));
+        c.policy.rules = vec![crate::rules::ClassRule {
+            glob: "*.tif".into(),
+            class: "STANDARD_IA".into(),
+            tags: [("kind".to_string(), "master copy".to_string())].into(),
+        }];
+    });
     let (ino, key) = upload_one(&e, "a.tif", &data(1000, 31));
     let o = &e.store.snapshot()[&key];
     assert_eq!(o.storage_class, "STANDARD_IA");
@@ -879,11 +881,9 @@ fn rebuild_finds_uploads_whose_journal_was_lost_and_refuses_unsafe_paths() {
 #[test]
 fn snapshots_replace_older_snapshots_and_rebuild_from_them() {
     let mut e = Env::new();
-    let dd = e.daemon.take().unwrap();
-    e.rt.block_on(dd.shutdown());
-    let mut c = cfg(e.dir.path());
-    c.journal.snapshot_every = 5;
-    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    e.restart_with(|c| {
+        c.journal.snapshot_every = 5;
+    });
     let fs = e.fs();
     for k in 0..4 {
         e.write_file(ROOT, &format!("f{k}"), &data(100, k));
@@ -943,11 +943,9 @@ fn a_move_to_another_folder_under_a_name_taken_in_the_old_one() {
 #[test]
 fn snapshots_wait_for_half_the_last_one_in_new_records() {
     let mut e = Env::new();
-    let dd = e.daemon.take().unwrap();
-    e.rt.block_on(dd.shutdown());
-    let mut c = cfg(e.dir.path());
-    c.journal.snapshot_every = 3;
-    e.daemon = Some(Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap());
+    e.restart_with(|c| {
+        c.journal.snapshot_every = 3;
+    });
     let taken = |e: &Env| e.store.snapshot().keys().filter(|k| k.starts_with("v/s/")).cloned().collect::<Vec<_>>();
     for k in 0..20 {
         e.write_file(ROOT, &format!("f{k}"), &data(10, k as u8));

@@ -33,6 +33,11 @@ fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<(Inode, i64, String)> {
     ))
 }
 
+/// `'dirty','sealed'`: the states as an SQL list (fixed names, never user input).
+fn state_list(states: &[State]) -> String {
+    states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",")
+}
+
 impl Db {
     pub(super) fn query_inode(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Option<Inode>> {
         let r = conn.row(sql, p, inode_from_row).optional()?;
@@ -167,14 +172,13 @@ impl Db {
         Ok(parts.join("/"))
     }
 
-    /// Files whose content is dirty, with their dirty time: the sealer's candidates
-    /// (never orphans: unlinked files that are still open have parent 0).
     /// The time of the latest change of any dirty file.
     pub fn newest_dirty_ms(&self) -> Result<Option<i64>> {
         Ok(self.conn.row("SELECT max(dirty_ms) FROM inodes WHERE state='dirty'", [], |r| r.get(0))?)
     }
 
-    /// One page of the dirty files (not unlinked) whose last change is at or before
+    /// The sealer's candidates: one page of the dirty files (never orphans: unlinked files
+    /// still open have parent 0) whose last change is at or before
     /// `cutoff_ms`, oldest first, after `after` = (dirty_ms, ino) of the previous page's last:
     /// (ino, content_gen, dirty_ms) each.
     pub fn settled_dirty(&self, cutoff_ms: i64, after: (i64, u64), limit: usize) -> Result<Vec<(u64, i64, i64)>> {
@@ -200,8 +204,7 @@ impl Db {
 
     /// Inode numbers of the files in these states (one narrow column: there may be millions).
     pub fn inos_in_state(&self, states: &[State]) -> Result<Vec<u64>> {
-        let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
-        let mut st = self.conn.prepare_cached(&format!("SELECT ino FROM inodes WHERE state IN ({})", list.join(",")))?;
+        let mut st = self.conn.prepare_cached(&format!("SELECT ino FROM inodes WHERE state IN ({})", state_list(states)))?;
         let r = st.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(r)
     }
@@ -213,8 +216,7 @@ impl Db {
     }
 
     pub fn files_in_state(&self, states: &[State]) -> Result<Vec<Inode>> {
-        let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
-        self.select_inodes(&format!("WHERE state IN ({})", list.join(",")), [])
+        self.select_inodes(&format!("WHERE state IN ({})", state_list(states)), [])
     }
 
     /// Files (ino, size, class) below `dir` (recursively) — for `coldvault restore DIR`.

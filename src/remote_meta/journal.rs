@@ -54,8 +54,7 @@ pub trait JournalIndex: Send + Sync {
     fn pending_journal(&self, limit: usize) -> IndexResult<Vec<Record>>;
     /// Records up to `last_seq` (`n` of them) are in the bucket.
     fn journal_sent(&self, last_seq: i64, n: u64) -> IndexResult<()>;
-    /// Records since the last snapshot, and when it was taken (ms).
-    /// (records sent since the last snapshot, its time in ms, how many entries it had).
+    /// Records sent since the last snapshot, when it was taken (ms), and how many entries it had.
     fn snapshot_due(&self) -> IndexResult<(u64, i64, u64)>;
     /// The live tree and the last journal record it reflects.
     fn tree(&self) -> IndexResult<(Tree, i64)>;

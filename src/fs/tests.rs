@@ -221,6 +221,23 @@ fn sealing_pages_through_many_dirty_files() {
     assert_eq!(e.fs().seal_ready(true).unwrap(), 1);
 }
 
+/// `status` lists the first 100 upload failures (it used to load every queued upload, a
+/// million rows after a long outage) and still counts every failed file.
+#[test]
+fn status_lists_the_first_failures_and_counts_them_all() {
+    let e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Permanent { code: "AccessDenied".into(), message: "no".into() });
+    let n = 130;
+    for k in 0..n {
+        e.write_file(ROOT, &format!("f{k}"), &data(10, k as u8));
+    }
+    e.fs().seal_ready(true).unwrap();
+    wait_for("every upload failed", || e.fs().status().unwrap().failed_files == n);
+    let s = e.fs().status().unwrap();
+    assert_eq!(s.failures.len(), 100);
+    assert!(s.failures.iter().all(|f| f.state == "failed" && f.error.contains("AccessDenied")), "{:?}", &s.failures[..2]);
+}
+
 #[test]
 fn retryable_errors_are_retried_with_backoff() {
     let e = Env::new();

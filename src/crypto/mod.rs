@@ -394,6 +394,67 @@ impl VersionCipher {
     }
 }
 
+/// Encrypts a plaintext whose length is not known in advance (a snapshot written entry by
+/// entry) as one v1 object, as it is written: a full segment is held back until more bytes
+/// arrive or `finish` is called, because the last segment's nonce is flagged as last. Memory:
+/// one segment, whatever the length.
+pub struct StreamSealer<W: Write> {
+    out: W,
+    vc: VersionCipher,
+    cipher: Aes256Gcm,
+    buf: Vec<u8>,
+    idx: u64,
+    len: u64,
+}
+
+impl<W: Write> StreamSealer<W> {
+    /// A fresh object (new data key) sealed to `vault_pub`; its header is written at once.
+    pub fn new(vault_pub: &PublicKey, mut out: W) -> Result<StreamSealer<W>> {
+        // The plaintext length is not part of the header: any `size` builds the same one.
+        let vc = VersionCipher::new(vault_pub, 0);
+        out.write_all(&vc.header.bytes)?;
+        let cipher = gcm(&vc.keys.content);
+        Ok(StreamSealer { out, vc, cipher, buf: Vec::with_capacity(SEGMENT as usize), idx: 0, len: HEADER_LEN as u64 })
+    }
+
+    fn seal_segment(&mut self, last: bool) -> std::io::Result<()> {
+        let nonce = seg_nonce(&self.vc.header.nonce_prefix(), self.idx, last).map_err(std::io::Error::other)?;
+        let ct = self.cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: &self.buf, aad: &self.vc.header.bytes }).expect("encrypt");
+        self.out.write_all(&ct)?;
+        self.len += ct.len() as u64;
+        self.idx += 1;
+        self.buf.zeroize();
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Seal the last segment; returns the output and the object's length.
+    pub fn finish(mut self) -> std::io::Result<(W, u64)> {
+        self.seal_segment(true)?;
+        self.out.flush()?;
+        Ok((self.out, self.len))
+    }
+}
+
+impl<W: Write> Write for StreamSealer<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.buf.len() == SEGMENT as usize {
+            self.seal_segment(false)?;
+        }
+        let n = data.len().min(SEGMENT as usize - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    /// Writes through what is sealed so far; the held-back segment waits for `finish`.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// SHA-256 of `size` bytes of `plain` (zeros past its end), read in 1 MiB blocks.
 pub fn sha256_file(plain: &std::fs::File, size: u64) -> std::io::Result<[u8; 32]> {
     use std::os::unix::fs::FileExt;

@@ -34,6 +34,35 @@ fn roundtrip_sizes() {
     }
 }
 
+/// An object sealed while its plaintext is written, length unknown (how snapshots are
+/// written), is the same format: it has the length `encrypted_len` gives and decrypts whole,
+/// at sizes around segment boundaries and whatever the pieces it was written in.
+#[test]
+fn sealing_while_writing_gives_the_same_format() {
+    let (_, k) = vault();
+    for n in [0, 1, SEGMENT as usize - 1, SEGMENT as usize, SEGMENT as usize + 1, 2 * SEGMENT as usize, 3 * SEGMENT as usize + 7] {
+        let d = data(n);
+        for piece in [1usize, 1000, SEGMENT as usize, 200_000] {
+            if piece == 1 && n > 70_000 {
+                continue;
+            }
+            let mut w = StreamSealer::new(&k.public, Vec::new()).unwrap();
+            for c in d.chunks(piece) {
+                w.write_all(c).unwrap();
+            }
+            let (body, len) = w.finish().unwrap();
+            assert_eq!(len, body.len() as u64);
+            assert_eq!(plaintext_len(len), Some(n as u64), "size {n}, pieces of {piece}");
+            assert_eq!(dec(&k, n as u64, &body).unwrap(), d, "size {n}, pieces of {piece}");
+            // Its last segment is flagged: cut after a whole segment, the object fails.
+            if n > SEGMENT as usize {
+                let cut = &body[..(HEADER_LEN as u64 + SEGMENT + TAG) as usize];
+                assert!(dec(&k, SEGMENT, cut).is_err(), "size {n}: a truncated object opened");
+            }
+        }
+    }
+}
+
 #[test]
 fn flipped_bit_fails() {
     let (_, k) = vault();

@@ -3,7 +3,8 @@
 use super::*;
 
 use crate::meta::IndexResult;
-use crate::remote_meta::journal::JournalIndex;
+use crate::remote_meta::journal::{JournalIndex, SnapshotFile};
+use std::os::unix::fs::OpenOptionsExt;
 
 impl JournalIndex for Fs {
     fn store(&self) -> &dyn ObjectStore {
@@ -34,12 +35,8 @@ impl JournalIndex for Fs {
         Ok(self.machine_id()?)
     }
 
-    fn tree(&self) -> IndexResult<(crate::remote_meta::Tree, i64)> {
-        Ok(self.export_tree()?)
-    }
-
-    fn dead(&self) -> IndexResult<Vec<String>> {
-        Ok(self.dead_keys()?)
+    fn write_snapshot(&self, machine: &str, ts_ms: i64) -> IndexResult<SnapshotFile> {
+        Ok(self.snapshot_to_file(machine, ts_ms)?)
     }
 
     fn pending_journal(&self, limit: usize) -> IndexResult<Vec<crate::remote_meta::Record>> {
@@ -83,16 +80,6 @@ impl JournalIndex for Fs {
             }
         };
         Ok((since, last, entries))
-    }
-
-    /// What a snapshot taken now reflects of every machine's journal: this machine's records up
-    /// to `covers_seq`, other machines' as far as this index imported them.
-    fn snapshot_seen(&self, machine: &str, covers_seq: i64) -> IndexResult<std::collections::BTreeMap<String, i64>> {
-        let c = self.core();
-        let mut seen: std::collections::BTreeMap<String, i64> =
-            c.db.setting("imported_seen")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
-        seen.insert(machine.to_string(), covers_seq);
-        Ok(seen)
     }
 
     /// Now, for stamping bucket metadata: never before what this index imported.
@@ -149,19 +136,24 @@ impl Fs {
         Ok(self.core().db.journal_len()?)
     }
 
-    /// The uploaded namespace as a tree, and the journal sequence number it reflects — taken
-    /// under one lock so the snapshot and the sequence agree.
-    pub fn export_tree(&self) -> Result<(crate::remote_meta::Tree, i64)> {
-        use crate::remote_meta::{Entry, Tree};
-        // A snapshot covers what the index holds on disk (see `pending_journal`): synced under
-        // the lock it is read under, after the staged files (as `sync_durable` orders them).
+    /// A consistent view of the index as it is on disk, for a snapshot: synced under the lock
+    /// it is opened under, after the staged files (as `sync_durable` orders them), so it never
+    /// describes a change a power cut could still undo (see `pending_journal`).
+    fn durable_view(&self) -> Result<crate::meta::ReadView> {
         self.staging.syncfs()?;
         let c = self.core();
         c.db.sync()?;
-        let covers = c.db.journal_max_seq()?;
-        let mut t = Tree::default();
-        for i in c.db.select_inodes("WHERE ino != 1 AND parent != 0 ORDER BY ino", [])? {
-            let path = c.db.path_of(i.ino)?;
+        Ok(c.db.read_view()?)
+    }
+
+    /// `f` on the entry that recreates each uploaded file, folder, link and special file of
+    /// the view, folders first. A file whose next version is still pending is described by
+    /// its newest durable one (it must not vanish from a rebuild meanwhile); one with none yet
+    /// is left out (its upload record will add it).
+    fn snapshot_entries(v: &Db, mut f: impl FnMut(&crate::remote_meta::Entry) -> Result<()>) -> Result<()> {
+        use crate::remote_meta::Entry;
+        v.walk(|path, i| {
+            let path = path.to_string();
             let e = match i.kind {
                 Kind::Dir => Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
                 Kind::Symlink => Entry::Symlink { path, target: i.target.clone().unwrap_or_default(), uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
@@ -181,28 +173,65 @@ impl Fs {
                     header: i.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
                     xattrs: i.xattrs.clone(),
                 },
-                // The next version is still pending: the snapshot carries the newest one that
-                // is durable (the file must not vanish from a rebuild meanwhile).
-                Kind::File => match c.db.latest_version(i.ino)? {
-                    Some(v) => Entry::Upload {
+                Kind::File => match v.latest_version(i.ino)? {
+                    Some(ver) => Entry::Upload {
                         path,
-                        key: v.object_key,
-                        size: v.size,
-                        mtime_ns: v.mtime_ns,
-                        mode: v.mode,
-                        uid: v.uid,
-                        gid: v.gid,
-                        class: v.storage_class,
-                        sha256: v.sha256,
-                        header: B64.encode(v.header),
+                        key: ver.object_key,
+                        size: ver.size,
+                        mtime_ns: ver.mtime_ns,
+                        mode: ver.mode,
+                        uid: ver.uid,
+                        gid: ver.gid,
+                        class: ver.storage_class,
+                        sha256: ver.sha256,
+                        header: B64.encode(ver.header),
                         xattrs: i.xattrs.clone(),
                     },
-                    None => continue,
+                    None => return Ok(()),
                 },
             };
-            t.apply(&e);
-        }
-        Ok((t, covers))
+            f(&e)
+        })
+    }
+
+    /// The uploaded namespace as a tree, and the journal sequence number it reflects (what a
+    /// snapshot taken now holds, in memory: for tests and tools, not for the daemon).
+    pub fn export_tree(&self) -> Result<(crate::remote_meta::Tree, i64)> {
+        let v = self.durable_view()?;
+        let mut t = crate::remote_meta::Tree::default();
+        Self::snapshot_entries(&v, |e| {
+            t.apply(e);
+            Ok(())
+        })?;
+        Ok((t, v.journal_max_seq()?))
+    }
+
+    /// Write a snapshot of the index as it is on disk now into an unnamed temporary file in
+    /// the cache folder, sealed to the vault key, one entry at a time: memory does not grow
+    /// with the index (the file does: a few hundred bytes per file), and the index stays
+    /// writable meanwhile (the view is a read transaction of its own).
+    pub fn snapshot_to_file(&self, machine: &str, ts_ms: i64) -> Result<SnapshotFile> {
+        let v = self.durable_view()?;
+        let covers_seq = v.journal_max_seq()?;
+        let tmp = self.cfg.cache_dir.join("snapshot.tmp");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // Unnamed at once: a crash leaves nothing behind, and nothing else opens it.
+        std::fs::remove_file(&tmp)?;
+        let mut w = crate::remote_meta::SnapshotWriter::new(&self.keys, std::io::BufWriter::with_capacity(1 << 20, file))?;
+        Self::snapshot_entries(&v, |e| Ok(w.entry(e)?))?;
+        let mut dead = Ok(());
+        v.each_dead_key(|k| {
+            dead = w.dead_key(k);
+            dead.is_ok()
+        })?;
+        dead?;
+        let mut seen: std::collections::BTreeMap<String, i64> =
+            v.setting("imported_seen")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+        seen.insert(machine.to_string(), covers_seq);
+        let entries = w.entries();
+        let (out, len) = w.finish(machine, covers_seq, ts_ms, &seen)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        Ok(SnapshotFile { file, len, covers_seq, entries })
     }
 
     /// A fresh index (only the root) that was never filled: a rebuild from the bucket applies.

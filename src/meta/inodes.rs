@@ -90,6 +90,47 @@ impl Db {
         Ok(out)
     }
 
+    /// `f` on every inode the clause selects, one row at a time (nothing collected).
+    pub fn for_each_inode<E: From<MetaError>>(
+        &self,
+        clause: &str,
+        p: impl rusqlite::Params,
+        mut f: impl FnMut(Inode) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut st = self.conn.prepare_cached(&format!("SELECT {INODE_COLS} FROM inodes {clause}")).map_err(MetaError::from)?;
+        let mut rows = st.query(p).map_err(MetaError::from)?;
+        while let Some(r) = rows.next().map_err(MetaError::from)? {
+            let (mut i, k, s) = inode_from_row(r).map_err(MetaError::from)?;
+            i.kind = Kind::from_i64(k)?;
+            i.state = State::parse(&s)?;
+            f(i)?;
+        }
+        Ok(())
+    }
+
+    /// `f(path, inode)` on everything under the root, folders before what they hold, depth
+    /// first. Memory: the current chain of folders, however many entries a folder has.
+    pub fn walk<E: From<MetaError>>(&self, mut f: impl FnMut(&str, &Inode) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+        let join = |dir: &str, name: &str| if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+        let not_dirs = format!("WHERE parent=?1 AND kind != {} AND ino != 1", Kind::Dir as i64);
+        let next_dir = format!("WHERE parent=?1 AND kind = {} AND ino > ?2 AND ino != 1 ORDER BY ino LIMIT 1", Kind::Dir as i64);
+        self.for_each_inode(&not_dirs, params![ROOT as i64], |i| f(&i.name, &i))?;
+        // (folder, its path, the last subfolder entered)
+        let mut stack: Vec<(u64, String, u64)> = vec![(ROOT, String::new(), 0)];
+        while let Some((dir, path, after)) = stack.last_mut() {
+            let Some(d) = self.select_inodes(&next_dir, params![*dir as i64, *after as i64])?.pop() else {
+                stack.pop();
+                continue;
+            };
+            *after = d.ino;
+            let p = join(path, &d.name);
+            f(&p, &d)?;
+            self.for_each_inode(&not_dirs, params![d.ino as i64], |i| f(&join(&p, &i.name), &i))?;
+            stack.push((d.ino, p, 0));
+        }
+        Ok(())
+    }
+
     /// Insert a new inode; returns it with its fresh number.
     pub fn insert(&mut self, i: &Inode) -> Result<Inode> {
         self.conn.exec(

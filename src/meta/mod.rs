@@ -238,6 +238,8 @@ mod uploads;
 
 pub struct Db {
     conn: Connection,
+    /// The database file (`read_view` opens a second connection to it).
+    path: std::path::PathBuf,
     /// The write-ahead log (`sync` fsyncs it).
     wal: std::path::PathBuf,
     /// How many times `sync` made the index durable (tests watch it).
@@ -266,7 +268,7 @@ impl Db {
         schema::migrate(&conn)?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        let db = Db { conn, wal: wal.into(), syncs: Default::default() };
+        let db = Db { conn, path: path.to_path_buf(), wal: wal.into(), syncs: Default::default() };
         if db.get(ROOT)?.is_none() {
             db.conn.exec(
                 "INSERT INTO inodes(ino,parent,name,kind,mode,uid,gid,atime_ns,mtime_ns,ctime_ns) VALUES(1,1,'',2,493,?1,?2,?3,?3,?3)",
@@ -288,6 +290,20 @@ impl Db {
         }
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The index as committed at this moment, read through a read-only connection of its own
+    /// in one read transaction (WAL mode keeps that view while this connection goes on
+    /// committing): a snapshot of a million files is read without holding the caller's lock.
+    pub fn read_view(&self) -> Result<ReadView> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        // The view starts at the transaction's first read, so read now.
+        conn.execute_batch("BEGIN")?;
+        conn.row("SELECT count(*) FROM settings", [], |_| Ok(()))?;
+        Ok(ReadView { db: Db { conn, path: self.path.clone(), wal: self.wal.clone(), syncs: Default::default() } })
     }
 
     /// How many `sync`s so far.
@@ -337,6 +353,19 @@ impl Db {
     /// Undo everything since `op_begin`.
     pub fn op_rollback(&self) -> Result<()> {
         Ok(self.conn.execute_batch("ROLLBACK TO ns_op; RELEASE ns_op")?)
+    }
+}
+
+/// A consistent, read-only view of the index (`Db::read_view`); every read method of `Db`
+/// works on it. Dropping it ends the read transaction.
+pub struct ReadView {
+    db: Db,
+}
+
+impl std::ops::Deref for ReadView {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
     }
 }
 

@@ -81,8 +81,63 @@ fn upload_path_queries_use_indexes() {
             "inodes_state_dirty_ms",
         ),
         ("SELECT count(*) FROM inodes WHERE state='uploaded'", "inodes_state_dirty_ms"),
+        // The snapshot's walk: a folder's next subfolder, and its other entries.
+        ("SELECT ino FROM inodes WHERE parent=7 AND kind = 2 AND ino > 9 AND ino != 1 ORDER BY ino LIMIT 1", "inodes_parent_kind"),
+        ("SELECT ino FROM inodes WHERE parent=7 AND kind != 2 AND ino != 1", "inodes_parent"),
     ] {
         let p = plan(sql);
         assert!(p.contains(index) && !p.contains("SCAN"), "{sql}: {p}");
     }
+}
+
+/// A read view (what a snapshot is written from) sees the index as committed when it was
+/// opened, however long it is read while the daemon goes on changing it; its walk reaches
+/// every entry once, folders before what they hold, including a folder moved into one made
+/// after it (a lower inode number under a higher one).
+#[test]
+fn a_read_view_keeps_the_index_as_it_was_when_opened() {
+    let d = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&d.path().join("i.db"), 0, 0, 0).unwrap();
+    let dir = |parent: u64, name: &str| Inode { kind: Kind::Dir, state: State::None, ..file(parent, name) };
+    let a = db.insert(&dir(ROOT, "a")).unwrap();
+    let b = db.insert(&dir(a.ino, "b")).unwrap();
+    db.insert(&file(b.ino, "x")).unwrap();
+    let z = db.insert(&dir(ROOT, "z")).unwrap();
+    let mut moved = a.clone();
+    moved.parent = z.ino;
+    db.update(&moved).unwrap();
+    for k in 0..300 {
+        db.insert(&file(z.ino, &format!("f{k:03}"))).unwrap();
+    }
+    db.insert(&dir(z.ino, "empty")).unwrap();
+    db.insert(&file(ROOT, "top")).unwrap();
+    db.set_setting("s", "before").unwrap();
+    let view = db.read_view().unwrap();
+    // Changes after the view was opened: a file added, one removed, a setting changed.
+    db.insert(&file(b.ino, "later")).unwrap();
+    let top = db.lookup(ROOT, "top").unwrap().unwrap();
+    Db::delete_inode(db.conn(), top.ino).unwrap();
+    db.set_setting("s", "after").unwrap();
+    let mut seen = Vec::new();
+    view.walk(|p, _| -> Result<()> {
+        seen.push(p.to_string());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(view.setting("s").unwrap().as_deref(), Some("before"));
+    assert!(seen.contains(&"top".to_string()) && !seen.iter().any(|p| p.ends_with("later")), "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "each entry once");
+    assert_eq!(seen.len(), 1 + 1 + 1 + 1 + 1 + 300 + 1, "{seen:?}");
+    for p in &seen {
+        if let Some((parent, _)) = p.rsplit_once('/') {
+            let (i, j) = (seen.iter().position(|q| q == parent), seen.iter().position(|q| q == p));
+            assert!(i.is_some() && i < j, "{parent} listed after {p}: {seen:?}");
+        }
+    }
+    assert!(seen.contains(&"z/a/b/x".to_string()) && seen.contains(&"z/empty".to_string()), "{seen:?}");
+    drop(view);
+    assert_eq!(db.setting("s").unwrap().as_deref(), Some("after"));
 }

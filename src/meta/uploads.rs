@@ -179,6 +179,18 @@ impl Db {
         Ok(r)
     }
 
+    /// `f` on every dead key in order, one at a time, until it returns false.
+    pub fn each_dead_key(&self, mut f: impl FnMut(&str) -> bool) -> Result<()> {
+        let mut st = self.conn.prepare_cached("SELECT key FROM dead_keys ORDER BY key")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            if !f(r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Multipart parts recorded, over all uploads.
     pub fn parts_count(&self) -> Result<u64> {
         Ok(self.conn.row("SELECT count(*) FROM parts", [], |r| r.get::<_, i64>(0))? as u64)

@@ -1,7 +1,7 @@
 //! The journal task: uploads pending journal entries in batches, snapshots the index now and
 //! then, and compacts what the snapshot makes redundant (when the credentials allow deletes).
 
-use super::{compact, put_batch, put_snapshot, seal_json, EntriesOf, Record, SnapshotOf, Tree};
+use super::{compact, put_batch, put_snapshot, Record};
 use crate::clock::now_ms;
 use crate::crypto::VaultKeys;
 use crate::meta::IndexResult;
@@ -56,15 +56,23 @@ pub trait JournalIndex: Send + Sync {
     fn journal_sent(&self, last_seq: i64, n: u64) -> IndexResult<()>;
     /// Records sent since the last snapshot, when it was taken (ms), and how many entries it had.
     fn snapshot_due(&self) -> IndexResult<(u64, i64, u64)>;
-    /// The live tree and the last journal record it reflects.
-    fn tree(&self) -> IndexResult<(Tree, i64)>;
-    /// Object keys no version uses any more.
-    fn dead(&self) -> IndexResult<Vec<String>>;
-    /// How far the snapshot has seen each machine's journal.
-    fn snapshot_seen(&self, machine: &str, covers_seq: i64) -> IndexResult<std::collections::BTreeMap<String, i64>>;
+    /// A snapshot of the index as it is on disk now, stamped `ts_ms`, sealed in a temporary
+    /// file (see `SnapshotFile`).
+    fn write_snapshot(&self, machine: &str, ts_ms: i64) -> IndexResult<SnapshotFile>;
     /// The time to stamp on a snapshot: never before anything already in the bucket.
     fn clock_ms(&self) -> IndexResult<i64>;
     fn snapshot_taken(&self, covers_seq: i64, entries: u64) -> IndexResult<()>;
+}
+
+/// A sealed snapshot waiting to be uploaded: an unnamed temporary file (gone when dropped).
+pub struct SnapshotFile {
+    pub file: std::fs::File,
+    /// Bytes of the sealed object.
+    pub len: u64,
+    /// This machine's journal records up to this one are reflected.
+    pub covers_seq: i64,
+    /// Entries (files, folders, links) it holds.
+    pub entries: u64,
 }
 
 pub async fn run(fs: Arc<dyn JournalIndex>, cfg: JournalConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -103,22 +111,24 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
         sent += n;
     }
     let (since, last_ms, last_entries) = fs.snapshot_due().map_err(|e| e.to_string())?;
-    // A snapshot costs work and memory in proportion to the whole index, so the next one waits
+    // A snapshot costs work and bytes in proportion to the whole index, so the next one waits
     // for records amounting to half the last one (and at least `snapshot_every`): copying a
     // million files in then costs a few snapshots, not one per 10,000 files, and a rebuild
     // replays at most half a snapshot's worth of records on top of it.
     let every = cfg.snapshot_every.max(last_entries / 2);
     if since > 0 && (since >= every || now_ms() - last_ms >= cfg.snapshot_max_age.as_millis() as i64) {
-        let (tree, covers_seq) = fs.tree().map_err(|e| e.to_string())?;
-        let dead_keys = fs.dead().map_err(|e| e.to_string())?;
-        let seen = fs.snapshot_seen(&machine, covers_seq).map_err(|e| e.to_string())?;
         let ts_ms = fs.clock_ms().map_err(|e| e.to_string())?;
-        let files = tree.nodes.len();
-        let body =
-            seal_json(fs.keys(), &SnapshotOf { machine: &machine, covers_seq, ts_ms, entries: EntriesOf(&tree), dead_keys: &dead_keys, seen: &seen });
-        drop(tree);
-        let key = put_snapshot(fs.store(), fs.prefix(), &machine, covers_seq, body).await.map_err(|e| e.to_string())?;
-        fs.snapshot_taken(covers_seq, files as u64).map_err(|e| e.to_string())?;
+        // Seconds of reading the index for a large one: off the runtime's worker threads.
+        let write = || fs.write_snapshot(&machine, ts_ms);
+        let snap = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(write),
+            _ => write(),
+        }
+        .map_err(|e| format!("snapshot: {e}"))?;
+        let (covers_seq, files) = (snap.covers_seq, snap.entries);
+        let key = put_snapshot(fs.store(), fs.prefix(), &machine, covers_seq, &snap.file, snap.len).await.map_err(|e| e.to_string())?;
+        drop(snap);
+        fs.snapshot_taken(covers_seq, files).map_err(|e| e.to_string())?;
         fs.uploaded_one();
         tracing::info!(key, files, covers_seq, "index snapshot uploaded");
         if !cfg.write_only {

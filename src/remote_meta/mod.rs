@@ -24,6 +24,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
 
 pub mod journal;
 pub use journal::JournalConfig;
@@ -414,29 +415,71 @@ impl Tree {
     }
 }
 
-/// A snapshot serialized straight from a tree: the JSON of `Snapshot`, without first copying
-/// every entry (the snapshot of a large index is its largest allocation).
-#[derive(Serialize)]
-pub struct SnapshotOf<'a> {
-    pub machine: &'a str,
-    pub covers_seq: i64,
-    pub ts_ms: i64,
-    pub entries: EntriesOf<'a>,
-    pub dead_keys: &'a [String],
-    #[serde(skip_serializing_if = "no_seen")]
-    pub seen: &'a BTreeMap<String, i64>,
+/// A snapshot written entry by entry into a sealed object (the JSON of `Snapshot`, its fields
+/// in another order), so that memory stays at one entry and one segment however large the
+/// index: entries first, then dead keys, then `finish` with the fields known at the end.
+pub struct SnapshotWriter<W: std::io::Write> {
+    out: std::io::BufWriter<crypto::StreamSealer<W>>,
+    in_dead_keys: bool,
+    first: bool,
+    entries: u64,
 }
 
-fn no_seen(m: &&BTreeMap<String, i64>) -> bool {
-    m.is_empty()
-}
+impl<W: std::io::Write> SnapshotWriter<W> {
+    pub fn new(keys: &VaultKeys, out: W) -> std::io::Result<SnapshotWriter<W>> {
+        let mut out =
+            std::io::BufWriter::with_capacity(crypto::SEGMENT as usize, crypto::StreamSealer::new(&keys.public, out).map_err(std::io::Error::other)?);
+        out.write_all(b"{\"entries\":[")?;
+        Ok(SnapshotWriter { out, in_dead_keys: false, first: true, entries: 0 })
+    }
 
-/// A tree's entries, serialized one at a time as a JSON array.
-pub struct EntriesOf<'a>(pub &'a Tree);
+    fn comma(&mut self) -> std::io::Result<()> {
+        if !std::mem::replace(&mut self.first, false) {
+            self.out.write_all(b",")?;
+        }
+        Ok(())
+    }
 
-impl Serialize for EntriesOf<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.nodes.iter().map(|(p, n)| Tree::entry_of(p, n)))
+    pub fn entry(&mut self, e: &Entry) -> std::io::Result<()> {
+        assert!(!self.in_dead_keys, "snapshot entries come before dead keys");
+        self.comma()?;
+        serde_json::to_writer(&mut self.out, e)?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn end_entries(&mut self) -> std::io::Result<()> {
+        if !self.in_dead_keys {
+            self.out.write_all(b"],\"dead_keys\":[")?;
+            self.in_dead_keys = true;
+            self.first = true;
+        }
+        Ok(())
+    }
+
+    pub fn dead_key(&mut self, key: &str) -> std::io::Result<()> {
+        self.end_entries()?;
+        self.comma()?;
+        serde_json::to_writer(&mut self.out, key)?;
+        Ok(())
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Close the document; returns the output and the sealed object's length.
+    pub fn finish(mut self, machine: &str, covers_seq: i64, ts_ms: i64, seen: &BTreeMap<String, i64>) -> std::io::Result<(W, u64)> {
+        self.end_entries()?;
+        self.out.write_all(b"],\"machine\":")?;
+        serde_json::to_writer(&mut self.out, machine)?;
+        write!(self.out, ",\"covers_seq\":{covers_seq},\"ts_ms\":{ts_ms}")?;
+        if !seen.is_empty() {
+            self.out.write_all(b",\"seen\":")?;
+            serde_json::to_writer(&mut self.out, seen)?;
+        }
+        self.out.write_all(b"}")?;
+        self.out.into_inner().map_err(|e| e.into_error())?.finish()
     }
 }
 
@@ -654,11 +697,49 @@ pub async fn put_batch(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, 
     Ok(key)
 }
 
-/// Upload a sealed snapshot (`seal_json` of a `Snapshot` or `SnapshotOf`) under its key.
-pub async fn put_snapshot(store: &dyn ObjectStore, prefix: &str, machine: &str, covers_seq: i64, body: Vec<u8>) -> Result<String, StoreError> {
+/// Upload a sealed snapshot (`SnapshotWriter`'s output, `len` bytes of `file`) under its key.
+pub async fn put_snapshot(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    machine: &str,
+    covers_seq: i64,
+    file: &std::fs::File,
+    len: u64,
+) -> Result<String, StoreError> {
     let key = format!("{prefix}s/{machine}/{covers_seq:016}");
-    store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }).await?;
+    put_file(store, &key, file, len, &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }).await?;
     Ok(key)
+}
+
+/// Upload `len` bytes of `file` as the object `key`: one PUT up to the multipart threshold,
+/// otherwise parts sent one after another (memory: one part), the upload aborted if one fails.
+pub async fn put_file(store: &dyn ObjectStore, key: &str, file: &std::fs::File, len: u64, opts: &PutOptions) -> Result<(), StoreError> {
+    use std::os::unix::fs::FileExt;
+    let read = |start: u64, n: u64| -> Result<bytes::Bytes, StoreError> {
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(&mut buf, start).map_err(|e| StoreError::Permanent { code: "LocalRead".into(), message: format!("{key}: {e}") })?;
+        Ok(buf.into())
+    };
+    if len <= crate::upload::MULTIPART_THRESHOLD {
+        return store.put_object(key, read(0, len)?, opts).await;
+    }
+    let part = crate::upload::part_size(len);
+    let id = store.create_multipart(key, opts).await?;
+    let mut parts = Vec::new();
+    let sent: Result<(), StoreError> = async {
+        for (k, start) in (0..len).step_by(part as usize).enumerate() {
+            let n = (k + 1) as i32;
+            parts.push((n, store.upload_part(key, &id, n, read(start, part.min(len - start))?).await?));
+        }
+        store.complete_multipart(key, &id, &parts, opts.if_none_match).await
+    }
+    .await;
+    if sent.is_err() {
+        if let Err(e) = store.abort_multipart(key, &id).await {
+            tracing::warn!(key, error = %e, "could not abort a failed multipart upload (an AbortIncompleteMultipartUpload rule on the bucket removes its parts)");
+        }
+    }
+    sent
 }
 
 /// Delete this machine's journal batches and snapshots that `covers_seq` makes redundant.

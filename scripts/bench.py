@@ -284,14 +284,14 @@ class LoopFs:
     a journal scans recently deleted inodes on every create, which made creates cost
     anything from 20 µs to 1 ms here depending on what ran before)."""
 
-    def __init__(self, work, size="40G"):
+    def __init__(self, work, size="40G", inode_ratio=None):
         self.work = work
         if is_mounted(work):
             sh("umount", work)
         self.img = work.parent / (work.name + ".img")
         self.img.unlink(missing_ok=True)
         sh("truncate", "-s", size, self.img)
-        sh("mkfs.ext4", "-q", "-F", self.img)
+        sh("mkfs.ext4", "-q", "-F", *(["-i", str(inode_ratio)] if inode_ratio else []), self.img)
         sh("mount", "-o", "loop", self.img, work)
 
     def stop(self):

@@ -4,7 +4,6 @@ use super::*;
 
 use crate::meta::IndexResult;
 use crate::remote_meta::journal::{JournalIndex, SnapshotFile};
-use std::os::unix::fs::OpenOptionsExt;
 
 impl JournalIndex for Fs {
     fn store(&self) -> &dyn ObjectStore {
@@ -35,8 +34,8 @@ impl JournalIndex for Fs {
         Ok(self.machine_id()?)
     }
 
-    fn write_snapshot(&self, machine: &str, ts_ms: i64) -> IndexResult<SnapshotFile> {
-        Ok(self.snapshot_to_file(machine, ts_ms)?)
+    fn write_snapshot(&self, machine: &str) -> IndexResult<SnapshotFile> {
+        Ok(self.snapshot_to_file(machine)?)
     }
 
     fn pending_journal(&self, limit: usize) -> IndexResult<Vec<crate::remote_meta::Record>> {
@@ -82,16 +81,11 @@ impl JournalIndex for Fs {
         Ok((since, last, entries))
     }
 
-    /// Now, for stamping bucket metadata: never before what this index imported.
-    fn clock_ms(&self) -> IndexResult<i64> {
-        let floor = self.core().db.setting("clock_floor_ms")?.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        Ok(now_ms().max(floor + 1))
-    }
-
-    fn snapshot_taken(&self, _covers_seq: i64, entries: u64) -> IndexResult<()> {
+    fn snapshot_taken(&self, _covers_seq: i64, entries: u64, bytes: u64) -> IndexResult<()> {
         let c = self.core();
         c.db.set_setting("since_snapshot", "0")?;
         c.db.set_setting("last_snapshot_entries", &entries.to_string())?;
+        c.db.set_setting("last_snapshot_bytes", &bytes.to_string())?;
         c.db.set_setting("last_snapshot_ms", &now_ms().to_string())?;
         Ok(())
     }
@@ -153,6 +147,11 @@ impl Fs {
     fn snapshot_entries(v: &Db, mut f: impl FnMut(&crate::remote_meta::Entry) -> Result<()>) -> Result<()> {
         use crate::remote_meta::Entry;
         v.walk(|path, i| {
+            if let Err(why) = crate::remote_meta::check_path(path) {
+                // A rebuild would refuse the entry (and then not adopt its object either).
+                tracing::warn!(ino = i.ino, "left out of the snapshot: {why}");
+                return Ok(());
+            }
             let path = path.to_string();
             let e = match i.kind {
                 Kind::Dir => Entry::Mkdir { path, mode: i.mode, uid: i.uid, gid: i.gid, mtime_ns: i.mtime_ns },
@@ -209,15 +208,29 @@ impl Fs {
     /// Write a snapshot of the index as it is on disk now into an unnamed temporary file in
     /// the cache folder, sealed to the vault key, one entry at a time: memory does not grow
     /// with the index (the file does: a few hundred bytes per file), and the index stays
-    /// writable meanwhile (the view is a read transaction of its own).
-    pub fn snapshot_to_file(&self, machine: &str, ts_ms: i64) -> Result<SnapshotFile> {
+    /// writable meanwhile (the view is a read transaction of its own). Staged files come
+    /// first: with too little room on the staging disk, no snapshot (journal batches still go
+    /// up, and a rebuild replays them instead).
+    pub fn snapshot_to_file(&self, machine: &str) -> Result<SnapshotFile> {
+        let last: u64 = self.core().db.setting("last_snapshot_bytes")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let need = last + last / 2 + 2 * SEAL_HEADROOM;
+        let st = self.staging.statvfs()?;
+        let free = st.f_bavail * st.f_frsize;
+        if free < need {
+            return Err(FsError::Io(std::io::Error::other(format!(
+                "the staging disk has {} MiB free, a snapshot needs about {} MiB: not taken (journal batches still go up)",
+                free >> 20,
+                need >> 20
+            ))));
+        }
         let v = self.durable_view()?;
         let covers_seq = v.journal_max_seq()?;
-        let tmp = self.cfg.cache_dir.join("snapshot.tmp");
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        // Unnamed at once: a crash leaves nothing behind, and nothing else opens it.
-        std::fs::remove_file(&tmp)?;
-        let mut w = crate::remote_meta::SnapshotWriter::new(&self.keys, std::io::BufWriter::with_capacity(1 << 20, file))?;
+        // After every record the view holds (they were stamped before it was opened), and never
+        // before what this index imported.
+        let floor = v.setting("clock_floor_ms")?.and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
+        let ts_ms = now_ms().max(floor + 1);
+        let sink = SnapshotSink { file: unnamed_file(&self.cfg.cache_dir)?, unflushed: 0, staging: &self.staging };
+        let mut w = crate::remote_meta::SnapshotWriter::new(&self.keys, std::io::BufWriter::with_capacity(1 << 20, sink))?;
         Self::snapshot_entries(&v, |e| Ok(w.entry(e)?))?;
         let mut dead = Ok(());
         v.each_dead_key(|k| {
@@ -230,7 +243,7 @@ impl Fs {
         seen.insert(machine.to_string(), covers_seq);
         let entries = w.entries();
         let (out, len) = w.finish(machine, covers_seq, ts_ms, &seen)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let file = out.into_inner().map_err(|e| e.into_error())?.file;
         Ok(SnapshotFile { file, len, covers_seq, entries })
     }
 
@@ -341,5 +354,52 @@ impl Fs {
         Db::set_setting_in(&tx, "clock_floor_ms", &t.max_ts.to_string())?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         Ok((d, f, l))
+    }
+}
+
+/// A file in `dir` with no name (O_TMPFILE; where the file system lacks it, a random name
+/// removed at once): nothing else can open it, and a crash leaves nothing behind.
+fn unnamed_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(dir) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+            let p = dir.join(format!("snapshot.{:016x}.tmp", rand::random::<u64>()));
+            let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&p)?;
+            std::fs::remove_file(&p)?;
+            Ok(f)
+        }
+        r => r,
+    }
+}
+
+/// Where a snapshot is written: its pages are sent to disk every 8 MiB (so that a `syncfs` of
+/// the staging disk — an fsync, the group commit — never waits for hundreds of MB at once),
+/// and it is abandoned when the staging disk runs short, since staged files come first.
+struct SnapshotSink<'a> {
+    file: std::fs::File,
+    unflushed: u64,
+    staging: &'a Staging,
+}
+
+impl std::io::Write for SnapshotSink<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(b)?;
+        self.unflushed += n as u64;
+        if self.unflushed >= 8 << 20 {
+            self.unflushed = 0;
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain system call on a file descriptor this struct owns; it only starts
+            // writeback of the file's dirty pages (no memory is passed).
+            unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            let st = self.staging.statvfs()?;
+            if (st.f_bavail * st.f_frsize) < 2 * SEAL_HEADROOM {
+                return Err(std::io::Error::other("the staging disk is nearly full: snapshot abandoned (staged files come first)"));
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }

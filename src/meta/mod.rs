@@ -236,6 +236,9 @@ mod restores;
 mod schema;
 mod uploads;
 
+/// Bytes the write-ahead log keeps on disk once it starts over (`journal_size_limit`).
+pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 pub struct Db {
     conn: Connection,
     /// The database file (`read_view` opens a second connection to it).
@@ -257,6 +260,10 @@ impl Db {
         // after each group commit instead.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // The WAL grows while a checkpoint cannot reach its end (a snapshot's read view holds
+        // it back): once it starts over, it is cut back to this size instead of keeping its
+        // largest size on the staging disk for good.
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         // Deleted rows (an upload's data key once it is done) are zeroed in the pages SQLite
         // writes anyway; older copies can remain in the WAL until it is overwritten.
         conn.pragma_update(None, "secure_delete", "FAST")?;

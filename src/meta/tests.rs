@@ -35,6 +35,8 @@ fn durable_settings_are_in_force() {
     assert_eq!(sync, 1, "synchronous=NORMAL: commits survive a crash; `sync` makes them survive power loss");
     let auto: i64 = db.conn().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
     assert_eq!(auto, 0, "no checkpoint (and WAL sync) behind the group commit's back");
+    let limit: i64 = db.conn().query_row("PRAGMA journal_size_limit", [], |r| r.get(0)).unwrap();
+    assert_eq!(limit, WAL_SIZE_LIMIT, "a WAL that grew is cut back when it starts over");
     // `sync` fsyncs the WAL, writes nothing and can run any number of times.
     let changes = db.conn().total_changes();
     for n in 1..=3 {

@@ -56,12 +56,11 @@ pub trait JournalIndex: Send + Sync {
     fn journal_sent(&self, last_seq: i64, n: u64) -> IndexResult<()>;
     /// Records sent since the last snapshot, when it was taken (ms), and how many entries it had.
     fn snapshot_due(&self) -> IndexResult<(u64, i64, u64)>;
-    /// A snapshot of the index as it is on disk now, stamped `ts_ms`, sealed in a temporary
-    /// file (see `SnapshotFile`).
-    fn write_snapshot(&self, machine: &str, ts_ms: i64) -> IndexResult<SnapshotFile>;
-    /// The time to stamp on a snapshot: never before anything already in the bucket.
-    fn clock_ms(&self) -> IndexResult<i64>;
-    fn snapshot_taken(&self, covers_seq: i64, entries: u64) -> IndexResult<()>;
+    /// A snapshot of the index as it is on disk now, sealed in a temporary file (see
+    /// `SnapshotFile`), stamped with a time after every record it reflects.
+    fn write_snapshot(&self, machine: &str) -> IndexResult<SnapshotFile>;
+    /// The snapshot covering `covers_seq` (`entries` entries, `bytes` bytes) is in the bucket.
+    fn snapshot_taken(&self, covers_seq: i64, entries: u64, bytes: u64) -> IndexResult<()>;
 }
 
 /// A sealed snapshot waiting to be uploaded: an unnamed temporary file (gone when dropped).
@@ -117,20 +116,24 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
     // replays at most half a snapshot's worth of records on top of it.
     let every = cfg.snapshot_every.max(last_entries / 2);
     if since > 0 && (since >= every || now_ms() - last_ms >= cfg.snapshot_max_age.as_millis() as i64) {
-        let ts_ms = fs.clock_ms().map_err(|e| e.to_string())?;
         // Seconds of reading the index for a large one: off the runtime's worker threads.
-        let write = || fs.write_snapshot(&machine, ts_ms);
-        let snap = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(write),
-            _ => write(),
-        }
-        .map_err(|e| format!("snapshot: {e}"))?;
-        let (covers_seq, files) = (snap.covers_seq, snap.entries);
+        let t = std::time::Instant::now();
+        let snap = super::off_runtime(|| fs.write_snapshot(&machine)).map_err(|e| format!("snapshot: {e}"))?;
+        let (covers_seq, files, bytes) = (snap.covers_seq, snap.entries, snap.len);
+        let written_ms = t.elapsed().as_millis() as u64;
         let key = put_snapshot(fs.store(), fs.prefix(), &machine, covers_seq, &snap.file, snap.len).await.map_err(|e| e.to_string())?;
         drop(snap);
-        fs.snapshot_taken(covers_seq, files).map_err(|e| e.to_string())?;
+        fs.snapshot_taken(covers_seq, files, bytes).map_err(|e| e.to_string())?;
         fs.uploaded_one();
-        tracing::info!(key, files, covers_seq, "index snapshot uploaded");
+        tracing::info!(
+            key,
+            files,
+            bytes,
+            covers_seq,
+            written_ms,
+            uploaded_ms = t.elapsed().as_millis() as u64 - written_ms,
+            "index snapshot uploaded"
+        );
         if !cfg.write_only {
             match compact(fs.store(), fs.prefix(), &machine, covers_seq).await {
                 Ok(n) => tracing::info!(removed = n, "journal compacted"),

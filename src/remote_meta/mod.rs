@@ -716,9 +716,11 @@ pub async fn put_snapshot(
 pub async fn put_file(store: &dyn ObjectStore, key: &str, file: &std::fs::File, len: u64, opts: &PutOptions) -> Result<(), StoreError> {
     use std::os::unix::fs::FileExt;
     let read = |start: u64, n: u64| -> Result<bytes::Bytes, StoreError> {
-        let mut buf = vec![0u8; n as usize];
-        file.read_exact_at(&mut buf, start).map_err(|e| StoreError::Permanent { code: "LocalRead".into(), message: format!("{key}: {e}") })?;
-        Ok(buf.into())
+        off_runtime(|| {
+            let mut buf = vec![0u8; n as usize];
+            file.read_exact_at(&mut buf, start).map_err(|e| StoreError::Permanent { code: "LocalRead".into(), message: format!("{key}: {e}") })?;
+            Ok(buf.into())
+        })
     };
     if len <= crate::upload::MULTIPART_THRESHOLD {
         return store.put_object(key, read(0, len)?, opts).await;
@@ -740,6 +742,15 @@ pub async fn put_file(store: &dyn ObjectStore, key: &str, file: &std::fs::File, 
         }
     }
     sent
+}
+
+/// Run blocking work (disk reads, a walk of the index) without stalling the runtime's other
+/// tasks: `block_in_place` where the runtime allows it.
+pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Delete this machine's journal batches and snapshots that `covers_seq` makes redundant.

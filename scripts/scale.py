@@ -110,6 +110,12 @@ def main():
                 ls = best_of(["sh", "-c", f"ls -l '{sysm.mnt / 'big' / 'd0000'}' > /dev/null"])
                 find = best_of(["sh", "-c", f"find '{sysm.mnt}' > /dev/null"])
                 results[cls.name] = (rows, ls, find, sysm.rss())
+                log = sysm.work / "cache" / "coldvault.log"
+                if log.exists():
+                    # What each index snapshot cost (entries, bytes, ms to write, ms to upload).
+                    for line in log.read_text(errors="replace").splitlines():
+                        if "index snapshot uploaded" in line:
+                            print("   ", line.split("journal: ", 1)[-1], flush=True)
                 print(f"  ls -l {ls:.2f} s, find {find:.2f} s, peak RSS {sysm.rss()} MiB", flush=True)
             finally:
                 sysm.stop()

@@ -197,8 +197,9 @@ class Coldvault(System):
         self.pw.write_text(secrets.token_hex(16) + "\n")
         sh(BIN, "init", "--bucket", bucket, "--prefix", "bench", "--endpoint-url", garage.endpoint, "--region", "garage",
            "--config", self.cfg, "--passphrase-file", self.pw, env=self.env)
-        sh(BIN, "mount", "--config", self.cfg, "--cache-dir", self.work / "cache", "--passphrase-file", self.pw, self.mnt,
-           env=self.env)
+        # COLDVAULT_MOUNT_ARGS: extra mount options to compare (e.g. "--upload-concurrency 16").
+        sh(BIN, "mount", "--config", self.cfg, "--cache-dir", self.work / "cache", "--passphrase-file", self.pw,
+           *os.environ.get("COLDVAULT_MOUNT_ARGS", "").split(), self.mnt, env=self.env)
         wait_for("coldvault mount", lambda: is_mounted(self.mnt))
         self.pid = find_pid(f"coldvault mount.*{self.mnt}")
 

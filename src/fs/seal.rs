@@ -62,11 +62,17 @@ impl Fs {
             return Err(e);
         }
         let mut n = 0;
-        for p in ready {
-            let (ino, gen) = (p.u.ino, p.u.content_gen);
-            let r = self.commit_seal(p);
-            n += matches!(r, Ok(true)) as usize;
-            self.note_seal_result(ino, gen, r.map(|_| ()));
+        let mut ready = ready.into_iter().peekable();
+        while ready.peek().is_some() {
+            let chunk: Vec<PreparedSeal> = ready.by_ref().take(SEAL_COMMIT).collect();
+            let before = n;
+            for (ino, gen, r) in self.commit_seals(chunk) {
+                n += matches!(r, Ok(true)) as usize;
+                self.note_seal_result(ino, gen, r.map(|_| ()));
+            }
+            if n > before {
+                self.upload_wakeup.notify_one();
+            }
         }
         Ok(n)
     }
@@ -218,58 +224,85 @@ impl Fs {
         Ok(Some(PreparedSeal { u, size: i.size }))
     }
 
-    /// The part of a seal done under the lock: check nothing changed since `prepare_seal`,
-    /// freeze the spool, commit the upload row.
-    fn commit_seal(&self, p: PreparedSeal) -> Result<bool> {
-        let PreparedSeal { u, size } = p;
-        let (ino, gen, path) = (u.ino, u.content_gen, u.path.clone());
-        let mut c = self.core();
-        let Some(mut cur) = c.db.get(ino)? else { return Ok(false) };
+    /// The part of a batch of seals done under the lock: each file still as `prepare_seal`
+    /// found it is frozen, and all their upload rows commit in one transaction (the table and
+    /// index pages the rows share go to the WAL once a batch, not once a file: a commit per
+    /// file wrote each of them again). A failed statement or commit undoes the whole batch and
+    /// puts every spool back (a crash in between is undone at start-up, `recover`). Returns,
+    /// per file, whether it was sealed (false: it changed meanwhile, seal again later).
+    fn commit_seals(&self, seals: Vec<PreparedSeal>) -> Vec<(u64, i64, Result<bool>)> {
+        let mut guard = self.core();
+        let c = &mut *guard;
+        let ids: Vec<(u64, i64)> = seals.iter().map(|p| (p.u.ino, p.u.content_gen)).collect();
+        let mut frozen: Vec<(u64, i64)> = Vec::new();
+        let mut sealed: Vec<Result<bool>> = Vec::with_capacity(seals.len());
+        let r = (|| -> Result<()> {
+            c.db.op_begin()?;
+            for p in &seals {
+                sealed.push(self.seal_in_batch(c, p, &mut frozen)?);
+            }
+            Ok(c.db.op_commit()?)
+        })();
+        if let Err(e) = r {
+            let _ = c.db.op_rollback();
+            for &(ino, gen) in &frozen {
+                if let Err(back) = self.staging.unfreeze_spool(ino, gen) {
+                    tracing::error!(ino, error = %back, "could not put the spool back after a failed seal; start-up will");
+                }
+            }
+            let why = e.to_string();
+            tracing::warn!(files = ids.len(), error = %why, "a batch of seals failed; its files stay staged and are sealed again");
+            let mut first = Some(e);
+            return ids.into_iter().map(|(ino, gen)| (ino, gen, Err(first.take().unwrap_or(FsError::Invalid("the seal's batch failed"))))).collect();
+        }
+        for (k, &(ino, _)) in ids.iter().enumerate() {
+            // The spool fd in an open read-only handle (if any) keeps working until it is closed.
+            if let (Ok(true), Some(o)) = (&sealed[k], c.open.get_mut(&ino)) {
+                o.spool = None;
+            }
+        }
+        ids.into_iter().zip(sealed).map(|((ino, gen), s)| (ino, gen, s)).collect()
+    }
+
+    /// One file of `commit_seals`, inside its transaction: check nothing changed since
+    /// `prepare_seal`, freeze the spool (recorded in `frozen`), add the upload row. The outer
+    /// error fails the batch (the index); the inner one only this file (its staged file: the
+    /// others go on).
+    fn seal_in_batch(&self, c: &mut Core, p: &PreparedSeal, frozen: &mut Vec<(u64, i64)>) -> Result<Result<bool>> {
+        let u = &p.u;
+        let (ino, gen) = (u.ino, u.content_gen);
+        let Some(mut cur) = c.db.get(ino)? else { return Ok(Ok(false)) };
         // A change not committed yet (a truncate whose `persist` is still fsyncing, a close
         // whose commit failed) counts as a change: the spool may differ from what was hashed.
         if cur.state != State::Dirty
             || cur.content_gen != gen
             || c.open.get(&ino).is_some_and(|o| o.writers > 0 || o.pending())
-            || c.db.path_of(ino)? != path
+            || c.db.path_of(ino)? != u.path
+            || cur.size != p.size
         {
             // Written, truncated, renamed or reopened while we read it: seal again later.
-            return Ok(false);
-        }
-        if cur.size != size {
-            return Ok(false);
+            return Ok(Ok(false));
         }
         // The frozen file holds exactly the version's bytes (the uploader checks its length):
         // a spool that differs from the committed size (a sparse tail, bytes no close
         // committed) is set to it here, with no writer open, as the hash above read it.
-        if self.staging.spool_len(ino) != Some(cur.size) {
-            self.staging.open_spool(ino)?.set_len(cur.size)?;
-        }
-        // Freeze first, under the lock (no open or read sees the file half-way), then commit: a
-        // rename that fails leaves the file staged and the seal is retried; a commit that fails
-        // renames it back; a crash between the two is undone at start-up (`recover`).
-        self.staging.freeze_spool(ino, gen)?;
-        let commit = (|| -> Result<()> {
-            let tx = c.db.begin()?;
-            Db::insert_upload(&tx, &u)?;
-            cur.state = State::Sealed;
-            cur.sha256 = Some(u.sha256.clone());
-            Db::save(&tx, &cur)?;
-            tx.commit().map_err(crate::meta::MetaError::from)?;
-            Ok(())
-        })();
-        if let Err(e) = commit {
-            if let Err(back) = self.staging.unfreeze_spool(ino, gen) {
-                tracing::error!(ino, error = %back, "could not put the spool back after a failed seal; start-up will");
+        // Freeze first, under the lock (no open or read sees the file half-way), then record:
+        // a rename that fails leaves the file staged, and it is sealed again later.
+        let staged = (|| -> std::io::Result<()> {
+            if self.staging.spool_len(ino) != Some(cur.size) {
+                self.staging.open_spool(ino)?.set_len(cur.size)?;
             }
-            return Err(e);
+            self.staging.freeze_spool(ino, gen)
+        })();
+        if let Err(e) = staged {
+            return Ok(Err(e.into()));
         }
-        // The spool fd in an open read-only handle (if any) keeps working until it is closed.
-        if let Some(o) = c.open.get_mut(&ino) {
-            o.spool = None;
-        }
-        drop(c);
-        self.upload_wakeup.notify_one();
-        Ok(true)
+        frozen.push((ino, gen));
+        Db::insert_upload(c.db.conn(), u)?;
+        cur.state = State::Sealed;
+        cur.sha256 = Some(u.sha256.clone());
+        Db::save(c.db.conn(), &cur)?;
+        Ok(Ok(true))
     }
 }
 
@@ -281,3 +314,5 @@ struct PreparedSeal {
 
 /// Files digested before one `syncfs` makes their bytes durable.
 const SEAL_BATCH: usize = 256;
+/// Files frozen and committed in one transaction, under one hold of the lock (a few ms).
+const SEAL_COMMIT: usize = 32;

@@ -971,6 +971,59 @@ fn a_snapshot_alone_rebuilds_nested_and_moved_folders() {
     e.rt.block_on(d2.shutdown());
 }
 
+/// A snapshot needs room on the staging disk (it is sealed into a file there first): without
+/// room for 1.5x the last one, none is taken and the error says why, while the journal batches
+/// still go up; once there is room, the next flush takes it.
+#[test]
+fn no_snapshot_without_room_for_it_on_the_staging_disk() {
+    let mut e = Env::new();
+    e.restart_with(|c| {
+        c.journal.snapshot_every = 1;
+    });
+    let fs = e.fs();
+    e.write_file(ROOT, "a.jpg", &data(1000, 1));
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    // As if the last snapshot had been a petabyte.
+    fs.core().db.set_setting("last_snapshot_bytes", &(1u64 << 50).to_string()).unwrap();
+    let cfg = fs.cfg.journal.clone();
+    let err = e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &cfg)).unwrap_err();
+    assert!(err.contains("staging disk") && err.contains("not taken"), "{err}");
+    let keys: Vec<String> = e.store.snapshot().into_keys().collect();
+    assert!(keys.iter().any(|k| k.starts_with("v/j/")), "the journal went up: {keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("v/s/")), "no snapshot: {keys:?}");
+    fs.core().db.set_setting("last_snapshot_bytes", "0").unwrap();
+    flush_journal(&e);
+    assert!(e.store.snapshot().keys().any(|k| k.starts_with("v/s/")), "taken once there is room");
+}
+
+/// Seals commit a batch of files in one transaction; a file whose spool cannot be frozen fails
+/// alone (its error kept for `status`), the others of its batch are sealed and uploaded, and
+/// it is sealed once the obstacle is gone.
+#[test]
+fn a_file_that_cannot_be_frozen_does_not_hold_back_its_batch() {
+    let e = Env::new();
+    let fs = e.fs();
+    let inos: Vec<u64> = (0..5).map(|k| e.write_file(ROOT, &format!("f{k}.jpg"), &data(3000, k))).collect();
+    // Something in the way of the second file's frozen name: its rename fails.
+    let gen = fs.state_of(inos[1]).unwrap().unwrap().0;
+    let blocker = fs.staging.frozen_path(inos[1], gen);
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    assert_eq!(fs.seal_ready(true).unwrap(), 4);
+    assert_eq!(fs.state_of(inos[1]).unwrap().unwrap().1, State::Dirty);
+    assert!(fs.seal_failure(inos[1]).is_some(), "the failure is kept for status");
+    for (k, &ino) in inos.iter().enumerate() {
+        if k != 1 {
+            e.wait_state(ino, State::Uploaded);
+        }
+    }
+    std::fs::remove_dir_all(&blocker).unwrap();
+    assert_eq!(fs.seal_ready(true).unwrap(), 1);
+    e.wait_uploaded();
+    assert_eq!(e.read_all(inos[1]).unwrap(), data(3000, 1));
+    assert!(fs.seal_failure(inos[1]).is_none());
+}
+
 /// Regression (a review of the narrowed inode update): a move to another folder under a new
 /// name, beside an entry of that name in the old folder, failed with EIO — the row passed
 /// through (old folder, new name) between two statements. With and without a file to replace.

@@ -250,10 +250,26 @@ impl Fs {
                     tracing::error!(ino, error = %back, "could not put the spool back after a failed seal; start-up will");
                 }
             }
-            let why = e.to_string();
-            tracing::warn!(files = ids.len(), error = %why, "a batch of seals failed; its files stay staged and are sealed again");
-            let mut first = Some(e);
-            return ids.into_iter().map(|(ino, gen)| (ino, gen, Err(first.take().unwrap_or(FsError::Invalid("the seal's batch failed"))))).collect();
+            // The file being recorded when it failed (none: the commit) gets the error; those
+            // recorded before it are undone with it; those not reached are simply retried.
+            let culprit = ids.get(sealed.len()).map(|&(ino, _)| ino);
+            tracing::warn!(files = ids.len(), ?culprit, error = %e, "a batch of seals failed; its files stay staged and are sealed again");
+            let mut e = Some(e);
+            return ids
+                .into_iter()
+                .enumerate()
+                .map(|(k, (ino, gen))| {
+                    let r = match sealed.get(k) {
+                        Some(Ok(true)) if culprit.is_none() => Err(e.take().unwrap_or(FsError::Invalid("undone with the rest of its seal batch"))),
+                        Some(Ok(true)) => Err(FsError::Invalid("undone with the rest of its seal batch")),
+                        Some(Ok(false)) => Ok(false),
+                        Some(Err(_)) => std::mem::replace(&mut sealed[k], Ok(false)),
+                        None if Some(ino) == culprit => Err(e.take().unwrap_or(FsError::Invalid("the seal's batch failed"))),
+                        None => Ok(false),
+                    };
+                    (ino, gen, r)
+                })
+                .collect();
         }
         for (k, &(ino, _)) in ids.iter().enumerate() {
             // The spool fd in an open read-only handle (if any) keeps working until it is closed.
@@ -274,10 +290,13 @@ impl Fs {
         let Some(mut cur) = c.db.get(ino)? else { return Ok(Ok(false)) };
         // A change not committed yet (a truncate whose `persist` is still fsyncing, a close
         // whose commit failed) counts as a change: the spool may differ from what was hashed.
+        // A file deleted while still open (parent 0) has no path: it is not sealed, and its
+        // (failed) path lookup must not fail the others of the batch.
         if cur.state != State::Dirty
             || cur.content_gen != gen
+            || cur.parent == 0
             || c.open.get(&ino).is_some_and(|o| o.writers > 0 || o.pending())
-            || c.db.path_of(ino)? != u.path
+            || c.db.path_of(ino).ok().as_deref() != Some(u.path.as_str())
             || cur.size != p.size
         {
             // Written, truncated, renamed or reopened while we read it: seal again later.

@@ -89,80 +89,94 @@ impl UploadQueue for Fs {
         Ok(())
     }
 
-    /// The object is durable in S3: record it and release the local copy.
-    fn complete_upload(&self, u: &Upload) -> IndexResult<()> {
-        let mut c = self.core();
-        if c.db.upload(u.id)?.is_none() {
-            return Ok(()); // cancelled (rewritten or deleted) while in flight
+    /// The objects are durable in S3: record them, in one transaction (the pages their rows
+    /// share go to the WAL once), and release the local copies.
+    fn complete_uploads(&self, ups: &[Upload]) -> IndexResult<()> {
+        let mut guard = self.core();
+        let c = &mut *guard;
+        // Read first (nothing else writes: the lock is held throughout), then write in one
+        // transaction. A file has one live upload at a time (a rewrite cancels the older one).
+        let mut todo = Vec::with_capacity(ups.len());
+        for u in ups {
+            if c.db.upload(u.id)?.is_none() {
+                continue; // cancelled (rewritten or deleted) while in flight
+            }
+            let cur = c.db.get(u.ino)?;
+            let cur_path = if cur.is_some() { c.db.path_of(u.ino).ok() } else { None };
+            todo.push((u, cur, cur_path));
         }
-        let cur = c.db.get(u.ino)?;
-        let cur_path = if cur.is_some() { c.db.path_of(u.ino).ok() } else { None };
+        let (mut done, mut live) = (Vec::with_capacity(todo.len()), 0);
         let tx = c.db.begin()?;
-        Db::delete_upload(&tx, u.id)?;
-        if let Some(mut i) = cur {
-            if i.content_gen == u.content_gen && i.state.in_outbox() {
-                if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
-                    Db::add_dead_key(&tx, old)?;
+        for (u, cur, cur_path) in todo {
+            Db::delete_upload(&tx, u.id)?;
+            if let Some(mut i) = cur {
+                if i.content_gen == u.content_gen && i.state.in_outbox() {
+                    if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
+                        Db::add_dead_key(&tx, old)?;
+                    }
+                    i.state = State::Uploaded;
+                    i.object_key = Some(u.object_key.clone());
+                    i.storage_class = Some(u.storage_class.clone());
+                    i.header = Some(u.header.clone());
+                    i.sha256 = Some(u.sha256.clone());
+                    Db::save(&tx, &i)?;
+                    let v = crate::meta::Version {
+                        object_key: u.object_key.clone(),
+                        ino: i.ino,
+                        size: i.size,
+                        mtime_ns: i.mtime_ns,
+                        mode: i.mode,
+                        uid: i.uid,
+                        gid: i.gid,
+                        storage_class: u.storage_class.clone(),
+                        sha256: u.sha256.clone(),
+                        header: u.header.clone(),
+                    };
+                    Db::add_version(&tx, &v, now_ms())?;
+                    // A restore of the previous version means nothing for the new one.
+                    Db::delete_restore(&tx, i.ino)?;
+                    let entry = crate::remote_meta::Entry::Upload {
+                        path: cur_path.clone().unwrap_or_else(|| u.path.clone()),
+                        key: u.object_key.clone(),
+                        size: i.size,
+                        mtime_ns: i.mtime_ns,
+                        mode: i.mode,
+                        uid: i.uid,
+                        gid: i.gid,
+                        class: u.storage_class.clone(),
+                        sha256: u.sha256.clone(),
+                        header: B64.encode(&u.header),
+                        xattrs: i.xattrs.clone(),
+                    };
+                    Db::journal_append(&tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
+                    live += 1;
+                } else {
+                    // A version superseded while it was uploading: its object is in the bucket but
+                    // no file uses it.
+                    Self::discard_key(&tx, &u.object_key)?;
                 }
-                i.state = State::Uploaded;
-                i.object_key = Some(u.object_key.clone());
-                i.storage_class = Some(u.storage_class.clone());
-                i.header = Some(u.header.clone());
-                i.sha256 = Some(u.sha256.clone());
-                Db::save(&tx, &i)?;
-                let v = crate::meta::Version {
-                    object_key: u.object_key.clone(),
-                    ino: i.ino,
-                    size: i.size,
-                    mtime_ns: i.mtime_ns,
-                    mode: i.mode,
-                    uid: i.uid,
-                    gid: i.gid,
-                    storage_class: u.storage_class.clone(),
-                    sha256: u.sha256.clone(),
-                    header: u.header.clone(),
-                };
-                Db::add_version(&tx, &v, now_ms())?;
-                // A restore of the previous version means nothing for the new one.
-                Db::delete_restore(&tx, i.ino)?;
-                let entry = crate::remote_meta::Entry::Upload {
-                    path: cur_path.clone().unwrap_or_else(|| u.path.clone()),
-                    key: u.object_key.clone(),
-                    size: i.size,
-                    mtime_ns: i.mtime_ns,
-                    mode: i.mode,
-                    uid: i.uid,
-                    gid: i.gid,
-                    class: u.storage_class.clone(),
-                    sha256: u.sha256.clone(),
-                    header: B64.encode(&u.header),
-                    xattrs: i.xattrs.clone(),
-                };
-                Db::journal_append(&tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
-                self.data_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             } else {
-                // A version superseded while it was uploading: its object is in the bucket but
-                // no file uses it.
                 Self::discard_key(&tx, &u.object_key)?;
             }
-        } else {
-            Self::discard_key(&tx, &u.object_key)?;
+            done.push(u);
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
-        // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.
-        // (A power cut that loses this commit finds the kept copy in the read cache and moves
-        // it back, `recover`.) Without a read cache the frozen file goes once the commit is
-        // durable: until then the index on disk may still need it.
-        if self.cfg.read_cache > 0 && u.enc_size <= self.cfg.read_cache {
-            for p in self.staging.keep_in_read_cache(u.ino, u.content_gen, &u.header[96..128], self.cfg.read_cache) {
-                Self::remove_when_durable(&mut c, p);
-            }
-        } else {
-            for p in self.staging.version_files(u.ino, u.content_gen) {
-                Self::remove_when_durable(&mut c, p);
+        self.data_uploads.fetch_add(live, std::sync::atomic::Ordering::Relaxed);
+        for u in done {
+            // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.
+            // (A power cut that loses this commit finds the kept copy in the read cache and moves
+            // it back, `recover`.) Without a read cache the frozen file goes once the commit is
+            // durable: until then the index on disk may still need it.
+            if self.cfg.read_cache > 0 && u.enc_size <= self.cfg.read_cache {
+                for p in self.staging.keep_in_read_cache(u.ino, u.content_gen, &u.header[96..128], self.cfg.read_cache) {
+                    Self::remove_when_durable(c, p);
+                }
+            } else {
+                for p in self.staging.version_files(u.ino, u.content_gen) {
+                    Self::remove_when_durable(c, p);
+                }
             }
         }
-        drop(c);
         Ok(())
     }
 }

@@ -27,6 +27,10 @@ pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
 pub const MIN_PART: u64 = 8 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Completed uploads recorded in one transaction, at most…
+const COMPLETE_BATCH: usize = 16;
+/// …and at the latest this long after the first of them completed.
+const COMPLETE_WAIT: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
 pub struct UploadConfig {
@@ -85,14 +89,19 @@ pub trait UploadQueue: Send + Sync {
     fn parts(&self, id: i64) -> IndexResult<Vec<(i32, String)>>;
     fn upload_retry(&self, u: &Upload, err: &StoreError, delay: Duration) -> IndexResult<()>;
     fn upload_failed(&self, u: &Upload, err: &StoreError) -> IndexResult<()>;
-    /// The object is in the store and checked: record the version and release the local copy.
-    fn complete_upload(&self, u: &Upload) -> IndexResult<()>;
+    /// The objects are in the store and checked: record their versions, all in one
+    /// transaction, and release the local copies.
+    fn complete_uploads(&self, ups: &[Upload]) -> IndexResult<()>;
 }
 
 pub struct Uploader {
     fs: Arc<dyn UploadQueue>,
     cfg: UploadConfig,
     inflight: Mutex<HashSet<i64>>,
+    /// Uploads done and checked, recorded together (`record_done`), and since when the oldest
+    /// has waited; their ids stay in `completing` until recorded (never dispatched again).
+    done: Mutex<(Vec<Upload>, Option<tokio::time::Instant>)>,
+    completing: Mutex<HashSet<i64>>,
     /// Abort handles of running attempts: stopping interrupts them as a crash would.
     running: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Bandwidth limiter: the instant the link is free again.
@@ -111,6 +120,8 @@ impl Uploader {
             fs,
             cfg,
             inflight: Mutex::new(HashSet::new()),
+            done: Mutex::new((Vec::new(), None)),
+            completing: Mutex::new(HashSet::new()),
             running: Mutex::new(Vec::new()),
             link_free_at: Mutex::new(tokio::time::Instant::now()),
             stop,
@@ -126,12 +137,29 @@ impl Uploader {
                 for h in self.running.lock().unwrap().drain(..) {
                     h.abort();
                 }
+                self.record_done();
                 return;
+            }
+            // Completed uploads are recorded by the dozen, or once the oldest has waited
+            // `COMPLETE_WAIT`, or when nothing else is in flight.
+            let wait = {
+                let (batch, since) = &*self.done.lock().unwrap();
+                match since {
+                    Some(t) if batch.len() >= COMPLETE_BATCH || t.elapsed() >= COMPLETE_WAIT || self.inflight.lock().unwrap().is_empty() => {
+                        Duration::ZERO
+                    }
+                    Some(t) => COMPLETE_WAIT - t.elapsed(),
+                    None => Duration::from_millis(500),
+                }
+            };
+            if wait.is_zero() {
+                self.record_done();
+                continue;
             }
             self.dispatch();
             tokio::select! {
                 _ = self.fs.wakeup().notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
         }
@@ -152,7 +180,7 @@ impl Uploader {
         for u in due {
             {
                 let mut inf = self.inflight.lock().unwrap();
-                if inf.len() >= self.cfg.concurrency || inf.contains(&u.id) {
+                if inf.len() >= self.cfg.concurrency || inf.contains(&u.id) || self.completing.lock().unwrap().contains(&u.id) {
                     continue;
                 }
                 inf.insert(u.id);
@@ -179,7 +207,11 @@ impl Uploader {
         let res = match r {
             Ok(Outcome::Done) => {
                 tracing::info!(upload = u.id, bytes = u.enc_size, class = %u.storage_class, "uploaded");
-                self.fs.complete_upload(&u)
+                self.completing.lock().unwrap().insert(u.id);
+                let mut done = self.done.lock().unwrap();
+                done.1.get_or_insert_with(tokio::time::Instant::now);
+                done.0.push(u);
+                return;
             }
             Ok(Outcome::Cancelled) => Ok(()),
             Err(e) if e.is_retryable() => {
@@ -195,6 +227,27 @@ impl Uploader {
         };
         if let Err(e) = res {
             tracing::error!(error = %e, "journal update failed");
+        }
+    }
+
+    /// Record the completed uploads waiting in `done`, in one transaction. If that fails,
+    /// their rows stay `uploading` and they are sent again: the store then answers that the
+    /// object exists, it is checked, and recorded.
+    fn record_done(&self) {
+        let batch = {
+            let mut done = self.done.lock().unwrap();
+            done.1 = None;
+            std::mem::take(&mut done.0)
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| self.fs.complete_uploads(&batch)) {
+            tracing::error!(uploads = batch.len(), error = %e, "recording completed uploads failed; they are checked again");
+        }
+        let mut completing = self.completing.lock().unwrap();
+        for u in &batch {
+            completing.remove(&u.id);
         }
     }
 

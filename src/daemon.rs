@@ -116,6 +116,14 @@ impl Daemon {
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        // The uploader records its last completed uploads as it stops, possibly after the
+        // journal task's last flush: their records go up now, not at the next mount.
+        if last_commit && self.fs.journal_pending_count().unwrap_or(0) > 0 {
+            let flush = crate::remote_meta::journal::flush(self.fs.as_ref(), &self.fs.cfg.journal);
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(30), flush).await {
+                tracing::warn!(error = %e, "last journal upload failed; the next mount sends it");
+            }
+        }
         let threads = std::mem::take(&mut self.threads);
         let fs = self.fs.clone();
         let _ = tokio::task::spawn_blocking(move || {

@@ -144,11 +144,9 @@ impl Uploader {
             // `COMPLETE_WAIT`, or when nothing else is in flight.
             let wait = {
                 let (batch, since) = &*self.done.lock().unwrap();
-                match since {
-                    Some(t) if batch.len() >= COMPLETE_BATCH || t.elapsed() >= COMPLETE_WAIT || self.inflight.lock().unwrap().is_empty() => {
-                        Duration::ZERO
-                    }
-                    Some(t) => COMPLETE_WAIT - t.elapsed(),
+                match since.map(|t| t.elapsed()) {
+                    Some(age) if batch.len() >= COMPLETE_BATCH || age >= COMPLETE_WAIT || self.inflight.lock().unwrap().is_empty() => Duration::ZERO,
+                    Some(age) => COMPLETE_WAIT.saturating_sub(age).max(Duration::from_millis(1)),
                     None => Duration::from_millis(500),
                 }
             };
@@ -166,11 +164,15 @@ impl Uploader {
     }
 
     fn dispatch(self: &Arc<Self>) {
-        let free = self.cfg.concurrency.saturating_sub(self.inflight.lock().unwrap().len());
+        let busy = self.inflight.lock().unwrap().len();
+        let free = self.cfg.concurrency.saturating_sub(busy);
         if free == 0 {
             return;
         }
-        let due = match self.fs.due_uploads(free + self.cfg.concurrency) {
+        // The oldest due rows include those in flight and those waiting to be recorded (all
+        // still `uploading`): ask for enough to find `free` others behind them.
+        let skip = busy + self.completing.lock().unwrap().len();
+        let due = match self.fs.due_uploads(free + skip) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "reading the upload queue failed");

@@ -17,6 +17,7 @@ user runs ("returns") and until everything is in the bucket ("durable": `coldvau
 Peak RSS is the daemon's VmHWM after all workloads.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -304,6 +305,30 @@ class LoopFs:
                 break
             time.sleep(1)
         self.img.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def workspace(args, **loop_args):
+    """The work directory of a benchmark script (`--work`), on a fresh loop-mounted ext4 unless
+    `--no-loop-fs`, with a Garage server on loopback: yields (work dir, garage); both stopped
+    after."""
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    loop = None if args.no_loop_fs else LoopFs(work, **loop_args)
+    try:
+        garage = Garage(work)
+        try:
+            yield work, garage
+        finally:
+            garage.stop()
+    finally:
+        if loop:
+            loop.stop()
+
+
+def workspace_args(ap, default):
+    ap.add_argument("--work", default=default)
+    ap.add_argument("--no-loop-fs", action="store_true", help="use --work as it is (no loop-mounted file system)")
 
 
 def make_source(src):

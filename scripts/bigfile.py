@@ -25,14 +25,9 @@ import bench  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gib", type=int, default=10)
-    ap.add_argument("--work", default="/var/tmp/coldvault-bigfile")
-    ap.add_argument("--no-loop-fs", action="store_true")
+    bench.workspace_args(ap, "/var/tmp/coldvault-bigfile")
     a = ap.parse_args()
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    loop = None if a.no_loop_fs else bench.LoopFs(work, size=f"{3 * a.gib + 10}G")
-    garage = bench.Garage(work)
-    try:
+    with bench.workspace(a, size=f"{3 * a.gib + 10}G") as (work, garage):
         cv = bench.Coldvault(work, garage)
         Path(f"/proc/{cv.pid}/clear_refs").write_text("5")
         block = bytearray(os.urandom(64 << 20))
@@ -52,10 +47,6 @@ def main():
         peak = bench.vmhwm(cv.pid)
         size = os.stat(cv.mnt / "big.bin").st_size
         cv.stop()
-    finally:
-        garage.stop()
-        if loop:
-            loop.stop()
     print(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `scripts/bigfile.py --gib {a.gib}`\n")
     print("| file | copy returns, s | durable, s | peak RSS until it returns | peak RSS until durable |")
     print("|---|---|---|---|---|")

@@ -83,20 +83,15 @@ def main():
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--per-folder", type=int, default=100_000, help="files per folder (big/d0000, big/d0001, …)")
     ap.add_argument("--systems", default="local,passthrough,coldvault")
-    ap.add_argument("--work", default="/var/tmp/coldvault-scale")
-    ap.add_argument("--no-loop-fs", action="store_true")
+    bench.workspace_args(ap, "/var/tmp/coldvault-scale")
     ap.add_argument("--write", help="replace the section between the SCALE markers of this file")
     a = ap.parse_args()
     for tool in ["garage", "bindfs", "fusermount3"]:
         if not bench.shutil.which(tool):
             raise SystemExit(f"scale: {tool} is not installed (scripts/install-deps.sh --bench)")
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    # Room for every system's files (one inode per 8 KiB: 7.8 million).
-    loop = None if a.no_loop_fs else bench.LoopFs(work, size="60G", inode_ratio=8192)
-    garage = bench.Garage(work)
     results = {}
-    try:
+    # Room for every system's files (one inode per 8 KiB: 7.8 million).
+    with bench.workspace(a, size="60G", inode_ratio=8192) as (work, garage):
         for s in a.systems.split(","):
             cls = bench.SYSTEMS[s]
             print(f"{cls.name} …", flush=True)
@@ -119,10 +114,6 @@ def main():
                 print(f"  ls -l {ls:.2f} s, find {find:.2f} s, peak RSS {sysm.rss()} MiB", flush=True)
             finally:
                 sysm.stop()
-    finally:
-        garage.stop()
-        if loop:
-            loop.stop()
     names = list(results)
     head = ["files in the vault"] + [f"{n}: files/s" for n in names] + [f"{n}: `find`, s" for n in names] + ["coldvault: RSS"] * ("coldvault" in names)
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -26,15 +26,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=5000)
     ap.add_argument("--size", type=int, default=20_000)
-    ap.add_argument("--work", default="/var/tmp/coldvault-walcost")
-    ap.add_argument("--no-loop-fs", action="store_true")
+    bench.workspace_args(ap, "/var/tmp/coldvault-walcost")
     a = ap.parse_args()
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    loop = None if a.no_loop_fs else bench.LoopFs(work, size="10G")
-    garage = bench.Garage(work)
     os.environ["RUST_LOG"] = "coldvault=debug,warn"
-    try:
+    with bench.workspace(a, size="10G") as (work, garage):
         cv = bench.Coldvault(work, garage)
         log = cv.work / "cache" / "coldvault.log"
         data = os.urandom(a.size)
@@ -50,10 +45,6 @@ def main():
         time.sleep(12)  # two more group commits: the last changes are checkpointed too
         cv.stop()
         lines = log.read_text(errors="replace").splitlines()[start:]
-    finally:
-        garage.stop()
-        if loop:
-            loop.stop()
     pages = partial = 0
     for line in lines:
         m = re.search(r"pages=(\d+) copied=(\d+) index checkpoint", line) or re.search(r"index checkpoint pages=(\d+) copied=(\d+)", line)

@@ -1024,6 +1024,26 @@ fn a_file_that_cannot_be_frozen_does_not_hold_back_its_batch() {
     assert!(fs.seal_failure(inos[1]).is_none());
 }
 
+/// Completed uploads are recorded in batches: every file is recorded once, with one PUT and
+/// one check each — none is sent again while its completion waits to be recorded (the due
+/// rows of the queue include those still `uploading`), and each gets its journal record.
+#[test]
+fn uploads_recorded_in_batches_are_each_sent_and_recorded_once() {
+    let e = Env::new();
+    let fs = e.fs();
+    let n = 60;
+    let inos: Vec<u64> = (0..n).map(|k| e.write_file(ROOT, &format!("f{k:02}.jpg"), &data(2000, k as u8))).collect();
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    let counts = fs.store.counts();
+    assert_eq!(counts.get("PutObject").copied().unwrap_or(0), n as u64, "{counts:?}");
+    assert_eq!(counts.get("HeadObject").copied().unwrap_or(0), n as u64, "one check per upload: {counts:?}");
+    for &ino in &inos {
+        assert_eq!(fs.state_of(ino).unwrap().unwrap().1, State::Uploaded);
+    }
+    assert_eq!(fs.journal_pending_count().unwrap(), n as u64, "one upload record per file");
+}
+
 /// Regression (a review of the narrowed inode update): a move to another folder under a new
 /// name, beside an entry of that name in the old folder, failed with EIO — the row passed
 /// through (old folder, new name) between two statements. With and without a file to replace.

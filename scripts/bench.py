@@ -68,13 +68,18 @@ def wait_for(what, cond, timeout=600, step=0.05):
         time.sleep(step)
 
 
-def vmhwm(pid):
+def proc_mib(pid, field):
+    """A memory figure of /proc/PID/status (VmHWM, VmRSS, …) in MiB; None if unknown."""
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) // 1024
-    except OSError:
+    except (OSError, TypeError):
         return None
+
+
+def vmhwm(pid):
+    return proc_mib(pid, "VmHWM")
 
 
 class Garage:

@@ -22,15 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 
-def vmrss(pid):
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, TypeError):
-        return None
-
-
 def timed(cmd):
     t = time.monotonic()
     bench.sh(*cmd, timeout=7200)
@@ -60,7 +51,7 @@ def ingest(sysm, n, batch, size, per_folder):
         folder = top / f"d{(end - 1) // per_folder:04}"
         ls = timed(["sh", "-c", f"ls -l '{folder}' > /dev/null"])
         find = timed(["sh", "-c", f"find '{sysm.mnt}' > /dev/null"])
-        rss = vmrss(sysm.pid)
+        rss = bench.proc_mib(sysm.pid, "VmRSS")
         in_folder = (end - 1) % per_folder + 1
         rows.append((end, rate, in_folder, ls, find, rss))
         print(f"    {end:>9} files: {rate:8.0f} files/s; ls -l of {in_folder:,} {ls:6.2f} s; find {find:6.2f} s; RSS {rss} MiB", flush=True)
@@ -68,12 +59,7 @@ def ingest(sysm, n, batch, size, per_folder):
 
 
 def best_of(cmd, runs=3):
-    best = None
-    for _ in range(runs):
-        t = time.monotonic()
-        bench.sh(*cmd, timeout=7200)
-        best = min(best or 1e9, time.monotonic() - t)
-    return best
+    return min(timed(cmd) for _ in range(runs))
 
 
 def main():

@@ -214,8 +214,7 @@ impl Fs {
     pub fn snapshot_to_file(&self, machine: &str) -> Result<SnapshotFile> {
         let last: u64 = self.core().db.setting("last_snapshot_bytes")?.and_then(|v| v.parse().ok()).unwrap_or(0);
         let need = last + last / 2 + 2 * SEAL_HEADROOM;
-        let st = self.staging.statvfs()?;
-        let free = st.f_bavail * st.f_frsize;
+        let free = self.staging.free_bytes()?;
         if free < need {
             return Err(FsError::Io(std::io::Error::other(format!(
                 "the staging disk has {} MiB free, a snapshot needs about {} MiB: not taken (journal batches still go up)",
@@ -391,8 +390,7 @@ impl std::io::Write for SnapshotSink<'_> {
             // SAFETY: a plain system call on a file descriptor this struct owns; it only starts
             // writeback of the file's dirty pages (no memory is passed).
             unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-            let st = self.staging.statvfs()?;
-            if (st.f_bavail * st.f_frsize) < 2 * SEAL_HEADROOM {
+            if self.staging.free_bytes()? < 2 * SEAL_HEADROOM {
                 return Err(std::io::Error::other("the staging disk is nearly full: snapshot abandoned (staged files come first)"));
             }
         }

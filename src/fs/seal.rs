@@ -178,8 +178,7 @@ impl Fs {
         };
         // Recording the version needs a little room for the index: refuse at once, with the
         // numbers, rather than fail midway.
-        let st = self.staging.statvfs()?;
-        let free = st.f_bavail * st.f_frsize;
+        let free = self.staging.free_bytes()?;
         if free < SEAL_HEADROOM {
             return Err(FsError::NoSpace(format!(
                 "the staging disk has {} MiB free; queueing this {} MiB file for upload needs {} MiB for the index (free space or move the cache dir to a larger disk)",

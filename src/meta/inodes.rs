@@ -78,15 +78,11 @@ impl Db {
     }
 
     pub fn select_inodes(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Inode>> {
-        let mut st = self.conn.prepare_cached(&format!("SELECT {INODE_COLS} FROM inodes {clause}"))?;
-        let rows = st.query_map(p, inode_from_row)?;
         let mut out = Vec::new();
-        for r in rows {
-            let (mut i, k, s) = r?;
-            i.kind = Kind::from_i64(k)?;
-            i.state = State::parse(&s)?;
+        self.for_each_inode(clause, p, |i| -> Result<()> {
             out.push(i);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 

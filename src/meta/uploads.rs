@@ -174,9 +174,12 @@ impl Db {
     }
 
     pub fn dead_keys(&self) -> Result<Vec<String>> {
-        let mut st = self.conn.prepare_cached("SELECT key FROM dead_keys ORDER BY key")?;
-        let r = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(r)
+        let mut out = Vec::new();
+        self.each_dead_key(|k| {
+            out.push(k.to_string());
+            true
+        })?;
+        Ok(out)
     }
 
     /// `f` on every dead key in order, one at a time, until it returns false.

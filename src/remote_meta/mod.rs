@@ -377,42 +377,6 @@ impl Tree {
             }
         }
     }
-
-    /// Entries that recreate this tree (a snapshot's content).
-    pub fn to_entries(&self) -> Vec<Entry> {
-        self.nodes.iter().map(|(p, n)| Self::entry_of(p, n)).collect()
-    }
-
-    /// The entry that recreates one node.
-    fn entry_of(p: &str, n: &Node) -> Entry {
-        match n.kind {
-            NodeKind::Dir => Entry::Mkdir { path: p.to_string(), mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns },
-            NodeKind::Symlink => {
-                Entry::Symlink { path: p.to_string(), target: n.target.clone().unwrap_or_default(), uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns }
-            }
-            NodeKind::Special => Entry::Special {
-                path: p.to_string(),
-                special: n.target.clone().unwrap_or_default(),
-                mode: n.mode,
-                uid: n.uid,
-                gid: n.gid,
-                mtime_ns: n.mtime_ns,
-            },
-            NodeKind::File => Entry::Upload {
-                path: p.to_string(),
-                key: n.key.clone().unwrap_or_default(),
-                size: n.size,
-                mtime_ns: n.mtime_ns,
-                mode: n.mode,
-                uid: n.uid,
-                gid: n.gid,
-                class: n.class.clone().unwrap_or_else(|| "STANDARD".into()),
-                sha256: n.sha256.clone().unwrap_or_default(),
-                header: n.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
-                xattrs: n.xattrs.clone(),
-            },
-        }
-    }
 }
 
 /// A snapshot written entry by entry into a sealed object (the JSON of `Snapshot`, its fields

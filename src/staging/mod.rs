@@ -58,7 +58,7 @@ impl Staging {
         if p.metadata().is_ok_and(|m| m.len() == RESERVE) {
             return;
         }
-        let ok = self.statvfs().is_ok_and(|st| st.f_bavail * st.f_frsize > 4 * RESERVE);
+        let ok = self.free_bytes().is_ok_and(|free| free > 4 * RESERVE);
         if ok {
             let r = (|| -> io::Result<()> {
                 let mut f = File::create(&p)?;
@@ -292,6 +292,12 @@ impl Staging {
             }
         }
         Ok(n)
+    }
+
+    /// Bytes an unprivileged writer can still use on the staging disk.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let st = self.statvfs()?;
+        Ok(st.f_bavail * st.f_frsize)
     }
 
     pub fn statvfs(&self) -> io::Result<libc::statvfs> {

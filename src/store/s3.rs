@@ -4,7 +4,8 @@
 //! `endpoint_url` (or `AWS_ENDPOINT_URL`) plus path-style addressing serve S3-compatible stores.
 //! Checksums are `WhenRequired` because several S3-compatible servers reject the SDK's default
 //! CRC trailers; coldvault sends its own checksum headers (CRC32C on whole objects, Content-MD5 on
-//! parts). Every SDK error is classified into `StoreError` in `classify`.
+//! parts). Data bodies are signed over plain HTTP only (`sign_payload`). Every SDK error is
+//! classified into `StoreError` in `classify`.
 
 use super::*;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
@@ -28,6 +29,19 @@ pub struct S3Store {
     /// when it answers NotImplemented: object keys are random per version, so the condition is
     /// a second line of defence, not the only one.
     conditional: std::sync::atomic::AtomicBool,
+    /// Whether request bodies are covered by the signature (`x-amz-content-sha256`, which the
+    /// server checks by hashing the whole body again): see `sign_payload`.
+    sign_payload: bool,
+}
+
+/// Over HTTPS, TLS already keeps a body from being changed on the way, so data requests go
+/// with `UNSIGNED-PAYLOAD` (their CRC32C or Content-MD5 still catches corruption): neither
+/// coldvault nor the server spends a SHA-256 pass over every byte (AWS's own SDKs do the same).
+/// Over plain HTTP (a server on the LAN) the body stays signed: otherwise anyone on the path
+/// could replace an object with bytes of the same checksum, and the version would count as
+/// safe until a restore found it broken.
+fn sign_payload(endpoint: Option<&str>) -> bool {
+    !endpoint.is_none_or(|e| e.trim_start().get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")))
 }
 
 /// A conditional write the store does not implement (S3-compatible servers without
@@ -55,6 +69,7 @@ impl S3Store {
             .read_timeout(std::time::Duration::from_secs(120))
             .operation_attempt_timeout(std::time::Duration::from_secs(15 * 60))
             .build();
+        let sign_payload = sign_payload(endpoint.as_deref());
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
             .timeout_config(timeouts)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -64,7 +79,7 @@ impl S3Store {
         } else if s.path_style {
             b = b.force_path_style(true);
         }
-        S3Store { client: Client::from_conf(b.build()), bucket: s.bucket.clone(), conditional: true.into() }
+        S3Store { client: Client::from_conf(b.build()), bucket: s.bucket.clone(), conditional: true.into(), sign_payload }
     }
 
     fn conditional(&self, wanted: bool) -> Option<String> {
@@ -90,6 +105,8 @@ impl S3Store {
             .set_if_none_match(self.conditional(opts.if_none_match))
             .checksum_crc32_c(crc32c(&body))
             .body(ByteStream::from(body))
+            .customize()
+            .disable_payload_signing_if(!self.sign_payload)
             .send()
             .await
             .map_err(classify)?;
@@ -254,6 +271,8 @@ impl ObjectStore for S3Store {
             .part_number(n)
             .content_md5(content_md5(&body))
             .body(ByteStream::from(body))
+            .customize()
+            .disable_payload_signing_if(!self.sign_payload)
             .send()
             .await
             .map_err(classify)?;
@@ -328,6 +347,31 @@ impl ObjectStore for S3Store {
     }
 }
 
+/// `disable_payload_signing` when `cond` holds (the SDK has it only for PutObject and UploadPart).
+trait UnsignedIf: Sized {
+    fn disable_payload_signing_if(self, cond: bool) -> Self;
+}
+
+impl<E, B> UnsignedIf for aws_sdk_s3::client::customize::CustomizableOperation<aws_sdk_s3::operation::put_object::PutObjectOutput, E, B> {
+    fn disable_payload_signing_if(self, cond: bool) -> Self {
+        if cond {
+            self.disable_payload_signing()
+        } else {
+            self
+        }
+    }
+}
+
+impl<E, B> UnsignedIf for aws_sdk_s3::client::customize::CustomizableOperation<aws_sdk_s3::operation::upload_part::UploadPartOutput, E, B> {
+    fn disable_payload_signing_if(self, cond: bool) -> Self {
+        if cond {
+            self.disable_payload_signing()
+        } else {
+            self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Error classification through the real SDK: a one-line HTTP server answers every request
@@ -345,7 +389,17 @@ mod tests {
         assert_eq!(super::crc32c(b""), "AAAAAA==");
     }
 
+    /// Request heads (lower-cased) the one-line server has received.
+    type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
     async fn answering(status: u16, code: &str) -> (S3Store, tokio::task::JoinHandle<()>) {
+        let (s, server, _) = answering_and_keeping(status, code).await;
+        (s, server)
+    }
+
+    async fn answering_and_keeping(status: u16, code: &str) -> (S3Store, tokio::task::JoinHandle<()>, Heads) {
+        let heads = Heads::default();
+        let kept = heads.clone();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let body = if code.is_empty() {
@@ -359,6 +413,7 @@ mod tests {
             loop {
                 let (mut s, _) = l.accept().await.unwrap();
                 let resp = resp.clone();
+                let kept = kept.clone();
                 tokio::spawn(async move {
                     // Read the whole request (headers, then Content-Length bytes) before answering.
                     let mut buf = Vec::new();
@@ -373,6 +428,7 @@ mod tests {
                             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                             let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap_or(0));
                             if buf.len() >= end + 4 + len {
+                                kept.lock().unwrap().push(head);
                                 break;
                             }
                         }
@@ -392,7 +448,42 @@ mod tests {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
-        (S3Store { client: Client::from_conf(conf), bucket: "b".into(), conditional: true.into() }, server)
+        (S3Store { client: Client::from_conf(conf), bucket: "b".into(), conditional: true.into(), sign_payload: true }, server, heads)
+    }
+
+    /// Bodies are signed over plain HTTP and not over HTTPS (whose TLS protects them).
+    #[test]
+    fn payloads_are_signed_unless_tls_protects_them() {
+        assert!(!sign_payload(None), "AWS's own endpoints are HTTPS");
+        assert!(!sign_payload(Some("https://s3.eu-central-1.wasabisys.com")));
+        assert!(!sign_payload(Some("HTTPS://minio.example")));
+        assert!(sign_payload(Some("http://127.0.0.1:3900")));
+        assert!(sign_payload(Some("minio.lan:9000")), "an endpoint without a scheme is not known to be TLS");
+    }
+
+    /// What goes on the wire: the SHA-256 of the body in the signed `x-amz-content-sha256`
+    /// header when payloads are signed, `UNSIGNED-PAYLOAD` when not; the CRC32C is sent either way.
+    #[tokio::test]
+    async fn data_requests_carry_the_payload_hash_only_when_signed() {
+        let body = Bytes::from_static(b"an encrypted object");
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        for signed in [true, false] {
+            let (mut s, server, heads) = answering_and_keeping(200, "").await;
+            s.sign_payload = signed;
+            s.put_object("k", body.clone(), &PutOptions::default()).await.expect("put");
+            let _ = s.upload_part("k", "u", 1, body.clone()).await;
+            let heads = heads.lock().unwrap().clone();
+            assert_eq!(heads.len(), 2, "{heads:?}");
+            for h in &heads {
+                let want = if signed { sha.as_str() } else { "unsigned-payload" };
+                assert!(h.contains(&format!("x-amz-content-sha256: {want}")), "signed={signed}: {h}");
+                let signed_headers = h.split("signedheaders=").nth(1).and_then(|r| r.split(',').next()).unwrap_or("");
+                assert!(signed_headers.split(';').any(|x| x == "x-amz-content-sha256"), "the hash header must be signed: {h}");
+            }
+            assert!(heads[0].contains(&format!("x-amz-checksum-crc32c: {}", super::crc32c(&body).to_ascii_lowercase())), "{}", heads[0]);
+            assert!(heads[1].contains("content-md5:"), "{}", heads[1]);
+            server.abort();
+        }
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -76,6 +77,21 @@ def proc_mib(pid, field):
                 return int(line.split()[1]) // 1024
     except (OSError, TypeError):
         return None
+
+
+def cpu_s(pid):
+    """CPU seconds (user + system) a process has used so far; 0 if it is gone."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, TypeError, IndexError):
+        return 0.0
+
+
+def children_cpu_s():
+    """CPU seconds used by this script's finished children (cp, rsync, rclone copy, coldvault flush)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def vmhwm(pid):
@@ -376,6 +392,7 @@ def run_system(cls, work, src, garage, workloads, perf_dir):
     try:
         for w in workloads:
             p = Perf(s.pid, perf_dir / f"{w}.txt") if perf_dir and s.pid else None
+            cpu0 = (cpu_s(s.pid), cpu_s(garage.proc.pid), children_cpu_s())
             t0 = time.monotonic()
             if w == "rsync":
                 sh("rsync", "-a", f"{src / w}/", s.mnt / w)
@@ -392,7 +409,10 @@ def run_system(cls, work, src, garage, workloads, perf_dir):
             res[w] = (t1 - t0, t2 - t0)
             if p:
                 p.stop()
-            print(f"  {cls.name}: {w}: returns {t1 - t0:.2f} s, durable {t2 - t0:.2f} s", flush=True)
+            # Where the CPU went (2 cores: the daemon, the S3 server and the copy share them).
+            cpu = (cpu_s(s.pid) - cpu0[0], cpu_s(garage.proc.pid) - cpu0[1], children_cpu_s() - cpu0[2])
+            print(f"  {cls.name}: {w}: returns {t1 - t0:.2f} s, durable {t2 - t0:.2f} s; CPU seconds: daemon {cpu[0]:.2f}, "
+                  f"garage {cpu[1]:.2f}, copy {cpu[2]:.2f}", flush=True)
             if w == "small":
                 best = None
                 for _ in range(3):
@@ -418,10 +438,12 @@ def direct_upload(work, src, garage, workloads):
     for w in workloads:
         if w == "rsync":
             continue
+        cpu0 = (cpu_s(garage.proc.pid), children_cpu_s())
         t = time.monotonic()
         sh("rclone", "copy", "--transfers", "16", src / w, f"gs3:{bucket}/{w}", env=e)
         res[w] = time.monotonic() - t
-        print(f"  direct upload: {w}: {res[w]:.2f} s", flush=True)
+        print(f"  direct upload: {w}: {res[w]:.2f} s; CPU seconds: rclone {children_cpu_s() - cpu0[1]:.2f}, "
+              f"garage {cpu_s(garage.proc.pid) - cpu0[0]:.2f}", flush=True)
     return res
 
 

@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod daemon;
+pub mod extract;
 pub mod fs;
 pub mod fuse;
 pub mod meta;

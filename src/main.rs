@@ -127,6 +127,13 @@ enum Cmd {
         /// Request restores of archived files instead of only reporting them.
         #[arg(long)]
         restore: bool,
+        /// Restore owners (uid, gid) and keep setuid/setgid bits; root only. Without it,
+        /// files belong to whoever runs `get` and setuid/setgid bits are dropped.
+        #[arg(long)]
+        preserve_owner: bool,
+        /// Files downloaded at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
         /// VAULT_PATH... LOCAL_DIR
         #[arg(required = true, num_args = 2..)]
         args: Vec<String>,
@@ -305,13 +312,13 @@ fn run(cli: Cli) -> Result<()> {
                 offline::ls(&store, &keys, &cfg, vault_path, recursive).await
             })
         }
-        Cmd::Get { config, pass, restore, mut args } => {
+        Cmd::Get { config, pass, restore, preserve_owner, jobs, mut args } => {
             let dest = PathBuf::from(args.pop().expect("two or more"));
             let (cfg, keys) = load_unlocked(config, &pass)?;
             let rt = runtime()?;
             rt.block_on(async {
-                let store = connect(&cfg).await?;
-                offline::get(&store, &keys, &cfg, &args, &dest, restore).await
+                let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
+                offline::get(store, &keys, &cfg, &args, &dest, &offline::GetOptions { restore, preserve_owner, jobs }).await
             })
         }
         Cmd::Verify { config, cache_dir, pass, deep } => {
@@ -321,8 +328,8 @@ fn run(cli: Cli) -> Result<()> {
             let cache = cache_dir.unwrap_or_else(|| cfg.default_cache_dir());
             let rt = runtime()?;
             rt.block_on(async {
-                let store = connect(&cfg).await?;
-                offline::verify(&store, keys.as_ref(), &cfg, &cache, deep).await
+                let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
+                offline::verify(store, keys.as_ref(), &cfg, &cache, deep).await
             })
         }
         Cmd::Share { samba, mountpoint, modules_dir, no_check } => {

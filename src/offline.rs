@@ -1,13 +1,16 @@
 //! Commands that work on the bucket without a mount: `ls`, `get`, `verify`, `policy`, `key`.
 //! Part of the binary (anyhow is allowed here).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use coldvault::config::Config;
-use coldvault::crypto::{self, Header, Opened, VaultKeys};
+use coldvault::crypto::{self, VaultKeys};
+use coldvault::extract::{self, Dest};
 use coldvault::remote_meta::{self, NodeKind, Tree};
 use coldvault::store::{ObjectStore, PutOptions, StoreError};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub async fn load_tree(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config) -> Result<Tree> {
     let progress = |what: &str, done: usize, total: usize| {
@@ -77,33 +80,114 @@ pub async fn ls(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, path: O
     Ok(())
 }
 
-/// Decrypt one object's body, checking its length, authentication and SHA-256.
-pub fn decrypt_checked(keys: &VaultKeys, key: &str, size: u64, sha: &str, body: &[u8]) -> Result<Vec<u8>> {
-    let sk = keys.secret.as_ref().ok_or_else(|| anyhow!("no private key"))?;
-    let h = Header::parse(body).map_err(|e| anyhow!("object {key}: {e}"))?;
-    let o = Opened::open(sk, &h).map_err(|e| anyhow!("object {key}: {e}"))?;
-    let pt = o.decrypt_all(size, body).map_err(|e| anyhow!("object {key}: {e}"))?;
-    let got = hex::encode(Sha256::digest(&pt));
-    if !sha.is_empty() && got != sha {
-        bail!("object {key}: SHA-256 mismatch (tampered or wrong version)");
+/// The index's record of a file version, as `extract` checks it.
+fn wanted(n: &remote_meta::Node) -> extract::Wanted {
+    extract::Wanted { key: n.key.clone().unwrap_or_default(), size: n.size, sha256: n.sha256.clone().unwrap_or_default(), header: n.header.clone() }
+}
+
+/// How one file of a `get` ended.
+enum Got {
+    Written(u64),
+    AlreadyThere,
+    Archived(String),
+    Failed(String),
+}
+
+/// Options of `coldvault get`.
+pub struct GetOptions {
+    /// Request restores of archived files instead of only reporting them.
+    pub restore: bool,
+    /// Restore owners and keep setuid/setgid bits (root only).
+    pub preserve_owner: bool,
+    /// Files downloaded at once.
+    pub jobs: usize,
+}
+
+async fn get_one(
+    store: Arc<dyn ObjectStore>,
+    keys: Arc<VaultKeys>,
+    dest: Arc<Dest>,
+    rel: String,
+    n: remote_meta::Node,
+    restore: Option<(String, Option<i32>)>,
+    progress: Arc<Progress>,
+) -> Got {
+    if dest.has_file(&rel, n.size, n.mtime_ns) {
+        progress.skipped(n.size);
+        return Got::AlreadyThere;
     }
-    Ok(pt)
+    let w = wanted(&n);
+    let mut part = match dest.create_file(&rel) {
+        Ok(p) => p,
+        Err(e) => return Got::Failed(e.to_string()),
+    };
+    match extract::fetch_to(store.clone(), &keys, &w, part.file(), &progress.bytes).await {
+        Ok(()) => {}
+        Err(extract::ExtractError::Store(StoreError::Archived)) => {
+            let class = n.class.clone().unwrap_or_default();
+            let mut note = format!("{rel} ({class}): archived, not restored");
+            if let Some((tier, days)) = restore {
+                match store.restore_object(&w.key, days, &tier).await {
+                    Ok(()) | Err(StoreError::RestoreInProgress) => {
+                        note.push_str(&format!("; restore requested ({tier}), run `get` again when it is done"))
+                    }
+                    Err(e) => note.push_str(&format!("; restore request failed: {e}")),
+                }
+            }
+            return Got::Archived(note);
+        }
+        Err(e) => return Got::Failed(e.to_string()),
+    }
+    let a = extract::Attrs { mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns };
+    match part.commit(a) {
+        Ok(()) => {
+            progress.files.fetch_add(1, Ordering::Relaxed);
+            Got::Written(n.size)
+        }
+        Err(e) => Got::Failed(e.to_string()),
+    }
 }
 
-fn set_times_and_mode(p: &Path, mtime_ns: coldvault::clock::Nanos, mode: u32) -> Result<()> {
-    let t = coldvault::clock::from_nanos(mtime_ns);
-    let f = std::fs::File::options().write(true).open(p)?;
-    f.set_modified(t)?;
-    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
-    Ok(())
+/// Counters of a running `get`, shown on a terminal.
+#[derive(Default)]
+struct Progress {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    skipped_bytes: AtomicU64,
 }
 
-pub async fn get(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, paths: &[String], dest: &Path, restore: bool) -> Result<()> {
-    let tree = load_tree(store, keys, cfg).await?;
-    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let mut archived = Vec::new();
-    let (mut files, mut bytes, mut failed) = (0u64, 0u64, 0u64);
-    let mut made_dirs: Vec<(PathBuf, &remote_meta::Node)> = Vec::new();
+impl Progress {
+    fn skipped(&self, bytes: u64) {
+        self.files.fetch_add(1, Ordering::Relaxed);
+        self.skipped_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// One status line: files and bytes done, rate, time left.
+    fn line(&self, total_files: u64, total_bytes: u64, started: std::time::Instant) -> String {
+        let got = self.bytes.load(Ordering::Relaxed);
+        let done = got + self.skipped_bytes.load(Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let rate = got as f64 / secs;
+        let eta = if rate > 0.0 { format!("{:.0} s left", total_bytes.saturating_sub(done) as f64 / rate) } else { "…".into() };
+        format!(
+            "{}/{} files, {:.1} of {:.1} MiB, {:.1} MiB/s, {eta}",
+            self.files.load(Ordering::Relaxed),
+            total_files,
+            done as f64 / 1048576.0,
+            total_bytes as f64 / 1048576.0,
+            rate / 1048576.0
+        )
+    }
+}
+
+pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, paths: &[String], dest: &Path, o: &GetOptions) -> Result<()> {
+    let tree = load_tree(store.as_ref(), keys, cfg).await?;
+    let d = Arc::new(Dest::open(dest, o.preserve_owner)?);
+    let keys = Arc::new(VaultKeys { public: keys.public, secret: keys.secret.clone(), name_key: keys.name_key });
+    let mut problems: Vec<String> = Vec::new();
+    let mut made_dirs: Vec<(String, &remote_meta::Node)> = Vec::new();
+    let mut files: Vec<(String, &remote_meta::Node)> = Vec::new();
+    let mut links = 0u64;
     for p in paths {
         let base = norm(p)?;
         let root = tree.nodes.get(&base).ok_or_else(|| anyhow!("{p}: no such file or folder in the vault"))?;
@@ -115,99 +199,119 @@ pub async fn get(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, paths:
         } else {
             vec![(tree.nodes.get_key_value(&base).map(|(k, _)| k).expect("present"), root)]
         };
+        // In path order: a folder comes before what is in it.
         for (vp, n) in selected {
             if vp.is_empty() {
                 continue;
             }
             // Paths from the bucket were checked by the replay; check again where it matters.
-            remote_meta::check_path(vp).map_err(|e| anyhow!("refusing {vp:?}: {e}"))?;
-            let rel = &vp[strip..];
-            let out: PathBuf = dest.join(rel);
-            if !out.starts_with(dest) {
-                bail!("refusing {vp:?}: it would land outside {}", dest.display());
+            if let Err(e) = remote_meta::check_path(vp) {
+                problems.push(format!("refusing {vp:?}: {e}"));
+                continue;
             }
+            let rel = vp[strip..].to_string();
             match n.kind {
-                NodeKind::Dir => {
-                    std::fs::create_dir_all(&out)?;
-                    made_dirs.push((out, n));
-                }
+                NodeKind::Dir => match d.make_dir(&rel) {
+                    Ok(()) => made_dirs.push((rel, n)),
+                    Err(e) => problems.push(format!("{vp}: {e}")),
+                },
                 NodeKind::Special => {
                     // FIFOs, sockets and device nodes are recreated by `mount`, not extracted.
                     eprintln!("coldvault: {vp}: special file ({}) not extracted", n.target.clone().unwrap_or_default());
                 }
                 NodeKind::Symlink => {
-                    if let Some(parent) = out.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    let _ = std::fs::remove_file(&out);
-                    std::os::unix::fs::symlink(n.target.clone().unwrap_or_default(), &out)?;
-                }
-                NodeKind::File => {
-                    let key = n.key.clone().unwrap_or_default();
-                    let class = n.class.clone().unwrap_or_default();
-                    if let Some(parent) = out.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    let body = match store.get_object(&key).await {
-                        Ok(b) => b,
-                        Err(StoreError::Archived) => {
-                            let mut note = format!("{vp} ({class}): archived, not restored");
-                            if restore {
-                                let tier = coldvault::restore::default_tier(&class, &cfg.restore.glacier_tier, &cfg.restore.deep_archive_tier);
-                                let days = (!coldvault::restore::is_intelligent_tiering_archive(&class)).then_some(cfg.restore.days);
-                                match store.restore_object(&key, days, &tier).await {
-                                    Ok(()) | Err(StoreError::RestoreInProgress) => {
-                                        note.push_str(&format!("; restore requested ({tier}), run `get` again when it is done"))
-                                    }
-                                    Err(e) => note.push_str(&format!("; restore request failed: {e}")),
-                                }
-                            }
-                            archived.push(note);
-                            continue;
-                        }
-                        Err(e) => {
-                            eprintln!("coldvault: {vp}: {e}");
-                            failed += 1;
-                            continue;
-                        }
-                    };
-                    match decrypt_checked(keys, &key, n.size, n.sha256.as_deref().unwrap_or(""), &body) {
-                        Ok(pt) => {
-                            let tmp = out.with_extension("coldvault-part");
-                            std::fs::write(&tmp, &pt)?;
-                            std::fs::rename(&tmp, &out)?;
-                            set_times_and_mode(&out, n.mtime_ns, n.mode)?;
-                            files += 1;
-                            bytes += pt.len() as u64;
-                        }
-                        Err(e) => {
-                            eprintln!("coldvault: {vp}: {e}");
-                            failed += 1;
-                        }
+                    let a = extract::Attrs { mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns };
+                    match d.symlink(&rel, n.target.as_deref().unwrap_or_default(), a) {
+                        Ok(()) => links += 1,
+                        Err(e) => problems.push(format!("{vp}: {e}")),
                     }
                 }
+                NodeKind::File => files.push((rel, n)),
             }
         }
     }
-    // Folder modes and times last: writing files into them changed them.
-    for (out, n) in made_dirs {
-        let _ = std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(n.mode & 0o7777));
-        if let Ok(d) = std::fs::File::open(&out) {
-            let t = coldvault::clock::from_nanos(n.mtime_ns);
-            let _ = d.set_modified(t);
+    let total_files = files.len() as u64;
+    let total_bytes: u64 = files.iter().map(|(_, n)| n.size).sum();
+    let progress = Arc::new(Progress::default());
+    let started = std::time::Instant::now();
+    let ticker = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let p = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                eprint!("\r\x1b[K{}", p.line(total_files, total_bytes, started));
+            }
+        })
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut queue = files.into_iter();
+    let (mut written, mut bytes, mut already, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut archived = Vec::new();
+    loop {
+        while tasks.len() < o.jobs.max(1) {
+            let Some((rel, n)) = queue.next() else { break };
+            let class = n.class.clone().unwrap_or_default();
+            let restore = o.restore.then(|| {
+                let tier = coldvault::restore::default_tier(&class, &cfg.restore.glacier_tier, &cfg.restore.deep_archive_tier);
+                (tier, (!coldvault::restore::is_intelligent_tiering_archive(&class)).then_some(cfg.restore.days))
+            });
+            tasks.spawn(get_one(store.clone(), keys.clone(), d.clone(), rel.clone(), n.clone(), restore, progress.clone()));
+        }
+        let Some(r) = tasks.join_next().await else { break };
+        match r.map_err(|e| anyhow!("download task: {e}"))? {
+            Got::Written(b) => {
+                written += 1;
+                bytes += b;
+            }
+            Got::AlreadyThere => already += 1,
+            Got::Archived(note) => archived.push(note),
+            Got::Failed(m) => {
+                failed += 1;
+                if ticker.is_some() {
+                    eprint!("\r\x1b[K");
+                }
+                eprintln!("coldvault: {m}");
+            }
         }
     }
-    println!("restored {files} file(s), {bytes} bytes, to {}", dest.display());
+    if let Some(t) = ticker {
+        t.abort();
+        eprintln!("\r\x1b[K{}", progress.line(total_files, total_bytes, started));
+    }
+    // Folder modes and times last (writing into a folder changes its time), innermost first
+    // (a read-only folder must not keep its contents from getting theirs).
+    for (rel, n) in made_dirs.iter().rev() {
+        let a = extract::Attrs { mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns };
+        if let Err(e) = d.finish_dir(rel, a) {
+            problems.push(format!("{rel}: {e}"));
+        }
+    }
+    print!("restored {written} file(s), {bytes} bytes");
+    if already > 0 {
+        print!(", {already} already there from an earlier run");
+    }
+    if links > 0 {
+        print!(", {links} link(s)");
+    }
+    println!(", to {}", dest.display());
     for a in &archived {
         println!("archived: {a}");
     }
-    if failed > 0 || !archived.is_empty() || !tree.refused.is_empty() {
-        bail!("{failed} file(s) failed, {} archived file(s) not restored, {} unsafe entr(y/ies) refused", archived.len(), tree.refused.len());
+    for p in &problems {
+        eprintln!("coldvault: {p}");
+    }
+    if failed > 0 || !archived.is_empty() || !tree.refused.is_empty() || !problems.is_empty() {
+        bail!(
+            "{failed} file(s) failed, {} archived file(s) not restored, {} unsafe entr(y/ies) refused, {} item(s) not written",
+            archived.len(),
+            tree.refused.len(),
+            problems.len()
+        );
     }
     Ok(())
 }
 
-pub async fn verify(store: &dyn ObjectStore, keys: Option<&VaultKeys>, cfg: &Config, cache_dir: &Path, deep: bool) -> Result<()> {
+pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: &Config, cache_dir: &Path, deep: bool) -> Result<()> {
     let db_path = cache_dir.join("index.db");
     if !db_path.exists() {
         bail!("no index at {} (pass --cache-dir, or mount once)", db_path.display());
@@ -236,14 +340,14 @@ pub async fn verify(store: &dyn ObjectStore, keys: Option<&VaultKeys>, cfg: &Con
         }
         if deep && !coldvault::restore::needs_restore(class) {
             let keys = keys.ok_or_else(|| anyhow!("--deep needs the passphrase"))?;
-            match store.get_object(&key).await {
-                Ok(body) => {
-                    if let Err(e) = decrypt_checked(keys, &key, f.size, f.sha256.as_deref().unwrap_or(""), &body) {
-                        problems.push(format!("{path}: {e}"));
-                    }
+            let w = extract::Wanted { key: key.clone(), size: f.size, sha256: f.sha256.clone().unwrap_or_default(), header: f.header.clone() };
+            match extract::fetch_to(store.clone(), keys, &w, &mut std::io::sink(), &AtomicU64::new(0)).await {
+                Ok(()) => checked_deep += 1,
+                Err(e @ extract::ExtractError::Store(_)) => problems.push(format!("{path}: reading {key}: {e}")),
+                Err(e) => {
+                    problems.push(format!("{path}: {e}"));
                     checked_deep += 1;
                 }
-                Err(e) => problems.push(format!("{path}: reading {key}: {e}")),
             }
         }
     }

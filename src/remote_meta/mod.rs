@@ -290,9 +290,7 @@ impl Tree {
         match e.clone() {
             Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs } => {
                 self.ensure_parents(&path, uid, gid, mtime_ns);
-                if self.nodes.get(&path).is_some_and(|n| n.kind == NodeKind::Dir) {
-                    self.remove_subtree(&path);
-                }
+                self.remove_subtree(&path);
                 let header = B64.decode(header).ok().filter(|h| h.len() == crypto::HEADER_LEN);
                 self.nodes.insert(
                     path,
@@ -330,6 +328,9 @@ impl Tree {
             }
             Entry::Symlink { path, target, uid, gid, mtime_ns } => {
                 self.ensure_parents(&path, uid, gid, mtime_ns);
+                // Only folders have contents: a link or special file replacing a folder
+                // replaces what was in it (else `photos/x -> ~/.ssh` could keep `photos/x/...`).
+                self.remove_subtree(&path);
                 let mut n = Node::dir(0o777, uid, gid, mtime_ns);
                 n.kind = NodeKind::Symlink;
                 n.size = target.len() as u64;
@@ -338,6 +339,7 @@ impl Tree {
             }
             Entry::Special { path, special, mode, uid, gid, mtime_ns } => {
                 self.ensure_parents(&path, uid, gid, mtime_ns);
+                self.remove_subtree(&path);
                 let mut n = Node::dir(mode, uid, gid, mtime_ns);
                 n.kind = NodeKind::Special;
                 n.target = Some(special);

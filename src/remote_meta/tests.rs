@@ -44,3 +44,39 @@ fn a_snapshot_written_entry_by_entry_reads_back_whole() {
         assert_eq!(back.seen, seen);
     }
 }
+
+/// Only folders have contents in a replayed tree: a link or special file that replaces a
+/// folder takes what was below it along, in whatever order the entries come. (Else a forged or
+/// merged journal saying `photos/x -> ~/.ssh` after `photos/x/authorized_keys` left a file
+/// below a link, for `get` to write through it.)
+#[test]
+fn nothing_stays_below_a_link_or_special_file() {
+    let file = |path: &str| Entry::Upload {
+        path: path.into(),
+        key: format!("v/d/{path}"),
+        size: 1,
+        mtime_ns: 1,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        class: "STANDARD".into(),
+        sha256: String::new(),
+        header: String::new(),
+        xattrs: None,
+    };
+    let link = |path: &str| Entry::Symlink { path: path.into(), target: "/root/.ssh".into(), uid: 0, gid: 0, mtime_ns: 2 };
+    let fifo = |path: &str| Entry::Special { path: path.into(), special: "fifo:0".into(), mode: 0o600, uid: 0, gid: 0, mtime_ns: 2 };
+    for replacing in [link("photos/x"), fifo("photos/x"), file("photos/x")] {
+        for order in [vec![file("photos/x/authorized_keys"), replacing.clone()], vec![replacing.clone(), file("photos/x/authorized_keys")]] {
+            let mut t = Tree::default();
+            for e in &order {
+                t.apply(e);
+            }
+            for p in t.nodes.keys() {
+                if let Some((parent, _)) = p.rsplit_once('/') {
+                    assert_eq!(t.nodes[parent].kind, NodeKind::Dir, "{p} is below a {:?} after {order:?}", t.nodes[parent].kind);
+                }
+            }
+        }
+    }
+}

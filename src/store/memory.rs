@@ -29,6 +29,8 @@ struct Inner {
     fail_at: BTreeMap<u64, StoreError>,
     /// operation name -> (remaining count, error). u64::MAX means "always".
     fail_op: HashMap<&'static str, (u64, StoreError)>,
+    /// operation name -> calls made.
+    per_op: HashMap<&'static str, u64>,
 }
 
 #[derive(Default)]
@@ -94,6 +96,11 @@ impl MemoryStore {
         self.delay_next.lock().unwrap().insert(op, d);
     }
 
+    /// How many calls of operation `op` (e.g. "GetObject", which counts ranged GETs) were made.
+    pub fn calls_of(&self, op: &'static str) -> u64 {
+        self.inner.lock().unwrap().per_op.get(op).copied().unwrap_or(0)
+    }
+
     pub fn clear_faults(&self) {
         let mut i = self.inner.lock().unwrap();
         i.fail_at.clear();
@@ -143,6 +150,7 @@ impl MemoryStore {
         }
         let mut i = self.inner.lock().unwrap();
         i.calls += 1;
+        *i.per_op.entry(op).or_default() += 1;
         let c = i.calls;
         if let Some(e) = i.fail_at.remove(&c) {
             return Err(e);

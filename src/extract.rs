@@ -1,0 +1,440 @@
+//! Restoring files from the bucket into a local folder (`coldvault get`), safely whatever the
+//! vault's tree says, and in bounded memory whatever the files' sizes.
+//!
+//! A backup is read after a breach, on a new machine, often as root, from a bucket that others
+//! may have written to. So:
+//! * Every folder below the destination is opened one name at a time, relative to its parent's
+//!   descriptor, with `O_NOFOLLOW | O_DIRECTORY`: a symbolic link in the way — planted in the
+//!   destination beforehand, or made earlier by this very restore — is refused, never followed.
+//!   (Paths were also checked as text by the replay: no `..`, nothing absolute.)
+//! * A file is written under a fresh name in its folder (`O_CREAT | O_EXCL | O_NOFOLLOW`, a
+//!   random suffix), its mode and times are set through its descriptor, and it is renamed over
+//!   its final name only once its SHA-256 matched: a file that fails is never left under its
+//!   final name, and its partial copy is removed.
+//! * Symbolic links are created with their target verbatim and never followed.
+//! * setuid and setgid bits are dropped unless owners are restored too (`preserve_owner`, root
+//!   only): a restore as root must not create setuid-root programs out of a bucket.
+//! * Objects are read with ranged GETs of `CHUNK_SEGMENTS` segments, a few in flight, each
+//!   segment decrypted, hashed and written as it arrives: memory does not grow with the file.
+
+use crate::crypto::{self, Header, Opened};
+use crate::store::{ObjectStore, StoreError};
+use sha2::{Digest, Sha256};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Segments per ranged GET (4 MiB of plaintext)…
+pub const CHUNK_SEGMENTS: u64 = 64;
+/// …and GETs of one file in flight at once.
+pub const CHUNKS_IN_FLIGHT: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("{0}")]
+    Unsafe(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T> = std::result::Result<T, ExtractError>;
+
+fn io_err(what: &str, e: io::Error) -> ExtractError {
+    ExtractError::Io(format!("{what}: {e}"))
+}
+
+fn cstr(name: &str) -> Result<CString> {
+    CString::new(name).map_err(|_| ExtractError::Unsafe(format!("{name:?}: NUL in a name")))
+}
+
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// `openat(dir, name, O_DIRECTORY | O_NOFOLLOW)`.
+fn open_dir_at(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `dir` is an open descriptor and `name` a NUL-terminated string, both alive for
+    // the whole call; openat writes no memory of ours.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: `fd` was just returned by openat and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `renameat(dir, from, dir, to)`: replaces a file or link at `to` (never following it), fails
+/// on a folder there.
+fn rename_in(dir: &OwnedFd, from: &CStr, to: &CStr) -> io::Result<()> {
+    // SAFETY: `dir` is open and both names are NUL-terminated strings alive for the call.
+    if unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) } != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+fn unlink_in(dir: &OwnedFd, name: &CStr) {
+    // SAFETY: `dir` is open and `name` NUL-terminated, alive for the call. unlinkat removes a
+    // link itself, never what it points to; an error leaves nothing worse behind.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+}
+
+/// The kind of what is at `name` in `dir`, not following a link (None: nothing there).
+fn kind_at(dir: &OwnedFd, name: &CStr) -> io::Result<Option<(u32, libc::stat)>> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `dir` is open, `name` NUL-terminated and `st` a valid, writable stat buffer, all
+    // alive for the call.
+    if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        let e = last_err();
+        return if e.raw_os_error() == Some(libc::ENOENT) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some((st.st_mode & libc::S_IFMT, st)))
+}
+
+fn timespec(ns: crate::clock::Nanos) -> libc::timespec {
+    let secs = ns.div_euclid(1_000_000_000);
+    libc::timespec {
+        tv_sec: secs.clamp(libc::time_t::MIN as i128, libc::time_t::MAX as i128) as libc::time_t,
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+/// A fresh name beside `name` for a file or link being made (never an existing one).
+fn part_name(name: &str) -> String {
+    // Short enough that a 255-byte name still fits: the name is cut to 200 bytes at a
+    // character boundary.
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}.{}.coldvault-part", &name[..cut], hex::encode(rand::random::<[u8; 6]>()))
+}
+
+/// Owner and mode to give what is restored.
+#[derive(Clone, Copy, Debug)]
+pub struct Attrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: crate::clock::Nanos,
+}
+
+/// The destination folder of a restore.
+pub struct Dest {
+    root: OwnedFd,
+    path: PathBuf,
+    preserve_owner: bool,
+}
+
+impl Dest {
+    /// Create (if needed) and open the destination. `preserve_owner` restores owners and keeps
+    /// setuid/setgid bits; only root can.
+    pub fn open(path: &Path, preserve_owner: bool) -> Result<Dest> {
+        // SAFETY: geteuid has no preconditions and touches no memory.
+        if preserve_owner && unsafe { libc::geteuid() } != 0 {
+            return Err(ExtractError::Unsafe("restoring owners (--preserve-owner) needs root".into()));
+        }
+        std::fs::create_dir_all(path).map_err(|e| io_err(&format!("creating {}", path.display()), e))?;
+        // The destination itself is the user's choice and may be reached through their own links.
+        let f =
+            File::options().read(true).custom_flags(libc::O_DIRECTORY).open(path).map_err(|e| io_err(&format!("opening {}", path.display()), e))?;
+        Ok(Dest { root: OwnedFd::from(f), path: path.to_path_buf(), preserve_owner })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The mode bits to set: without owners, setuid and setgid go.
+    fn mode_bits(&self, mode: u32) -> u32 {
+        if self.preserve_owner {
+            mode & 0o7777
+        } else {
+            mode & 0o1777
+        }
+    }
+
+    /// Open the folder `rel` ("" is the destination) one name at a time, never following a
+    /// link; with `create`, make the missing ones (0700 until `finish_dir` sets their mode).
+    fn dir(&self, rel: &str, create: bool) -> Result<OwnedFd> {
+        let mut cur: Option<OwnedFd> = None;
+        let mut walked = String::new();
+        for comp in rel.split('/').filter(|c| !c.is_empty()) {
+            if comp == "." || comp == ".." {
+                return Err(ExtractError::Unsafe(format!("{rel:?}: \"{comp}\" in a path")));
+            }
+            if !walked.is_empty() {
+                walked.push('/');
+            }
+            walked.push_str(comp);
+            let c = cstr(comp)?;
+            let parent = cur.as_ref().unwrap_or(&self.root);
+            if create {
+                // SAFETY: `parent` is open and `c` NUL-terminated, both alive for the call.
+                if unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), 0o700) } != 0 {
+                    let e = last_err();
+                    if e.raw_os_error() != Some(libc::EEXIST) {
+                        return Err(io_err(&format!("creating {}", self.path.join(&walked).display()), e));
+                    }
+                }
+            }
+            let next = match open_dir_at(parent, &c) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let shown = self.path.join(&walked);
+                    return Err(match kind_at(parent, &c) {
+                        Ok(Some((libc::S_IFLNK, _))) => {
+                            ExtractError::Unsafe(format!("{} is a symbolic link: not followed, nothing written below it", shown.display()))
+                        }
+                        Ok(Some((k, _))) if k != libc::S_IFDIR => {
+                            ExtractError::Unsafe(format!("{} is in the way: a folder is restored there", shown.display()))
+                        }
+                        _ => io_err(&format!("opening {}", shown.display()), e),
+                    });
+                }
+            };
+            cur = Some(next);
+        }
+        match cur {
+            Some(fd) => Ok(fd),
+            None => self.root.try_clone().map_err(|e| io_err("opening the destination", e)),
+        }
+    }
+
+    fn split(rel: &str) -> Result<(&str, &str)> {
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(ExtractError::Unsafe(format!("{rel:?}: not a name")));
+        }
+        Ok((parent, name))
+    }
+
+    /// Make the folder `rel` and its parents.
+    pub fn make_dir(&self, rel: &str) -> Result<()> {
+        self.dir(rel, true).map(|_| ())
+    }
+
+    /// Give the folder `rel` its mode, owner and time (after its contents are written).
+    pub fn finish_dir(&self, rel: &str, a: Attrs) -> Result<()> {
+        let fd = self.dir(rel, false)?;
+        let f = File::from(fd);
+        let shown = self.path.join(rel);
+        if self.preserve_owner {
+            std::os::unix::fs::fchown(&f, Some(a.uid), Some(a.gid)).map_err(|e| io_err(&format!("chown {}", shown.display()), e))?;
+        }
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(self.mode_bits(a.mode)))
+            .map_err(|e| io_err(&format!("chmod {}", shown.display()), e))?;
+        f.set_modified(crate::clock::from_nanos(a.mtime_ns)).map_err(|e| io_err(&format!("setting the time of {}", shown.display()), e))?;
+        Ok(())
+    }
+
+    /// The file already restored at `rel` by an earlier, interrupted run: a regular file (not a
+    /// link) of this size and modification time.
+    pub fn has_file(&self, rel: &str, size: u64, mtime_ns: crate::clock::Nanos) -> bool {
+        let Ok((parent, name)) = Self::split(rel) else { return false };
+        let (Ok(dir), Ok(c)) = (self.dir(parent, false), cstr(name)) else { return false };
+        match kind_at(&dir, &c) {
+            Ok(Some((libc::S_IFREG, st))) => {
+                st.st_size as u64 == size && (st.st_mtime as i128) * 1_000_000_000 + st.st_mtime_nsec as i128 == mtime_ns
+            }
+            _ => false,
+        }
+    }
+
+    /// Start the file `rel`: a fresh file beside it, which `Part::commit` renames into place.
+    pub fn create_file(&self, rel: &str) -> Result<Part> {
+        let (parent, name) = Self::split(rel)?;
+        let dir = self.dir(parent, true)?;
+        let tmp = cstr(&part_name(name))?;
+        // SAFETY: `dir` is open and `tmp` NUL-terminated, both alive for the call.
+        let fd = unsafe {
+            libc::openat(dir.as_raw_fd(), tmp.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o600)
+        };
+        if fd < 0 {
+            return Err(io_err(&format!("creating a file in {}", self.path.join(parent).display()), last_err()));
+        }
+        // SAFETY: `fd` was just returned by openat and nothing else owns it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(Part { dir, tmp, name: cstr(name)?, file: Some(file), shown: self.path.join(rel), preserve_owner: self.preserve_owner })
+    }
+
+    /// Make the symbolic link `rel` pointing at `target` (verbatim, never followed).
+    pub fn symlink(&self, rel: &str, target: &str, a: Attrs) -> Result<()> {
+        let (parent, name) = Self::split(rel)?;
+        let dir = self.dir(parent, true)?;
+        let tmp = cstr(&part_name(name))?;
+        let t = cstr(target)?;
+        let shown = self.path.join(rel);
+        // SAFETY: `dir` is open; `t` and `tmp` are NUL-terminated, all alive for the call.
+        if unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), tmp.as_ptr()) } != 0 {
+            return Err(io_err(&format!("creating the link {}", shown.display()), last_err()));
+        }
+        let done = (|| -> io::Result<()> {
+            if self.preserve_owner {
+                // SAFETY: as above; AT_SYMLINK_NOFOLLOW changes the link itself.
+                if unsafe { libc::fchownat(dir.as_raw_fd(), tmp.as_ptr(), a.uid, a.gid, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                    return Err(last_err());
+                }
+            }
+            let ts = [timespec(a.mtime_ns), timespec(a.mtime_ns)];
+            // SAFETY: as above; `ts` is an array of two timespecs alive for the call.
+            if unsafe { libc::utimensat(dir.as_raw_fd(), tmp.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                return Err(last_err());
+            }
+            rename_in(&dir, &tmp, &cstr(name).map_err(io::Error::other)?)
+        })();
+        if let Err(e) = done {
+            unlink_in(&dir, &tmp);
+            return Err(io_err(&format!("creating the link {}", shown.display()), e));
+        }
+        Ok(())
+    }
+}
+
+/// A file being restored: written under a fresh name, renamed into place by `commit`, removed
+/// if dropped before.
+pub struct Part {
+    dir: OwnedFd,
+    tmp: CString,
+    name: CString,
+    file: Option<File>,
+    shown: PathBuf,
+    preserve_owner: bool,
+}
+
+impl Part {
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("not committed yet")
+    }
+
+    /// Set owner, mode and time through the descriptor and move the file to its name (a file
+    /// or link there is replaced, never followed; a folder there is an error).
+    pub fn commit(mut self, a: Attrs) -> Result<()> {
+        let f = self.file.take().expect("committed once");
+        let shown = self.shown.clone();
+        let r = (|| -> io::Result<()> {
+            if self.preserve_owner {
+                std::os::unix::fs::fchown(&f, Some(a.uid), Some(a.gid))?;
+            }
+            let bits = if self.preserve_owner { a.mode & 0o7777 } else { a.mode & 0o1777 };
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(bits))?;
+            f.set_modified(crate::clock::from_nanos(a.mtime_ns))?;
+            drop(f);
+            rename_in(&self.dir, &self.tmp, &self.name)
+        })();
+        match r {
+            Ok(()) => {
+                // Renamed: nothing to remove any more.
+                self.tmp = CString::default();
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) || e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                Err(ExtractError::Unsafe(format!("{} is a folder: the file is not restored over it", shown.display())))
+            }
+            Err(e) => Err(io_err(&format!("writing {}", shown.display()), e)),
+        }
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.tmp.is_empty() {
+            unlink_in(&self.dir, &self.tmp);
+        }
+    }
+}
+
+/// One object to fetch: where it is, and what the index says it holds.
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    pub key: String,
+    pub size: u64,
+    /// Hex SHA-256 of the plaintext (empty: not known, the object's authentication alone).
+    pub sha256: String,
+    /// The 128-byte header the index recorded for this version: the object must carry it.
+    pub header: Option<Vec<u8>>,
+}
+
+/// Fetch, check and decrypt `w` into `out`, a chunk of segments at a time (several GETs in
+/// flight), counting plaintext bytes written in `progress`. Fails — with nothing to keep — on a
+/// missing or archived object, a header other than the recorded one, any segment that does not
+/// authenticate, a short object, or a SHA-256 other than the recorded one.
+pub async fn fetch_to(store: Arc<dyn ObjectStore>, keys: &crypto::VaultKeys, w: &Wanted, out: &mut impl Write, progress: &AtomicU64) -> Result<()> {
+    let sk = keys.secret.as_ref().ok_or_else(|| ExtractError::Unsafe("no private key".into()))?;
+    let n = crypto::segment_count(w.size);
+    let corrupt = |why: String| ExtractError::Corrupt(format!("object {}: {why}", w.key));
+    // Chunk c covers segments [c*K, min((c+1)*K, n)); the first also carries the header.
+    let chunks = n.div_ceil(CHUNK_SEGMENTS);
+    let range = |c: u64| -> (u64, u64) {
+        let first = c * CHUNK_SEGMENTS;
+        let last = ((c + 1) * CHUNK_SEGMENTS).min(n) - 1;
+        let start = if c == 0 { 0 } else { crypto::segment_cipher_range(w.size, first).0 };
+        (start, crypto::segment_cipher_range(w.size, last).1)
+    };
+    let mut pending = InFlight(std::collections::VecDeque::new());
+    let mut next = 0u64;
+    let mut opened: Option<Opened> = None;
+    let mut sha = Sha256::new();
+    for c in 0..chunks {
+        while next < chunks && pending.0.len() < CHUNKS_IN_FLIGHT {
+            let (s, e) = range(next);
+            let st = store.clone();
+            let key = w.key.clone();
+            pending.0.push_back(tokio::spawn(async move { st.get_range(&key, s, e).await }));
+            next += 1;
+        }
+        let body = pending.0.pop_front().expect("a chunk in flight").await.map_err(|e| ExtractError::Io(format!("download task: {e}")))??;
+        let (s, e) = range(c);
+        if body.len() as u64 != e - s {
+            return Err(corrupt(format!("{} bytes where {} were expected: shorter than its recorded size", s + body.len() as u64, e)));
+        }
+        let mut at = 0usize;
+        if c == 0 {
+            let h = Header::parse(&body).map_err(|e| corrupt(e.to_string()))?;
+            if w.header.as_deref().is_some_and(|want| want != &h.bytes[..]) {
+                return Err(corrupt("its header is not the one recorded for this version (another object under its key)".into()));
+            }
+            opened = Some(Opened::open(sk, &h).map_err(|e| corrupt(e.to_string()))?);
+            at = crypto::HEADER_LEN;
+        }
+        let o = opened.as_ref().expect("opened with the first chunk");
+        for i in c * CHUNK_SEGMENTS..((c + 1) * CHUNK_SEGMENTS).min(n) {
+            let (cs, ce) = crypto::segment_cipher_range(w.size, i);
+            let len = (ce - cs) as usize;
+            let pt = o.decrypt_segment(w.size, i, &body[at..at + len]).map_err(|e| corrupt(format!("segment {i}: {e}")))?;
+            at += len;
+            sha.update(&pt);
+            out.write_all(&pt).map_err(|e| io_err("writing", e))?;
+            progress.fetch_add(pt.len() as u64, Ordering::Relaxed);
+        }
+    }
+    let got = hex::encode(sha.finalize());
+    if !w.sha256.is_empty() && got != w.sha256 {
+        return Err(corrupt("SHA-256 mismatch (tampered or wrong version)".into()));
+    }
+    Ok(())
+}
+
+/// GETs still in flight when a fetch ends early are cancelled, not left running.
+struct InFlight(std::collections::VecDeque<tokio::task::JoinHandle<std::result::Result<bytes::Bytes, StoreError>>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

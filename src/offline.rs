@@ -103,11 +103,12 @@ pub struct GetOptions {
     pub jobs: usize,
 }
 
+/// Restore the file `vp` of the vault to `rel` below the destination.
 async fn get_one(
     store: Arc<dyn ObjectStore>,
     keys: Arc<VaultKeys>,
     dest: Arc<Dest>,
-    rel: String,
+    (vp, rel): (String, String),
     n: remote_meta::Node,
     restore: Option<(String, Option<i32>)>,
     progress: Arc<Progress>,
@@ -119,13 +120,13 @@ async fn get_one(
     let w = wanted(&n);
     let mut part = match dest.create_file(&rel) {
         Ok(p) => p,
-        Err(e) => return Got::Failed(e.to_string()),
+        Err(e) => return Got::Failed(format!("{vp}: {e}")),
     };
     match extract::fetch_to(store.clone(), &keys, &w, part.file(), &progress.bytes).await {
         Ok(()) => {}
         Err(extract::ExtractError::Store(StoreError::Archived)) => {
             let class = n.class.clone().unwrap_or_default();
-            let mut note = format!("{rel} ({class}): archived, not restored");
+            let mut note = format!("{vp} ({class}): archived, not restored");
             if let Some((tier, days)) = restore {
                 match store.restore_object(&w.key, days, &tier).await {
                     Ok(()) | Err(StoreError::RestoreInProgress) => {
@@ -136,7 +137,7 @@ async fn get_one(
             }
             return Got::Archived(note);
         }
-        Err(e) => return Got::Failed(e.to_string()),
+        Err(e) => return Got::Failed(format!("{vp}: {e}")),
     }
     let a = extract::Attrs { mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns };
     match part.commit(a) {
@@ -144,7 +145,7 @@ async fn get_one(
             progress.files.fetch_add(1, Ordering::Relaxed);
             Got::Written(n.size)
         }
-        Err(e) => Got::Failed(e.to_string()),
+        Err(e) => Got::Failed(format!("{vp}: {e}")),
     }
 }
 
@@ -186,7 +187,7 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
     let keys = Arc::new(VaultKeys { public: keys.public, secret: keys.secret.clone(), name_key: keys.name_key });
     let mut problems: Vec<String> = Vec::new();
     let mut made_dirs: Vec<(String, &remote_meta::Node)> = Vec::new();
-    let mut files: Vec<(String, &remote_meta::Node)> = Vec::new();
+    let mut files: Vec<((String, String), &remote_meta::Node)> = Vec::new();
     let mut links = 0u64;
     for p in paths {
         let base = norm(p)?;
@@ -226,7 +227,7 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
                         Err(e) => problems.push(format!("{vp}: {e}")),
                     }
                 }
-                NodeKind::File => files.push((rel, n)),
+                NodeKind::File => files.push(((vp.clone(), rel), n)),
             }
         }
     }
@@ -249,13 +250,13 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
     let mut archived = Vec::new();
     loop {
         while tasks.len() < o.jobs.max(1) {
-            let Some((rel, n)) = queue.next() else { break };
+            let Some((names, n)) = queue.next() else { break };
             let class = n.class.clone().unwrap_or_default();
             let restore = o.restore.then(|| {
                 let tier = coldvault::restore::default_tier(&class, &cfg.restore.glacier_tier, &cfg.restore.deep_archive_tier);
                 (tier, (!coldvault::restore::is_intelligent_tiering_archive(&class)).then_some(cfg.restore.days))
             });
-            tasks.spawn(get_one(store.clone(), keys.clone(), d.clone(), rel.clone(), n.clone(), restore, progress.clone()));
+            tasks.spawn(get_one(store.clone(), keys.clone(), d.clone(), names, n.clone(), restore, progress.clone()));
         }
         let Some(r) = tasks.join_next().await else { break };
         match r.map_err(|e| anyhow!("download task: {e}"))? {

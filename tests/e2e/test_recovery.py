@@ -135,6 +135,57 @@ def test_get_restores_a_folder_and_refuses_unsafe_paths(servers, vault_factory, 
     assert (out2 / "photos").exists(), "the safe files are still restored"
 
 
+
+def test_get_never_writes_outside_its_destination(servers, vault_factory, tmp_path):
+    """A bucket others can write to (a leaked write-only key, the provider) says `photos/x` is a
+    link to a folder outside and `photos/x/authorized_keys` a file, in either order; the
+    destination already holds a link where a folder goes; a file is setuid. `get` writes
+    nothing outside its destination, never follows a link, and drops setuid without owners;
+    run again, it downloads nothing it already wrote."""
+    import tomllib
+    import forge
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "photos").mkdir()
+    (v.mnt / "photos" / "a.jpg").write_bytes(os.urandom(300_000))
+    (v.mnt / "photos" / "tool").write_bytes(b"#!/bin/sh\necho hi\n")
+    os.chmod(v.mnt / "photos" / "tool", 0o4755)
+    assert os.stat(v.mnt / "photos" / "tool").st_mode & 0o7777 == 0o4755
+    v.flush()
+    v.unmount()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
+    bad = forge.put_file(s.s3, v.bucket, v.prefix, pub, b"ssh-ed25519 AAAA attacker\n")
+    up = lambda path: {"op": "upload", "path": path, "mtime_ns": 1, "mode": 0o600, "uid": 0, "gid": 0, **bad}
+    link = lambda path: {"op": "symlink", "path": path, "target": str(outside), "uid": 0, "gid": 0, "mtime_ns": 1}
+    # Later records win: x ends as a link (what was below it goes), y as a folder with the file.
+    forge.put_journal(s.s3, v.bucket, v.prefix, pub,
+                      [up("photos/x/authorized_keys"), link("photos/x"), link("photos/y"), up("photos/y/authorized_keys")])
+    out = tmp_path / "out"
+    r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "photos", out, check=False)
+    assert list(outside.iterdir()) == [], r.stdout + r.stderr
+    assert os.readlink(out / "photos" / "x") == str(outside), "a link's target is kept verbatim"
+    assert (out / "photos" / "y").is_dir() and not (out / "photos" / "y").is_symlink()
+    assert (out / "photos" / "y" / "authorized_keys").read_bytes() == b"ssh-ed25519 AAAA attacker\n"
+    assert os.stat(out / "photos" / "tool").st_mode & 0o7777 == 0o755, "setuid restored without --preserve-owner"
+    assert sha(out / "photos" / "a.jpg") and r.returncode == 0, r.stdout + r.stderr
+    assert not [p for p in out.rglob("*") if p.name.endswith(".coldvault-part")]
+    # Again: everything is already there (same size and time), nothing is downloaded again.
+    r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "photos", out)
+    assert "restored 0 file(s), 0 bytes, 3 already there" in r.stdout, r.stdout
+    # A destination where `photos` is a link to elsewhere: refused by name, nothing written there.
+    out2, elsewhere = tmp_path / "out2", tmp_path / "elsewhere"
+    out2.mkdir()
+    elsewhere.mkdir(mode=0o700)
+    os.symlink(elsewhere, out2 / "photos")
+    r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "photos", out2, check=False)
+    assert r.returncode != 0 and "is a symbolic link: not followed" in r.stderr, r.stdout + r.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert os.stat(elsewhere).st_mode & 0o7777 == 0o700, "the folder's mode was set through the link"
+
+
 # Crafts an object in coldvault format v1 from docs/FORMAT.md with Python's cryptography.
 EVIL = r'''
 import base64, hashlib, json, os, sys

@@ -3,6 +3,11 @@
 //! The socket lives in `$XDG_RUNTIME_DIR/coldvault/` (or `/tmp/coldvault-UID/`, mode 0700),
 //! named after a hash of the canonical mount point, so `coldvault status MOUNTPOINT` finds
 //! the daemon that serves that mount point.
+//!
+//! Nobody else may answer in the daemon's place (a fake "everything is in S3" to `flush
+//! --wait`) or give it orders: the folder must be a real folder owned by the user, closed to
+//! others (`secure_dir`: one made beforehand by another user in /tmp is refused, not used), and
+//! each side checks the other's uid on the connection (SO_PEERCRED): the user's own, or root's.
 
 use crate::fs::{Fs, Status};
 use serde::{Deserialize, Serialize};
@@ -43,11 +48,54 @@ pub enum Reply {
 }
 
 pub fn runtime_dir() -> PathBuf {
-    // SAFETY: getuid takes no arguments, cannot fail and touches no memory of ours.
-    let uid = unsafe { libc::getuid() };
+    let uid = my_uid();
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() && Path::new(&d).is_dir() => PathBuf::from(d).join("coldvault"),
         _ => PathBuf::from(format!("/tmp/coldvault-{uid}")),
+    }
+}
+
+fn my_uid() -> u32 {
+    // SAFETY: getuid takes no arguments, cannot fail and touches no memory of ours.
+    unsafe { libc::getuid() }
+}
+
+/// Make sure `dir` is a folder of this user's that no one else can enter (creating it 0700 if
+/// `create`); refuse, with the reason, a link, a folder of another user, or one others may
+/// enter that cannot be closed.
+pub fn secure_dir(dir: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if create {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    let refuse =
+        |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{}: {why}; not used for the control socket", dir.display()));
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.file_type().is_dir() {
+        return Err(refuse("not a folder (a symbolic link or a file is there)".into()));
+    }
+    let uid = my_uid();
+    if m.uid() != uid {
+        return Err(refuse(format!("belongs to uid {}, not to you (uid {uid}): another user may have made it", m.uid())));
+    }
+    if m.mode() & 0o077 != 0 {
+        // Ours: close it (only we, or root, can change it).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// The uid at the other end of a connection is ours or root's.
+fn peer_allowed(s: &tokio::net::UnixStream) -> Result<(), String> {
+    let c = s.peer_cred().map_err(|e| format!("cannot tell who is at the other end of the control socket: {e}"))?;
+    let uid = my_uid();
+    if c.uid() == uid || c.uid() == 0 {
+        Ok(())
+    } else {
+        Err(format!("the control socket is held by uid {} (pid {:?}), not by you (uid {uid}): not a coldvault daemon of yours", c.uid(), c.pid()))
     }
 }
 
@@ -65,8 +113,7 @@ pub struct Rate {
 
 pub async fn serve(fs: Arc<Fs>, sock: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
     let dir = sock.parent().expect("socket has a parent").to_path_buf();
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    secure_dir(&dir, true)?;
     let _ = std::fs::remove_file(&sock);
     let listener = tokio::net::UnixListener::bind(&sock)?;
     let rate = Arc::new(Rate { started: std::time::Instant::now(), start_uploaded_bytes: fs.status().map(|s| s.uploaded_bytes).unwrap_or(0) });
@@ -75,6 +122,10 @@ pub async fn serve(fs: Arc<Fs>, sock: PathBuf, mut stop: tokio::sync::watch::Rec
             _ = stop.changed() => break,
             acc = listener.accept() => {
                 let Ok((stream, _)) = acc else { continue };
+                if let Err(why) = peer_allowed(&stream) {
+                    tracing::warn!("control socket: {why}; connection refused");
+                    continue;
+                }
                 let fs = fs.clone();
                 let rate = rate.clone();
                 tokio::spawn(async move {
@@ -221,9 +272,14 @@ fn restore_paths(fs: &Fs, paths: &[String], tier: Option<String>, days: Option<i
 pub async fn call(mountpoint: &Path, req: &Request) -> anyhow::Result<Reply> {
     use anyhow::Context;
     let sock = socket_path(mountpoint).with_context(|| format!("{} is not accessible", mountpoint.display()))?;
+    let dir = sock.parent().expect("socket has a parent");
+    if dir.exists() || dir.symlink_metadata().is_ok() {
+        secure_dir(dir, false)?;
+    }
     let stream = tokio::net::UnixStream::connect(&sock)
         .await
         .with_context(|| format!("no coldvault daemon is serving {} (is it mounted?)", mountpoint.display()))?;
+    peer_allowed(&stream).map_err(anyhow::Error::msg)?;
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
@@ -234,4 +290,35 @@ pub async fn call(mountpoint: &Path, req: &Request) -> anyhow::Result<Reply> {
         anyhow::bail!("the daemon closed the connection without answering");
     }
     Ok(serde_json::from_str(&resp)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The socket's folder: made 0700; one of ours left open to others is closed; a link or a
+    /// file in its place is refused, and what the link points to is left alone. (A folder of
+    /// another user is refused too: tests/e2e/test_clients.py, which runs as root.)
+    #[test]
+    fn the_socket_folder_is_the_users_own_and_closed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("coldvault");
+        secure_dir(&d, true).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        secure_dir(&d, false).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let e = secure_dir(&link, true).unwrap_err();
+        assert!(e.to_string().contains("not a folder"), "{e}");
+        assert_eq!(std::fs::metadata(&elsewhere).unwrap().permissions().mode() & 0o777, 0o755);
+        let file = t.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(secure_dir(&file, true).is_err());
+    }
 }

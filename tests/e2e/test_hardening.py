@@ -1,0 +1,90 @@
+"""What another local user, or whoever can write to the bucket, must not be able to do."""
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import run
+
+# A fake daemon: answers every request on the control socket with "everything is in S3", as
+# the user `nobody` (binding the socket before or after giving up root), and logs each
+# connection it gets.
+FAKE = r'''
+import os, socket, sys
+path, log, bind_as_root = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+if bind_as_root:
+    s.bind(path)
+    os.chmod(path, 0o777)
+os.setgid(65534); os.setuid(65534)
+if not bind_as_root:
+    s.bind(path)
+s.listen(1)  # SO_PEERCRED of a listening socket names whoever called listen()
+open(log + ".ready", "w").close()
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    open(log, "a").write("asked\n")
+    c.sendall(b'{"reply":"flushed","uploaded_files":999,"failed_files":0,"still_open_for_write":0}\n')
+    c.close()
+'''
+
+
+def _socket_path(xdg, mnt):
+    h = hashlib.sha256(os.path.realpath(mnt).encode()).hexdigest()[:20]
+    return xdg / "coldvault" / f"{h}.sock"
+
+
+def _fake_daemon(work, sock, bind_as_root):
+    """`work`: a folder `nobody` can write its log to."""
+    script = work / "fake.py"
+    script.write_text(FAKE)
+    log = work / "fake.log"
+    p = subprocess.Popen([sys.executable, str(script), str(sock), str(log), "1" if bind_as_root else "0"])
+    ready = work / "fake.log.ready"
+    for _ in range(200):
+        if ready.exists():
+            break
+        time.sleep(0.05)
+    assert ready.exists(), "the fake daemon did not start"
+    return p, log
+
+
+def test_another_user_cannot_answer_for_the_daemon(tmp_path):
+    """`flush --wait` must never report "everything is in S3" on another user's word: not from
+    a socket folder another user made (as in /tmp/coldvault-UID before the real daemon did),
+    nor from a socket served by another user's process."""
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("needs root to act as another user")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    import shutil
+    import tempfile
+    for case in ("folder of another user", "socket of another user"):
+        # Short (a socket path has at most 107 bytes) and open to `nobody` down to coldvault/.
+        xdg = Path(tempfile.mkdtemp(prefix="cv-xdg-", dir="/tmp"))
+        os.chmod(xdg, 0o755)
+        (xdg / "coldvault").mkdir(mode=0o700)
+        sock = _socket_path(xdg, mnt)
+        bind_as_root = case == "socket of another user"
+        if not bind_as_root:
+            os.chown(xdg / "coldvault", 65534, 65534)
+        work = xdg / "fake"
+        work.mkdir()
+        os.chmod(work, 0o777)
+        p, log = _fake_daemon(work, sock, bind_as_root)
+        try:
+            r = run("flush", "--wait", mnt, check=False, env={"XDG_RUNTIME_DIR": str(xdg)})
+        finally:
+            p.kill()
+            p.wait()
+        assert r.returncode != 0, f"{case}: {r.stdout}{r.stderr}"
+        assert "999" not in r.stdout, f"{case}: the fake answer was believed: {r.stdout}"
+        want = "belongs to uid 65534" if not bind_as_root else "held by uid 65534"
+        assert want in r.stderr, f"{case}: {r.stderr}"
+        if not bind_as_root:
+            assert not log.exists(), "the client connected to a socket in another user's folder"
+        shutil.rmtree(xdg)

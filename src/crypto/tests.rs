@@ -162,6 +162,28 @@ fn newer_vault_format_is_refused_clearly() {
     assert!(d.unlock(b"pw").is_ok());
 }
 
+/// A descriptor from the bucket is checked before anything acts on it: a vault id that would
+/// name a cache folder elsewhere, or Argon2id costs meant to exhaust memory or time, are refused
+/// at once (the 1 TiB one without trying to allocate it), with the value named.
+#[test]
+fn a_descriptor_from_the_bucket_is_checked_before_use() {
+    let (good, _) = VaultDescriptor::create_with_cost(b"pw", 64, 1);
+    for (what, d) in [
+        ("vault_id", VaultDescriptor { vault_id: "/etc".into(), ..good.clone() }),
+        ("vault_id", VaultDescriptor { vault_id: "../../.ssh".into(), ..good.clone() }),
+        ("vault_id", VaultDescriptor { vault_id: String::new(), ..good.clone() }),
+        ("vault_id", VaultDescriptor { vault_id: "a".repeat(65), ..good.clone() }),
+        ("argon2", VaultDescriptor { argon2: super::vault::Argon2Params { m_kib: u32::MAX, ..good.argon2.clone() }, ..good.clone() }),
+        ("argon2", VaultDescriptor { argon2: super::vault::Argon2Params { t: 1_000_000, ..good.argon2.clone() }, ..good.clone() }),
+        ("argon2", VaultDescriptor { argon2: super::vault::Argon2Params { p: 0, ..good.argon2.clone() }, ..good.clone() }),
+    ] {
+        let e = d.unlock(b"pw").err().unwrap_or_else(|| panic!("{d:?} was unlocked"));
+        assert!(e.to_string().contains(what), "{e}");
+        assert!(d.public_key().is_err(), "{d:?}");
+    }
+    assert!(good.unlock(b"pw").is_ok());
+}
+
 #[test]
 fn newer_format_version_is_refused_clearly() {
     let (_, k) = vault();

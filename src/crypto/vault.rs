@@ -52,6 +52,13 @@ impl Drop for VaultKeys {
     }
 }
 
+/// The largest Argon2id costs accepted from a descriptor (4 GiB, 64 passes, 16 lanes): far
+/// above the defaults (64 MiB, 3, 1), low enough that a descriptor swapped in the bucket
+/// cannot make an unlock take all the memory of the machine or run for hours.
+const MAX_M_KIB: u32 = 4 << 20;
+const MAX_T: u32 = 64;
+const MAX_P: u32 = 16;
+
 fn argon2_key(pass: &[u8], p: &Argon2Params) -> Result<[u8; 32]> {
     let salt = B64.decode(&p.salt).map_err(|e| CryptoError::Malformed(format!("salt: {e}")))?;
     let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(32)).map_err(|e| CryptoError::Malformed(format!("argon2 params: {e}")))?;
@@ -74,9 +81,26 @@ impl VaultDescriptor {
         Ok(PublicKey::from(b32(&self.public_key, "public_key")?))
     }
 
+    /// What a descriptor read from a bucket (anyone who can write there can replace it) must
+    /// satisfy before anything acts on it: a format this build knows, a vault id that is a
+    /// plain name (it becomes a cache folder's name: `/etc` or `../x` would not be), and
+    /// Argon2id costs that cannot exhaust the machine's memory or time at unlock.
     fn check_format(&self) -> Result<()> {
         if self.format > super::VAULT_FORMAT {
             return Err(CryptoError::NewerVault(self.format));
+        }
+        let id_ok = !self.vault_id.is_empty()
+            && self.vault_id.len() <= 64
+            && self.vault_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(CryptoError::Malformed(format!("vault_id {:?}: not 1-64 letters, digits, '-' or '_'", self.vault_id)));
+        }
+        let a = &self.argon2;
+        if a.m_kib > MAX_M_KIB || a.t == 0 || a.t > MAX_T || a.p == 0 || a.p > MAX_P {
+            return Err(CryptoError::Malformed(format!(
+                "argon2 costs m_kib={} t={} p={} are outside what coldvault accepts (m_kib <= {MAX_M_KIB}, 1 <= t <= {MAX_T}, 1 <= p <= {MAX_P})",
+                a.m_kib, a.t, a.p
+            )));
         }
         Ok(())
     }
@@ -127,6 +151,10 @@ impl VaultDescriptor {
         let pt = gcm(&kek).decrypt(Nonce::from_slice(&nonce), Payload { msg: &wrapped, aad: SECRET_AAD }).map_err(|_| CryptoError::WrongPassphrase);
         kek.zeroize();
         let mut pt = pt?;
+        if pt.len() != 32 {
+            pt.zeroize();
+            return Err(CryptoError::Malformed("the wrapped secret key is not 32 bytes".into()));
+        }
         let mut skb = [0u8; 32];
         skb.copy_from_slice(&pt);
         pt.zeroize();

@@ -37,9 +37,10 @@ impl RestoreBook for Fs {
         Ok(self.core().db.set_storage_class_by_key(key, class)?)
     }
 
-    fn restored_copy_path(&self, ino: u64) -> Option<PathBuf> {
-        let h = self.getattr(ino).ok()?.header?;
-        Some(self.staging.rcache_path(&h[96..128]))
+    fn restored_copy(&self, ino: u64) -> Option<crate::restore::poller::RestoredCopy> {
+        let i = self.getattr(ino).ok()?;
+        let header = i.header?;
+        Some(crate::restore::poller::RestoredCopy { path: self.staging.rcache_path(&header[96..128]), header, size: i.size })
     }
 }
 

@@ -98,6 +98,12 @@ impl Fs {
         let header = match (src, &i.header) {
             (Source::Plain(_), _) => return Err(FsError::Invalid("a plaintext source is not decrypted")),
             (Source::Remote(_), Some(h)) => Header::parse(h)?,
+            // The local copy of an uploaded version (`--fetch-restored`) is read under the
+            // header the index recorded for it, never under its own: a copy of another object
+            // fails authentication instead of answering with that object's plaintext. (An
+            // encrypted outbox file of an earlier build is a version not uploaded yet, whose
+            // header only that file holds.)
+            (Source::Local(_), Some(h)) if i.state == State::Uploaded => Header::parse(h)?,
             (Source::Local(p), _) => {
                 let f = File::open(p)?;
                 let mut b = [0u8; HEADER_LEN];

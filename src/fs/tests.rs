@@ -660,6 +660,51 @@ fn fetch_restored_keeps_the_file_readable_after_expiry() {
     assert_eq!(e.fs().store.counts()["GetObject"], gets, "no S3 read needed");
 }
 
+/// Another valid object of the vault (anyone with write access to the bucket can make one)
+/// in place of a version: `--fetch-restored` does not keep it, and reads answer EIO while the
+/// restore lasts, never its plaintext.
+#[test]
+fn fetch_restored_keeps_only_this_version() {
+    let mut e = Env::new();
+    e.restart_with(|c| {
+        c.restore.fetch_restored = true;
+    });
+    *e.store.restore_delay.lock().unwrap() = Duration::from_millis(300);
+    let raw = e.fs().mkdir(ROOT, OsStr::new("raw"), 0o755, 0, 0).unwrap();
+    let d = data(300_000, 32);
+    let ino = e.write_file(raw.ino, "x.CR2", &d);
+    e.fs().seal_ready(true).unwrap();
+    e.wait_state(ino, State::Uploaded);
+    let key = e.fs().getattr(ino).unwrap().object_key.unwrap();
+    let other = data(300_000, 33);
+    let mut forged = Vec::new();
+    crypto::encrypt_stream(&e.fs().keys.public, other.len() as u64, &mut &other[..], &mut forged).unwrap();
+    e.store.replace_body(&key, forged.into());
+    assert_eq!(open_errno(&e, ino, 0), Some(libc::EAGAIN));
+    wait_for("ready", || open_errno(&e, ino, 0).is_none());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(std::fs::read_dir(e.dir.path().join("rcache")).unwrap().count(), 0, "another object was kept as this version");
+    let r = e.read_all(ino);
+    assert!(matches!(&r, Err(err) if err.errno() == libc::EIO), "{:?}", r.map(|b| b == other));
+}
+
+/// A local encrypted copy of an uploaded version that is in fact another object (replaced on
+/// disk, or fetched by an earlier build that did not check) is read under the index's header:
+/// EIO, never the other object's plaintext.
+#[test]
+fn a_cached_copy_is_read_under_the_recorded_header() {
+    let e = Env::new();
+    let d = data(200_000, 34);
+    let (ino, _) = upload_one(&e, "a", &d);
+    let h = e.fs().getattr(ino).unwrap().header.unwrap();
+    let other = data(200_000, 35);
+    let mut forged = Vec::new();
+    crypto::encrypt_stream(&e.fs().keys.public, other.len() as u64, &mut &other[..], &mut forged).unwrap();
+    std::fs::write(e.fs().staging.rcache_path(&h[96..128]), &forged).unwrap();
+    let r = e.read_all(ino);
+    assert!(matches!(&r, Err(err) if err.errno() == libc::EIO), "{:?}", r.map(|b| b == other));
+}
+
 #[test]
 fn class_refresh_learns_transitions_and_tags_are_sent() {
     let mut e = Env::new();

@@ -29,9 +29,20 @@ pub trait RestoreBook: Send + Sync {
     fn apply_head(&self, r: &mut Restore, h: &HeadInfo);
     /// The object's storage class as a listing shows it; returns the files changed.
     fn set_class_by_key(&self, key: &str, class: &str) -> IndexResult<usize>;
-    /// Where a local copy of this file's current version is kept (`--fetch-restored`).
-    fn restored_copy_path(&self, ino: u64) -> Option<PathBuf>;
+    /// Where a local copy of this file's current version is kept (`--fetch-restored`), and
+    /// what the index records of that version: its header and plaintext size.
+    fn restored_copy(&self, ino: u64) -> Option<RestoredCopy>;
 }
+
+/// The local copy of a restored version: where it goes, and what the object must be.
+pub struct RestoredCopy {
+    pub path: PathBuf,
+    pub header: Vec<u8>,
+    pub size: u64,
+}
+
+/// Bytes per ranged GET when fetching a restored object.
+const FETCH_CHUNK: u64 = 8 << 20;
 
 fn interval(fs: &dyn RestoreBook, r: &Restore) -> i64 {
     fs.config().poll_override.unwrap_or_else(|| poll_interval(&r.tier)).as_millis() as i64
@@ -140,22 +151,64 @@ async fn head(fs: &dyn RestoreBook, r: &mut Restore) {
 }
 
 /// `--fetch-restored`: keep a local copy so the file stays readable after the restore expires.
+/// The object is copied in ranged GETs (memory does not grow with the file) and kept only if it
+/// is this version: the header the index recorded, and the length that goes with its size.
+/// Reads decrypt the copy under the index's header, so a segment changed since fails there.
 async fn fetch(fs: &dyn RestoreBook, r: &mut Restore) {
-    let Some(dest) = fs.restored_copy_path(r.ino) else { return };
-    if dest.exists() {
+    let Some(c) = fs.restored_copy(r.ino) else { return };
+    if c.path.exists() {
         return;
     }
-    match fs.store().get_object(&r.object_key).await {
-        Ok(body) => {
-            let tmp = dest.with_extension("tmp");
-            let w = std::fs::write(&tmp, &body).and_then(|_| std::fs::File::open(&tmp)?.sync_all()).and_then(|_| std::fs::rename(&tmp, &dest));
-            match w {
-                Ok(()) => tracing::info!(ino = r.ino, bytes = body.len(), "restored object fetched into the local cache"),
-                Err(e) => tracing::warn!(ino = r.ino, error = %e, "could not keep the restored object locally"),
-            }
+    let tmp = c.path.with_extension("tmp");
+    match fetch_checked(fs.store(), &r.object_key, &c, &tmp).await {
+        Ok(bytes) => tracing::info!(ino = r.ino, bytes, "restored object fetched into the local cache"),
+        Err(FetchError::NotThisVersion(why)) => {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::error!(ino = r.ino, key = %r.object_key, "the restored object is not this file's version ({why}); not kept")
         }
-        Err(e) => tracing::warn!(ino = r.ino, error = %e, "fetching the restored object failed; will retry"),
+        Err(FetchError::Store(e)) => {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(ino = r.ino, error = %e, "fetching the restored object failed; will retry")
+        }
+        Err(FetchError::Local(e)) => {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(ino = r.ino, error = %e, "could not keep the restored object locally")
+        }
     }
+}
+
+enum FetchError {
+    NotThisVersion(String),
+    Store(StoreError),
+    Local(std::io::Error),
+}
+
+async fn fetch_checked(store: &dyn ObjectStore, key: &str, c: &RestoredCopy, tmp: &std::path::Path) -> Result<u64, FetchError> {
+    use std::io::Write;
+    let want = crate::crypto::encrypted_len(c.size);
+    let mut f = std::fs::File::create(tmp).map_err(FetchError::Local)?;
+    let mut at = 0u64;
+    while at < want {
+        let end = (at + FETCH_CHUNK).min(want);
+        let b = store.get_range(key, at, end).await.map_err(FetchError::Store)?;
+        if b.len() as u64 != end - at {
+            return Err(FetchError::NotThisVersion(format!("{} bytes where {want} were expected", at + b.len() as u64)));
+        }
+        if at == 0 && b.get(..c.header.len()) != Some(&c.header[..]) {
+            return Err(FetchError::NotThisVersion("another header".into()));
+        }
+        f.write_all(&b).map_err(FetchError::Local)?;
+        at = end;
+    }
+    // Nothing beyond the expected length either.
+    match store.get_range(key, want, want + 1).await {
+        Ok(b) if b.is_empty() => {}
+        Ok(_) => return Err(FetchError::NotThisVersion(format!("longer than the {want} bytes expected"))),
+        Err(e) => return Err(FetchError::Store(e)),
+    }
+    f.sync_all().map_err(FetchError::Local)?;
+    std::fs::rename(tmp, &c.path).map_err(FetchError::Local)?;
+    Ok(want)
 }
 
 /// ListObjectsV2 over the data prefix: learn lifecycle transitions without a HEAD per file.

@@ -60,11 +60,14 @@ fn last_err() -> io::Error {
     io::Error::last_os_error()
 }
 
-/// `openat(dir, name, O_DIRECTORY | O_NOFOLLOW)`.
-fn open_dir_at(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+/// `openat(dir, name, O_PATH | O_DIRECTORY | O_NOFOLLOW)`: a folder to work below (search
+/// permission is enough, as for a path walk), or with `O_RDONLY` instead of `O_PATH` one whose
+/// own mode and time are to be set.
+fn open_dir_at(dir: &OwnedFd, name: &CStr, to_change: bool) -> io::Result<OwnedFd> {
+    let how = if to_change { libc::O_RDONLY } else { libc::O_PATH };
     // SAFETY: `dir` is an open descriptor and `name` a NUL-terminated string, both alive for
     // the whole call; openat writes no memory of ours.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), how | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(last_err());
     }
@@ -99,6 +102,21 @@ fn kind_at(dir: &OwnedFd, name: &CStr) -> io::Result<Option<(u32, libc::stat)>> 
         return if e.raw_os_error() == Some(libc::ENOENT) { Ok(None) } else { Err(e) };
     }
     Ok(Some((st.st_mode & libc::S_IFMT, st)))
+}
+
+/// A folder anyone may write to without the sticky bit: others could swap what this restore
+/// puts there; refused (by its owner's choice, a group may write).
+fn refuse_open_to_all(fd: &OwnedFd) -> std::result::Result<(), String> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` a valid, writable stat buffer, both alive for the call.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(last_err().to_string());
+    }
+    if st.st_mode & 0o002 != 0 && st.st_mode & 0o1000 == 0 {
+        return Err(format!("a folder everyone may write to (mode {:o}): others could replace what is restored there", st.st_mode & 0o7777));
+    }
+    Ok(())
 }
 
 fn timespec(ns: crate::clock::Nanos) -> libc::timespec {
@@ -144,15 +162,42 @@ impl Dest {
         if preserve_owner && unsafe { libc::geteuid() } != 0 {
             return Err(ExtractError::Unsafe("restoring owners (--preserve-owner) needs root".into()));
         }
+        // The destination may be reached through links (the user's own choice of where things
+        // go), but not through one another user planted there (as in /tmp).
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid has no preconditions and touches no memory.
+            let me = unsafe { libc::geteuid() };
+            if m.file_type().is_symlink() && m.uid() != me && m.uid() != 0 {
+                return Err(ExtractError::Unsafe(format!("{} is a symbolic link of uid {}: not followed", path.display(), m.uid())));
+            }
+        }
         std::fs::create_dir_all(path).map_err(|e| io_err(&format!("creating {}", path.display()), e))?;
-        // The destination itself is the user's choice and may be reached through their own links.
         let f =
             File::options().read(true).custom_flags(libc::O_DIRECTORY).open(path).map_err(|e| io_err(&format!("opening {}", path.display()), e))?;
-        Ok(Dest { root: OwnedFd::from(f), path: path.to_path_buf(), preserve_owner })
+        let root = OwnedFd::from(f);
+        refuse_open_to_all(&root).map_err(|why| ExtractError::Unsafe(format!("{}: {why}", path.display())))?;
+        Ok(Dest { root, path: path.to_path_buf(), preserve_owner })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `rel` below the destination, as it may be printed (control characters escaped).
+    fn show(&self, rel: &str) -> String {
+        format!("{}", self.path.join(&*crate::remote_meta::shown(rel)).display())
+    }
+
+    /// Make what was restored survive a power cut (one `syncfs` of the destination's file
+    /// system, as `sync -f` does, not one fsync per file): a run interrupted before is
+    /// repaired by the next (`already_restored` checks contents).
+    pub fn sync(&self) -> Result<()> {
+        // SAFETY: `root` is an open descriptor for the whole call; syncfs reads no memory of ours.
+        if unsafe { libc::syncfs(self.root.as_raw_fd()) } != 0 {
+            return Err(io_err(&format!("syncing {}", self.path.display()), last_err()));
+        }
+        Ok(())
     }
 
     /// The mode bits to set: without owners, setuid and setgid go.
@@ -184,22 +229,23 @@ impl Dest {
                 if unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), 0o700) } != 0 {
                     let e = last_err();
                     if e.raw_os_error() != Some(libc::EEXIST) {
-                        return Err(io_err(&format!("creating {}", self.path.join(&walked).display()), e));
+                        return Err(io_err(&format!("creating {}", self.show(&walked)), e));
                     }
                 }
             }
-            let next = match open_dir_at(parent, &c) {
-                Ok(fd) => fd,
+            let next = match open_dir_at(parent, &c, false) {
+                Ok(fd) => {
+                    refuse_open_to_all(&fd).map_err(|why| ExtractError::Unsafe(format!("{}: {why}", self.show(&walked))))?;
+                    fd
+                }
                 Err(e) => {
-                    let shown = self.path.join(&walked);
+                    let shown = self.show(&walked);
                     return Err(match kind_at(parent, &c) {
                         Ok(Some((libc::S_IFLNK, _))) => {
-                            ExtractError::Unsafe(format!("{} is a symbolic link: not followed, nothing written below it", shown.display()))
+                            ExtractError::Unsafe(format!("{shown} is a symbolic link: not followed, nothing written below it"))
                         }
-                        Ok(Some((k, _))) if k != libc::S_IFDIR => {
-                            ExtractError::Unsafe(format!("{} is in the way: a folder is restored there", shown.display()))
-                        }
-                        _ => io_err(&format!("opening {}", shown.display()), e),
+                        Ok(Some((k, _))) if k != libc::S_IFDIR => ExtractError::Unsafe(format!("{shown} is in the way: a folder is restored there")),
+                        _ => io_err(&format!("opening {shown}"), e),
                     });
                 }
             };
@@ -226,29 +272,49 @@ impl Dest {
 
     /// Give the folder `rel` its mode, owner and time (after its contents are written).
     pub fn finish_dir(&self, rel: &str, a: Attrs) -> Result<()> {
-        let fd = self.dir(rel, false)?;
+        let (parent, name) = Self::split(rel)?;
+        let shown = self.show(rel);
+        let fd = open_dir_at(&self.dir(parent, false)?, &cstr(name)?, true).map_err(|e| io_err(&format!("opening {shown}"), e))?;
         let f = File::from(fd);
-        let shown = self.path.join(rel);
         if self.preserve_owner {
-            std::os::unix::fs::fchown(&f, Some(a.uid), Some(a.gid)).map_err(|e| io_err(&format!("chown {}", shown.display()), e))?;
+            std::os::unix::fs::fchown(&f, Some(a.uid), Some(a.gid)).map_err(|e| io_err(&format!("chown {shown}"), e))?;
         }
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(self.mode_bits(a.mode)))
-            .map_err(|e| io_err(&format!("chmod {}", shown.display()), e))?;
-        f.set_modified(crate::clock::from_nanos(a.mtime_ns)).map_err(|e| io_err(&format!("setting the time of {}", shown.display()), e))?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(self.mode_bits(a.mode))).map_err(|e| io_err(&format!("chmod {shown}"), e))?;
+        f.set_modified(crate::clock::from_nanos(a.mtime_ns)).map_err(|e| io_err(&format!("setting the time of {shown}"), e))?;
         Ok(())
     }
 
-    /// The file already restored at `rel` by an earlier, interrupted run: a regular file (not a
-    /// link) of this size and modification time.
-    pub fn has_file(&self, rel: &str, size: u64, mtime_ns: crate::clock::Nanos) -> bool {
+    /// The file at `rel` is this version already, restored by an earlier run that was
+    /// interrupted: a regular file with one link, of the owner a restore would give it, whose
+    /// size and SHA-256 are the recorded ones (checked by reading it: size and time, which
+    /// anyone who can write the file can set, are no proof). Its mode and time are then set
+    /// as a restore would.
+    pub fn already_restored(&self, rel: &str, w: &Wanted, a: Attrs) -> bool {
+        if w.sha256.is_empty() {
+            return false;
+        }
         let Ok((parent, name)) = Self::split(rel) else { return false };
         let (Ok(dir), Ok(c)) = (self.dir(parent, false), cstr(name)) else { return false };
-        match kind_at(&dir, &c) {
-            Ok(Some((libc::S_IFREG, st))) => {
-                st.st_size as u64 == size && (st.st_mtime as i128) * 1_000_000_000 + st.st_mtime_nsec as i128 == mtime_ns
-            }
-            _ => false,
+        // SAFETY: `dir` is open and `c` NUL-terminated, both alive for the call.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return false;
         }
+        // SAFETY: `fd` was just returned by openat and nothing else owns it.
+        let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let Ok(m) = f.metadata() else { return false };
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and touches no memory.
+        let owner = if self.preserve_owner { a.uid } else { unsafe { libc::geteuid() } };
+        if !m.file_type().is_file() || m.nlink() != 1 || m.uid() != owner || m.len() != w.size {
+            return false;
+        }
+        let mut sha = Sha256::new();
+        if io::copy(&mut f, &mut sha).is_err() || hex::encode(sha.finalize()) != w.sha256 {
+            return false;
+        }
+        let bits = self.mode_bits(a.mode);
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(bits)).is_ok() && f.set_modified(crate::clock::from_nanos(a.mtime_ns)).is_ok()
     }
 
     /// Start the file `rel`: a fresh file beside it, which `Part::commit` renames into place.
@@ -261,11 +327,11 @@ impl Dest {
             libc::openat(dir.as_raw_fd(), tmp.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o600)
         };
         if fd < 0 {
-            return Err(io_err(&format!("creating a file in {}", self.path.join(parent).display()), last_err()));
+            return Err(io_err(&format!("creating a file in {}", self.show(parent)), last_err()));
         }
         // SAFETY: `fd` was just returned by openat and nothing else owns it.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        Ok(Part { dir, tmp, name: cstr(name)?, file: Some(file), shown: self.path.join(rel), preserve_owner: self.preserve_owner })
+        Ok(Part { dir, tmp, name: cstr(name)?, file: Some(file), shown: self.show(rel), preserve_owner: self.preserve_owner })
     }
 
     /// Make the symbolic link `rel` pointing at `target` (verbatim, never followed).
@@ -274,10 +340,10 @@ impl Dest {
         let dir = self.dir(parent, true)?;
         let tmp = cstr(&part_name(name))?;
         let t = cstr(target)?;
-        let shown = self.path.join(rel);
+        let shown = self.show(rel);
         // SAFETY: `dir` is open; `t` and `tmp` are NUL-terminated, all alive for the call.
         if unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), tmp.as_ptr()) } != 0 {
-            return Err(io_err(&format!("creating the link {}", shown.display()), last_err()));
+            return Err(io_err(&format!("creating the link {shown}"), last_err()));
         }
         let done = (|| -> io::Result<()> {
             if self.preserve_owner {
@@ -295,7 +361,7 @@ impl Dest {
         })();
         if let Err(e) = done {
             unlink_in(&dir, &tmp);
-            return Err(io_err(&format!("creating the link {}", shown.display()), e));
+            return Err(io_err(&format!("creating the link {shown}"), e));
         }
         Ok(())
     }
@@ -308,7 +374,7 @@ pub struct Part {
     tmp: CString,
     name: CString,
     file: Option<File>,
-    shown: PathBuf,
+    shown: String,
     preserve_owner: bool,
 }
 
@@ -339,9 +405,9 @@ impl Part {
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) || e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                Err(ExtractError::Unsafe(format!("{} is a folder: the file is not restored over it", shown.display())))
+                Err(ExtractError::Unsafe(format!("{shown} is a folder: the file is not restored over it")))
             }
-            Err(e) => Err(io_err(&format!("writing {}", shown.display()), e)),
+            Err(e) => Err(io_err(&format!("writing {shown}"), e)),
         }
     }
 }

@@ -67,9 +67,10 @@ pub async fn ls(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, path: O
         }
         let when = coldvault::restore::fmt_ms(i64::try_from(n.mtime_ns.div_euclid(1_000_000)).unwrap_or(i64::MAX));
         let class = n.class.clone().unwrap_or_default();
+        // Names from the bucket are printed with control characters escaped.
         let name = match &n.target {
-            Some(t) => format!("{p} -> {t}"),
-            None => p.clone(),
+            Some(t) => format!("{} -> {}", remote_meta::shown(p), remote_meta::shown(t)),
+            None => remote_meta::shown(p).into_owned(),
         };
         println!("{} {:>12} {} {:<19} {}", mode_str(n.kind, n.mode), n.size, &when[..16], class, name);
         shown += 1;
@@ -113,20 +114,22 @@ async fn get_one(
     restore: Option<(String, Option<i32>)>,
     progress: Arc<Progress>,
 ) -> Got {
-    if dest.has_file(&rel, n.size, n.mtime_ns) {
+    let w = wanted(&n);
+    let a = extract::Attrs { mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns };
+    let shown = remote_meta::shown(&vp);
+    if dest.already_restored(&rel, &w, a) {
         progress.skipped(n.size);
         return Got::AlreadyThere;
     }
-    let w = wanted(&n);
     let mut part = match dest.create_file(&rel) {
         Ok(p) => p,
-        Err(e) => return Got::Failed(format!("{vp}: {e}")),
+        Err(e) => return Got::Failed(format!("{shown}: {e}")),
     };
     match extract::fetch_to(store.clone(), &keys, &w, part.file(), &progress.bytes).await {
         Ok(()) => {}
         Err(extract::ExtractError::Store(StoreError::Archived)) => {
             let class = n.class.clone().unwrap_or_default();
-            let mut note = format!("{vp} ({class}): archived, not restored");
+            let mut note = format!("{shown} ({class}): archived, not restored");
             if let Some((tier, days)) = restore {
                 match store.restore_object(&w.key, days, &tier).await {
                     Ok(()) | Err(StoreError::RestoreInProgress) => {
@@ -137,15 +140,14 @@ async fn get_one(
             }
             return Got::Archived(note);
         }
-        Err(e) => return Got::Failed(format!("{vp}: {e}")),
+        Err(e) => return Got::Failed(format!("{shown}: {e}")),
     }
-    let a = extract::Attrs { mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns };
     match part.commit(a) {
         Ok(()) => {
             progress.files.fetch_add(1, Ordering::Relaxed);
             Got::Written(n.size)
         }
-        Err(e) => Got::Failed(format!("{vp}: {e}")),
+        Err(e) => Got::Failed(format!("{shown}: {e}")),
     }
 }
 
@@ -187,7 +189,9 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
     let keys = Arc::new(VaultKeys { public: keys.public, secret: keys.secret.clone(), name_key: keys.name_key });
     let mut problems: Vec<String> = Vec::new();
     let mut made_dirs: Vec<(String, &remote_meta::Node)> = Vec::new();
-    let mut files: Vec<((String, String), &remote_meta::Node)> = Vec::new();
+    // By destination path: a file selected twice (`get photos photos DIR`) is restored once,
+    // and two vault files that would land on one name (`get a/x b/x DIR`) are reported.
+    let mut files: std::collections::BTreeMap<String, (String, &remote_meta::Node)> = std::collections::BTreeMap::new();
     let mut links = 0u64;
     for p in paths {
         let base = norm(p)?;
@@ -207,32 +211,41 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
             }
             // Paths from the bucket were checked by the replay; check again where it matters.
             if let Err(e) = remote_meta::check_path(vp) {
-                problems.push(format!("refusing {vp:?}: {e}"));
+                problems.push(format!("refusing {}: {e}", remote_meta::shown(vp)));
                 continue;
             }
+            let shown = remote_meta::shown(vp);
             let rel = vp[strip..].to_string();
             match n.kind {
                 NodeKind::Dir => match d.make_dir(&rel) {
                     Ok(()) => made_dirs.push((rel, n)),
-                    Err(e) => problems.push(format!("{vp}: {e}")),
+                    Err(e) => problems.push(format!("{shown}: {e}")),
                 },
                 NodeKind::Special => {
                     // FIFOs, sockets and device nodes are recreated by `mount`, not extracted.
-                    eprintln!("coldvault: {vp}: special file ({}) not extracted", n.target.clone().unwrap_or_default());
+                    eprintln!("coldvault: {shown}: special file ({}) not extracted", remote_meta::shown(n.target.as_deref().unwrap_or_default()));
                 }
                 NodeKind::Symlink => {
                     let a = extract::Attrs { mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns };
                     match d.symlink(&rel, n.target.as_deref().unwrap_or_default(), a) {
                         Ok(()) => links += 1,
-                        Err(e) => problems.push(format!("{vp}: {e}")),
+                        Err(e) => problems.push(format!("{shown}: {e}")),
                     }
                 }
-                NodeKind::File => files.push(((vp.clone(), rel), n)),
+                NodeKind::File => match files.get(&rel) {
+                    Some((other, _)) if other != vp => {
+                        problems.push(format!("{shown}: not restored, {} lands on the same name", remote_meta::shown(other)))
+                    }
+                    Some(_) => {}
+                    None => {
+                        files.insert(rel, (vp.clone(), n));
+                    }
+                },
             }
         }
     }
     let total_files = files.len() as u64;
-    let total_bytes: u64 = files.iter().map(|(_, n)| n.size).sum();
+    let total_bytes: u64 = files.values().fold(0u64, |t, (_, n)| t.saturating_add(n.size));
     let progress = Arc::new(Progress::default());
     let started = std::time::Instant::now();
     let ticker = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
@@ -248,18 +261,29 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
     let mut queue = files.into_iter();
     let (mut written, mut bytes, mut already, mut failed) = (0u64, 0u64, 0u64, 0u64);
     let mut archived = Vec::new();
+    // Files not restored: the folders above them keep a mode that lets the next run finish.
+    let mut unfinished: Vec<String> = Vec::new();
     loop {
         while tasks.len() < o.jobs.max(1) {
-            let Some((names, n)) = queue.next() else { break };
+            let Some((rel, (vp, n))) = queue.next() else { break };
             let class = n.class.clone().unwrap_or_default();
             let restore = o.restore.then(|| {
                 let tier = coldvault::restore::default_tier(&class, &cfg.restore.glacier_tier, &cfg.restore.deep_archive_tier);
                 (tier, (!coldvault::restore::is_intelligent_tiering_archive(&class)).then_some(cfg.restore.days))
             });
-            tasks.spawn(get_one(store.clone(), keys.clone(), d.clone(), names, n.clone(), restore, progress.clone()));
+            let (st, k, dd, p) = (store.clone(), keys.clone(), d.clone(), progress.clone());
+            let n = n.clone();
+            tasks.spawn(async move {
+                let r = get_one(st, k, dd, (vp, rel.clone()), n, restore, p).await;
+                (rel, r)
+            });
         }
         let Some(r) = tasks.join_next().await else { break };
-        match r.map_err(|e| anyhow!("download task: {e}"))? {
+        let (rel, got) = r.unwrap_or_else(|e| (String::new(), Got::Failed(format!("a download stopped: {e}"))));
+        if matches!(got, Got::Failed(_) | Got::Archived(_)) {
+            unfinished.push(rel);
+        }
+        match got {
             Got::Written(b) => {
                 written += 1;
                 bytes += b;
@@ -282,10 +306,17 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
     // Folder modes and times last (writing into a folder changes its time), innermost first
     // (a read-only folder must not keep its contents from getting theirs).
     for (rel, n) in made_dirs.iter().rev() {
+        let below = format!("{rel}/");
+        if unfinished.iter().any(|f| f.is_empty() || f.starts_with(&below)) {
+            continue;
+        }
         let a = extract::Attrs { mode: n.mode, uid: n.uid, gid: n.gid, mtime_ns: n.mtime_ns };
         if let Err(e) = d.finish_dir(rel, a) {
             problems.push(format!("{rel}: {e}"));
         }
+    }
+    if let Err(e) = d.sync() {
+        problems.push(e.to_string());
     }
     print!("restored {written} file(s), {bytes} bytes");
     if already > 0 {

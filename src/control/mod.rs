@@ -64,7 +64,7 @@ fn my_uid() -> u32 {
 /// `create`); refuse, with the reason, a link, a folder of another user, or one others may
 /// enter that cannot be closed.
 pub fn secure_dir(dir: &Path, create: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
     if create {
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
@@ -73,17 +73,23 @@ pub fn secure_dir(dir: &Path, create: bool) -> std::io::Result<()> {
     }
     let refuse =
         |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{}: {why}; not used for the control socket", dir.display()));
-    let m = std::fs::symlink_metadata(dir)?;
-    if !m.file_type().is_dir() {
-        return Err(refuse("not a folder (a symbolic link or a file is there)".into()));
-    }
+    // Opened without following a link, then checked and closed to others through the
+    // descriptor: what is checked is what is changed.
+    let d = match std::fs::File::options().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir) {
+        Ok(d) => d,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+            return Err(refuse("not a folder (a symbolic link or a file is there)".into()))
+        }
+        Err(e) => return Err(e),
+    };
+    let m = d.metadata()?;
     let uid = my_uid();
     if m.uid() != uid {
         return Err(refuse(format!("belongs to uid {}, not to you (uid {uid}): another user may have made it", m.uid())));
     }
     if m.mode() & 0o077 != 0 {
         // Ours: close it (only we, or root, can change it).
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        d.set_permissions(std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }
@@ -273,7 +279,7 @@ pub async fn call(mountpoint: &Path, req: &Request) -> anyhow::Result<Reply> {
     use anyhow::Context;
     let sock = socket_path(mountpoint).with_context(|| format!("{} is not accessible", mountpoint.display()))?;
     let dir = sock.parent().expect("socket has a parent");
-    if dir.exists() || dir.symlink_metadata().is_ok() {
+    if dir.symlink_metadata().is_ok() {
         secure_dir(dir, false)?;
     }
     let stream = tokio::net::UnixStream::connect(&sock)

@@ -153,6 +153,16 @@ pub enum RemoteError {
 }
 
 /// Refuse paths that could escape the vault or a restore directory.
+/// A path from the bucket as it may be printed on a terminal: control characters (a forged name
+/// could carry `\r` or escape sequences that hide or fake lines of output) are escaped.
+pub fn shown(p: &str) -> std::borrow::Cow<'_, str> {
+    if p.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(p.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect())
+    } else {
+        std::borrow::Cow::Borrowed(p)
+    }
+}
+
 pub fn check_path(p: &str) -> Result<(), String> {
     if p.is_empty() {
         return Err("empty path".into());

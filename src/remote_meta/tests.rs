@@ -80,3 +80,13 @@ fn nothing_stays_below_a_link_or_special_file() {
         }
     }
 }
+
+/// A name from the bucket printed on a terminal cannot move the cursor, erase or fake lines.
+#[test]
+fn names_are_printed_without_control_characters() {
+    let forged = "photos/ok.jpg\r\x1b[2Kcoldvault: ok\n\u{9b}31m";
+    let s = shown(forged);
+    assert!(!s.chars().any(char::is_control), "{s:?}");
+    assert!(s.contains("\\r") && s.contains("\\u{1b}") && s.contains("\\n"), "{s}");
+    assert!(matches!(shown("photos/été 2019.jpg"), std::borrow::Cow::Borrowed(_)));
+}

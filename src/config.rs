@@ -40,9 +40,13 @@ pub struct Config {
     /// File-name globs kept local and never uploaded (default: fs::DEFAULT_IGNORE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore: Option<Vec<String>>,
-    /// Name key, base64. Lets a mount compute object keys without the private key.
+    /// Name key, base64 (legacy object keys of format 1). Empty on a write-only machine.
     pub name_key: String,
     pub vault: VaultDescriptor,
+    /// A write-only machine's config (`coldvault init --write-only`): the vault's public key
+    /// only, pinned by its fingerprint; no wrapped private key, no name key, no passphrase.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub write_only: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -144,7 +148,13 @@ impl Config {
         if self.settle_secs.is_nan() || self.settle_secs < 0.0 {
             bail!("settle_secs must be >= 0");
         }
-        self.name_key()?;
+        if self.write_only {
+            if self.vault.has_secret() || !self.name_key.is_empty() {
+                bail!("a write-only config holds no private key and no name key, but this one does");
+            }
+        } else {
+            self.name_key()?;
+        }
         self.vault.public_key().context("vault.public_key")?;
         Ok(())
     }

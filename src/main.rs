@@ -58,6 +58,13 @@ enum Cmd {
         default_storage_class: String,
         #[command(flatten)]
         pass: PassArgs,
+        /// Set up a write-only machine: it keeps only the vault's public key (no passphrase,
+        /// no private key), read from the bucket's vault.json and checked against --fingerprint.
+        #[arg(long, requires = "fingerprint")]
+        write_only: bool,
+        /// The vault's fingerprint, from `coldvault key fingerprint` on a full machine.
+        #[arg(long, requires = "write_only")]
+        fingerprint: Option<String>,
     },
     /// Mount the vault at MOUNTPOINT (a daemon unless --foreground).
     Mount {
@@ -229,6 +236,11 @@ enum KeyCmd {
         #[command(flatten)]
         pass: PassArgs,
     },
+    /// Print the vault's fingerprint, for `coldvault init --write-only --fingerprint`.
+    Fingerprint {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Buffers of more than 4 MiB (8 MiB upload parts) are mapped and unmapped on their own. By
@@ -264,9 +276,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Init { bucket, prefix, endpoint_url, region, config, default_storage_class, pass } => {
-            cmd_init(bucket, prefix, endpoint_url, region, config, default_storage_class, pass)
-        }
+        Cmd::Init { bucket, prefix, endpoint_url, region, config, default_storage_class, pass, write_only, fingerprint } => match fingerprint {
+            Some(fp) if write_only => cmd_init_write_only(bucket, prefix, endpoint_url, region, config, default_storage_class, &fp),
+            _ => cmd_init(bucket, prefix, endpoint_url, region, config, default_storage_class, pass),
+        },
         Cmd::Mount {
             config,
             cache_dir,
@@ -365,6 +378,11 @@ fn run(cli: Cli) -> Result<()> {
                 })?;
                 cfg.save(&cfg_path)?;
                 println!("passphrase changed (here and in the bucket's vault descriptor)");
+                Ok(())
+            }
+            KeyCmd::Fingerprint { config } => {
+                let cfg = Config::load(&config.unwrap_or_else(config::default_config_path))?;
+                println!("{}", coldvault::crypto::fingerprint(&cfg.vault.public_key()?));
                 Ok(())
             }
             KeyCmd::ExportRecovery { config, pass } => {
@@ -516,6 +534,9 @@ fn keys_for(cfg: &Config, pass: &PassArgs) -> Result<VaultKeys> {
         let k = Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read recovery key file {}", f.display()))?);
         return offline::parse_recovery_key(&k, &cfg.vault.public_key()?);
     }
+    if cfg.write_only {
+        bail!("this is a write-only machine (coldvault init --write-only): it holds no private key, so it cannot decrypt; use a full machine, or --recovery-key-file");
+    }
     let pw = passphrase(pass, false)?;
     unlock(&cfg.vault, &pw)
 }
@@ -591,6 +612,7 @@ fn cmd_init(
         ignore: None,
         name_key: String::new(),
         vault: VaultDescriptor::create_with_cost(b"probe", 8, 1).0,
+        write_only: false,
     };
     let key = format!("{}coldvault/vault.json", probe.prefix);
     // An existing vault (a new machine, or after losing this one): join it with its passphrase.
@@ -634,6 +656,64 @@ fn cmd_init(
     Ok(())
 }
 
+/// `coldvault init --write-only`: the vault's public key from the bucket's vault.json, checked
+/// against the fingerprint given; nothing secret is asked for or kept. Needs s3:GetObject on
+/// that one object (`coldvault policy --mode write-only`) and no other read right.
+fn cmd_init_write_only(
+    bucket: String,
+    prefix: String,
+    endpoint_url: Option<String>,
+    region: Option<String>,
+    config: Option<PathBuf>,
+    class: String,
+    fp: &str,
+) -> Result<()> {
+    let path = config.unwrap_or_else(config::default_config_path);
+    if path.exists() {
+        bail!("config {} already exists; pass --config to create another vault's config", path.display());
+    }
+    let prefix = config::normalize_prefix(&prefix)?;
+    let class = class.to_ascii_uppercase();
+    coldvault::rules::validate_class(&class).map_err(|e| anyhow!(e))?;
+    let mut cfg = Config {
+        bucket: bucket.clone(),
+        prefix: prefix.clone(),
+        endpoint_url: endpoint_url.clone(),
+        region,
+        path_style: endpoint_url.is_some(),
+        default_storage_class: class,
+        settle_secs: 3.0,
+        rules: Vec::new(),
+        small_file_threshold: "128KiB".into(),
+        small_file_class: "STANDARD".into(),
+        restore: config::RestoreSettings::default(),
+        ignore: None,
+        name_key: String::new(),
+        vault: VaultDescriptor::create_with_cost(b"probe", 8, 1).0.public_only(),
+        write_only: true,
+    };
+    let key = format!("{prefix}coldvault/vault.json");
+    let rt = runtime()?;
+    // No HeadBucket: a write-only credential may not list the bucket.
+    let body = rt.block_on(async { S3Store::connect(&cfg.s3_settings()).await.get_object(&key).await }).map_err(|e| {
+        anyhow!("reading s3://{bucket}/{key}: {e} (a write-only machine needs s3:GetObject on that object: `coldvault policy --mode write-only`)")
+    })?;
+    let desc: VaultDescriptor = serde_json::from_slice(&body).with_context(|| format!("s3://{bucket}/{key} is not a coldvault descriptor"))?;
+    let pk = desc.public_key().map_err(|e| anyhow!("s3://{bucket}/{key}: {e}"))?;
+    if !coldvault::crypto::fingerprint_matches(&pk, fp) {
+        bail!(
+            "the vault in s3://{bucket}/{key} has fingerprint {}, not {fp}: its vault.json may have been replaced (backups made with it could be read by whoever did); nothing written",
+            coldvault::crypto::fingerprint(&pk)
+        );
+    }
+    cfg.vault = desc.public_only();
+    cfg.validate()?;
+    cfg.save(&path)?;
+    println!("write-only machine set up for vault {} in s3://{bucket}/{prefix} (fingerprint {})", desc.vault_id, coldvault::crypto::fingerprint(&pk));
+    println!("config written to {}: it holds the public key only; `coldvault mount` here mounts write-only", path.display());
+    Ok(())
+}
+
 // ---------------------------------------------------------------- mount
 
 struct MountArgs {
@@ -656,7 +736,7 @@ struct MountArgs {
     mountpoint: PathBuf,
 }
 
-fn cmd_mount(a: MountArgs) -> Result<()> {
+fn cmd_mount(mut a: MountArgs) -> Result<()> {
     let cfg_path = a.config.clone().unwrap_or_else(config::default_config_path);
     let mut cfg = Config::load(&cfg_path)?;
     if let Some(e) = &a.endpoint_url {
@@ -675,9 +755,18 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     }
     let cache_dir = a.cache_dir.clone().unwrap_or_else(|| cfg.default_cache_dir());
     let (policy, restore_cfg) = archive_settings(&cfg, &a)?;
+    if cfg.write_only && !a.write_only {
+        if a.pass.recovery_key_file.is_some() {
+            bail!("this is a write-only machine: it mounts write-only (without --recovery-key-file)");
+        }
+        eprintln!("coldvault: a write-only machine (coldvault init --write-only): mounting write-only");
+        a.write_only = true;
+    }
     // Write-only: the public key and name key from the config are all it needs.
     let (keys, pw) = if a.write_only {
-        (VaultKeys::write_only(cfg.vault.public_key()?, cfg.name_key()?), Zeroizing::new(String::new()))
+        // A write-only machine's config has no name key (needed only to read format-1 objects).
+        let name_key = if cfg.write_only { [0u8; 32] } else { cfg.name_key()? };
+        (VaultKeys::write_only(cfg.vault.public_key()?, name_key), Zeroizing::new(String::new()))
     } else if a.pass.recovery_key_file.is_some() {
         (keys_for(&cfg, &a.pass)?, Zeroizing::new(String::new()))
     } else {

@@ -404,7 +404,13 @@ pub fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
     });
     let statements = match mode {
         // PutObject covers CreateMultipartUpload, UploadPart and CompleteMultipartUpload.
-        "write-only" => vec![serde_json::json!({"Sid": "WriteOnly", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": objects})],
+        // Plus reading the public vault descriptor, for `init --write-only` (which checks it
+        // against the fingerprint given).
+        "write-only" => vec![
+            serde_json::json!({"Sid": "WriteOnly", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": objects}),
+            serde_json::json!({"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
+                "Resource": format!("arn:aws:s3:::{bucket}/{p}coldvault/vault.json")}),
+        ],
         "restore" => vec![
             serde_json::json!({"Sid": "ReadVault", "Effect": "Allow", "Action": ["s3:GetObject", "s3:RestoreObject"], "Resource": objects}),
             list,

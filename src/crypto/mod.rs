@@ -22,7 +22,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroize;
 
 pub mod vault;
-pub use vault::{VaultDescriptor, VaultKeys};
+pub use vault::{fingerprint, fingerprint_matches, VaultDescriptor, VaultKeys};
 
 /// Plaintext bytes per STREAM segment. 64 KiB keeps a random 4 KiB read within one segment
 /// fetch while the 16-byte tag overhead stays at 0.02%.

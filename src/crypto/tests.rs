@@ -291,3 +291,20 @@ fn ranges_encrypted_from_plaintext_equal_the_stream() {
     let vc = VersionCipher::new(&vault_pk, 10);
     assert!(matches!(VersionCipher::resume(&[0u8; 32], &vc.header().bytes, 10), Err(CryptoError::Auth)));
 }
+
+/// The fingerprint a write-only machine is set up with: 32 hex digits in groups of 4, the same
+/// for the same key however it is typed, different for another key.
+#[test]
+fn a_fingerprint_pins_one_public_key() {
+    let (d, k) = vault();
+    let fp = crate::crypto::fingerprint(&k.public);
+    assert_eq!(fp.len(), 39);
+    assert!(fp.split('-').all(|g| g.len() == 4 && g.chars().all(|c| c.is_ascii_hexdigit())), "{fp}");
+    assert_eq!(fp, crate::crypto::fingerprint(&d.public_key().unwrap()));
+    assert!(crate::crypto::fingerprint_matches(&k.public, &fp.to_uppercase().replace('-', " ")));
+    let (_, other) = vault();
+    assert!(!crate::crypto::fingerprint_matches(&other.public, &fp));
+    assert!(!crate::crypto::fingerprint_matches(&k.public, &fp[..30]));
+    let public = d.public_only();
+    assert!(!public.has_secret() && public.unlock(b"pw").is_err() && public.public_key().unwrap() == k.public);
+}

@@ -73,7 +73,40 @@ fn b32(s: &str, what: &str) -> Result<[u8; 32]> {
     v.try_into().map_err(|_| CryptoError::Malformed(format!("{what}: wrong length")))
 }
 
+/// A short, printable fingerprint of a vault's public key (`coldvault key fingerprint`): a
+/// write-only machine is set up with it, so that a `vault.json` swapped in the bucket (another
+/// public key: backups only its author could read) is refused.
+pub fn fingerprint(pk: &PublicKey) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::new_with_prefix(b"coldvault/v1/fingerprint\0").chain_update(pk.as_bytes()).finalize();
+    let hexed = hex::encode(&h[..16]);
+    hexed.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).expect("hex")).collect::<Vec<_>>().join("-")
+}
+
+/// Whether `given` (as typed: any case, with or without dashes and spaces) is `pk`'s fingerprint.
+pub fn fingerprint_matches(pk: &PublicKey, given: &str) -> bool {
+    let norm = |s: &str| s.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect::<String>();
+    norm(given) == norm(&fingerprint(pk))
+}
+
 impl VaultDescriptor {
+    /// The descriptor as a write-only machine keeps it: the public key and parameters, without
+    /// the passphrase-wrapped private key and name key.
+    pub fn public_only(&self) -> VaultDescriptor {
+        VaultDescriptor {
+            secret_nonce: String::new(),
+            wrapped_secret: String::new(),
+            name_key_eph: String::new(),
+            name_key_wrapped: String::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this descriptor carries the wrapped private key (false: a write-only machine's).
+    pub fn has_secret(&self) -> bool {
+        !self.wrapped_secret.is_empty()
+    }
+
     /// The vault's public key; refuses a vault of a newer format than this build knows, so
     /// that a write-only mount never writes into a layout it does not understand.
     pub fn public_key(&self) -> Result<PublicKey> {

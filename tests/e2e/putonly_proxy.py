@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""A reverse proxy in front of a local S3 server that enforces a PutObject-only policy:
-PutObject and the multipart calls it implies (CreateMultipartUpload, UploadPart,
-CompleteMultipartUpload) pass; everything else gets 403 AccessDenied, as AWS IAM would answer
-for a policy granting only s3:PutObject. Every request is logged as a JSON line.
+"""A reverse proxy in front of a local S3 server that enforces coldvault's write-only policy
+(`coldvault policy --mode write-only`): PutObject and the multipart calls it implies
+(CreateMultipartUpload, UploadPart, CompleteMultipartUpload) pass, and GetObject of the vault
+descriptor (`.../coldvault/vault.json`) alone; everything else gets 403 AccessDenied, as AWS IAM
+would answer. Every request is logged as a JSON line.
 
 Usage: putonly_proxy.py --port P --upstream 127.0.0.1:U --log FILE
 """
@@ -30,6 +31,8 @@ def classify(method, path, query):
         return "CreateMultipartUpload"
     if method == "POST" and has_key and "uploadId" in q:
         return "CompleteMultipartUpload"
+    if method == "GET" and has_key and not q and parts[1].endswith("coldvault/vault.json"):
+        return "GetDescriptor"
     return None
 
 

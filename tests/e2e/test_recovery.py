@@ -218,6 +218,10 @@ s3.put_object(Bucket=bucket, Key=prefix + "d/" + "e" * 64, Body=header + seg,
 
 
 def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory, tmp_path):
+    """A write-only machine, set up with the vault's fingerprint and nothing secret, through
+    the write-only policy (PutObject, and GetObject of vault.json alone): a vault.json swapped in
+    the bucket is refused; its config holds the public key only; it backs up, renames and
+    deletes; a full machine rebuilds all of it."""
     s = servers("s3s-fs")
     v = vault_factory(s)
     log = tmp_path / "proxy.log"
@@ -227,9 +231,41 @@ def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory
     try:
         time.sleep(0.5)
         endpoint = f"http://127.0.0.1:{port}"
-        # No passphrase at all: only the public key from the config.
-        run("mount", "--config", v.config, "--cache-dir", v.cache, "--write-only", "--endpoint-url", endpoint,
-            "--settle", "0.5", v.mnt)
+        fp = run("key", "fingerprint", "--config", v.config).stdout.strip()
+        assert len(fp) == 39 and fp.count("-") == 7, fp
+        # Someone who can write to the bucket swaps vault.json for one with their own key.
+        desc_key = f"{v.prefix}coldvault/vault.json"
+        honest = s.s3.get_object(Bucket=v.bucket, Key=desc_key)["Body"].read()
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        import base64
+        theirs = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        swapped = json.loads(honest)
+        swapped["public_key"] = base64.b64encode(theirs).decode()
+        s.s3.put_object(Bucket=v.bucket, Key=desc_key, Body=json.dumps(swapped).encode())
+        wo = tmp_path / "write-only.toml"
+        init_wo = ("init", "--write-only", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--endpoint-url", endpoint,
+                   "--fingerprint", fp, "--config", wo)
+        r = run(*init_wo, check=False, env={"COLDVAULT_PASSPHRASE": ""})
+        assert r.returncode != 0 and "may have been replaced" in r.stderr and fp in r.stderr, r.stderr
+        assert not wo.exists()
+        s.s3.put_object(Bucket=v.bucket, Key=desc_key, Body=honest)
+        r = run(*init_wo, input="", env={"COLDVAULT_PASSPHRASE": ""})
+        assert fp in r.stdout, r.stdout
+        text = wo.read_text()
+        full = v.config.read_text()
+        import tomllib
+        c_full, c_wo = tomllib.loads(full), tomllib.loads(text)
+        for secret in ("wrapped_secret", "name_key_wrapped", "secret_nonce"):
+            assert c_full["vault"][secret] and not c_wo["vault"].get(secret), secret
+            assert c_full["vault"][secret] not in text
+        assert not c_wo.get("name_key") and c_full["name_key"] not in text
+        assert c_wo["write_only"] is True and c_wo["vault"]["public_key"] == c_full["vault"]["public_key"]
+        r = run("ls", "--config", wo, check=False)
+        assert r.returncode != 0 and "write-only machine" in r.stderr, r.stderr
+        # No passphrase at all, and no --write-only: the config says what this machine is.
+        r = run("mount", "--config", wo, "--cache-dir", v.cache, "--settle", "0.5", v.mnt, input="")
+        assert "mounting write-only" in r.stderr, r.stderr
         assert is_mounted(v.mnt)
         src = tmp_path / "src"
         files = make_tree(src, n_files=200, seed=21, big=(20 << 20,))
@@ -258,7 +294,8 @@ def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory
     denied = [e for e in entries if not e["allowed"]]
     assert not denied, f"requests outside PutObject: {denied[:5]}"
     ops = {e["op"] for e in entries}
-    assert ops <= {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}, ops
+    assert ops <= {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "GetDescriptor"}, ops
+    assert sum(e["op"] == "GetDescriptor" for e in entries) == 2, "vault.json is read by init only"
     assert "UploadPart" in ops, "the 20 MiB file went multipart"
     # A full mount on a fresh machine rebuilds what the write-only machine left.
     fresh_cache(v, "cache-full")
@@ -348,3 +385,6 @@ def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):
     pol = json.loads(run("policy", "--bucket", "photos", "--prefix", "laptop", "--mode", "write-only").stdout)
     assert pol["Statement"][0]["Action"] == ["s3:PutObject"]
     assert pol["Statement"][0]["Resource"] == "arn:aws:s3:::photos/laptop/*"
+    assert pol["Statement"][1] == {"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
+                                   "Resource": "arn:aws:s3:::photos/laptop/coldvault/vault.json"}, pol
+    assert len(pol["Statement"]) == 2

@@ -23,9 +23,17 @@ data="${XDG_DATA_HOME:-$HOME/.local/share}/coldvault/s3"
 port="${COLDVAULT_LOCAL_PORT:-9390}"
 local_s3=0
 [ -z "${COLDVAULT_BUCKET:-}" ] && local_s3=1
+creds="$data/credentials"
 if [ $local_s3 = 1 ]; then
-  # The local server's fixed test credentials (loopback only).
-  export AWS_ACCESS_KEY_ID=coldvault-test AWS_SECRET_ACCESS_KEY=coldvault-test-secret AWS_REGION=us-east-1
+  # The local server's credentials: random, made once, kept 0600 beside its data (anyone on
+  # this machine can reach a loopback port; published test credentials would let them in).
+  if [ ! -s "$creds" ]; then
+    (umask 077; mkdir -p "$data"; chmod 700 "$data"
+     printf 'AWS_ACCESS_KEY_ID=cv%s\nAWS_SECRET_ACCESS_KEY=%s\n' "$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+       "$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" > "$creds")
+  fi
+  set -a; . "$creds"; set +a
+  export AWS_REGION=us-east-1 COLDVAULT_S3_KEY="$AWS_ACCESS_KEY_ID" COLDVAULT_S3_SECRET="$AWS_SECRET_ACCESS_KEY"
 fi
 
 if [ $stop = 1 ]; then
@@ -86,5 +94,5 @@ uploaded in the background.
   scripts/quickstart.sh --stop $mnt   unmount (and stop the local S3 server)
 MSG
 if [ $local_s3 = 1 ]; then
-  echo "  (ls/get/verify talk to the local S3 server: export AWS_ACCESS_KEY_ID=coldvault-test AWS_SECRET_ACCESS_KEY=coldvault-test-secret first)"
+  echo "  (ls/get/verify talk to the local S3 server with the credentials in $creds: set -a; . $creds; set +a)"
 fi

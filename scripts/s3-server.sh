@@ -5,12 +5,13 @@
 #   scripts/s3-server.sh start moto   PORT DATA_DIR   # storage classes and restores (slow GET)
 #   scripts/s3-server.sh stop  DATA_DIR
 #
-# Credentials for both: AWS_ACCESS_KEY_ID=coldvault-test AWS_SECRET_ACCESS_KEY=coldvault-test-secret
+# Credentials of s3s-fs: COLDVAULT_S3_KEY / COLDVAULT_S3_SECRET (the quickstart's random ones),
+# else the tests' fixed AWS_ACCESS_KEY_ID=coldvault-test AWS_SECRET_ACCESS_KEY=coldvault-test-secret.
 # The pid is kept in DATA_DIR/.server.pid; the log in DATA_DIR/.server.log.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-KEY=coldvault-test
-SECRET=coldvault-test-secret
+KEY="${COLDVAULT_S3_KEY:-coldvault-test}"
+SECRET="${COLDVAULT_S3_SECRET:-coldvault-test-secret}"
 
 wait_port() {
   local port=$1 pid=$2

@@ -27,13 +27,28 @@ creds="$data/credentials"
 if [ $local_s3 = 1 ]; then
   # The local server's credentials: random, made once, kept 0600 beside its data (anyone on
   # this machine can reach a loopback port; published test credentials would let them in).
+  # s3s-fs takes them as arguments, which other users can see in `ps` unless /proc is mounted
+  # with hidepid=2: on a machine shared with others, use a real S3 bucket (COLDVAULT_BUCKET).
+  new_creds=0
   if [ ! -s "$creds" ]; then
-    (umask 077; mkdir -p "$data"; chmod 700 "$data"
+    (umask 077; mkdir -p "$data"; chmod 700 "$data"; rm -f "$creds" "$creds.tmp"
      printf 'AWS_ACCESS_KEY_ID=cv%s\nAWS_SECRET_ACCESS_KEY=%s\n' "$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
-       "$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" > "$creds")
+       "$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" > "$creds.tmp" && mv "$creds.tmp" "$creds")
+    new_creds=1
   fi
-  set -a; . "$creds"; set +a
-  export AWS_REGION=us-east-1 COLDVAULT_S3_KEY="$AWS_ACCESS_KEY_ID" COLDVAULT_S3_SECRET="$AWS_SECRET_ACCESS_KEY"
+  if [ ! -O "$creds" ] || [ "$(stat -c %a "$creds")" != 600 ]; then
+    echo "quickstart: $creds must be yours and mode 0600; not used" >&2
+    exit 1
+  fi
+  # Read as data, never run as shell code.
+  AWS_ACCESS_KEY_ID=$(sed -n 's/^AWS_ACCESS_KEY_ID=//p' "$creds")
+  AWS_SECRET_ACCESS_KEY=$(sed -n 's/^AWS_SECRET_ACCESS_KEY=//p' "$creds")
+  export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION=us-east-1 COLDVAULT_S3_KEY="$AWS_ACCESS_KEY_ID" COLDVAULT_S3_SECRET="$AWS_SECRET_ACCESS_KEY"
+  # A server an earlier quickstart started with the old fixed test credentials: restart it with these.
+  if [ $new_creds = 1 ] && [ $stop = 0 ] && [ -f "$data/.server.pid" ] && kill -0 "$(cat "$data/.server.pid")" 2>/dev/null; then
+    echo "==> restarting the local S3 server with credentials of its own (a mount using the old ones must be remounted)"
+    "$repo/scripts/s3-server.sh" stop "$data"
+  fi
 fi
 
 if [ $stop = 1 ]; then

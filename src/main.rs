@@ -337,8 +337,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Verify { config, cache_dir, pass, deep } => {
             let cfg_path = config.unwrap_or_else(config::default_config_path);
             let cfg = Config::load(&cfg_path)?;
-            let keys = if deep { Some(keys_for(&cfg, &pass)?) } else { None };
             let cache = cache_dir.unwrap_or_else(|| cfg.default_cache_dir());
+            // Without an index here, what to check is read from the bucket: that needs the key.
+            let keys = if deep || !cache.join("index.db").exists() { Some(keys_for(&cfg, &pass)?) } else { None };
             let rt = runtime()?;
             rt.block_on(async {
                 let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
@@ -368,6 +369,9 @@ fn run(cli: Cli) -> Result<()> {
             KeyCmd::Passwd { config, pass, new_passphrase_file } => {
                 let cfg_path = config.unwrap_or_else(config::default_config_path);
                 let mut cfg = Config::load(&cfg_path)?;
+                if cfg.write_only || !cfg.vault.has_secret() {
+                    bail!("this is a write-only machine: its config holds no private key to re-wrap; change the passphrase on a full machine");
+                }
                 let keys = keys_for(&cfg, &pass)?;
                 let new = passphrase(&PassArgs { passphrase_file: new_passphrase_file, passphrase_stdin: false, recovery_key_file: None }, true)?;
                 cfg.vault = cfg.vault.rewrap(&keys, new.as_bytes());
@@ -701,12 +705,12 @@ fn cmd_init_write_only(
     let desc: VaultDescriptor = serde_json::from_slice(&body).with_context(|| format!("s3://{bucket}/{key} is not a coldvault descriptor"))?;
     let pk = desc.public_key().map_err(|e| anyhow!("s3://{bucket}/{key}: {e}"))?;
     if !coldvault::crypto::fingerprint_matches(&pk, fp) {
-        bail!(
-            "the vault in s3://{bucket}/{key} has fingerprint {}, not {fp}: its vault.json may have been replaced (backups made with it could be read by whoever did); nothing written",
-            coldvault::crypto::fingerprint(&pk)
-        );
+        bail!("the vault in s3://{bucket}/{key} does not have fingerprint {fp}: its vault.json may have been replaced (backups made with it could be read by whoever did); nothing written");
     }
     cfg.vault = desc.public_only();
+    // Named after the pinned key, not after the descriptor's unpinned vault_id: a swapped
+    // descriptor cannot point this machine's cache dir at another vault's.
+    cfg.vault.vault_id = format!("wo-{}", &coldvault::crypto::fingerprint(&pk).replace('-', "")[..16]);
     cfg.validate()?;
     cfg.save(&path)?;
     println!("write-only machine set up for vault {} in s3://{bucket}/{prefix} (fingerprint {})", desc.vault_id, coldvault::crypto::fingerprint(&pk));

@@ -343,21 +343,65 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
     Ok(())
 }
 
+/// One file version `verify` checks: what the index (or the bucket's journal) records of it.
+struct Recorded {
+    path: String,
+    key: String,
+    size: u64,
+    sha256: String,
+    header: Option<Vec<u8>>,
+    class: String,
+}
+
+/// `coldvault verify [--deep]`: every file version the index records is in the bucket, with the
+/// right size and class; with `--deep`, read, authenticated and hashed. With no index at the
+/// cache dir (a new machine, after a disaster: when people run it), what is recorded comes from
+/// the bucket's own journal and snapshots, read with the passphrase; storage classes that differ
+/// from the recorded upload class are then only noted (a lifecycle rule may have moved them).
 pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: &Config, cache_dir: &Path, deep: bool) -> Result<()> {
     let db_path = cache_dir.join("index.db");
-    if !db_path.exists() {
-        bail!("no index at {} (pass --cache-dir, or mount once)", db_path.display());
-    }
-    let db = coldvault::meta::Db::open(&db_path, 0, 0, 0)?;
-    let files = db.select_inodes("WHERE kind=1 AND state='uploaded' ORDER BY ino", [])?;
+    let from_index = db_path.exists();
+    let files: Vec<Recorded> = if from_index {
+        let db = coldvault::meta::Db::open(&db_path, 0, 0, 0)?;
+        db.select_inodes("WHERE kind=1 AND state='uploaded' ORDER BY ino", [])?
+            .into_iter()
+            .map(|f| Recorded {
+                path: db.path_of(f.ino).unwrap_or_else(|_| format!("inode {}", f.ino)),
+                key: f.object_key.clone().unwrap_or_default(),
+                size: f.size,
+                sha256: f.sha256.clone().unwrap_or_default(),
+                header: f.header.clone(),
+                class: f.storage_class.clone().unwrap_or_else(|| "STANDARD".into()),
+            })
+            .collect()
+    } else {
+        let keys = keys.ok_or_else(|| anyhow!("no index at {}: verifying from the bucket alone needs the passphrase", db_path.display()))?;
+        eprintln!("coldvault: no index at {}: checking what the bucket's journal and snapshots record", db_path.display());
+        let tree = load_tree(store.as_ref(), keys, cfg).await?;
+        if !tree.refused.is_empty() {
+            bail!("{} unsafe entr(y/ies) in the bucket's metadata (listed above)", tree.refused.len());
+        }
+        tree.nodes
+            .iter()
+            .filter(|(_, n)| n.kind == NodeKind::File)
+            .map(|(p, n)| Recorded {
+                path: remote_meta::shown(p).into_owned(),
+                key: n.key.clone().unwrap_or_default(),
+                size: n.size,
+                sha256: n.sha256.clone().unwrap_or_default(),
+                header: n.header.clone(),
+                class: n.class.clone().unwrap_or_else(|| "STANDARD".into()),
+            })
+            .collect()
+    };
     let listing = store.list(&format!("{}d/", cfg.prefix)).await?;
     let objects: std::collections::HashMap<String, (u64, String)> = listing.into_iter().map(|o| (o.key, (o.size, o.storage_class))).collect();
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     let mut checked_deep = 0;
     for f in &files {
-        let path = db.path_of(f.ino).unwrap_or_else(|_| format!("inode {}", f.ino));
-        let key = f.object_key.clone().unwrap_or_default();
-        let Some((size, class)) = objects.get(&key) else {
+        let (path, key) = (&f.path, &f.key);
+        let Some((size, class)) = objects.get(key) else {
             problems.push(format!("{path}: object {key} is missing from the bucket"));
             continue;
         };
@@ -365,14 +409,17 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
             problems.push(format!("{path}: object {key} has {size} bytes, expected {}", crypto::encrypted_len(f.size)));
             continue;
         }
-        let want = f.storage_class.clone().unwrap_or_else(|| "STANDARD".into());
-        let want_list = want.split('/').next().unwrap_or("").to_string();
-        if *class != want_list {
-            problems.push(format!("{path}: storage class is {class}, the index says {want}"));
+        let want_list = f.class.split('/').next().unwrap_or("");
+        if class != want_list {
+            if from_index {
+                problems.push(format!("{path}: storage class is {class}, the index says {}", f.class));
+            } else {
+                notes.push(format!("{path}: storage class is {class}, uploaded as {}", f.class));
+            }
         }
         if deep && !coldvault::restore::needs_restore(class) {
             let keys = keys.ok_or_else(|| anyhow!("--deep needs the passphrase"))?;
-            let w = extract::Wanted { key: key.clone(), size: f.size, sha256: f.sha256.clone().unwrap_or_default(), header: f.header.clone() };
+            let w = extract::Wanted { key: key.clone(), size: f.size, sha256: f.sha256.clone(), header: f.header.clone() };
             match extract::fetch_to(store.clone(), keys, &w, &mut std::io::sink(), &AtomicU64::new(0)).await {
                 Ok(()) => checked_deep += 1,
                 Err(e @ extract::ExtractError::Store(_)) => problems.push(format!("{path}: reading {key}: {e}")),
@@ -383,7 +430,15 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
             }
         }
     }
-    println!("checked {} file(s) against the bucket{}", files.len(), if deep { format!(", decrypted {checked_deep}") } else { String::new() });
+    let source = if from_index { "the index" } else { "the bucket's journal" };
+    println!(
+        "checked {} file(s) recorded in {source} against the bucket{}",
+        files.len(),
+        if deep { format!(", decrypted {checked_deep}") } else { String::new() }
+    );
+    for n in &notes {
+        println!("note: {n}");
+    }
     for p in &problems {
         println!("PROBLEM {p}");
     }

@@ -37,8 +37,11 @@ impl RestoreBook for Fs {
         Ok(self.core().db.set_storage_class_by_key(key, class)?)
     }
 
-    fn restored_copy(&self, ino: u64) -> Option<crate::restore::poller::RestoredCopy> {
+    fn restored_copy(&self, ino: u64, key: &str) -> Option<crate::restore::poller::RestoredCopy> {
         let i = self.getattr(ino).ok()?;
+        if i.object_key.as_deref() != Some(key) {
+            return None;
+        }
         let header = i.header?;
         Some(crate::restore::poller::RestoredCopy { path: self.staging.rcache_path(&header[96..128]), header, size: i.size })
     }

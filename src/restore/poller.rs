@@ -31,7 +31,8 @@ pub trait RestoreBook: Send + Sync {
     fn set_class_by_key(&self, key: &str, class: &str) -> IndexResult<usize>;
     /// Where a local copy of this file's current version is kept (`--fetch-restored`), and
     /// what the index records of that version: its header and plaintext size.
-    fn restored_copy(&self, ino: u64) -> Option<RestoredCopy>;
+    /// None once the file's version is no longer the one at `key` (rewritten since).
+    fn restored_copy(&self, ino: u64, key: &str) -> Option<RestoredCopy>;
 }
 
 /// The local copy of a restored version: where it goes, and what the object must be.
@@ -155,7 +156,7 @@ async fn head(fs: &dyn RestoreBook, r: &mut Restore) {
 /// is this version: the header the index recorded, and the length that goes with its size.
 /// Reads decrypt the copy under the index's header, so a segment changed since fails there.
 async fn fetch(fs: &dyn RestoreBook, r: &mut Restore) {
-    let Some(c) = fs.restored_copy(r.ino) else { return };
+    let Some(c) = fs.restored_copy(r.ino, &r.object_key) else { return };
     if c.path.exists() {
         return;
     }
@@ -200,9 +201,10 @@ async fn fetch_checked(store: &dyn ObjectStore, key: &str, c: &RestoredCopy, tmp
         f.write_all(&b).map_err(FetchError::Local)?;
         at = end;
     }
-    // Nothing beyond the expected length either.
-    match store.get_range(key, want, want + 1).await {
-        Ok(b) if b.is_empty() => {}
+    // Nothing beyond the expected length either: of the last byte and the one after it, only
+    // the last exists. (A range starting past the end is answered 416 by S3.)
+    match store.get_range(key, want - 1, want + 1).await {
+        Ok(b) if b.len() == 1 => {}
         Ok(_) => return Err(FetchError::NotThisVersion(format!("longer than the {want} bytes expected"))),
         Err(e) => return Err(FetchError::Store(e)),
     }

@@ -31,7 +31,7 @@ def classify(method, path, query):
         return "CreateMultipartUpload"
     if method == "POST" and has_key and "uploadId" in q:
         return "CompleteMultipartUpload"
-    if method == "GET" and has_key and not q and parts[1].endswith("coldvault/vault.json"):
+    if method == "GET" and has_key and not q and (parts[1] == "coldvault/vault.json" or parts[1].endswith("/coldvault/vault.json")):
         return "GetDescriptor"
     return None
 

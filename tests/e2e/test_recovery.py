@@ -263,6 +263,10 @@ def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory
         assert c_wo["write_only"] is True and c_wo["vault"]["public_key"] == c_full["vault"]["public_key"]
         r = run("ls", "--config", wo, check=False)
         assert r.returncode != 0 and "write-only machine" in r.stderr, r.stderr
+        r = run("key", "passwd", "--config", wo, check=False, input="")
+        assert r.returncode != 0 and "write-only machine" in r.stderr, r.stderr
+        assert c_wo["vault"]["vault_id"].startswith("wo-"), "the cache dir is named after the pinned key"
+        assert s.s3.get_object(Bucket=v.bucket, Key=desc_key)["Body"].read() == honest
         # No passphrase at all, and no --write-only: the config says what this machine is.
         r = run("mount", "--config", wo, "--cache-dir", v.cache, "--settle", "0.5", v.mnt, input="")
         assert "mounting write-only" in r.stderr, r.stderr
@@ -334,6 +338,27 @@ def test_verify_deep_detects_deleted_and_corrupted_objects(servers, vault_factor
     assert deep.returncode != 0, deep.stdout
     assert "f1.jpg" in deep.stdout and "f2.jpg" in deep.stdout, deep.stdout
     assert "2 problem(s)" in deep.stderr, deep.stderr
+    # On a new machine (no index: when people run it), from the bucket's journal alone, with
+    # the passphrase; a third object swapped for another valid object of the vault.
+    import tomllib
+    import forge
+    pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
+    other = forge.put_file(s.s3, v.bucket, v.prefix, pub, os.urandom(100_000))
+    swapped = s.s3.get_object(Bucket=v.bucket, Key=other["key"])["Body"].read()
+    s.s3.delete_object(Bucket=v.bucket, Key=other["key"])
+    s.s3.put_object(Bucket=v.bucket, Key=v.object_key("f3.jpg"), Body=swapped)
+    new_machine = tmp_path / "no-index-here"
+    r = run("verify", "--config", v.config, "--cache-dir", new_machine, check=False, input="")
+    assert r.returncode != 0 and "passphrase" in r.stderr, r.stderr
+    shallow = run("verify", "--config", v.config, "--cache-dir", new_machine, "--passphrase-file", v.passfile, check=False)
+    assert "recorded in the bucket's journal" in shallow.stdout, shallow.stdout
+    assert shallow.returncode != 0 and "f1.jpg" in shallow.stdout and "missing" in shallow.stdout, shallow.stdout
+    deep = run("verify", "--config", v.config, "--cache-dir", new_machine, "--deep", "--passphrase-file", v.passfile, check=False)
+    problems = [l for l in deep.stdout.splitlines() if l.startswith("PROBLEM")]
+    assert sorted(p.split(":")[0] for p in problems) == ["PROBLEM f1.jpg", "PROBLEM f2.jpg", "PROBLEM f3.jpg"], deep.stdout
+    assert "header" in next(p for p in problems if "f3.jpg" in p), problems
+    assert "checked 5 file(s)" in deep.stdout and "decrypted 4" in deep.stdout, deep.stdout
+    assert not new_machine.exists(), "verify made a cache dir"
 
 
 def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):

@@ -276,10 +276,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Init { bucket, prefix, endpoint_url, region, config, default_storage_class, pass, write_only, fingerprint } => match fingerprint {
-            Some(fp) if write_only => cmd_init_write_only(bucket, prefix, endpoint_url, region, config, default_storage_class, &fp),
-            _ => cmd_init(bucket, prefix, endpoint_url, region, config, default_storage_class, pass),
-        },
+        Cmd::Init { bucket, prefix, endpoint_url, region, config, default_storage_class, pass, write_only, fingerprint } => {
+            let t = InitTarget { bucket, prefix, endpoint_url, region, config, class: default_storage_class };
+            match fingerprint {
+                Some(fp) if write_only => cmd_init_write_only(t, &fp),
+                _ => cmd_init(t, pass),
+            }
+        }
         Cmd::Mount {
             config,
             cache_dir,
@@ -582,15 +585,21 @@ async fn connect(cfg: &Config) -> Result<S3Store> {
 
 // ---------------------------------------------------------------- init
 
-fn cmd_init(
+/// Where `init` sets a vault up, as given on its command line.
+struct InitTarget {
     bucket: String,
     prefix: String,
     endpoint_url: Option<String>,
     region: Option<String>,
     config: Option<PathBuf>,
     class: String,
-    pass: PassArgs,
-) -> Result<()> {
+}
+
+/// The config `init` is about to write, with its settings checked and defaults filled in; its
+/// vault is a placeholder until the real one is created, joined or read. Refuses to overwrite
+/// an existing config.
+fn init_config(t: InitTarget, write_only: bool) -> Result<(PathBuf, Config)> {
+    let InitTarget { bucket, prefix, endpoint_url, region, config, class } = t;
     let path = config.unwrap_or_else(config::default_config_path);
     if path.exists() {
         bail!("config {} already exists; pass --config to create another vault's config", path.display());
@@ -599,15 +608,14 @@ fn cmd_init(
     let endpoint_url = endpoint_url.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()).filter(|s| !s.is_empty());
     let class = class.to_ascii_uppercase();
     coldvault::rules::validate_class(&class).map_err(|e| anyhow!(e))?;
-    let pw = passphrase(&pass, true)?;
-    let rt = runtime()?;
-    let probe = Config {
-        bucket: bucket.clone(),
-        prefix: prefix.clone(),
-        endpoint_url: endpoint_url.clone(),
-        region: region.clone(),
+    let placeholder = VaultDescriptor::create_with_cost(b"probe", 8, 1).0;
+    let cfg = Config {
+        bucket,
+        prefix,
         path_style: endpoint_url.is_some(),
-        default_storage_class: class.clone(),
+        endpoint_url,
+        region,
+        default_storage_class: class,
         settle_secs: 3.0,
         rules: Vec::new(),
         small_file_threshold: "128KiB".into(),
@@ -615,9 +623,16 @@ fn cmd_init(
         restore: config::RestoreSettings::default(),
         ignore: None,
         name_key: String::new(),
-        vault: VaultDescriptor::create_with_cost(b"probe", 8, 1).0,
-        write_only: false,
+        vault: if write_only { placeholder.public_only() } else { placeholder },
+        write_only,
     };
+    Ok((path, cfg))
+}
+
+fn cmd_init(t: InitTarget, pass: PassArgs) -> Result<()> {
+    let (path, probe) = init_config(t, false)?;
+    let pw = passphrase(&pass, true)?;
+    let rt = runtime()?;
     let key = format!("{}coldvault/vault.json", probe.prefix);
     // An existing vault (a new machine, or after losing this one): join it with its passphrase.
     let existing = rt.block_on(async {
@@ -663,39 +678,9 @@ fn cmd_init(
 /// `coldvault init --write-only`: the vault's public key from the bucket's vault.json, checked
 /// against the fingerprint given; nothing secret is asked for or kept. Needs s3:GetObject on
 /// that one object (`coldvault policy --mode write-only`) and no other read right.
-fn cmd_init_write_only(
-    bucket: String,
-    prefix: String,
-    endpoint_url: Option<String>,
-    region: Option<String>,
-    config: Option<PathBuf>,
-    class: String,
-    fp: &str,
-) -> Result<()> {
-    let path = config.unwrap_or_else(config::default_config_path);
-    if path.exists() {
-        bail!("config {} already exists; pass --config to create another vault's config", path.display());
-    }
-    let prefix = config::normalize_prefix(&prefix)?;
-    let class = class.to_ascii_uppercase();
-    coldvault::rules::validate_class(&class).map_err(|e| anyhow!(e))?;
-    let mut cfg = Config {
-        bucket: bucket.clone(),
-        prefix: prefix.clone(),
-        endpoint_url: endpoint_url.clone(),
-        region,
-        path_style: endpoint_url.is_some(),
-        default_storage_class: class,
-        settle_secs: 3.0,
-        rules: Vec::new(),
-        small_file_threshold: "128KiB".into(),
-        small_file_class: "STANDARD".into(),
-        restore: config::RestoreSettings::default(),
-        ignore: None,
-        name_key: String::new(),
-        vault: VaultDescriptor::create_with_cost(b"probe", 8, 1).0.public_only(),
-        write_only: true,
-    };
+fn cmd_init_write_only(t: InitTarget, fp: &str) -> Result<()> {
+    let (path, mut cfg) = init_config(t, true)?;
+    let (bucket, prefix) = (cfg.bucket.clone(), cfg.prefix.clone());
     let key = format!("{prefix}coldvault/vault.json");
     let rt = runtime()?;
     // No HeadBucket: a write-only credential may not list the bucket.

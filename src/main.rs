@@ -80,6 +80,10 @@ enum Cmd {
         /// Bytes of uploaded objects kept locally for reads (e.g. 2G). Default 0.
         #[arg(long, default_value = "0")]
         read_cache: String,
+        /// The largest file accepted (e.g. 500G): writing or truncating beyond it fails with
+        /// EFBIG ("File too large"). Default and maximum: what fits in one S3 object (5 TiB).
+        #[arg(long)]
+        max_file_size: Option<String>,
         #[arg(long)]
         foreground: bool,
         /// Let other users (e.g. Samba's smbd) access the mount.
@@ -289,6 +293,7 @@ fn run(cli: Cli) -> Result<()> {
             pass,
             settle,
             read_cache,
+            max_file_size,
             foreground,
             allow_other,
             upload_concurrency,
@@ -307,6 +312,7 @@ fn run(cli: Cli) -> Result<()> {
             pass,
             settle,
             read_cache,
+            max_file_size,
             foreground,
             allow_other,
             upload_concurrency,
@@ -711,6 +717,7 @@ struct MountArgs {
     pass: PassArgs,
     settle: Option<f64>,
     read_cache: String,
+    max_file_size: Option<String>,
     foreground: bool,
     allow_other: bool,
     upload_concurrency: usize,
@@ -738,6 +745,16 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
     }
     let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
     let read_cache = config::parse_size(&a.read_cache)?;
+    let max_file_size = match &a.max_file_size {
+        None => coldvault::fs::MAX_FILE_SIZE,
+        Some(s) => {
+            let n = config::parse_size(s).context("--max-file-size")?;
+            if n > coldvault::fs::MAX_FILE_SIZE {
+                bail!("--max-file-size {s}: more than fits in one S3 object ({} bytes)", coldvault::fs::MAX_FILE_SIZE);
+            }
+            n
+        }
+    };
     let settle = a.settle.unwrap_or(cfg.settle_secs);
     if settle.is_nan() || settle < 0.0 {
         bail!("--settle must be >= 0");
@@ -786,6 +803,7 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
         read_cache,
         segment_cache: 64 << 20,
         group_commit: coldvault::fs::GROUP_COMMIT,
+        max_file_size,
     };
     let bandwidth = a.upload_bandwidth.as_deref().map(config::parse_size).transpose()?;
     let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), bandwidth, ..Default::default() };

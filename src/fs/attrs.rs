@@ -213,6 +213,7 @@ impl Fs {
     }
 
     pub(super) fn truncate(&self, ino: u64, size: u64) -> Result<()> {
+        self.check_size(size)?;
         {
             let mut c = self.core();
             let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;

@@ -43,6 +43,8 @@ pub enum FsError {
     Io(#[from] std::io::Error),
     #[error("staging disk full: {0}")]
     NoSpace(String),
+    #[error("file larger than the {0} bytes this mount accepts")]
+    TooBig(u64),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("object failed authentication: {0}")]
@@ -72,6 +74,7 @@ impl FsError {
             // ENOSPC and friends pass through; any other local I/O problem is EIO.
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             FsError::NoSpace(_) => libc::ENOSPC,
+            FsError::TooBig(_) => libc::EFBIG,
             // The index cannot grow on a full disk: the caller learns the disk is full.
             FsError::Meta(MetaError::Sql(rusqlite::Error::SqliteFailure(e, _))) if e.code == rusqlite::ErrorCode::DiskFull => libc::ENOSPC,
             FsError::Meta(MetaError::Io(e)) => e.raw_os_error().unwrap_or(libc::EIO),

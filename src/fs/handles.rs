@@ -286,6 +286,16 @@ impl Fs {
         self.sync_durable()
     }
 
+    /// A file may grow to `size` bytes (EFBIG beyond `max_file_size`: such a file could never
+    /// be uploaded, and a sparse one would be encrypted in full).
+    pub(super) fn check_size(&self, size: u64) -> Result<()> {
+        if size > self.cfg.max_file_size {
+            tracing::warn!(size, limit = self.cfg.max_file_size, "refused a file larger than the mount accepts (EFBIG)");
+            return Err(FsError::TooBig(self.cfg.max_file_size));
+        }
+        Ok(())
+    }
+
     pub fn release(&self, fh: u64) -> Result<()> {
         let (ino, write) = self.handle_ino(fh)?;
         let r = if write { self.persist(ino) } else { Ok(()) };
@@ -317,6 +327,7 @@ impl Fs {
         if !write {
             return Err(FsError::BadHandle);
         }
+        self.check_size(offset.saturating_add(data.len() as u64))?;
         let spool = {
             let c = self.core();
             c.open.get(&ino).and_then(|o| o.spool.clone()).ok_or(FsError::BadHandle)?

@@ -77,7 +77,18 @@ pub struct FsConfig {
     pub segment_cache: u64,
     /// Interval of the group commit (`GROUP_COMMIT`).
     pub group_commit: Duration,
+    /// The largest file accepted (`MAX_FILE_SIZE` unless set lower): a write or truncate
+    /// beyond it fails with EFBIG, at once, instead of a file that can never be uploaded.
+    pub max_file_size: u64,
 }
+
+/// S3's largest object is 5 TiB; the largest file whose encrypted object fits in it.
+pub const MAX_FILE_SIZE: u64 = {
+    const S3_MAX_OBJECT: u64 = 5 << 40;
+    // Each 64 KiB segment carries a 16-byte tag, and the object a 128-byte header.
+    let segments = (S3_MAX_OBJECT - crypto::HEADER_LEN as u64) / (crypto::SEGMENT + crypto::TAG);
+    segments * crypto::SEGMENT
+};
 
 pub use crate::restore::RestoreConfig;
 

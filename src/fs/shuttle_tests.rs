@@ -59,6 +59,7 @@ impl World {
             read_cache: 0,
             segment_cache: 1 << 20,
             group_commit: crate::fs::GROUP_COMMIT,
+            max_file_size: crate::fs::MAX_FILE_SIZE,
         };
         let fs = Fs::new(cfg, keys(), Arc::new(Counted::new(store.clone())), runtime()).unwrap();
         World { _dir: dir, store, fs }

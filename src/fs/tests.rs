@@ -37,6 +37,7 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         segment_cache: 1 << 20,
         // Tests sync explicitly (a power cut is simulated by going back to a copy of the index).
         group_commit: Duration::from_secs(3600),
+        max_file_size: crate::fs::MAX_FILE_SIZE,
     }
 }
 
@@ -2133,4 +2134,26 @@ fn readdir_pages_list_every_entry_once() {
     }
     let want: Vec<String> = (0..300).map(|k| format!("f{k:03}")).chain(["new".to_string()]).collect();
     assert_eq!(seen, want);
+}
+
+/// A file may not grow past the mount's limit (S3's 5 TiB object, or lower if set): a write or
+/// a truncate beyond it is EFBIG at once and changes nothing ( `truncate -s 16T` through Samba
+/// would otherwise stage a file that can never be uploaded, and encrypt 16 TB of zeros).
+#[test]
+fn a_file_beyond_the_largest_accepted_size_is_efbig() {
+    assert!(crypto::encrypted_len(MAX_FILE_SIZE) <= 5 << 40);
+    assert!(crypto::encrypted_len(MAX_FILE_SIZE + crypto::SEGMENT) > 5 << 40);
+    let mut e = Env::new();
+    e.restart_with(|c| c.max_file_size = 1 << 20);
+    let fs = e.fs();
+    let (i, fh) = fs.create(ROOT, OsStr::new("big"), 0o644, 0, 0).unwrap();
+    assert_eq!(fs.write(fh, 0, &vec![7u8; 1 << 20]).unwrap(), 1 << 20);
+    let err = fs.write(fh, 1 << 20, b"x").unwrap_err();
+    assert_eq!(err.errno(), libc::EFBIG, "{err}");
+    assert_eq!(fs.write(fh, u64::MAX - 1, b"xy").unwrap_err().errno(), libc::EFBIG);
+    let err = fs.setattr(i.ino, None, None, None, Some(16 << 40), None, None).unwrap_err();
+    assert_eq!(err.errno(), libc::EFBIG);
+    fs.release(fh).unwrap();
+    assert_eq!(fs.getattr(i.ino).unwrap().size, 1 << 20);
+    assert_eq!(e.read_all(i.ino).unwrap(), vec![7u8; 1 << 20]);
 }

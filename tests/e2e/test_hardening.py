@@ -88,3 +88,25 @@ def test_another_user_cannot_answer_for_the_daemon(tmp_path):
         if not bind_as_root:
             assert not log.exists(), "the client connected to a socket in another user's folder"
         shutil.rmtree(xdg)
+
+
+def test_a_file_larger_than_the_mount_accepts_is_refused(servers, vault_factory):
+    """One `truncate -s 16T` (through Samba, from any client) must not stage a file that can
+    never be uploaded; a limit set lower is kept too. The application gets EFBIG, "File too
+    large", at once; nothing else changes."""
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount("--max-file-size", "1M")
+    r = subprocess.run(["truncate", "-s", "16T", str(v.mnt / "huge")], capture_output=True, text=True)
+    assert r.returncode != 0 and "File too large" in r.stderr, r.stderr
+    assert os.stat(v.mnt / "huge").st_size == 0
+    r = subprocess.run(["sh", "-c", f"head -c 2000000 /dev/zero > '{v.mnt / 'two-mb'}'"], capture_output=True, text=True)
+    assert r.returncode != 0 and "File too large" in r.stderr, r.stderr
+    (v.mnt / "ok").write_bytes(b"x" * (1 << 20))
+    v.flush()
+    assert os.stat(v.mnt / "ok").st_size == 1 << 20
+    assert "EFBIG" in v.log()
+    v.unmount()
+    r = run("mount", "--config", v.config, "--cache-dir", v.cache, "--passphrase-file", v.passfile,
+            "--max-file-size", "6T", v.mnt, check=False)
+    assert r.returncode != 0 and "more than fits in one S3 object" in r.stderr, r.stderr

@@ -32,11 +32,11 @@ def seal(vault_pub_b64, pt):
     assert len(header) == 128
     ck = AESGCM(hkdf(b"", dk, b"coldvault/v1/content"))
     n = max(1, -(-len(pt) // SEG))
-    body = header
+    parts = [header]
     for i in range(n):
         nonce = prefix7 + i.to_bytes(4, "big") + (b"\x01" if i == n - 1 else b"\x00")
-        body += ck.encrypt(nonce, pt[i * SEG:(i + 1) * SEG], header)
-    return header, body, dk
+        parts.append(ck.encrypt(nonce, pt[i * SEG:(i + 1) * SEG], header))
+    return header, b"".join(parts), dk
 
 
 def put_file(s3, bucket, prefix, vault_pub_b64, pt, path="forged"):

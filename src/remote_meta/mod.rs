@@ -631,7 +631,17 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
     let total = orphans.len();
     for (k, o) in orphans.into_iter().enumerate() {
         progress("objects", k + 1, total);
-        let h = store.head_object(&o.key).await?;
+        // One object that cannot be read (gone since the listing, access denied) is reported
+        // and skipped; the rest of the vault still rebuilds. Only a transient error, or expired
+        // credentials, stops the rebuild (to be tried again whole).
+        let h = match store.head_object(&o.key).await {
+            Ok(h) => h,
+            Err(e) if e.is_retryable() => return Err(e.into()),
+            Err(e) => {
+                tree.refused.push(format!("object {}: its metadata cannot be read ({e}); skipped", o.key));
+                continue;
+            }
+        };
         let (m, header) = match object_meta(keys, &o.key, &h.metadata) {
             Ok(x) => x,
             Err(e) => {

@@ -468,14 +468,19 @@ pub fn seal_json<T: Serialize>(keys: &VaultKeys, v: &T) -> Vec<u8> {
 }
 
 pub fn open_json<T: for<'de> Deserialize<'de>>(keys: &VaultKeys, key: &str, body: &[u8]) -> Result<T, RemoteError> {
+    let pt = open_plain(keys, key, body)?;
+    serde_json::from_slice(&pt).map_err(|e| RemoteError::Malformed(format!("{key}: {e}")))
+}
+
+/// The plaintext of a sealed metadata object.
+fn open_plain(keys: &VaultKeys, key: &str, body: &[u8]) -> Result<Vec<u8>, RemoteError> {
     let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
     let size =
         crypto::plaintext_len(body.len() as u64).ok_or_else(|| RemoteError::Malformed(format!("{key}: impossible object length {}", body.len())))?;
     let cerr = |err| RemoteError::Crypto { what: format!("object {key}"), err };
     let h = Header::parse(body).map_err(cerr)?;
     let o = Opened::open(sk, &h).map_err(cerr)?;
-    let pt = o.decrypt_all(size, body).map_err(cerr)?;
-    serde_json::from_slice(&pt).map_err(|e| RemoteError::Malformed(format!("{key}: {e}")))
+    o.decrypt_all(size, body).map_err(cerr)
 }
 
 /// Decrypt an object's user metadata (works on archived objects: HeadObject only).
@@ -510,7 +515,11 @@ async fn fetch_json<T: for<'de> Deserialize<'de>>(store: &dyn ObjectStore, keys:
         Err(e @ StoreError::Retryable(_)) | Err(e @ StoreError::Credentials(_)) => return Err(e.into()),
         Err(e) => return Ok(Err(e.to_string())),
     };
-    match open_json(keys, key, &body) {
+    // The encrypted body goes before the plaintext is parsed (a snapshot of 1,000,000 files is
+    // about 460 MB of each).
+    let pt = open_plain(keys, key, &body);
+    drop(body);
+    match pt.and_then(|pt| serde_json::from_slice(&pt).map_err(|e| RemoteError::Malformed(format!("{key}: {e}")))) {
         Ok(v) => Ok(Ok(v)),
         Err(RemoteError::WriteOnly) => Err(RemoteError::WriteOnly),
         Err(e) => Ok(Err(e.to_string())),
@@ -546,15 +555,17 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
     // the vault as of that moment; every machine's later records are replayed on top. Vaults
     // whose snapshots predate `seen` start from all of them, each covering its own journal.
     loaded.sort_by_key(|s| (s.ts_ms, s.machine.clone()));
-    let base: Vec<&Snapshot> = match loaded.iter().rev().find(|s| !s.seen.is_empty()) {
+    let base: Vec<usize> = match loaded.iter().rposition(|s| !s.seen.is_empty()) {
         Some(b) => vec![b],
-        None => loaded.iter().collect(),
+        None => (0..loaded.len()).collect(),
     };
     let mut covered: BTreeMap<String, i64> = BTreeMap::new();
-    for s in &base {
-        for e in &s.entries {
-            tree.apply(e);
+    for &b in &base {
+        // Each entry is dropped once applied: the parsed snapshot shrinks as the tree grows.
+        for e in std::mem::take(&mut loaded[b].entries) {
+            tree.apply(&e);
         }
+        let s = &loaded[b];
         for (m, q) in s.reflects() {
             let c = covered.entry(m).or_insert(0);
             *c = (*c).max(q);

@@ -209,5 +209,20 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "T" | "TB" | "TIB" => 1 << 40,
         u => bail!("bad size unit {u:?} in {s:?}"),
     };
-    Ok(n * mult)
+    n.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Sizes as users write them; one too large for 64 bits is an error, never a wrapped number
+    /// (`--max-file-size 16777216T` wrapped to 0 and passed the check against 5 TiB).
+    #[test]
+    fn sizes_parse_and_overflow_is_refused() {
+        assert_eq!(super::parse_size("128KiB").unwrap(), 128 << 10);
+        assert_eq!(super::parse_size(" 2G ").unwrap(), 2 << 30);
+        assert_eq!(super::parse_size("5T").unwrap(), 5 << 40);
+        assert!(super::parse_size("16777216T").is_err());
+        assert!(super::parse_size("99999999999999999999").is_err());
+        assert!(super::parse_size("3 parsecs").is_err());
+    }
 }

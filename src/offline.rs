@@ -361,6 +361,7 @@ struct Recorded {
 pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: &Config, cache_dir: &Path, deep: bool) -> Result<()> {
     let db_path = cache_dir.join("index.db");
     let from_index = db_path.exists();
+    let mut refused: Vec<String> = Vec::new();
     let files: Vec<Recorded> = if from_index {
         let db = coldvault::meta::Db::open(&db_path, 0, 0, 0)?;
         db.select_inodes("WHERE kind=1 AND state='uploaded' ORDER BY ino", [])?
@@ -378,9 +379,9 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
         let keys = keys.ok_or_else(|| anyhow!("no index at {}: verifying from the bucket alone needs the passphrase", db_path.display()))?;
         eprintln!("coldvault: no index at {}: checking what the bucket's journal and snapshots record", db_path.display());
         let tree = load_tree(store.as_ref(), keys, cfg).await?;
-        if !tree.refused.is_empty() {
-            bail!("{} unsafe entr(y/ies) in the bucket's metadata (listed above)", tree.refused.len());
-        }
+        // What the replay could not use (an unreadable batch, a gap, an unsafe path) is a
+        // problem to report, after checking everything else.
+        refused = tree.refused.clone();
         tree.nodes
             .iter()
             .filter(|(_, n)| n.kind == NodeKind::File)
@@ -396,7 +397,7 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
     };
     let listing = store.list(&format!("{}d/", cfg.prefix)).await?;
     let objects: std::collections::HashMap<String, (u64, String)> = listing.into_iter().map(|o| (o.key, (o.size, o.storage_class))).collect();
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = refused.iter().map(|r| format!("the bucket's metadata: {r}")).collect();
     let mut notes = Vec::new();
     let mut checked_deep = 0;
     for f in &files {
@@ -417,11 +418,15 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
                 notes.push(format!("{path}: storage class is {class}, uploaded as {}", f.class));
             }
         }
-        if deep && !coldvault::restore::needs_restore(class) {
+        if deep && coldvault::restore::needs_restore(class) {
+            notes.push(format!("{path}: archived ({class}), not read"));
+        } else if deep {
             let keys = keys.ok_or_else(|| anyhow!("--deep needs the passphrase"))?;
             let w = extract::Wanted { key: key.clone(), size: f.size, sha256: f.sha256.clone(), header: f.header.clone() };
             match extract::fetch_to(store.clone(), keys, &w, &mut std::io::sink(), &AtomicU64::new(0)).await {
                 Ok(()) => checked_deep += 1,
+                // In an archive tier the listing does not name (Intelligent-Tiering's): not read.
+                Err(extract::ExtractError::Store(StoreError::Archived)) => notes.push(format!("{path}: archived ({class}), not read")),
                 Err(e @ extract::ExtractError::Store(_)) => problems.push(format!("{path}: reading {key}: {e}")),
                 Err(e) => {
                     problems.push(format!("{path}: {e}"));

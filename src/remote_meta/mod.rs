@@ -642,16 +642,17 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
     let total = orphans.len();
     for (k, o) in orphans.into_iter().enumerate() {
         progress("objects", k + 1, total);
-        // One object that cannot be read (gone since the listing, access denied) is reported
-        // and skipped; the rest of the vault still rebuilds. Only a transient error, or expired
-        // credentials, stops the rebuild (to be tried again whole).
+        // An object gone since the listing is reported and skipped; the rest of the vault still
+        // rebuilds. Any other error stops the rebuild, to be tried again whole: a HEAD answer
+        // has no body, so expired credentials or a skewed clock arrive as a bare 400 or 403,
+        // and skipping on those would give a tree without every object left after them.
         let h = match store.head_object(&o.key).await {
             Ok(h) => h,
-            Err(e) if e.is_retryable() => return Err(e.into()),
-            Err(e) => {
-                tree.refused.push(format!("object {}: its metadata cannot be read ({e}); skipped", o.key));
+            Err(StoreError::NotFound) => {
+                tree.refused.push(format!("object {}: gone since the listing; skipped", o.key));
                 continue;
             }
+            Err(e) => return Err(e.into()),
         };
         let (m, header) = match object_meta(keys, &o.key, &h.metadata) {
             Ok(x) => x,

@@ -91,8 +91,9 @@ fn unlink_in(dir: &OwnedFd, name: &CStr) {
     unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
 }
 
-/// The kind of what is at `name` in `dir`, not following a link (None: nothing there).
-fn kind_at(dir: &OwnedFd, name: &CStr) -> io::Result<Option<(u32, libc::stat)>> {
+/// The kind (`S_IFMT` bits) of what is at `name` in `dir`, not following a link (None:
+/// nothing there).
+fn kind_at(dir: &OwnedFd, name: &CStr) -> io::Result<Option<u32>> {
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `dir` is open, `name` NUL-terminated and `st` a valid, writable stat buffer, all
@@ -101,7 +102,32 @@ fn kind_at(dir: &OwnedFd, name: &CStr) -> io::Result<Option<(u32, libc::stat)>> 
         let e = last_err();
         return if e.raw_os_error() == Some(libc::ENOENT) { Ok(None) } else { Err(e) };
     }
-    Ok(Some((st.st_mode & libc::S_IFMT, st)))
+    Ok(Some(st.st_mode & libc::S_IFMT))
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// The mode bits to set: without owners, setuid and setgid go.
+fn mode_bits(mode: u32, preserve_owner: bool) -> u32 {
+    if preserve_owner {
+        mode & 0o7777
+    } else {
+        mode & 0o1777
+    }
+}
+
+/// Give an open file or folder what a restore gives it, through its descriptor: its owner
+/// (with `preserve_owner`), then its mode (after the chown, which clears setuid/setgid), then
+/// its modification time.
+fn set_attrs(f: &File, a: Attrs, preserve_owner: bool) -> io::Result<()> {
+    if preserve_owner {
+        std::os::unix::fs::fchown(f, Some(a.uid), Some(a.gid))?;
+    }
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode_bits(a.mode, preserve_owner)))?;
+    f.set_modified(crate::clock::from_nanos(a.mtime_ns))
 }
 
 /// A folder anyone may write to without the sticky bit: others could swap what this restore
@@ -158,17 +184,14 @@ impl Dest {
     /// Create (if needed) and open the destination. `preserve_owner` restores owners and keeps
     /// setuid/setgid bits; only root can.
     pub fn open(path: &Path, preserve_owner: bool) -> Result<Dest> {
-        // SAFETY: geteuid has no preconditions and touches no memory.
-        if preserve_owner && unsafe { libc::geteuid() } != 0 {
+        if preserve_owner && euid() != 0 {
             return Err(ExtractError::Unsafe("restoring owners (--preserve-owner) needs root".into()));
         }
         // The destination may be reached through links (the user's own choice of where things
         // go), but not through one another user planted there (as in /tmp).
         if let Ok(m) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::MetadataExt;
-            // SAFETY: geteuid has no preconditions and touches no memory.
-            let me = unsafe { libc::geteuid() };
-            if m.file_type().is_symlink() && m.uid() != me && m.uid() != 0 {
+            if m.file_type().is_symlink() && m.uid() != euid() && m.uid() != 0 {
                 return Err(ExtractError::Unsafe(format!("{} is a symbolic link of uid {}: not followed", path.display(), m.uid())));
             }
         }
@@ -178,10 +201,6 @@ impl Dest {
         let root = OwnedFd::from(f);
         refuse_open_to_all(&root).map_err(|why| ExtractError::Unsafe(format!("{}: {why}", path.display())))?;
         Ok(Dest { root, path: path.to_path_buf(), preserve_owner })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// `rel` below the destination, as it may be printed (control characters escaped).
@@ -198,15 +217,6 @@ impl Dest {
             return Err(io_err(&format!("syncing {}", self.path.display()), last_err()));
         }
         Ok(())
-    }
-
-    /// The mode bits to set: without owners, setuid and setgid go.
-    fn mode_bits(&self, mode: u32) -> u32 {
-        if self.preserve_owner {
-            mode & 0o7777
-        } else {
-            mode & 0o1777
-        }
     }
 
     /// Open the folder `rel` ("" is the destination) one name at a time, never following a
@@ -241,10 +251,10 @@ impl Dest {
                 Err(e) => {
                     let shown = self.show(&walked);
                     return Err(match kind_at(parent, &c) {
-                        Ok(Some((libc::S_IFLNK, _))) => {
+                        Ok(Some(libc::S_IFLNK)) => {
                             ExtractError::Unsafe(format!("{shown} is a symbolic link: not followed, nothing written below it"))
                         }
-                        Ok(Some((k, _))) if k != libc::S_IFDIR => ExtractError::Unsafe(format!("{shown} is in the way: a folder is restored there")),
+                        Ok(Some(k)) if k != libc::S_IFDIR => ExtractError::Unsafe(format!("{shown} is in the way: a folder is restored there")),
                         _ => io_err(&format!("opening {shown}"), e),
                     });
                 }
@@ -275,13 +285,7 @@ impl Dest {
         let (parent, name) = Self::split(rel)?;
         let shown = self.show(rel);
         let fd = open_dir_at(&self.dir(parent, false)?, &cstr(name)?, true).map_err(|e| io_err(&format!("opening {shown}"), e))?;
-        let f = File::from(fd);
-        if self.preserve_owner {
-            std::os::unix::fs::fchown(&f, Some(a.uid), Some(a.gid)).map_err(|e| io_err(&format!("chown {shown}"), e))?;
-        }
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(self.mode_bits(a.mode))).map_err(|e| io_err(&format!("chmod {shown}"), e))?;
-        f.set_modified(crate::clock::from_nanos(a.mtime_ns)).map_err(|e| io_err(&format!("setting the time of {shown}"), e))?;
-        Ok(())
+        set_attrs(&File::from(fd), a, self.preserve_owner).map_err(|e| io_err(&format!("setting the owner, mode and time of {shown}"), e))
     }
 
     /// The file at `rel` is this version already, restored by an earlier run that was
@@ -304,8 +308,7 @@ impl Dest {
         let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let Ok(m) = f.metadata() else { return false };
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and touches no memory.
-        let owner = if self.preserve_owner { a.uid } else { unsafe { libc::geteuid() } };
+        let owner = if self.preserve_owner { a.uid } else { euid() };
         if !m.file_type().is_file() || m.nlink() != 1 || m.uid() != owner || m.len() != w.size {
             return false;
         }
@@ -313,8 +316,7 @@ impl Dest {
         if io::copy(&mut f, &mut sha).is_err() || hex::encode(sha.finalize()) != w.sha256 {
             return false;
         }
-        let bits = self.mode_bits(a.mode);
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(bits)).is_ok() && f.set_modified(crate::clock::from_nanos(a.mtime_ns)).is_ok()
+        set_attrs(&f, a, self.preserve_owner).is_ok()
     }
 
     /// Start the file `rel`: a fresh file beside it, which `Part::commit` renames into place.
@@ -388,16 +390,10 @@ impl Part {
     pub fn commit(mut self, a: Attrs) -> Result<()> {
         let f = self.file.take().expect("committed once");
         let shown = self.shown.clone();
-        let r = (|| -> io::Result<()> {
-            if self.preserve_owner {
-                std::os::unix::fs::fchown(&f, Some(a.uid), Some(a.gid))?;
-            }
-            let bits = if self.preserve_owner { a.mode & 0o7777 } else { a.mode & 0o1777 };
-            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(bits))?;
-            f.set_modified(crate::clock::from_nanos(a.mtime_ns))?;
+        let r = set_attrs(&f, a, self.preserve_owner).and_then(|()| {
             drop(f);
             rename_in(&self.dir, &self.tmp, &self.name)
-        })();
+        });
         match r {
             Ok(()) => {
                 // Renamed: nothing to remove any more.

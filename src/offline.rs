@@ -346,11 +346,8 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
 /// One file version `verify` checks: what the index (or the bucket's journal) records of it.
 struct Recorded {
     path: String,
-    key: String,
-    size: u64,
-    sha256: String,
-    header: Option<Vec<u8>>,
     class: String,
+    want: extract::Wanted,
 }
 
 /// `coldvault verify [--deep]`: every file version the index records is in the bucket, with the
@@ -368,11 +365,8 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
             .into_iter()
             .map(|f| Recorded {
                 path: db.path_of(f.ino).unwrap_or_else(|_| format!("inode {}", f.ino)),
-                key: f.object_key.clone().unwrap_or_default(),
-                size: f.size,
-                sha256: f.sha256.clone().unwrap_or_default(),
-                header: f.header.clone(),
                 class: f.storage_class.clone().unwrap_or_else(|| "STANDARD".into()),
+                want: extract::Wanted { key: f.object_key.unwrap_or_default(), size: f.size, sha256: f.sha256.unwrap_or_default(), header: f.header },
             })
             .collect()
     } else {
@@ -387,11 +381,8 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
             .filter(|(_, n)| n.kind == NodeKind::File)
             .map(|(p, n)| Recorded {
                 path: remote_meta::shown(p).into_owned(),
-                key: n.key.clone().unwrap_or_default(),
-                size: n.size,
-                sha256: n.sha256.clone().unwrap_or_default(),
-                header: n.header.clone(),
                 class: n.class.clone().unwrap_or_else(|| "STANDARD".into()),
+                want: wanted(n),
             })
             .collect()
     };
@@ -401,13 +392,13 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
     let mut notes = Vec::new();
     let mut checked_deep = 0;
     for f in &files {
-        let (path, key) = (&f.path, &f.key);
+        let (path, key) = (&f.path, &f.want.key);
         let Some((size, class)) = objects.get(key) else {
             problems.push(format!("{path}: object {key} is missing from the bucket"));
             continue;
         };
-        if *size != crypto::encrypted_len(f.size) {
-            problems.push(format!("{path}: object {key} has {size} bytes, expected {}", crypto::encrypted_len(f.size)));
+        if *size != crypto::encrypted_len(f.want.size) {
+            problems.push(format!("{path}: object {key} has {size} bytes, expected {}", crypto::encrypted_len(f.want.size)));
             continue;
         }
         let want_list = f.class.split('/').next().unwrap_or("");
@@ -422,8 +413,7 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
             notes.push(format!("{path}: archived ({class}), not read"));
         } else if deep {
             let keys = keys.ok_or_else(|| anyhow!("--deep needs the passphrase"))?;
-            let w = extract::Wanted { key: key.clone(), size: f.size, sha256: f.sha256.clone(), header: f.header.clone() };
-            match extract::fetch_to(store.clone(), keys, &w, &mut std::io::sink(), &AtomicU64::new(0)).await {
+            match extract::fetch_to(store.clone(), keys, &f.want, &mut std::io::sink(), &AtomicU64::new(0)).await {
                 Ok(()) => checked_deep += 1,
                 // In an archive tier the listing does not name (Intelligent-Tiering's): not read.
                 Err(extract::ExtractError::Store(StoreError::Archived)) => notes.push(format!("{path}: archived ({class}), not read")),

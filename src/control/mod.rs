@@ -305,7 +305,7 @@ mod tests {
 
     /// The socket's folder: made 0700; one of ours left open to others is closed; a link or a
     /// file in its place is refused, and what the link points to is left alone. (A folder of
-    /// another user is refused too: tests/e2e/test_clients.py, which runs as root.)
+    /// another user is refused too: tests/e2e/test_hardening.py, which runs as root.)
     #[test]
     fn the_socket_folder_is_the_users_own_and_closed() {
         let t = tempfile::tempdir().unwrap();

@@ -2,12 +2,14 @@
 """Memory and time of a rebuild from the bucket of a vault of N files (default 1,000,000): a
 vault is created on a local s3s-fs server, a snapshot of N file entries (1,000 per folder) is
 written into it the way a machine that mounted it would (docs/FORMAT.md section 7, sealed to the
-vault's public key by tests/e2e/forge.py), and then `coldvault ls -R` rebuilds the tree from
+vault's public key by tests/e2e/forge.py) — or, with `--journal`, N journal records in batches of
+1,000 and no snapshot, as a write-only machine that never snapshots would leave them — and
+then `coldvault ls -R` rebuilds the tree from
 it — the same `remote_meta::rebuild` a mount on an empty cache dir and `get` run. Reports the
 snapshot's size, the rebuild's wall time and its peak RSS (VmHWM, polled), the process's own,
 unlocked with a recovery key so that the passphrase's Argon2id (64 MiB) is not counted.
 
-    scripts/rebuildmem.py [--files N] [--work DIR]
+    scripts/rebuildmem.py [--files N] [--journal] [--work DIR]
 
 Needs s3s-fs (scripts/install-deps.sh), Python's boto3 and cryptography (the test venv).
 """
@@ -32,6 +34,7 @@ import forge  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=1_000_000)
+    ap.add_argument("--journal", action="store_true", help="journal batches of 1,000 records instead of a snapshot")
     ap.add_argument("--work", default="/var/tmp/coldvault-rebuildmem")
     a = ap.parse_args()
     work = Path(a.work)
@@ -58,24 +61,34 @@ def main():
         t = time.monotonic()
         machine = secrets.token_hex(8)
         header = base64.b64encode(os.urandom(128)).decode()
-        entries = []
-        for i in range(a.files):
-            entries.append({"op": "upload", "path": f"photos/{i // 1000:04d}/IMG_{i:07d}.CR2", "key": "v/d/" + secrets.token_hex(16),
-                            "size": 25_000_000 + i, "mtime_ns": 1_700_000_000_000_000_000 + i, "mode": 0o644, "uid": 1000,
-                            "gid": 1000, "class": "DEEP_ARCHIVE", "sha256": secrets.token_hex(32), "header": header})
-        snap = {"entries": entries, "dead_keys": [], "machine": machine, "covers_seq": a.files, "ts_ms": int(time.time() * 1000),
-                "seen": {machine: a.files}}
-        plain = json.dumps(snap, separators=(",", ":")).encode()
-        del entries, snap
-        _, body, _ = forge.seal(pub, plain)
-        del plain
         import boto3
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="coldvault-test",
                           aws_secret_access_key="coldvault-test-secret")
-        s3.put_object(Bucket="vault", Key=f"v/s/{machine}/{a.files:016d}", Body=body)
+
+        def entry(i):
+            return {"op": "upload", "path": f"photos/{i // 1000:04d}/IMG_{i:07d}.CR2", "key": "v/d/" + secrets.token_hex(16),
+                    "size": 25_000_000 + i, "mtime_ns": 1_700_000_000_000_000_000 + i, "mode": 0o644, "uid": 1000,
+                    "gid": 1000, "class": "DEEP_ARCHIVE", "sha256": secrets.token_hex(32), "header": header}
+        size = 0
+        if a.journal:
+            now = int(time.time() * 1000)
+            for first in range(0, a.files, 1000):
+                recs = [entry(i) for i in range(first, min(first + 1000, a.files))]
+                forge.put_journal(s3, "vault", "v/", pub, recs, machine=machine, first_seq=first + 1, ts_ms=now + first)
+            size = sum(o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="vault", Prefix="v/j/")
+                       for o in page.get("Contents", []))
+        else:
+            entries = [entry(i) for i in range(a.files)]
+            snap = {"entries": entries, "dead_keys": [], "machine": machine, "covers_seq": a.files,
+                    "ts_ms": int(time.time() * 1000), "seen": {machine: a.files}}
+            plain = json.dumps(snap, separators=(",", ":")).encode()
+            del entries, snap
+            _, body, _ = forge.seal(pub, plain)
+            del plain
+            s3.put_object(Bucket="vault", Key=f"v/s/{machine}/{a.files:016d}", Body=body)
+            size = len(body)
+            del body
         made = time.monotonic() - t
-        size = len(body)
-        del body
         t = time.monotonic()
         # Output to files: a pipe nobody reads while polling would fill and stop the listing.
         with open(work / "ls.out", "w") as o, open(work / "ls.err", "w") as e:
@@ -91,9 +104,10 @@ def main():
             raise SystemExit(f"ls failed or listed the wrong files ({out.count('IMG_')}):\n{err[-2000:]}")
     finally:
         bench.sh(ROOT / "scripts" / "s3-server.sh", "stop", data, env=env, check=False)
-    print(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `scripts/rebuildmem.py --files {a.files}` "
-          f"(snapshot made in {made:.0f} s)\n")
-    print("| files | snapshot object | rebuild (`ls -R` of one folder) | peak RSS | per file |")
+    what = "journal batches" if a.journal else "snapshot object"
+    print(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `scripts/rebuildmem.py --files {a.files}"
+          f"{' --journal' if a.journal else ''}` ({what} made in {made:.0f} s)\n")
+    print(f"| files | {what} | rebuild (`ls -R` of one folder) | peak RSS | per file |")
     print("|---|---|---|---|---|")
     print(f"| {a.files:,} | {size / 1e6:.0f} MB | {took:.1f} s | {peak} MiB | {peak * 1048576 / a.files:.0f} B |")
 

@@ -48,7 +48,7 @@ impl Daemon {
                     }
                 };
                 let tree = rt
-                    .block_on(crate::remote_meta::rebuild(fs.store.as_ref(), &fs.keys, &prefix, &progress))
+                    .block_on(crate::remote_meta::rebuild(&(fs.store.clone() as Arc<dyn crate::store::ObjectStore>), &fs.keys, &prefix, &progress))
                     .map_err(|e| crate::fs::FsError::Io(std::io::Error::other(format!("rebuilding the index from the bucket failed: {e}"))))?;
                 for r in &tree.refused {
                     tracing::error!("{r}");

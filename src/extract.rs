@@ -14,10 +14,11 @@
 //! * Symbolic links are created with their target verbatim and never followed.
 //! * setuid and setgid bits are dropped unless owners are restored too (`preserve_owner`, root
 //!   only): a restore as root must not create setuid-root programs out of a bucket.
-//! * Objects are read with ranged GETs of `CHUNK_SEGMENTS` segments, a few in flight, each
-//!   segment decrypted, hashed and written as it arrives: memory does not grow with the file.
+//! * Objects are read with ranged GETs of a few segments (`sealed::Segments`), each segment
+//!   decrypted, hashed and written as it arrives: memory does not grow with the file.
 
-use crate::crypto::{self, Header, Opened};
+use crate::crypto;
+use crate::sealed::{ReadError, Segments};
 use crate::store::{ObjectStore, StoreError};
 use sha2::{Digest, Sha256};
 use std::ffi::{CStr, CString};
@@ -29,11 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Segments per ranged GET (4 MiB of plaintext)…
-pub const CHUNK_SEGMENTS: u64 = 64;
-/// …and GETs of one file in flight at once.
-pub const CHUNKS_IN_FLIGHT: usize = 3;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error("{0}")]
@@ -44,6 +40,16 @@ pub enum ExtractError {
     Corrupt(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<ReadError> for ExtractError {
+    fn from(e: ReadError) -> ExtractError {
+        match e {
+            ReadError::Store(e) => ExtractError::Store(e),
+            ReadError::Corrupt(m) => ExtractError::Corrupt(m),
+            ReadError::Task(m) => ExtractError::Io(format!("download task: {m}")),
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, ExtractError>;
@@ -427,75 +433,24 @@ pub struct Wanted {
     pub header: Option<Vec<u8>>,
 }
 
-/// Fetch, check and decrypt `w` into `out`, a chunk of segments at a time (several GETs in
-/// flight), counting plaintext bytes written in `progress`. Fails — with nothing to keep — on a
-/// missing or archived object, a header other than the recorded one, any segment that does not
-/// authenticate, a short object, or a SHA-256 other than the recorded one.
+/// Fetch, check and decrypt `w` into `out` segment by segment (`sealed::Segments`), counting
+/// plaintext bytes written in `progress`. Fails — with nothing to keep — on a missing or archived
+/// object, a header other than the recorded one, any segment that does not authenticate, a short
+/// object, or a SHA-256 other than the recorded one.
 pub async fn fetch_to(store: Arc<dyn ObjectStore>, keys: &crypto::VaultKeys, w: &Wanted, out: &mut impl Write, progress: &AtomicU64) -> Result<()> {
     let sk = keys.secret.as_ref().ok_or_else(|| ExtractError::Unsafe("no private key".into()))?;
-    let n = crypto::segment_count(w.size);
-    let corrupt = |why: String| ExtractError::Corrupt(format!("object {}: {why}", w.key));
-    // Chunk c covers segments [c*K, min((c+1)*K, n)); the first also carries the header.
-    let chunks = n.div_ceil(CHUNK_SEGMENTS);
-    let range = |c: u64| -> (u64, u64) {
-        let first = c * CHUNK_SEGMENTS;
-        let last = ((c + 1) * CHUNK_SEGMENTS).min(n) - 1;
-        let start = if c == 0 { 0 } else { crypto::segment_cipher_range(w.size, first).0 };
-        (start, crypto::segment_cipher_range(w.size, last).1)
-    };
-    let mut pending = InFlight(std::collections::VecDeque::new());
-    let mut next = 0u64;
-    let mut opened: Option<Opened> = None;
+    let mut segs = Segments::new(store, sk, &w.key, w.size, w.header.clone());
     let mut sha = Sha256::new();
-    for c in 0..chunks {
-        while next < chunks && pending.0.len() < CHUNKS_IN_FLIGHT {
-            let (s, e) = range(next);
-            let st = store.clone();
-            let key = w.key.clone();
-            pending.0.push_back(tokio::spawn(async move { st.get_range(&key, s, e).await }));
-            next += 1;
-        }
-        let body = pending.0.pop_front().expect("a chunk in flight").await.map_err(|e| ExtractError::Io(format!("download task: {e}")))??;
-        let (s, e) = range(c);
-        if body.len() as u64 != e - s {
-            return Err(corrupt(format!("{} bytes where {} were expected: shorter than its recorded size", s + body.len() as u64, e)));
-        }
-        let mut at = 0usize;
-        if c == 0 {
-            let h = Header::parse(&body).map_err(|e| corrupt(e.to_string()))?;
-            if w.header.as_deref().is_some_and(|want| want != &h.bytes[..]) {
-                return Err(corrupt("its header is not the one recorded for this version (another object under its key)".into()));
-            }
-            opened = Some(Opened::open(sk, &h).map_err(|e| corrupt(e.to_string()))?);
-            at = crypto::HEADER_LEN;
-        }
-        let o = opened.as_ref().expect("opened with the first chunk");
-        for i in c * CHUNK_SEGMENTS..((c + 1) * CHUNK_SEGMENTS).min(n) {
-            let (cs, ce) = crypto::segment_cipher_range(w.size, i);
-            let len = (ce - cs) as usize;
-            let pt = o.decrypt_segment(w.size, i, &body[at..at + len]).map_err(|e| corrupt(format!("segment {i}: {e}")))?;
-            at += len;
-            sha.update(&pt);
-            out.write_all(&pt).map_err(|e| io_err("writing", e))?;
-            progress.fetch_add(pt.len() as u64, Ordering::Relaxed);
-        }
+    while let Some(pt) = segs.next().await? {
+        sha.update(&pt);
+        out.write_all(&pt).map_err(|e| io_err("writing", e))?;
+        progress.fetch_add(pt.len() as u64, Ordering::Relaxed);
     }
     let got = hex::encode(sha.finalize());
     if !w.sha256.is_empty() && got != w.sha256 {
-        return Err(corrupt("SHA-256 mismatch (tampered or wrong version)".into()));
+        return Err(ExtractError::Corrupt(format!("object {}: SHA-256 mismatch (tampered or wrong version)", w.key)));
     }
     Ok(())
-}
-
-/// GETs still in flight when a fetch ends early are cancelled, not left running.
-struct InFlight(std::collections::VecDeque<tokio::task::JoinHandle<std::result::Result<bytes::Bytes, StoreError>>>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! * [`crypto`]  — vault keys, STREAM encryption (object format 1, vault format 2), metadata.
 //! * [`remote_meta`] — journal of namespace changes and index snapshots in the bucket; rebuild.
 //! * [`restore`] — archive tiers: restore states, costs, times, cost guard, status-file text.
+//! * [`sealed`]  — reading a sealed object in ranged GETs, segment by segment, in bounded memory.
 //! * [`rules`]   — storage class per path (globs, small-file guard, object tags).
 //! * [`upload`]  — durable upload queue: PutObject / resumable multipart, retry with backoff.
 //! * [`store`]   — the `ObjectStore` trait: aws-sdk-s3, the in-memory fake, request counting.
@@ -32,6 +33,7 @@ pub mod meta;
 pub mod remote_meta;
 pub mod restore;
 pub mod rules;
+pub mod sealed;
 pub mod staging;
 pub mod store;
 pub mod sync;

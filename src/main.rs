@@ -330,7 +330,7 @@ fn run(cli: Cli) -> Result<()> {
             let (cfg, keys) = load_unlocked(config, &pass)?;
             let rt = runtime()?;
             rt.block_on(async {
-                let store = connect(&cfg).await?;
+                let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
                 offline::ls(&store, &keys, &cfg, vault_path, recursive).await
             })
         }

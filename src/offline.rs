@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub async fn load_tree(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config) -> Result<Tree> {
+pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config) -> Result<Tree> {
     let progress = |what: &str, done: usize, total: usize| {
         if total >= 200 && (done.is_multiple_of(200) || done == total) {
             eprintln!("reading the vault: {what} {done}/{total}");
@@ -48,7 +48,7 @@ fn mode_str(kind: NodeKind, mode: u32) -> String {
     s
 }
 
-pub async fn ls(store: &dyn ObjectStore, keys: &VaultKeys, cfg: &Config, path: Option<String>, recursive: bool) -> Result<()> {
+pub async fn ls(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, path: Option<String>, recursive: bool) -> Result<()> {
     let tree = load_tree(store, keys, cfg).await?;
     let base = norm(path.as_deref().unwrap_or(""))?;
     if !base.is_empty() && !tree.nodes.contains_key(&base) {
@@ -184,7 +184,7 @@ impl Progress {
 }
 
 pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, paths: &[String], dest: &Path, o: &GetOptions) -> Result<()> {
-    let tree = load_tree(store.as_ref(), keys, cfg).await?;
+    let tree = load_tree(&store, keys, cfg).await?;
     let d = Arc::new(Dest::open(dest, o.preserve_owner)?);
     let keys = Arc::new(VaultKeys { public: keys.public, secret: keys.secret.clone(), name_key: keys.name_key });
     let mut problems: Vec<String> = Vec::new();
@@ -372,7 +372,7 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
     } else {
         let keys = keys.ok_or_else(|| anyhow!("no index at {}: verifying from the bucket alone needs the passphrase", db_path.display()))?;
         eprintln!("coldvault: no index at {}: checking what the bucket's journal and snapshots record", db_path.display());
-        let tree = load_tree(store.as_ref(), keys, cfg).await?;
+        let tree = load_tree(&store, keys, cfg).await?;
         // What the replay could not use (an unreadable batch, a gap, an unsafe path) is a
         // problem to report, after checking everything else.
         refused = tree.refused.clone();

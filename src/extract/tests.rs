@@ -1,6 +1,7 @@
 //! What a restore may and may not do to the destination, and fetching in bounded chunks.
 
 use super::*;
+use crate::sealed::CHUNK_SEGMENTS;
 use crate::store::memory::MemoryStore;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 

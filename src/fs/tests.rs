@@ -935,7 +935,8 @@ fn rebuild_finds_uploads_whose_journal_was_lost_and_refuses_unsafe_paths() {
         &crate::store::PutOptions { storage_class: "STANDARD".into(), metadata: md, tagging: None, if_none_match: false },
     ))
     .unwrap();
-    let tree = e.rt.block_on(crate::remote_meta::rebuild(e.store.as_ref(), &e.keys, "v/", &|_, _, _| {})).unwrap();
+    let tree =
+        e.rt.block_on(crate::remote_meta::rebuild(&(e.store.clone() as Arc<dyn crate::store::ObjectStore>), &e.keys, "v/", &|_, _, _| {})).unwrap();
     assert!(tree.nodes.contains_key("kept.jpg"), "found by listing + HeadObject");
     assert_eq!(tree.nodes.len(), 1);
     assert!(tree.refused.iter().any(|r| r.contains("..")), "{:?}", tree.refused);
@@ -2023,7 +2024,8 @@ fn an_unreadable_journal_batch_is_reported_by_name_and_the_rest_rebuilds() {
     let batches: Vec<String> = e.store.snapshot().into_keys().filter(|k| k.starts_with("v/j/")).collect();
     assert_eq!(batches.len(), 2);
     e.store.plant(&batches[1], b"not a coldvault object");
-    let tree = e.rt.block_on(crate::remote_meta::rebuild(e.store.as_ref(), &e.keys, "v/", &|_, _, _| {})).unwrap();
+    let tree =
+        e.rt.block_on(crate::remote_meta::rebuild(&(e.store.clone() as Arc<dyn crate::store::ObjectStore>), &e.keys, "v/", &|_, _, _| {})).unwrap();
     assert!(tree.nodes.contains_key("a.jpg"));
     assert!(tree.refused.iter().any(|r| r.contains(&batches[1])), "{:?}", tree.refused);
 }

@@ -25,8 +25,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
+use std::sync::Arc;
 
 pub mod journal;
+pub mod read;
 pub use journal::JournalConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -113,6 +115,8 @@ pub struct Batch {
     pub records: Vec<Record>,
 }
 
+/// A snapshot object's document, whole. Rebuilds never hold it: they stream it (`read`), and
+/// `SnapshotWriter` writes it entry by entry; this form states the format, for tests.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     pub machine: String,
@@ -130,15 +134,6 @@ pub struct Snapshot {
     pub seen: BTreeMap<String, i64>,
 }
 
-impl Snapshot {
-    /// What this snapshot reflects of each machine's journal.
-    pub fn reflects(&self) -> BTreeMap<String, i64> {
-        let mut s = self.seen.clone();
-        let own = s.entry(self.machine.clone()).or_insert(0);
-        *own = (*own).max(self.covers_seq);
-        s
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -276,6 +271,11 @@ impl Tree {
     }
 
     pub fn apply(&mut self, e: &Entry) {
+        self.apply_owned(e.clone())
+    }
+
+    /// `apply`, taking the entry (a snapshot's entries are applied as they are parsed).
+    pub fn apply_owned(&mut self, e: Entry) {
         let path_of = |e: &Entry| -> Vec<String> {
             match e {
                 Entry::Upload { path, .. }
@@ -288,16 +288,16 @@ impl Tree {
                 Entry::Discard { .. } => vec![],
             }
         };
-        if let Entry::Upload { key, .. } | Entry::Discard { key } = e {
+        if let Entry::Upload { key, .. } | Entry::Discard { key } = &e {
             self.mentioned.insert(key.clone());
         }
-        for p in path_of(e) {
+        for p in path_of(&e) {
             if let Err(why) = check_path(&p) {
                 self.refused.push(format!("refused a journal entry: {why}"));
                 return;
             }
         }
-        match e.clone() {
+        match e {
             Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs } => {
                 self.ensure_parents(&path, uid, gid, mtime_ns);
                 self.remove_subtree(&path);
@@ -506,17 +506,21 @@ fn parse_seq_key(rest: &str) -> Option<(String, i64, i64)> {
     }
 }
 
-/// GET and decrypt one metadata object. The outer error stops the rebuild (a transient S3
-/// error: try again later; no private key); the inner one is this object's own problem
-/// (missing, refused, tampered, malformed), reported by the caller, which goes on without it.
-async fn fetch_json<T: for<'de> Deserialize<'de>>(store: &dyn ObjectStore, keys: &VaultKeys, key: &str) -> Result<Result<T, String>, RemoteError> {
-    let body = match store.get_object(key).await {
+/// Decrypt and parse one metadata object once its GET has answered. The outer error stops the
+/// rebuild (a transient S3 error: try again later; no private key); the inner one is this
+/// object's own problem (missing, refused, tampered, malformed), reported by the caller, which
+/// goes on without it.
+fn open_fetched<T: for<'de> Deserialize<'de>>(
+    keys: &VaultKeys,
+    key: &str,
+    got: Result<bytes::Bytes, StoreError>,
+) -> Result<Result<T, String>, RemoteError> {
+    let body = match got {
         Ok(b) => b,
         Err(e @ StoreError::Retryable(_)) | Err(e @ StoreError::Credentials(_)) => return Err(e.into()),
         Err(e) => return Ok(Err(e.to_string())),
     };
-    // The encrypted body goes before the plaintext is parsed (a snapshot of 1,000,000 files is
-    // about 460 MB of each).
+    // The encrypted body goes before the plaintext is parsed.
     let pt = open_plain(keys, key, &body);
     drop(body);
     match pt.and_then(|pt| serde_json::from_slice(&pt).map_err(|e| RemoteError::Malformed(format!("{key}: {e}")))) {
@@ -526,45 +530,159 @@ async fn fetch_json<T: for<'de> Deserialize<'de>>(store: &dyn ObjectStore, keys:
     }
 }
 
+/// Journal batches of one machine fetched ahead of the one being applied (each at most 1,000
+/// records, about 0.5 MB).
+const BATCHES_AHEAD: usize = 4;
+
+type Fetch = tokio::task::JoinHandle<Result<bytes::Bytes, StoreError>>;
+
+/// One machine's journal after what the base covers: its batches still to read, those being
+/// fetched, the records of the one being applied, and the highest sequence number taken so far.
+#[derive(Default)]
+struct Stream {
+    batches: std::collections::VecDeque<(i64, i64, String)>,
+    fetching: std::collections::VecDeque<(i64, i64, String, Fetch)>,
+    recs: std::collections::VecDeque<Record>,
+    done: i64,
+}
+
+impl Drop for Stream {
+    /// A rebuild that stops leaves no GET running.
+    fn drop(&mut self) {
+        for (.., t) in &self.fetching {
+            t.abort();
+        }
+    }
+}
+
+impl Stream {
+    /// Read batches until there is a record to apply; its time, or `None` at the stream's end.
+    /// A batch that cannot be read, or does not match its key, is reported and skipped; a gap
+    /// in the sequence numbers is reported.
+    #[allow(clippy::too_many_arguments)]
+    async fn refill(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        keys: &VaultKeys,
+        m: &str,
+        refused: &mut Vec<String>,
+        fetched: &mut usize,
+        total: usize,
+        progress: Progress<'_>,
+    ) -> Result<Option<i64>, RemoteError> {
+        while self.recs.is_empty() {
+            while self.fetching.len() < BATCHES_AHEAD {
+                let Some((first, last, key)) = self.batches.pop_front() else { break };
+                let (st, k) = (store.clone(), key.clone());
+                self.fetching.push_back((first, last, key, tokio::spawn(async move { st.get_object(&k).await })));
+            }
+            let Some((first, last, key, task)) = self.fetching.pop_front() else { return Ok(None) };
+            *fetched += 1;
+            progress("journal", *fetched, total);
+            if first > self.done + 1 {
+                refused.push(format!(
+                    "journal of machine {m}: records {}..{} are missing; changes they made are not in this tree",
+                    self.done + 1,
+                    first - 1
+                ));
+            }
+            let got = task.await.map_err(|e| RemoteError::Malformed(format!("journal batch {key}: download task: {e}")))?;
+            let b: Batch = match open_fetched(keys, &key, got)? {
+                Ok(b) => b,
+                Err(e) => {
+                    refused.push(format!("journal batch {key} (records {first}..{last}) cannot be read ({e}); its changes are not in this tree"));
+                    continue;
+                }
+            };
+            if b.machine != m || b.records.iter().any(|r| r.seq < first || r.seq > last) {
+                refused
+                    .push(format!("journal batch {key} does not match its key (machine {:?}, records outside {first}..{last}); ignored", b.machine));
+                continue;
+            }
+            let done = self.done;
+            self.recs.extend(b.records.into_iter().filter(|r| r.seq > done));
+            self.done = self.recs.iter().map(|r| r.seq).max().unwrap_or(done).max(done);
+        }
+        Ok(self.recs.front().map(|r| r.ts_ms))
+    }
+}
+
 /// Progress callback: (what, done, total).
 pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
 
 /// Rebuild the namespace from the bucket: snapshots, journal batches, unmentioned objects.
-pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, progress: Progress<'_>) -> Result<Tree, RemoteError> {
+pub async fn rebuild(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, prefix: &str, progress: Progress<'_>) -> Result<Tree, RemoteError> {
+    let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
     let mut tree = Tree::default();
-    // Latest snapshot per machine.
+    // Latest snapshot per machine: (sequence, key, length).
     let snaps = store.list(&format!("{prefix}s/")).await?;
-    let mut latest: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    let mut latest: BTreeMap<String, (i64, String, u64)> = BTreeMap::new();
     for o in &snaps {
         if let Some((m, seq, _)) = parse_seq_key(&o.key[prefix.len() + 2..]) {
-            let e = latest.entry(m).or_insert((seq, o.key.clone()));
+            let e = latest.entry(m).or_insert((seq, o.key.clone(), o.size));
             if seq > e.0 {
-                *e = (seq, o.key.clone());
+                *e = (seq, o.key.clone(), o.size);
             }
         }
     }
-    let mut loaded: Vec<Snapshot> = Vec::new();
-    for (_, key) in latest.values() {
-        progress("snapshot", loaded.len() + 1, latest.len());
-        match fetch_json::<Snapshot>(store, keys, key).await? {
-            Ok(s) => loaded.push(s),
-            Err(e) => tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it")),
-        }
-    }
+    let latest: Vec<(String, u64)> = latest.into_values().map(|(_, k, n)| (k, n)).collect();
     // The base: the newest snapshot that records what it saw of every machine — the state of
     // the vault as of that moment; every machine's later records are replayed on top. Vaults
     // whose snapshots predate `seen` start from all of them, each covering its own journal.
-    loaded.sort_by_key(|s| (s.ts_ms, s.machine.clone()));
-    let base: Vec<usize> = match loaded.iter().rposition(|s| !s.seen.is_empty()) {
-        Some(b) => vec![b],
-        None => (0..loaded.len()).collect(),
-    };
+    // Snapshots are streamed, never held: with one snapshot (one machine, the usual case) it is
+    // the base and is applied as it is read; with several, a first pass reads what each says
+    // besides its entries, and a second applies the base's entries.
+    let mut loaded: Vec<read::SnapshotInfo> = Vec::new();
+    let mut base: Vec<usize> = Vec::new();
+    if let [(key, len)] = &latest[..] {
+        progress("snapshot", 1, 1);
+        let (t, r) = read::stream(store, sk, key, *len, Some(tree)).await?;
+        tree = t.expect("the tree comes back");
+        match r {
+            Ok(info) => {
+                loaded.push(info);
+                base.push(0);
+            }
+            Err(e) => {
+                // What it applied before failing goes; what its entries refused stays said.
+                tree = Tree { refused: std::mem::take(&mut tree.refused), ..Tree::default() };
+                tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it"));
+            }
+        }
+    } else {
+        let mut read_from: Vec<(String, u64)> = Vec::new();
+        for (i, (key, len)) in latest.iter().enumerate() {
+            progress("snapshot", i + 1, latest.len());
+            match read::stream(store, sk, key, *len, None).await?.1 {
+                Ok(info) => {
+                    loaded.push(info);
+                    read_from.push((key.clone(), *len));
+                }
+                Err(e) => tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it")),
+            }
+        }
+        let mut order: Vec<usize> = (0..loaded.len()).collect();
+        order.sort_by_key(|&i| (loaded[i].ts_ms, loaded[i].machine.clone()));
+        base = match order.iter().rposition(|&i| !loaded[i].seen.is_empty()) {
+            Some(b) => vec![order[b]],
+            None => order,
+        };
+        for &b in &base {
+            let (key, len) = &read_from[b];
+            progress("snapshot entries", 1, 1);
+            let (t, r) = read::stream(store, sk, key, *len, Some(tree)).await?;
+            tree = t.expect("the tree comes back");
+            match r {
+                Ok(info) if info == loaded[b] => {}
+                Ok(_) => return Err(RemoteError::Malformed(format!("snapshot {key} changed between two reads; run the rebuild again"))),
+                Err(e) => {
+                    return Err(RemoteError::Malformed(format!("snapshot {key} could be read once but not twice ({e}); run the rebuild again")))
+                }
+            }
+        }
+    }
     let mut covered: BTreeMap<String, i64> = BTreeMap::new();
     for &b in &base {
-        // Each entry is dropped once applied: the parsed snapshot shrinks as the tree grows.
-        for e in std::mem::take(&mut loaded[b].entries) {
-            tree.apply(&e);
-        }
         let s = &loaded[b];
         for (m, q) in s.reflects() {
             let c = covered.entry(m).or_insert(0);
@@ -572,9 +690,9 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
         }
         tree.max_ts = tree.max_ts.max(s.ts_ms);
     }
-    for s in &loaded {
+    for s in &mut loaded {
         // Dead keys stay dead whichever snapshot said so (keys are never reused).
-        tree.mentioned.extend(s.dead_keys.iter().cloned());
+        tree.mentioned.extend(std::mem::take(&mut s.dead_keys));
     }
     // Every machine's journal after what the base covers.
     let jl = store.list(&format!("{prefix}j/")).await?;
@@ -585,44 +703,34 @@ pub async fn rebuild(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, pr
         .collect();
     batches.sort_by_key(|a| (a.0.clone(), a.1));
     let total = batches.len();
-    let mut streams: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-    for (k, (m, first, last, key)) in batches.iter().enumerate() {
-        progress("journal", k + 1, total);
-        let recs = streams.entry(m.clone()).or_default();
-        let next = recs.last().map(|r| r.seq).unwrap_or_else(|| covered.get(m).copied().unwrap_or(0)) + 1;
-        if *first > next {
-            tree.refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
-        }
-        let b: Batch = match fetch_json(store, keys, key).await? {
-            Ok(b) => b,
-            Err(e) => {
-                tree.refused.push(format!("journal batch {key} (records {first}..{last}) cannot be read ({e}); its changes are not in this tree"));
-                continue;
-            }
-        };
-        if b.machine != *m || b.records.iter().any(|r| r.seq < *first || r.seq > *last) {
-            tree.refused
-                .push(format!("journal batch {key} does not match its key (machine {:?}, records outside {first}..{last}); ignored", b.machine));
-            continue;
-        }
-        let done = recs.last().map(|r| r.seq).unwrap_or_else(|| covered.get(m).copied().unwrap_or(0));
-        recs.extend(b.records.into_iter().filter(|r| r.seq > done));
+    let mut streams: BTreeMap<String, Stream> = BTreeMap::new();
+    for (m, first, last, key) in batches {
+        let done = covered.get(&m).copied().unwrap_or(0);
+        let st = streams.entry(m).or_default();
+        st.done = done;
+        st.batches.push_back((first, last, key));
     }
     // Merge the machines' streams by time (ties by machine id), each stream in its own order:
     // a change made after a rebuild is stamped after everything that rebuild saw (the clock
-    // floor), so a dead machine's older records never land on top of newer state.
-    let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(i64, String, usize)>> =
-        streams.iter().filter(|(_, v)| !v.is_empty()).map(|(m, v)| std::cmp::Reverse((v[0].ts_ms, m.clone(), 0))).collect();
+    // floor), so a dead machine's older records never land on top of newer state. Each stream
+    // holds one batch at a time, read when its last record has been applied.
+    let mut fetched = 0usize;
+    let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(i64, String)>> = std::collections::BinaryHeap::new();
+    for (m, st) in streams.iter_mut() {
+        if let Some(ts) = st.refill(store, keys, m, &mut tree.refused, &mut fetched, total, progress).await? {
+            heads.push(std::cmp::Reverse((ts, m.clone())));
+        }
+    }
     tree.seen = covered;
-    while let Some(std::cmp::Reverse((_, m, i))) = heads.pop() {
-        let recs = &streams[&m];
-        let r = &recs[i];
-        tree.apply(&r.entry);
+    while let Some(std::cmp::Reverse((_, m))) = heads.pop() {
+        let st = streams.get_mut(&m).expect("a stream per head");
+        let r = st.recs.pop_front().expect("a head has a record");
         tree.max_ts = tree.max_ts.max(r.ts_ms);
         let s = tree.seen.entry(m.clone()).or_insert(0);
         *s = (*s).max(r.seq);
-        if let Some(n) = recs.get(i + 1) {
-            heads.push(std::cmp::Reverse((n.ts_ms, m, i + 1)));
+        tree.apply_owned(r.entry);
+        if let Some(ts) = st.refill(store, keys, &m, &mut tree.refused, &mut fetched, total, progress).await? {
+            heads.push(std::cmp::Reverse((ts, m)));
         }
     }
     // Data objects: classes from the listing; objects nothing mentions are read with HEAD.

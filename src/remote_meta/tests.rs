@@ -103,11 +103,169 @@ fn one_unreadable_object_does_not_stop_a_rebuild() {
     rt.block_on(put_batch(store.as_ref(), &keys, "v/", "m1", vec![rec(1, "photos"), rec(2, "photos/2019")])).unwrap();
     store.plant("v/d/0123456789abcdef0123456789abcdef", b"an object nothing mentions");
     store.fail_op("HeadObject", 1, StoreError::NotFound);
-    let tree = rt.block_on(rebuild(store.as_ref(), &keys, "v/", &|_, _, _| {})).expect("the rebuild stopped");
+    let tree = rt.block_on(rebuild(&(store.clone() as Arc<dyn ObjectStore>), &keys, "v/", &|_, _, _| {})).expect("the rebuild stopped");
     assert!(tree.nodes.contains_key("photos/2019"));
     assert!(tree.refused.iter().any(|r| r.contains("0123456789abcdef0123456789abcdef") && r.contains("skipped")), "{:?}", tree.refused);
     for err in [StoreError::Retryable("connection reset".into()), StoreError::Permanent { code: "HTTP403".into(), message: String::new() }] {
         store.fail_op("HeadObject", 1, err);
-        assert!(rt.block_on(rebuild(store.as_ref(), &keys, "v/", &|_, _, _| {})).is_err(), "a partial tree was returned");
+        assert!(rt.block_on(rebuild(&(store.clone() as Arc<dyn ObjectStore>), &keys, "v/", &|_, _, _| {})).is_err(), "a partial tree was returned");
+    }
+}
+
+fn upload_entry(i: u32) -> Entry {
+    Entry::Upload {
+        path: format!("photos/{:03}/IMG_{i:06}.CR2", i / 1000),
+        key: format!("v/d/{i:032x}"),
+        size: 25_000_000 + i as u64,
+        mtime_ns: 1_700_000_000_000_000_000 + i as i128,
+        mode: 0o644,
+        uid: 1000,
+        gid: 100,
+        class: "DEEP_ARCHIVE".into(),
+        sha256: "ab".repeat(32),
+        header: B64.encode([7u8; 128]),
+        xattrs: None,
+    }
+}
+
+/// A reader that hands out a few bytes per call, so that every token of the document is split
+/// across reads somewhere.
+struct Trickle<'a>(&'a [u8], usize);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.1.min(out.len()).min(self.0.len());
+        out[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+/// The streaming parser gives the same entries and fields as parsing the whole document, with
+/// the fields in the order `SnapshotWriter` writes them (entries first) and in the order of
+/// earlier builds (`Snapshot`'s own: machine first); with entries skipped, the same fields.
+#[test]
+fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
+    let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
+    let entries: Vec<Entry> = (0..300).map(upload_entry).collect();
+    let seen = BTreeMap::from([("m1".to_string(), 42i64)]);
+    let mut w = SnapshotWriter::new(&keys, Vec::new()).unwrap();
+    for e in &entries {
+        w.entry(e).unwrap();
+    }
+    w.dead_key("v/d/dead").unwrap();
+    let (body, _) = w.finish("m0", 9, 77, &seen).unwrap();
+    let streamed = open_plain(&keys, "s", &body).unwrap();
+    let old = serde_json::to_vec(&Snapshot {
+        machine: "m0".into(),
+        covers_seq: 9,
+        ts_ms: 77,
+        entries: entries.clone(),
+        dead_keys: vec!["v/d/dead".into()],
+        seen: seen.clone(),
+    })
+    .unwrap();
+    assert!(old.starts_with(b"{\"machine\""), "the old order is not what this test means to cover");
+    let want = read::SnapshotInfo { machine: "m0".into(), covers_seq: 9, ts_ms: 77, dead_keys: vec!["v/d/dead".into()], seen, entries: 300 };
+    for doc in [&streamed, &old] {
+        for step in [1, 7, 65_536] {
+            let mut got = Vec::new();
+            let info = read::parse(Trickle(doc, step), Some(|e: Entry| got.push(e))).unwrap();
+            assert_eq!(info, want);
+            assert!(got == entries, "step {step}");
+            assert_eq!(read::parse(Trickle(doc, step), None::<fn(Entry)>).unwrap(), want);
+        }
+    }
+}
+
+/// What a parser of the whole document refused is refused here too: anything after it, a
+/// second `entries` (which would apply entries twice), a missing field, a cut-off document.
+#[test]
+fn a_malformed_snapshot_is_refused() {
+    let ok = br#"{"entries":[{"op":"remove","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#;
+    assert!(read::parse(&ok[..], None::<fn(Entry)>).is_ok());
+    let bad: [&[u8]; 5] = [
+        br#"{"entries":[],"machine":"m","covers_seq":1,"ts_ms":2} {"entries":[]}"#,
+        br#"{"entries":[{"op":"remove","path":"a"}],"entries":[{"op":"remove","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#,
+        br#"{"entries":[],"covers_seq":1,"ts_ms":2}"#,
+        &ok[..ok.len() - 1],
+        br#"{"entries":[{"op":"no_such_op","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#,
+    ];
+    for doc in bad {
+        assert!(read::parse(doc, None::<fn(Entry)>).is_err(), "accepted {}", String::from_utf8_lossy(doc));
+        assert!(read::parse(doc, Some(|_: Entry| {})).is_err(), "accepted {}", String::from_utf8_lossy(doc));
+    }
+}
+
+/// A snapshot of several chunks is read in ranged GETs, never whole. One that fails half-way
+/// (a segment tampered with in its second chunk) leaves nothing of what its first chunk
+/// applied: the tree is what the journal alone says, and the snapshot is named as refused.
+#[test]
+fn a_snapshot_is_streamed_and_one_that_fails_half_way_leaves_nothing() {
+    let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = crate::store::memory::MemoryStore::new();
+    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    let n = 20_000u32;
+    let mut w = SnapshotWriter::new(&keys, Vec::new()).unwrap();
+    for i in 0..n {
+        w.entry(&upload_entry(i)).unwrap();
+    }
+    let (body, len) = w.finish("m0", 9, 77, &BTreeMap::new()).unwrap();
+    let chunks = crypto::segment_count(crypto::plaintext_len(len).unwrap()).div_ceil(crate::sealed::CHUNK_SEGMENTS);
+    assert!(chunks >= 2, "the snapshot must span several ranged GETs ({len} bytes)");
+    let key = "v/s/m0/0000000000000009";
+    store.plant(key, &body);
+    let rec = Record { seq: 10, ts_ms: 78, entry: Entry::Mkdir { path: "later".into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } };
+    rt.block_on(put_batch(store.as_ref(), &keys, "v/", "m0", vec![rec])).unwrap();
+
+    let before = store.calls_of("GetObject");
+    let tree = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {})).unwrap();
+    assert_eq!(tree.nodes.values().filter(|n| n.kind == NodeKind::File).count(), n as usize);
+    assert!(tree.nodes.contains_key("later") && tree.refused.is_empty(), "{:?}", tree.refused);
+    assert_eq!(tree.seen.get("m0"), Some(&10));
+    assert_eq!(store.calls_of("GetObject") - before, chunks + 1, "one GET per chunk, one for the batch");
+
+    let mut tampered = body.clone();
+    let (s, _) = crypto::segment_cipher_range(crypto::plaintext_len(len).unwrap(), crate::sealed::CHUNK_SEGMENTS + 1);
+    tampered[s as usize + 10] ^= 1;
+    store.plant(key, &tampered);
+    let tree = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {})).unwrap();
+    assert_eq!(tree.nodes.values().filter(|n| n.kind == NodeKind::File).count(), 0, "a half-read snapshot left files in the tree");
+    assert!(tree.nodes.contains_key("later"));
+    assert!(tree.refused.iter().any(|r| r.contains(key) && r.contains("cannot be read")), "{:?}", tree.refused);
+}
+
+/// With several machines' snapshots, the base is the newest that records what it saw of every
+/// machine, and only its entries are applied (each snapshot is read once for its fields, the
+/// base a second time for its entries); snapshots of earlier builds (no `seen`) are all
+/// applied. Dead keys count from every snapshot.
+#[test]
+fn several_snapshots_are_streamed_twice_and_only_the_base_applied() {
+    let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mkdir = |p: &str| Entry::Mkdir { path: p.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 };
+    let snap = |entries: &[Entry], dead: &[&str], machine: &str, ts: i64, seen: &[(&str, i64)]| {
+        let mut w = SnapshotWriter::new(&keys, Vec::new()).unwrap();
+        for e in entries {
+            w.entry(e).unwrap();
+        }
+        for d in dead {
+            w.dead_key(d).unwrap();
+        }
+        w.finish(machine, 5, ts, &seen.iter().map(|(m, q)| (m.to_string(), *q)).collect()).unwrap().0
+    };
+    for legacy in [false, true] {
+        let store = crate::store::memory::MemoryStore::new();
+        let seen_m1: &[(&str, i64)] = if legacy { &[] } else { &[("m0", 5), ("m1", 5)] };
+        store.plant("v/s/m0/0000000000000005", &snap(&[mkdir("a"), mkdir("a/deleted-since")], &["v/d/dead0"], "m0", 100, &[]));
+        store.plant("v/s/m1/0000000000000005", &snap(&[mkdir("a"), mkdir("b")], &["v/d/dead1"], "m1", 200, seen_m1));
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let tree = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {})).unwrap();
+        assert!(tree.nodes.contains_key("a") && tree.nodes.contains_key("b"), "legacy {legacy}: {:?}", tree.nodes.keys());
+        assert_eq!(tree.nodes.contains_key("a/deleted-since"), legacy, "only the base's entries are applied");
+        assert!(tree.mentioned.contains("v/d/dead0") && tree.mentioned.contains("v/d/dead1"));
+        assert_eq!(store.calls_of("GetObject"), if legacy { 4 } else { 3 }, "legacy {legacy}: each read for its fields, the base(s) again");
+        assert!(tree.refused.is_empty(), "{:?}", tree.refused);
     }
 }

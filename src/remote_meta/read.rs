@@ -1,0 +1,198 @@
+//! Reading a snapshot without holding it: its segments are fetched and authenticated a few at a
+//! time (`sealed::Segments`) and fed to a JSON parser on a blocking thread, which hands each
+//! entry to the tree as soon as it is parsed. Memory stays at a few segments plus the tree,
+//! however many files the snapshot lists (a 1,000,000-file snapshot is about 460 MB).
+//!
+//! The fields of a snapshot may come in any order (`SnapshotWriter` puts the entries first;
+//! snapshots of earlier builds put them after `machine`, `covers_seq` and `ts_ms`), so the
+//! parser is a serde visitor over the top-level object, not a scan of known offsets.
+
+use super::{Entry, RemoteError, Tree};
+use crate::sealed::{ReadError, Segments};
+use crate::store::{ObjectStore, StoreError};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+use x25519_dalek::StaticSecret;
+
+/// What a snapshot says besides its entries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotInfo {
+    pub machine: String,
+    pub covers_seq: i64,
+    pub ts_ms: i64,
+    pub dead_keys: Vec<String>,
+    pub seen: BTreeMap<String, i64>,
+    pub entries: u64,
+}
+
+impl SnapshotInfo {
+    /// What this snapshot reflects of each machine's journal.
+    pub fn reflects(&self) -> BTreeMap<String, i64> {
+        let mut s = self.seen.clone();
+        let own = s.entry(self.machine.clone()).or_insert(0);
+        *own = (*own).max(self.covers_seq);
+        s
+    }
+}
+
+/// Parse a snapshot's JSON from `r`, calling `on_entry` with each entry in order (entries are
+/// parsed and dropped when it is `None`). The whole input is read: anything after the
+/// document is an error.
+pub fn parse<R: Read, F: FnMut(Entry)>(r: R, on_entry: Option<F>) -> serde_json::Result<SnapshotInfo> {
+    let mut de = serde_json::Deserializer::from_reader(r);
+    let info = Top { on_entry }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(info)
+}
+
+struct Top<F> {
+    on_entry: Option<F>,
+}
+
+impl<'de, F: FnMut(Entry)> DeserializeSeed<'de> for Top<F> {
+    type Value = SnapshotInfo;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<SnapshotInfo, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(Entry)> Visitor<'de> for Top<F> {
+    type Value = SnapshotInfo;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a snapshot object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut m: A) -> Result<SnapshotInfo, A::Error> {
+        let (mut machine, mut covers_seq, mut ts_ms, mut dead_keys, mut seen, mut entries) = (None, None, None, None, None, None);
+        while let Some(k) = m.next_key::<String>()? {
+            match k.as_str() {
+                "entries" if entries.is_some() => return Err(de::Error::duplicate_field("entries")),
+                "entries" => entries = Some(m.next_value_seed(Entries { on_entry: self.on_entry.as_mut() })?),
+                "machine" => machine = Some(m.next_value()?),
+                "covers_seq" => covers_seq = Some(m.next_value()?),
+                "ts_ms" => ts_ms = Some(m.next_value()?),
+                "dead_keys" => dead_keys = Some(m.next_value()?),
+                "seen" => seen = Some(m.next_value()?),
+                _ => {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(SnapshotInfo {
+            machine: machine.ok_or_else(|| de::Error::missing_field("machine"))?,
+            covers_seq: covers_seq.ok_or_else(|| de::Error::missing_field("covers_seq"))?,
+            ts_ms: ts_ms.ok_or_else(|| de::Error::missing_field("ts_ms"))?,
+            entries: entries.ok_or_else(|| de::Error::missing_field("entries"))?,
+            dead_keys: dead_keys.unwrap_or_default(),
+            seen: seen.unwrap_or_default(),
+        })
+    }
+}
+
+/// The `entries` array, handed out one entry at a time; its value is how many there were.
+struct Entries<'f, F> {
+    on_entry: Option<&'f mut F>,
+}
+
+impl<'de, F: FnMut(Entry)> DeserializeSeed<'de> for Entries<'_, F> {
+    type Value = u64;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(Entry)> Visitor<'de> for Entries<'_, F> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<u64, A::Error> {
+        let mut n = 0u64;
+        let mut f = self.on_entry;
+        // Skipped entries are parsed all the same: a snapshot that one pass accepts, the next
+        // must too.
+        while let Some(e) = s.next_element::<Entry>()? {
+            if let Some(f) = f.as_mut() {
+                f(e);
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Plaintext segments arriving over a channel, read as one stream.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(b) => (self.buf, self.at) = (b, 0),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Read snapshot `key` (`enc_len` bytes in the listing) from the bucket. With a tree, each entry
+/// is applied to it as it is parsed, and the tree is handed back whatever happens (the caller
+/// decides what a snapshot that failed half-way leaves). The outer error stops the rebuild (a
+/// transient S3 error, expired credentials); the inner one is this snapshot's own problem
+/// (missing, tampered, truncated, malformed).
+pub async fn stream(
+    store: &Arc<dyn ObjectStore>,
+    sk: &StaticSecret,
+    key: &str,
+    enc_len: u64,
+    tree: Option<Tree>,
+) -> Result<(Option<Tree>, Result<SnapshotInfo, String>), RemoteError> {
+    let Some(size) = crate::crypto::plaintext_len(enc_len) else {
+        return Ok((tree, Err(format!("impossible object length {enc_len}"))));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let parser = tokio::task::spawn_blocking(move || {
+        let mut tree = tree;
+        let r = ChannelReader { rx, buf: Vec::new(), at: 0 };
+        let parsed = match tree.as_mut() {
+            Some(t) => parse(r, Some(|e: Entry| t.apply_owned(e))),
+            None => parse(r, None::<fn(Entry)>),
+        };
+        (tree, parsed)
+    });
+    let mut segs = Segments::new(store.clone(), sk, key, size, None);
+    let failed = loop {
+        match segs.next().await {
+            // A closed channel: the parser stopped early, on an error of its own.
+            Ok(Some(pt)) => {
+                if tx.send(pt).await.is_err() {
+                    break None;
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    drop(tx);
+    drop(segs);
+    let (tree, parsed) = parser.await.map_err(|e| RemoteError::Malformed(format!("snapshot {key}: parser: {e}")))?;
+    let res = match failed {
+        Some(ReadError::Store(e @ (StoreError::Retryable(_) | StoreError::Credentials(_)))) => return Err(e.into()),
+        Some(e) => Err(e.to_string()),
+        None => parsed.map_err(|e| e.to_string()),
+    };
+    Ok((tree, res))
+}

@@ -16,6 +16,7 @@
 //! * [`config`]  — TOML config + vault descriptor on disk.
 //! * [`control`] — the daemon's local control socket (`status`, `flush`).
 //! * [`daemon`]  — wiring for `coldvault mount`: store, fs, uploader, sealer, FUSE session.
+//! * [`fuzz`]    — every parser of bucket input, as the fuzz targets and the corpus replay call it.
 //! * [`sync`]    — the core's locks, swapped for shuttle's in the model-checked tests.
 
 // Every `unsafe` block says why it is sound.
@@ -29,6 +30,7 @@ pub mod daemon;
 pub mod extract;
 pub mod fs;
 pub mod fuse;
+pub mod fuzz;
 pub mod meta;
 pub mod remote_meta;
 pub mod restore;

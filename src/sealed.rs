@@ -46,6 +46,8 @@ pub struct Segments<'k> {
     body: Bytes,
     at: usize,
     seg: u64,
+    /// Set by the first error: nothing more is handed out after it.
+    failed: bool,
 }
 
 impl<'k> Segments<'k> {
@@ -67,6 +69,7 @@ impl<'k> Segments<'k> {
             body: Bytes::new(),
             at: 0,
             seg: 0,
+            failed: false,
         }
     }
 
@@ -83,8 +86,18 @@ impl<'k> Segments<'k> {
         ReadError::Corrupt(format!("object {}: {why}", self.key))
     }
 
-    /// The next segment's plaintext; `None` once the last has been handed out.
+    /// The next segment's plaintext; `None` once the last has been handed out. After an error,
+    /// every call fails.
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+        if self.failed {
+            return Err(self.corrupt("read again after an error".into()));
+        }
+        let r = self.next_segment().await;
+        self.failed = r.is_err();
+        r
+    }
+
+    async fn next_segment(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
         if self.seg >= self.n {
             return Ok(None);
         }

@@ -134,7 +134,6 @@ pub struct Snapshot {
     pub seen: BTreeMap<String, i64>,
 }
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("S3: {0}")]
@@ -145,6 +144,10 @@ pub enum RemoteError {
     Malformed(String),
     #[error("this mount has no private key (write-only): it cannot read the bucket's metadata")]
     WriteOnly,
+    /// A snapshot changed or vanished while being read (a machine replacing or compacting it):
+    /// the rebuild starts over once, then reports this.
+    #[error("{0}")]
+    Changed(String),
 }
 
 /// Refuse paths that could escape the vault or a restore directory.
@@ -495,7 +498,7 @@ pub fn object_meta(keys: &VaultKeys, key: &str, md: &std::collections::HashMap<S
 }
 
 /// Parse `P j/<machine>/<first>-<last>` and `P s/<machine>/<seq>` keys.
-fn parse_seq_key(rest: &str) -> Option<(String, i64, i64)> {
+pub fn parse_seq_key(rest: &str) -> Option<(String, i64, i64)> {
     let (machine, tail) = rest.split_once('/')?;
     match tail.split_once('-') {
         Some((a, b)) => Some((machine.to_string(), a.parse().ok()?, b.parse().ok()?)),
@@ -531,8 +534,14 @@ fn open_fetched<T: for<'de> Deserialize<'de>>(
 }
 
 /// Journal batches of one machine fetched ahead of the one being applied (each at most 1,000
-/// records, about 0.5 MB).
+/// records, about 0.5 MB)…
 const BATCHES_AHEAD: usize = 4;
+/// …while the batches fetched ahead, all machines together, are listed at most this large (a
+/// bucket with thousands of machine ids cannot make a rebuild hold thousands of bodies).
+const AHEAD_BYTES: u64 = 64 << 20;
+/// A listed batch larger than this is refused unread: 1,000 records with every extended
+/// attribute the kernel allows stay well below it.
+const MAX_BATCH_BYTES: u64 = 256 << 20;
 
 type Fetch = tokio::task::JoinHandle<Result<bytes::Bytes, StoreError>>;
 
@@ -540,8 +549,9 @@ type Fetch = tokio::task::JoinHandle<Result<bytes::Bytes, StoreError>>;
 /// fetched, the records of the one being applied, and the highest sequence number taken so far.
 #[derive(Default)]
 struct Stream {
-    batches: std::collections::VecDeque<(i64, i64, String)>,
-    fetching: std::collections::VecDeque<(i64, i64, String, Fetch)>,
+    /// (first, last, key, listed size)
+    batches: std::collections::VecDeque<(i64, i64, String, u64)>,
+    fetching: std::collections::VecDeque<(i64, i64, String, u64, Fetch)>,
     recs: std::collections::VecDeque<Record>,
     done: i64,
 }
@@ -566,25 +576,29 @@ impl Stream {
         keys: &VaultKeys,
         m: &str,
         refused: &mut Vec<String>,
+        ahead: &mut u64,
         fetched: &mut usize,
         total: usize,
         progress: Progress<'_>,
     ) -> Result<Option<i64>, RemoteError> {
         while self.recs.is_empty() {
             while self.fetching.len() < BATCHES_AHEAD {
-                let Some((first, last, key)) = self.batches.pop_front() else { break };
+                let Some(&(_, _, _, size)) = self.batches.front() else { break };
+                if !self.fetching.is_empty() && *ahead + size > AHEAD_BYTES {
+                    break;
+                }
+                let (first, last, key, size) = self.batches.pop_front().expect("a batch");
+                *ahead += size;
                 let (st, k) = (store.clone(), key.clone());
-                self.fetching.push_back((first, last, key, tokio::spawn(async move { st.get_object(&k).await })));
+                self.fetching.push_back((first, last, key, size, tokio::spawn(async move { st.get_object(&k).await })));
             }
-            let Some((first, last, key, task)) = self.fetching.pop_front() else { return Ok(None) };
+            let Some((first, last, key, size, task)) = self.fetching.pop_front() else { return Ok(None) };
+            *ahead -= size;
             *fetched += 1;
             progress("journal", *fetched, total);
-            if first > self.done + 1 {
-                refused.push(format!(
-                    "journal of machine {m}: records {}..{} are missing; changes they made are not in this tree",
-                    self.done + 1,
-                    first - 1
-                ));
+            let next = self.done.saturating_add(1);
+            if first > next {
+                refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
             }
             let got = task.await.map_err(|e| RemoteError::Malformed(format!("journal batch {key}: download task: {e}")))?;
             let b: Batch = match open_fetched(keys, &key, got)? {
@@ -611,7 +625,28 @@ impl Stream {
 pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
 
 /// Rebuild the namespace from the bucket: snapshots, journal batches, unmentioned objects.
+///
+/// Runs GETs as tasks of the current runtime (`tokio::spawn`): drive it on a multi-thread
+/// runtime, or with `Runtime::block_on`.
 pub async fn rebuild(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, prefix: &str, progress: Progress<'_>) -> Result<Tree, RemoteError> {
+    // A snapshot that cannot be read may be one a live machine replaced or compacted while it
+    // was read: the second try lists again, and only then goes on without what still fails.
+    match rebuild_once(store, keys, prefix, progress, false).await {
+        Err(RemoteError::Changed(why)) => {
+            tracing::warn!("{why}; reading the vault's metadata again");
+            rebuild_once(store, keys, prefix, progress, true).await
+        }
+        r => r,
+    }
+}
+
+async fn rebuild_once(
+    store: &Arc<dyn ObjectStore>,
+    keys: &VaultKeys,
+    prefix: &str,
+    progress: Progress<'_>,
+    last_try: bool,
+) -> Result<Tree, RemoteError> {
     let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
     let mut tree = Tree::default();
     // Latest snapshot per machine: (sequence, key, length).
@@ -643,9 +678,10 @@ pub async fn rebuild(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, prefix: &st
                 loaded.push(info);
                 base.push(0);
             }
+            Err(e) if !last_try => return Err(RemoteError::Changed(format!("snapshot {key} cannot be read ({e})"))),
             Err(e) => {
-                // What it applied before failing goes; what its entries refused stays said.
-                tree = Tree { refused: std::mem::take(&mut tree.refused), ..Tree::default() };
+                // Nothing it applied before failing stays, not even what it refused.
+                tree = Tree::default();
                 tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it"));
             }
         }
@@ -658,6 +694,7 @@ pub async fn rebuild(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, prefix: &st
                     loaded.push(info);
                     read_from.push((key.clone(), *len));
                 }
+                Err(e) if !last_try => return Err(RemoteError::Changed(format!("snapshot {key} cannot be read ({e})"))),
                 Err(e) => tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it")),
             }
         }
@@ -674,10 +711,8 @@ pub async fn rebuild(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, prefix: &st
             tree = t.expect("the tree comes back");
             match r {
                 Ok(info) if info == loaded[b] => {}
-                Ok(_) => return Err(RemoteError::Malformed(format!("snapshot {key} changed between two reads; run the rebuild again"))),
-                Err(e) => {
-                    return Err(RemoteError::Malformed(format!("snapshot {key} could be read once but not twice ({e}); run the rebuild again")))
-                }
+                Ok(_) => return Err(RemoteError::Changed(format!("snapshot {key} changed between two reads; run the rebuild again"))),
+                Err(e) => return Err(RemoteError::Changed(format!("snapshot {key} could be read once but not twice ({e}); run the rebuild again"))),
             }
         }
     }
@@ -696,28 +731,35 @@ pub async fn rebuild(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, prefix: &st
     }
     // Every machine's journal after what the base covers.
     let jl = store.list(&format!("{prefix}j/")).await?;
-    let mut batches: Vec<(String, i64, i64, String)> = jl
-        .iter()
-        .filter_map(|o| parse_seq_key(&o.key[prefix.len() + 2..]).map(|(m, a, b)| (m, a, b, o.key.clone())))
-        .filter(|(m, _, b, _)| *b > covered.get(m).copied().unwrap_or(0))
-        .collect();
+    let mut batches: Vec<(String, i64, i64, String, u64)> = Vec::new();
+    for o in &jl {
+        let Some((m, a, b)) = parse_seq_key(&o.key[prefix.len() + 2..]) else { continue };
+        if b <= covered.get(&m).copied().unwrap_or(0) {
+            continue;
+        }
+        if o.size > MAX_BATCH_BYTES {
+            tree.refused.push(format!("journal batch {} is {} bytes, larger than any batch coldvault writes; ignored", o.key, o.size));
+            continue;
+        }
+        batches.push((m, a, b, o.key.clone(), o.size));
+    }
     batches.sort_by_key(|a| (a.0.clone(), a.1));
     let total = batches.len();
     let mut streams: BTreeMap<String, Stream> = BTreeMap::new();
-    for (m, first, last, key) in batches {
+    for (m, first, last, key, size) in batches {
         let done = covered.get(&m).copied().unwrap_or(0);
         let st = streams.entry(m).or_default();
         st.done = done;
-        st.batches.push_back((first, last, key));
+        st.batches.push_back((first, last, key, size));
     }
     // Merge the machines' streams by time (ties by machine id), each stream in its own order:
     // a change made after a rebuild is stamped after everything that rebuild saw (the clock
     // floor), so a dead machine's older records never land on top of newer state. Each stream
     // holds one batch at a time, read when its last record has been applied.
-    let mut fetched = 0usize;
+    let (mut fetched, mut ahead) = (0usize, 0u64);
     let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(i64, String)>> = std::collections::BinaryHeap::new();
     for (m, st) in streams.iter_mut() {
-        if let Some(ts) = st.refill(store, keys, m, &mut tree.refused, &mut fetched, total, progress).await? {
+        if let Some(ts) = st.refill(store, keys, m, &mut tree.refused, &mut ahead, &mut fetched, total, progress).await? {
             heads.push(std::cmp::Reverse((ts, m.clone())));
         }
     }
@@ -729,7 +771,7 @@ pub async fn rebuild(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, prefix: &st
         let s = tree.seen.entry(m.clone()).or_insert(0);
         *s = (*s).max(r.seq);
         tree.apply_owned(r.entry);
-        if let Some(ts) = st.refill(store, keys, &m, &mut tree.refused, &mut fetched, total, progress).await? {
+        if let Some(ts) = st.refill(store, keys, &m, &mut tree.refused, &mut ahead, &mut fetched, total, progress).await? {
             heads.push(std::cmp::Reverse((ts, m)));
         }
     }

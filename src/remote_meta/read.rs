@@ -68,14 +68,22 @@ impl<'de, F: FnMut(Entry)> Visitor<'de> for Top<F> {
     fn visit_map<A: MapAccess<'de>>(mut self, mut m: A) -> Result<SnapshotInfo, A::Error> {
         let (mut machine, mut covers_seq, mut ts_ms, mut dead_keys, mut seen, mut entries) = (None, None, None, None, None, None);
         while let Some(k) = m.next_key::<String>()? {
+            // A field given twice is refused, as the derived parser of the whole document did.
+            fn once<'de, A: MapAccess<'de>, T: serde::Deserialize<'de>>(m: &mut A, slot: &mut Option<T>, name: &'static str) -> Result<(), A::Error> {
+                if slot.is_some() {
+                    return Err(de::Error::duplicate_field(name));
+                }
+                *slot = Some(m.next_value()?);
+                Ok(())
+            }
             match k.as_str() {
                 "entries" if entries.is_some() => return Err(de::Error::duplicate_field("entries")),
                 "entries" => entries = Some(m.next_value_seed(Entries { on_entry: self.on_entry.as_mut() })?),
-                "machine" => machine = Some(m.next_value()?),
-                "covers_seq" => covers_seq = Some(m.next_value()?),
-                "ts_ms" => ts_ms = Some(m.next_value()?),
-                "dead_keys" => dead_keys = Some(m.next_value()?),
-                "seen" => seen = Some(m.next_value()?),
+                "machine" => once(&mut m, &mut machine, "machine")?,
+                "covers_seq" => once(&mut m, &mut covers_seq, "covers_seq")?,
+                "ts_ms" => once(&mut m, &mut ts_ms, "ts_ms")?,
+                "dead_keys" => once(&mut m, &mut dead_keys, "dead_keys")?,
+                "seen" => once(&mut m, &mut seen, "seen")?,
                 _ => {
                     m.next_value::<IgnoredAny>()?;
                 }
@@ -190,8 +198,13 @@ pub async fn stream(
     drop(segs);
     let (tree, parsed) = parser.await.map_err(|e| RemoteError::Malformed(format!("snapshot {key}: parser: {e}")))?;
     let res = match failed {
-        Some(ReadError::Store(e @ (StoreError::Retryable(_) | StoreError::Credentials(_)))) => return Err(e.into()),
-        Some(e) => Err(e.to_string()),
+        // The snapshot's own problem: gone, refused, not what it must be.
+        Some(e @ (ReadError::Corrupt(_) | ReadError::Store(StoreError::NotFound))) => Err(e.to_string()),
+        Some(ReadError::Store(StoreError::Permanent { code, message })) if code != "RangeIgnored" => Err(format!("S3 refused it: {code}: {message}")),
+        // Not the snapshot's fault (a transient error, expired credentials, a server that
+        // ignores ranges, a download task lost): the rebuild stops, to be run again whole.
+        Some(ReadError::Store(e)) => return Err(e.into()),
+        Some(e @ ReadError::Task(_)) => return Err(RemoteError::Malformed(format!("snapshot {key}: {e}"))),
         None => parsed.map_err(|e| e.to_string()),
     };
     Ok((tree, res))

@@ -144,6 +144,7 @@ impl std::io::Read for Trickle<'_> {
 /// The streaming parser gives the same entries and fields as parsing the whole document, with
 /// the fields in the order `SnapshotWriter` writes them (entries first) and in the order of
 /// earlier builds (`Snapshot`'s own: machine first); with entries skipped, the same fields.
+/// (Reads of a few bytes at a time: the reader may hand out any amount.)
 #[test]
 fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
     let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
@@ -179,17 +180,19 @@ fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
 }
 
 /// What a parser of the whole document refused is refused here too: anything after it, a
-/// second `entries` (which would apply entries twice), a missing field, a cut-off document.
+/// second `entries` (which would apply entries twice) or any other field given twice, a missing
+/// field, a cut-off document, an unknown operation.
 #[test]
 fn a_malformed_snapshot_is_refused() {
     let ok = br#"{"entries":[{"op":"remove","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#;
     assert!(read::parse(&ok[..], None::<fn(Entry)>).is_ok());
-    let bad: [&[u8]; 5] = [
+    let bad: [&[u8]; 6] = [
         br#"{"entries":[],"machine":"m","covers_seq":1,"ts_ms":2} {"entries":[]}"#,
         br#"{"entries":[{"op":"remove","path":"a"}],"entries":[{"op":"remove","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#,
         br#"{"entries":[],"covers_seq":1,"ts_ms":2}"#,
         &ok[..ok.len() - 1],
         br#"{"entries":[{"op":"no_such_op","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#,
+        br#"{"entries":[],"machine":"m","covers_seq":1,"ts_ms":2,"machine":"n"}"#,
     ];
     for doc in bad {
         assert!(read::parse(doc, None::<fn(Entry)>).is_err(), "accepted {}", String::from_utf8_lossy(doc));
@@ -234,6 +237,24 @@ fn a_snapshot_is_streamed_and_one_that_fails_half_way_leaves_nothing() {
     assert_eq!(tree.nodes.values().filter(|n| n.kind == NodeKind::File).count(), 0, "a half-read snapshot left files in the tree");
     assert!(tree.nodes.contains_key("later"));
     assert!(tree.refused.iter().any(|r| r.contains(key) && r.contains("cannot be read")), "{:?}", tree.refused);
+
+    // What is not the snapshot's fault stops the rebuild instead of leaving it out: a transient
+    // error, or a server that ignores ranges, on a chunk after the first (call 1 is the listing).
+    store.plant(key, &body);
+    for err in [StoreError::Retryable("connection reset".into()), StoreError::Permanent { code: "RangeIgnored".into(), message: String::new() }] {
+        store.fail_call(3, err);
+        let r = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {}));
+        assert!(r.is_err(), "a rebuild went on without a snapshot it could not fetch: {:?}", r.map(|t| t.refused));
+    }
+    // The same for a journal batch.
+    store.fail_op("GetObject", 1, StoreError::Retryable("connection reset".into()));
+    store.plant(key, b"");
+    let r = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {}));
+    assert!(
+        matches!(r, Err(RemoteError::Store(StoreError::Retryable(_)))),
+        "a rebuild went on without a batch it could not fetch: {:?}",
+        r.map(|t| t.refused)
+    );
 }
 
 /// With several machines' snapshots, the base is the newest that records what it saw of every

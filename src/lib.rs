@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod extract;
 pub mod fs;
 pub mod fuse;
+#[doc(hidden)]
 pub mod fuzz;
 pub mod meta;
 pub mod remote_meta;

@@ -199,7 +199,11 @@ pub async fn stream(
     let (tree, parsed) = parser.await.map_err(|e| RemoteError::Malformed(format!("snapshot {key}: parser: {e}")))?;
     let res = match failed {
         // The snapshot's own problem: gone, refused, not what it must be.
-        Some(e @ (ReadError::Corrupt(_) | ReadError::Store(StoreError::NotFound))) => Err(e.to_string()),
+        // (Archived: anyone who can put objects can put one in GLACIER, and a lifecycle rule may
+        // archive an old snapshot; neither may stop every rebuild.)
+        Some(e @ (ReadError::Corrupt(_) | ReadError::Store(StoreError::NotFound | StoreError::Archived | StoreError::RestoreInProgress))) => {
+            Err(e.to_string())
+        }
         Some(ReadError::Store(StoreError::Permanent { code, message })) if code != "RangeIgnored" => Err(format!("S3 refused it: {code}: {message}")),
         // Not the snapshot's fault (a transient error, expired credentials, a server that
         // ignores ranges, a download task lost): the rebuild stops, to be run again whole.

@@ -246,6 +246,11 @@ fn a_snapshot_is_streamed_and_one_that_fails_half_way_leaves_nothing() {
         let r = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {}));
         assert!(r.is_err(), "a rebuild went on without a snapshot it could not fetch: {:?}", r.map(|t| t.refused));
     }
+    // An archived snapshot (put there by anyone with PutObject, or by a lifecycle rule) is the
+    // snapshot's own problem: reported, and the rest rebuilds.
+    store.set_storage_class(key, "GLACIER");
+    let tree = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {})).expect("an archived snapshot stopped the rebuild");
+    assert!(tree.nodes.contains_key("later") && tree.refused.iter().any(|r| r.contains(key)), "{:?}", tree.refused);
     // The same for a journal batch.
     store.fail_op("GetObject", 1, StoreError::Retryable("connection reset".into()));
     store.plant(key, b"");

@@ -5,22 +5,9 @@ use super::*;
 #[test]
 fn a_snapshot_written_entry_by_entry_reads_back_whole() {
     let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
-    let upload = |i: u32| Entry::Upload {
-        path: format!("photos/IMG_{i:04}.CR2"),
-        key: format!("v/d/{i:032x}"),
-        size: 25_000_000 + i as u64,
-        mtime_ns: -1_500_000_001,
-        mode: 0o644,
-        uid: 1000,
-        gid: 100,
-        class: "DEEP_ARCHIVE".into(),
-        sha256: "ab".repeat(32),
-        header: B64.encode([7u8; 128]),
-        xattrs: (i == 3).then(|| "{\"user.x\":\"eQ==\"}".to_string()),
-    };
     let mut all = vec![Entry::Mkdir { path: "photos".into(), mode: 0o755, uid: 1000, gid: 100, mtime_ns: 1_700_000_000_123_456_789 }];
     // Enough entries for several encryption segments.
-    all.extend((0..500).map(upload));
+    all.extend((0..500).map(upload_entry));
     all.push(Entry::Symlink { path: "latest".into(), target: "photos/IMG_0001.CR2".into(), uid: 0, gid: 0, mtime_ns: 5 });
     for (entries, dead, seen) in [
         (vec![], vec![], BTreeMap::new()),
@@ -124,7 +111,7 @@ fn upload_entry(i: u32) -> Entry {
         class: "DEEP_ARCHIVE".into(),
         sha256: "ab".repeat(32),
         header: B64.encode([7u8; 128]),
-        xattrs: None,
+        xattrs: (i == 3).then(|| "{\"user.x\":\"eQ==\"}".to_string()),
     }
 }
 

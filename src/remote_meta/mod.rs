@@ -509,6 +509,15 @@ pub fn parse_seq_key(rest: &str) -> Option<(String, i64, i64)> {
     }
 }
 
+/// Whether a failed GET of a metadata object (batch or snapshot) stops the rebuild, to be run
+/// again whole, rather than leave that object out: a transient error, expired credentials, or
+/// a server that ignores ranges are not the object's fault. Anything else (gone, archived —
+/// anyone who can put objects can put one in GLACIER, and a lifecycle rule may archive an old
+/// snapshot —, refused) is reported with the object's name, and the rebuild goes on.
+fn stops_rebuild(e: &StoreError) -> bool {
+    e.is_retryable() || matches!(e, StoreError::Permanent { code, .. } if code == "RangeIgnored")
+}
+
 /// Decrypt and parse one metadata object once its GET has answered. The outer error stops the
 /// rebuild (a transient S3 error: try again later; no private key); the inner one is this
 /// object's own problem (missing, refused, tampered, malformed), reported by the caller, which
@@ -520,7 +529,7 @@ fn open_fetched<T: for<'de> Deserialize<'de>>(
 ) -> Result<Result<T, String>, RemoteError> {
     let body = match got {
         Ok(b) => b,
-        Err(e @ StoreError::Retryable(_)) | Err(e @ StoreError::Credentials(_)) => return Err(e.into()),
+        Err(e) if stops_rebuild(&e) => return Err(e.into()),
         Err(e) => return Ok(Err(e.to_string())),
     };
     // The encrypted body goes before the plaintext is parsed.

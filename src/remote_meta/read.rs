@@ -9,7 +9,7 @@
 
 use super::{Entry, RemoteError, Tree};
 use crate::sealed::{ReadError, Segments};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::ObjectStore;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -198,17 +198,11 @@ pub async fn stream(
     drop(segs);
     let (tree, parsed) = parser.await.map_err(|e| RemoteError::Malformed(format!("snapshot {key}: parser: {e}")))?;
     let res = match failed {
-        // The snapshot's own problem: gone, refused, not what it must be.
-        // (Archived: anyone who can put objects can put one in GLACIER, and a lifecycle rule may
-        // archive an old snapshot; neither may stop every rebuild.)
-        Some(e @ (ReadError::Corrupt(_) | ReadError::Store(StoreError::NotFound | StoreError::Archived | StoreError::RestoreInProgress))) => {
-            Err(e.to_string())
-        }
-        Some(ReadError::Store(StoreError::Permanent { code, message })) if code != "RangeIgnored" => Err(format!("S3 refused it: {code}: {message}")),
-        // Not the snapshot's fault (a transient error, expired credentials, a server that
-        // ignores ranges, a download task lost): the rebuild stops, to be run again whole.
-        Some(ReadError::Store(e)) => return Err(e.into()),
+        // Not the snapshot's fault: the rebuild stops, to be run again whole (`stops_rebuild`).
+        Some(ReadError::Store(e)) if super::stops_rebuild(&e) => return Err(e.into()),
         Some(e @ ReadError::Task(_)) => return Err(RemoteError::Malformed(format!("snapshot {key}: {e}"))),
+        // The snapshot's own problem: gone, archived, refused, not what it must be.
+        Some(e) => Err(e.to_string()),
         None => parsed.map_err(|e| e.to_string()),
     };
     Ok((tree, res))

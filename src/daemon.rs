@@ -37,8 +37,26 @@ impl Daemon {
         fs_cfg: FsConfig,
         up: UploadConfig,
     ) -> crate::fs::Result<Daemon> {
-        let counted = Arc::new(Counted::new(store));
+        let counted = Arc::new(Counted::with_prefix(store.clone(), &fs_cfg.prefix));
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;
+        match fs.keys.secret.as_ref() {
+            // A full mount allows its own signing key in the vault (and starts the vault signing
+            // if no machine has), before it rebuilds or writes anything.
+            Some(sk) => {
+                // Not counted in `status`: what a mount does once before it starts.
+                if let Err(e) = rt.block_on(crate::remote_meta::trust::prepare_full(&store, sk, &fs.cfg.prefix, &fs.signer)) {
+                    tracing::error!(
+                        error = %e,
+                        token = %fs.signer.token(),
+                        "could not allow this machine's signing key in the vault (tried again at the next mount; or run `coldvault machine allow TOKEN`): until then a rebuild does not believe what it uploads"
+                    );
+                }
+            }
+            None => tracing::info!(
+                token = %fs.signer.token(),
+                "write-only mount: a rebuild believes what this machine uploads once a full machine allowed its key: `coldvault machine allow TOKEN` (also shown by `coldvault status`)"
+            ),
+        }
         if fs.needs_rebuild()? {
             if fs.keys.secret.is_some() {
                 let prefix = fs.cfg.prefix.clone();

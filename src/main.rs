@@ -189,6 +189,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
+    /// Which machines' signing keys the vault believes (run on a full machine).
+    Machine {
+        #[command(subcommand)]
+        cmd: MachineCmd,
+    },
     /// Request restores of archived files or whole folders inside a mount.
     Restore {
         /// Expedited, Standard or Bulk (default: by storage class, from the config).
@@ -219,6 +224,40 @@ enum Cmd {
     },
     /// Requeue uploads parked after a permanent error (once the cause is fixed).
     Retry { mountpoint: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum MachineCmd {
+    /// Allow a machine's signing key: TOKEN is what `coldvault status` prints on that machine.
+    Allow {
+        token: String,
+        /// The machine holds the passphrase: its snapshots may be the base of a rebuild. By
+        /// default a machine allowed here is write-only.
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Stop believing what a machine signs (a lost or compromised machine), whole or after a
+    /// sequence number (its journal up to it stays believed).
+    Revoke {
+        machine: String,
+        #[arg(long)]
+        after_seq: Option<i64>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// List the machines the vault allows, and the machines writing to it that it does not.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -406,6 +445,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Cmd::Machine { cmd } => cmd_machine(cmd),
         Cmd::Restore { tier, days, dry_run, paths } => cmd_restore(tier, days, dry_run, paths),
         Cmd::Unmount { mountpoint } => cmd_unmount(&mountpoint),
         Cmd::Flush { wait, mountpoint } => {
@@ -478,8 +518,90 @@ fn print_status(s: &coldvault::fs::Status) {
             println!("  {} [{}; {} {}; {}]: {when}", r.path, r.state, r.class, r.tier, human(r.size));
         }
     }
+    if !s.machine_token.is_empty() {
+        println!(
+            "machine:  {} (a write-only machine's uploads are believed once a full machine ran `coldvault machine allow` with it)",
+            s.machine_token
+        );
+    }
     let reqs: Vec<String> = s.requests.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("S3 requests since mount: {}", if reqs.is_empty() { "none".into() } else { reqs.join(" ") });
+}
+
+// ---------------------------------------------------------------- machines
+
+fn cmd_machine(cmd: MachineCmd) -> Result<()> {
+    use coldvault::remote_meta::trust;
+    let (config, pass) = match &cmd {
+        MachineCmd::Allow { config, pass, .. } | MachineCmd::Revoke { config, pass, .. } | MachineCmd::List { config, pass } => (config, pass),
+    };
+    let (cfg, keys) = load_unlocked(config.clone(), pass)?;
+    let sk = keys.secret.as_ref().expect("unlocked");
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store: Arc<dyn coldvault::store::ObjectStore> = Arc::new(connect(&cfg).await?);
+        let t = trust::Trust::load(&store, sk, &cfg.prefix).await.map_err(|e| anyhow!("reading the vault's statements: {e}"))?;
+        for p in &t.problems {
+            eprintln!("coldvault: {p}");
+        }
+        match cmd {
+            MachineCmd::Allow { token, full, .. } => {
+                let (m, vk) = coldvault::crypto::sign::parse_token(&token).map_err(|e| anyhow!(e))?;
+                if let Some(k) = t.machines.get(&m).and_then(|v| v.iter().find(|k| k.key == vk)) {
+                    if k.revoked.is_some() {
+                        bail!(
+                            "machine {m}'s key {} was revoked; a revoked key is not allowed again (the machine gets a new key with a new cache dir)",
+                            coldvault::crypto::sign::key_id(&vk)
+                        );
+                    }
+                }
+                if !t.signed {
+                    let n = trust::adopt_existing(&store, sk, &cfg.prefix).await?;
+                    println!("this vault now signs: {n} unsigned journal batch(es) and snapshot(s) of earlier builds adopted");
+                }
+                let role = if full { trust::Role::Full } else { trust::Role::WriteOnly };
+                let key = trust::enroll(store.as_ref(), sk, &cfg.prefix, &m, &vk, role).await?;
+                println!("machine {m} allowed ({}, key {}): {key}", if full { "full" } else { "write-only" }, coldvault::crypto::sign::key_id(&vk));
+            }
+            MachineCmd::Revoke { machine, after_seq, .. } => {
+                let ks =
+                    t.machines.get(&machine).filter(|v| !v.is_empty()).ok_or_else(|| anyhow!("the vault allows no key for machine {machine}"))?;
+                for k in ks {
+                    let key = trust::revoke(store.as_ref(), sk, &cfg.prefix, &machine, &k.key, after_seq).await?;
+                    println!(
+                        "revoked key {} of machine {machine}{}: {key}",
+                        coldvault::crypto::sign::key_id(&k.key),
+                        after_seq.map(|n| format!(" after record {n}")).unwrap_or_default()
+                    );
+                }
+            }
+            MachineCmd::List { .. } => {
+                println!("vault signing: {}", if t.signed { "on" } else { "off (no machine of this build has mounted it yet)" });
+                for (m, ks) in &t.machines {
+                    for k in ks {
+                        let state = match k.revoked {
+                            None => "allowed".to_string(),
+                            Some(None) => "revoked".to_string(),
+                            Some(Some(n)) => format!("revoked after record {n}"),
+                        };
+                        println!("{m}  key {}  {:?}  {state}", coldvault::crypto::sign::key_id(&k.key), k.role);
+                    }
+                }
+                let mut writing = std::collections::BTreeSet::new();
+                for sub in ["j/", "s/"] {
+                    for o in store.list(&format!("{}{sub}", cfg.prefix)).await? {
+                        if let Some((m, _, _)) = coldvault::remote_meta::parse_seq_key(&o.key[cfg.prefix.len() + 2..]) {
+                            writing.insert(m);
+                        }
+                    }
+                }
+                for m in writing.iter().filter(|m| !t.machines.contains_key(*m)) {
+                    println!("{m}  not allowed: it wrote journal batches or snapshots; what it signed is not believed");
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------- passphrase
@@ -666,6 +788,10 @@ fn cmd_init(t: InitTarget, pass: PassArgs) -> Result<()> {
     if !joined {
         let body = serde_json::to_vec_pretty(&desc)?;
         rt.block_on(store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }))
+            .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
+        // A new vault signs from the start: its (empty) adoption statement says so.
+        let store: Arc<dyn coldvault::store::ObjectStore> = Arc::new(store);
+        rt.block_on(coldvault::remote_meta::trust::adopt_existing(&store, keys.secret.as_ref().expect("a new vault's key"), &cfg.prefix))
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
     }
     if joined {

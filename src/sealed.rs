@@ -42,6 +42,8 @@ pub struct Segments<'k> {
     requested: u64,
     pending: InFlight,
     opened: Option<Opened>,
+    /// The object's header, once the first chunk has arrived.
+    header: Option<Vec<u8>>,
     /// The chunk being handed out, the offset of its next segment, that segment's index.
     body: Bytes,
     at: usize,
@@ -66,6 +68,7 @@ impl<'k> Segments<'k> {
             requested: 0,
             pending: InFlight(VecDeque::new()),
             opened: None,
+            header: None,
             body: Bytes::new(),
             at: 0,
             seg: 0,
@@ -84,6 +87,11 @@ impl<'k> Segments<'k> {
 
     fn corrupt(&self, why: String) -> ReadError {
         ReadError::Corrupt(format!("object {}: {why}", self.key))
+    }
+
+    /// The object's 128-byte header, known once the first segment has been handed out.
+    pub fn header(&self) -> Option<&[u8]> {
+        self.header.as_deref()
     }
 
     /// The next segment's plaintext; `None` once the last has been handed out. After an error,
@@ -137,6 +145,7 @@ impl<'k> Segments<'k> {
                 return Err(self.corrupt("its header is not the one recorded for this version (another object under its key)".into()));
             }
             self.opened = Some(Opened::open(self.sk, &h).map_err(|e| self.corrupt(e.to_string()))?);
+            self.header = Some(h.bytes.to_vec());
             self.at = crypto::HEADER_LEN;
         }
         self.body = body;

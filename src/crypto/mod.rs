@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroize;
 
+pub mod sign;
 pub mod vault;
 pub use vault::{fingerprint, fingerprint_matches, VaultDescriptor, VaultKeys};
 

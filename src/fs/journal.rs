@@ -14,6 +14,10 @@ impl JournalIndex for Fs {
         &self.keys
     }
 
+    fn signer(&self) -> &crate::crypto::sign::MachineSigner {
+        &self.signer
+    }
+
     fn prefix(&self) -> &str {
         &self.cfg.prefix
     }
@@ -117,13 +121,29 @@ impl Fs {
     }
 
     pub fn machine_id(&self) -> Result<String> {
-        let c = self.core();
-        if let Some(m) = c.db.setting("machine_id")? {
-            return Ok(m);
-        }
-        let m = hex::encode(rand::random::<[u8; 8]>());
-        c.db.set_setting("machine_id", &m)?;
-        Ok(m)
+        Ok(self.signer.machine().to_string())
+    }
+
+    /// This cache dir's machine id and signing key, drawn at random the first time and kept in
+    /// its index (machine ids of earlier builds are kept; their key is added).
+    pub(super) fn load_signer(db: &Db) -> Result<crate::crypto::sign::MachineSigner> {
+        let machine = match db.setting("machine_id")? {
+            Some(m) => m,
+            None => {
+                let m = hex::encode(rand::random::<[u8; 8]>());
+                db.set_setting("machine_id", &m)?;
+                m
+            }
+        };
+        let seed = match db.setting("signing_key")?.and_then(|s| B64.decode(s).ok()).and_then(|v| <[u8; 32]>::try_from(v).ok()) {
+            Some(s) => zeroize::Zeroizing::new(s),
+            None => {
+                let s = zeroize::Zeroizing::new(crate::crypto::sign::MachineSigner::generate_seed());
+                db.set_setting("signing_key", &B64.encode(*s))?;
+                s
+            }
+        };
+        Ok(crate::crypto::sign::MachineSigner::new(&machine, &seed))
     }
 
     pub fn journal_pending_count(&self) -> Result<u64> {

@@ -188,6 +188,8 @@ pub struct Fs {
     pub cfg: FsConfig,
     core: Mutex<Core>,
     pub keys: Arc<VaultKeys>,
+    /// This machine's id in the bucket and the key that signs what it puts there.
+    pub signer: crate::crypto::sign::MachineSigner,
     pub store: Arc<Counted>,
     pub rt: tokio::runtime::Handle,
     pub staging: Staging,
@@ -239,6 +241,7 @@ impl Fs {
         let gid = unsafe { libc::getgid() };
         let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
         let segs = SegCache::with_weighter(1024, cfg.segment_cache.max(1 << 20), SegWeighter);
+        let signer = Self::load_signer(&db)?;
         let fs = Arc::new(Fs {
             cfg,
             core: Mutex::new(Core {
@@ -253,6 +256,7 @@ impl Fs {
                 written: false,
             }),
             keys,
+            signer,
             store,
             rt,
             staging,

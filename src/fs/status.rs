@@ -48,6 +48,7 @@ impl Fs {
             uploads_since_mount: self.data_uploads.load(std::sync::atomic::Ordering::Relaxed),
             metadata_objects_since_mount: self.meta_uploads.load(std::sync::atomic::Ordering::Relaxed),
             journal_pending: c.db.journal_len()?,
+            machine_token: self.signer.token(),
             restores: c
                 .db
                 .restores()?
@@ -129,6 +130,9 @@ pub struct Status {
     /// Namespace changes not yet uploaded to the bucket's journal.
     pub journal_pending: u64,
     pub restores: Vec<RestoreInfo>,
+    /// This machine's id and signing key (`coldvault machine allow` takes it on a full machine).
+    #[serde(default)]
+    pub machine_token: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]

@@ -17,6 +17,10 @@ impl UploadQueue for Fs {
         Self::new_object_key(&self.cfg.prefix)
     }
 
+    fn sign_object(&self, key: &str, header: &[u8]) -> String {
+        self.signer.sign_object(&self.keys.public, key.strip_prefix(self.cfg.prefix.as_str()).unwrap_or(key), header)
+    }
+
     fn outbox_path(&self, u: &Upload) -> PathBuf {
         self.staged_version(u)
     }

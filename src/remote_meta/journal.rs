@@ -1,7 +1,7 @@
 //! The journal task: uploads pending journal entries in batches, snapshots the index now and
 //! then, and compacts what the snapshot makes redundant (when the credentials allow deletes).
 
-use super::{compact, put_batch, put_snapshot, Record};
+use super::{compact, MetaSink, Record};
 use crate::clock::now_ms;
 use crate::crypto::VaultKeys;
 use crate::meta::IndexResult;
@@ -40,6 +40,8 @@ impl Default for JournalConfig {
 pub trait JournalIndex: Send + Sync {
     fn store(&self) -> &dyn ObjectStore;
     fn keys(&self) -> &VaultKeys;
+    /// This machine's signing key (journal batches and snapshots are signed with it).
+    fn signer(&self) -> &crate::crypto::sign::MachineSigner;
     /// Key prefix of this vault in the bucket.
     fn prefix(&self) -> &str;
     /// Held by whoever is uploading the journal (the task, `flush`, unmount): one at a time.
@@ -103,7 +105,7 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
         }
         let last = recs.last().map(|r| r.seq).unwrap_or(0);
         let n = recs.len();
-        let key = put_batch(fs.store(), fs.keys(), fs.prefix(), &machine, recs).await.map_err(|e| e.to_string())?;
+        let key = sink(fs).put_batch(&machine, recs).await.map_err(|e| e.to_string())?;
         fs.journal_sent(last, n as u64).map_err(|e| e.to_string())?;
         fs.uploaded_one();
         tracing::debug!(key, entries = n, "journal batch uploaded");
@@ -121,7 +123,7 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
         let snap = super::off_runtime(|| fs.write_snapshot(&machine)).map_err(|e| format!("snapshot: {e}"))?;
         let (covers_seq, files, bytes) = (snap.covers_seq, snap.entries, snap.len);
         let written_ms = t.elapsed().as_millis() as u64;
-        let key = put_snapshot(fs.store(), fs.prefix(), &machine, covers_seq, &snap.file, snap.len).await.map_err(|e| e.to_string())?;
+        let key = sink(fs).put_snapshot(&machine, covers_seq, &snap.file, snap.len).await.map_err(|e| e.to_string())?;
         drop(snap);
         fs.snapshot_taken(covers_seq, files, bytes).map_err(|e| e.to_string())?;
         fs.uploaded_one();
@@ -142,4 +144,9 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
         }
     }
     Ok(sent)
+}
+
+/// Where this machine's batches and snapshots go, signed with its key.
+fn sink<I: JournalIndex + ?Sized>(fs: &I) -> MetaSink<'_> {
+    MetaSink { store: fs.store(), keys: fs.keys(), signer: Some(fs.signer()), prefix: fs.prefix() }
 }

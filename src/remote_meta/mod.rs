@@ -18,6 +18,7 @@
 //! All objects use the file format of docs/FORMAT.md (sealed to the vault public key), so a
 //! write-only mount can write them and only the passphrase can read them.
 
+use crate::crypto::sign::{self, MachineSigner};
 use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys};
 use crate::store::{ObjectStore, PutOptions, StoreError};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 pub mod journal;
 pub mod read;
+pub mod trust;
 pub use journal::JournalConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -234,6 +236,8 @@ pub struct Tree {
     pub nodes: BTreeMap<String, Node>,
     /// Object keys any snapshot or journal entry mentions (live or not).
     pub mentioned: HashSet<String>,
+    /// Keys a write-only machine said no live file uses: they hide only objects it signed.
+    pub dead_of: BTreeMap<String, HashSet<String>>,
     /// Entries refused (unsafe paths), with the reason.
     pub refused: Vec<String>,
     /// Per machine, the highest journal sequence number this tree reflects.
@@ -552,16 +556,17 @@ const AHEAD_BYTES: u64 = 64 << 20;
 /// attribute the kernel allows stay well below it.
 const MAX_BATCH_BYTES: u64 = 256 << 20;
 
-type Fetch = tokio::task::JoinHandle<Result<bytes::Bytes, StoreError>>;
+type Fetch = tokio::task::JoinHandle<Result<(bytes::Bytes, std::collections::HashMap<String, String>), StoreError>>;
 
 /// One machine's journal after what the base covers: its batches still to read, those being
-/// fetched, the records of the one being applied, and the highest sequence number taken so far.
+/// fetched, the records of the one being applied (with the role of the machine that signed
+/// them), and the highest sequence number taken so far.
 #[derive(Default)]
 struct Stream {
     /// (first, last, key, listed size)
     batches: std::collections::VecDeque<(i64, i64, String, u64)>,
     fetching: std::collections::VecDeque<(i64, i64, String, u64, Fetch)>,
-    recs: std::collections::VecDeque<Record>,
+    recs: std::collections::VecDeque<(Record, trust::Role)>,
     done: i64,
 }
 
@@ -574,59 +579,88 @@ impl Drop for Stream {
     }
 }
 
+/// What every stream of a rebuild reads with.
+struct Reader<'a> {
+    store: &'a Arc<dyn ObjectStore>,
+    keys: &'a VaultKeys,
+    trust: &'a trust::Trust,
+    prefix: &'a str,
+    progress: Progress<'a>,
+    /// Batches to read, all machines together.
+    total: usize,
+}
+
+/// What the streams of a rebuild share while they are read.
+#[derive(Default)]
+struct Merge {
+    refused: Vec<String>,
+    /// Listed bytes of the batches being fetched ahead, all machines together.
+    ahead: u64,
+    fetched: usize,
+}
+
 impl Stream {
     /// Read batches until there is a record to apply; its time, or `None` at the stream's end.
-    /// A batch that cannot be read, or does not match its key, is reported and skipped; a gap
-    /// in the sequence numbers is reported.
-    #[allow(clippy::too_many_arguments)]
-    async fn refill(
-        &mut self,
-        store: &Arc<dyn ObjectStore>,
-        keys: &VaultKeys,
-        m: &str,
-        refused: &mut Vec<String>,
-        ahead: &mut u64,
-        fetched: &mut usize,
-        total: usize,
-        progress: Progress<'_>,
-    ) -> Result<Option<i64>, RemoteError> {
+    /// A batch that cannot be read, is not signed by a key the vault allows for this machine,
+    /// or does not match its key is reported and skipped; a gap in the sequence numbers is
+    /// reported.
+    async fn refill(&mut self, r: &Reader<'_>, m: &str, st: &mut Merge) -> Result<Option<i64>, RemoteError> {
         while self.recs.is_empty() {
             while self.fetching.len() < BATCHES_AHEAD {
                 let Some(&(_, _, _, size)) = self.batches.front() else { break };
-                if !self.fetching.is_empty() && *ahead + size > AHEAD_BYTES {
+                if !self.fetching.is_empty() && st.ahead + size > AHEAD_BYTES {
                     break;
                 }
                 let (first, last, key, size) = self.batches.pop_front().expect("a batch");
-                *ahead += size;
-                let (st, k) = (store.clone(), key.clone());
-                self.fetching.push_back((first, last, key, size, tokio::spawn(async move { st.get_object(&k).await })));
+                st.ahead += size;
+                let (store, k) = (r.store.clone(), key.clone());
+                self.fetching.push_back((first, last, key, size, tokio::spawn(async move { store.get_with_metadata(&k).await })));
             }
             let Some((first, last, key, size, task)) = self.fetching.pop_front() else { return Ok(None) };
-            *ahead -= size;
-            *fetched += 1;
-            progress("journal", *fetched, total);
+            st.ahead -= size;
+            st.fetched += 1;
+            (r.progress)("journal", st.fetched, r.total);
             let next = self.done.saturating_add(1);
             if first > next {
-                refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
+                st.refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
             }
             let got = task.await.map_err(|e| RemoteError::Malformed(format!("journal batch {key}: download task: {e}")))?;
-            let b: Batch = match open_fetched(keys, &key, got)? {
+            let (got, sig) = match got {
+                Ok((body, md)) => {
+                    let w = match body.get(..crypto::HEADER_LEN) {
+                        Some(h) => {
+                            r.trust.check(&r.keys.public, &key[r.prefix.len()..], Some(m), Some(last), h, md.get(sign::META).map(String::as_str))
+                        }
+                        None => Err("shorter than a header".into()),
+                    };
+                    (Ok(body), w)
+                }
+                Err(e) => (Err(e), Err(String::new())),
+            };
+            let b: Batch = match open_fetched(r.keys, &key, got)? {
                 Ok(b) => b,
                 Err(e) => {
-                    refused.push(format!("journal batch {key} (records {first}..{last}) cannot be read ({e}); its changes are not in this tree"));
+                    st.refused.push(format!("journal batch {key} (records {first}..{last}) cannot be read ({e}); its changes are not in this tree"));
+                    continue;
+                }
+            };
+            let writer = match sig {
+                Ok(w) => w,
+                Err(e) => {
+                    st.refused.push(format!("journal batch {key} (records {first}..{last}) is not believed: {e}; its changes are not in this tree"));
                     continue;
                 }
             };
             if b.machine != m || b.records.iter().any(|r| r.seq < first || r.seq > last) {
-                refused
+                st.refused
                     .push(format!("journal batch {key} does not match its key (machine {:?}, records outside {first}..{last}); ignored", b.machine));
                 continue;
             }
             let done = self.done;
-            self.recs.extend(b.records.into_iter().filter(|r| r.seq > done));
-            self.done = self.recs.iter().map(|r| r.seq).max().unwrap_or(done).max(done);
+            self.recs.extend(b.records.into_iter().filter(|r| r.seq > done).map(|r| (r, writer.role)));
+            self.done = self.recs.iter().map(|(r, _)| r.seq).max().unwrap_or(done).max(done);
         }
-        Ok(self.recs.front().map(|r| r.ts_ms))
+        Ok(self.recs.front().map(|(r, _)| r.ts_ms))
     }
 }
 
@@ -657,6 +691,8 @@ async fn rebuild_once(
     last_try: bool,
 ) -> Result<Tree, RemoteError> {
     let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
+    let trust = trust::Trust::load(store, sk, prefix).await?;
+    let mut notes = trust.problems.clone();
     let mut tree = Tree::default();
     // Latest snapshot per machine: (sequence, key, length).
     let snaps = store.list(&format!("{prefix}s/")).await?;
@@ -669,18 +705,35 @@ async fn rebuild_once(
             }
         }
     }
-    let latest: Vec<(String, u64)> = latest.into_values().map(|(_, k, n)| (k, n)).collect();
-    // The base: the newest snapshot that records what it saw of every machine — the state of
-    // the vault as of that moment; every machine's later records are replayed on top. Vaults
-    // whose snapshots predate `seen` start from all of them, each covering its own journal.
-    // Snapshots are streamed, never held: with one snapshot (one machine, the usual case) it is
-    // the base and is applied as it is read; with several, a first pass reads what each says
-    // besides its entries, and a second applies the base's entries.
+    // Each snapshot's signature, from its metadata, is checked against its header before any
+    // of its entries is parsed.
+    let mut latest_signed: Vec<(String, u64, String, i64, Option<String>)> = Vec::new();
+    for (m, (seq, key, len)) in latest {
+        let sig = match store.head_object(&key).await {
+            Ok(h) => h.metadata.get(sign::META).cloned(),
+            Err(e) if stops_rebuild(&e) => return Err(e.into()),
+            // Read below, where the same error is reported with the object's name.
+            Err(_) => None,
+        };
+        latest_signed.push((key, len, m, seq, sig));
+    }
+    let checker = |key: &str, m: &str, seq: i64, sig: Option<String>| {
+        let rel = key[prefix.len()..].to_string();
+        let m = m.to_string();
+        let trust = &trust;
+        move |h: &[u8]| trust.check(&keys.public, &rel, Some(&m), Some(seq), h, sig.as_deref())
+    };
+    // The base: the newest snapshot of a full machine that records what it saw of every
+    // machine — the state of the vault as of that moment; every machine's later records are
+    // replayed on top. Vaults whose snapshots predate `seen` start from all of them, each
+    // covering its own journal. Snapshots are streamed, never held: with one snapshot (one
+    // machine, the usual case) it is the base and is applied as it is read; with several, a
+    // first pass reads what each says besides its entries, and a second applies the base's.
     let mut loaded: Vec<read::SnapshotInfo> = Vec::new();
     let mut base: Vec<usize> = Vec::new();
-    if let [(key, len)] = &latest[..] {
+    if let [(key, len, m, seq, sig)] = &latest_signed[..] {
         progress("snapshot", 1, 1);
-        let (t, r) = read::stream(store, sk, key, *len, Some(tree)).await?;
+        let (t, r) = read::stream(store, sk, key, *len, Some(tree), &checker(key, m, *seq, sig.clone())).await?;
         tree = t.expect("the tree comes back");
         match r {
             Ok(info) => {
@@ -695,13 +748,13 @@ async fn rebuild_once(
             }
         }
     } else {
-        let mut read_from: Vec<(String, u64)> = Vec::new();
-        for (i, (key, len)) in latest.iter().enumerate() {
-            progress("snapshot", i + 1, latest.len());
-            match read::stream(store, sk, key, *len, None).await?.1 {
+        let mut read_from: Vec<usize> = Vec::new();
+        for (i, (key, len, m, seq, sig)) in latest_signed.iter().enumerate() {
+            progress("snapshot", i + 1, latest_signed.len());
+            match read::stream(store, sk, key, *len, None, &checker(key, m, *seq, sig.clone())).await?.1 {
                 Ok(info) => {
                     loaded.push(info);
-                    read_from.push((key.clone(), *len));
+                    read_from.push(i);
                 }
                 Err(e) if !last_try => return Err(RemoteError::Changed(format!("snapshot {key} cannot be read ({e})"))),
                 Err(e) => tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it")),
@@ -709,14 +762,17 @@ async fn rebuild_once(
         }
         let mut order: Vec<usize> = (0..loaded.len()).collect();
         order.sort_by_key(|&i| (loaded[i].ts_ms, loaded[i].machine.clone()));
-        base = match order.iter().rposition(|&i| !loaded[i].seen.is_empty()) {
+        // A write-only machine never read the bucket: its snapshot describes its own stream
+        // only, and is never the base.
+        let full = |i: usize| loaded[i].writer.as_ref().is_none_or(|w| w.role == trust::Role::Full);
+        base = match order.iter().rposition(|&i| !loaded[i].seen.is_empty() && full(i)) {
             Some(b) => vec![order[b]],
             None => order,
         };
         for &b in &base {
-            let (key, len) = &read_from[b];
+            let (key, len, m, seq, sig) = &latest_signed[read_from[b]];
             progress("snapshot entries", 1, 1);
-            let (t, r) = read::stream(store, sk, key, *len, Some(tree)).await?;
+            let (t, r) = read::stream(store, sk, key, *len, Some(tree), &checker(key, m, *seq, sig.clone())).await?;
             tree = t.expect("the tree comes back");
             match r {
                 Ok(info) if info == loaded[b] => {}
@@ -734,15 +790,37 @@ async fn rebuild_once(
         }
         tree.max_ts = tree.max_ts.max(s.ts_ms);
     }
+    // What each machine's journal must reach, by what the believed snapshots say they saw.
+    let mut claimed: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for s in &loaded {
+        for (m, q) in s.reflects() {
+            let c = claimed.entry(m).or_insert((0, String::new()));
+            if q > c.0 {
+                *c = (q, s.machine.clone());
+            }
+        }
+    }
     for s in &mut loaded {
-        // Dead keys stay dead whichever snapshot said so (keys are never reused).
-        tree.mentioned.extend(std::mem::take(&mut s.dead_keys));
+        // Dead keys stay dead whichever snapshot said so (keys are never reused); a write-only
+        // machine's hide only objects it signed itself.
+        let dead = std::mem::take(&mut s.dead_keys);
+        match &s.writer {
+            Some(trust::Writer { machine: Some(m), role: trust::Role::WriteOnly }) => tree.dead_of.entry(m.clone()).or_default().extend(dead),
+            _ => tree.mentioned.extend(dead),
+        }
     }
     // Every machine's journal after what the base covers.
     let jl = store.list(&format!("{prefix}j/")).await?;
+    let mut have: BTreeMap<String, i64> = BTreeMap::new();
+    for s in &loaded {
+        let h = have.entry(s.machine.clone()).or_insert(0);
+        *h = (*h).max(s.covers_seq);
+    }
     let mut batches: Vec<(String, i64, i64, String, u64)> = Vec::new();
     for o in &jl {
         let Some((m, a, b)) = parse_seq_key(&o.key[prefix.len() + 2..]) else { continue };
+        let h = have.entry(m.clone()).or_insert(0);
+        *h = (*h).max(b);
         if b <= covered.get(&m).copied().unwrap_or(0) {
             continue;
         }
@@ -751,6 +829,16 @@ async fn rebuild_once(
             continue;
         }
         batches.push((m, a, b, o.key.clone(), o.size));
+    }
+    // A journal that ends before what a believed snapshot saw of it lost its last batches
+    // (removed, or the stream rolled back): reported, since nothing else would show it.
+    for (m, (q, by)) in &claimed {
+        let h = have.get(m).copied().unwrap_or(0);
+        if *q > h {
+            notes.push(format!(
+                "journal of machine {m}: the bucket holds it up to record {h}, but the snapshot of machine {by} saw it up to {q}: its later batches were removed or rolled back"
+            ));
+        }
     }
     batches.sort_by_key(|a| (a.0.clone(), a.1));
     let total = batches.len();
@@ -765,25 +853,32 @@ async fn rebuild_once(
     // a change made after a rebuild is stamped after everything that rebuild saw (the clock
     // floor), so a dead machine's older records never land on top of newer state. Each stream
     // holds one batch at a time, read when its last record has been applied.
-    let (mut fetched, mut ahead) = (0usize, 0u64);
+    let reader = Reader { store, keys, trust: &trust, prefix, progress, total };
+    let mut merge = Merge { refused: std::mem::take(&mut tree.refused), ..Default::default() };
     let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(i64, String)>> = std::collections::BinaryHeap::new();
     for (m, st) in streams.iter_mut() {
-        if let Some(ts) = st.refill(store, keys, m, &mut tree.refused, &mut ahead, &mut fetched, total, progress).await? {
+        if let Some(ts) = st.refill(&reader, m, &mut merge).await? {
             heads.push(std::cmp::Reverse((ts, m.clone())));
         }
     }
     tree.seen = covered;
     while let Some(std::cmp::Reverse((_, m))) = heads.pop() {
         let st = streams.get_mut(&m).expect("a stream per head");
-        let r = st.recs.pop_front().expect("a head has a record");
+        let (r, role) = st.recs.pop_front().expect("a head has a record");
         tree.max_ts = tree.max_ts.max(r.ts_ms);
         let s = tree.seen.entry(m.clone()).or_insert(0);
         *s = (*s).max(r.seq);
-        tree.apply_owned(r.entry);
-        if let Some(ts) = st.refill(store, keys, &m, &mut tree.refused, &mut ahead, &mut fetched, total, progress).await? {
+        match r.entry {
+            Entry::Discard { key } if role == trust::Role::WriteOnly => {
+                tree.dead_of.entry(m.clone()).or_default().insert(key);
+            }
+            e => tree.apply_owned(e),
+        }
+        if let Some(ts) = st.refill(&reader, &m, &mut merge).await? {
             heads.push(std::cmp::Reverse((ts, m)));
         }
     }
+    tree.refused = merge.refused;
     // Data objects: classes from the listing; objects nothing mentions are read with HEAD.
     let data = store.list(&format!("{prefix}d/")).await?;
     let classes: std::collections::HashMap<&str, &str> = data.iter().map(|o| (o.key.as_str(), o.storage_class.as_str())).collect();
@@ -821,6 +916,16 @@ async fn rebuild_once(
                 continue;
             }
         };
+        let writer = match trust.check(&keys.public, &o.key[prefix.len()..], None, None, &header, h.metadata.get(sign::META).map(String::as_str)) {
+            Ok(w) => w,
+            Err(e) => {
+                tree.refused.push(format!("object {} (for {}) is not believed: {e}; not adopted", o.key, shown(&m.path)));
+                continue;
+            }
+        };
+        if writer.machine.as_ref().is_some_and(|w| tree.dead_of.get(w).is_some_and(|d| d.contains(&o.key))) {
+            continue; // its own machine said no live file uses it
+        }
         if let Err(why) = check_path(&m.path) {
             tree.refused.push(format!("object {}: refused {why}", o.key));
             continue;
@@ -842,30 +947,49 @@ async fn rebuild_once(
             xattrs: None,
         });
     }
+    notes.append(&mut tree.refused);
+    tree.refused = notes;
     Ok(tree)
 }
 
-/// Upload a batch of journal records (idempotent: the key is derived from the sequence range).
-pub async fn put_batch(store: &dyn ObjectStore, keys: &VaultKeys, prefix: &str, machine: &str, records: Vec<Record>) -> Result<String, StoreError> {
-    let (first, last) = (records.first().map_or(0, |r| r.seq), records.last().map_or(0, |r| r.seq));
-    let key = format!("{prefix}j/{machine}/{first:016}-{last:016}");
-    let body = seal_json(keys, &Batch { machine: machine.to_string(), records });
-    store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }).await?;
-    Ok(key)
+/// Where a machine puts its journal batches and snapshots: the store, the vault's public key
+/// (they are sealed to it), the machine's signing key (always, in a mount; `None` writes them
+/// unsigned, as builds before signatures did, for tests), and the vault's prefix.
+pub struct MetaSink<'a> {
+    pub store: &'a dyn ObjectStore,
+    pub keys: &'a VaultKeys,
+    pub signer: Option<&'a MachineSigner>,
+    pub prefix: &'a str,
 }
 
-/// Upload a sealed snapshot (`SnapshotWriter`'s output, `len` bytes of `file`) under its key.
-pub async fn put_snapshot(
-    store: &dyn ObjectStore,
-    prefix: &str,
-    machine: &str,
-    covers_seq: i64,
-    file: &std::fs::File,
-    len: u64,
-) -> Result<String, StoreError> {
-    let key = format!("{prefix}s/{machine}/{covers_seq:016}");
-    put_file(store, &key, file, len, &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }).await?;
-    Ok(key)
+impl MetaSink<'_> {
+    fn opts(&self, key: &str, header: &[u8]) -> PutOptions {
+        let metadata = self
+            .signer
+            .map(|s| vec![(sign::META.to_string(), s.sign_object(&self.keys.public, &key[self.prefix.len()..], header))])
+            .unwrap_or_default();
+        PutOptions { storage_class: "STANDARD".into(), metadata, ..Default::default() }
+    }
+
+    /// Upload a batch of journal records (idempotent: the key is derived from the sequence range).
+    pub async fn put_batch(&self, machine: &str, records: Vec<Record>) -> Result<String, StoreError> {
+        let (first, last) = (records.first().map_or(0, |r| r.seq), records.last().map_or(0, |r| r.seq));
+        let key = format!("{}j/{machine}/{first:016}-{last:016}", self.prefix);
+        let body = seal_json(self.keys, &Batch { machine: machine.to_string(), records });
+        let opts = self.opts(&key, &body[..crypto::HEADER_LEN]);
+        self.store.put_object(&key, body.into(), &opts).await?;
+        Ok(key)
+    }
+
+    /// Upload a sealed snapshot (`SnapshotWriter`'s output, `len` bytes of `file`) under its key.
+    pub async fn put_snapshot(&self, machine: &str, covers_seq: i64, file: &std::fs::File, len: u64) -> Result<String, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let key = format!("{}s/{machine}/{covers_seq:016}", self.prefix);
+        let mut header = [0u8; crypto::HEADER_LEN];
+        file.read_exact_at(&mut header, 0).map_err(|e| StoreError::Permanent { code: "LocalRead".into(), message: format!("{key}: {e}") })?;
+        put_file(self.store, &key, file, len, &self.opts(&key, &header)).await?;
+        Ok(key)
+    }
 }
 
 /// Upload `len` bytes of `file` as the object `key`: one PUT up to the multipart threshold,

@@ -7,6 +7,7 @@
 //! snapshots of earlier builds put them after `machine`, `covers_seq` and `ts_ms`), so the
 //! parser is a serde visitor over the top-level object, not a scan of known offsets.
 
+use super::trust::{Role, Writer};
 use super::{Entry, RemoteError, Tree};
 use crate::sealed::{ReadError, Segments};
 use crate::store::ObjectStore;
@@ -25,12 +26,18 @@ pub struct SnapshotInfo {
     pub dead_keys: Vec<String>,
     pub seen: BTreeMap<String, i64>,
     pub entries: u64,
+    /// Who signed it (set by `stream` once its header was checked).
+    pub writer: Option<Writer>,
 }
 
 impl SnapshotInfo {
-    /// What this snapshot reflects of each machine's journal.
+    /// What this snapshot reflects of each machine's journal. A write-only machine never read
+    /// the bucket: what it says of other machines' journals is not believed.
     pub fn reflects(&self) -> BTreeMap<String, i64> {
         let mut s = self.seen.clone();
+        if self.writer.as_ref().is_some_and(|w| w.role == Role::WriteOnly) {
+            s.retain(|m, _| *m == self.machine);
+        }
         let own = s.entry(self.machine.clone()).or_insert(0);
         *own = (*own).max(self.covers_seq);
         s
@@ -96,6 +103,7 @@ impl<'de, F: FnMut(Entry)> Visitor<'de> for Top<F> {
             entries: entries.ok_or_else(|| de::Error::missing_field("entries"))?,
             dead_keys: dead_keys.unwrap_or_default(),
             seen: seen.unwrap_or_default(),
+            writer: None,
         })
     }
 }
@@ -160,13 +168,16 @@ impl Read for ChannelReader {
 /// is applied to it as it is parsed, and the tree is handed back whatever happens (the caller
 /// decides what a snapshot that failed half-way leaves). The outer error stops the rebuild (a
 /// transient S3 error, expired credentials); the inner one is this snapshot's own problem
-/// (missing, tampered, truncated, malformed).
+/// (missing, tampered, truncated, malformed, not signed by a machine the vault allows).
+/// `check` is given the snapshot's header before anything of it reaches the parser (and the
+/// tree): it says who signed it, or why it is not believed.
 pub async fn stream(
     store: &Arc<dyn ObjectStore>,
     sk: &StaticSecret,
     key: &str,
     enc_len: u64,
     tree: Option<Tree>,
+    check: &(dyn Fn(&[u8]) -> Result<Writer, String> + Sync),
 ) -> Result<(Option<Tree>, Result<SnapshotInfo, String>), RemoteError> {
     let Some(size) = crate::crypto::plaintext_len(enc_len) else {
         return Ok((tree, Err(format!("impossible object length {enc_len}"))));
@@ -182,10 +193,17 @@ pub async fn stream(
         (tree, parsed)
     });
     let mut segs = Segments::new(store.clone(), sk, key, size, None);
+    let mut writer = None;
     let failed = loop {
         match segs.next().await {
-            // A closed channel: the parser stopped early, on an error of its own.
             Ok(Some(pt)) => {
+                if writer.is_none() {
+                    match check(segs.header().expect("the header comes with the first segment")) {
+                        Ok(w) => writer = Some(w),
+                        Err(why) => break Some(ReadError::Corrupt(format!("object {key}: {why}"))),
+                    }
+                }
+                // A closed channel: the parser stopped early, on an error of its own.
                 if tx.send(pt).await.is_err() {
                     break None;
                 }
@@ -203,7 +221,7 @@ pub async fn stream(
         Some(e @ ReadError::Task(_)) => return Err(RemoteError::Malformed(format!("snapshot {key}: {e}"))),
         // The snapshot's own problem: gone, archived, refused, not what it must be.
         Some(e) => Err(e.to_string()),
-        None => parsed.map_err(|e| e.to_string()),
+        None => parsed.map(|i| SnapshotInfo { writer, ..i }).map_err(|e| e.to_string()),
     };
     Ok((tree, res))
 }

@@ -87,7 +87,10 @@ fn one_unreadable_object_does_not_stop_a_rebuild() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let store = crate::store::memory::MemoryStore::new();
     let rec = |seq: i64, path: &str| Record { seq, ts_ms: seq, entry: Entry::Mkdir { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } };
-    rt.block_on(put_batch(store.as_ref(), &keys, "v/", "m1", vec![rec(1, "photos"), rec(2, "photos/2019")])).unwrap();
+    rt.block_on(
+        MetaSink { store: store.as_ref(), keys: &keys, signer: None, prefix: "v/" }.put_batch("m1", vec![rec(1, "photos"), rec(2, "photos/2019")]),
+    )
+    .unwrap();
     store.plant("v/d/0123456789abcdef0123456789abcdef", b"an object nothing mentions");
     store.fail_op("HeadObject", 1, StoreError::NotFound);
     let tree = rt.block_on(rebuild(&(store.clone() as Arc<dyn ObjectStore>), &keys, "v/", &|_, _, _| {})).expect("the rebuild stopped");
@@ -154,7 +157,8 @@ fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
     })
     .unwrap();
     assert!(old.starts_with(b"{\"machine\""), "the old order is not what this test means to cover");
-    let want = read::SnapshotInfo { machine: "m0".into(), covers_seq: 9, ts_ms: 77, dead_keys: vec!["v/d/dead".into()], seen, entries: 300 };
+    let want =
+        read::SnapshotInfo { machine: "m0".into(), covers_seq: 9, ts_ms: 77, dead_keys: vec!["v/d/dead".into()], seen, entries: 300, writer: None };
     for doc in [&streamed, &old] {
         for step in [1, 7, 65_536] {
             let mut got = Vec::new();
@@ -207,7 +211,7 @@ fn a_snapshot_is_streamed_and_one_that_fails_half_way_leaves_nothing() {
     let key = "v/s/m0/0000000000000009";
     store.plant(key, &body);
     let rec = Record { seq: 10, ts_ms: 78, entry: Entry::Mkdir { path: "later".into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } };
-    rt.block_on(put_batch(store.as_ref(), &keys, "v/", "m0", vec![rec])).unwrap();
+    rt.block_on(MetaSink { store: store.as_ref(), keys: &keys, signer: None, prefix: "v/" }.put_batch("m0", vec![rec])).unwrap();
 
     let before = store.calls_of("GetObject");
     let tree = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {})).unwrap();
@@ -281,4 +285,236 @@ fn several_snapshots_are_streamed_twice_and_only_the_base_applied() {
         assert_eq!(store.calls_of("GetObject"), if legacy { 4 } else { 3 }, "legacy {legacy}: each read for its fields, the base(s) again");
         assert!(tree.refused.is_empty(), "{:?}", tree.refused);
     }
+}
+
+// ---------------------------------------------------------------- signatures (trust.rs)
+
+/// A vault in memory with one enrolled machine, for the signature tests.
+struct Signed {
+    rt: tokio::runtime::Runtime,
+    store: Arc<crate::store::memory::MemoryStore>,
+    keys: VaultKeys,
+}
+
+impl Signed {
+    /// `signed`: the vault started signing (an empty adoption), as one created by this build.
+    fn new(signed: bool) -> Signed {
+        let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
+        let v = Signed {
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            store: crate::store::memory::MemoryStore::new(),
+            keys,
+        };
+        if signed {
+            v.rt.block_on(trust::adopt_existing(&v.dyn_store(), v.sk(), "v/")).unwrap();
+        }
+        v
+    }
+    fn sink<'a>(&'a self, by: Option<&'a MachineSigner>) -> MetaSink<'a> {
+        MetaSink { store: self.store.as_ref(), keys: &self.keys, signer: by, prefix: "v/" }
+    }
+    fn dyn_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+    fn sk(&self) -> &x25519_dalek::StaticSecret {
+        self.keys.secret.as_ref().unwrap()
+    }
+    fn allow(&self, m: &MachineSigner, role: trust::Role) {
+        self.rt.block_on(trust::enroll(self.store.as_ref(), self.sk(), "v/", m.machine(), &m.public(), role)).unwrap();
+    }
+    fn batch(&self, by: Option<&MachineSigner>, machine: &str, recs: Vec<Record>) -> String {
+        self.rt.block_on(self.sink(by).put_batch(machine, recs)).unwrap()
+    }
+    /// A snapshot of `machine` covering `covers` at `ts_ms`: (entries, dead keys, seen).
+    fn snapshot(&self, by: Option<&MachineSigner>, machine: &str, covers: i64, ts_ms: i64, doc: (&[Entry], &[&str], &[(&str, i64)])) -> String {
+        let (entries, dead, seen) = doc;
+        use std::io::Write as _;
+        let mut w = SnapshotWriter::new(&self.keys, Vec::new()).unwrap();
+        for e in entries {
+            w.entry(e).unwrap();
+        }
+        for k in dead {
+            w.dead_key(k).unwrap();
+        }
+        let seen = seen.iter().map(|(m, q)| (m.to_string(), *q)).collect();
+        let (body, len) = w.finish(machine, covers, ts_ms, &seen).unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&body).unwrap();
+        self.rt.block_on(self.sink(by).put_snapshot(machine, covers, &f, len)).unwrap()
+    }
+    /// A data object nothing mentions (an upload whose journal batch never went up).
+    fn orphan(&self, by: Option<&MachineSigner>, key: &str, path: &str) {
+        let c = crypto::VersionCipher::new(&self.keys.public, 3);
+        let meta = ObjectMeta { path: path.into(), size: 3, mtime_ns: 1, mode: 0o644, uid: 0, gid: 0, sha256: String::new() };
+        let mut md = vec![("cvh".to_string(), B64.encode(c.header().bytes)), ("cvm".to_string(), B64.encode(c.encrypt_meta(&meta)))];
+        if let Some(s) = by {
+            md.push((sign::META.into(), s.sign_object(&self.keys.public, &key["v/".len()..], &c.header().bytes)));
+        }
+        let opts = PutOptions { storage_class: "STANDARD".into(), metadata: md, ..Default::default() };
+        self.rt.block_on(self.store.put_object(key, vec![0u8; 200].into(), &opts)).unwrap();
+    }
+    fn rebuild(&self) -> Tree {
+        self.rt.block_on(rebuild(&self.dyn_store(), &self.keys, "v/", &|_, _, _| {})).unwrap()
+    }
+}
+
+fn machine(n: u8) -> MachineSigner {
+    MachineSigner::new(&format!("{n:016x}"), &[n; 32])
+}
+
+fn mkdir(seq: i64, path: &str) -> Record {
+    Record { seq, ts_ms: seq, entry: Entry::Mkdir { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } }
+}
+
+fn refused_for<'a>(t: &'a Tree, key: &str) -> &'a str {
+    t.refused.iter().find(|r| r.contains(key)).map(String::as_str).unwrap_or_else(|| panic!("{key} not reported in {:?}", t.refused))
+}
+
+/// In a signed vault a rebuild believes a journal batch only when a key the vault allows for
+/// the machine its key names signed it, for that key: an unsigned batch, one signed by a key
+/// the vault does not list, one signed as another machine, and an allowed machine's batch
+/// copied under another key are each refused by name, and change nothing.
+#[test]
+fn a_signed_vault_believes_only_batches_its_machines_signed() {
+    let v = Signed::new(true);
+    let a = machine(0xa);
+    v.allow(&a, trust::Role::Full);
+    v.batch(Some(&a), a.machine(), vec![mkdir(1, "photos"), mkdir(2, "photos/2019")]);
+    let unsigned = v.batch(None, "00000000000000ee", vec![mkdir(1, "evil-unsigned")]);
+    let stranger = machine(0xb);
+    let not_allowed = v.batch(Some(&stranger), stranger.machine(), vec![mkdir(1, "evil-stranger")]);
+    // The stranger's key, writing into A's stream.
+    let impostor = MachineSigner::new(a.machine(), &[0xb; 32]);
+    let wrong_key = v.batch(Some(&impostor), a.machine(), vec![mkdir(3, "evil-impostor")]);
+    // The stranger's stream, signed with its own key but claiming to be A.
+    let as_other = v.batch(Some(&a), stranger.machine(), vec![mkdir(2, "evil-as-other")]);
+    // A's genuine batch and signature, copied under another sequence range.
+    let (body, md) = v.rt.block_on(v.store.get_with_metadata("v/j/000000000000000a/0000000000000001-0000000000000002")).unwrap();
+    let moved = "v/j/000000000000000a/0000000000000004-0000000000000005";
+    let opts = PutOptions { storage_class: "STANDARD".into(), metadata: md.into_iter().collect(), ..Default::default() };
+    v.rt.block_on(v.store.put_object(moved, body, &opts)).unwrap();
+
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("photos/2019"), "{:?}", t.refused);
+    let names: Vec<&String> = t.nodes.keys().collect();
+    assert_eq!(names, ["photos", "photos/2019"], "{:?}", t.refused);
+    assert!(refused_for(&t, &unsigned).contains("unsigned"));
+    assert!(refused_for(&t, &not_allowed).contains("does not allow"));
+    assert!(refused_for(&t, &wrong_key).contains("does not verify"));
+    assert!(refused_for(&t, &as_other).contains("another machine's name"));
+    assert!(refused_for(&t, moved).contains("does not verify"));
+}
+
+/// A forged snapshot cannot hide a machine's files: unsigned it is refused; signed by an
+/// allowed write-only machine, what it says it saw of other machines and the keys it calls
+/// dead apply to its own stream and objects only, and it is never the base.
+#[test]
+fn a_snapshot_cannot_hide_another_machines_files() {
+    let v = Signed::new(true);
+    let (a, w) = (machine(0xa), machine(0xc));
+    v.allow(&a, trust::Role::Full);
+    v.allow(&w, trust::Role::WriteOnly);
+    let mut e = upload_entry(1);
+    if let Entry::Upload { key, .. } = &mut e {
+        *key = "v/d/000000000000000000000000000000a1".into();
+    }
+    v.batch(Some(&a), a.machine(), vec![mkdir(1, "photos"), Record { seq: 2, ts_ms: 2, entry: e }]);
+    // A's upload whose record never went up: adopted from its signed metadata…
+    v.orphan(Some(&a), "v/d/000000000000000000000000000000a2", "photos/orphan.jpg");
+    // …unless an unsigned object or a write-only machine says otherwise.
+    let forged = v.snapshot(None, a.machine(), 999, i64::MAX / 2, (&[], &["v/d/000000000000000000000000000000a2"], &[(a.machine(), 999)]));
+    v.snapshot(
+        Some(&w),
+        w.machine(),
+        5,
+        i64::MAX / 2,
+        (
+            &[Entry::Mkdir { path: "from-w".into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 }],
+            &["v/d/000000000000000000000000000000a2"],
+            &[(a.machine(), 999)],
+        ),
+    );
+    let t = v.rebuild();
+    for p in ["photos", "photos/000/IMG_000001.CR2", "photos/orphan.jpg", "from-w"] {
+        assert!(t.nodes.contains_key(p), "{p} missing; refused: {:?}", t.refused);
+    }
+    assert!(refused_for(&t, &forged).contains("unsigned"));
+    // A write-only machine's dead key does hide its own orphan.
+    v.orphan(Some(&w), "v/d/000000000000000000000000000000c1", "w-rewritten.jpg");
+    v.snapshot(Some(&w), w.machine(), 6, 10, (&[], &["v/d/000000000000000000000000000000c1"], &[]));
+    let t = v.rebuild();
+    assert!(!t.nodes.contains_key("w-rewritten.jpg"), "a write-only machine's own dead version came back");
+    assert!(t.nodes.contains_key("photos/orphan.jpg"));
+}
+
+/// A revoked key is believed up to the sequence number its revocation names, and not after;
+/// an orphan it signed is not adopted. Revoked whole, nothing it signed is believed.
+#[test]
+fn a_revoked_key_is_believed_only_up_to_its_revocation() {
+    let v = Signed::new(true);
+    let w = machine(0xc);
+    v.allow(&w, trust::Role::WriteOnly);
+    v.batch(Some(&w), w.machine(), vec![mkdir(1, "before")]);
+    let after = v.batch(Some(&w), w.machine(), vec![mkdir(2, "after")]);
+    v.orphan(Some(&w), "v/d/000000000000000000000000000000c2", "orphan.jpg");
+    v.rt.block_on(trust::revoke(v.store.as_ref(), v.sk(), "v/", w.machine(), &w.public(), Some(1))).unwrap();
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("before") && !t.nodes.contains_key("after") && !t.nodes.contains_key("orphan.jpg"), "{:?}", t.refused);
+    assert!(refused_for(&t, &after).contains("revoked after sequence 1"));
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    v.rt.block_on(trust::revoke(v.store.as_ref(), v.sk(), "v/", w.machine(), &w.public(), None)).unwrap();
+    let t = v.rebuild();
+    assert!(!t.nodes.contains_key("before"), "{:?}", t.refused);
+    assert!(t.refused.iter().any(|r| r.contains("which was revoked;") || r.contains("which was revoked")), "{:?}", t.refused);
+}
+
+/// A vault of an older build (no statement) is read as before; once it starts signing, what
+/// was in it then stays believed and an unsigned batch written later, or an adopted one
+/// replaced by other content, is refused. A statement not signed by the vault is ignored.
+#[test]
+fn unsigned_objects_of_older_builds_are_adopted_once() {
+    let v = Signed::new(false);
+    let old = v.batch(None, "000000000000000a", vec![mkdir(1, "old")]);
+    v.orphan(None, "v/d/000000000000000000000000000000a3", "old-orphan.jpg");
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("old") && t.nodes.contains_key("old-orphan.jpg") && t.refused.is_empty(), "{:?}", t.refused);
+    assert_eq!(v.rt.block_on(trust::adopt_existing(&v.dyn_store(), v.sk(), "v/")).unwrap(), 1);
+    let late = v.batch(None, "000000000000000a", vec![mkdir(2, "late")]);
+    // A statement from someone without the vault key.
+    let other = crate::crypto::VaultDescriptor::create_with_cost(b"x", 1024, 1).1;
+    let forged = crate::crypto::sign::sign_statement(other.secret.as_ref().unwrap(), "m/adopt-0000000000000009", "{\"ts_ms\":9,\"objects\":{}}");
+    v.rt.block_on(v.store.put_object("v/m/adopt-0000000000000009", forged.into(), &PutOptions::default())).unwrap();
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("old") && !t.nodes.contains_key("late"), "{:?}", t.refused);
+    assert!(refused_for(&t, &late).contains("unsigned"));
+    assert!(refused_for(&t, "v/m/adopt-0000000000000009").contains("not the vault's"));
+    // An unsigned orphan is not adopted in a signed vault (it was never listed).
+    assert!(refused_for(&t, "v/d/000000000000000000000000000000a3").contains("unsigned"));
+    // The adopted batch's key, now holding other content (a store without conditional writes).
+    let body = seal_json(&v.keys, &Batch { machine: "000000000000000a".into(), records: vec![mkdir(1, "swapped")] });
+    v.rt.block_on(v.store.put_object(&old, body.into(), &PutOptions::default())).unwrap();
+    let t = v.rebuild();
+    assert!(!t.nodes.contains_key("swapped") && !t.nodes.contains_key("old"), "{:?}", t.refused);
+    assert!(refused_for(&t, &old).contains("unsigned"));
+}
+
+/// Batches removed from the end of a journal (a rolled-back or cut stream) are reported when a
+/// snapshot saw further; batches missing in the middle are reported as a gap.
+#[test]
+fn a_journal_cut_short_is_reported() {
+    let v = Signed::new(true);
+    let (a, b) = (machine(0xa), machine(0xb));
+    v.allow(&a, trust::Role::Full);
+    v.allow(&b, trust::Role::Full);
+    v.batch(Some(&a), a.machine(), vec![mkdir(1, "one")]);
+    let two = v.batch(Some(&a), a.machine(), vec![mkdir(2, "two")]);
+    let three = v.batch(Some(&a), a.machine(), vec![mkdir(3, "three")]);
+    v.snapshot(Some(&b), b.machine(), 4, 3, (&[], &[], &[(b.machine(), 4), (a.machine(), 3)]));
+    v.rt.block_on(v.store.delete_object(&three)).unwrap();
+    let t = v.rebuild();
+    let cut = t.refused.iter().find(|r| r.contains("rolled back")).unwrap_or_else(|| panic!("{:?}", t.refused));
+    assert!(cut.contains(a.machine()) && cut.contains("up to record 2") && cut.contains("up to 3"), "{cut}");
+    v.rt.block_on(v.store.delete_object(&two)).unwrap();
+    let t = v.rebuild();
+    assert!(t.refused.iter().any(|r| r.contains("up to record 1")), "{:?}", t.refused);
 }

@@ -282,6 +282,14 @@ impl ObjectStore for MemoryStore {
         }
         Ok(o.body)
     }
+    async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, std::collections::HashMap<String, String>)> {
+        self.enter("GetObject").await?;
+        let o = self.newest(key)?;
+        if !self.readable(&o) {
+            return Err(StoreError::Archived);
+        }
+        Ok((o.body, o.metadata))
+    }
     async fn head_object(&self, key: &str) -> Result<HeadInfo> {
         self.enter("HeadObject").await?;
         let o = self.newest(key)?;

@@ -112,6 +112,8 @@ pub trait ObjectStore: Send + Sync {
     /// Bytes [start, end) of the object.
     async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes>;
     async fn get_object(&self, key: &str) -> Result<Bytes>;
+    /// The whole object and its user metadata, from one GET (a journal batch and its signature).
+    async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, HashMap<String, String>)>;
     async fn head_object(&self, key: &str) -> Result<HeadInfo>;
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>>;
     async fn delete_object(&self, key: &str) -> Result<()>;
@@ -126,11 +128,17 @@ pub trait ObjectStore: Send + Sync {
 pub struct Counted {
     inner: Arc<dyn ObjectStore>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// The vault's key prefix: reads of its signed statements (`P m/`, read by every rebuild)
+    /// are counted apart from reads of files and metadata.
+    prefix: String,
 }
 
 impl Counted {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Counted {
-        Counted { inner, counts: Mutex::new(BTreeMap::new()) }
+        Self::with_prefix(inner, "")
+    }
+    pub fn with_prefix(inner: Arc<dyn ObjectStore>, prefix: &str) -> Counted {
+        Counted { inner, counts: Mutex::new(BTreeMap::new()), prefix: prefix.to_string() }
     }
     fn bump(&self, op: &'static str) {
         *self.counts.lock().unwrap().entry(op).or_default() += 1;
@@ -167,8 +175,13 @@ impl ObjectStore for Counted {
         self.inner.get_range(key, start, end).await
     }
     async fn get_object(&self, key: &str) -> Result<Bytes> {
-        self.bump("GetObject");
+        let statement = key.strip_prefix(self.prefix.as_str()).is_some_and(|k| k.starts_with("m/"));
+        self.bump(if statement { "GetObject(statements)" } else { "GetObject" });
         self.inner.get_object(key).await
+    }
+    async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, HashMap<String, String>)> {
+        self.bump("GetObject");
+        self.inner.get_with_metadata(key).await
     }
     async fn head_object(&self, key: &str) -> Result<HeadInfo> {
         self.bump("HeadObject");

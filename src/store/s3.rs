@@ -319,6 +319,11 @@ impl ObjectStore for S3Store {
         let r = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
         collect(r.body).await
     }
+    async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, std::collections::HashMap<String, String>)> {
+        let mut r = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
+        let md = r.metadata.take().unwrap_or_default();
+        Ok((collect(r.body).await?, md))
+    }
     async fn head_object(&self, key: &str) -> Result<HeadInfo> {
         let r = self.client.head_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
         Ok(HeadInfo {

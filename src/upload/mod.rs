@@ -74,6 +74,8 @@ pub trait UploadQueue: Send + Sync {
     fn can_read(&self) -> bool;
     /// A fresh, never used object key for a version whose key turned out to be occupied.
     fn new_key(&self) -> String;
+    /// This machine's signature of the object at `key` with this header (`x-amz-meta-cvs`).
+    fn sign_object(&self, key: &str, header: &[u8]) -> String;
     /// The encrypted copy of a queued version on local disk.
     fn outbox_path(&self, u: &Upload) -> PathBuf;
     /// Notified when a version is queued.
@@ -279,7 +281,10 @@ impl Uploader {
     }
 
     fn opts(&self, u: &Upload) -> PutOptions {
-        let metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap_or_default();
+        let mut metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap_or_default();
+        // Signed here, not when sealed: a version moved to a fresh key is signed for that key.
+        metadata.retain(|(k, _)| k != crate::crypto::sign::META);
+        metadata.push((crate::crypto::sign::META.to_string(), self.fs.sign_object(&u.object_key, &u.header)));
         // Data objects are never overwritten: a version's key is fresh and the write conditional.
         PutOptions { storage_class: u.storage_class.clone(), metadata, tagging: u.tagging.clone(), if_none_match: true }
     }

@@ -1,0 +1,325 @@
+//! Which objects in the bucket a rebuild believes (docs/FORMAT.md, section 8).
+//!
+//! Anyone who can put objects under the prefix can make objects that decrypt: the vault's
+//! public key is public. So every data object, journal batch and snapshot carries its writer's
+//! signature (`crypto::sign`), and the vault key signs statements under `P m/`:
+//! * `m/<machine>-<key id>.enroll`: this machine key may write this machine's stream
+//!   (`full`: a machine holding the passphrase; `write-only`: its snapshots only describe its
+//!   own stream, and what it says is dead hides only its own objects);
+//! * `m/<machine>-<key id>-<ms>.revoke`: that key is no longer believed (after a sequence number, or
+//!   at all);
+//! * `m/adopt-<ms>`: the unsigned batches and snapshots of older builds that were in the bucket
+//!   when the vault started signing, each by the SHA-256 of its header. A vault created by this
+//!   build starts with an empty one. Its presence is what makes the vault *signed*: from then
+//!   on an unsigned object that it does not list is refused.
+//!
+//! Only a machine with the private key can write a statement, and only such a machine can
+//! read the bucket's metadata at all, so the rebuild needs nothing from the bucket to know the
+//! vault's signing key.
+
+use super::RemoteError;
+use crate::crypto::sign::{self, MachineSigner};
+use crate::store::{ObjectStore, PutOptions, StoreError};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Full,
+    WriteOnly,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Enrollment {
+    machine: String,
+    key: String,
+    role: Role,
+    ts_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revocation {
+    machine: String,
+    key: String,
+    /// Objects up to this sequence number stay believed (written before the machine was lost);
+    /// `None`: nothing it signed is.
+    after_seq: Option<i64>,
+    ts_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Adoption {
+    ts_ms: i64,
+    /// Object key below the prefix → hex SHA-256 of its 128-byte header.
+    objects: BTreeMap<String, String>,
+}
+
+/// A statement larger than this is refused unread (an adoption lists about 100 bytes per object).
+const MAX_STATEMENT: u64 = 256 << 20;
+/// Header GETs in flight while adopting a vault's unsigned objects.
+const ADOPT_PARALLEL: usize = 16;
+
+/// One allowed machine key.
+#[derive(Clone, Debug)]
+pub struct AllowedKey {
+    pub key: VerifyingKey,
+    pub role: Role,
+    pub ts_ms: i64,
+    /// `Some(None)`: revoked whole; `Some(Some(n))`: believed up to sequence `n`.
+    pub revoked: Option<Option<i64>>,
+}
+
+/// Who wrote an object that passed `Trust::check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Writer {
+    /// The signing machine; `None` for an unsigned object of an older build.
+    pub machine: Option<String>,
+    pub role: Role,
+}
+
+#[derive(Default, Debug)]
+pub struct Trust {
+    /// The vault has started signing (an adoption statement exists).
+    pub signed: bool,
+    pub machines: BTreeMap<String, Vec<AllowedKey>>,
+    adopted: HashMap<String, String>,
+    /// Statements that could not be read or verified, by name.
+    pub problems: Vec<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn enroll_key(machine: &str, vk: &VerifyingKey) -> String {
+    format!("m/{machine}-{}.enroll", sign::key_id(vk))
+}
+
+/// Revocations are named by their time too: a later, stricter one never collides with an
+/// earlier one (statements are never overwritten).
+fn revoke_key(machine: &str, vk: &VerifyingKey, ts_ms: i64) -> String {
+    format!("m/{machine}-{}-{ts_ms:016}.revoke", sign::key_id(vk))
+}
+
+impl Trust {
+    /// Read and verify every statement under `P m/`. A statement that fails is reported and
+    /// ignored (a forged one must not stop the rebuild); an S3 error other than "gone" stops it.
+    pub async fn load(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str) -> Result<Trust, RemoteError> {
+        let mut t = Trust::default();
+        let listed = store.list(&format!("{prefix}m/")).await?;
+        let mut revocations = Vec::new();
+        for o in listed {
+            let rel = &o.key[prefix.len()..];
+            if o.size > MAX_STATEMENT {
+                t.problems.push(format!("statement {}: {} bytes, larger than any coldvault writes; ignored", o.key, o.size));
+                continue;
+            }
+            let body = match store.get_object(&o.key).await {
+                Ok(b) => b,
+                Err(e) if super::stops_rebuild(&e) => return Err(e.into()),
+                Err(e) => {
+                    t.problems.push(format!("statement {} cannot be read ({e}); ignored", o.key));
+                    continue;
+                }
+            };
+            let text = match sign::open_statement(sk, rel, &body) {
+                Ok(b) => b,
+                Err(e) => {
+                    t.problems.push(format!("statement {}: {e}; ignored", o.key));
+                    continue;
+                }
+            };
+            let r: Result<(), String> = (|| {
+                if rel.ends_with(".enroll") {
+                    let e: Enrollment = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                    let vk = decode_key(&e.key)?;
+                    if rel != enroll_key(&e.machine, &vk) {
+                        return Err("its content does not match its key".into());
+                    }
+                    t.machines.entry(e.machine).or_default().push(AllowedKey { key: vk, role: e.role, ts_ms: e.ts_ms, revoked: None });
+                } else if rel.ends_with(".revoke") {
+                    let r: Revocation = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                    let vk = decode_key(&r.key)?;
+                    if rel != revoke_key(&r.machine, &vk, r.ts_ms) {
+                        return Err("its content does not match its key".into());
+                    }
+                    revocations.push(r);
+                } else if rel.starts_with("m/adopt-") {
+                    let a: Adoption = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                    t.signed = true;
+                    t.adopted.extend(a.objects);
+                } else {
+                    return Err("not a statement coldvault writes".into());
+                }
+                Ok(())
+            })();
+            if let Err(e) = r {
+                t.problems.push(format!("statement {}: {e}; ignored", o.key));
+            }
+        }
+        for r in revocations {
+            let Ok(vk) = decode_key(&r.key) else { continue };
+            for k in t.machines.get_mut(&r.machine).into_iter().flatten().filter(|k| k.key == vk) {
+                // Two revocations of one key: the stricter one holds.
+                k.revoked = Some(match (k.revoked, r.after_seq) {
+                    (Some(Some(a)), Some(b)) => Some(a.min(b)),
+                    (None, b) => b,
+                    _ => None,
+                });
+            }
+        }
+        Ok(t)
+    }
+
+    /// Whether an object may be believed, and who wrote it. `rel_key`: its key below the
+    /// prefix; `stream`: the machine its key names (batches, snapshots); `last_seq`: the
+    /// highest sequence number it covers; `sig`: its `x-amz-meta-cvs`.
+    pub fn check(
+        &self,
+        vault: &PublicKey,
+        rel_key: &str,
+        stream: Option<&str>,
+        last_seq: Option<i64>,
+        header: &[u8],
+        sig: Option<&str>,
+    ) -> Result<Writer, String> {
+        let Some(sig) = sig else {
+            if !self.signed {
+                return Ok(Writer { machine: None, role: Role::Full });
+            }
+            use sha2::Digest;
+            let h = hex::encode(sha2::Sha256::digest(header));
+            return match self.adopted.get(rel_key) {
+                Some(want) if *want == h => Ok(Writer { machine: None, role: Role::Full }),
+                _ => Err("unsigned, and not one of the objects of older builds this vault adopted when it started signing".into()),
+            };
+        };
+        let (m, s) = sign::parse_object_signature(sig).ok_or("its signature (x-amz-meta-cvs) is malformed")?;
+        if stream.is_some_and(|st| st != m) {
+            return Err(format!("signed as machine {m}, but stored under another machine's name"));
+        }
+        let allowed = self.machines.get(&m).filter(|v| !v.is_empty()).ok_or_else(|| {
+            format!("signed by machine {m}, which this vault does not allow (if it is yours: `coldvault machine allow` its token on a full machine)")
+        })?;
+        let k = allowed
+            .iter()
+            .find(|k| sign::verify_object(&k.key, vault, rel_key, header, &s))
+            .ok_or_else(|| format!("its signature does not verify with any key allowed for machine {m} (forged, or moved from another key)"))?;
+        match k.revoked {
+            Some(None) => Err(format!("signed by machine {m} with key {}, which was revoked", sign::key_id(&k.key))),
+            Some(Some(n)) if last_seq.is_none_or(|q| q > n) => {
+                Err(format!("signed by machine {m} with key {}, which was revoked after sequence {n}", sign::key_id(&k.key)))
+            }
+            _ => Ok(Writer { machine: Some(m), role: k.role }),
+        }
+    }
+}
+
+fn decode_key(b: &str) -> Result<VerifyingKey, String> {
+    let kb: [u8; 32] = B64.decode(b).ok().and_then(|v| v.try_into().ok()).ok_or("key is not 32 bytes of base64")?;
+    VerifyingKey::from_bytes(&kb).map_err(|_| "key is not an Ed25519 public key".to_string())
+}
+
+async fn put_statement(store: &dyn ObjectStore, sk: &StaticSecret, prefix: &str, rel: &str, body: &impl Serialize) -> Result<(), StoreError> {
+    let text = serde_json::to_string(body).expect("json");
+    let obj = sign::sign_statement(sk, rel, &text);
+    let opts = PutOptions { storage_class: "STANDARD".into(), if_none_match: true, ..Default::default() };
+    match store.put_object(&format!("{prefix}{rel}"), obj.into(), &opts).await {
+        // Written before (a retry), or a key nobody else can sign for: either way, as before.
+        Ok(()) | Err(StoreError::AlreadyExists) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Allow `vk` to write machine `machine`'s stream.
+pub async fn enroll(
+    store: &dyn ObjectStore,
+    sk: &StaticSecret,
+    prefix: &str,
+    machine: &str,
+    vk: &VerifyingKey,
+    role: Role,
+) -> Result<String, StoreError> {
+    let rel = enroll_key(machine, vk);
+    put_statement(store, sk, prefix, &rel, &Enrollment { machine: machine.into(), key: B64.encode(vk.as_bytes()), role, ts_ms: now_ms() }).await?;
+    Ok(format!("{prefix}{rel}"))
+}
+
+/// Stop believing what `vk` signs for `machine` (after sequence `after_seq`, or at all).
+pub async fn revoke(
+    store: &dyn ObjectStore,
+    sk: &StaticSecret,
+    prefix: &str,
+    machine: &str,
+    vk: &VerifyingKey,
+    after_seq: Option<i64>,
+) -> Result<String, StoreError> {
+    let ts_ms = now_ms();
+    let rel = revoke_key(machine, vk, ts_ms);
+    let r = Revocation { machine: machine.into(), key: B64.encode(vk.as_bytes()), after_seq, ts_ms };
+    put_statement(store, sk, prefix, &rel, &r).await?;
+    Ok(format!("{prefix}{rel}"))
+}
+
+/// Start signing: adopt every journal batch and snapshot in the bucket now (by its header's
+/// SHA-256), so that what older builds wrote stays believed and nothing unsigned written later
+/// is. On a new vault this lists nothing. Returns the number adopted.
+pub async fn adopt_existing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str) -> Result<usize, StoreError> {
+    let mut keys = Vec::new();
+    for sub in ["j/", "s/"] {
+        keys.extend(store.list(&format!("{prefix}{sub}")).await?.into_iter().filter(|o| o.size >= crate::crypto::HEADER_LEN as u64).map(|o| o.key));
+    }
+    let mut objects = BTreeMap::new();
+    let mut set = tokio::task::JoinSet::new();
+    let mut it = keys.into_iter();
+    loop {
+        while set.len() < ADOPT_PARALLEL {
+            let Some(k) = it.next() else { break };
+            let st = store.clone();
+            set.spawn(async move {
+                let h = st.get_range(&k, 0, crate::crypto::HEADER_LEN as u64).await;
+                (k, h)
+            });
+        }
+        let Some(done) = set.join_next().await else { break };
+        let (k, h) = done.map_err(|e| StoreError::Retryable(format!("header download task: {e}")))?;
+        match h {
+            Ok(h) => {
+                use sha2::Digest;
+                objects.insert(k[prefix.len()..].to_string(), hex::encode(sha2::Sha256::digest(&h)));
+            }
+            // Gone since the listing, or archived by a lifecycle rule: not adopted.
+            Err(StoreError::NotFound | StoreError::Archived) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let n = objects.len();
+    let ts_ms = now_ms();
+    put_statement(store.as_ref(), sk, prefix, &format!("m/adopt-{ts_ms:016}"), &Adoption { ts_ms, objects }).await?;
+    Ok(n)
+}
+
+/// What a full machine does before it rebuilds or writes: start signing the vault if nobody
+/// has (adopting what is there), and allow its own key if it is not allowed yet.
+pub async fn prepare_full(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str, me: &MachineSigner) -> Result<(), RemoteError> {
+    let t = Trust::load(store, sk, prefix).await?;
+    if !t.signed {
+        let n = adopt_existing(store, sk, prefix).await?;
+        tracing::warn!(adopted = n, "this vault starts signing: the unsigned journal batches and snapshots of earlier builds in it now are adopted; unsigned ones written later are refused");
+    }
+    let mine = t.machines.get(me.machine()).is_some_and(|v| v.iter().any(|k| k.key == me.public() && k.revoked.is_none()));
+    if !mine {
+        let key = enroll(store.as_ref(), sk, prefix, me.machine(), &me.public(), Role::Full).await?;
+        tracing::info!(key, machine = me.machine(), "this machine's signing key is now allowed in the vault");
+    }
+    Ok(())
+}

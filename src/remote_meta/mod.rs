@@ -620,10 +620,6 @@ impl Stream {
             st.ahead -= size;
             st.fetched += 1;
             (r.progress)("journal", st.fetched, r.total);
-            let next = self.done.saturating_add(1);
-            if first > next {
-                st.refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
-            }
             let got = task.await.map_err(|e| RemoteError::Malformed(format!("journal batch {key}: download task: {e}")))?;
             let (got, sig) = match got {
                 Ok((body, md)) => {
@@ -655,6 +651,11 @@ impl Stream {
                 st.refused
                     .push(format!("journal batch {key} does not match its key (machine {:?}, records outside {first}..{last}); ignored", b.machine));
                 continue;
+            }
+            // A gap is reported between believed batches: a forged batch far ahead makes none.
+            let next = self.done.saturating_add(1);
+            if first > next {
+                st.refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
             }
             let done = self.done;
             self.recs.extend(b.records.into_iter().filter(|r| r.seq > done).map(|r| (r, writer.role)));

@@ -7,6 +7,7 @@ import json
 import os
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -39,7 +40,29 @@ def seal(vault_pub_b64, pt):
     return header, b"".join(parts), dk
 
 
-def put_file(s3, bucket, prefix, vault_pub_b64, pt, path="forged"):
+class Machine:
+    """A machine's Ed25519 signing key (section 8): what a compromised machine the vault allows
+    would hold, or an attacker's own key that it does not."""
+
+    def __init__(self, machine=None):
+        self.id = machine or os.urandom(8).hex()
+        self.key = Ed25519PrivateKey.generate()
+
+    def token(self):
+        pub = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return f"{self.id}:" + base64.urlsafe_b64encode(pub).decode().rstrip("=")
+
+    def sign(self, vault_pub_b64, rel_key, header):
+        """The `x-amz-meta-cvs` value of the object at `rel_key` (below the prefix)."""
+        msg = b"coldvault/v2/object-signature\0" + base64.b64decode(vault_pub_b64) + rel_key.encode() + b"\0" + header
+        return f"{self.id}." + base64.b64encode(self.key.sign(msg)).decode()
+
+
+def _metadata(signer, vault_pub_b64, prefix, key, header):
+    return {"cvs": signer.sign(vault_pub_b64, key[len(prefix):], header)} if signer else {}
+
+
+def put_file(s3, bucket, prefix, vault_pub_b64, pt, path="forged", signer=None):
     """A data object holding `pt` (with user metadata naming `path`); returns the journal's
     `upload` record fields for it."""
     header, body, dk = seal(vault_pub_b64, pt)
@@ -49,18 +72,32 @@ def put_file(s3, bucket, prefix, vault_pub_b64, pt, path="forged"):
                        "uid": 0, "gid": 0, "sha256": sha}).encode()
     cvm = AESGCM(hkdf(b"", dk, b"coldvault/v1/meta")).encrypt(b"\0" * 12, meta, header)
     s3.put_object(Bucket=bucket, Key=key, Body=body,
-                  Metadata={"cvh": base64.b64encode(header).decode(), "cvm": base64.b64encode(cvm).decode()})
+                  Metadata={"cvh": base64.b64encode(header).decode(), "cvm": base64.b64encode(cvm).decode(),
+                            **_metadata(signer, vault_pub_b64, prefix, key, header)})
     return {"key": key, "size": len(pt), "sha256": sha, "header": base64.b64encode(header).decode(),
             "class": "STANDARD"}
 
 
-def put_journal(s3, bucket, prefix, vault_pub_b64, records, machine=None, first_seq=1, ts_ms=None):
+def put_journal(s3, bucket, prefix, vault_pub_b64, records, machine=None, first_seq=1, ts_ms=None, signer=None):
     """A journal batch (section 7) of `records` (dicts with `op` and its fields), numbered from
-    `first_seq` with increasing times after `ts_ms` (default: now); returns the machine id."""
-    machine = machine or os.urandom(8).hex()
+    `first_seq` with increasing times after `ts_ms` (default: now), signed by `signer` if given
+    (section 8); returns its key."""
+    machine = machine or (signer.id if signer else os.urandom(8).hex())
     ts = ts_ms or int(__import__("time").time() * 1000)
     recs = [{"seq": first_seq + i, "ts_ms": ts + i, **r} for i, r in enumerate(records)]
-    _, body, _ = seal(vault_pub_b64, json.dumps({"machine": machine, "records": recs}).encode())
+    header, body, _ = seal(vault_pub_b64, json.dumps({"machine": machine, "records": recs}).encode())
     last = first_seq + len(recs) - 1
-    s3.put_object(Bucket=bucket, Key=f"{prefix}j/{machine}/{first_seq:016d}-{last:016d}", Body=body)
-    return machine
+    key = f"{prefix}j/{machine}/{first_seq:016d}-{last:016d}"
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=_metadata(signer, vault_pub_b64, prefix, key, header))
+    return key
+
+
+def put_snapshot(s3, bucket, prefix, vault_pub_b64, machine, covers_seq, ts_ms, entries, dead_keys=(), seen=None, signer=None):
+    """A snapshot (section 7) of `machine` covering `covers_seq`; returns its key."""
+    doc = {"machine": machine, "covers_seq": covers_seq, "ts_ms": ts_ms, "entries": entries, "dead_keys": list(dead_keys)}
+    if seen:
+        doc["seen"] = seen
+    header, body, _ = seal(vault_pub_b64, json.dumps(doc).encode())
+    key = f"{prefix}s/{machine}/{covers_seq:016d}"
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=_metadata(signer, vault_pub_b64, prefix, key, header))
+    return key

@@ -137,7 +137,7 @@ def test_get_restores_a_folder_and_refuses_unsafe_paths(servers, vault_factory, 
 
 
 def test_get_never_writes_outside_its_destination(servers, vault_factory, tmp_path):
-    """A bucket others can write to (a leaked write-only key, the provider) says `photos/x` is a
+    """A machine the vault allows, compromised (its signing key stolen), says `photos/x` is a
     link to a folder outside and `photos/x/authorized_keys` a file, in either order; the
     destination already holds a link where a folder goes; a file is setuid. `get` writes
     nothing outside its destination, never follows a link, and drops setuid without owners;
@@ -157,12 +157,14 @@ def test_get_never_writes_outside_its_destination(servers, vault_factory, tmp_pa
     outside = tmp_path / "outside"
     outside.mkdir()
     pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
-    bad = forge.put_file(s.s3, v.bucket, v.prefix, pub, b"ssh-ed25519 AAAA attacker\n")
+    box = forge.Machine()
+    run("machine", "allow", box.token(), "--config", v.config, "--passphrase-file", v.passfile)
+    bad = forge.put_file(s.s3, v.bucket, v.prefix, pub, b"ssh-ed25519 AAAA attacker\n", signer=box)
     up = lambda path: {"op": "upload", "path": path, "mtime_ns": 1, "mode": 0o600, "uid": 0, "gid": 0, **bad}
     link = lambda path: {"op": "symlink", "path": path, "target": str(outside), "uid": 0, "gid": 0, "mtime_ns": 1}
     # Later records win: x ends as a link (what was below it goes), y as a folder with the file.
     forge.put_journal(s.s3, v.bucket, v.prefix, pub,
-                      [up("photos/x/authorized_keys"), link("photos/x"), link("photos/y"), up("photos/y/authorized_keys")])
+                      [up("photos/x/authorized_keys"), link("photos/x"), link("photos/y"), up("photos/y/authorized_keys")], signer=box)
     out = tmp_path / "out"
     r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "photos", out, check=False)
     assert list(outside.iterdir()) == [], r.stdout + r.stderr
@@ -215,6 +217,62 @@ s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=C
 s3.put_object(Bucket=bucket, Key=prefix + "d/" + "e" * 64, Body=header + seg,
               Metadata={"cvh": base64.b64encode(header).decode(), "cvm": base64.b64encode(cvm).decode()})
 '''
+
+
+def test_forged_metadata_is_refused_by_name(servers, vault_factory, tmp_path):
+    """Whoever can put objects under the vault's prefix (a leaked write-only credential, the
+    provider) and knows its public key forges, from FORMAT.md alone: a journal batch that
+    deletes a photo and adds another; a snapshot of a new machine, newer than everything, that
+    saw the honest journal to its end, lists nothing and calls every honest object dead; a
+    batch signed with their own key under the honest machine's name; the honest machine's last
+    batch and its signature copied under a later sequence range; a data object signed by a
+    machine the vault does not allow. `ls`, `get` and a mount on a new machine each refuse
+    every one by name and show the vault as it was."""
+    import tomllib
+    import forge
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "photos").mkdir()
+    for i in range(3):
+        (v.mnt / "photos" / f"{i}.jpg").write_bytes(os.urandom(50_000 + i))
+    v.flush()
+    want = snapshot_tree(v.mnt)
+    v.unmount()
+    pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
+    listed = lambda sub: [o["Key"] for o in s.s3.list_objects_v2(Bucket=v.bucket, Prefix=v.prefix + sub).get("Contents", [])]
+    honest = listed("j/")
+    machine = honest[0].split("/")[-2]
+    data = listed("d/")
+    bad = forge.put_file(s.s3, v.bucket, v.prefix, pub, b"not my photo\n")
+    up = {"op": "upload", "path": "photos/evil.jpg", "mtime_ns": 1, "mode": 0o644, "uid": 0, "gid": 0, **bad}
+    forged = [forge.put_journal(s.s3, v.bucket, v.prefix, pub, [up, {"op": "remove", "path": "photos/0.jpg"}])]
+    attacker = forge.Machine()
+    forged.append(forge.put_snapshot(s.s3, v.bucket, v.prefix, pub, attacker.id, 10**6, 2**53, [], dead_keys=data,
+                                     seen={machine: 10**9, attacker.id: 10**6}))
+    forged.append(forge.put_journal(s.s3, v.bucket, v.prefix, pub, [up], first_seq=10**6, signer=forge.Machine(machine)))
+    last = s.s3.get_object(Bucket=v.bucket, Key=honest[-1])
+    moved = f"{v.prefix}j/{machine}/{10**7:016d}-{10**7:016d}"
+    s.s3.put_object(Bucket=v.bucket, Key=moved, Body=last["Body"].read(), Metadata=last["Metadata"])
+    forged.append(moved)
+    forged.append(forge.put_file(s.s3, v.bucket, v.prefix, pub, b"x", path="photos/stranger.jpg", signer=forge.Machine())["key"])
+
+    r = run("ls", "--config", v.config, "--passphrase-file", v.passfile, "-R", check=False)
+    for k in forged:
+        assert k in r.stderr, f"{k} not named: {r.stderr}"
+    for n in ("0.jpg", "1.jpg", "2.jpg"):
+        assert n in r.stdout, r.stdout
+    assert "evil" not in r.stdout and "stranger" not in r.stdout, r.stdout
+    out = tmp_path / "out"
+    r = run("get", "--config", v.config, "--passphrase-file", v.passfile, "photos", out, check=False)
+    assert sorted(p.name for p in (out / "photos").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"], r.stdout + r.stderr
+    assert all(k in r.stderr for k in forged), r.stderr
+    fresh_cache(v, "cache-new-machine")
+    v.mount()
+    assert snapshot_tree(v.mnt) == want
+    log = v.log()
+    assert all(k in log for k in forged), log[-3000:]
+    v.unmount()
 
 
 def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory, tmp_path):
@@ -290,6 +348,7 @@ def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory
         assert rd.returncode != 0 and b"Permission denied" in rd.stderr, rd.stderr
         assert "write-only" in v.log()
         want = snapshot_tree(dst)
+        token = v.status()["machine_token"]
         v.unmount()
     finally:
         proxy.terminate()
@@ -301,7 +360,14 @@ def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory
     assert ops <= {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "GetDescriptor"}, ops
     assert sum(e["op"] == "GetDescriptor" for e in entries) == 2, "vault.json is read by init only"
     assert "UploadPart" in ops, "the 20 MiB file went multipart"
-    # A full mount on a fresh machine rebuilds what the write-only machine left.
+    # Until a full machine allows its key, what the write-only machine signed is not believed,
+    # and each of its objects is named; then a full mount on a fresh machine rebuilds all of it.
+    r = run("ls", "--config", v.config, "--passphrase-file", v.passfile, "-R", check=False)
+    assert "backup" not in r.stdout and "does not allow" in r.stderr and token.split(":")[0] in r.stderr, r.stdout + r.stderr
+    r = run("machine", "allow", token, "--config", v.config, "--passphrase-file", v.passfile)
+    assert "write-only" in r.stdout, r.stdout
+    listed = run("machine", "list", "--config", v.config, "--passphrase-file", v.passfile).stdout
+    assert token.split(":")[0] in listed and "WriteOnly" in listed and "allowed" in listed, listed
     fresh_cache(v, "cache-full")
     v.mount()
     got = snapshot_tree(v.mnt / "backup")

@@ -47,6 +47,10 @@ pub struct Config {
     /// only, pinned by its fingerprint; no wrapped private key, no name key, no passphrase.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub write_only: bool,
+    /// This machine has seen the vault sign its metadata (docs/FORMAT.md, section 8): a bucket
+    /// without its statements is refused rather than read as a vault of an older build.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signed: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -27,6 +27,8 @@ pub struct Daemon {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The sealer and the group commit threads.
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// This full mount found the vault signing, or started it, and its own key allowed.
+    pub signing: bool,
 }
 
 impl Daemon {
@@ -39,12 +41,15 @@ impl Daemon {
     ) -> crate::fs::Result<Daemon> {
         let counted = Arc::new(Counted::with_prefix(store.clone(), &fs_cfg.prefix));
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;
+        let mut signing = false;
         match fs.keys.secret.as_ref() {
             // A full mount allows its own signing key in the vault (and starts the vault signing
             // if no machine has), before it rebuilds or writes anything.
             Some(sk) => {
                 // Not counted in `status`: what a mount does once before it starts.
-                if let Err(e) = rt.block_on(crate::remote_meta::trust::prepare_full(&store, sk, &fs.cfg.prefix, &fs.signer)) {
+                let prepared = rt.block_on(crate::remote_meta::trust::prepare_full(&store, sk, &fs.cfg.prefix, &fs.signer, fs.cfg.vault_signed));
+                signing = prepared.is_ok();
+                if let Err(e) = prepared {
                     tracing::error!(
                         error = %e,
                         token = %fs.signer.token(),
@@ -67,6 +72,8 @@ impl Daemon {
                 };
                 let tree = rt
                     .block_on(crate::remote_meta::rebuild(&(fs.store.clone() as Arc<dyn crate::store::ObjectStore>), &fs.keys, &prefix, &progress))
+                    .map_err(|e| crate::fs::FsError::Io(std::io::Error::other(format!("rebuilding the index from the bucket failed: {e}"))))?;
+                tree.check_signed(fs.cfg.vault_signed, &prefix)
                     .map_err(|e| crate::fs::FsError::Io(std::io::Error::other(format!("rebuilding the index from the bucket failed: {e}"))))?;
                 for r in &tree.refused {
                     tracing::error!("{r}");
@@ -107,7 +114,7 @@ impl Daemon {
                 }
             })
         };
-        Ok(Daemon { fs, stop, tasks, threads: vec![sealer, committer] })
+        Ok(Daemon { fs, stop, tasks, threads: vec![sealer, committer], signing })
     }
 
     pub fn add_task(&mut self, t: tokio::task::JoinHandle<()>) {

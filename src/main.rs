@@ -251,6 +251,14 @@ enum MachineCmd {
         #[command(flatten)]
         pass: PassArgs,
     },
+    /// Adopt the journal batches and snapshots in the bucket now, signed or not: for a machine
+    /// of an older build that wrote into the vault after it started signing (upgrade it too).
+    Adopt {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
     /// List the machines the vault allows, and the machines writing to it that it does not.
     List {
         #[arg(long)]
@@ -531,60 +539,76 @@ fn print_status(s: &coldvault::fs::Status) {
 // ---------------------------------------------------------------- machines
 
 fn cmd_machine(cmd: MachineCmd) -> Result<()> {
+    use coldvault::crypto::sign::key_id;
     use coldvault::remote_meta::trust;
     let (config, pass) = match &cmd {
-        MachineCmd::Allow { config, pass, .. } | MachineCmd::Revoke { config, pass, .. } | MachineCmd::List { config, pass } => (config, pass),
+        MachineCmd::Allow { config, pass, .. }
+        | MachineCmd::Revoke { config, pass, .. }
+        | MachineCmd::List { config, pass }
+        | MachineCmd::Adopt { config, pass } => (config, pass),
     };
-    let (cfg, keys) = load_unlocked(config.clone(), pass)?;
+    let cfg_path = config.clone().unwrap_or_else(config::default_config_path);
+    let (mut cfg, keys) = load_unlocked(Some(cfg_path.clone()), pass)?;
     let sk = keys.secret.as_ref().expect("unlocked");
+    let listing = matches!(cmd, MachineCmd::List { .. });
     let rt = runtime()?;
-    rt.block_on(async {
+    let signed = rt.block_on(async {
         let store: Arc<dyn coldvault::store::ObjectStore> = Arc::new(connect(&cfg).await?);
         let t = trust::Trust::load(&store, sk, &cfg.prefix).await.map_err(|e| anyhow!("reading the vault's statements: {e}"))?;
         for p in &t.problems {
             eprintln!("coldvault: {p}");
         }
+        // Adopting what is in the bucket now is what a vault starting to sign does; a vault this
+        // machine saw signing whose statements are all gone must not adopt what replaced them.
+        let start_signing = |what: &str| -> Result<()> {
+            if cfg.signed && !t.signed {
+                bail!("this vault signs its metadata, but none of its statements is left under {}m/ (deleted?); {what} would adopt whatever is in the bucket now: refused", cfg.prefix);
+            }
+            Ok(())
+        };
         match cmd {
             MachineCmd::Allow { token, full, .. } => {
                 let (m, vk) = coldvault::crypto::sign::parse_token(&token).map_err(|e| anyhow!(e))?;
+                let role = if full { trust::Role::Full } else { trust::Role::WriteOnly };
                 if let Some(k) = t.machines.get(&m).and_then(|v| v.iter().find(|k| k.key == vk)) {
                     if k.revoked.is_some() {
-                        bail!(
-                            "machine {m}'s key {} was revoked; a revoked key is not allowed again (the machine gets a new key with a new cache dir)",
-                            coldvault::crypto::sign::key_id(&vk)
-                        );
+                        bail!("machine {m}'s key {} was revoked; a revoked key is not allowed again (the machine gets a new key with a new cache dir)", key_id(&vk));
+                    }
+                    if k.role != role {
+                        bail!("machine {m}'s key {} is already allowed as {:?}; revoke it and let the machine make a new key (a new cache dir) to change its role", key_id(&vk), k.role);
                     }
                 }
                 if !t.signed {
+                    start_signing("allowing a machine")?;
                     let n = trust::adopt_existing(&store, sk, &cfg.prefix).await?;
                     println!("this vault now signs: {n} unsigned journal batch(es) and snapshot(s) of earlier builds adopted");
                 }
-                let role = if full { trust::Role::Full } else { trust::Role::WriteOnly };
                 let key = trust::enroll(store.as_ref(), sk, &cfg.prefix, &m, &vk, role).await?;
-                println!("machine {m} allowed ({}, key {}): {key}", if full { "full" } else { "write-only" }, coldvault::crypto::sign::key_id(&vk));
+                println!("machine {m} allowed ({}, key {}): {key}", if full { "full" } else { "write-only" }, key_id(&vk));
             }
             MachineCmd::Revoke { machine, after_seq, .. } => {
-                let ks =
-                    t.machines.get(&machine).filter(|v| !v.is_empty()).ok_or_else(|| anyhow!("the vault allows no key for machine {machine}"))?;
+                let ks = t.machines.get(&machine).filter(|v| !v.is_empty()).ok_or_else(|| anyhow!("the vault allows no key for machine {machine}"))?;
                 for k in ks {
-                    let key = trust::revoke(store.as_ref(), sk, &cfg.prefix, &machine, &k.key, after_seq).await?;
-                    println!(
-                        "revoked key {} of machine {machine}{}: {key}",
-                        coldvault::crypto::sign::key_id(&k.key),
-                        after_seq.map(|n| format!(" after record {n}")).unwrap_or_default()
-                    );
+                    let key = trust::revoke(&store, sk, &cfg.prefix, &machine, &k.key, after_seq).await?;
+                    let kept = after_seq.map(|n| format!(" after record {n} (its journal batches and snapshots up to it that are in the bucket now stay believed)")).unwrap_or_default();
+                    println!("revoked key {} of machine {machine}{kept}: {key}", key_id(&k.key));
                 }
+            }
+            MachineCmd::Adopt { .. } => {
+                start_signing("adopting")?;
+                let n = trust::adopt_existing(&store, sk, &cfg.prefix).await?;
+                println!("{n} journal batch(es) and snapshot(s) in the bucket now adopted: rebuilds believe them signed or not");
             }
             MachineCmd::List { .. } => {
                 println!("vault signing: {}", if t.signed { "on" } else { "off (no machine of this build has mounted it yet)" });
                 for (m, ks) in &t.machines {
                     for k in ks {
-                        let state = match k.revoked {
+                        let state = match &k.revoked {
                             None => "allowed".to_string(),
-                            Some(None) => "revoked".to_string(),
-                            Some(Some(n)) => format!("revoked after record {n}"),
+                            Some(kept) if kept.is_empty() => "revoked".to_string(),
+                            Some(kept) => format!("revoked ({} object(s) it wrote before stay believed)", kept.len()),
                         };
-                        println!("{m}  key {}  {:?}  {state}", coldvault::crypto::sign::key_id(&k.key), k.role);
+                        println!("{m}  key {}  {:?}  {state}", key_id(&k.key), k.role);
                     }
                 }
                 let mut writing = std::collections::BTreeSet::new();
@@ -600,8 +624,15 @@ fn cmd_machine(cmd: MachineCmd) -> Result<()> {
                 }
             }
         }
-        Ok(())
-    })
+        // Every subcommand but `list` leaves the vault signing.
+        Ok::<_, anyhow::Error>(t.signed || !listing)
+    })?;
+    if signed && !cfg.signed {
+        // From now on this machine refuses a copy of the vault whose statements are gone.
+        cfg.signed = true;
+        cfg.save(&cfg_path)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- passphrase
@@ -753,6 +784,7 @@ fn init_config(t: InitTarget, write_only: bool) -> Result<(PathBuf, Config)> {
         name_key: String::new(),
         vault: if write_only { placeholder.public_only() } else { placeholder },
         write_only,
+        signed: false,
     };
     Ok((path, cfg))
 }
@@ -783,16 +815,24 @@ fn cmd_init(t: InitTarget, pass: PassArgs) -> Result<()> {
         None => VaultDescriptor::create(pw.as_bytes()),
     };
     use base64::Engine;
-    let cfg = Config { name_key: base64::engine::general_purpose::STANDARD.encode(keys.name_key), vault: desc.clone(), ..probe };
+    let mut cfg = Config { name_key: base64::engine::general_purpose::STANDARD.encode(keys.name_key), vault: desc.clone(), ..probe };
     cfg.validate()?;
-    if !joined {
+    let sk = keys.secret.as_ref().expect("an unlocked or new vault's key");
+    let store: Arc<dyn coldvault::store::ObjectStore> = Arc::new(store);
+    if joined {
+        // A machine joining a vault that signs refuses, from now on, a copy without statements.
+        cfg.signed = rt
+            .block_on(coldvault::remote_meta::trust::Trust::load(&store, sk, &cfg.prefix))
+            .map_err(|e| anyhow!("reading the vault's statements: {e}"))?
+            .signed;
+    } else {
         let body = serde_json::to_vec_pretty(&desc)?;
         rt.block_on(store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }))
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
         // A new vault signs from the start: its (empty) adoption statement says so.
-        let store: Arc<dyn coldvault::store::ObjectStore> = Arc::new(store);
-        rt.block_on(coldvault::remote_meta::trust::adopt_existing(&store, keys.secret.as_ref().expect("a new vault's key"), &cfg.prefix))
+        rt.block_on(coldvault::remote_meta::trust::adopt_existing(&store, sk, &cfg.prefix))
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
+        cfg.signed = true;
     }
     if joined {
         cfg.save(&path)?;
@@ -930,6 +970,7 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
         segment_cache: 64 << 20,
         group_commit: coldvault::fs::GROUP_COMMIT,
         max_file_size,
+        vault_signed: cfg.signed,
     };
     let bandwidth = a.upload_bandwidth.as_deref().map(config::parse_size).transpose()?;
     let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), bandwidth, ..Default::default() };
@@ -939,6 +980,18 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
     let mut session =
         coldvault::fuse::session(daemon.fs.clone(), &mountpoint, &coldvault::fuse::MountOptions { allow_other: a.allow_other, threads: 4 })
             .with_context(|| format!("mounting {} failed (is fuse3 installed and /dev/fuse available?)", mountpoint.display()))?;
+    if daemon.signing && !cfg.signed {
+        // From now on this machine refuses a copy of the vault whose statements are gone.
+        match Config::load(&cfg_path) {
+            Ok(mut c) => {
+                c.signed = true;
+                if let Err(e) = c.save(&cfg_path) {
+                    tracing::warn!(error = %e, "could not record in the config that the vault signs its metadata");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not record in the config that the vault signs its metadata"),
+        }
+    }
     let mut unmounter = session.unmount_callable();
     let fuse_thread = std::thread::Builder::new().name("fuse".into()).spawn(move || session.run())?;
     daemon.add_task(rt.spawn({

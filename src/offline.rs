@@ -19,6 +19,7 @@ pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
         }
     };
     let tree = remote_meta::rebuild(store, keys, &cfg.prefix, &progress).await.map_err(|e| anyhow!("reading the vault's metadata: {e}"))?;
+    tree.check_signed(cfg.signed, &cfg.prefix)?;
     for r in &tree.refused {
         eprintln!("coldvault: {r}");
     }

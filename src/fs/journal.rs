@@ -247,7 +247,7 @@ impl Fs {
         // After every record the view holds (they were stamped before it was opened), and never
         // before what this index imported.
         let floor = v.setting("clock_floor_ms")?.and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
-        let ts_ms = now_ms().max(floor + 1);
+        let ts_ms = now_ms().max(floor.saturating_add(1));
         let sink = SnapshotSink { file: unnamed_file(&self.cfg.cache_dir)?, unflushed: 0, staging: &self.staging };
         let mut w = crate::remote_meta::SnapshotWriter::new(&self.keys, std::io::BufWriter::with_capacity(1 << 20, sink))?;
         Self::snapshot_entries(&v, |e| Ok(w.entry(e)?))?;

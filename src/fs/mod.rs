@@ -80,6 +80,8 @@ pub struct FsConfig {
     /// The largest file accepted (`MAX_FILE_SIZE` unless set lower): a write or truncate
     /// beyond it fails with EFBIG, at once, instead of a file that can never be uploaded.
     pub max_file_size: u64,
+    /// The vault is known to sign its metadata (the config's `signed`).
+    pub vault_signed: bool,
 }
 
 /// S3's largest object is 5 TiB; the largest file whose encrypted object fits in it.

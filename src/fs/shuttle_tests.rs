@@ -60,6 +60,7 @@ impl World {
             segment_cache: 1 << 20,
             group_commit: crate::fs::GROUP_COMMIT,
             max_file_size: crate::fs::MAX_FILE_SIZE,
+            vault_signed: false,
         };
         let fs = Fs::new(cfg, keys(), Arc::new(Counted::new(store.clone())), runtime()).unwrap();
         World { _dir: dir, store, fs }

@@ -209,6 +209,9 @@ pub struct Node {
     pub header: Option<Vec<u8>>,
     pub target: Option<String>,
     pub xattrs: Option<String>,
+    /// The machine whose entry made this node what it is (`None`: no machine was named, as
+    /// when a tree is replayed outside a rebuild).
+    pub owner: Option<String>,
 }
 
 impl Node {
@@ -226,6 +229,7 @@ impl Node {
             header: None,
             target: None,
             xattrs: None,
+            owner: None,
         }
     }
 }
@@ -244,6 +248,27 @@ pub struct Tree {
     pub seen: BTreeMap<String, i64>,
     /// The newest record or snapshot time replayed (the importing machine's clock floor).
     pub max_ts: i64,
+    /// The vault signs its metadata (docs/FORMAT.md, section 8): the tree holds only what
+    /// machines it allows signed. False for a vault of an older build — or one whose statements
+    /// were deleted: a machine that knows the vault signs refuses such a tree (`check_signed`).
+    pub signed: bool,
+    /// Whose entries are being applied: the machine, and whether it is write-only. A write-only
+    /// machine never read the bucket, so its entries only ever concern what it wrote itself:
+    /// they change or remove nodes it owns, or add new ones, and nothing of another machine's.
+    pub applying: Option<(String, bool)>,
+}
+
+impl Tree {
+    /// Refuse a tree read as unsigned from a vault this machine knows signs (its statements were
+    /// deleted: unsigned objects were believed).
+    pub fn check_signed(&self, pinned: bool, prefix: &str) -> Result<(), RemoteError> {
+        if pinned && !self.signed {
+            return Err(RemoteError::Malformed(format!(
+                "this vault signs its metadata, but none of its statements is left under {prefix}m/ (deleted?): its journal and snapshots cannot be told from forgeries; nothing was read"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Tree {
@@ -257,15 +282,53 @@ impl Tree {
             acc.push_str(p);
             match self.nodes.get(&acc) {
                 Some(n) if n.kind == NodeKind::Dir => {}
-                Some(_) => {
-                    // A file where a folder must be: the newer entry wins.
-                    self.nodes.insert(acc.clone(), Node::dir(0o755, uid, gid, mtime_ns));
-                }
-                None => {
-                    self.nodes.insert(acc.clone(), Node::dir(0o755, uid, gid, mtime_ns));
+                // A file where a folder must be: the newer entry wins.
+                Some(_) | None => {
+                    let mut d = Node::dir(0o755, uid, gid, mtime_ns);
+                    d.owner = self.applying.as_ref().map(|a| a.0.clone());
+                    self.nodes.insert(acc.clone(), d);
                 }
             }
         }
+    }
+
+    /// The nodes at `path` and below.
+    fn subtree(&self, path: &str) -> impl Iterator<Item = (&String, &Node)> {
+        let prefix = format!("{path}/");
+        self.nodes.get_key_value(path).into_iter().chain(self.nodes.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)))
+    }
+
+    /// For a write-only machine's entry: why it may not do what it says, if it may not. It may
+    /// add paths, and change or remove what it owns; where a folder it removes holds another
+    /// machine's nodes, only its own go.
+    fn write_only_refusal(&self, me: &str, e: &Entry) -> Option<String> {
+        let theirs = |n: &Node| n.owner.as_deref() != Some(me);
+        let other_in = |p: &str| self.subtree(p).any(|(_, n)| theirs(n));
+        // No parent may be another machine's file or link (it would become a folder).
+        let parent_taken = |p: &str| {
+            let mut acc = String::new();
+            let parts: Vec<&str> = p.split('/').collect();
+            parts[..parts.len() - 1].iter().any(|c| {
+                if !acc.is_empty() {
+                    acc.push('/');
+                }
+                acc.push_str(c);
+                self.nodes.get(&acc).is_some_and(|n| n.kind != NodeKind::Dir && theirs(n))
+            })
+        };
+        let why = match e {
+            Entry::Upload { path, .. } | Entry::Symlink { path, .. } | Entry::Special { path, .. } => {
+                (parent_taken(path) || other_in(path)).then(|| format!("{} is another machine's", shown(path)))
+            }
+            Entry::Mkdir { path, .. } => parent_taken(path).then(|| format!("a parent of {} is another machine's file", shown(path))),
+            Entry::Rename { from, to } => (other_in(from) || other_in(to) || parent_taken(to))
+                .then(|| format!("{} or {} holds another machine's files", shown(from), shown(to))),
+            Entry::Attr { path, .. } => {
+                self.nodes.get(path).is_some_and(|n| n.kind != NodeKind::Dir && theirs(n)).then(|| format!("{} is another machine's", shown(path)))
+            }
+            Entry::Remove { .. } | Entry::Discard { .. } => None,
+        };
+        why.map(|w| format!("a write-only machine ({me}) changes what it did not write: {w}; not applied"))
     }
 
     fn remove_subtree(&mut self, path: &str) {
@@ -295,14 +358,43 @@ impl Tree {
                 Entry::Discard { .. } => vec![],
             }
         };
-        if let Entry::Upload { key, .. } | Entry::Discard { key } = &e {
-            self.mentioned.insert(key.clone());
-        }
         for p in path_of(&e) {
             if let Err(why) = check_path(&p) {
                 self.refused.push(format!("refused a journal entry: {why}"));
                 return;
             }
+        }
+        let owner = self.applying.as_ref().map(|a| a.0.clone());
+        if let Some((me, true)) = self.applying.clone() {
+            if let Some(why) = self.write_only_refusal(&me, &e) {
+                self.refused.push(why);
+                return;
+            }
+            match &e {
+                // A folder it removes keeps what other machines put there (and the folders
+                // holding it); a folder it names that exists keeps its attributes.
+                Entry::Remove { path } => {
+                    let mine: Vec<String> =
+                        self.subtree(path).filter(|(_, n)| n.owner.as_deref() == Some(me.as_str())).map(|(k, _)| k.clone()).collect();
+                    for k in mine.into_iter().rev() {
+                        let keep = self.subtree(&k).any(|(p, n)| *p != k && n.owner.as_deref() != Some(me.as_str()));
+                        if !keep {
+                            self.remove_subtree(&k);
+                        }
+                    }
+                    return;
+                }
+                Entry::Mkdir { path, .. } | Entry::Attr { path, .. }
+                    if self.nodes.get(path).is_some_and(|n| n.owner.as_deref() != Some(me.as_str())) =>
+                {
+                    return
+                }
+                _ => {}
+            }
+        }
+        // Mentioned once accepted: a refused entry hides no object.
+        if let Entry::Upload { key, .. } | Entry::Discard { key } = &e {
+            self.mentioned.insert(key.clone());
         }
         match e {
             Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs } => {
@@ -324,6 +416,7 @@ impl Tree {
                         header,
                         target: None,
                         xattrs,
+                        owner,
                     },
                 );
             }
@@ -339,7 +432,9 @@ impl Tree {
                         n.mtime_ns = mtime_ns;
                     }
                     _ => {
-                        self.nodes.insert(path, Node::dir(mode, uid, gid, mtime_ns));
+                        let mut d = Node::dir(mode, uid, gid, mtime_ns);
+                        d.owner = owner;
+                        self.nodes.insert(path, d);
                     }
                 }
             }
@@ -352,6 +447,7 @@ impl Tree {
                 n.kind = NodeKind::Symlink;
                 n.size = target.len() as u64;
                 n.target = Some(target);
+                n.owner = owner;
                 self.nodes.insert(path, n);
             }
             Entry::Special { path, special, mode, uid, gid, mtime_ns } => {
@@ -360,6 +456,7 @@ impl Tree {
                 let mut n = Node::dir(mode, uid, gid, mtime_ns);
                 n.kind = NodeKind::Special;
                 n.target = Some(special);
+                n.owner = owner;
                 self.nodes.insert(path, n);
             }
             Entry::Rename { from, to } => {
@@ -501,13 +598,19 @@ pub fn object_meta(keys: &VaultKeys, key: &str, md: &std::collections::HashMap<S
     Ok((o.decrypt_meta(&get("cvm")?).map_err(cerr)?, hb))
 }
 
-/// Parse `P j/<machine>/<first>-<last>` and `P s/<machine>/<seq>` keys.
+/// Parse `P j/<machine>/<first>-<last>` and `P s/<machine>/<seq>` keys, in the one form
+/// coldvault writes them (16 decimal digits each): `0-5` or `+3` would sort a forged batch
+/// before the honest ones, or let one range have two keys.
 pub fn parse_seq_key(rest: &str) -> Option<(String, i64, i64)> {
     let (machine, tail) = rest.split_once('/')?;
+    if machine.is_empty() {
+        return None;
+    }
+    let num = |s: &str| -> Option<i64> { (s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten() };
     match tail.split_once('-') {
-        Some((a, b)) => Some((machine.to_string(), a.parse().ok()?, b.parse().ok()?)),
+        Some((a, b)) => Some((machine.to_string(), num(a)?, num(b)?)),
         None => {
-            let s = tail.parse().ok()?;
+            let s = num(tail)?;
             Some((machine.to_string(), s, s))
         }
     }
@@ -624,9 +727,7 @@ impl Stream {
             let (got, sig) = match got {
                 Ok((body, md)) => {
                     let w = match body.get(..crypto::HEADER_LEN) {
-                        Some(h) => {
-                            r.trust.check(&r.keys.public, &key[r.prefix.len()..], Some(m), Some(last), h, md.get(sign::META).map(String::as_str))
-                        }
+                        Some(h) => r.trust.check(&r.keys.public, &key[r.prefix.len()..], Some(m), h, md.get(sign::META).map(String::as_str)),
                         None => Err("shorter than a header".into()),
                     };
                     (Ok(body), w)
@@ -695,34 +796,63 @@ async fn rebuild_once(
     let trust = trust::Trust::load(store, sk, prefix).await?;
     let mut notes = trust.problems.clone();
     let mut tree = Tree::default();
-    // Latest snapshot per machine: (sequence, key, length).
+    // Per machine, its newest snapshot that a machine the vault allows signed: a forged one
+    // with a higher number must not hide the real one. Each is checked by its signature (a
+    // HEAD) and header (its first 128 bytes) before it is chosen, and again against the header
+    // it is read with.
     let snaps = store.list(&format!("{prefix}s/")).await?;
-    let mut latest: BTreeMap<String, (i64, String, u64)> = BTreeMap::new();
+    let mut per_machine: BTreeMap<String, Vec<(i64, String, u64)>> = BTreeMap::new();
     for o in &snaps {
         if let Some((m, seq, _)) = parse_seq_key(&o.key[prefix.len() + 2..]) {
-            let e = latest.entry(m).or_insert((seq, o.key.clone(), o.size));
-            if seq > e.0 {
-                *e = (seq, o.key.clone(), o.size);
+            per_machine.entry(m).or_default().push((seq, o.key.clone(), o.size));
+        }
+    }
+    // (key, listed length, machine, sequence, signature, written by a write-only machine)
+    let mut latest_signed: Vec<(String, u64, String, i64, Option<String>, bool)> = Vec::new();
+    for (m, mut cands) in per_machine {
+        cands.sort_by_key(|c| std::cmp::Reverse(c.0));
+        for (seq, key, len) in cands {
+            // A vault of an older build believes every snapshot: its newest is read, unchecked.
+            if !trust.signed {
+                latest_signed.push((key, len, m.clone(), seq, None, false));
+                break;
+            }
+            let got = async {
+                let h = store.head_object(&key).await?;
+                let header = store.get_range(&key, 0, crypto::HEADER_LEN as u64).await?;
+                Ok::<_, StoreError>((h.metadata.get(sign::META).cloned(), header))
+            }
+            .await;
+            let (sig, header) = match got {
+                Ok(x) => x,
+                Err(e) if stops_rebuild(&e) => return Err(e.into()),
+                Err(e) => {
+                    notes.push(format!("snapshot {key} cannot be read ({e}); an older one of machine {m} is read instead, if any"));
+                    continue;
+                }
+            };
+            match trust.check(&keys.public, &key[prefix.len()..], Some(&m), &header, sig.as_deref()) {
+                Ok(w) => {
+                    latest_signed.push((key, len, m.clone(), seq, sig, w.role == trust::Role::WriteOnly));
+                    break;
+                }
+                Err(e) => notes.push(format!("snapshot {key} is not believed: {e}; an older one of machine {m} is read instead, if any")),
             }
         }
     }
-    // Each snapshot's signature, from its metadata, is checked against its header before any
-    // of its entries is parsed.
-    let mut latest_signed: Vec<(String, u64, String, i64, Option<String>)> = Vec::new();
-    for (m, (seq, key, len)) in latest {
-        let sig = match store.head_object(&key).await {
-            Ok(h) => h.metadata.get(sign::META).cloned(),
-            Err(e) if stops_rebuild(&e) => return Err(e.into()),
-            // Read below, where the same error is reported with the object's name.
-            Err(_) => None,
-        };
-        latest_signed.push((key, len, m, seq, sig));
-    }
-    let checker = |key: &str, m: &str, seq: i64, sig: Option<String>| {
+    let checker = |key: &str, m: &str, sig: Option<String>| {
         let rel = key[prefix.len()..].to_string();
         let m = m.to_string();
         let trust = &trust;
-        move |h: &[u8]| trust.check(&keys.public, &rel, Some(&m), Some(seq), h, sig.as_deref())
+        move |h: &[u8]| trust.check(&keys.public, &rel, Some(&m), h, sig.as_deref())
+    };
+    // A snapshot must say what its key says: the machine and sequence number it covers.
+    let matches_key = |info: read::SnapshotInfo, m: &str, seq: i64| {
+        if info.machine == m && info.covers_seq == seq {
+            Ok(info)
+        } else {
+            Err(format!("it does not match its key (machine {:?}, covers_seq {})", info.machine, info.covers_seq))
+        }
     };
     // The base: the newest snapshot of a full machine that records what it saw of every
     // machine — the state of the vault as of that moment; every machine's later records are
@@ -732,11 +862,12 @@ async fn rebuild_once(
     // first pass reads what each says besides its entries, and a second applies the base's.
     let mut loaded: Vec<read::SnapshotInfo> = Vec::new();
     let mut base: Vec<usize> = Vec::new();
-    if let [(key, len, m, seq, sig)] = &latest_signed[..] {
+    if let [(key, len, m, seq, sig, wo)] = &latest_signed[..] {
         progress("snapshot", 1, 1);
-        let (t, r) = read::stream(store, sk, key, *len, Some(tree), &checker(key, m, *seq, sig.clone())).await?;
+        tree.applying = Some((m.clone(), *wo));
+        let (t, r) = read::stream(store, sk, key, *len, Some(tree), &checker(key, m, sig.clone())).await?;
         tree = t.expect("the tree comes back");
-        match r {
+        match r.and_then(|i| matches_key(i, m, *seq)) {
             Ok(info) => {
                 loaded.push(info);
                 base.push(0);
@@ -750,9 +881,9 @@ async fn rebuild_once(
         }
     } else {
         let mut read_from: Vec<usize> = Vec::new();
-        for (i, (key, len, m, seq, sig)) in latest_signed.iter().enumerate() {
+        for (i, (key, len, m, seq, sig, _)) in latest_signed.iter().enumerate() {
             progress("snapshot", i + 1, latest_signed.len());
-            match read::stream(store, sk, key, *len, None, &checker(key, m, *seq, sig.clone())).await?.1 {
+            match read::stream(store, sk, key, *len, None, &checker(key, m, sig.clone())).await?.1.and_then(|i| matches_key(i, m, *seq)) {
                 Ok(info) => {
                     loaded.push(info);
                     read_from.push(i);
@@ -771,9 +902,10 @@ async fn rebuild_once(
             None => order,
         };
         for &b in &base {
-            let (key, len, m, seq, sig) = &latest_signed[read_from[b]];
+            let (key, len, m, _, sig, wo) = &latest_signed[read_from[b]];
+            tree.applying = Some((m.clone(), *wo));
             progress("snapshot entries", 1, 1);
-            let (t, r) = read::stream(store, sk, key, *len, Some(tree), &checker(key, m, *seq, sig.clone())).await?;
+            let (t, r) = read::stream(store, sk, key, *len, Some(tree), &checker(key, m, sig.clone())).await?;
             tree = t.expect("the tree comes back");
             match r {
                 Ok(info) if info == loaded[b] => {}
@@ -789,7 +921,8 @@ async fn rebuild_once(
             let c = covered.entry(m).or_insert(0);
             *c = (*c).max(q);
         }
-        tree.max_ts = tree.max_ts.max(s.ts_ms);
+        let wo = s.writer.as_ref().is_some_and(|w| w.role == trust::Role::WriteOnly);
+        tree.max_ts = tree.max_ts.max(if wo { s.ts_ms.min(crate::clock::now_ms().saturating_add(86_400_000)) } else { s.ts_ms });
     }
     // What each machine's journal must reach, by what the believed snapshots say they saw.
     let mut claimed: BTreeMap<String, (i64, String)> = BTreeMap::new();
@@ -866,7 +999,11 @@ async fn rebuild_once(
     while let Some(std::cmp::Reverse((_, m))) = heads.pop() {
         let st = streams.get_mut(&m).expect("a stream per head");
         let (r, role) = st.recs.pop_front().expect("a head has a record");
-        tree.max_ts = tree.max_ts.max(r.ts_ms);
+        let wo = role == trust::Role::WriteOnly;
+        // A write-only machine's clock cannot push the importer's clock floor beyond a day ahead.
+        let ts = if wo { r.ts_ms.min(crate::clock::now_ms().saturating_add(86_400_000)) } else { r.ts_ms };
+        tree.max_ts = tree.max_ts.max(ts);
+        tree.applying = Some((m.clone(), wo));
         let s = tree.seen.entry(m.clone()).or_insert(0);
         *s = (*s).max(r.seq);
         match r.entry {
@@ -879,6 +1016,8 @@ async fn rebuild_once(
             heads.push(std::cmp::Reverse((ts, m)));
         }
     }
+    // What the streams refused, then what replaying their records refused.
+    merge.refused.append(&mut tree.refused);
     tree.refused = merge.refused;
     // Data objects: classes from the listing; objects nothing mentions are read with HEAD.
     let data = store.list(&format!("{prefix}d/")).await?;
@@ -917,7 +1056,7 @@ async fn rebuild_once(
                 continue;
             }
         };
-        let writer = match trust.check(&keys.public, &o.key[prefix.len()..], None, None, &header, h.metadata.get(sign::META).map(String::as_str)) {
+        let writer = match trust.check(&keys.public, &o.key[prefix.len()..], None, &header, h.metadata.get(sign::META).map(String::as_str)) {
             Ok(w) => w,
             Err(e) => {
                 tree.refused.push(format!("object {} (for {}) is not believed: {e}; not adopted", o.key, shown(&m.path)));
@@ -934,6 +1073,7 @@ async fn rebuild_once(
         if tree.nodes.contains_key(&m.path) {
             continue; // an older object for a path that has a newer version or was replaced
         }
+        tree.applying = Some((writer.machine.clone().unwrap_or_default(), writer.role == trust::Role::WriteOnly));
         tree.apply(&Entry::Upload {
             path: m.path,
             key: o.key.clone(),
@@ -950,6 +1090,8 @@ async fn rebuild_once(
     }
     notes.append(&mut tree.refused);
     tree.refused = notes;
+    tree.signed = trust.signed;
+    tree.applying = None;
     Ok(tree)
 }
 

@@ -447,8 +447,10 @@ fn a_snapshot_cannot_hide_another_machines_files() {
     assert!(t.nodes.contains_key("photos/orphan.jpg"));
 }
 
-/// A revoked key is believed up to the sequence number its revocation names, and not after;
-/// an orphan it signed is not adopted. Revoked whole, nothing it signed is believed.
+/// A revoked key is believed for the batches up to the sequence number its revocation names
+/// that were in the bucket then, and for nothing else: not a later batch, not one its thief
+/// writes afterwards with a low sequence number, not an orphan it signed. Revoked whole,
+/// nothing it signed is believed.
 #[test]
 fn a_revoked_key_is_believed_only_up_to_its_revocation() {
     let v = Signed::new(true);
@@ -457,12 +459,20 @@ fn a_revoked_key_is_believed_only_up_to_its_revocation() {
     v.batch(Some(&w), w.machine(), vec![mkdir(1, "before")]);
     let after = v.batch(Some(&w), w.machine(), vec![mkdir(2, "after")]);
     v.orphan(Some(&w), "v/d/000000000000000000000000000000c2", "orphan.jpg");
-    v.rt.block_on(trust::revoke(v.store.as_ref(), v.sk(), "v/", w.machine(), &w.public(), Some(1))).unwrap();
+    v.rt.block_on(trust::revoke(&v.dyn_store(), v.sk(), "v/", w.machine(), &w.public(), Some(1))).unwrap();
     let t = v.rebuild();
     assert!(t.nodes.contains_key("before") && !t.nodes.contains_key("after") && !t.nodes.contains_key("orphan.jpg"), "{:?}", t.refused);
-    assert!(refused_for(&t, &after).contains("revoked after sequence 1"));
+    assert!(refused_for(&t, &after).contains("revoked"));
+    // The thief of the key writes into the stream's past (a key with a low number).
+    let thief = v.batch(Some(&w), w.machine(), vec![mkdir(1, "stolen-1"), mkdir(2, "stolen")]);
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("before") && !t.nodes.contains_key("stolen"), "{:?}", t.refused);
+    assert!(refused_for(&t, &thief).contains("revoked"));
+    // Keys in another form than coldvault writes are not read at all.
+    v.rt.block_on(v.store.put_object(&format!("v/j/{}/0-5", w.machine()), b"x".to_vec().into(), &PutOptions::default())).unwrap();
+    assert!(v.rebuild().nodes.contains_key("before"));
     std::thread::sleep(std::time::Duration::from_millis(2));
-    v.rt.block_on(trust::revoke(v.store.as_ref(), v.sk(), "v/", w.machine(), &w.public(), None)).unwrap();
+    v.rt.block_on(trust::revoke(&v.dyn_store(), v.sk(), "v/", w.machine(), &w.public(), None)).unwrap();
     let t = v.rebuild();
     assert!(!t.nodes.contains_key("before"), "{:?}", t.refused);
     assert!(t.refused.iter().any(|r| r.contains("which was revoked;") || r.contains("which was revoked")), "{:?}", t.refused);
@@ -517,4 +527,113 @@ fn a_journal_cut_short_is_reported() {
     v.rt.block_on(v.store.delete_object(&two)).unwrap();
     let t = v.rebuild();
     assert!(t.refused.iter().any(|r| r.contains("up to record 1")), "{:?}", t.refused);
+}
+
+fn rec(seq: i64, ts_ms: i64, entry: Entry) -> Record {
+    Record { seq, ts_ms, entry }
+}
+
+fn file(path: &str, key: &str) -> Entry {
+    let mut e = upload_entry(1);
+    if let Entry::Upload { path: p, key: k, .. } = &mut e {
+        *p = path.into();
+        *k = key.into();
+    }
+    e
+}
+
+/// A write-only machine the vault allows, compromised, with its clock far ahead: it can add
+/// files and change or remove what it wrote itself, and nothing another machine wrote — not by
+/// replacing, removing, renaming, changing attributes, or putting a folder where a file is.
+/// Removing a folder it shares with another machine removes only its own files.
+#[test]
+fn a_write_only_machine_changes_only_what_it_wrote() {
+    let v = Signed::new(true);
+    let (a, w) = (machine(0xa), machine(0xc));
+    v.allow(&a, trust::Role::Full);
+    v.allow(&w, trust::Role::WriteOnly);
+    let dir = |p: &str| Entry::Mkdir { path: p.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 };
+    v.batch(
+        Some(&a),
+        a.machine(),
+        vec![
+            rec(1, 10, dir("photos")),
+            rec(2, 11, file("photos/a.jpg", "v/d/a1")),
+            rec(3, 12, dir("shared")),
+            rec(4, 13, file("shared/a.jpg", "v/d/a2")),
+        ],
+    );
+    let far = i64::MAX / 4;
+    let attr = Entry::Attr { path: "photos/a.jpg".into(), mode: 0o4777, uid: 0, gid: 0, mtime_ns: 9, xattrs: None };
+    let link = Entry::Symlink { path: "photos".into(), target: "/etc".into(), uid: 0, gid: 0, mtime_ns: 1 };
+    v.batch(
+        Some(&w),
+        w.machine(),
+        vec![
+            rec(1, far, file("photos/a.jpg", "v/d/c1")),
+            rec(2, far + 1, Entry::Remove { path: "photos".into() }),
+            rec(3, far + 2, Entry::Rename { from: "shared".into(), to: "moved".into() }),
+            rec(4, far + 3, attr),
+            rec(5, far + 4, file("photos/a.jpg/inner", "v/d/c2")),
+            rec(6, far + 5, link),
+            rec(7, far + 6, file("shared/w/own.jpg", "v/d/c3")),
+            rec(8, far + 7, file("mine.jpg", "v/d/c4")),
+            rec(9, far + 8, Entry::Rename { from: "mine.jpg".into(), to: "mine2.jpg".into() }),
+            rec(10, far + 9, Entry::Remove { path: "shared".into() }),
+        ],
+    );
+    let t = v.rebuild();
+    let a_jpg = &t.nodes["photos/a.jpg"];
+    assert_eq!((a_jpg.key.as_deref(), a_jpg.mode, a_jpg.kind), (Some("v/d/a1"), 0o644, NodeKind::File), "{:?}", t.refused);
+    assert_eq!(t.nodes["photos"].kind, NodeKind::Dir);
+    assert!(t.nodes.contains_key("shared/a.jpg") && !t.nodes.contains_key("moved"), "{:?}", t.nodes.keys());
+    assert!(!t.nodes.contains_key("shared/w/own.jpg") && !t.nodes.contains_key("shared/w"), "its own files in a shared folder go");
+    assert!(t.nodes.contains_key("mine2.jpg") && !t.nodes.contains_key("mine.jpg"));
+    assert_eq!(t.refused.iter().filter(|r| r.contains("write-only machine")).count(), 5, "{:?}", t.refused);
+    assert!(t.max_ts < far, "its clock moved the importer's clock floor");
+    // Its key for another machine's file was refused: the object stays an orphan, not hidden.
+    assert!(!t.mentioned.contains("v/d/c1"));
+}
+
+/// Per machine, the newest snapshot an allowed key signed is read: a forged one with a higher
+/// number does not hide it, and a signed snapshot that claims another machine or another
+/// sequence number than its key is refused.
+#[test]
+fn a_forged_newer_snapshot_does_not_hide_the_real_one() {
+    let v = Signed::new(true);
+    let (a, w) = (machine(0xa), machine(0xc));
+    v.allow(&a, trust::Role::Full);
+    v.allow(&w, trust::Role::WriteOnly);
+    v.snapshot(Some(&a), a.machine(), 3, 5, (&[file("photos/real.jpg", "v/d/a1")], &[], &[(a.machine(), 3)]));
+    let forged = v.snapshot(None, a.machine(), 999, 6, (&[], &[], &[(a.machine(), 999)]));
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("photos/real.jpg"), "{:?}", t.refused);
+    assert!(refused_for(&t, &forged).contains("unsigned"));
+    // W signs a snapshot under its own key whose content says it is A's, far ahead.
+    let lying = v.snapshot(Some(&w), w.machine(), 5, 7, (&[], &[], &[]));
+    let body = {
+        let mut wr = SnapshotWriter::new(&v.keys, Vec::new()).unwrap();
+        wr.entry(&file("w.jpg", "v/d/c1")).unwrap();
+        wr.finish(a.machine(), 10_000, 8, &BTreeMap::from([(a.machine().to_string(), 10_000)])).unwrap().0
+    };
+    let md = vec![(sign::META.to_string(), w.sign_object(&v.keys.public, &lying["v/".len()..], &body[..crypto::HEADER_LEN]))];
+    v.rt.block_on(v.store.put_object(&lying, body.into(), &PutOptions { metadata: md, ..Default::default() })).unwrap();
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("photos/real.jpg") && !t.nodes.contains_key("w.jpg"), "{:?}", t.refused);
+    assert!(refused_for(&t, &lying).contains("does not match its key"));
+}
+
+/// A statement's name taken by someone else's object is an error, never taken for the
+/// statement; a statement written twice is the same statement.
+#[test]
+fn a_squatted_statement_name_is_an_error() {
+    let v = Signed::new(true);
+    let a = machine(0xa);
+    let key = format!("v/m/{}-{}.enroll", a.machine(), sign::key_id(&a.public()));
+    v.rt.block_on(v.store.put_object(&key, b"junk".to_vec().into(), &PutOptions::default())).unwrap();
+    let e = v.rt.block_on(trust::enroll(v.store.as_ref(), v.sk(), "v/", a.machine(), &a.public(), trust::Role::Full)).unwrap_err();
+    assert!(e.to_string().contains("already holds something else"), "{e}");
+    let b = machine(0xb);
+    v.allow(&b, trust::Role::Full);
+    v.allow(&b, trust::Role::Full);
 }

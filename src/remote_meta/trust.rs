@@ -49,9 +49,13 @@ struct Enrollment {
 struct Revocation {
     machine: String,
     key: String,
-    /// Objects up to this sequence number stay believed (written before the machine was lost);
-    /// `None`: nothing it signed is.
+    /// Asked for: the machine's journal up to this sequence number stays believed (written
+    /// before the machine was lost); `None`: nothing it signed is.
     after_seq: Option<i64>,
+    /// What stays believed, exactly: its batches and snapshots up to `after_seq` that were in the
+    /// bucket at revocation (key below the prefix → hex SHA-256 of the header). A thief of the
+    /// key cannot add to it, whatever sequence numbers it puts in new keys.
+    keep: BTreeMap<String, String>,
     ts_ms: i64,
 }
 
@@ -63,8 +67,11 @@ struct Adoption {
     objects: BTreeMap<String, String>,
 }
 
-/// A statement larger than this is refused unread (an adoption lists about 100 bytes per object).
-const MAX_STATEMENT: u64 = 256 << 20;
+/// An adoption or revocation larger than this is refused unread (it lists about 100 bytes per
+/// object)…
+const MAX_LIST_STATEMENT: u64 = 256 << 20;
+/// …and an enrollment larger than this.
+const MAX_ENROLL_STATEMENT: u64 = 4 << 10;
 /// Header GETs in flight while adopting a vault's unsigned objects.
 const ADOPT_PARALLEL: usize = 16;
 
@@ -74,8 +81,9 @@ pub struct AllowedKey {
     pub key: VerifyingKey,
     pub role: Role,
     pub ts_ms: i64,
-    /// `Some(None)`: revoked whole; `Some(Some(n))`: believed up to sequence `n`.
-    pub revoked: Option<Option<i64>>,
+    /// Revoked: only these objects (key below the prefix → hex SHA-256 of the header) stay
+    /// believed; empty when revoked whole. Several revocations: what all of them keep.
+    pub revoked: Option<BTreeMap<String, String>>,
 }
 
 /// Who wrote an object that passed `Trust::check`.
@@ -88,7 +96,7 @@ pub struct Writer {
 
 #[derive(Default, Debug)]
 pub struct Trust {
-    /// The vault has started signing (an adoption statement exists).
+    /// The vault has started signing: it holds a valid statement (an adoption, normally first).
     pub signed: bool,
     pub machines: BTreeMap<String, Vec<AllowedKey>>,
     adopted: HashMap<String, String>,
@@ -110,16 +118,55 @@ fn revoke_key(machine: &str, vk: &VerifyingKey, ts_ms: i64) -> String {
     format!("m/{machine}-{}-{ts_ms:016}.revoke", sign::key_id(vk))
 }
 
+/// What kind of statement a name under `m/` is, if it is one coldvault writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Enroll,
+    Revoke,
+    Adopt,
+}
+
+fn kind_of(rel: &str) -> Option<Kind> {
+    let name = rel.strip_prefix("m/")?;
+    let hex16 = |s: &str| s.len() == 16 && sign::is_machine_id(s);
+    let dec16 = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(ms) = name.strip_prefix("adopt-") {
+        return dec16(ms).then_some(Kind::Adopt);
+    }
+    if let Some(stem) = name.strip_suffix(".enroll") {
+        let (m, k) = stem.split_once('-')?;
+        return (hex16(m) && hex16(k)).then_some(Kind::Enroll);
+    }
+    let stem = name.strip_suffix(".revoke")?;
+    let mut parts = stem.split('-');
+    let ok =
+        matches!((parts.next(), parts.next(), parts.next(), parts.next()), (Some(m), Some(k), Some(ms), None) if hex16(m) && hex16(k) && dec16(ms));
+    ok.then_some(Kind::Revoke)
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
 impl Trust {
     /// Read and verify every statement under `P m/`. A statement that fails is reported and
     /// ignored (a forged one must not stop the rebuild); an S3 error other than "gone" stops it.
+    /// The vault counts as signing as soon as one object with a statement's name is listed,
+    /// valid or not: what cannot be read fails closed (refusing unsigned objects), never open.
     pub async fn load(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str) -> Result<Trust, RemoteError> {
         let mut t = Trust::default();
         let listed = store.list(&format!("{prefix}m/")).await?;
         let mut revocations = Vec::new();
         for o in listed {
             let rel = &o.key[prefix.len()..];
-            if o.size > MAX_STATEMENT {
+            let Some(kind) = kind_of(rel) else {
+                t.problems.push(format!("{}: not a statement coldvault writes; ignored", o.key));
+                continue;
+            };
+            t.signed = true;
+            let max = if kind == Kind::Enroll { MAX_ENROLL_STATEMENT } else { MAX_LIST_STATEMENT };
+            if o.size > max {
                 t.problems.push(format!("statement {}: {} bytes, larger than any coldvault writes; ignored", o.key, o.size));
                 continue;
             }
@@ -131,37 +178,30 @@ impl Trust {
                     continue;
                 }
             };
-            let text = match sign::open_statement(sk, rel, &body) {
-                Ok(b) => b,
-                Err(e) => {
-                    t.problems.push(format!("statement {}: {e}; ignored", o.key));
-                    continue;
-                }
-            };
-            let r: Result<(), String> = (|| {
-                if rel.ends_with(".enroll") {
-                    let e: Enrollment = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                    let vk = decode_key(&e.key)?;
-                    if rel != enroll_key(&e.machine, &vk) {
-                        return Err("its content does not match its key".into());
+            let r = sign::open_statement(sk, rel, &body).and_then(|text| -> Result<(), String> {
+                match kind {
+                    Kind::Enroll => {
+                        let e: Enrollment = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                        let vk = decode_key(&e.key)?;
+                        if rel != enroll_key(&e.machine, &vk) {
+                            return Err("its content does not match its key".into());
+                        }
+                        t.machines.entry(e.machine).or_default().push(AllowedKey { key: vk, role: e.role, ts_ms: e.ts_ms, revoked: None });
                     }
-                    t.machines.entry(e.machine).or_default().push(AllowedKey { key: vk, role: e.role, ts_ms: e.ts_ms, revoked: None });
-                } else if rel.ends_with(".revoke") {
-                    let r: Revocation = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                    let vk = decode_key(&r.key)?;
-                    if rel != revoke_key(&r.machine, &vk, r.ts_ms) {
-                        return Err("its content does not match its key".into());
+                    Kind::Revoke => {
+                        let r: Revocation = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                        if rel != revoke_key(&r.machine, &decode_key(&r.key)?, r.ts_ms) {
+                            return Err("its content does not match its key".into());
+                        }
+                        revocations.push(r);
                     }
-                    revocations.push(r);
-                } else if rel.starts_with("m/adopt-") {
-                    let a: Adoption = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                    t.signed = true;
-                    t.adopted.extend(a.objects);
-                } else {
-                    return Err("not a statement coldvault writes".into());
+                    Kind::Adopt => {
+                        let a: Adoption = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                        t.adopted.extend(a.objects);
+                    }
                 }
                 Ok(())
-            })();
+            });
             if let Err(e) = r {
                 t.problems.push(format!("statement {}: {e}; ignored", o.key));
             }
@@ -169,11 +209,10 @@ impl Trust {
         for r in revocations {
             let Ok(vk) = decode_key(&r.key) else { continue };
             for k in t.machines.get_mut(&r.machine).into_iter().flatten().filter(|k| k.key == vk) {
-                // Two revocations of one key: the stricter one holds.
-                k.revoked = Some(match (k.revoked, r.after_seq) {
-                    (Some(Some(a)), Some(b)) => Some(a.min(b)),
-                    (None, b) => b,
-                    _ => None,
+                // Several revocations of one key: only what every one of them keeps stays.
+                k.revoked = Some(match k.revoked.take() {
+                    None => r.keep.clone(),
+                    Some(kept) => kept.into_iter().filter(|(key, h)| r.keep.get(key) == Some(h)).collect(),
                 });
             }
         }
@@ -181,25 +220,16 @@ impl Trust {
     }
 
     /// Whether an object may be believed, and who wrote it. `rel_key`: its key below the
-    /// prefix; `stream`: the machine its key names (batches, snapshots); `last_seq`: the
-    /// highest sequence number it covers; `sig`: its `x-amz-meta-cvs`.
-    pub fn check(
-        &self,
-        vault: &PublicKey,
-        rel_key: &str,
-        stream: Option<&str>,
-        last_seq: Option<i64>,
-        header: &[u8],
-        sig: Option<&str>,
-    ) -> Result<Writer, String> {
+    /// prefix; `stream`: the machine its key names (batches, snapshots); `sig`: its
+    /// `x-amz-meta-cvs`.
+    pub fn check(&self, vault: &PublicKey, rel_key: &str, stream: Option<&str>, header: &[u8], sig: Option<&str>) -> Result<Writer, String> {
+        // A vault of an older build (no statement): believed as before, signed or not.
+        if !self.signed {
+            return Ok(Writer { machine: None, role: Role::Full });
+        }
         let Some(sig) = sig else {
-            if !self.signed {
-                return Ok(Writer { machine: None, role: Role::Full });
-            }
-            use sha2::Digest;
-            let h = hex::encode(sha2::Sha256::digest(header));
             return match self.adopted.get(rel_key) {
-                Some(want) if *want == h => Ok(Writer { machine: None, role: Role::Full }),
+                Some(want) if *want == sha_hex(header) => Ok(Writer { machine: None, role: Role::Full }),
                 _ => Err("unsigned, and not one of the objects of older builds this vault adopted when it started signing".into()),
             };
         };
@@ -214,10 +244,9 @@ impl Trust {
             .iter()
             .find(|k| sign::verify_object(&k.key, vault, rel_key, header, &s))
             .ok_or_else(|| format!("its signature does not verify with any key allowed for machine {m} (forged, or moved from another key)"))?;
-        match k.revoked {
-            Some(None) => Err(format!("signed by machine {m} with key {}, which was revoked", sign::key_id(&k.key))),
-            Some(Some(n)) if last_seq.is_none_or(|q| q > n) => {
-                Err(format!("signed by machine {m} with key {}, which was revoked after sequence {n}", sign::key_id(&k.key)))
+        match &k.revoked {
+            Some(keep) if keep.get(rel_key) != Some(&sha_hex(header)) => {
+                Err(format!("signed by machine {m} with key {}, which was revoked (and this object is not one it kept)", sign::key_id(&k.key)))
             }
             _ => Ok(Writer { machine: Some(m), role: k.role }),
         }
@@ -233,9 +262,32 @@ async fn put_statement(store: &dyn ObjectStore, sk: &StaticSecret, prefix: &str,
     let text = serde_json::to_string(body).expect("json");
     let obj = sign::sign_statement(sk, rel, &text);
     let opts = PutOptions { storage_class: "STANDARD".into(), if_none_match: true, ..Default::default() };
-    match store.put_object(&format!("{prefix}{rel}"), obj.into(), &opts).await {
-        // Written before (a retry), or a key nobody else can sign for: either way, as before.
-        Ok(()) | Err(StoreError::AlreadyExists) => Ok(()),
+    let key = format!("{prefix}{rel}");
+    match store.put_object(&key, obj.into(), &opts).await {
+        Ok(()) => Ok(()),
+        // Our own earlier attempt (its answer lost) is a statement of the vault saying the same;
+        // anything else there is someone squatting the name.
+        Err(StoreError::AlreadyExists) => {
+            let there = store.get_object(&key).await?;
+            let same = sign::open_statement(sk, rel, &there).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| {
+                let mut v = v;
+                let mut ours = serde_json::to_value(body).expect("json");
+                for x in [&mut v, &mut ours] {
+                    if let Some(o) = x.as_object_mut() {
+                        o.remove("ts_ms");
+                    }
+                }
+                v == ours
+            });
+            if same {
+                Ok(())
+            } else {
+                Err(StoreError::Permanent {
+                    code: "StatementOccupied".into(),
+                    message: format!("{key} already holds something else (not this statement); nothing written"),
+                })
+            }
+        }
         Err(e) => Err(e),
     }
 }
@@ -254,31 +306,26 @@ pub async fn enroll(
     Ok(format!("{prefix}{rel}"))
 }
 
-/// Stop believing what `vk` signs for `machine` (after sequence `after_seq`, or at all).
-pub async fn revoke(
-    store: &dyn ObjectStore,
-    sk: &StaticSecret,
+/// The hex SHA-256 of the header of each object listed under these sub-prefixes (`j/`, `s/`,
+/// or one machine's `j/M/`, `s/M/`) that `want` accepts (key below the prefix, listed length).
+async fn header_hashes(
+    store: &Arc<dyn ObjectStore>,
     prefix: &str,
-    machine: &str,
-    vk: &VerifyingKey,
-    after_seq: Option<i64>,
-) -> Result<String, StoreError> {
-    let ts_ms = now_ms();
-    let rel = revoke_key(machine, vk, ts_ms);
-    let r = Revocation { machine: machine.into(), key: B64.encode(vk.as_bytes()), after_seq, ts_ms };
-    put_statement(store, sk, prefix, &rel, &r).await?;
-    Ok(format!("{prefix}{rel}"))
-}
-
-/// Start signing: adopt every journal batch and snapshot in the bucket now (by its header's
-/// SHA-256), so that what older builds wrote stays believed and nothing unsigned written later
-/// is. On a new vault this lists nothing. Returns the number adopted.
-pub async fn adopt_existing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str) -> Result<usize, StoreError> {
+    subs: &[String],
+    want: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, String>, StoreError> {
     let mut keys = Vec::new();
-    for sub in ["j/", "s/"] {
-        keys.extend(store.list(&format!("{prefix}{sub}")).await?.into_iter().filter(|o| o.size >= crate::crypto::HEADER_LEN as u64).map(|o| o.key));
+    for sub in subs {
+        keys.extend(
+            store
+                .list(&format!("{prefix}{sub}"))
+                .await?
+                .into_iter()
+                .filter(|o| o.size >= crate::crypto::HEADER_LEN as u64 && want(&o.key[prefix.len()..]))
+                .map(|o| o.key),
+        );
     }
-    let mut objects = BTreeMap::new();
+    let mut out = BTreeMap::new();
     let mut set = tokio::task::JoinSet::new();
     let mut it = keys.into_iter();
     loop {
@@ -294,14 +341,46 @@ pub async fn adopt_existing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, pre
         let (k, h) = done.map_err(|e| StoreError::Retryable(format!("header download task: {e}")))?;
         match h {
             Ok(h) => {
-                use sha2::Digest;
-                objects.insert(k[prefix.len()..].to_string(), hex::encode(sha2::Sha256::digest(&h)));
+                out.insert(k[prefix.len()..].to_string(), sha_hex(&h));
             }
-            // Gone since the listing, or archived by a lifecycle rule: not adopted.
+            // Gone since the listing, or archived by a lifecycle rule: not listed.
             Err(StoreError::NotFound | StoreError::Archived) => {}
             Err(e) => return Err(e),
         }
     }
+    Ok(out)
+}
+
+/// Stop believing what `vk` signs for `machine`: everything, or all but its journal batches and
+/// snapshots up to `after_seq` that are in the bucket now (listed in the revocation by header).
+pub async fn revoke(
+    store: &Arc<dyn ObjectStore>,
+    sk: &StaticSecret,
+    prefix: &str,
+    machine: &str,
+    vk: &VerifyingKey,
+    after_seq: Option<i64>,
+) -> Result<String, StoreError> {
+    let keep = match after_seq {
+        None => BTreeMap::new(),
+        Some(n) => {
+            let subs = [format!("j/{machine}/"), format!("s/{machine}/")];
+            header_hashes(store, prefix, &subs, |rel| super::parse_seq_key(&rel[2..]).is_some_and(|(m, _, last)| m == machine && last <= n)).await?
+        }
+    };
+    let ts_ms = now_ms();
+    let rel = revoke_key(machine, vk, ts_ms);
+    let r = Revocation { machine: machine.into(), key: B64.encode(vk.as_bytes()), after_seq, keep, ts_ms };
+    put_statement(store.as_ref(), sk, prefix, &rel, &r).await?;
+    Ok(format!("{prefix}{rel}"))
+}
+
+/// Adopt every journal batch and snapshot in the bucket now (by its header's SHA-256), so that
+/// what builds before signatures wrote stays believed and nothing unsigned written later is.
+/// Run when a vault starts signing (on a new vault it lists nothing), and again by `coldvault
+/// machine adopt` (machines upgraded late). Returns the number adopted.
+pub async fn adopt_existing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str) -> Result<usize, StoreError> {
+    let objects = header_hashes(store, prefix, &["j/".to_string(), "s/".to_string()], |_| true).await?;
     let n = objects.len();
     let ts_ms = now_ms();
     put_statement(store.as_ref(), sk, prefix, &format!("m/adopt-{ts_ms:016}"), &Adoption { ts_ms, objects }).await?;
@@ -309,17 +388,39 @@ pub async fn adopt_existing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, pre
 }
 
 /// What a full machine does before it rebuilds or writes: start signing the vault if nobody
-/// has (adopting what is there), and allow its own key if it is not allowed yet.
-pub async fn prepare_full(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str, me: &MachineSigner) -> Result<(), RemoteError> {
+/// has (adopting what is there), and allow its own key if it is not allowed yet. `pinned`: this
+/// machine knows the vault signs (its config says so); if no statement is left in the bucket,
+/// someone deleted them, and what is there now is not adopted.
+pub async fn prepare_full(
+    store: &Arc<dyn ObjectStore>,
+    sk: &StaticSecret,
+    prefix: &str,
+    me: &MachineSigner,
+    pinned: bool,
+) -> Result<(), RemoteError> {
     let t = Trust::load(store, sk, prefix).await?;
-    if !t.signed {
+    if !t.signed && pinned {
+        tracing::error!("this vault signs its metadata, but none of its statements is left under {prefix}m/ (deleted?): nothing unsigned is adopted; this machine allows its own key again");
+    } else if !t.signed {
         let n = adopt_existing(store, sk, prefix).await?;
-        tracing::warn!(adopted = n, "this vault starts signing: the unsigned journal batches and snapshots of earlier builds in it now are adopted; unsigned ones written later are refused");
+        tracing::warn!(adopted = n, "this vault starts signing: the unsigned journal batches and snapshots of earlier builds in it now are adopted; unsigned ones written later are refused (`coldvault machine adopt` adopts again)");
     }
-    let mine = t.machines.get(me.machine()).is_some_and(|v| v.iter().any(|k| k.key == me.public() && k.revoked.is_none()));
-    if !mine {
-        let key = enroll(store.as_ref(), sk, prefix, me.machine(), &me.public(), Role::Full).await?;
-        tracing::info!(key, machine = me.machine(), "this machine's signing key is now allowed in the vault");
+    let mine = t.machines.get(me.machine()).and_then(|v| v.iter().find(|k| k.key == me.public()));
+    match mine {
+        Some(AllowedKey { revoked: Some(_), .. }) => Err(RemoteError::Malformed(format!(
+            "this machine's signing key ({} of machine {}) was revoked: what it uploads is not believed by a rebuild; mount with a new cache dir to get a new key",
+            sign::key_id(&me.public()),
+            me.machine()
+        ))),
+        Some(AllowedKey { role: Role::WriteOnly, .. }) => {
+            tracing::warn!(machine = me.machine(), "this machine's key is allowed as write-only: its snapshots are never the base of a rebuild");
+            Ok(())
+        }
+        Some(_) => Ok(()),
+        None => {
+            let key = enroll(store.as_ref(), sk, prefix, me.machine(), &me.public(), Role::Full).await?;
+            tracing::info!(key, machine = me.machine(), "this machine's signing key is now allowed in the vault");
+            Ok(())
+        }
     }
-    Ok(())
 }

@@ -58,9 +58,9 @@ pub fn journal_batch(data: &[u8]) {
 /// A snapshot's plaintext, parsed as the rebuild streams it, each entry applied to a tree.
 pub fn snapshot(data: &[u8]) {
     let mut t = Tree::default();
-    let _ = remote_meta::read::parse(data, Some(|e: Entry| t.apply_owned(e)));
+    let _ = remote_meta::read::parse(data, Some(|e: Entry, _: Option<String>| t.apply_owned(e)));
     check_tree(&t);
-    let _ = remote_meta::read::parse(data, None::<fn(Entry)>);
+    let _ = remote_meta::read::parse(data, None::<fn(Entry, Option<String>)>);
 }
 
 /// What a replayed tree must be whatever it was fed, for `get` to stay inside its destination:

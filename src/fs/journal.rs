@@ -164,7 +164,7 @@ impl Fs {
     /// the view, folders first. A file whose next version is still pending is described by
     /// its newest durable one (it must not vanish from a rebuild meanwhile); one with none yet
     /// is left out (its upload record will add it).
-    fn snapshot_entries(v: &Db, mut f: impl FnMut(&crate::remote_meta::Entry) -> Result<()>) -> Result<()> {
+    fn snapshot_entries(v: &Db, mut f: impl FnMut(&crate::remote_meta::Entry, Option<&str>) -> Result<()>) -> Result<()> {
         use crate::remote_meta::Entry;
         v.walk(|path, i| {
             if let Err(why) = crate::remote_meta::check_path(path) {
@@ -209,7 +209,7 @@ impl Fs {
                     None => return Ok(()),
                 },
             };
-            f(&e)
+            f(&e, i.owner.as_deref())
         })
     }
 
@@ -218,7 +218,7 @@ impl Fs {
     pub fn export_tree(&self) -> Result<(crate::remote_meta::Tree, i64)> {
         let v = self.durable_view()?;
         let mut t = crate::remote_meta::Tree::default();
-        Self::snapshot_entries(&v, |e| {
+        Self::snapshot_entries(&v, |e, _| {
             t.apply(e);
             Ok(())
         })?;
@@ -250,7 +250,7 @@ impl Fs {
         let ts_ms = now_ms().max(floor.saturating_add(1));
         let sink = SnapshotSink { file: unnamed_file(&self.cfg.cache_dir)?, unflushed: 0, staging: &self.staging };
         let mut w = crate::remote_meta::SnapshotWriter::new(&self.keys, std::io::BufWriter::with_capacity(1 << 20, sink))?;
-        Self::snapshot_entries(&v, |e| Ok(w.entry(e)?))?;
+        Self::snapshot_entries(&v, |e, by| Ok(w.entry_by(e, by)?))?;
         let mut dead = Ok(());
         v.each_dead_key(|k| {
             dead = w.dead_key(k);
@@ -333,6 +333,7 @@ impl Fs {
                     header: n.header.clone(),
                     sha256: n.sha256.clone(),
                     xattrs: n.xattrs.clone(),
+                    owner: n.owner.clone(),
                 },
             )?;
             match n.kind {

@@ -28,6 +28,7 @@ impl Fs {
             header: None,
             sha256: None,
             xattrs: None,
+            owner: None,
         }
     }
 

@@ -973,7 +973,11 @@ fn snapshots_replace_older_snapshots_and_rebuild_from_them() {
     fs.rename(ROOT, OsStr::new("f2"), ROOT, OsStr::new("g2"), false).unwrap();
     flush_journal(&e);
     let (_dir, d2) = fresh_machine(&e);
-    assert_eq!(d2.fs.store.counts()["GetObject"], 3, "the snapshot's header (checked before it is chosen), the snapshot, the one batch after it; nothing older");
+    assert_eq!(
+        d2.fs.store.counts()["GetObject"],
+        3,
+        "the snapshot's header (checked before it is chosen), the snapshot, the one batch after it; nothing older"
+    );
     let names: Vec<String> = d2.fs.readdir(ROOT).unwrap().into_iter().map(|i| i.name).collect();
     let mut names = names;
     names.sort();

@@ -2,7 +2,7 @@
 
 use super::*;
 
-const INODE_COLS: &str = "ino,parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs";
+const INODE_COLS: &str = "ino,parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs,owner";
 
 fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<(Inode, i64, String)> {
     Ok((
@@ -27,6 +27,7 @@ fn inode_from_row(r: &Row<'_>) -> rusqlite::Result<(Inode, i64, String)> {
             header: r.get(17)?,
             sha256: r.get(18)?,
             xattrs: r.get(19)?,
+            owner: r.get(20)?,
         },
         r.get(3)?,
         r.get(12)?,
@@ -293,11 +294,11 @@ impl Db {
     /// Insert an inode with every column (content already in the bucket); returns its number.
     pub fn insert_full(conn: &Connection, i: &Inode) -> Result<u64> {
         conn.exec(
-            "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs)
-             VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
+            "INSERT INTO inodes(parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,target,state,content_gen,dirty_ms,object_key,storage_class,header,sha256,xattrs,owner)
+             VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)",
             params![
                 i.parent as i64, i.name, i.kind as i64, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.state.as_str(),
-                i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs
+                i.content_gen, i.dirty_ms, i.object_key, i.storage_class, i.header, i.sha256, i.xattrs, i.owner
             ],
         )?;
         Ok(conn.last_insert_rowid() as u64)

@@ -157,6 +157,10 @@ pub struct Inode {
     pub sha256: Option<String>,
     /// DOS attributes and other xattrs (Samba), serialized as JSON object name -> hex value.
     pub xattrs: Option<String>,
+    /// The machine whose journal or snapshot made this node what it is, when it came from the
+    /// bucket (a rebuild); `None`: this machine. Snapshots carry it (docs/FORMAT.md, section 8),
+    /// so that a write-only machine's later entries still concern what it wrote.
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

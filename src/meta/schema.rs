@@ -119,5 +119,10 @@ pub(super) fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     if !has_dk {
         conn.execute_batch("ALTER TABLE uploads ADD COLUMN dk BLOB")?;
     }
+    // Which machine's entries made an imported node (write-only machines' entries may change
+    // only their own).
+    if conn.prepare("SELECT owner FROM inodes LIMIT 0").is_err() {
+        conn.execute_batch("ALTER TABLE inodes ADD COLUMN owner TEXT")?;
+    }
     Ok(())
 }

@@ -22,6 +22,7 @@ fn file(parent: u64, name: &str) -> Inode {
         header: None,
         sha256: None,
         xattrs: None,
+        owner: None,
     }
 }
 

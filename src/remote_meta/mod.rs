@@ -521,9 +521,25 @@ impl<W: std::io::Write> SnapshotWriter<W> {
     }
 
     pub fn entry(&mut self, e: &Entry) -> std::io::Result<()> {
+        self.entry_by(e, None)
+    }
+
+    /// An entry that another machine's journal or snapshot made (`by`: that machine): the entry
+    /// object gets a `"by"` field (builds before it ignore it).
+    pub fn entry_by(&mut self, e: &Entry, by: Option<&str>) -> std::io::Result<()> {
         assert!(!self.in_dead_keys, "snapshot entries come before dead keys");
         self.comma()?;
-        serde_json::to_writer(&mut self.out, e)?;
+        match by {
+            None => serde_json::to_writer(&mut self.out, e)?,
+            Some(m) => {
+                let mut v = serde_json::to_vec(e)?;
+                v.pop(); // the object's closing brace
+                self.out.write_all(&v)?;
+                self.out.write_all(b",\"by\":")?;
+                serde_json::to_writer(&mut self.out, m)?;
+                self.out.write_all(b"}")?;
+            }
+        }
         self.entries += 1;
         Ok(())
     }

@@ -47,7 +47,7 @@ impl SnapshotInfo {
 /// Parse a snapshot's JSON from `r`, calling `on_entry` with each entry in order (entries are
 /// parsed and dropped when it is `None`). The whole input is read: anything after the
 /// document is an error.
-pub fn parse<R: Read, F: FnMut(Entry)>(r: R, on_entry: Option<F>) -> serde_json::Result<SnapshotInfo> {
+pub fn parse<R: Read, F: FnMut(Entry, Option<String>)>(r: R, on_entry: Option<F>) -> serde_json::Result<SnapshotInfo> {
     let mut de = serde_json::Deserializer::from_reader(r);
     let info = Top { on_entry }.deserialize(&mut de)?;
     de.end()?;
@@ -58,14 +58,14 @@ struct Top<F> {
     on_entry: Option<F>,
 }
 
-impl<'de, F: FnMut(Entry)> DeserializeSeed<'de> for Top<F> {
+impl<'de, F: FnMut(Entry, Option<String>)> DeserializeSeed<'de> for Top<F> {
     type Value = SnapshotInfo;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<SnapshotInfo, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de, F: FnMut(Entry)> Visitor<'de> for Top<F> {
+impl<'de, F: FnMut(Entry, Option<String>)> Visitor<'de> for Top<F> {
     type Value = SnapshotInfo;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -108,19 +108,28 @@ impl<'de, F: FnMut(Entry)> Visitor<'de> for Top<F> {
     }
 }
 
+/// A snapshot entry, and the machine whose entries made it when not the snapshot's own.
+#[derive(serde::Deserialize)]
+struct ByEntry {
+    #[serde(flatten)]
+    entry: Entry,
+    #[serde(default)]
+    by: Option<String>,
+}
+
 /// The `entries` array, handed out one entry at a time; its value is how many there were.
 struct Entries<'f, F> {
     on_entry: Option<&'f mut F>,
 }
 
-impl<'de, F: FnMut(Entry)> DeserializeSeed<'de> for Entries<'_, F> {
+impl<'de, F: FnMut(Entry, Option<String>)> DeserializeSeed<'de> for Entries<'_, F> {
     type Value = u64;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de, F: FnMut(Entry)> Visitor<'de> for Entries<'_, F> {
+impl<'de, F: FnMut(Entry, Option<String>)> Visitor<'de> for Entries<'_, F> {
     type Value = u64;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -132,9 +141,9 @@ impl<'de, F: FnMut(Entry)> Visitor<'de> for Entries<'_, F> {
         let mut f = self.on_entry;
         // Skipped entries are parsed all the same: a snapshot that one pass accepts, the next
         // must too.
-        while let Some(e) = s.next_element::<Entry>()? {
+        while let Some(e) = s.next_element::<ByEntry>()? {
             if let Some(f) = f.as_mut() {
-                f(e);
+                f(e.entry, e.by);
             }
             n += 1;
         }
@@ -187,8 +196,22 @@ pub async fn stream(
         let mut tree = tree;
         let r = ChannelReader { rx, buf: Vec::new(), at: 0 };
         let parsed = match tree.as_mut() {
-            Some(t) => parse(r, Some(|e: Entry| t.apply_owned(e))),
-            None => parse(r, None::<fn(Entry)>),
+            Some(t) => parse(
+                r,
+                Some(|e: Entry, by: Option<String>| {
+                    // A full machine's snapshot says which machine made each node it imported;
+                    // a write-only machine's is all its own.
+                    match (&t.applying, by) {
+                        (Some((_, false)), Some(by)) => {
+                            let own = t.applying.replace((by, false));
+                            t.apply_owned(e);
+                            t.applying = own;
+                        }
+                        _ => t.apply_owned(e),
+                    }
+                }),
+            ),
+            None => parse(r, None::<fn(Entry, Option<String>)>),
         };
         (tree, parsed)
     });

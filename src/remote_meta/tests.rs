@@ -162,10 +162,10 @@ fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
     for doc in [&streamed, &old] {
         for step in [1, 7, 65_536] {
             let mut got = Vec::new();
-            let info = read::parse(Trickle(doc, step), Some(|e: Entry| got.push(e))).unwrap();
+            let info = read::parse(Trickle(doc, step), Some(|e: Entry, _: Option<String>| got.push(e))).unwrap();
             assert_eq!(info, want);
             assert!(got == entries, "step {step}");
-            assert_eq!(read::parse(Trickle(doc, step), None::<fn(Entry)>).unwrap(), want);
+            assert_eq!(read::parse(Trickle(doc, step), None::<fn(Entry, Option<String>)>).unwrap(), want);
         }
     }
 }
@@ -176,7 +176,7 @@ fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
 #[test]
 fn a_malformed_snapshot_is_refused() {
     let ok = br#"{"entries":[{"op":"remove","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#;
-    assert!(read::parse(&ok[..], None::<fn(Entry)>).is_ok());
+    assert!(read::parse(&ok[..], None::<fn(Entry, Option<String>)>).is_ok());
     let bad: [&[u8]; 6] = [
         br#"{"entries":[],"machine":"m","covers_seq":1,"ts_ms":2} {"entries":[]}"#,
         br#"{"entries":[{"op":"remove","path":"a"}],"entries":[{"op":"remove","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#,
@@ -186,8 +186,8 @@ fn a_malformed_snapshot_is_refused() {
         br#"{"entries":[],"machine":"m","covers_seq":1,"ts_ms":2,"machine":"n"}"#,
     ];
     for doc in bad {
-        assert!(read::parse(doc, None::<fn(Entry)>).is_err(), "accepted {}", String::from_utf8_lossy(doc));
-        assert!(read::parse(doc, Some(|_: Entry| {})).is_err(), "accepted {}", String::from_utf8_lossy(doc));
+        assert!(read::parse(doc, None::<fn(Entry, Option<String>)>).is_err(), "accepted {}", String::from_utf8_lossy(doc));
+        assert!(read::parse(doc, Some(|_: Entry, _: Option<String>| {})).is_err(), "accepted {}", String::from_utf8_lossy(doc));
     }
 }
 
@@ -636,4 +636,33 @@ fn a_squatted_statement_name_is_an_error() {
     let b = machine(0xb);
     v.allow(&b, trust::Role::Full);
     v.allow(&b, trust::Role::Full);
+}
+
+/// A full machine's snapshot says which machine made each node it imported from the bucket
+/// (`by`): a write-only machine's later changes to its own files still apply on top of it, and
+/// its changes to the full machine's own files still do not.
+#[test]
+fn a_write_only_machine_keeps_its_files_through_a_full_machines_snapshot() {
+    use std::io::Write as _;
+    let v = Signed::new(true);
+    let (a, w) = (machine(0xa), machine(0xc));
+    v.allow(&a, trust::Role::Full);
+    v.allow(&w, trust::Role::WriteOnly);
+    v.batch(Some(&w), w.machine(), vec![rec(1, 10, file("w.jpg", "v/d/c1"))]);
+    // A rebuilt, imported w.jpg, and wrote a snapshot of its index.
+    let mut wr = SnapshotWriter::new(&v.keys, Vec::new()).unwrap();
+    wr.entry(&file("a.jpg", "v/d/a1")).unwrap();
+    wr.entry_by(&file("w.jpg", "v/d/c1"), Some(w.machine())).unwrap();
+    let seen = BTreeMap::from([(a.machine().to_string(), 1), (w.machine().to_string(), 1)]);
+    let (body, len) = wr.finish(a.machine(), 1, 20, &seen).unwrap();
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(&body).unwrap();
+    v.rt.block_on(v.sink(Some(&a)).put_snapshot(a.machine(), 1, &f, len)).unwrap();
+    // Later, W rewrites its file and tries to rewrite A's.
+    v.batch(Some(&w), w.machine(), vec![rec(2, 30, file("w.jpg", "v/d/c2")), rec(3, 31, file("a.jpg", "v/d/c3"))]);
+    let t = v.rebuild();
+    assert_eq!(t.nodes["w.jpg"].key.as_deref(), Some("v/d/c2"), "{:?}", t.refused);
+    assert_eq!(t.nodes["a.jpg"].key.as_deref(), Some("v/d/a1"), "{:?}", t.refused);
+    assert_eq!(t.nodes["w.jpg"].owner.as_deref(), Some(w.machine()));
+    assert!(t.refused.iter().any(|r| r.contains("a.jpg is another machine's")), "{:?}", t.refused);
 }

@@ -84,6 +84,11 @@ enum Cmd {
         /// EFBIG ("File too large"). Default and maximum: what fits in one S3 object (5 TiB).
         #[arg(long)]
         max_file_size: Option<String>,
+        /// The most bytes of file content one user may have waiting for upload on the staging
+        /// disk (e.g. 50G): writes beyond it fail with EDQUOT ("Disk quota exceeded") until
+        /// uploads catch up, so one writer cannot fill the disk for all. Default: none.
+        #[arg(long)]
+        staging_quota: Option<String>,
         #[arg(long)]
         foreground: bool,
         /// Let other users (e.g. Samba's smbd) access the mount.
@@ -341,6 +346,7 @@ fn run(cli: Cli) -> Result<()> {
             settle,
             read_cache,
             max_file_size,
+            staging_quota,
             foreground,
             allow_other,
             upload_concurrency,
@@ -360,6 +366,7 @@ fn run(cli: Cli) -> Result<()> {
             settle,
             read_cache,
             max_file_size,
+            staging_quota,
             foreground,
             allow_other,
             upload_concurrency,
@@ -570,6 +577,13 @@ fn cmd_machine(cmd: MachineCmd) -> Result<()> {
             MachineCmd::Allow { token, full, .. } => {
                 let (m, vk) = coldvault::crypto::sign::parse_token(&token).map_err(|e| anyhow!(e))?;
                 let role = if full { trust::Role::Full } else { trust::Role::WriteOnly };
+                if let Some(other) = t.machines.get(&m).and_then(|v| v.iter().find(|k| k.key != vk)) {
+                    bail!(
+                        "machine {m} already has a key allowed ({}, {:?}): a token naming it with another key is not that machine (each cache dir has its own id and key)",
+                        key_id(&other.key),
+                        other.role
+                    );
+                }
                 if let Some(k) = t.machines.get(&m).and_then(|v| v.iter().find(|k| k.key == vk)) {
                     if k.revoked.is_some() {
                         bail!("machine {m}'s key {} was revoked; a revoked key is not allowed again (the machine gets a new key with a new cache dir)", key_id(&vk));
@@ -884,6 +898,7 @@ struct MountArgs {
     settle: Option<f64>,
     read_cache: String,
     max_file_size: Option<String>,
+    staging_quota: Option<String>,
     foreground: bool,
     allow_other: bool,
     upload_concurrency: usize,
@@ -921,6 +936,7 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
             n
         }
     };
+    let staging_quota = a.staging_quota.as_deref().map(|s| config::parse_size(s).context("--staging-quota")).transpose()?;
     let settle = a.settle.unwrap_or(cfg.settle_secs);
     if settle.is_nan() || settle < 0.0 {
         bail!("--settle must be >= 0");
@@ -971,6 +987,7 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
         group_commit: coldvault::fs::GROUP_COMMIT,
         max_file_size,
         vault_signed: cfg.signed,
+        staging_quota,
     };
     let bandwidth = a.upload_bandwidth.as_deref().map(config::parse_size).transpose()?;
     let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), bandwidth, ..Default::default() };

@@ -214,6 +214,13 @@ impl Fs {
 
     pub(super) fn truncate(&self, ino: u64, size: u64) -> Result<()> {
         self.check_size(size)?;
+        let grows = {
+            let c = self.core();
+            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+            let now = c.open.get(&ino).map_or(i.size, |o| o.size);
+            (i.uid, size.saturating_sub(now))
+        };
+        self.charge(grows.0, grows.1)?;
         {
             let mut c = self.core();
             let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;

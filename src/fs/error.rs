@@ -45,6 +45,9 @@ pub enum FsError {
     NoSpace(String),
     #[error("file larger than the {0} bytes this mount accepts")]
     TooBig(u64),
+    /// The writing file's owner has this many bytes waiting for upload, its staging quota.
+    #[error("over the staging quota of {0} bytes per user")]
+    Quota(u64),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("object failed authentication: {0}")]
@@ -75,6 +78,7 @@ impl FsError {
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             FsError::NoSpace(_) => libc::ENOSPC,
             FsError::TooBig(_) => libc::EFBIG,
+            FsError::Quota(_) => libc::EDQUOT,
             // The index cannot grow on a full disk: the caller learns the disk is full.
             FsError::Meta(MetaError::Sql(rusqlite::Error::SqliteFailure(e, _))) if e.code == rusqlite::ErrorCode::DiskFull => libc::ENOSPC,
             FsError::Meta(MetaError::Io(e)) => e.raw_os_error().unwrap_or(libc::EIO),

@@ -205,6 +205,7 @@ impl Fs {
         let o = c.open.entry(ino).or_insert(OpenFile {
             handles: 0,
             writers: 0,
+            uid: i.uid,
             spool: None,
             size: i.size,
             mtime_ns: i.mtime_ns,
@@ -327,11 +328,14 @@ impl Fs {
         if !write {
             return Err(FsError::BadHandle);
         }
-        self.check_size(offset.saturating_add(data.len() as u64))?;
-        let spool = {
+        let end = offset.saturating_add(data.len() as u64);
+        self.check_size(end)?;
+        let (spool, uid, size) = {
             let c = self.core();
-            c.open.get(&ino).and_then(|o| o.spool.clone()).ok_or(FsError::BadHandle)?
+            let o = c.open.get(&ino).ok_or(FsError::BadHandle)?;
+            (o.spool.clone().ok_or(FsError::BadHandle)?, o.uid, o.size)
         };
+        self.charge(uid, end.saturating_sub(size))?;
         if let Err(e) = spool.write_all_at(data, offset) {
             // Deleted files give their space back at the next sync (like a journalling
             // filesystem, which commits and retries before it answers ENOSPC).

@@ -22,6 +22,7 @@ mod attrs;
 mod handles;
 mod journal;
 mod namespace;
+mod quota;
 mod read;
 mod seal;
 mod status;
@@ -82,6 +83,9 @@ pub struct FsConfig {
     pub max_file_size: u64,
     /// The vault is known to sign its metadata (the config's `signed`).
     pub vault_signed: bool,
+    /// The most bytes of file content one user (the files' owner) may have on the staging disk
+    /// waiting for upload; a write beyond it gets EDQUOT. `None`: no quota.
+    pub staging_quota: Option<u64>,
 }
 
 /// S3's largest object is 5 TiB; the largest file whose encrypted object fits in it.
@@ -110,6 +114,8 @@ const OPEN_HEAD_INTERVAL_MS: i64 = 60_000;
 struct OpenFile {
     handles: u32,
     writers: u32,
+    /// The file's owner when it was opened (charged for what writes add, `quota.rs`).
+    uid: u32,
     /// The plaintext spool, open read-write, when the file's content is dirty.
     spool: Option<Arc<File>>,
     size: u64,
@@ -210,6 +216,8 @@ pub struct Fs {
     /// Files whose last seal failed (content generation, attempts, error): shown in `status`,
     /// and `flush --wait` answers with them instead of waiting for a seal that cannot happen.
     seal_failures: Mutex<HashMap<u64, (i64, i64, String)>>,
+    /// Staged bytes per owner, for the staging quota (`quota.rs`).
+    quota: Mutex<HashMap<u32, quota::Use>>,
     /// Tests: runs once inside the next `persist`, between choosing what to make durable and
     /// the fsync (where a concurrent write can land).
     #[cfg(test)]
@@ -269,6 +277,7 @@ impl Fs {
             journal_lock: tokio::sync::Mutex::new(()),
             seal_lock: Mutex::new(()),
             seal_failures: Mutex::new(HashMap::new()),
+            quota: Mutex::new(HashMap::new()),
             #[cfg(test)]
             persist_hook: Mutex::new(None),
             data_uploads: Default::default(),

@@ -366,6 +366,7 @@ impl Fs {
             OpenFile {
                 handles: 1,
                 writers: 1,
+                uid: i.uid,
                 spool: Some(Arc::new(spool)),
                 size: 0,
                 mtime_ns: i.mtime_ns,

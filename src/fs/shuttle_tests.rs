@@ -61,6 +61,7 @@ impl World {
             group_commit: crate::fs::GROUP_COMMIT,
             max_file_size: crate::fs::MAX_FILE_SIZE,
             vault_signed: false,
+            staging_quota: None,
         };
         let fs = Fs::new(cfg, keys(), Arc::new(Counted::new(store.clone())), runtime()).unwrap();
         World { _dir: dir, store, fs }

@@ -39,6 +39,7 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         group_commit: Duration::from_secs(3600),
         max_file_size: crate::fs::MAX_FILE_SIZE,
         vault_signed: false,
+        staging_quota: None,
     }
 }
 
@@ -2163,4 +2164,87 @@ fn a_file_beyond_the_largest_accepted_size_is_efbig() {
     fs.release(fh).unwrap();
     assert_eq!(fs.getattr(i.ino).unwrap().size, 1 << 20);
     assert_eq!(e.read_all(i.ino).unwrap(), vec![7u8; 1 << 20]);
+}
+
+/// One user's files waiting for upload stay within the staging quota: the write that would
+/// cross it gets EDQUOT and leaves what was written whole, a truncate that grows a file is
+/// charged too, another user still writes, and once the uploads are done the same user writes
+/// again.
+#[test]
+fn a_users_staged_bytes_stay_within_the_staging_quota() {
+    let mut e = Env::new();
+    e.restart_with(|c| c.staging_quota = Some(1 << 20));
+    let fs = e.fs();
+    let (a, fa) = fs.create(ROOT, OsStr::new("a"), 0o644, 1000, 100).unwrap();
+    assert_eq!(fs.write(fa, 0, &vec![1u8; 700 << 10]).unwrap(), 700 << 10);
+    fs.release(fa).unwrap();
+    let (b, fb) = fs.create(ROOT, OsStr::new("b"), 0o644, 1000, 100).unwrap();
+    assert_eq!(fs.write(fb, 0, &vec![2u8; 300 << 10]).unwrap(), 300 << 10);
+    let err = fs.write(fb, 300 << 10, &vec![2u8; 100 << 10]).unwrap_err();
+    assert_eq!(err.errno(), libc::EDQUOT, "{err}");
+    let err = fs.setattr(b.ino, None, None, None, Some(2 << 20), None, None).unwrap_err();
+    assert_eq!(err.errno(), libc::EDQUOT, "a growing truncate is charged: {err}");
+    fs.release(fb).unwrap();
+    assert_eq!(e.read_all(a.ino).unwrap(), vec![1u8; 700 << 10]);
+    assert_eq!(e.read_all(b.ino).unwrap(), vec![2u8; 300 << 10]);
+    // Another user's quota is their own.
+    let (_, fc) = fs.create(ROOT, OsStr::new("c"), 0o644, 1001, 100).unwrap();
+    assert_eq!(fs.write(fc, 0, &vec![3u8; 900 << 10]).unwrap(), 900 << 10);
+    fs.release(fc).unwrap();
+    // Uploaded, the files leave the staging disk: the first user writes again.
+    fs.seal_ready(true).unwrap();
+    e.wait_uploaded();
+    let (_, fd) = fs.create(ROOT, OsStr::new("d"), 0o644, 1000, 100).unwrap();
+    assert_eq!(fs.write(fd, 0, &vec![4u8; 900 << 10]).unwrap(), 900 << 10);
+    fs.release(fd).unwrap();
+}
+
+/// A file imported from a write-only machine's journal keeps that machine as its owner in the
+/// index (and in this machine's snapshots, `by`), through a rename; a new version written here
+/// makes it this machine's.
+#[test]
+fn imported_files_keep_their_owner_until_rewritten_here() {
+    use crate::crypto::sign::MachineSigner;
+    let e = Env::new();
+    let w = MachineSigner::new("00000000000000cc", &[0xc; 32]);
+    let sk = e.keys.secret.as_ref().unwrap();
+    e.rt.block_on(crate::remote_meta::trust::enroll(
+        e.store.as_ref(),
+        sk,
+        "v/",
+        w.machine(),
+        &w.public(),
+        crate::remote_meta::trust::Role::WriteOnly,
+    ))
+    .unwrap();
+    let (ino, key) = upload_one(&e, "mine.jpg", &data(1000, 1));
+    let header = e.fs().core().db.get(ino).unwrap().unwrap().header.unwrap();
+    let entry = crate::remote_meta::Entry::Upload {
+        path: "w.jpg".into(),
+        key,
+        size: 1000,
+        mtime_ns: 1,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        class: "STANDARD".into(),
+        sha256: String::new(),
+        header: B64.encode(header),
+        xattrs: None,
+    };
+    let sink = crate::remote_meta::MetaSink { store: e.store.as_ref(), keys: &e.keys, signer: Some(&w), prefix: "v/" };
+    e.rt.block_on(sink.put_batch(w.machine(), vec![crate::remote_meta::Record { seq: 1, ts_ms: 1, entry }])).unwrap();
+    flush_journal(&e);
+    let (_dir, d2) = fresh_machine(&e);
+    let fs = d2.fs.clone();
+    let w_ino = fs.lookup(ROOT, OsStr::new("w.jpg")).unwrap().ino;
+    assert_eq!(fs.core().db.get(w_ino).unwrap().unwrap().owner.as_deref(), Some(w.machine()));
+    fs.rename(ROOT, OsStr::new("w.jpg"), ROOT, OsStr::new("w2.jpg"), false).unwrap();
+    assert_eq!(fs.core().db.get(w_ino).unwrap().unwrap().owner.as_deref(), Some(w.machine()), "a rename keeps the owner");
+    let (fh, _) = fs.open(w_ino, true, true, 0).unwrap();
+    fs.write(fh, 0, b"rewritten here").unwrap();
+    fs.release(fh).unwrap();
+    fs.seal_ready(true).unwrap();
+    wait_for("upload", || fs.status().unwrap().pending_files == 0);
+    assert_eq!(fs.core().db.get(w_ino).unwrap().unwrap().owner, None, "a version written here is this machine's");
 }

@@ -123,6 +123,8 @@ impl UploadQueue for Fs {
                     i.storage_class = Some(u.storage_class.clone());
                     i.header = Some(u.header.clone());
                     i.sha256 = Some(u.sha256.clone());
+                    // This machine's version now (its upload record says so in a replay too).
+                    i.owner = None;
                     Db::save(&tx, &i)?;
                     let v = crate::meta::Version {
                         object_key: u.object_key.clone(),

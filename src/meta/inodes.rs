@@ -159,8 +159,8 @@ impl Db {
     fn save_columns(conn: &Connection, i: &Inode) -> Result<()> {
         let ino = i.ino as i64;
         let n = conn.exec(
-            "UPDATE inodes SET mode=?2,uid=?3,gid=?4,size=?5,atime_ns=?6,mtime_ns=?7,ctime_ns=?8,target=?9,content_gen=?10,storage_class=?11,header=?12,sha256=?13,xattrs=?14 WHERE ino=?1",
-            params![ino, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.content_gen, i.storage_class, i.header, i.sha256, i.xattrs],
+            "UPDATE inodes SET mode=?2,uid=?3,gid=?4,size=?5,atime_ns=?6,mtime_ns=?7,ctime_ns=?8,target=?9,content_gen=?10,storage_class=?11,header=?12,sha256=?13,xattrs=?14,owner=?15 WHERE ino=?1",
+            params![ino, i.mode, i.uid, i.gid, i.size as i64, SqlNanos(i.atime_ns), SqlNanos(i.mtime_ns), SqlNanos(i.ctime_ns), i.target, i.content_gen, i.storage_class, i.header, i.sha256, i.xattrs, i.owner],
         )?;
         if n == 0 {
             return Ok(());

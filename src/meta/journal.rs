@@ -32,6 +32,16 @@ impl Db {
         Ok(self.conn.row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='journal'), 0)", [], |r| r.get(0))?)
     }
 
+    /// Bytes of file content owned by `uid` that are on the staging disk only (written, sealed,
+    /// uploading, failed, or kept local by the ignore list), as the index records them.
+    pub fn staged_bytes_of(&self, uid: u32) -> Result<u64> {
+        Ok(self.conn.row(
+            "SELECT COALESCE(sum(size),0) FROM inodes WHERE uid=?1 AND kind=?2 AND state IN ('dirty','local','sealed','uploading','failed')",
+            params![uid, Kind::File as i64],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     /// Records waiting to be uploaded.
     pub fn journal_len(&self) -> Result<u64> {
         Ok(self.conn.row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0))? as u64)

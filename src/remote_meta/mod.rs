@@ -384,17 +384,27 @@ impl Tree {
                     }
                     return;
                 }
+                // Nor the attributes of a folder that holds another machine's files.
                 Entry::Mkdir { path, .. } | Entry::Attr { path, .. }
-                    if self.nodes.get(path).is_some_and(|n| n.owner.as_deref() != Some(me.as_str())) =>
+                    if self.nodes.get(path).is_some_and(|n| n.owner.as_deref() != Some(me.as_str()))
+                        || self.subtree(path).any(|(_, n)| n.owner.as_deref() != Some(me.as_str())) =>
                 {
                     return
                 }
                 _ => {}
             }
         }
-        // Mentioned once accepted: a refused entry hides no object.
+        // Mentioned once accepted: a refused entry hides no object. A write-only machine's
+        // keys hide only objects it signed itself (`dead_of`).
         if let Entry::Upload { key, .. } | Entry::Discard { key } = &e {
-            self.mentioned.insert(key.clone());
+            match &self.applying {
+                Some((me, true)) => {
+                    self.dead_of.entry(me.clone()).or_default().insert(key.clone());
+                }
+                _ => {
+                    self.mentioned.insert(key.clone());
+                }
+            }
         }
         match e {
             Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs } => {
@@ -430,6 +440,10 @@ impl Tree {
                         n.uid = uid;
                         n.gid = gid;
                         n.mtime_ns = mtime_ns;
+                        // A full machine's own entry for a folder makes it that machine's.
+                        if let Some((m, false)) = &self.applying {
+                            n.owner = Some(m.clone());
+                        }
                     }
                     _ => {
                         let mut d = Node::dir(mode, uid, gid, mtime_ns);
@@ -1050,6 +1064,7 @@ async fn rebuild_once(
     }
     let orphans: Vec<_> = data.iter().filter(|o| !tree.mentioned.contains(&o.key)).collect();
     let total = orphans.len();
+    let mut adopt = Vec::new();
     for (k, o) in orphans.into_iter().enumerate() {
         progress("objects", k + 1, total);
         // An object gone since the listing is reported and skipped; the rest of the vault still
@@ -1086,6 +1101,11 @@ async fn rebuild_once(
             tree.refused.push(format!("object {}: refused {why}", o.key));
             continue;
         }
+        adopt.push((o, h, m, header, writer));
+    }
+    // Full machines' orphans first: a write-only machine's cannot take their path before them.
+    adopt.sort_by_key(|a| a.4.role == trust::Role::WriteOnly);
+    for (o, h, m, header, writer) in adopt {
         if tree.nodes.contains_key(&m.path) {
             continue; // an older object for a path that has a newer version or was replaced
         }

@@ -623,19 +623,74 @@ fn a_forged_newer_snapshot_does_not_hide_the_real_one() {
     assert!(refused_for(&t, &lying).contains("does not match its key"));
 }
 
-/// A statement's name taken by someone else's object is an error, never taken for the
-/// statement; a statement written twice is the same statement.
+/// A statement's name taken by an object that is not the vault's (squatted before, or junk
+/// written over it) is taken back; another statement of the vault there is an error; a
+/// statement written twice is the same statement.
 #[test]
-fn a_squatted_statement_name_is_an_error() {
+fn a_squatted_statement_name_is_taken_back() {
     let v = Signed::new(true);
     let a = machine(0xa);
+    v.batch(Some(&a), a.machine(), vec![mkdir(1, "photos")]);
     let key = format!("v/m/{}-{}.enroll", a.machine(), sign::key_id(&a.public()));
     v.rt.block_on(v.store.put_object(&key, b"junk".to_vec().into(), &PutOptions::default())).unwrap();
-    let e = v.rt.block_on(trust::enroll(v.store.as_ref(), v.sk(), "v/", a.machine(), &a.public(), trust::Role::Full)).unwrap_err();
-    assert!(e.to_string().contains("already holds something else"), "{e}");
-    let b = machine(0xb);
-    v.allow(&b, trust::Role::Full);
-    v.allow(&b, trust::Role::Full);
+    let t = v.rebuild();
+    assert!(!t.nodes.contains_key("photos") && t.refused.iter().any(|r| r.contains(&key)), "junk at the name fails closed: {:?}", t.refused);
+    v.allow(&a, trust::Role::Full);
+    assert!(v.rebuild().nodes.contains_key("photos"));
+    let e = v.rt.block_on(trust::enroll(v.store.as_ref(), v.sk(), "v/", a.machine(), &a.public(), trust::Role::WriteOnly)).unwrap_err();
+    assert!(e.to_string().contains("another statement"), "{e}");
+    v.allow(&a, trust::Role::Full);
+}
+
+/// A write-only key allowed under the id of a machine that has a full key (a token naming
+/// another machine) is not believed; a machine that knows the vault signs refuses to adopt
+/// or allow anything when the statements are gone.
+#[test]
+fn a_write_only_key_cannot_pose_as_a_full_machine() {
+    let v = Signed::new(true);
+    let a = machine(0xa);
+    v.allow(&a, trust::Role::Full);
+    let impostor = MachineSigner::new(a.machine(), &[0xc; 32]);
+    v.allow(&impostor, trust::Role::WriteOnly);
+    v.batch(Some(&a), a.machine(), vec![mkdir(1, "photos")]);
+    let bad = v.batch(Some(&impostor), a.machine(), vec![Record { seq: 2, ts_ms: 2, entry: Entry::Remove { path: "photos".into() } }]);
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("photos"), "{:?}", t.refused);
+    assert!(refused_for(&t, &bad).contains("does not verify"));
+    assert!(t.refused.iter().any(|r| r.contains("full and as write-only")), "{:?}", t.refused);
+    // The statements deleted: a pinned full machine neither adopts nor allows.
+    for k in v.store.snapshot().into_keys().filter(|k| k.starts_with("v/m/")) {
+        v.rt.block_on(v.store.delete_object(&k)).unwrap();
+    }
+    let e = v.rt.block_on(trust::prepare_full(&v.dyn_store(), v.sk(), "v/", &a, true)).unwrap_err();
+    assert!(e.to_string().contains("none of its statements"), "{e}");
+    assert_eq!(v.store.snapshot().into_keys().filter(|k| k.starts_with("v/m/")).count(), 0);
+    let t = v.rebuild();
+    assert!(t.check_signed(true, "v/").is_err() && t.check_signed(false, "v/").is_ok());
+}
+
+/// A write-only machine cannot hide a full machine's orphan (an upload whose record was lost)
+/// by naming its key in an upload record of its own, nor take its path with an orphan of its
+/// own; nor change the attributes of a folder it made first that holds another machine's files.
+#[test]
+fn a_write_only_machine_cannot_hide_orphans_or_take_folders() {
+    let v = Signed::new(true);
+    let (a, w) = (machine(0xa), machine(0xc));
+    v.allow(&a, trust::Role::Full);
+    v.allow(&w, trust::Role::WriteOnly);
+    let dir = |p: &str, mode: u32| Entry::Mkdir { path: p.into(), mode, uid: 0, gid: 0, mtime_ns: 1 };
+    v.orphan(Some(&a), "v/d/0000000000000000000000000000000a", "lost.jpg");
+    v.orphan(Some(&w), "v/d/00000000000000000000000000000001", "lost.jpg");
+    let attr = Entry::Attr { path: "docs".into(), mode: 0o777, uid: 0, gid: 0, mtime_ns: 9, xattrs: None };
+    v.batch(
+        Some(&w),
+        w.machine(),
+        vec![rec(1, 1, dir("docs", 0o700)), rec(2, 50, file("elsewhere.jpg", "v/d/0000000000000000000000000000000a")), rec(3, 60, attr)],
+    );
+    v.batch(Some(&a), a.machine(), vec![rec(1, 10, dir("docs", 0o750)), rec(2, 11, file("docs/a.txt", "v/d/a1"))]);
+    let t = v.rebuild();
+    assert_eq!(t.nodes["lost.jpg"].key.as_deref(), Some("v/d/0000000000000000000000000000000a"), "{:?}", t.refused);
+    assert_eq!((t.nodes["docs"].mode, t.nodes["docs"].owner.as_deref()), (0o750, Some(a.machine())));
 }
 
 /// A full machine's snapshot says which machine made each node it imported from the bucket

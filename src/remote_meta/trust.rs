@@ -206,6 +206,14 @@ impl Trust {
                 t.problems.push(format!("statement {}: {e}; ignored", o.key));
             }
         }
+        // One machine id, one role: a write-only key allowed for a machine that has a full key
+        // (a token naming another machine's id) would let it act as that machine's own.
+        for (m, ks) in t.machines.iter_mut() {
+            if ks.iter().any(|k| k.role == Role::Full) && ks.iter().any(|k| k.role == Role::WriteOnly) {
+                t.problems.push(format!("machine {m} has keys allowed as full and as write-only: its write-only keys are not believed"));
+                ks.retain(|k| k.role == Role::Full);
+            }
+        }
         for r in revocations {
             let Ok(vk) = decode_key(&r.key) else { continue };
             for k in t.machines.get_mut(&r.machine).into_iter().flatten().filter(|k| k.key == vk) {
@@ -258,9 +266,12 @@ fn decode_key(b: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(&kb).map_err(|_| "key is not an Ed25519 public key".to_string())
 }
 
+fn text_of(body: &impl Serialize) -> String {
+    serde_json::to_string(body).expect("json")
+}
+
 async fn put_statement(store: &dyn ObjectStore, sk: &StaticSecret, prefix: &str, rel: &str, body: &impl Serialize) -> Result<(), StoreError> {
-    let text = serde_json::to_string(body).expect("json");
-    let obj = sign::sign_statement(sk, rel, &text);
+    let obj = sign::sign_statement(sk, rel, &text_of(body));
     let opts = PutOptions { storage_class: "STANDARD".into(), if_none_match: true, ..Default::default() };
     let key = format!("{prefix}{rel}");
     match store.put_object(&key, obj.into(), &opts).await {
@@ -269,8 +280,14 @@ async fn put_statement(store: &dyn ObjectStore, sk: &StaticSecret, prefix: &str,
         // anything else there is someone squatting the name.
         Err(StoreError::AlreadyExists) => {
             let there = store.get_object(&key).await?;
-            let same = sign::open_statement(sk, rel, &there).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| {
-                let mut v = v;
+            let Ok(text) = sign::open_statement(sk, rel, &there) else {
+                // Not the vault's: someone squatting the name (or junk written over it). A
+                // statement is the vault's alone; this one replaces it.
+                tracing::warn!(key, "an object that is not the vault's statement sat at this statement's key: replaced");
+                let opts = PutOptions { storage_class: "STANDARD".into(), ..Default::default() };
+                return store.put_object(&key, sign::sign_statement(sk, rel, &text_of(body)).into(), &opts).await;
+            };
+            let same = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|mut v| {
                 let mut ours = serde_json::to_value(body).expect("json");
                 for x in [&mut v, &mut ours] {
                     if let Some(o) = x.as_object_mut() {
@@ -284,7 +301,7 @@ async fn put_statement(store: &dyn ObjectStore, sk: &StaticSecret, prefix: &str,
             } else {
                 Err(StoreError::Permanent {
                     code: "StatementOccupied".into(),
-                    message: format!("{key} already holds something else (not this statement); nothing written"),
+                    message: format!("{key} already holds another statement of this vault; nothing written"),
                 })
             }
         }
@@ -400,8 +417,11 @@ pub async fn prepare_full(
 ) -> Result<(), RemoteError> {
     let t = Trust::load(store, sk, prefix).await?;
     if !t.signed && pinned {
-        tracing::error!("this vault signs its metadata, but none of its statements is left under {prefix}m/ (deleted?): nothing unsigned is adopted; this machine allows its own key again");
-    } else if !t.signed {
+        return Err(RemoteError::Malformed(format!(
+            "this vault signs its metadata, but none of its statements is left under {prefix}m/ (deleted?): nothing is adopted or allowed; restore them from a copy of the bucket, or `coldvault machine adopt` if you trust what is in it now"
+        )));
+    }
+    if !t.signed {
         let n = adopt_existing(store, sk, prefix).await?;
         tracing::warn!(adopted = n, "this vault starts signing: the unsigned journal batches and snapshots of earlier builds in it now are adopted; unsigned ones written later are refused (`coldvault machine adopt` adopts again)");
     }

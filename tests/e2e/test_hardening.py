@@ -110,3 +110,28 @@ def test_a_file_larger_than_the_mount_accepts_is_refused(servers, vault_factory)
     r = run("mount", "--config", v.config, "--cache-dir", v.cache, "--passphrase-file", v.passfile,
             "--max-file-size", "6T", v.mnt, check=False)
     assert r.returncode != 0 and "more than fits in one S3 object" in r.stderr, r.stderr
+
+
+def test_one_users_staging_is_bounded_by_the_staging_quota(servers, vault_factory):
+    """A writer dropping more than the staging disk should hold (a Samba user's huge folder,
+    a `truncate -s` of a big size) gets "Disk quota exceeded" once its files waiting for upload
+    reach `--staging-quota`; what it wrote before stays whole, and once uploads catch up it
+    writes again."""
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount("--staging-quota", "8M", settle="3600")
+    (v.mnt / "first").write_bytes(b"1" * (6 << 20))
+    r = subprocess.run(["sh", "-c", f"head -c 6000000 /dev/zero > '{v.mnt / 'second'}'"], capture_output=True, text=True)
+    assert r.returncode != 0 and "Disk quota exceeded" in r.stderr, r.stderr
+    r = subprocess.run(["truncate", "-s", "1G", str(v.mnt / "sparse")], capture_output=True, text=True)
+    assert r.returncode != 0 and "Disk quota exceeded" in r.stderr, r.stderr
+    assert (v.mnt / "first").read_bytes() == b"1" * (6 << 20)
+    assert "EDQUOT" in v.log()
+    v.flush()  # seals and uploads what was written, whatever the settle delay
+    (v.mnt / "third").write_bytes(b"3" * (6 << 20))
+    v.flush()
+    assert os.stat(v.mnt / "third").st_size == 6 << 20
+    v.unmount()
+    r = run("mount", "--config", v.config, "--cache-dir", v.cache, "--passphrase-file", v.passfile,
+            "--staging-quota", "lots", v.mnt, check=False)
+    assert r.returncode != 0 and "--staging-quota" in r.stderr, r.stderr

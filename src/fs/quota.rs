@@ -1,0 +1,67 @@
+//! The staging quota: one user (the owner of the files being written) may have at most
+//! `FsConfig::staging_quota` bytes of file content on the staging disk waiting for upload. A
+//! write or truncate that would go beyond gets EDQUOT ("Disk quota exceeded"; Samba answers
+//! NT_STATUS_DISK_FULL), so one writer — a Samba user dropping a huge folder, `truncate -s`
+//! of a big size — cannot fill the staging disk for everyone, and what was written before
+//! stays whole. It frees up as uploads complete.
+//!
+//! What a user has staged is read from the index (sizes of files not uploaded yet, plus what
+//! open files have grown beyond that) at most once a second, and counted in memory between
+//! reads; a write that would cross the quota reads it again first, so uploads that completed
+//! meanwhile count at once.
+
+use super::*;
+
+/// A user's staged bytes as last read from the index, and what writes added since.
+pub(super) struct Use {
+    read: u64,
+    added: u64,
+    at: std::time::Instant,
+}
+
+/// How long a reading of a user's staged bytes is used before it is read again.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Fs {
+    /// Charge `uid` for `grows` more bytes on the staging disk; EDQUOT beyond its quota.
+    pub(super) fn charge(&self, uid: u32, grows: u64) -> Result<()> {
+        let Some(quota) = self.cfg.staging_quota else { return Ok(()) };
+        if grows == 0 {
+            return Ok(());
+        }
+        let mut q = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = q.get(&uid).is_none_or(|u| u.at.elapsed() > FRESH || u.read.saturating_add(u.added).saturating_add(grows) > quota);
+        if stale {
+            let read = self.staged_bytes(uid)?;
+            q.insert(uid, Use { read, added: 0, at: std::time::Instant::now() });
+        }
+        let u = q.get_mut(&uid).expect("just read");
+        let total = u.read.saturating_add(u.added).saturating_add(grows);
+        if total > quota {
+            tracing::warn!(
+                uid,
+                staged = u.read.saturating_add(u.added),
+                quota,
+                "refused a write over the user's staging quota (EDQUOT): it waits until uploads free staging space"
+            );
+            return Err(FsError::Quota(quota));
+        }
+        u.added += grows;
+        Ok(())
+    }
+
+    /// Bytes of `uid`'s files on the staging disk only: as the index records them, and what
+    /// open files have grown beyond that.
+    fn staged_bytes(&self, uid: u32) -> Result<u64> {
+        let c = self.core();
+        let mut n = c.db.staged_bytes_of(uid)?;
+        for (ino, o) in c.open.iter().filter(|(_, o)| o.uid == uid && o.spool.is_some()) {
+            let recorded =
+                c.db.get(*ino)?
+                    .filter(|i| matches!(i.state, State::Dirty | State::Local | State::Sealed | State::Uploading | State::Failed))
+                    .map_or(0, |i| i.size);
+            n = n.saturating_add(o.size.saturating_sub(recorded));
+        }
+        Ok(n)
+    }
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz every parser of bucket input (src/fuzz.rs: sealed objects, object metadata, journal
-# batches, snapshots, vault.json, object keys) for a set time each, with libFuzzer.
+# batches, snapshots, vault.json, object keys, statements and object signatures) for a set time
+# each, with libFuzzer.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
 #
@@ -16,7 +17,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(sealed_object object_metadata journal_batch snapshot vault_descriptor object_key)
+    targets=(sealed_object object_metadata journal_batch snapshot vault_descriptor object_key statement)
 fi
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz

@@ -44,15 +44,43 @@ pub fn object_metadata(data: &[u8]) {
     let _ = remote_meta::object_meta(keys(), "v/d/x", &md);
 }
 
-/// A journal batch's plaintext, and the replay of its records into a tree.
+/// A journal batch's plaintext, and the replay of its records into a tree: as one machine's,
+/// then as records of three machines taking turns, one of them write-only (whose records may
+/// change only what it made).
 pub fn journal_batch(data: &[u8]) {
     if let Ok(b) = serde_json::from_slice::<Batch>(data) {
         let mut t = Tree::default();
-        for r in b.records {
+        for r in b.records.iter().cloned() {
+            t.apply_owned(r.entry);
+        }
+        check_tree(&t);
+        let mut t = Tree::default();
+        for (i, r) in b.records.into_iter().enumerate() {
+            t.applying = Some((format!("m{}", i % 3), i % 3 == 2));
             t.apply_owned(r.entry);
         }
         check_tree(&t);
     }
+}
+
+/// The machine key the `statement` seeds allow (public, like `keys`).
+pub fn machine() -> crate::crypto::sign::MachineSigner {
+    crate::crypto::sign::MachineSigner::new("0123456789abcdef", &[0x17u8; 32])
+}
+
+/// Statements under `m/` and object signatures: `<key below the prefix> NUL <statement object>
+/// NUL <x-amz-meta-cvs value>`. The statement is verified and taken as the rebuild takes it,
+/// then the signature is checked with what it allows, for a batch of the seeds' machine.
+pub fn statement(data: &[u8]) {
+    let mut parts = data.splitn(3, |b| *b == 0);
+    let rel = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let body = parts.next().unwrap_or_default();
+    let sig = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let sk = keys().secret.as_ref().expect("a full vault");
+    let t = remote_meta::trust::Trust::from_statements(sk, &[(&rel, body)]);
+    let header = [7u8; crypto::HEADER_LEN];
+    let _ = t.check(&keys().public, "j/0123456789abcdef/0000000000000001-0000000000000002", Some("0123456789abcdef"), &header, Some(&sig));
+    let _ = t.check(&keys().public, &rel, None, &header, None);
 }
 
 /// A snapshot's plaintext, parsed as the rebuild streams it, each entry applied to a tree.
@@ -113,4 +141,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("snapshot", snapshot),
     ("vault_descriptor", vault_descriptor),
     ("object_key", object_key),
+    ("statement", statement),
 ];

@@ -31,6 +31,16 @@ fn every_corpus_input_is_handled_without_a_panic() {
     let sealed = std::fs::read(corpus().join("sealed_object").join("seed-batch")).unwrap();
     let b: Batch = remote_meta::open_json(coldvault::fuzz::keys(), "v/j/m/1-8", &sealed).expect("the sealed seed opens");
     assert_eq!(b.records.len(), entries().len());
+    // The enrollment seed verifies, and the signature beside it with the key it allows.
+    let seed = std::fs::read(corpus().join("statement").join("seed-enroll")).unwrap();
+    let mut parts = seed.splitn(3, |b| *b == 0);
+    let (rel, body, sig) =
+        (std::str::from_utf8(parts.next().unwrap()).unwrap(), parts.next().unwrap(), std::str::from_utf8(parts.next().unwrap()).unwrap());
+    let keys = coldvault::fuzz::keys();
+    let t = coldvault::remote_meta::trust::Trust::from_statements(keys.secret.as_ref().unwrap(), &[(rel, body)]);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let w = t.check(&keys.public, "j/0123456789abcdef/0000000000000001-0000000000000002", Some("0123456789abcdef"), &[7u8; 128], Some(sig));
+    assert_eq!(w.map(|w| w.role), Ok(coldvault::remote_meta::trust::Role::WriteOnly));
 }
 
 fn entries() -> Vec<Entry> {
@@ -116,6 +126,30 @@ fn write_seeds() {
     let (desc, _) = VaultDescriptor::create_with_cost(b"seed", 8, 1);
     put("vault_descriptor", "full", &serde_json::to_vec_pretty(&desc).unwrap());
     put("vault_descriptor", "write-only", &serde_json::to_vec_pretty(&desc.public_only()).unwrap());
+
+    // Statements signed by the fuzz vault, each with a batch signature by the machine they name.
+    let me = coldvault::fuzz::machine();
+    let sig = me.sign_object(&keys.public, "j/0123456789abcdef/0000000000000001-0000000000000002", &[7u8; 128]);
+    let kid = crypto::sign::key_id(&me.public());
+    let sk = keys.secret.as_ref().unwrap();
+    let pubkey = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(me.public().as_bytes())
+    };
+    let stmt = |rel: &str, body: String| {
+        let mut v = rel.as_bytes().to_vec();
+        v.push(0);
+        v.extend(crypto::sign::sign_statement(sk, rel, &body));
+        v.push(0);
+        v.extend(sig.as_bytes());
+        v
+    };
+    let enroll = format!("m/0123456789abcdef-{kid}.enroll");
+    put("statement", "enroll", &stmt(&enroll, format!(r#"{{"machine":"0123456789abcdef","key":"{pubkey}","role":"write-only","ts_ms":1}}"#)));
+    let revoke = format!("m/0123456789abcdef-{kid}-0000000000000002.revoke");
+    let keep = format!(r#"{{"j/0123456789abcdef/0000000000000001-0000000000000002":"{}"}}"#, "ab".repeat(32));
+    put("statement", "revoke", &stmt(&revoke, format!(r#"{{"machine":"0123456789abcdef","key":"{pubkey}","after_seq":2,"keep":{keep},"ts_ms":2}}"#)));
+    put("statement", "adopt", &stmt("m/adopt-0000000000000003", format!(r#"{{"ts_ms":3,"objects":{keep}}}"#)));
 
     put("object_key", "batch", b"0123456789abcdef/0000000000000001-0000000000000008");
     put("object_key", "snapshot", b"0123456789abcdef/0000000000000008");

@@ -178,45 +178,54 @@ impl Trust {
                     continue;
                 }
             };
-            let r = sign::open_statement(sk, rel, &body).and_then(|text| -> Result<(), String> {
-                match kind {
-                    Kind::Enroll => {
-                        let e: Enrollment = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                        let vk = decode_key(&e.key)?;
-                        if rel != enroll_key(&e.machine, &vk) {
-                            return Err("its content does not match its key".into());
-                        }
-                        t.machines.entry(e.machine).or_default().push(AllowedKey { key: vk, role: e.role, ts_ms: e.ts_ms, revoked: None });
-                    }
-                    Kind::Revoke => {
-                        let r: Revocation = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                        if rel != revoke_key(&r.machine, &decode_key(&r.key)?, r.ts_ms) {
-                            return Err("its content does not match its key".into());
-                        }
-                        revocations.push(r);
-                    }
-                    Kind::Adopt => {
-                        let a: Adoption = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                        t.adopted.extend(a.objects);
-                    }
-                }
-                Ok(())
-            });
-            if let Err(e) = r {
+            if let Err(e) = t.take(sk, kind, rel, &body, &mut revocations) {
                 t.problems.push(format!("statement {}: {e}; ignored", o.key));
             }
         }
+        t.finish(revocations);
+        Ok(t)
+    }
+
+    /// Verify one statement (`body`, found at `rel`) and take what it says.
+    fn take(&mut self, sk: &StaticSecret, kind: Kind, rel: &str, body: &[u8], revocations: &mut Vec<Revocation>) -> Result<(), String> {
+        let text = sign::open_statement(sk, rel, body)?;
+        match kind {
+            Kind::Enroll => {
+                let e: Enrollment = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let vk = decode_key(&e.key)?;
+                if rel != enroll_key(&e.machine, &vk) {
+                    return Err("its content does not match its key".into());
+                }
+                self.machines.entry(e.machine).or_default().push(AllowedKey { key: vk, role: e.role, ts_ms: e.ts_ms, revoked: None });
+            }
+            Kind::Revoke => {
+                let r: Revocation = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                if rel != revoke_key(&r.machine, &decode_key(&r.key)?, r.ts_ms) {
+                    return Err("its content does not match its key".into());
+                }
+                revocations.push(r);
+            }
+            Kind::Adopt => {
+                let a: Adoption = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                self.adopted.extend(a.objects);
+            }
+        }
+        Ok(())
+    }
+
+    /// Once every statement is read: one role per machine id, then the revocations.
+    fn finish(&mut self, revocations: Vec<Revocation>) {
         // One machine id, one role: a write-only key allowed for a machine that has a full key
         // (a token naming another machine's id) would let it act as that machine's own.
-        for (m, ks) in t.machines.iter_mut() {
+        for (m, ks) in self.machines.iter_mut() {
             if ks.iter().any(|k| k.role == Role::Full) && ks.iter().any(|k| k.role == Role::WriteOnly) {
-                t.problems.push(format!("machine {m} has keys allowed as full and as write-only: its write-only keys are not believed"));
+                self.problems.push(format!("machine {m} has keys allowed as full and as write-only: its write-only keys are not believed"));
                 ks.retain(|k| k.role == Role::Full);
             }
         }
         for r in revocations {
             let Ok(vk) = decode_key(&r.key) else { continue };
-            for k in t.machines.get_mut(&r.machine).into_iter().flatten().filter(|k| k.key == vk) {
+            for k in self.machines.get_mut(&r.machine).into_iter().flatten().filter(|k| k.key == vk) {
                 // Several revocations of one key: only what every one of them keeps stays.
                 k.revoked = Some(match k.revoked.take() {
                     None => r.keep.clone(),
@@ -224,7 +233,23 @@ impl Trust {
                 });
             }
         }
-        Ok(t)
+    }
+
+    /// What `load` makes of these statements (key below the prefix, object), without a store:
+    /// for the fuzz targets (`crate::fuzz`).
+    #[doc(hidden)]
+    pub fn from_statements(sk: &StaticSecret, statements: &[(&str, &[u8])]) -> Trust {
+        let mut t = Trust::default();
+        let mut revocations = Vec::new();
+        for (rel, body) in statements {
+            let Some(kind) = kind_of(rel) else { continue };
+            t.signed = true;
+            if let Err(e) = t.take(sk, kind, rel, body, &mut revocations) {
+                t.problems.push(e);
+            }
+        }
+        t.finish(revocations);
+        t
     }
 
     /// Whether an object may be believed, and who wrote it. `rel_key`: its key below the

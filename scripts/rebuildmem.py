@@ -60,6 +60,10 @@ def main():
         pub = tomllib.loads(cfg.read_text())["vault"]["public_key"]
         t = time.monotonic()
         machine = secrets.token_hex(8)
+        # The vault signs (docs/FORMAT.md section 8): the batches and the snapshot are signed by
+        # a machine key it allows, as a machine that mounted it would have.
+        signer = forge.Machine(machine)
+        bench.sh(bench.BIN, "machine", "allow", signer.token(), "--full", "--config", cfg, "--recovery-key-file", rk, env=env)
         header = base64.b64encode(os.urandom(128)).decode()
         import boto3
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="coldvault-test",
@@ -74,7 +78,7 @@ def main():
             now = int(time.time() * 1000)
             for first in range(0, a.files, 1000):
                 recs = [entry(i) for i in range(first, min(first + 1000, a.files))]
-                forge.put_journal(s3, "vault", "v/", pub, recs, machine=machine, first_seq=first + 1, ts_ms=now + first)
+                forge.put_journal(s3, "vault", "v/", pub, recs, machine=machine, first_seq=first + 1, ts_ms=now + first, signer=signer)
             size = sum(o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="vault", Prefix="v/j/")
                        for o in page.get("Contents", []))
         else:
@@ -83,9 +87,10 @@ def main():
                     "ts_ms": int(time.time() * 1000), "seen": {machine: a.files}}
             plain = json.dumps(snap, separators=(",", ":")).encode()
             del entries, snap
-            _, body, _ = forge.seal(pub, plain)
+            head, body, _ = forge.seal(pub, plain)
             del plain
-            s3.put_object(Bucket="vault", Key=f"v/s/{machine}/{a.files:016d}", Body=body)
+            key = f"s/{machine}/{a.files:016d}"
+            s3.put_object(Bucket="vault", Key="v/" + key, Body=body, Metadata={"cvs": signer.sign(pub, key, head)})
             size = len(body)
             del body
         made = time.monotonic() - t

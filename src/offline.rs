@@ -453,12 +453,16 @@ pub fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
         "Sid": "ListVault", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn,
         "Condition": {"StringLike": {"s3:prefix": [format!("{p}*")]}}
     });
+    let writable: Vec<String> = ["d", "j", "s"].iter().map(|d| format!("arn:aws:s3:::{bucket}/{p}{d}/*")).collect();
     let statements = match mode {
-        // PutObject covers CreateMultipartUpload, UploadPart and CompleteMultipartUpload.
-        // Plus reading the public vault descriptor, for `init --write-only` (which checks it
-        // against the fingerprint given).
+        // PutObject covers CreateMultipartUpload, UploadPart and CompleteMultipartUpload; only
+        // where a machine puts data objects, journal batches and snapshots (not `vault.json`,
+        // not the vault's statements under `m/`: a leaked write-only credential can neither
+        // replace the descriptor nor litter the statements). Plus reading the public vault
+        // descriptor, for `init --write-only` (which checks it against the fingerprint given).
         "write-only" => vec![
-            serde_json::json!({"Sid": "WriteOnly", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": objects}),
+            serde_json::json!({"Sid": "WriteOnly", "Effect": "Allow", "Action": ["s3:PutObject"],
+                "Resource": writable}),
             serde_json::json!({"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
                 "Resource": format!("arn:aws:s3:::{bucket}/{p}coldvault/vault.json")}),
         ],

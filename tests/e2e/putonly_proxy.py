@@ -10,6 +10,7 @@ Usage: putonly_proxy.py --port P --upstream 127.0.0.1:U --log FILE
 import argparse
 import http.client
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -18,7 +19,20 @@ DENY = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
 
 
+# Where the write-only policy lets a machine put objects: data objects, journal batches and
+# snapshots below the vault prefix (never vault.json, never the statements under m/).
+WRITABLE = re.compile(r"(^|/)(d/[0-9a-f]+|[js]/[0-9a-f]{16}/[0-9]{16}(-[0-9]{16})?)$")
+
+
 def classify(method, path, query):
+    op = classify_op(method, path, query)
+    key = path.lstrip("/").split("/", 1)[1] if "/" in path.lstrip("/") else ""
+    if op in ("UploadPart", "PutObject", "CreateMultipartUpload", "CompleteMultipartUpload") and not WRITABLE.search(key):
+        return None
+    return op
+
+
+def classify_op(method, path, query):
     q = parse_qs(query, keep_blank_values=True)
     q.pop("x-id", None)  # the SDK names the operation; S3 ignores it
     parts = path.lstrip("/").split("/", 1)

@@ -475,7 +475,7 @@ def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):
     # The policy printer.
     pol = json.loads(run("policy", "--bucket", "photos", "--prefix", "laptop", "--mode", "write-only").stdout)
     assert pol["Statement"][0]["Action"] == ["s3:PutObject"]
-    assert pol["Statement"][0]["Resource"] == "arn:aws:s3:::photos/laptop/*"
+    assert pol["Statement"][0]["Resource"] == [f"arn:aws:s3:::photos/laptop/{d}/*" for d in "djs"], pol
     assert pol["Statement"][1] == {"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
                                    "Resource": "arn:aws:s3:::photos/laptop/coldvault/vault.json"}, pol
     assert len(pol["Statement"]) == 2

@@ -47,7 +47,14 @@ impl Daemon {
             // if no machine has), before it rebuilds or writes anything.
             Some(sk) => {
                 // Not counted in `status`: what a mount does once before it starts.
-                let prepared = rt.block_on(crate::remote_meta::trust::prepare_full(&store, sk, &fs.cfg.prefix, &fs.signer, fs.cfg.vault_signed));
+                let prepared = rt.block_on(crate::remote_meta::trust::prepare_full(
+                    &store,
+                    sk,
+                    &fs.cfg.prefix,
+                    &fs.signer,
+                    fs.cfg.vault_signed,
+                    fs.cfg.descriptor.as_ref(),
+                ));
                 signing = prepared.is_ok();
                 if let Err(e) = prepared {
                     tracing::error!(

@@ -638,6 +638,10 @@ fn cmd_machine(cmd: MachineCmd) -> Result<()> {
                 }
             }
         }
+        if !listing {
+            // What vault.json says, signed if the vault has not yet (and the bucket's agrees).
+            trust::sign_descriptor_once(&store, sk, &cfg.prefix, &t, &cfg.vault).await;
+        }
         // Every subcommand but `list` leaves the vault signing.
         Ok::<_, anyhow::Error>(t.signed || !listing)
     })?;
@@ -834,17 +838,34 @@ fn cmd_init(t: InitTarget, pass: PassArgs) -> Result<()> {
     let sk = keys.secret.as_ref().expect("an unlocked or new vault's key");
     let store: Arc<dyn coldvault::store::ObjectStore> = Arc::new(store);
     if joined {
-        // A machine joining a vault that signs refuses, from now on, a copy without statements.
-        cfg.signed = rt
+        // A machine joining a vault that signs refuses, from now on, a copy without statements;
+        // and a vault.json that differs from what the vault signed of it.
+        let t = rt
             .block_on(coldvault::remote_meta::trust::Trust::load(&store, sk, &cfg.prefix))
-            .map_err(|e| anyhow!("reading the vault's statements: {e}"))?
-            .signed;
+            .map_err(|e| anyhow!("reading the vault's statements: {e}"))?;
+        match &t.descriptor {
+            Some(s) if !s.matches(&desc) => {
+                bail!("s3://{}/{key} differs from what the vault signed of it (its vault_id, format or name key were replaced); nothing written", cfg.bucket)
+            }
+            // Signing, but what it signed of vault.json is gone or unreadable: nothing to check
+            // the descriptor against (a vault of an older build signs it at its first full mount).
+            None if t.signed => bail!(
+                "the vault signs its metadata, but its signature of s3://{}/{key} (under {}m/vault-) is missing or unreadable: the descriptor cannot be checked; nothing written (a full mount of one of its machines signs it again)",
+                cfg.bucket,
+                cfg.prefix
+            ),
+            _ => {}
+        }
+        cfg.signed = t.signed;
     } else {
         let body = serde_json::to_vec_pretty(&desc)?;
         rt.block_on(store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }))
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
-        // A new vault signs from the start: its (empty) adoption statement says so.
+        // A new vault signs from the start: its (empty) adoption statement says so, and it signs
+        // what its vault.json says.
         rt.block_on(coldvault::remote_meta::trust::adopt_existing(&store, sk, &cfg.prefix))
+            .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
+        rt.block_on(coldvault::remote_meta::trust::sign_descriptor(store.as_ref(), sk, &cfg.prefix, &desc))
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
         cfg.signed = true;
     }
@@ -988,6 +1009,7 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
         max_file_size,
         vault_signed: cfg.signed,
         staging_quota,
+        descriptor: Some(cfg.vault.clone()),
     };
     let bandwidth = a.upload_bandwidth.as_deref().map(config::parse_size).transpose()?;
     let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), bandwidth, ..Default::default() };

@@ -172,6 +172,10 @@ impl Fs {
         }
         if let Some(u) = uid {
             i.uid = u;
+            // What writes through open handles add is charged to the new owner from now on.
+            if let Some(o) = c.open.get_mut(&ino) {
+                o.uid = u;
+            }
         }
         if let Some(g) = gid {
             i.gid = g;

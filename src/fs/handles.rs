@@ -42,6 +42,8 @@ impl Fs {
             let src = self.source_of(&c, &i)?;
             (i, src)
         };
+        // The old content is about to be staged again: charged to the file's owner.
+        self.charge(i.uid, i.size)?;
         // Decrypt the old content outside the lock into a fetch file, then adopt it.
         let tmp = self.staging.fetch_path(ino);
         let fetch = || -> Result<()> {

@@ -86,6 +86,9 @@ pub struct FsConfig {
     /// The most bytes of file content one user (the files' owner) may have on the staging disk
     /// waiting for upload; a write beyond it gets EDQUOT. `None`: no quota.
     pub staging_quota: Option<u64>,
+    /// The vault descriptor this machine's config holds: signed by a full mount if the vault
+    /// has not signed one yet.
+    pub descriptor: Option<crate::crypto::VaultDescriptor>,
 }
 
 /// S3's largest object is 5 TiB; the largest file whose encrypted object fits in it.
@@ -218,6 +221,8 @@ pub struct Fs {
     seal_failures: Mutex<HashMap<u64, (i64, i64, String)>>,
     /// Staged bytes per owner, for the staging quota (`quota.rs`).
     quota: Mutex<HashMap<u32, quota::Use>>,
+    /// Bumped whenever uploads complete (staged files released).
+    staged_gen: std::sync::atomic::AtomicU64,
     /// Tests: runs once inside the next `persist`, between choosing what to make durable and
     /// the fsync (where a concurrent write can land).
     #[cfg(test)]
@@ -278,6 +283,7 @@ impl Fs {
             seal_lock: Mutex::new(()),
             seal_failures: Mutex::new(HashMap::new()),
             quota: Mutex::new(HashMap::new()),
+            staged_gen: Default::default(),
             #[cfg(test)]
             persist_hook: Mutex::new(None),
             data_uploads: Default::default(),

@@ -6,9 +6,11 @@
 //! stays whole. It frees up as uploads complete.
 //!
 //! What a user has staged is read from the index (sizes of files not uploaded yet, plus what
-//! open files have grown beyond that) at most once a second, and counted in memory between
-//! reads; a write that would cross the quota reads it again first, so uploads that completed
-//! meanwhile count at once.
+//! open files have grown beyond that) once a second, and counted in memory between reads; a
+//! write that would cross the quota reads it again first (at once if uploads completed since
+//! the last reading, else at most every 100 ms), so uploads that completed meanwhile count. Opening an uploaded file for writing stages its old
+//! content again: that is charged too. The charge goes to the file's owner: behind a Samba
+//! share with `force user`, every client shares one quota.
 
 use super::*;
 
@@ -17,10 +19,15 @@ pub(super) struct Use {
     read: u64,
     added: u64,
     at: std::time::Instant,
+    /// `Fs::staged_gen` at the reading: uploads completed since make it worth reading again.
+    gen: u64,
 }
 
-/// How long a reading of a user's staged bytes is used before it is read again.
+/// How long a reading of a user's staged bytes is used before it is read again…
 const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// …and at most how often it is read again while writes are refused (a reading sums the
+/// user's staged files under the index lock).
+const RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Fs {
     /// Charge `uid` for `grows` more bytes on the staging disk; EDQUOT beyond its quota.
@@ -30,10 +37,15 @@ impl Fs {
             return Ok(());
         }
         let mut q = self.quota.lock().unwrap_or_else(|p| p.into_inner());
-        let stale = q.get(&uid).is_none_or(|u| u.at.elapsed() > FRESH || u.read.saturating_add(u.added).saturating_add(grows) > quota);
+        let gen = self.staged_gen.load(std::sync::atomic::Ordering::Relaxed);
+        let stale = q.get(&uid).is_none_or(|u| {
+            let age = u.at.elapsed();
+            let over = u.read.saturating_add(u.added).saturating_add(grows) > quota;
+            age > FRESH || (over && (age > RETRY || u.gen != gen))
+        });
         if stale {
             let read = self.staged_bytes(uid)?;
-            q.insert(uid, Use { read, added: 0, at: std::time::Instant::now() });
+            q.insert(uid, Use { read, added: 0, at: std::time::Instant::now(), gen });
         }
         let u = q.get_mut(&uid).expect("just read");
         let total = u.read.saturating_add(u.added).saturating_add(grows);

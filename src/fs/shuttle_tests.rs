@@ -62,6 +62,7 @@ impl World {
             max_file_size: crate::fs::MAX_FILE_SIZE,
             vault_signed: false,
             staging_quota: None,
+            descriptor: None,
         };
         let fs = Fs::new(cfg, keys(), Arc::new(Counted::new(store.clone())), runtime()).unwrap();
         World { _dir: dir, store, fs }

@@ -40,6 +40,7 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         max_file_size: crate::fs::MAX_FILE_SIZE,
         vault_signed: false,
         staging_quota: None,
+        descriptor: None,
     }
 }
 
@@ -2197,6 +2198,11 @@ fn a_users_staged_bytes_stay_within_the_staging_quota() {
     let (_, fd) = fs.create(ROOT, OsStr::new("d"), 0o644, 1000, 100).unwrap();
     assert_eq!(fs.write(fd, 0, &vec![4u8; 900 << 10]).unwrap(), 900 << 10);
     fs.release(fd).unwrap();
+    // Opening an uploaded file for writing stages its old content again: charged too.
+    let err = fs.open(a.ino, true, false, 0).unwrap_err();
+    assert_eq!(err.errno(), libc::EDQUOT, "{err}");
+    let (fh, _) = fs.open(a.ino, true, true, 0).unwrap();
+    fs.release(fh).unwrap();
 }
 
 /// A file imported from a write-only machine's journal keeps that machine as its owner in the

@@ -167,6 +167,8 @@ impl UploadQueue for Fs {
             done.push(u);
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
+        // Staging space freed: a write refused over its quota reads its owner's use again.
+        self.staged_gen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.data_uploads.fetch_add(live, std::sync::atomic::Ordering::Relaxed);
         for u in done {
             // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.

@@ -1101,11 +1101,11 @@ async fn rebuild_once(
             tree.refused.push(format!("object {}: refused {why}", o.key));
             continue;
         }
-        adopt.push((o, h, m, header, writer));
+        adopt.push((o, crate::store::effective_class(&h), m, header, writer));
     }
     // Full machines' orphans first: a write-only machine's cannot take their path before them.
     adopt.sort_by_key(|a| a.4.role == trust::Role::WriteOnly);
-    for (o, h, m, header, writer) in adopt {
+    for (o, class, m, header, writer) in adopt {
         if tree.nodes.contains_key(&m.path) {
             continue; // an older object for a path that has a newer version or was replaced
         }
@@ -1118,7 +1118,7 @@ async fn rebuild_once(
             mode: m.mode,
             uid: m.uid,
             gid: m.gid,
-            class: crate::store::effective_class(&h),
+            class,
             sha256: m.sha256,
             header: B64.encode(header),
             xattrs: None,

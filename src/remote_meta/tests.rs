@@ -662,7 +662,7 @@ fn a_write_only_key_cannot_pose_as_a_full_machine() {
     for k in v.store.snapshot().into_keys().filter(|k| k.starts_with("v/m/")) {
         v.rt.block_on(v.store.delete_object(&k)).unwrap();
     }
-    let e = v.rt.block_on(trust::prepare_full(&v.dyn_store(), v.sk(), "v/", &a, true)).unwrap_err();
+    let e = v.rt.block_on(trust::prepare_full(&v.dyn_store(), v.sk(), "v/", &a, true, None)).unwrap_err();
     assert!(e.to_string().contains("none of its statements"), "{e}");
     assert_eq!(v.store.snapshot().into_keys().filter(|k| k.starts_with("v/m/")).count(), 0);
     let t = v.rebuild();

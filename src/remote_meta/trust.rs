@@ -67,6 +67,44 @@ struct Adoption {
     objects: BTreeMap<String, String>,
 }
 
+/// What of `vault.json` the vault signs (`m/vault-<ms>`): everything but the passphrase wrap of
+/// the private key (its Argon2id parameters, salt, nonce and wrapped secret change with the
+/// passphrase, and a wrong one fails the unlock anyway).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedDescriptor {
+    pub format: u16,
+    pub vault_id: String,
+    pub public_key: String,
+    pub name_key_eph: String,
+    pub name_key_wrapped: String,
+    pub ts_ms: i64,
+}
+
+impl SignedDescriptor {
+    pub fn of(d: &crate::crypto::VaultDescriptor) -> SignedDescriptor {
+        SignedDescriptor {
+            format: d.format,
+            vault_id: d.vault_id.clone(),
+            public_key: d.public_key.clone(),
+            name_key_eph: d.name_key_eph.clone(),
+            name_key_wrapped: d.name_key_wrapped.clone(),
+            ts_ms: 0,
+        }
+    }
+
+    /// Whether `d` says what the vault signed (times aside).
+    pub fn matches(&self, d: &crate::crypto::VaultDescriptor) -> bool {
+        SignedDescriptor { ts_ms: 0, ..self.clone() } == SignedDescriptor::of(d)
+    }
+}
+
+/// Sign what `vault.json` says (a new vault; a vault that started signing without it).
+pub async fn sign_descriptor(store: &dyn ObjectStore, sk: &StaticSecret, prefix: &str, d: &crate::crypto::VaultDescriptor) -> Result<(), StoreError> {
+    let ts_ms = now_ms();
+    put_statement(store, sk, prefix, &format!("m/vault-{ts_ms:016}"), &SignedDescriptor { ts_ms, ..SignedDescriptor::of(d) }).await
+}
+
 /// An adoption or revocation larger than this is refused unread (it lists about 100 bytes per
 /// object)…
 const MAX_LIST_STATEMENT: u64 = 256 << 20;
@@ -100,6 +138,8 @@ pub struct Trust {
     pub signed: bool,
     pub machines: BTreeMap<String, Vec<AllowedKey>>,
     adopted: HashMap<String, String>,
+    /// What the vault signed of its descriptor, newest first by time (`m/vault-<ms>`).
+    pub descriptor: Option<SignedDescriptor>,
     /// Statements that could not be read or verified, by name.
     pub problems: Vec<String>,
 }
@@ -124,6 +164,7 @@ enum Kind {
     Enroll,
     Revoke,
     Adopt,
+    Vault,
 }
 
 fn kind_of(rel: &str) -> Option<Kind> {
@@ -132,6 +173,9 @@ fn kind_of(rel: &str) -> Option<Kind> {
     let dec16 = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
     if let Some(ms) = name.strip_prefix("adopt-") {
         return dec16(ms).then_some(Kind::Adopt);
+    }
+    if let Some(ms) = name.strip_prefix("vault-") {
+        return dec16(ms).then_some(Kind::Vault);
     }
     if let Some(stem) = name.strip_suffix(".enroll") {
         let (m, k) = stem.split_once('-')?;
@@ -165,7 +209,7 @@ impl Trust {
                 continue;
             };
             t.signed = true;
-            let max = if kind == Kind::Enroll { MAX_ENROLL_STATEMENT } else { MAX_LIST_STATEMENT };
+            let max = if matches!(kind, Kind::Enroll | Kind::Vault) { MAX_ENROLL_STATEMENT } else { MAX_LIST_STATEMENT };
             if o.size > max {
                 t.problems.push(format!("statement {}: {} bytes, larger than any coldvault writes; ignored", o.key, o.size));
                 continue;
@@ -208,6 +252,12 @@ impl Trust {
             Kind::Adopt => {
                 let a: Adoption = serde_json::from_str(&text).map_err(|e| e.to_string())?;
                 self.adopted.extend(a.objects);
+            }
+            Kind::Vault => {
+                let d: SignedDescriptor = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                if self.descriptor.as_ref().is_none_or(|o| o.ts_ms < d.ts_ms) {
+                    self.descriptor = Some(d);
+                }
             }
         }
         Ok(())
@@ -433,12 +483,44 @@ pub async fn adopt_existing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, pre
 /// has (adopting what is there), and allow its own key if it is not allowed yet. `pinned`: this
 /// machine knows the vault signs (its config says so); if no statement is left in the bucket,
 /// someone deleted them, and what is there now is not adopted.
+/// Sign what `vault.json` says, once, if the vault has not: the descriptor this machine's
+/// config holds, only if the bucket's agrees with it (a machine that joined through a swapped
+/// one must not make the swap permanent). Best effort: logged, never fatal.
+pub async fn sign_descriptor_once(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str, t: &Trust, mine: &crate::crypto::VaultDescriptor) {
+    if let Some(s) = &t.descriptor {
+        if !s.matches(mine) {
+            tracing::error!(
+                "the vault signed another descriptor (vault_id, format or name key) than this machine's config holds: one of them was replaced"
+            );
+        }
+        return;
+    }
+    let key = format!("{prefix}coldvault/vault.json");
+    let agrees = match store.get_object(&key).await {
+        Ok(b) => serde_json::from_slice::<crate::crypto::VaultDescriptor>(&b).is_ok_and(|d| SignedDescriptor::of(&d) == SignedDescriptor::of(mine)),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read {key} to sign what it says; tried again at the next mount");
+            return;
+        }
+    };
+    if !agrees {
+        tracing::error!(
+            "{key} differs from the descriptor this machine's config holds (vault_id, format or name key): not signed; one of them was replaced"
+        );
+        return;
+    }
+    if let Err(e) = sign_descriptor(store.as_ref(), sk, prefix, mine).await {
+        tracing::warn!(error = %e, "could not sign what vault.json says; tried again at the next mount");
+    }
+}
+
 pub async fn prepare_full(
     store: &Arc<dyn ObjectStore>,
     sk: &StaticSecret,
     prefix: &str,
     me: &MachineSigner,
     pinned: bool,
+    descriptor: Option<&crate::crypto::VaultDescriptor>,
 ) -> Result<(), RemoteError> {
     let t = Trust::load(store, sk, prefix).await?;
     if !t.signed && pinned {
@@ -451,7 +533,7 @@ pub async fn prepare_full(
         tracing::warn!(adopted = n, "this vault starts signing: the unsigned journal batches and snapshots of earlier builds in it now are adopted; unsigned ones written later are refused (`coldvault machine adopt` adopts again)");
     }
     let mine = t.machines.get(me.machine()).and_then(|v| v.iter().find(|k| k.key == me.public()));
-    match mine {
+    let allowed = match mine {
         Some(AllowedKey { revoked: Some(_), .. }) => Err(RemoteError::Malformed(format!(
             "this machine's signing key ({} of machine {}) was revoked: what it uploads is not believed by a rebuild; mount with a new cache dir to get a new key",
             sign::key_id(&me.public()),
@@ -467,5 +549,11 @@ pub async fn prepare_full(
             tracing::info!(key, machine = me.machine(), "this machine's signing key is now allowed in the vault");
             Ok(())
         }
+    };
+    if allowed.is_ok() {
+        if let Some(d) = descriptor {
+            sign_descriptor_once(store, sk, prefix, &t, d).await;
+        }
     }
+    allowed
 }

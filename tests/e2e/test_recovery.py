@@ -434,8 +434,38 @@ def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):
     (v.mnt / "a.txt").write_text("recover me")
     v.flush()
     v.unmount()
-    # A new machine joins the vault with the passphrase only.
+    # A new machine joins the vault with the passphrase only; not through a vault.json whose
+    # vault_id (a cache folder's name) or name key someone replaced, keeping the wrapped key.
+    import base64
     c2 = tmp_path / "c2.toml"
+    desc_key = f"{v.prefix}coldvault/vault.json"
+    honest = s.s3.get_object(Bucket=v.bucket, Key=desc_key)["Body"].read()
+    # Another name key, sealed to the vault's public key as FORMAT.md section 2 says.
+    import forge
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    vpub = base64.b64decode(json.loads(honest)["public_key"])
+    eph = X25519PrivateKey.generate()
+    eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    kek = forge.hkdf(eph_pub + vpub, eph.exchange(X25519PublicKey.from_public_bytes(vpub)), b"coldvault/v1/wrap")
+    theirs = {"name_key_eph": base64.b64encode(eph_pub).decode(),
+              "name_key_wrapped": base64.b64encode(AESGCM(kek).encrypt(b"\0" * 12, b"\x09" * 32, b"coldvault/v1/name-key")).decode()}
+    for field, change in (("vault_id", {"vault_id": "0123456789abcdef"}), ("name key", theirs)):
+        swapped = {**json.loads(honest), **change}
+        s.s3.put_object(Bucket=v.bucket, Key=desc_key, Body=json.dumps(swapped).encode())
+        r = run("init", "--bucket", v.bucket, "--prefix", "vault", "--endpoint-url", s.endpoint, "--config", c2, "--passphrase-file", v.passfile, check=False)
+        assert r.returncode != 0 and "differs from what the vault signed" in r.stderr and not c2.exists(), (field, r.stderr)
+    s.s3.put_object(Bucket=v.bucket, Key=desc_key, Body=honest)
+    # What the vault signed of vault.json gone: nothing to check it against, no join.
+    signed = {o["Key"]: s.s3.get_object(Bucket=v.bucket, Key=o["Key"])["Body"].read()
+              for o in s.s3.list_objects_v2(Bucket=v.bucket, Prefix=f"{v.prefix}m/vault-")["Contents"]}
+    for k in signed:
+        s.s3.delete_object(Bucket=v.bucket, Key=k)
+    r = run("init", "--bucket", v.bucket, "--prefix", "vault", "--endpoint-url", s.endpoint, "--config", c2, "--passphrase-file", v.passfile, check=False)
+    assert r.returncode != 0 and "missing or unreadable" in r.stderr and not c2.exists(), r.stderr
+    for k, body in signed.items():
+        s.s3.put_object(Bucket=v.bucket, Key=k, Body=body)
     wrong = tmp_path / "wrong"
     wrong.write_text("nope\n")
     r = run("init", "--bucket", v.bucket, "--prefix", "vault", "--endpoint-url", s.endpoint, "--config", c2, "--passphrase-file", wrong, check=False)

@@ -310,6 +310,14 @@ impl Signed {
         }
         v
     }
+    /// A signed vault allowing a full machine A (0xa) and a write-only machine W (0xc).
+    fn full_and_write_only() -> (Signed, MachineSigner, MachineSigner) {
+        let v = Signed::new(true);
+        let (a, w) = (machine(0xa), machine(0xc));
+        v.allow(&a, trust::Role::Full);
+        v.allow(&w, trust::Role::WriteOnly);
+        (v, a, w)
+    }
     fn sink<'a>(&'a self, by: Option<&'a MachineSigner>) -> MetaSink<'a> {
         MetaSink { store: self.store.as_ref(), keys: &self.keys, signer: by, prefix: "v/" }
     }
@@ -410,10 +418,7 @@ fn a_signed_vault_believes_only_batches_its_machines_signed() {
 /// dead apply to its own stream and objects only, and it is never the base.
 #[test]
 fn a_snapshot_cannot_hide_another_machines_files() {
-    let v = Signed::new(true);
-    let (a, w) = (machine(0xa), machine(0xc));
-    v.allow(&a, trust::Role::Full);
-    v.allow(&w, trust::Role::WriteOnly);
+    let (v, a, w) = Signed::full_and_write_only();
     let mut e = upload_entry(1);
     if let Entry::Upload { key, .. } = &mut e {
         *key = "v/d/000000000000000000000000000000a1".into();
@@ -548,10 +553,7 @@ fn file(path: &str, key: &str) -> Entry {
 /// Removing a folder it shares with another machine removes only its own files.
 #[test]
 fn a_write_only_machine_changes_only_what_it_wrote() {
-    let v = Signed::new(true);
-    let (a, w) = (machine(0xa), machine(0xc));
-    v.allow(&a, trust::Role::Full);
-    v.allow(&w, trust::Role::WriteOnly);
+    let (v, a, w) = Signed::full_and_write_only();
     let dir = |p: &str| Entry::Mkdir { path: p.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 };
     v.batch(
         Some(&a),
@@ -600,10 +602,7 @@ fn a_write_only_machine_changes_only_what_it_wrote() {
 /// sequence number than its key is refused.
 #[test]
 fn a_forged_newer_snapshot_does_not_hide_the_real_one() {
-    let v = Signed::new(true);
-    let (a, w) = (machine(0xa), machine(0xc));
-    v.allow(&a, trust::Role::Full);
-    v.allow(&w, trust::Role::WriteOnly);
+    let (v, a, w) = Signed::full_and_write_only();
     v.snapshot(Some(&a), a.machine(), 3, 5, (&[file("photos/real.jpg", "v/d/a1")], &[], &[(a.machine(), 3)]));
     let forged = v.snapshot(None, a.machine(), 999, 6, (&[], &[], &[(a.machine(), 999)]));
     let t = v.rebuild();
@@ -674,10 +673,7 @@ fn a_write_only_key_cannot_pose_as_a_full_machine() {
 /// own; nor change the attributes of a folder it made first that holds another machine's files.
 #[test]
 fn a_write_only_machine_cannot_hide_orphans_or_take_folders() {
-    let v = Signed::new(true);
-    let (a, w) = (machine(0xa), machine(0xc));
-    v.allow(&a, trust::Role::Full);
-    v.allow(&w, trust::Role::WriteOnly);
+    let (v, a, w) = Signed::full_and_write_only();
     let dir = |p: &str, mode: u32| Entry::Mkdir { path: p.into(), mode, uid: 0, gid: 0, mtime_ns: 1 };
     v.orphan(Some(&a), "v/d/0000000000000000000000000000000a", "lost.jpg");
     v.orphan(Some(&w), "v/d/00000000000000000000000000000001", "lost.jpg");
@@ -699,10 +695,7 @@ fn a_write_only_machine_cannot_hide_orphans_or_take_folders() {
 #[test]
 fn a_write_only_machine_keeps_its_files_through_a_full_machines_snapshot() {
     use std::io::Write as _;
-    let v = Signed::new(true);
-    let (a, w) = (machine(0xa), machine(0xc));
-    v.allow(&a, trust::Role::Full);
-    v.allow(&w, trust::Role::WriteOnly);
+    let (v, a, w) = Signed::full_and_write_only();
     v.batch(Some(&w), w.machine(), vec![rec(1, 10, file("w.jpg", "v/d/c1"))]);
     // A rebuilt, imported w.jpg, and wrote a snapshot of its index.
     let mut wr = SnapshotWriter::new(&v.keys, Vec::new()).unwrap();

@@ -796,6 +796,16 @@ impl Stream {
     }
 }
 
+/// What a record or snapshot time counts towards the importer's clock floor: a write-only
+/// machine's clock cannot push it more than a day ahead of the importer's.
+fn floor_time(ts_ms: i64, write_only: bool) -> i64 {
+    if write_only {
+        ts_ms.min(crate::clock::now_ms().saturating_add(86_400_000))
+    } else {
+        ts_ms
+    }
+}
+
 /// Progress callback: (what, done, total).
 pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
 
@@ -952,7 +962,7 @@ async fn rebuild_once(
             *c = (*c).max(q);
         }
         let wo = s.writer.as_ref().is_some_and(|w| w.role == trust::Role::WriteOnly);
-        tree.max_ts = tree.max_ts.max(if wo { s.ts_ms.min(crate::clock::now_ms().saturating_add(86_400_000)) } else { s.ts_ms });
+        tree.max_ts = tree.max_ts.max(floor_time(s.ts_ms, wo));
     }
     // What each machine's journal must reach, by what the believed snapshots say they saw.
     let mut claimed: BTreeMap<String, (i64, String)> = BTreeMap::new();
@@ -1030,9 +1040,7 @@ async fn rebuild_once(
         let st = streams.get_mut(&m).expect("a stream per head");
         let (r, role) = st.recs.pop_front().expect("a head has a record");
         let wo = role == trust::Role::WriteOnly;
-        // A write-only machine's clock cannot push the importer's clock floor beyond a day ahead.
-        let ts = if wo { r.ts_ms.min(crate::clock::now_ms().saturating_add(86_400_000)) } else { r.ts_ms };
-        tree.max_ts = tree.max_ts.max(ts);
+        tree.max_ts = tree.max_ts.max(floor_time(r.ts_ms, wo));
         tree.applying = Some((m.clone(), wo));
         let s = tree.seen.entry(m.clone()).or_insert(0);
         *s = (*s).max(r.seq);

@@ -101,7 +101,7 @@ impl SignedDescriptor {
 
 /// Sign what `vault.json` says (a new vault; a vault that started signing without it).
 pub async fn sign_descriptor(store: &dyn ObjectStore, sk: &StaticSecret, prefix: &str, d: &crate::crypto::VaultDescriptor) -> Result<(), StoreError> {
-    let ts_ms = now_ms();
+    let ts_ms = crate::clock::now_ms();
     put_statement(store, sk, prefix, &format!("m/vault-{ts_ms:016}"), &SignedDescriptor { ts_ms, ..SignedDescriptor::of(d) }).await
 }
 
@@ -134,18 +134,15 @@ pub struct Writer {
 
 #[derive(Default, Debug)]
 pub struct Trust {
-    /// The vault has started signing: it holds a valid statement (an adoption, normally first).
+    /// The vault has started signing: an object with a statement's name is listed under `m/`
+    /// (valid or not: what cannot be read fails closed).
     pub signed: bool,
     pub machines: BTreeMap<String, Vec<AllowedKey>>,
     adopted: HashMap<String, String>,
-    /// What the vault signed of its descriptor, newest first by time (`m/vault-<ms>`).
+    /// What the vault signed of its descriptor: the newest `m/vault-<ms>`.
     pub descriptor: Option<SignedDescriptor>,
     /// Statements that could not be read or verified, by name.
     pub problems: Vec<String>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn enroll_key(machine: &str, vk: &VerifyingKey) -> String {
@@ -169,7 +166,6 @@ enum Kind {
 
 fn kind_of(rel: &str) -> Option<Kind> {
     let name = rel.strip_prefix("m/")?;
-    let hex16 = |s: &str| s.len() == 16 && sign::is_machine_id(s);
     let dec16 = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
     if let Some(ms) = name.strip_prefix("adopt-") {
         return dec16(ms).then_some(Kind::Adopt);
@@ -179,18 +175,12 @@ fn kind_of(rel: &str) -> Option<Kind> {
     }
     if let Some(stem) = name.strip_suffix(".enroll") {
         let (m, k) = stem.split_once('-')?;
-        return (hex16(m) && hex16(k)).then_some(Kind::Enroll);
+        return (sign::is_machine_id(m) && sign::is_machine_id(k)).then_some(Kind::Enroll);
     }
     let stem = name.strip_suffix(".revoke")?;
     let mut parts = stem.split('-');
-    let ok =
-        matches!((parts.next(), parts.next(), parts.next(), parts.next()), (Some(m), Some(k), Some(ms), None) if hex16(m) && hex16(k) && dec16(ms));
+    let ok = matches!((parts.next(), parts.next(), parts.next(), parts.next()), (Some(m), Some(k), Some(ms), None) if sign::is_machine_id(m) && sign::is_machine_id(k) && dec16(ms));
     ok.then_some(Kind::Revoke)
-}
-
-fn sha_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(b))
 }
 
 impl Trust {
@@ -312,7 +302,7 @@ impl Trust {
         }
         let Some(sig) = sig else {
             return match self.adopted.get(rel_key) {
-                Some(want) if *want == sha_hex(header) => Ok(Writer { machine: None, role: Role::Full }),
+                Some(want) if *want == crate::crypto::sha256_hex(header) => Ok(Writer { machine: None, role: Role::Full }),
                 _ => Err("unsigned, and not one of the objects of older builds this vault adopted when it started signing".into()),
             };
         };
@@ -328,7 +318,7 @@ impl Trust {
             .find(|k| sign::verify_object(&k.key, vault, rel_key, header, &s))
             .ok_or_else(|| format!("its signature does not verify with any key allowed for machine {m} (forged, or moved from another key)"))?;
         match &k.revoked {
-            Some(keep) if keep.get(rel_key) != Some(&sha_hex(header)) => {
+            Some(keep) if keep.get(rel_key) != Some(&crate::crypto::sha256_hex(header)) => {
                 Err(format!("signed by machine {m} with key {}, which was revoked (and this object is not one it kept)", sign::key_id(&k.key)))
             }
             _ => Ok(Writer { machine: Some(m), role: k.role }),
@@ -394,7 +384,14 @@ pub async fn enroll(
     role: Role,
 ) -> Result<String, StoreError> {
     let rel = enroll_key(machine, vk);
-    put_statement(store, sk, prefix, &rel, &Enrollment { machine: machine.into(), key: B64.encode(vk.as_bytes()), role, ts_ms: now_ms() }).await?;
+    put_statement(
+        store,
+        sk,
+        prefix,
+        &rel,
+        &Enrollment { machine: machine.into(), key: B64.encode(vk.as_bytes()), role, ts_ms: crate::clock::now_ms() },
+    )
+    .await?;
     Ok(format!("{prefix}{rel}"))
 }
 
@@ -433,7 +430,7 @@ async fn header_hashes(
         let (k, h) = done.map_err(|e| StoreError::Retryable(format!("header download task: {e}")))?;
         match h {
             Ok(h) => {
-                out.insert(k[prefix.len()..].to_string(), sha_hex(&h));
+                out.insert(k[prefix.len()..].to_string(), crate::crypto::sha256_hex(&h));
             }
             // Gone since the listing, or archived by a lifecycle rule: not listed.
             Err(StoreError::NotFound | StoreError::Archived) => {}
@@ -460,7 +457,7 @@ pub async fn revoke(
             header_hashes(store, prefix, &subs, |rel| super::parse_seq_key(&rel[2..]).is_some_and(|(m, _, last)| m == machine && last <= n)).await?
         }
     };
-    let ts_ms = now_ms();
+    let ts_ms = crate::clock::now_ms();
     let rel = revoke_key(machine, vk, ts_ms);
     let r = Revocation { machine: machine.into(), key: B64.encode(vk.as_bytes()), after_seq, keep, ts_ms };
     put_statement(store.as_ref(), sk, prefix, &rel, &r).await?;
@@ -474,7 +471,7 @@ pub async fn revoke(
 pub async fn adopt_existing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str) -> Result<usize, StoreError> {
     let objects = header_hashes(store, prefix, &["j/".to_string(), "s/".to_string()], |_| true).await?;
     let n = objects.len();
-    let ts_ms = now_ms();
+    let ts_ms = crate::clock::now_ms();
     put_statement(store.as_ref(), sk, prefix, &format!("m/adopt-{ts_ms:016}"), &Adoption { ts_ms, objects }).await?;
     Ok(n)
 }

@@ -144,3 +144,29 @@ fn a_read_view_keeps_the_index_as_it_was_when_opened() {
     drop(view);
     assert_eq!(db.setting("s").unwrap().as_deref(), Some("after"));
 }
+
+/// An index written by a build before inode owners (no `owner` column) opens, keeps its files
+/// (a dirty one: staged content not yet uploaded), and records owners from then on.
+#[test]
+fn an_index_of_an_earlier_build_opens_with_its_files() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("i.db");
+    {
+        let conn = rusqlite::Connection::open(&p).unwrap();
+        conn.execute_batch(super::schema::SCHEMA).unwrap();
+        assert!(conn.prepare("SELECT owner FROM inodes LIMIT 0").is_err(), "the schema of that build has no owner column");
+        conn.execute(
+            "INSERT INTO inodes(ino,parent,name,kind,mode,uid,gid,size,atime_ns,mtime_ns,ctime_ns,state) VALUES(2,1,'photo.jpg',?1,420,1000,100,5,0,0,0,'dirty')",
+            [Kind::File as i64],
+        )
+        .unwrap();
+    }
+    let db = Db::open(&p, 0, 0, 0).unwrap();
+    let mut i = db.get(2).unwrap().expect("the file of the earlier build");
+    assert_eq!((i.name.as_str(), i.size, i.state, i.owner.clone()), ("photo.jpg", 5, State::Dirty, None));
+    i.owner = Some("00000000000000cc".into());
+    db.update(&i).unwrap();
+    drop(db);
+    let db = Db::open(&p, 0, 0, 0).unwrap();
+    assert_eq!(db.get(2).unwrap().unwrap().owner.as_deref(), Some("00000000000000cc"));
+}

@@ -219,11 +219,20 @@ class Coldvault(System):
         self.pw.write_text(secrets.token_hex(16) + "\n")
         sh(BIN, "init", "--bucket", bucket, "--prefix", "bench", "--endpoint-url", garage.endpoint, "--region", "garage",
            "--config", self.cfg, "--passphrase-file", self.pw, env=self.env)
+        self.mount()
+
+    def mount(self):
         # COLDVAULT_MOUNT_ARGS: extra mount options to compare (e.g. "--upload-concurrency 16").
         sh(BIN, "mount", "--config", self.cfg, "--cache-dir", self.work / "cache", "--passphrase-file", self.pw,
            *os.environ.get("COLDVAULT_MOUNT_ARGS", "").split(), self.mnt, env=self.env)
         wait_for("coldvault mount", lambda: is_mounted(self.mnt))
         self.pid = find_pid(f"coldvault mount.*{self.mnt}")
+
+    def remount(self):
+        """Unmount and mount again: the same index, and (with the default --read-cache 0) no
+        file content kept locally."""
+        self.stop()
+        self.mount()
 
     def durable(self):
         sh(BIN, "flush", "--wait", self.mnt, timeout=3600)
@@ -250,14 +259,24 @@ class Rclone(System):
             e.update({"RCLONE_CONFIG_GCRYPT_TYPE": "crypt", "RCLONE_CONFIG_GCRYPT_REMOTE": f"gs3:{bucket}/c",
                       "RCLONE_CONFIG_GCRYPT_PASSWORD": pw})
             remote = "gcrypt:"
+        self.remote = remote
+        self.mount()
+
+    def mount(self):
         self.rc = free_port()
         # In the foreground (rclone 1.60's --daemon starts the rc server in both processes).
-        self.proc = subprocess.Popen(["rclone", "mount", remote, str(self.mnt), "--vfs-cache-mode", "writes", "--cache-dir",
+        self.proc = subprocess.Popen(["rclone", "mount", self.remote, str(self.mnt), "--vfs-cache-mode", "writes", "--cache-dir",
                                       str(self.work / "cache"), "--rc", "--rc-addr", f"127.0.0.1:{self.rc}", "--rc-no-auth",
-                                      "--log-file", str(self.work / "rclone.log")], env=e, start_new_session=True,
+                                      "--log-file", str(self.work / "rclone.log")], env=self.env, start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for("rclone mount", lambda: is_mounted(self.mnt))
         self.pid = self.proc.pid
+
+    def remount(self):
+        """Unmount and mount again with an empty cache."""
+        self.stop()
+        shutil.rmtree(self.work / "cache", ignore_errors=True)
+        self.mount()
 
     def durable(self):
         def idle():
@@ -291,10 +310,21 @@ class S3fs(System):
         pw = self.work / "passwd"
         pw.write_text(f"{garage.key}:{garage.secret}\n")
         pw.chmod(0o600)
-        sh("s3fs", bucket, self.mnt, "-o", f"passwd_file={pw},url={garage.endpoint},use_path_request_style,endpoint=garage,"
-           f"use_cache={self.work / 'cache'}", env=self.env)
+        self.bucket, self.passwd = bucket, pw
+        self.mount()
+
+    def mount(self):
+        sh("s3fs", self.bucket, self.mnt, "-o", f"passwd_file={self.passwd},url={self.g.endpoint},use_path_request_style,"
+           f"endpoint=garage,use_cache={self.work / 'cache'}", env=self.env)
         wait_for("s3fs mount", lambda: is_mounted(self.mnt))
-        self.pid = find_pid(f"s3fs {bucket} {self.mnt}")
+        self.pid = find_pid(f"s3fs {self.bucket} {self.mnt}")
+
+    def remount(self):
+        """Unmount and mount again with an empty cache."""
+        self.stop()
+        wait_for("s3fs exit", lambda: find_pid(f"s3fs {self.bucket} {self.mnt}") is None, timeout=60)
+        shutil.rmtree(self.work / "cache", ignore_errors=True)
+        self.mount()
 
 
 SYSTEMS = {"local": Local, "passthrough": Passthrough, "coldvault": Coldvault, "rclone": Rclone, "rclone-crypt": RcloneCrypt, "s3fs": S3fs}

@@ -18,7 +18,7 @@
 //!   decrypted, hashed and written as it arrives: memory does not grow with the file.
 
 use crate::crypto;
-use crate::sealed::{ReadError, Segments};
+use crate::sealed::{Budget, Plaintext, ReadError};
 use crate::store::{ObjectStore, StoreError};
 use sha2::{Digest, Sha256};
 use std::ffi::{CStr, CString};
@@ -433,13 +433,20 @@ pub struct Wanted {
     pub header: Option<Vec<u8>>,
 }
 
-/// Fetch, check and decrypt `w` into `out` segment by segment (`sealed::Segments`), counting
-/// plaintext bytes written in `progress`. Fails — with nothing to keep — on a missing or archived
+/// Fetch, check and decrypt `w` into `out` a chunk at a time (`sealed::Plaintext`, reading
+/// ahead within `budget`), counting plaintext bytes written in `progress`. Fails — with nothing to keep — on a missing or archived
 /// object, a header other than the recorded one, any segment that does not authenticate, a short
 /// object, or a SHA-256 other than the recorded one.
-pub async fn fetch_to(store: Arc<dyn ObjectStore>, keys: &crypto::VaultKeys, w: &Wanted, out: &mut impl Write, progress: &AtomicU64) -> Result<()> {
+pub async fn fetch_to(
+    store: Arc<dyn ObjectStore>,
+    keys: &crypto::VaultKeys,
+    w: &Wanted,
+    out: &mut impl Write,
+    progress: &AtomicU64,
+    budget: &Budget,
+) -> Result<()> {
     let sk = keys.secret.as_ref().ok_or_else(|| ExtractError::Unsafe("no private key".into()))?;
-    let mut segs = Segments::new(store, sk, &w.key, w.size, w.header.clone());
+    let mut segs = Plaintext::open(store, sk, &w.key, w.size, w.header.as_deref(), budget.clone()).await?;
     let mut sha = Sha256::new();
     while let Some(pt) = segs.next().await? {
         sha.update(&pt);

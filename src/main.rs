@@ -80,6 +80,11 @@ enum Cmd {
         /// Bytes of uploaded objects kept locally for reads (e.g. 2G). Default 0.
         #[arg(long, default_value = "0")]
         read_cache: String,
+        /// The most file content all readers together may have requested from S3 ahead of what
+        /// they read (e.g. 256M): the memory that reading back may use; one file reads at most
+        /// half of it ahead. Default 128M.
+        #[arg(long, default_value = "128M")]
+        read_ahead: String,
         /// The largest file accepted (e.g. 500G): writing or truncating beyond it fails with
         /// EFBIG ("File too large"). Default and maximum: what fits in one S3 object (5 TiB).
         #[arg(long)]
@@ -345,6 +350,7 @@ fn run(cli: Cli) -> Result<()> {
             pass,
             settle,
             read_cache,
+            read_ahead,
             max_file_size,
             staging_quota,
             foreground,
@@ -365,6 +371,7 @@ fn run(cli: Cli) -> Result<()> {
             pass,
             settle,
             read_cache,
+            read_ahead,
             max_file_size,
             staging_quota,
             foreground,
@@ -918,6 +925,7 @@ struct MountArgs {
     pass: PassArgs,
     settle: Option<f64>,
     read_cache: String,
+    read_ahead: String,
     max_file_size: Option<String>,
     staging_quota: Option<String>,
     foreground: bool,
@@ -947,6 +955,7 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
     }
     let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
     let read_cache = config::parse_size(&a.read_cache)?;
+    let read_ahead = config::parse_size(&a.read_ahead).context("--read-ahead")?;
     let max_file_size = match &a.max_file_size {
         None => coldvault::fs::MAX_FILE_SIZE,
         Some(s) => {
@@ -1004,7 +1013,7 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
         journal: coldvault::remote_meta::JournalConfig { write_only: a.write_only, ..Default::default() },
         ignore: cfg.ignore.clone().unwrap_or_else(|| coldvault::fs::DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()),
         read_cache,
-        segment_cache: 64 << 20,
+        read_ahead,
         group_commit: coldvault::fs::GROUP_COMMIT,
         max_file_size,
         vault_signed: cfg.signed,

@@ -6,6 +6,7 @@ use coldvault::config::Config;
 use coldvault::crypto::{self, VaultKeys};
 use coldvault::extract::{self, Dest};
 use coldvault::remote_meta::{self, NodeKind, Tree};
+use coldvault::sealed::{self, Budget};
 use coldvault::store::{ObjectStore, PutOptions, StoreError};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -105,10 +106,16 @@ pub struct GetOptions {
     pub jobs: usize,
 }
 
+/// What the downloads of one `get` share: the bucket, the keys and one read-ahead budget.
+struct Fetch {
+    store: Arc<dyn ObjectStore>,
+    keys: VaultKeys,
+    budget: Budget,
+}
+
 /// Restore the file `vp` of the vault to `rel` below the destination.
 async fn get_one(
-    store: Arc<dyn ObjectStore>,
-    keys: Arc<VaultKeys>,
+    f: Arc<Fetch>,
     dest: Arc<Dest>,
     (vp, rel): (String, String),
     n: remote_meta::Node,
@@ -126,7 +133,8 @@ async fn get_one(
         Ok(p) => p,
         Err(e) => return Got::Failed(format!("{shown}: {e}")),
     };
-    match extract::fetch_to(store.clone(), &keys, &w, part.file(), &progress.bytes).await {
+    let store = &f.store;
+    match extract::fetch_to(store.clone(), &f.keys, &w, part.file(), &progress.bytes, &f.budget).await {
         Ok(()) => {}
         Err(extract::ExtractError::Store(StoreError::Archived)) => {
             let class = n.class.clone().unwrap_or_default();
@@ -187,7 +195,11 @@ impl Progress {
 pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, paths: &[String], dest: &Path, o: &GetOptions) -> Result<()> {
     let tree = load_tree(&store, keys, cfg).await?;
     let d = Arc::new(Dest::open(dest, o.preserve_owner)?);
-    let keys = Arc::new(VaultKeys { public: keys.public, secret: keys.secret.clone(), name_key: keys.name_key });
+    let fetch = Arc::new(Fetch {
+        store: store.clone(),
+        keys: VaultKeys { public: keys.public, secret: keys.secret.clone(), name_key: keys.name_key },
+        budget: Budget::new(sealed::DEFAULT_BUDGET),
+    });
     let mut problems: Vec<String> = Vec::new();
     let mut made_dirs: Vec<(String, &remote_meta::Node)> = Vec::new();
     // By destination path: a file selected twice (`get photos photos DIR`) is restored once,
@@ -272,10 +284,10 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
                 let tier = coldvault::restore::default_tier(&class, &cfg.restore.glacier_tier, &cfg.restore.deep_archive_tier);
                 (tier, (!coldvault::restore::is_intelligent_tiering_archive(&class)).then_some(cfg.restore.days))
             });
-            let (st, k, dd, p) = (store.clone(), keys.clone(), d.clone(), progress.clone());
+            let (f, dd, p) = (fetch.clone(), d.clone(), progress.clone());
             let n = n.clone();
             tasks.spawn(async move {
-                let r = get_one(st, k, dd, (vp, rel.clone()), n, restore, p).await;
+                let r = get_one(f, dd, (vp, rel.clone()), n, restore, p).await;
                 (rel, r)
             });
         }
@@ -392,6 +404,7 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
     let mut problems: Vec<String> = refused.iter().map(|r| format!("the bucket's metadata: {r}")).collect();
     let mut notes = Vec::new();
     let mut checked_deep = 0;
+    let budget = Budget::new(sealed::DEFAULT_BUDGET);
     for f in &files {
         let (path, key) = (&f.path, &f.want.key);
         let Some((size, class)) = objects.get(key) else {
@@ -414,7 +427,7 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
             notes.push(format!("{path}: archived ({class}), not read"));
         } else if deep {
             let keys = keys.ok_or_else(|| anyhow!("--deep needs the passphrase"))?;
-            match extract::fetch_to(store.clone(), keys, &f.want, &mut std::io::sink(), &AtomicU64::new(0)).await {
+            match extract::fetch_to(store.clone(), keys, &f.want, &mut std::io::sink(), &AtomicU64::new(0), &budget).await {
                 Ok(()) => checked_deep += 1,
                 // In an archive tier the listing does not name (Intelligent-Tiering's): not read.
                 Err(extract::ExtractError::Store(StoreError::Archived)) => notes.push(format!("{path}: archived ({class}), not read")),

@@ -1,21 +1,49 @@
-//! Reading a sealed object (docs/FORMAT.md) from the bucket a few segments at a time: ranged
-//! GETs of `CHUNK_SEGMENTS` segments, `CHUNKS_IN_FLIGHT` of them in flight, each segment
-//! authenticated as it is handed out. Memory stays at a few chunks whatever the object's size.
-//! Used by `get` and `verify --deep` (file contents) and by the rebuild (snapshots).
+//! Reading sealed objects (docs/FORMAT.md section 4) from the bucket ahead of their reader.
+//!
+//! One engine serves every reader of file content: the mount's `read`, `get`, `verify --deep`
+//! and the rebuild's snapshots. A `Reader` of one object fetches whole segments with ranged
+//! GETs ("chunks"); each chunk is fetched, authenticated and decrypted in a task of its own,
+//! off the caller's thread, and its plaintext handed to whoever waits for it.
+//!
+//! * A reader that moves forward grows a read-ahead window, from `INITIAL_WINDOW` doubling with
+//!   every request up to its maximum, so that several chunks of up to `CHUNK_MAX` are in flight
+//!   while the caller consumes the one before.
+//! * A seek (a read outside what is buffered) drops what was ahead and fetches only the
+//!   segments asked for; reading on from there ramps up again. Random reads stay cheap.
+//! * All readers of a process share one `Budget` of bytes: read-ahead is only requested while
+//!   the budget has room, so memory stays bounded however many files are read at once. What a
+//!   caller waits for now is always fetched.
+//!
+//! Every chunk is checked: its length (a short object fails), the object's header when the
+//! chunk starts at the beginning (another object under the key fails by name), and every
+//! segment's tag, the last one as the last (a truncated object fails).
 
-use crate::crypto::{self, Header, Opened};
+use crate::crypto::{self, Header, Opened, HEADER_LEN, SEGMENT};
 use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 use x25519_dalek::StaticSecret;
 
-/// Segments per ranged GET (4 MiB of plaintext)…
-pub const CHUNK_SEGMENTS: u64 = 64;
-/// …and GETs of one object in flight at once.
-pub const CHUNKS_IN_FLIGHT: usize = 3;
+/// Read-ahead of a reader that has just started going forward (a file of up to 1 MiB comes in
+/// one GET)…
+pub const INITIAL_WINDOW: u64 = 1 << 20;
+/// …doubled with every request, up to this much per reader (or half the budget)…
+pub const MAX_WINDOW: u64 = 64 << 20;
+/// …in GETs of at most this many bytes of plaintext.
+pub const CHUNK_MAX: u64 = 8 << 20;
+/// The budget of a process unless told otherwise: reading at 1 GB/s from a server that takes
+/// 30-70 ms per 8 MiB under load needs some 64 MiB in flight for one reader (measured against
+/// Garage on loopback, docs/BENCHMARKS.md); half the budget is one reader's most.
+pub const DEFAULT_BUDGET: u64 = 128 << 20;
+/// What a reader keeps behind its position: reads that arrive a little out of order (the
+/// kernel's read-ahead requests, served by several FUSE threads) are still served. Beyond the
+/// budget, a reader holds at most this and the segments of one read.
+const BEHIND: u64 = 512 << 10;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -28,138 +56,543 @@ pub enum ReadError {
     Task(String),
 }
 
-/// The plaintext segments of one object, in order. The last one is authenticated as the last
-/// (a truncated object fails), and the object must be exactly `encrypted_len(size)` long.
-pub struct Segments<'k> {
-    store: Arc<dyn ObjectStore>,
-    sk: &'k StaticSecret,
-    key: String,
-    size: u64,
-    want_header: Option<Vec<u8>>,
-    /// Segments in the object, chunks in the object, next chunk to request.
-    n: u64,
-    chunks: u64,
-    requested: u64,
-    pending: InFlight,
-    opened: Option<Opened>,
-    /// The object's header, once the first chunk has arrived.
-    header: Option<Vec<u8>>,
-    /// The chunk being handed out, the offset of its next segment, that segment's index.
-    body: Bytes,
-    at: usize,
-    seg: u64,
-    /// Set by the first error: nothing more is handed out after it.
-    failed: bool,
+/// Bytes of plaintext requested ahead of readers, shared by all of them, and the buffers of
+/// finished chunks kept for the next ones while reads are under way: a fresh buffer of several
+/// MiB costs a page fault per 4 KiB as it fills and a TLB shootdown on every core when it is
+/// unmapped, which cost more CPU than decrypting it. The buffers are freed once no chunk is
+/// left (`used` back at 0), so an idle mount holds none.
+#[derive(Clone)]
+pub struct Budget(Arc<BudgetInner>);
+
+struct BudgetInner {
+    limit: u64,
+    used: AtomicU64,
+    /// Free buffers by size class: class k holds `class_capacity(k)` bytes (2^k segments).
+    pool: Mutex<[Vec<Vec<u8>>; CLASSES]>,
+    pooled: AtomicU64,
 }
 
-impl<'k> Segments<'k> {
-    /// `size`: the plaintext length (recorded, or `plaintext_len` of the listed length).
-    /// `want_header`: the header recorded for this version, which the object must carry.
-    pub fn new(store: Arc<dyn ObjectStore>, sk: &'k StaticSecret, key: &str, size: u64, want_header: Option<Vec<u8>>) -> Segments<'k> {
-        let n = crypto::segment_count(size);
-        Segments {
-            store,
-            sk,
-            key: key.to_string(),
-            size,
-            want_header,
-            n,
-            chunks: n.div_ceil(CHUNK_SEGMENTS),
-            requested: 0,
-            pending: InFlight(VecDeque::new()),
-            opened: None,
-            header: None,
-            body: Bytes::new(),
-            at: 0,
-            seg: 0,
-            failed: false,
+/// Size classes of chunk buffers: 1 to `CHUNK_MAX` segments, by powers of two.
+const CLASSES: usize = (CHUNK_MAX / SEGMENT).trailing_zeros() as usize + 1;
+
+fn class_of(segs: u64) -> usize {
+    (segs.max(1).next_power_of_two().trailing_zeros() as usize).min(CLASSES - 1)
+}
+
+/// Ciphertext bytes of 2^k whole segments, with the object's header.
+fn class_capacity(k: usize) -> usize {
+    HEADER_LEN + (1usize << k) * (SEGMENT + crypto::TAG) as usize
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Budget {
+        Budget(Arc::new(BudgetInner {
+            limit: limit.max(SEGMENT),
+            used: AtomicU64::new(0),
+            pool: Mutex::new(Default::default()),
+            pooled: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.0.limit
+    }
+
+    /// Bytes held by chunks now (in flight or waiting to be read).
+    pub fn used(&self) -> u64 {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    /// `n` bytes if the budget has room for them.
+    fn try_take(&self, n: u64) -> Option<Lease> {
+        let mut cur = self.0.used.load(Ordering::Relaxed);
+        loop {
+            if cur + n > self.0.limit {
+                return None;
+            }
+            match self.0.used.compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Lease { budget: self.clone(), n }),
+                Err(now) => cur = now,
+            }
         }
     }
 
-    /// Ciphertext range of chunk `c`: segments [c*K, min((c+1)*K, n)); the first also carries
-    /// the header.
-    fn range(&self, c: u64) -> (u64, u64) {
-        let first = c * CHUNK_SEGMENTS;
-        let last = ((c + 1) * CHUNK_SEGMENTS).min(self.n) - 1;
-        let start = if c == 0 { 0 } else { crypto::segment_cipher_range(self.size, first).0 };
-        (start, crypto::segment_cipher_range(self.size, last).1)
+    /// `n` bytes a caller waits for: taken even beyond the limit (by at most what the callers
+    /// waiting at this moment asked for).
+    fn take(&self, n: u64) -> Lease {
+        self.0.used.fetch_add(n, Ordering::AcqRel);
+        Lease { budget: self.clone(), n }
+    }
+
+    /// A buffer for the ciphertext of `segs` segments: a pooled one if there is one.
+    fn buffer(&self, segs: u64) -> Vec<u8> {
+        let need = HEADER_LEN + (segs * (SEGMENT + crypto::TAG)) as usize;
+        let k = class_of(segs);
+        if class_capacity(k) < need {
+            return Vec::with_capacity(need);
+        }
+        let mut pool = self.0.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = pool[k].pop() {
+            self.0.pooled.fetch_sub(b.capacity() as u64, Ordering::Relaxed);
+            return b;
+        }
+        // None of this size: one of another size is of no use now, free it.
+        if let Some(other) = pool.iter_mut().find_map(|c| c.pop()) {
+            self.0.pooled.fetch_sub(other.capacity() as u64, Ordering::Relaxed);
+        }
+        drop(pool);
+        Vec::with_capacity(class_capacity(k))
+    }
+
+    /// A chunk's buffer is free again: kept while reads are under way and what chunks hold
+    /// and the pool together stay within the limit, else freed.
+    fn give_back(&self, mut b: Vec<u8>) {
+        let cap = b.capacity();
+        let Some(k) = (0..CLASSES).find(|&k| class_capacity(k) == cap) else { return };
+        let used = self.used();
+        if used == 0 || used + self.0.pooled.load(Ordering::Relaxed) + cap as u64 > self.0.limit {
+            return;
+        }
+        b.clear();
+        self.0.pooled.fetch_add(cap as u64, Ordering::Relaxed);
+        self.0.pool.lock().unwrap_or_else(|p| p.into_inner())[k].push(b);
+    }
+
+    /// Free the buffers kept for reuse (a mount calls it now and then: a reader that stopped
+    /// half-way keeps `used` above 0).
+    pub fn trim(&self) {
+        self.drain();
+    }
+
+    /// Free every pooled buffer (no chunk is left).
+    fn drain(&self) {
+        let freed: Vec<Vec<u8>> = self.0.pool.lock().unwrap_or_else(|p| p.into_inner()).iter_mut().flat_map(std::mem::take).collect();
+        self.0.pooled.fetch_sub(freed.iter().map(|b| b.capacity() as u64).sum(), Ordering::Relaxed);
+    }
+}
+
+/// Bytes of a budget held by one chunk, given back when it is dropped.
+struct Lease {
+    budget: Budget,
+    n: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.budget.0.used.fetch_sub(self.n, Ordering::AcqRel) == self.n {
+            self.budget.drain();
+        }
+    }
+}
+
+/// A chunk's plaintext in its (pooled) buffer, handed out as `Bytes`: the buffer goes back to
+/// the pool when the last of them is dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+    budget: Budget,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.budget.give_back(std::mem::take(&mut self.buf));
+    }
+}
+
+/// One version of a file in the bucket, opened: its key, its plaintext size and its data key.
+pub struct Object {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    size: u64,
+    /// Segments in the object (a file of 0 bytes has one, empty).
+    n: u64,
+    opened: Opened,
+}
+
+impl Object {
+    /// An object whose header is known (recorded in the index or a journal): it must carry
+    /// exactly that header.
+    pub fn new(store: Arc<dyn ObjectStore>, sk: &StaticSecret, key: &str, size: u64, header: &[u8]) -> Result<Arc<Object>, ReadError> {
+        let corrupt = |e: String| ReadError::Corrupt(format!("object {key}: {e}"));
+        let h = Header::parse(header).map_err(|e| corrupt(e.to_string()))?;
+        let opened = Opened::open(sk, &h).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Arc::new(Object { store, key: key.to_string(), size, n: crypto::segment_count(size), opened }))
+    }
+
+    /// An object whose header is not known: read from the object itself (one small GET).
+    pub async fn fetch(store: Arc<dyn ObjectStore>, sk: &StaticSecret, key: &str, size: u64) -> Result<Arc<Object>, ReadError> {
+        let b = store.get_range(key, 0, HEADER_LEN as u64).await?;
+        if b.len() < HEADER_LEN {
+            return Err(ReadError::Corrupt(format!("object {key}: {} bytes, shorter than a header", b.len())));
+        }
+        Object::new(store, sk, key, size, &b)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The object's 128-byte header.
+    pub fn header(&self) -> &[u8] {
+        &self.opened.header().bytes
     }
 
     fn corrupt(&self, why: String) -> ReadError {
         ReadError::Corrupt(format!("object {}: {why}", self.key))
     }
 
-    /// The object's 128-byte header, known once the first segment has been handed out.
-    pub fn header(&self) -> Option<&[u8]> {
-        self.header.as_deref()
+    /// Ciphertext range of segments [first, end); from byte 0 (the header) when `first` is 0.
+    fn cipher_range(&self, first: u64, end: u64) -> (u64, u64) {
+        let start = if first == 0 { 0 } else { crypto::segment_cipher_range(self.size, first).0 };
+        (start, crypto::segment_cipher_range(self.size, end - 1).1)
     }
 
-    /// The next segment's plaintext; `None` once the last has been handed out. After an error,
-    /// every call fails.
-    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
-        if self.failed {
-            return Err(self.corrupt("read again after an error".into()));
-        }
-        let r = self.next_segment().await;
-        self.failed = r.is_err();
-        r
-    }
-
-    async fn next_segment(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
-        if self.seg >= self.n {
-            return Ok(None);
-        }
-        if self.seg.is_multiple_of(CHUNK_SEGMENTS) {
-            self.next_chunk().await?;
-        }
-        let (cs, ce) = crypto::segment_cipher_range(self.size, self.seg);
-        let len = (ce - cs) as usize;
-        let o = self.opened.as_ref().expect("opened with the first chunk");
-        let pt = o
-            .decrypt_segment(self.size, self.seg, &self.body[self.at..self.at + len])
-            .map_err(|e| self.corrupt(format!("segment {}: {e}", self.seg)))?;
-        self.at += len;
-        self.seg += 1;
-        Ok(Some(pt))
-    }
-
-    async fn next_chunk(&mut self) -> Result<(), ReadError> {
-        let c = self.seg / CHUNK_SEGMENTS;
-        while self.requested < self.chunks && self.pending.0.len() < CHUNKS_IN_FLIGHT {
-            let (s, e) = self.range(self.requested);
-            let st = self.store.clone();
-            let key = self.key.clone();
-            self.pending.0.push_back(tokio::spawn(async move { st.get_range(&key, s, e).await }));
-            self.requested += 1;
-        }
-        let task = self.pending.0.pop_front().expect("a chunk in flight");
-        let body = task.await.map_err(|e| ReadError::Task(e.to_string()))??;
-        let (s, e) = self.range(c);
-        if body.len() as u64 != e - s {
-            return Err(self.corrupt(format!("{} bytes where {} were expected: shorter than its recorded size", s + body.len() as u64, e)));
-        }
-        self.at = 0;
-        if c == 0 {
-            let h = Header::parse(&body).map_err(|e| self.corrupt(e.to_string()))?;
-            if self.want_header.as_deref().is_some_and(|want| want != &h.bytes[..]) {
+    /// Check and decrypt the ciphertext of segments [first, end) in `buf`, in place: the first
+    /// bytes of `buf` are then their plaintext, in order; its length is returned.
+    fn decrypt(&self, first: u64, end: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let mut from = 0usize;
+        if first == 0 {
+            if buf[..HEADER_LEN] != self.opened.header().bytes[..] {
                 return Err(self.corrupt("its header is not the one recorded for this version (another object under its key)".into()));
             }
-            self.opened = Some(Opened::open(self.sk, &h).map_err(|e| self.corrupt(e.to_string()))?);
-            self.header = Some(h.bytes.to_vec());
-            self.at = crypto::HEADER_LEN;
+            from = HEADER_LEN;
         }
-        self.body = body;
-        Ok(())
+        let mut to = 0usize;
+        for j in first..end {
+            let (a, b) = crypto::segment_cipher_range(self.size, j);
+            let len = (b - a) as usize;
+            let plen = self
+                .opened
+                .decrypt_segment_in_place(self.size, j, &mut buf[from..from + len])
+                .map_err(|e| self.corrupt(format!("segment {j}: {e}")))?;
+            buf.copy_within(from..from + plen, to);
+            from += len;
+            to += plen;
+        }
+        Ok(to)
     }
 }
 
-/// GETs still in flight when a read ends early are cancelled, not left running.
-struct InFlight(VecDeque<tokio::task::JoinHandle<Result<Bytes, StoreError>>>);
+type Outcome = Option<Result<Bytes, ReadError>>;
 
-impl Drop for InFlight {
+/// Segments [first, end) of an object: one GET, checked and decrypted in a task of its own.
+pub struct Chunk {
+    first: u64,
+    end: u64,
+    rx: watch::Receiver<Outcome>,
+    task: tokio::task::AbortHandle,
+    _lease: Lease,
+}
+
+impl Chunk {
+    fn start(obj: Arc<Object>, first: u64, end: u64, lease: Lease, rt: &tokio::runtime::Handle) -> Chunk {
+        let (tx, rx) = watch::channel(None);
+        let budget = lease.budget.clone();
+        let task = rt.spawn(async move {
+            let r = Chunk::fetch(obj, first, end, budget).await;
+            let _ = tx.send(Some(r));
+        });
+        Chunk { first, end, rx, task: task.abort_handle(), _lease: lease }
+    }
+
+    async fn fetch(obj: Arc<Object>, first: u64, end: u64, budget: Budget) -> Result<Bytes, ReadError> {
+        let (s, e) = obj.cipher_range(first, end);
+        let buf = obj.store.get_range_into(&obj.key, s, e, budget.buffer(end - first)).await?;
+        if buf.len() as u64 != e - s {
+            let got = s + buf.len() as u64;
+            budget.give_back(buf);
+            return Err(obj.corrupt(format!("{got} bytes where {e} were expected: shorter than its recorded size")));
+        }
+        // Decryption is CPU work: on a blocking thread, not on the runtime's workers.
+        tokio::task::spawn_blocking(move || {
+            let mut buf = buf;
+            match obj.decrypt(first, end, &mut buf) {
+                Ok(len) => Ok(Bytes::from_owner(Pooled { buf, len, budget })),
+                Err(e) => {
+                    budget.give_back(buf);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| ReadError::Task(e.to_string()))?
+    }
+
+    /// Plaintext offset of the chunk's first byte.
+    pub fn offset(&self) -> u64 {
+        self.first * SEGMENT
+    }
+
+    /// The chunk's plaintext, once fetched and checked.
+    pub async fn data(&self) -> Result<Bytes, ReadError> {
+        let mut rx = self.rx.clone();
+        let r = rx.wait_for(|o| o.is_some()).await.map_err(|_| ReadError::Task("a chunk's download ended without a result".into()))?;
+        r.clone().expect("waited for a result")
+    }
+}
+
+impl Drop for Chunk {
+    /// A chunk nobody will read any more is not fetched to the end.
     fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
+        self.task.abort();
     }
 }
+
+/// One reader of one object, reading ahead of it while it goes forward.
+pub struct Reader {
+    obj: Arc<Object>,
+    budget: Budget,
+    rt: tokio::runtime::Handle,
+    /// Chunks requested, in order and contiguous: segments [front.first, next).
+    chunks: VecDeque<Arc<Chunk>>,
+    next: u64,
+    /// Bytes to keep requested beyond what is read (0 after a seek)…
+    window: u64,
+    /// …at most this much.
+    max_window: u64,
+    /// Bytes kept behind the position of the last read.
+    behind: u64,
+    started: bool,
+}
+
+impl Reader {
+    /// A reader whose chunks run on `rt`.
+    pub fn new(obj: Arc<Object>, budget: Budget, rt: tokio::runtime::Handle) -> Reader {
+        let max_window = MAX_WINDOW.min(budget.limit() / 2).max(SEGMENT);
+        Reader { obj, budget, rt, chunks: VecDeque::new(), next: 0, window: 0, max_window, behind: BEHIND, started: false }
+    }
+
+    pub fn object(&self) -> &Arc<Object> {
+        &self.obj
+    }
+
+    /// The chunks holding segments [first, last], requested now if they were not, and the
+    /// read-ahead beyond them when the reader is going forward.
+    fn plan_segments(&mut self, first: u64, last: u64) -> Vec<Arc<Chunk>> {
+        let n = self.obj.n;
+        let last = last.min(n - 1);
+        // Within what was requested, or right where the requests ended.
+        let buffered = (self.chunks.front().is_some_and(|c| c.first <= first) && first <= self.next) || (self.started && first == self.next);
+        let forward = buffered || (!self.started && first == 0);
+        self.started = true;
+        if !buffered {
+            // A seek: what was ahead is of no use now.
+            self.chunks.clear();
+            self.next = first;
+        }
+        if !forward {
+            self.window = 0;
+        } else if self.window == 0 {
+            self.window = INITIAL_WINDOW.min(self.max_window);
+        }
+        while self.chunks.front().is_some_and(|c| (c.end * SEGMENT).saturating_add(self.behind) <= first * SEGMENT) {
+            self.chunks.pop_front();
+        }
+        // What the caller waits for: always requested, with the window's first part if the
+        // budget has room for it.
+        if self.next <= last {
+            let ahead = (self.window / SEGMENT).min(CHUNK_MAX / SEGMENT);
+            let end = (last + 1).max(self.next + ahead).min(n);
+            match self.budget.try_take((end - self.next) * SEGMENT) {
+                Some(lease) => self.push(end, lease),
+                None => {
+                    let lease = self.budget.take((last + 1 - self.next) * SEGMENT);
+                    self.push(last + 1, lease);
+                }
+            }
+        }
+        // Read-ahead, while the budget has room, in GETs as large as the window allows: a
+        // request waits until there is room for a whole one (or the rest of the object).
+        if forward {
+            let target = (last + 1 + self.window / SEGMENT).min(n);
+            while self.next < target {
+                let size = (self.window / SEGMENT).clamp(1, CHUNK_MAX / SEGMENT);
+                let segs = size.min(n - self.next);
+                if self.next + segs > target {
+                    break;
+                }
+                let Some(lease) = self.budget.try_take(segs * SEGMENT) else { break };
+                self.push(self.next + segs, lease);
+            }
+        }
+        self.chunks.iter().filter(|c| c.end > first && c.first <= last).cloned().collect()
+    }
+
+    /// Request the beginning of the object before anyone reads it (the next files of a folder
+    /// being copied), if the budget has room for it: false if it has not.
+    pub fn start_ahead(&mut self) -> bool {
+        if self.started {
+            return true;
+        }
+        let segs = (INITIAL_WINDOW / SEGMENT).min(self.obj.n);
+        let Some(lease) = self.budget.try_take(segs * SEGMENT) else { return false };
+        self.started = true;
+        self.window = INITIAL_WINDOW.min(self.max_window);
+        self.push(segs, lease);
+        true
+    }
+
+    fn push(&mut self, end: u64, lease: Lease) {
+        let c = Chunk::start(self.obj.clone(), self.next, end, lease, &self.rt);
+        self.chunks.push_back(Arc::new(c));
+        self.next = end;
+        self.window = (self.window * 2).min(self.max_window);
+    }
+
+    /// The chunks holding plaintext [offset, offset + len) (none past the end of the object).
+    pub fn plan(&mut self, offset: u64, len: u64) -> Vec<Arc<Chunk>> {
+        let end = (offset.saturating_add(len)).min(self.obj.size);
+        if offset >= end {
+            return Vec::new();
+        }
+        self.plan_segments(offset / SEGMENT, (end - 1) / SEGMENT)
+    }
+}
+
+/// Plaintext [offset, offset + len) of `reader`'s object (shorter at its end): a slice of one
+/// chunk, without a copy, when it lies within one. The lock is held only to plan, never while
+/// waiting, so reads of one reader wait for each other only as long as the data they need is
+/// in flight.
+pub async fn read_at(reader: &Mutex<Reader>, offset: u64, len: u64) -> Result<Bytes, ReadError> {
+    let chunks = reader.lock().unwrap_or_else(|p| p.into_inner()).plan(offset, len);
+    let mut parts = Vec::with_capacity(chunks.len());
+    for c in &chunks {
+        parts.push(c.data().await?);
+    }
+    Ok(assemble(&chunks, parts, offset, len))
+}
+
+/// `read_at` if everything it needs has arrived already (requesting what it needs and the
+/// read-ahead either way): `None` when it would wait. A caller that must not wait (a FUSE
+/// thread) answers at once, and hands the read to a thread that may wait otherwise.
+pub fn read_ready(reader: &Mutex<Reader>, offset: u64, len: u64) -> Option<Result<Bytes, ReadError>> {
+    let chunks = reader.lock().unwrap_or_else(|p| p.into_inner()).plan(offset, len);
+    let mut parts = Vec::with_capacity(chunks.len());
+    for c in &chunks {
+        match c.rx.borrow().as_ref()? {
+            Ok(d) => parts.push(d.clone()),
+            Err(e) => return Some(Err(e.clone())),
+        }
+    }
+    Some(Ok(assemble(&chunks, parts, offset, len)))
+}
+
+/// Plaintext [offset, offset + len) out of the data of `chunks`.
+fn assemble(chunks: &[Arc<Chunk>], data: Vec<Bytes>, offset: u64, len: u64) -> Bytes {
+    let end = offset + len;
+    let mut parts: Vec<Bytes> = Vec::with_capacity(chunks.len());
+    for (c, d) in chunks.iter().zip(data) {
+        let from = offset.max(c.offset()) - c.offset();
+        let to = (end.min(c.offset() + d.len() as u64)).saturating_sub(c.offset());
+        if from < to {
+            parts.push(d.slice(from as usize..to as usize));
+        }
+    }
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => Bytes::from(parts.concat()),
+    }
+}
+
+/// The plaintext of one object from start to end, a chunk at a time (`get`, `verify --deep`,
+/// snapshots). The last segment is authenticated as the last, so a truncated object fails;
+/// after an error nothing more is handed out.
+pub struct Plaintext {
+    reader: Reader,
+    /// Next segment to hand out.
+    seg: u64,
+    /// The first chunk, when it came with the object's header (`open` without one), and its
+    /// share of the budget.
+    first: Option<(Bytes, Lease)>,
+    failed: bool,
+}
+
+impl Plaintext {
+    /// `size`: the plaintext length (recorded, or `plaintext_len` of the listed length).
+    /// `header`: the header recorded for this version, which the object must carry; `None`:
+    /// the object's own, read with its first chunk (one GET for both).
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        sk: &StaticSecret,
+        key: &str,
+        size: u64,
+        header: Option<&[u8]>,
+        budget: Budget,
+    ) -> Result<Plaintext, ReadError> {
+        let rt = tokio::runtime::Handle::current();
+        let Some(h) = header else { return Plaintext::open_unknown(store, sk, key, size, budget).await };
+        let obj = Object::new(store, sk, key, size, h)?;
+        Ok(Plaintext::with(Reader::new(obj, budget, rt), 0, None))
+    }
+
+    async fn open_unknown(store: Arc<dyn ObjectStore>, sk: &StaticSecret, key: &str, size: u64, budget: Budget) -> Result<Plaintext, ReadError> {
+        let segs = (INITIAL_WINDOW / SEGMENT).min(crypto::segment_count(size));
+        let end = crypto::segment_cipher_range(size, segs - 1).1;
+        let lease = budget.take(segs * SEGMENT);
+        let mut buf = store.get_range_into(key, 0, end, budget.buffer(segs)).await?;
+        if buf.len() < HEADER_LEN {
+            return Err(ReadError::Corrupt(format!("object {key}: {} bytes, shorter than a header", buf.len())));
+        }
+        let obj = Object::new(store, sk, key, size, &buf[..HEADER_LEN])?;
+        if buf.len() as u64 != end {
+            return Err(obj.corrupt(format!("{} bytes where {end} were expected: shorter than its recorded size", buf.len())));
+        }
+        let len = obj.decrypt(0, segs, &mut buf)?;
+        let data = Bytes::from_owner(Pooled { buf, len, budget: budget.clone() });
+        let mut reader = Reader::new(obj, budget, tokio::runtime::Handle::current());
+        // Requested up to `segs`, as if by the reader itself: it reads on from there.
+        reader.started = true;
+        reader.next = segs;
+        reader.window = (2 * INITIAL_WINDOW).min(reader.max_window);
+        Ok(Plaintext::with(reader, segs, Some((data, lease))))
+    }
+
+    fn with(mut reader: Reader, seg: u64, first: Option<(Bytes, Lease)>) -> Plaintext {
+        // Read once, in order: nothing is kept behind.
+        reader.behind = 0;
+        Plaintext { reader, seg, first, failed: false }
+    }
+
+    pub fn object(&self) -> &Arc<Object> {
+        self.reader.object()
+    }
+
+    /// The next piece of plaintext (a chunk); `None` once the last segment has been handed out.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ReadError> {
+        if let Some((data, _lease)) = self.first.take() {
+            return Ok(Some(data));
+        }
+        if self.failed {
+            return Err(self.reader.obj.corrupt("read again after an error".into()));
+        }
+        if self.seg >= self.reader.obj.n {
+            return Ok(None);
+        }
+        let r = self.next_chunk().await;
+        self.failed = r.is_err();
+        r.map(Some)
+    }
+
+    async fn next_chunk(&mut self) -> Result<Bytes, ReadError> {
+        let c = self.reader.plan_segments(self.seg, self.seg).into_iter().next().expect("the chunk holding a segment of the object");
+        let d = c.data().await?;
+        // Chunks start where the one before ended, so this one starts at `seg`.
+        debug_assert_eq!(c.first, self.seg);
+        self.seg = c.end;
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests;

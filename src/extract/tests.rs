@@ -1,7 +1,7 @@
 //! What a restore may and may not do to the destination, and fetching in bounded chunks.
 
 use super::*;
-use crate::sealed::CHUNK_SEGMENTS;
+use crate::sealed::{Budget, CHUNK_MAX, INITIAL_WINDOW};
 use crate::store::memory::MemoryStore;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -158,18 +158,19 @@ fn sealed(keys: &crypto::VaultKeys, data: &[u8]) -> (Vec<u8>, Wanted) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_comes_back_whole_in_chunks() {
     let k = keys();
-    for size in [0u64, 1, crypto::SEGMENT, CHUNK_SEGMENTS * crypto::SEGMENT, CHUNK_SEGMENTS * crypto::SEGMENT * 3 + 12345] {
+    for size in [0u64, 1, crypto::SEGMENT, INITIAL_WINDOW, CHUNK_MAX, CHUNK_MAX * 3 + 12345] {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         let (body, w) = sealed(&k, &data);
         let store = MemoryStore::new();
         store.plant(&w.key, &body);
         let mut out = Vec::new();
         let progress = AtomicU64::new(0);
-        fetch_to(store.clone(), &k, &w, &mut out, &progress).await.unwrap();
+        fetch_to(store.clone(), &k, &w, &mut out, &progress, &Budget::new(16 << 20)).await.unwrap();
         assert!(out == data, "size {size}");
         assert_eq!(progress.load(Ordering::Relaxed), size);
+        // The first MiB in one GET, then larger ones: never more than one per MiB.
         let gets = store.calls_of("GetObject");
-        assert_eq!(gets, crypto::segment_count(size).div_ceil(CHUNK_SEGMENTS), "size {size}: one GET per chunk");
+        assert!(gets >= 1 && gets <= size.div_ceil(INITIAL_WINDOW).max(1), "size {size}: {gets} GETs");
     }
 }
 
@@ -177,7 +178,7 @@ async fn a_file_comes_back_whole_in_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_object_is_refused() {
     let k = keys();
-    let data: Vec<u8> = (0..(CHUNK_SEGMENTS * crypto::SEGMENT * 2)).map(|i| (i % 253) as u8).collect();
+    let data: Vec<u8> = (0..(INITIAL_WINDOW * 3)).map(|i| (i % 253) as u8).collect();
     let (body, w) = sealed(&k, &data);
     let fetch = |planted: Vec<u8>, w: Wanted| {
         let k = &k;
@@ -185,7 +186,7 @@ async fn a_wrong_object_is_refused() {
             let store = MemoryStore::new();
             store.plant(&w.key, &planted);
             let mut out = Vec::new();
-            fetch_to(store, k, &w, &mut out, &AtomicU64::new(0)).await
+            fetch_to(store, k, &w, &mut out, &AtomicU64::new(0), &Budget::new(16 << 20)).await
         }
     };
     let short = fetch(body[..body.len() - 100].to_vec(), w.clone()).await;
@@ -201,7 +202,7 @@ async fn a_wrong_object_is_refused() {
     assert!(matches!(&lying, Err(ExtractError::Corrupt(m)) if m.contains("SHA-256")), "{lying:?}");
     let missing = {
         let store = MemoryStore::new();
-        fetch_to(store, &k, &w, &mut Vec::new(), &AtomicU64::new(0)).await
+        fetch_to(store, &k, &w, &mut Vec::new(), &AtomicU64::new(0), &Budget::new(16 << 20)).await
     };
     assert!(matches!(missing, Err(ExtractError::Store(StoreError::NotFound))), "{missing:?}");
 }

@@ -8,7 +8,7 @@ impl Fs {
     pub(super) fn alloc_handle(c: &mut Core, ino: u64, write: bool) -> u64 {
         let fh = c.next_fh;
         c.next_fh += 1;
-        c.handles.insert(fh, Handle { ino, write, virt: None });
+        c.handles.insert(fh, Handle { ino, write, virt: None, reader: None });
         fh
     }
 
@@ -48,10 +48,18 @@ impl Fs {
         let tmp = self.staging.fetch_path(ino);
         let fetch = || -> Result<()> {
             let out = File::create(&tmp)?;
+            // From S3: one reader for the whole file, so that it reads ahead.
+            let reader = match &src {
+                Source::Remote(k) => Some(self.remote_reader(&i, k)?),
+                _ => None,
+            };
             let mut off = 0u64;
             while off < i.size {
-                let n = (i.size - off).min(8 * SEGMENT);
-                let data = self.read_source(&i, &src, off, n)?;
+                let n = (i.size - off).min(16 * SEGMENT);
+                let data = match &reader {
+                    Some(r) => self.read_remote(&i, r, off, n)?,
+                    None => self.read_source(&i, &src, off, n)?.into(),
+                };
                 out.write_all_at(&data, off)?;
                 off += data.len() as u64;
                 if data.is_empty() {

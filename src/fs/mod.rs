@@ -17,6 +17,7 @@
 pub mod error;
 
 // One `impl Fs` per concern; the shared state and its lock live here.
+mod ahead;
 mod archive;
 mod attrs;
 mod handles;
@@ -53,9 +54,6 @@ const SEAL_HEADROOM: u64 = 16 << 20;
 /// How often the group commit makes everything survive power loss (ext4 commits every 5 s).
 pub const GROUP_COMMIT: Duration = Duration::from_secs(5);
 
-/// Segments fetched per remote GET on a cache miss (1 MiB): sequential readers need fewer requests.
-const READ_AHEAD_SEGMENTS: u64 = 16;
-
 pub use crate::clock::{now_ms, now_ns};
 
 #[derive(Clone, Debug)]
@@ -74,8 +72,9 @@ pub struct FsConfig {
     pub ignore: Vec<String>,
     /// Bytes of uploaded objects kept locally for reads (0: release after upload).
     pub read_cache: u64,
-    /// Bytes of decrypted segments kept in memory.
-    pub segment_cache: u64,
+    /// Bytes of file content all readers of the mount may have requested from S3 ahead of
+    /// what they read (`sealed::Budget`): the memory bound of reading.
+    pub read_ahead: u64,
     /// Interval of the group commit (`GROUP_COMMIT`).
     pub group_commit: Duration,
     /// The largest file accepted (`MAX_FILE_SIZE` unless set lower): a write or truncate
@@ -146,6 +145,8 @@ struct Handle {
     write: bool,
     /// Content of a virtual (status) file, fixed at open.
     virt: Option<Arc<Vec<u8>>>,
+    /// The reader of the object this handle reads from S3, made by its first remote read.
+    reader: Option<Arc<std::sync::Mutex<crate::sealed::Reader>>>,
 }
 
 struct Core {
@@ -185,16 +186,6 @@ enum Source {
     Remote(String),
 }
 
-type SegCache = quick_cache::sync::Cache<([u8; 16], u64), Arc<Vec<u8>>, SegWeighter>;
-
-#[derive(Clone)]
-struct SegWeighter;
-impl quick_cache::Weighter<([u8; 16], u64), Arc<Vec<u8>>> for SegWeighter {
-    fn weight(&self, _k: &([u8; 16], u64), v: &Arc<Vec<u8>>) -> u64 {
-        v.len() as u64 + 64
-    }
-}
-
 pub struct Fs {
     pub cfg: FsConfig,
     core: Mutex<Core>,
@@ -204,7 +195,10 @@ pub struct Fs {
     pub store: Arc<Counted>,
     pub rt: tokio::runtime::Handle,
     pub staging: Staging,
-    segs: SegCache,
+    /// What all readers of remote content may request ahead of what they read.
+    read_budget: crate::sealed::Budget,
+    /// Folder read-ahead (`ahead.rs`); its lock is never held while taking `core`'s.
+    ahead: std::sync::Mutex<ahead::FolderAhead>,
     /// Woken when an upload is queued.
     pub upload_wakeup: tokio::sync::Notify,
     /// Woken when a restore is recorded and must be sent.
@@ -255,7 +249,7 @@ impl Fs {
         // SAFETY: as above.
         let gid = unsafe { libc::getgid() };
         let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
-        let segs = SegCache::with_weighter(1024, cfg.segment_cache.max(1 << 20), SegWeighter);
+        let read_budget = crate::sealed::Budget::new(cfg.read_ahead);
         let signer = Self::load_signer(&db)?;
         let fs = Arc::new(Fs {
             cfg,
@@ -275,7 +269,8 @@ impl Fs {
             store,
             rt,
             staging,
-            segs,
+            read_budget,
+            ahead: Default::default(),
             upload_wakeup: tokio::sync::Notify::new(),
             restore_wakeup: tokio::sync::Notify::new(),
             journal_wakeup: tokio::sync::Notify::new(),
@@ -347,6 +342,7 @@ impl Fs {
     /// The group commit: `sync_durable` and a WAL checkpoint (so the WAL stays small) when
     /// anything changed since the last one.
     pub fn group_commit(&self) -> Result<()> {
+        self.expire_read_ahead();
         let idle = {
             let c = self.core();
             !c.written && c.db.conn().total_changes() == c.synced_changes && c.after_durable.is_empty()

@@ -1,6 +1,10 @@
-//! The read path: plaintext spool, local sealed copy or the object in S3 (segment cache, read-ahead), decrypting and authenticating every segment.
+//! The read path: plaintext spool, local sealed copy, or the object in S3 through the handle's
+//! `sealed::Reader` (read-ahead while the reader goes forward, chunks fetched and decrypted off
+//! the FUSE threads, one memory budget for the mount); every segment authenticated.
 
 use super::*;
+use crate::sealed::{Object, ReadError, Reader};
+use bytes::Bytes;
 
 impl Fs {
     // ------------------------------------------------------------------ reading
@@ -21,22 +25,19 @@ impl Fs {
             if cached.exists() {
                 return Ok(Source::Local(cached));
             }
+            // An archived object's GET fails (`read` turns that into EAGAIN and a restore).
             let key = i.object_key.clone().ok_or(FsError::Invalid("no object key"))?;
-            if i.storage_class.as_deref().is_some_and(crate::store::is_archive_class) {
-                // Issue 3 adds restores; until the object is restored its bytes are unreadable.
-                return Ok(Source::Remote(key));
-            }
             return Ok(Source::Remote(key));
         }
         Err(FsError::Invalid("file has no readable content"))
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
         let virt = self.core().handles.get(&fh).and_then(|h| h.virt.clone());
         if let Some(v) = virt {
             let start = (offset as usize).min(v.len());
             let end = (start + size as usize).min(v.len());
-            return Ok(v[start..end].to_vec());
+            return Ok(Bytes::copy_from_slice(&v[start..end]));
         }
         match self.read_inner(fh, offset, size) {
             Err(FsError::Store(StoreError::Archived)) => {
@@ -50,7 +51,47 @@ impl Fs {
         }
     }
 
-    pub(super) fn read_inner(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// `read`, if it can be answered without waiting: the handle reads an object in S3 whose
+    /// data has arrived (read-ahead), or a virtual file. `None`: call `read` on a thread that
+    /// may wait (it finds the chunks this call requested).
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Result<Bytes>> {
+        let (i, reader) = {
+            let c = self.core();
+            let h = c.handles.get(&fh)?;
+            if let Some(v) = &h.virt {
+                let start = (offset as usize).min(v.len());
+                let end = (start + size as usize).min(v.len());
+                return Some(Ok(Bytes::copy_from_slice(&v[start..end])));
+            }
+            let reader = h.reader.clone()?;
+            if c.open.get(&h.ino).is_some_and(|o| o.spool.is_some()) {
+                return None;
+            }
+            let i = Self::get_inode(&c, h.ino).ok()?;
+            if i.state != State::Uploaded {
+                return None;
+            }
+            (i, reader)
+        };
+        {
+            // Still the object this handle's reader reads (the file was not uploaded again).
+            let r = reader.lock().unwrap_or_else(|p| p.into_inner());
+            if i.object_key.as_deref() != Some(r.object().key()) || i.header.as_deref().is_some_and(|h| h != r.object().header()) {
+                return None;
+            }
+        }
+        if offset >= i.size {
+            return Some(Ok(Bytes::new()));
+        }
+        let len = (size as u64).min(i.size - offset);
+        match crate::sealed::read_ready(&reader, offset, len)? {
+            Ok(b) => Some(Ok(b)),
+            // Failures (an archived object: EAGAIN and a restore) are `read`'s to handle.
+            Err(_) => None,
+        }
+    }
+
+    pub(super) fn read_inner(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
         // Sealing or an upload completing may move the content (spool -> outbox -> S3) between
         // choosing the source and opening it: look again rather than fail the read.
         let mut tries = 0;
@@ -62,7 +103,7 @@ impl Fs {
         }
     }
 
-    pub(super) fn read_once(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub(super) fn read_once(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
         let (ino, _) = self.handle_ino(fh)?;
         let (i, spool, src) = {
             let c = self.core();
@@ -72,15 +113,77 @@ impl Fs {
             (i, spool, src)
         };
         if offset >= i.size {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let len = (size as u64).min(i.size - offset);
         if let Some(sp) = spool {
-            return read_plain(&sp, offset, len);
+            return read_plain(&sp, offset, len).map(Bytes::from);
         }
         match src {
-            None => read_plain(&self.staging.open_spool(ino)?, offset, len),
-            Some(src) => self.read_source(&i, &src, offset, len),
+            None => read_plain(&self.staging.open_spool(ino)?, offset, len).map(Bytes::from),
+            Some(Source::Remote(key)) => {
+                let reader = self.handle_reader(fh, &i, &key, offset)?;
+                self.read_remote(&i, &reader, offset, len)
+            }
+            Some(src) => self.read_source(&i, &src, offset, len).map(Bytes::from),
+        }
+    }
+
+    /// The reader of handle `fh` for object `key` of `i`: the one its earlier reads used if it
+    /// reads that object, else one started ahead for it (`ahead.rs`), else a new one. A first
+    /// read at `offset` 0 tells the folder read-ahead.
+    fn handle_reader(&self, fh: u64, i: &Inode, key: &str, offset: u64) -> Result<Arc<std::sync::Mutex<Reader>>> {
+        let same = |r: &Arc<std::sync::Mutex<Reader>>| {
+            let r = r.lock().unwrap_or_else(|p| p.into_inner());
+            r.object().key() == key && i.header.as_deref().is_none_or(|h| h == r.object().header())
+        };
+        if let Some(r) = self.core().handles.get(&fh).and_then(|h| h.reader.clone()) {
+            if same(&r) {
+                return Ok(r);
+            }
+        }
+        let r = match self.adopt_started(i, key) {
+            Some(r) => r,
+            None => self.remote_reader(i, key)?,
+        };
+        if let Some(h) = self.core().handles.get_mut(&fh) {
+            h.reader = Some(r.clone());
+        }
+        if offset == 0 {
+            self.folder_read_began(i);
+        }
+        Ok(r)
+    }
+
+    /// A new reader of object `key` holding the content of `i`, under the header the index
+    /// recorded for it (a different object under the key fails authentication).
+    pub(super) fn remote_reader(&self, i: &Inode, key: &str) -> Result<Arc<std::sync::Mutex<Reader>>> {
+        let sk = self.keys.secret.as_ref().ok_or(FsError::WriteOnly)?;
+        let store: Arc<dyn crate::store::ObjectStore> = self.store.clone();
+        let obj = match i.header.as_deref() {
+            Some(h) => Object::new(store, sk, key, i.size, h),
+            // An index of an early build without the header: read from the object.
+            None => self.rt.block_on(Object::fetch(store, sk, key, i.size)),
+        }
+        .map_err(|e| self.read_failed(i, e))?;
+        Ok(Arc::new(std::sync::Mutex::new(Reader::new(obj, self.read_budget.clone(), self.rt.clone()))))
+    }
+
+    /// Plaintext [offset, offset+len) of `i` through `reader`.
+    pub(super) fn read_remote(&self, i: &Inode, reader: &std::sync::Mutex<Reader>, offset: u64, len: u64) -> Result<Bytes> {
+        self.rt.block_on(crate::sealed::read_at(reader, offset, len)).map_err(|e| self.read_failed(i, e))
+    }
+
+    /// A failed read of remote content as the caller sees it; what is not the bucket's or the
+    /// network's doing is logged as a refusal.
+    fn read_failed(&self, i: &Inode, e: ReadError) -> FsError {
+        match e {
+            ReadError::Store(e) => FsError::Store(e),
+            ReadError::Corrupt(why) => {
+                tracing::error!(ino = i.ino, error = %why, "refusing to return data: object failed authentication");
+                FsError::Crypto(crypto::CryptoError::Auth)
+            }
+            ReadError::Task(why) => FsError::Io(std::io::Error::other(why)),
         }
     }
 
@@ -92,90 +195,58 @@ impl Fs {
         }
     }
 
-    /// Read plaintext [offset, offset+len) of `i` from an encrypted copy, segment by segment.
+    /// Read plaintext [offset, offset+len) of `i` from an encrypted copy on the staging disk,
+    /// segment by segment.
     pub(super) fn read_encrypted(&self, i: &Inode, src: &Source, offset: u64, len: u64) -> Result<Vec<u8>> {
         let sk = self.keys.secret.as_ref().ok_or(FsError::WriteOnly)?;
-        let header = match (src, &i.header) {
-            (Source::Plain(_), _) => return Err(FsError::Invalid("a plaintext source is not decrypted")),
-            (Source::Remote(_), Some(h)) => Header::parse(h)?,
+        let p = match src {
+            Source::Local(p) => p,
+            Source::Plain(_) => return Err(FsError::Invalid("a plaintext source is not decrypted")),
+            Source::Remote(k) => {
+                // A one-off read (no handle): a reader of its own.
+                let r = self.remote_reader(i, k)?;
+                return self.read_remote(i, &r, offset, len).map(|b| b.to_vec());
+            }
+        };
+        let f = File::open(p)?;
+        let header = match &i.header {
             // The local copy of an uploaded version (`--fetch-restored`) is read under the
             // header the index recorded for it, never under its own: a copy of another object
             // fails authentication instead of answering with that object's plaintext. (An
             // encrypted outbox file of an earlier build is a version not uploaded yet, whose
             // header only that file holds.)
-            (Source::Local(_), Some(h)) if i.state == State::Uploaded => Header::parse(h)?,
-            (Source::Local(p), _) => {
-                let f = File::open(p)?;
+            Some(h) if i.state == State::Uploaded => Header::parse(h)?,
+            _ => {
                 let mut b = [0u8; HEADER_LEN];
                 f.read_exact_at(&mut b, 0)?;
                 Header::parse(&b)?
             }
-            (Source::Remote(k), None) => {
-                let b = self.rt.block_on(self.store.get_range(k, 0, HEADER_LEN as u64))?;
-                Header::parse(&b)?
-            }
         };
         let opened = Opened::open(sk, &header).map_err(|e| self.log_bad_object(i, src, e))?;
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&header.bytes[96..112]);
         let size = i.size;
         let first = offset / SEGMENT;
         let last = (offset + len - 1) / SEGMENT;
-        let nseg = crypto::segment_count(size);
+        let (start, _) = crypto::segment_cipher_range(size, first);
+        let (_, end) = crypto::segment_cipher_range(size, last);
+        let mut raw = vec![0u8; (end - start) as usize];
+        f.read_exact_at(&mut raw, start).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.log_bad_object(i, src, crypto::CryptoError::Auth).into()
+            } else {
+                FsError::Io(e)
+            }
+        })?;
         let mut out = Vec::with_capacity(len as usize);
-        let mut s = first;
-        while s <= last {
-            let seg = match self.segs.get(&(id, s)) {
-                Some(p) => p,
-                None => {
-                    // Miss: fetch a run of segments in one request and cache them all.
-                    let upto = match src {
-                        Source::Remote(_) => (s + READ_AHEAD_SEGMENTS).min(nseg).max(last + 1).min(nseg),
-                        Source::Local(_) | Source::Plain(_) => last + 1,
-                    };
-                    let (start, _) = crypto::segment_cipher_range(size, s);
-                    let (_, end) = crypto::segment_cipher_range(size, upto - 1);
-                    let raw = match src {
-                        Source::Local(p) => {
-                            let f = File::open(p)?;
-                            let mut b = vec![0u8; (end - start) as usize];
-                            f.read_exact_at(&mut b, start).map_err(|e| {
-                                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                                    self.log_bad_object(i, src, crypto::CryptoError::Auth).into()
-                                } else {
-                                    FsError::Io(e)
-                                }
-                            })?;
-                            b
-                        }
-                        Source::Remote(k) => self.rt.block_on(self.store.get_range(k, start, end))?.to_vec(),
-                        Source::Plain(_) => return Err(FsError::Invalid("a plaintext source is not decrypted")),
-                    };
-                    if raw.len() as u64 != end - start {
-                        return Err(self.log_bad_object(i, src, crypto::CryptoError::Auth).into());
-                    }
-                    let mut result = None;
-                    for j in s..upto {
-                        let (a, b) = crypto::segment_cipher_range(size, j);
-                        let pt = opened
-                            .decrypt_segment(size, j, &raw[(a - start) as usize..(b - start) as usize])
-                            .map_err(|e| self.log_bad_object(i, src, e))?;
-                        let pt = Arc::new(pt);
-                        if j == s {
-                            result = Some(pt.clone());
-                        }
-                        self.segs.insert((id, j), pt);
-                    }
-                    result.expect("at least one segment")
-                }
-            };
-            let seg_start = s * SEGMENT;
+        for j in first..=last {
+            let (a, b) = crypto::segment_cipher_range(size, j);
+            let seg =
+                opened.decrypt_segment(size, j, &raw[(a - start) as usize..(b - start) as usize]).map_err(|e| self.log_bad_object(i, src, e))?;
+            let seg_start = j * SEGMENT;
             let from = offset.max(seg_start) - seg_start;
             let to = (offset + len).min(seg_start + seg.len() as u64) - seg_start;
             if from < to {
                 out.extend_from_slice(&seg[from as usize..to as usize]);
             }
-            s += 1;
         }
         Ok(out)
     }

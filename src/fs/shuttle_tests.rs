@@ -57,7 +57,7 @@ impl World {
             journal: crate::remote_meta::JournalConfig::default(),
             ignore: vec![],
             read_cache: 0,
-            segment_cache: 1 << 20,
+            read_ahead: 4 << 20,
             group_commit: crate::fs::GROUP_COMMIT,
             max_file_size: crate::fs::MAX_FILE_SIZE,
             vault_signed: false,

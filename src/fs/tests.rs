@@ -34,7 +34,7 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         journal: crate::remote_meta::JournalConfig { interval: Duration::from_secs(3600), ..Default::default() },
         ignore: DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect(),
         read_cache: 0,
-        segment_cache: 1 << 20,
+        read_ahead: 4 << 20,
         // Tests sync explicitly (a power cut is simulated by going back to a copy of the index).
         group_commit: Duration::from_secs(3600),
         max_file_size: crate::fs::MAX_FILE_SIZE,
@@ -501,7 +501,7 @@ fn status_file(e: &Env, ino: u64) -> Option<String> {
     assert!(direct);
     let t = fs.read(fh, 0, 1 << 20).unwrap();
     fs.release(fh).unwrap();
-    Some(String::from_utf8(t).unwrap())
+    Some(String::from_utf8(t.to_vec()).unwrap())
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -536,7 +536,7 @@ fn archived_file_restores_once_and_then_reads() {
     let ctl = e.fs().lookup(ROOT, OsStr::new(".coldvault")).unwrap();
     let l = e.fs().lookup(ctl.ino, OsStr::new("restores")).unwrap();
     let (fh, _) = e.fs().open(l.ino, false, false, 0).unwrap();
-    let text = String::from_utf8(e.fs().read(fh, 0, 65536).unwrap()).unwrap();
+    let text = String::from_utf8(e.fs().read(fh, 0, 65536).unwrap().to_vec()).unwrap();
     assert!(text.contains("raw/IMG_0001.CR2\tready"), "{text}");
 }
 
@@ -1233,7 +1233,7 @@ fn unlinked_open_file_stays_usable_until_closed() {
     assert_eq!(fs.getattr(i.ino).unwrap().size, 12, "fstat through the open handle");
     fs.write(fh, 12, b"!").unwrap();
     fs.setattr(i.ino, None, None, None, Some(5), None, None).unwrap();
-    assert_eq!(fs.read(fh, 0, 100).unwrap(), b"scrat");
+    assert_eq!(fs.read(fh, 0, 100).unwrap(), &b"scrat"[..]);
     fs.fsync(fh).unwrap();
     fs.seal_ready(true).unwrap();
     assert_eq!(e.puts(), 0, "an unlinked file is never uploaded");
@@ -1292,7 +1292,7 @@ fn read_on(fs: &Fs, path: &str) -> Vec<u8> {
     let (fh, _) = fs.open(i.ino, false, false, 0).unwrap();
     let d = fs.read(fh, 0, i.size as u32 + 1).unwrap();
     fs.release(fh).unwrap();
-    d
+    d.to_vec()
 }
 
 fn names_of(fs: &Fs) -> Vec<String> {

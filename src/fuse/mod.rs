@@ -319,6 +319,14 @@ impl fuser::Filesystem for ColdFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Data that has arrived (read-ahead) is answered here; a read that would wait for S3
+        // moves to a blocking task.
+        if let Some(r) = self.fs.read_now(fh.0, offset, size) {
+            return match r {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         let fs = self.fs.clone();
         self.fs.rt.spawn_blocking(move || match fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),

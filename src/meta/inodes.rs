@@ -74,6 +74,43 @@ impl Db {
         self.select_inodes("WHERE parent=?1 AND ino > ?2 AND ino != 1 ORDER BY ino LIMIT ?3", params![parent as i64, after as i64, limit])
     }
 
+    /// The regular file of folder `of.parent` just before `of`, in listing (inode) order or
+    /// in name order.
+    pub fn file_before(&self, of: &Inode, by_name: bool) -> Result<Option<u64>> {
+        let file = Kind::File as i64;
+        let (clause, key) = if by_name {
+            (
+                format!("WHERE parent=?1 AND kind={file} AND name < ?2 AND ino != 1 ORDER BY name DESC LIMIT 1"),
+                rusqlite::types::Value::Text(of.name.clone()),
+            )
+        } else {
+            (
+                format!("WHERE parent=?1 AND kind={file} AND ino < ?2 AND ino != 1 ORDER BY ino DESC LIMIT 1"),
+                rusqlite::types::Value::Integer(of.ino as i64),
+            )
+        };
+        Ok(self.select_inodes(&clause, params![of.parent as i64, key])?.first().map(|i| i.ino))
+    }
+
+    /// Up to `limit` regular files of folder `of.parent` after `of`, in listing (inode) order
+    /// or in name order.
+    pub fn files_after(&self, of: &Inode, by_name: bool, limit: usize) -> Result<Vec<Inode>> {
+        let file = Kind::File as i64;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (clause, key) = if by_name {
+            (
+                format!("WHERE parent=?1 AND kind={file} AND name > ?2 AND ino != 1 ORDER BY name LIMIT ?3"),
+                rusqlite::types::Value::Text(of.name.clone()),
+            )
+        } else {
+            (
+                format!("WHERE parent=?1 AND kind={file} AND ino > ?2 AND ino != 1 ORDER BY ino LIMIT ?3"),
+                rusqlite::types::Value::Integer(of.ino as i64),
+            )
+        };
+        self.select_inodes(&clause, params![of.parent as i64, key, limit])
+    }
+
     pub fn has_children(&self, parent: u64) -> Result<bool> {
         Ok(self.conn.row("SELECT 1 FROM inodes WHERE parent=?1 AND ino != 1 LIMIT 1", params![parent as i64], |_| Ok(())).optional()?.is_some())
     }

@@ -1,6 +1,6 @@
-//! Reading a snapshot without holding it: its segments are fetched and authenticated a few at a
-//! time (`sealed::Segments`) and fed to a JSON parser on a blocking thread, which hands each
-//! entry to the tree as soon as it is parsed. Memory stays at a few segments plus the tree,
+//! Reading a snapshot without holding it: it is fetched and authenticated a few chunks at a time
+//! (`sealed::Plaintext`) and fed to a JSON parser on a blocking thread, which hands each
+//! entry to the tree as soon as it is parsed. Memory stays at a few chunks plus the tree,
 //! however many files the snapshot lists (a 1,000,000-file snapshot is about 460 MB).
 //!
 //! The fields of a snapshot may come in any order (`SnapshotWriter` puts the entries first;
@@ -9,7 +9,7 @@
 
 use super::trust::{Role, Writer};
 use super::{Entry, RemoteError, Tree};
-use crate::sealed::{ReadError, Segments};
+use crate::sealed::{Budget, Plaintext, ReadError};
 use crate::store::ObjectStore;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
@@ -153,8 +153,8 @@ impl<'de, F: FnMut(Entry, Option<String>)> Visitor<'de> for Entries<'_, F> {
 
 /// Plaintext segments arriving over a channel, read as one stream.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    buf: bytes::Bytes,
     at: usize,
 }
 
@@ -191,10 +191,11 @@ pub async fn stream(
     let Some(size) = crate::crypto::plaintext_len(enc_len) else {
         return Ok((tree, Err(format!("impossible object length {enc_len}"))));
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    // Chunks of up to `sealed::CHUNK_MAX`: two waiting for the parser are enough to keep it busy.
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(2);
     let parser = tokio::task::spawn_blocking(move || {
         let mut tree = tree;
-        let r = ChannelReader { rx, buf: Vec::new(), at: 0 };
+        let r = ChannelReader { rx, buf: bytes::Bytes::new(), at: 0 };
         let parsed = match tree.as_mut() {
             Some(t) => parse(
                 r,
@@ -215,28 +216,29 @@ pub async fn stream(
         };
         (tree, parsed)
     });
-    let mut segs = Segments::new(store.clone(), sk, key, size, None);
     let mut writer = None;
-    let failed = loop {
-        match segs.next().await {
-            Ok(Some(pt)) => {
-                if writer.is_none() {
-                    match check(segs.header().expect("the header comes with the first segment")) {
-                        Ok(w) => writer = Some(w),
-                        Err(why) => break Some(ReadError::Corrupt(format!("object {key}: {why}"))),
+    let failed = match Plaintext::open(store.clone(), sk, key, size, None, Budget::new(crate::sealed::DEFAULT_BUDGET)).await {
+        Err(e) => Some(e),
+        Ok(mut pt) => match check(pt.object().header()) {
+            Err(why) => Some(ReadError::Corrupt(format!("object {key}: {why}"))),
+            Ok(w) => {
+                writer = Some(w);
+                loop {
+                    match pt.next().await {
+                        // A closed channel: the parser stopped early, on an error of its own.
+                        Ok(Some(b)) => {
+                            if tx.send(b).await.is_err() {
+                                break None;
+                            }
+                        }
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
                     }
                 }
-                // A closed channel: the parser stopped early, on an error of its own.
-                if tx.send(pt).await.is_err() {
-                    break None;
-                }
             }
-            Ok(None) => break None,
-            Err(e) => break Some(e),
-        }
+        },
     };
     drop(tx);
-    drop(segs);
     let (tree, parsed) = parser.await.map_err(|e| RemoteError::Malformed(format!("snapshot {key}: parser: {e}")))?;
     let res = match failed {
         // Not the snapshot's fault: the rebuild stops, to be run again whole (`stops_rebuild`).

@@ -206,8 +206,9 @@ fn a_snapshot_is_streamed_and_one_that_fails_half_way_leaves_nothing() {
         w.entry(&upload_entry(i)).unwrap();
     }
     let (body, len) = w.finish("m0", 9, 77, &BTreeMap::new()).unwrap();
-    let chunks = crypto::segment_count(crypto::plaintext_len(len).unwrap()).div_ceil(crate::sealed::CHUNK_SEGMENTS);
-    assert!(chunks >= 2, "the snapshot must span several ranged GETs ({len} bytes)");
+    let size = crypto::plaintext_len(len).unwrap();
+    let segments = crypto::segment_count(size);
+    assert!(segments * crypto::SEGMENT > 2 * crate::sealed::INITIAL_WINDOW, "the snapshot must span several ranged GETs ({len} bytes)");
     let key = "v/s/m0/0000000000000009";
     store.plant(key, &body);
     let rec = Record { seq: 10, ts_ms: 78, entry: Entry::Mkdir { path: "later".into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } };
@@ -218,10 +219,13 @@ fn a_snapshot_is_streamed_and_one_that_fails_half_way_leaves_nothing() {
     assert_eq!(tree.nodes.values().filter(|n| n.kind == NodeKind::File).count(), n as usize);
     assert!(tree.nodes.contains_key("later") && tree.refused.is_empty(), "{:?}", tree.refused);
     assert_eq!(tree.seen.get("m0"), Some(&10));
-    assert_eq!(store.calls_of("GetObject") - before, chunks + 1, "one GET per chunk, one for the batch");
+    // Its header, then its chunks (at least two, never more than one per MiB), and the batch.
+    let gets = store.calls_of("GetObject") - before;
+    assert!(gets >= 4 && gets <= 2 + size.div_ceil(crate::sealed::INITIAL_WINDOW), "{gets} GETs for a snapshot of {size} bytes");
 
+    // Its last segment, fetched well after the first chunk was parsed and applied.
     let mut tampered = body.clone();
-    let (s, _) = crypto::segment_cipher_range(crypto::plaintext_len(len).unwrap(), crate::sealed::CHUNK_SEGMENTS + 1);
+    let (s, _) = crypto::segment_cipher_range(size, segments - 1);
     tampered[s as usize + 10] ^= 1;
     store.plant(key, &tampered);
     let tree = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {})).unwrap();
@@ -230,10 +234,11 @@ fn a_snapshot_is_streamed_and_one_that_fails_half_way_leaves_nothing() {
     assert!(tree.refused.iter().any(|r| r.contains(key) && r.contains("cannot be read")), "{:?}", tree.refused);
 
     // What is not the snapshot's fault stops the rebuild instead of leaving it out: a transient
-    // error, or a server that ignores ranges, on a chunk after the first (call 1 is the listing).
+    // error, or a server that ignores ranges, on a chunk after the first (call 1 is the listing,
+    // 2 the snapshot's header, 3 and on its chunks, requested together).
     store.plant(key, &body);
     for err in [StoreError::Retryable("connection reset".into()), StoreError::Permanent { code: "RangeIgnored".into(), message: String::new() }] {
-        store.fail_call(3, err);
+        store.fail_call(4, err);
         let r = rt.block_on(rebuild(&dyn_store, &keys, "v/", &|_, _, _| {}));
         assert!(r.is_err(), "a rebuild went on without a snapshot it could not fetch: {:?}", r.map(|t| t.refused));
     }

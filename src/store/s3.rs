@@ -234,16 +234,22 @@ async fn collect(body: ByteStream) -> Result<Bytes> {
 
 /// At most `limit` bytes of a body (a longer one is cut: the caller never gets more than it
 /// asked for).
-async fn collect_at_most(mut body: ByteStream, limit: u64) -> Result<Bytes> {
-    let mut out = bytes::BytesMut::with_capacity(limit.min(64 << 20) as usize);
+async fn collect_at_most(body: ByteStream, limit: u64) -> Result<Bytes> {
+    let out = collect_into(body, limit, Vec::with_capacity(limit.min(64 << 20) as usize)).await?;
+    Ok(Bytes::from(out))
+}
+
+/// At most `limit` bytes of `body`, appended to `out`.
+async fn collect_into(mut body: ByteStream, limit: u64, mut out: Vec<u8>) -> Result<Vec<u8>> {
+    let base = out.len();
     while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Retryable(format!("reading body: {e}")))? {
-        let room = (limit - out.len() as u64) as usize;
+        let room = (limit - (out.len() - base) as u64) as usize;
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if out.len() as u64 >= limit {
+        if (out.len() - base) as u64 >= limit {
             break;
         }
     }
-    Ok(out.freeze())
+    Ok(out)
 }
 
 /// Parses `ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`.
@@ -251,6 +257,20 @@ pub fn parse_restore_header(h: &str) -> RestoreState {
     let ongoing = h.contains("ongoing-request=\"true\"");
     let expiry = h.split("expiry-date=\"").nth(1).and_then(|r| r.split('"').next()).map(str::to_string);
     RestoreState { ongoing, expiry }
+}
+
+impl S3Store {
+    /// The body of a GET of bytes [start, end) of `key`.
+    async fn ranged_body(&self, key: &str, start: u64, end: u64) -> Result<ByteStream> {
+        let r =
+            self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={}-{}", start, end - 1)).send().await.map_err(classify)?;
+        // A server that ignores Range answers with the whole object: never take its first
+        // bytes for the ones asked for, and read no more than asked.
+        if start > 0 && r.content_range().is_none() {
+            return Err(StoreError::Permanent { code: "RangeIgnored".into(), message: format!("the S3 server ignored the Range of a GET of {key}") });
+        }
+        Ok(r.body)
+    }
 }
 
 #[async_trait]
@@ -306,14 +326,16 @@ impl ObjectStore for S3Store {
         if end <= start {
             return Ok(Bytes::new());
         }
-        let r =
-            self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={}-{}", start, end - 1)).send().await.map_err(classify)?;
-        // A server that ignores Range answers with the whole object: never take its first
-        // bytes for the ones asked for, and read no more than asked.
-        if start > 0 && r.content_range().is_none() {
-            return Err(StoreError::Permanent { code: "RangeIgnored".into(), message: format!("the S3 server ignored the Range of a GET of {key}") });
+        let body = self.ranged_body(key, start, end).await?;
+        collect_at_most(body, end - start).await
+    }
+    async fn get_range_into(&self, key: &str, start: u64, end: u64, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+        buf.clear();
+        if end <= start {
+            return Ok(buf);
         }
-        collect_at_most(r.body, end - start).await
+        let body = self.ranged_body(key, start, end).await?;
+        collect_into(body, end - start, buf).await
     }
     async fn get_object(&self, key: &str) -> Result<Bytes> {
         let r = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;

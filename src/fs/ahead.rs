@@ -1,0 +1,142 @@
+//! Folder read-ahead. When the files of a folder are read one after another from their first
+//! byte, in listing or in name order (`cp -r`, rsync, a folder dragged out of a Samba share), the
+//! beginnings of the next files are requested before they are opened: a copy that reads one
+//! file at a time then waits for S3 once, not once per file.
+//!
+//! Only the first `sealed::INITIAL_WINDOW` of each file is requested, for at most `FILES_AHEAD`
+//! files, and only while a quarter of the mount's read budget has room; files that are
+//! archived, local or empty are skipped. What nobody opens is dropped after `STARTED_TTL` (its GETs are the cost of
+//! a guess that was wrong: at most `FILES_AHEAD` beginnings when a reader stops).
+
+use super::*;
+use crate::sealed::Reader;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Files whose beginnings are requested ahead of one reading a folder in order.
+const FILES_AHEAD: usize = 16;
+/// Readers started ahead and not yet opened hold at most this share of the read budget (the
+/// reads under way come first)…
+const STARTED_SHARE: u64 = 4;
+/// …and are dropped after this long.
+const STARTED_TTL: Duration = Duration::from_secs(3);
+/// Per folder, how many of the files whose reading began there last are remembered.
+const RECENT: usize = 64;
+/// Folders remembered at most (all forgotten beyond).
+const FOLDERS: usize = 1024;
+
+type SharedReader = Arc<std::sync::Mutex<Reader>>;
+
+#[derive(Default)]
+pub(super) struct FolderAhead {
+    /// Per folder, the files whose reading began there last, oldest first.
+    recent: HashMap<u64, VecDeque<u64>>,
+    /// Readers started ahead, oldest first.
+    started: VecDeque<(u64, Instant, SharedReader)>,
+}
+
+impl FolderAhead {
+    fn expire(&mut self) {
+        while self.started.front().is_some_and(|(_, at, _)| at.elapsed() > STARTED_TTL) {
+            self.started.pop_front();
+        }
+    }
+}
+
+impl Fs {
+    fn ahead(&self) -> std::sync::MutexGuard<'_, FolderAhead> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drop what was requested ahead and not opened in time, and the buffers kept for reads
+    /// (the group commit calls it).
+    pub(super) fn expire_read_ahead(&self) {
+        self.ahead().expire();
+        self.read_budget.trim();
+    }
+
+    /// The reader started ahead for `i` if it reads `i`'s current version (object `key`).
+    pub(super) fn adopt_started(&self, i: &Inode, key: &str) -> Option<SharedReader> {
+        let (_, _, r) = {
+            let mut a = self.ahead();
+            let pos = a.started.iter().position(|(ino, _, _)| *ino == i.ino)?;
+            a.started.remove(pos)?
+        };
+        let same = {
+            let g = r.lock().unwrap_or_else(|p| p.into_inner());
+            g.object().key() == key && i.header.as_deref().is_some_and(|h| h == g.object().header())
+        };
+        same.then_some(r)
+    }
+
+    /// The reading of `i` began at its first byte. If the file before it in its folder (in
+    /// listing or in name order) began so a moment ago, request the beginnings of the files
+    /// after it in that order.
+    pub(super) fn folder_read_began(&self, i: &Inode) {
+        let recent: Vec<u64> = {
+            let mut a = self.ahead();
+            a.expire();
+            if a.recent.len() >= FOLDERS && !a.recent.contains_key(&i.parent) {
+                a.recent.clear();
+            }
+            let r = a.recent.entry(i.parent).or_default();
+            let before = r.iter().copied().collect();
+            if !r.contains(&i.ino) {
+                r.push_back(i.ino);
+                if r.len() > RECENT {
+                    r.pop_front();
+                }
+            }
+            before
+        };
+        if recent.is_empty() {
+            return;
+        }
+        // Files another reader began a moment ago are not read ahead again, nor past them (the
+        // folder is being read in parts, `xargs -P`, robocopy /MT).
+        let next: Vec<Inode> = {
+            let c = self.core();
+            let Some(by_name) =
+                [false, true].into_iter().find(|&by_name| c.db.file_before(i, by_name).ok().flatten().is_some_and(|p| recent.contains(&p)))
+            else {
+                return;
+            };
+            let Ok(files) = c.db.files_after(i, by_name, FILES_AHEAD) else { return };
+            files
+                .into_iter()
+                .take_while(|f| !recent.contains(&f.ino))
+                .map(|f| Self::apply_overlay(&c, f))
+                // Only what a read would fetch from S3: uploaded, not archived, not kept locally,
+                // not being read already.
+                .filter(|f| {
+                    f.state == State::Uploaded
+                        && f.size > 0
+                        && f.header.is_some()
+                        && !f.storage_class.as_deref().is_some_and(crate::store::is_archive_class)
+                        && !c.open.contains_key(&f.ino)
+                        && matches!(self.source_of(&c, f), Ok(Source::Remote(_)))
+                })
+                .collect()
+        };
+        // The oldest started are the next to be opened: when the share is full, nothing more
+        // is started (rather than dropping those).
+        let max = (self.read_budget.limit() / STARTED_SHARE / crate::sealed::INITIAL_WINDOW).max(2) as usize;
+        for f in next {
+            {
+                let a = self.ahead();
+                if a.started.len() >= max {
+                    break;
+                }
+                if a.started.iter().any(|(ino, _, _)| *ino == f.ino) {
+                    continue;
+                }
+            }
+            let Some(key) = f.object_key.as_deref() else { continue };
+            let Ok(r) = self.remote_reader(&f, key) else { continue };
+            if !r.lock().unwrap_or_else(|p| p.into_inner()).start_ahead() {
+                break; // the budget is full: reads under way come first
+            }
+            self.ahead().started.push_back((f.ino, Instant::now(), r));
+        }
+    }
+}

@@ -118,7 +118,7 @@ impl World {
         let size = self.fs.getattr(ino).unwrap().size;
         let d = self.fs.read(fh, 0, size as u32 + 1).unwrap();
         self.fs.release(fh).unwrap();
-        d
+        d.to_vec()
     }
 
     /// The object the index names for `ino`, decrypted.

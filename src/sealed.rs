@@ -9,7 +9,8 @@
 //!   every request up to its maximum, so that several chunks of up to `CHUNK_MAX` are in flight
 //!   while the caller consumes the one before.
 //! * A seek (a read outside what is buffered) drops what was ahead and fetches only the
-//!   segments asked for; reading on from there ramps up again. Random reads stay cheap.
+//!   segments asked for; once the reader has read on from there for `SEEK_RAMP`, it ramps up
+//!   again. Random reads stay cheap.
 //! * All readers of a process share one `Budget` of bytes: read-ahead is only requested while
 //!   the budget has room, so memory stays bounded however many files are read at once. What a
 //!   caller waits for now is always fetched.
@@ -38,6 +39,10 @@ pub const CHUNK_MAX: u64 = 8 << 20;
 /// 30-70 ms per 8 MiB under load needs some 64 MiB in flight for one reader (measured against
 /// Garage on loopback, docs/BENCHMARKS.md); half the budget is one reader's most.
 pub const DEFAULT_BUDGET: u64 = 128 << 20;
+/// After a seek, the bytes a reader must read on from there before it reads ahead again: the
+/// kernel turns one small random read into a couple of reads in a row (its own read-ahead),
+/// which are no reason to fetch a MiB.
+const SEEK_RAMP: u64 = 512 << 10;
 /// What a reader keeps behind its position: reads that arrive a little out of order (the
 /// kernel's read-ahead requests, served by several FUSE threads) are still served. Beyond the
 /// budget, a reader holds at most this and the segments of one read.
@@ -363,13 +368,16 @@ pub struct Reader {
     /// Bytes kept behind the position of the last read.
     behind: u64,
     started: bool,
+    /// Segments read in a row since the last seek: [run, reach).
+    run: u64,
+    reach: u64,
 }
 
 impl Reader {
     /// A reader whose chunks run on `rt`.
     pub fn new(obj: Arc<Object>, budget: Budget, rt: tokio::runtime::Handle) -> Reader {
         let max_window = MAX_WINDOW.min(budget.limit() / 2).max(SEGMENT);
-        Reader { obj, budget, rt, chunks: VecDeque::new(), next: 0, window: 0, max_window, behind: BEHIND, started: false }
+        Reader { obj, budget, rt, chunks: VecDeque::new(), next: 0, window: 0, max_window, behind: BEHIND, started: false, run: 0, reach: 0 }
     }
 
     pub fn object(&self) -> &Arc<Object> {
@@ -381,20 +389,25 @@ impl Reader {
     fn plan_segments(&mut self, first: u64, last: u64) -> Vec<Arc<Chunk>> {
         let n = self.obj.n;
         let last = last.min(n - 1);
-        // Within what was requested, or right where the requests ended.
+        // Within what was requested, or right where the requests ended; a first read from the
+        // start of the object reads on (most files are read whole).
         let buffered = (self.chunks.front().is_some_and(|c| c.first <= first) && first <= self.next) || (self.started && first == self.next);
-        let forward = buffered || (!self.started && first == 0);
-        self.started = true;
-        if !buffered {
-            // A seek: what was ahead is of no use now.
+        if !buffered && !(!self.started && first == 0) {
+            // A seek: what was ahead is of no use now, and nothing is read ahead until the
+            // reader has read on from here for a while.
             self.chunks.clear();
             self.next = first;
-        }
-        if !forward {
             self.window = 0;
-        } else if self.window == 0 {
+            (self.run, self.reach) = (first, first);
+        } else if !self.started {
             self.window = INITIAL_WINDOW.min(self.max_window);
         }
+        self.started = true;
+        self.reach = self.reach.max(last + 1);
+        if self.window == 0 && (self.reach - self.run) * SEGMENT >= SEEK_RAMP {
+            self.window = INITIAL_WINDOW.min(self.max_window);
+        }
+        let forward = self.window > 0;
         while self.chunks.front().is_some_and(|c| (c.end * SEGMENT).saturating_add(self.behind) <= first * SEGMENT) {
             self.chunks.pop_front();
         }

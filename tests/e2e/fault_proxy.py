@@ -7,9 +7,12 @@ With --hold-first-put S, the first PUT of a data object (`/d/` in its key) is he
 after its body arrived and only then forwarded: a stale upload that lands after newer ones.
 With --corrupt-puts N, the first PUTs of N data objects or parts reach the server with one
 byte of their body flipped (their retries pass whole): damage on the way that the store must refuse.
+With --get-latency S, every GET of a data object waits S seconds before it is forwarded (a
+distant S3); with --log, each request is logged with its Range and its start and end times, so
+that a test can see which GETs were in flight together.
 
 Usage: fault_proxy.py --port P --upstream 127.0.0.1:U --rate 0.1 --seed N --stats FILE
-                      [--hold-first-put SECONDS] [--corrupt-puts N]
+                      [--hold-first-put SECONDS] [--corrupt-puts N] [--get-latency S] [--log FILE]
 """
 import time
 import argparse
@@ -37,7 +40,8 @@ class Handler(BaseHTTPRequestHandler):
                 json.dump(self.server.stats, f)
             if self.server.logfile:
                 with open(self.server.logfile, "a") as f:
-                    f.write(json.dumps({"method": self.command, "path": self.path, "outcome": what}) + "\n")
+                    f.write(json.dumps({"method": self.command, "path": self.path, "outcome": what, "range": self.headers.get("Range"),
+                                        "t0": getattr(self, "t0", None), "t1": time.monotonic()}) + "\n")
 
     def error(self, status, body):
         self.send_response(status)
@@ -47,6 +51,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def handle_any(self):
+        self.t0 = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         with self.server.lock:
@@ -70,6 +75,8 @@ class Handler(BaseHTTPRequestHandler):
                 i = len(body) // 2
                 body = body[:i] + bytes([body[i] ^ 0x40]) + body[i + 1:]
                 self.count("corrupted")
+        if self.command == "GET" and "/d/" in self.path and self.server.get_latency:
+            time.sleep(self.server.get_latency)
         if fault == "503":
             self.count("503")
             return self.error(503, SLOWDOWN)
@@ -121,6 +128,7 @@ if __name__ == "__main__":
     ap.add_argument("--log", default=None, help="one JSON line per request")
     ap.add_argument("--hold-first-put", type=float, default=0, help="hold the first data PUT this many seconds")
     ap.add_argument("--corrupt-puts", type=int, default=0, help="flip a byte in the first PUT of N data objects or parts")
+    ap.add_argument("--get-latency", type=float, default=0, help="hold every GET of a data object this many seconds")
     a = ap.parse_args()
     host, port = a.upstream.split(":")
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
@@ -134,4 +142,5 @@ if __name__ == "__main__":
     srv.hold = a.hold_first_put
     srv.corrupt = a.corrupt_puts
     srv.corrupted = set()
+    srv.get_latency = a.get_latency
     srv.serve_forever()

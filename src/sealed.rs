@@ -75,6 +75,8 @@ struct BudgetInner {
     /// Free buffers by size class: class k holds `class_capacity(k)` bytes (2^k segments).
     pool: Mutex<[Vec<Vec<u8>>; CLASSES]>,
     pooled: AtomicU64,
+    /// Chunks requested so far.
+    requested: AtomicU64,
 }
 
 /// Size classes of chunk buffers: 1 to `CHUNK_MAX` segments, by powers of two.
@@ -96,6 +98,7 @@ impl Budget {
             used: AtomicU64::new(0),
             pool: Mutex::new(Default::default()),
             pooled: AtomicU64::new(0),
+            requested: AtomicU64::new(0),
         }))
     }
 
@@ -106,6 +109,11 @@ impl Budget {
     /// Bytes held by chunks now (in flight or waiting to be read).
     pub fn used(&self) -> u64 {
         self.0.used.load(Ordering::Relaxed)
+    }
+
+    /// Chunks requested since the budget was made (a reader's GETs).
+    pub fn requested(&self) -> u64 {
+        self.0.requested.load(Ordering::Relaxed)
     }
 
     /// `n` bytes if the budget has room for them.
@@ -303,6 +311,7 @@ impl Chunk {
     fn start(obj: Arc<Object>, first: u64, end: u64, lease: Lease, rt: &tokio::runtime::Handle) -> Chunk {
         let (tx, rx) = watch::channel(None);
         let budget = lease.budget.clone();
+        budget.0.requested.fetch_add(1, Ordering::Relaxed);
         let task = rt.spawn(async move {
             let r = Chunk::fetch(obj, first, end, budget).await;
             let _ = tx.send(Some(r));

@@ -20,8 +20,12 @@ const FILES_AHEAD: usize = 16;
 const STARTED_SHARE: u64 = 4;
 /// …and are dropped after this long.
 const STARTED_TTL: Duration = Duration::from_secs(3);
-/// Per folder, how many of the files whose reading began there last are remembered.
+/// A reader started ahead that has waited this long makes room when the share is full.
+const STALE: Duration = Duration::from_secs(1);
+/// Per folder, how many of the files whose reading began there last are remembered, and for how
+/// long.
 const RECENT: usize = 64;
+const RECENT_TTL: Duration = Duration::from_secs(10);
 /// Folders remembered at most (all forgotten beyond).
 const FOLDERS: usize = 1024;
 
@@ -29,8 +33,9 @@ type SharedReader = Arc<std::sync::Mutex<Reader>>;
 
 #[derive(Default)]
 pub(super) struct FolderAhead {
-    /// Per folder, the files whose reading began there last, oldest first.
-    recent: HashMap<u64, VecDeque<u64>>,
+    /// Per folder, the files whose reading began there last, by which process and when,
+    /// oldest first.
+    recent: HashMap<u64, VecDeque<(u64, u32, Instant)>>,
     /// Readers started ahead, oldest first.
     started: VecDeque<(u64, Instant, SharedReader)>,
 }
@@ -49,10 +54,22 @@ impl Fs {
     }
 
     /// Drop what was requested ahead and not opened in time, and the buffers kept for reads
-    /// (the group commit calls it).
+    /// (the group commit calls it). Once reads have stopped, the memory they used goes back to
+    /// the system: the allocator keeps freed buffers of several MiB for itself otherwise, and an
+    /// idle mount would stay at its reading peak.
     pub(super) fn expire_read_ahead(&self) {
         self.ahead().expire();
         self.read_budget.trim();
+        let requested = self.read_budget.requested();
+        let seen = self.reads_trimmed.swap(requested, std::sync::atomic::Ordering::Relaxed);
+        if requested != seen && self.read_budget.used() == 0 {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only hands free memory of the allocator back to the system; it
+            // touches no memory in use, and glibc's allocator is thread-safe.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 
     /// The reader started ahead for `i` if it reads `i`'s current version (object `key`).
@@ -69,42 +86,48 @@ impl Fs {
         same.then_some(r)
     }
 
-    /// The reading of `i` began at its first byte. If the file before it in its folder (in
-    /// listing or in name order) began so a moment ago, request the beginnings of the files
-    /// after it in that order.
-    pub(super) fn folder_read_began(&self, i: &Inode) {
-        let recent: Vec<u64> = {
+    /// The reading of `i` began at its first byte, by process `pid`. If the file before it in
+    /// its folder (in listing or in name order) began so a moment ago in the same process,
+    /// request the beginnings of the files after it in that order.
+    pub(super) fn folder_read_began(&self, i: &Inode, pid: u32) {
+        let (mine, others): (Vec<u64>, Vec<u64>) = {
             let mut a = self.ahead();
             a.expire();
             if a.recent.len() >= FOLDERS && !a.recent.contains_key(&i.parent) {
                 a.recent.clear();
             }
             let r = a.recent.entry(i.parent).or_default();
-            let before = r.iter().copied().collect();
-            if !r.contains(&i.ino) {
-                r.push_back(i.ino);
-                if r.len() > RECENT {
-                    r.pop_front();
-                }
+            while r.front().is_some_and(|(_, _, at)| at.elapsed() > RECENT_TTL) {
+                r.pop_front();
             }
-            before
+            let mine: Vec<u64> = r.iter().filter(|(_, p, _)| *p == pid).map(|(ino, _, _)| *ino).collect();
+            // Files other processes began while this one was reading the folder (not before:
+            // an earlier copy of the same folder is no reason to stop).
+            let since = r.iter().find(|(_, p, _)| *p == pid).map(|(_, _, at)| *at);
+            let others = r.iter().filter(|(_, p, at)| *p != pid && since.is_some_and(|s| *at >= s)).map(|(ino, _, _)| *ino).collect();
+            r.retain(|(ino, _, _)| *ino != i.ino);
+            r.push_back((i.ino, pid, Instant::now()));
+            if r.len() > RECENT {
+                r.pop_front();
+            }
+            (mine, others)
         };
-        if recent.is_empty() {
+        if mine.is_empty() {
             return;
         }
-        // Files another reader began a moment ago are not read ahead again, nor past them (the
-        // folder is being read in parts, `xargs -P`, robocopy /MT).
+        // Files another process began a moment ago are not read ahead again, nor past them (the
+        // folder is being read in parts: `xargs -P`, robocopy /MT).
         let next: Vec<Inode> = {
             let c = self.core();
             let Some(by_name) =
-                [false, true].into_iter().find(|&by_name| c.db.file_before(i, by_name).ok().flatten().is_some_and(|p| recent.contains(&p)))
+                [false, true].into_iter().find(|&by_name| c.db.file_before(i, by_name).ok().flatten().is_some_and(|p| mine.contains(&p)))
             else {
                 return;
             };
             let Ok(files) = c.db.files_after(i, by_name, FILES_AHEAD) else { return };
             files
                 .into_iter()
-                .take_while(|f| !recent.contains(&f.ino))
+                .take_while(|f| !others.contains(&f.ino))
                 .map(|f| Self::apply_overlay(&c, f))
                 // Only what a read would fetch from S3: uploaded, not archived, not kept locally,
                 // not being read already.
@@ -123,7 +146,12 @@ impl Fs {
         let max = (self.read_budget.limit() / STARTED_SHARE / crate::sealed::INITIAL_WINDOW).max(2) as usize;
         for f in next {
             {
-                let a = self.ahead();
+                let mut a = self.ahead();
+                // Full: what has waited a second is a guess that was wrong (a reader that moved
+                // on); it makes room.
+                while a.started.len() >= max && a.started.front().is_some_and(|(_, at, _)| at.elapsed() > STALE) {
+                    a.started.pop_front();
+                }
                 if a.started.len() >= max {
                     break;
                 }

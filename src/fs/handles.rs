@@ -8,7 +8,7 @@ impl Fs {
     pub(super) fn alloc_handle(c: &mut Core, ino: u64, write: bool) -> u64 {
         let fh = c.next_fh;
         c.next_fh += 1;
-        c.handles.insert(fh, Handle { ino, write, virt: None, reader: None });
+        c.handles.insert(fh, Handle { ino, write, virt: None, reader: None, pid: 0 });
         fh
     }
 
@@ -155,7 +155,11 @@ impl Fs {
                 self.check_restore(&i, pid)?;
             }
         }
-        self.open_real(ino, write, trunc).map(|fh| (fh, false))
+        let fh = self.open_real(ino, write, trunc)?;
+        if let Some(h) = self.core().handles.get_mut(&fh) {
+            h.pid = pid;
+        }
+        Ok((fh, false))
     }
 
     pub(super) fn write_only_refusal(&self, i: &Inode) -> FsError {

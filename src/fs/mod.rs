@@ -147,6 +147,8 @@ struct Handle {
     virt: Option<Arc<Vec<u8>>>,
     /// The reader of the object this handle reads from S3, made by its first remote read.
     reader: Option<Arc<std::sync::Mutex<crate::sealed::Reader>>>,
+    /// The process that opened it (0: not known): folder read-ahead follows each reader.
+    pid: u32,
 }
 
 struct Core {
@@ -199,6 +201,8 @@ pub struct Fs {
     read_budget: crate::sealed::Budget,
     /// Folder read-ahead (`ahead.rs`); its lock is never held while taking `core`'s.
     ahead: std::sync::Mutex<ahead::FolderAhead>,
+    /// `read_budget.requested()` when memory was last handed back after reads.
+    reads_trimmed: std::sync::atomic::AtomicU64,
     /// Woken when an upload is queued.
     pub upload_wakeup: tokio::sync::Notify,
     /// Woken when a restore is recorded and must be sent.
@@ -271,6 +275,7 @@ impl Fs {
             staging,
             read_budget,
             ahead: Default::default(),
+            reads_trimmed: Default::default(),
             upload_wakeup: tokio::sync::Notify::new(),
             restore_wakeup: tokio::sync::Notify::new(),
             journal_wakeup: tokio::sync::Notify::new(),

@@ -146,11 +146,15 @@ impl Fs {
             Some(r) => r,
             None => self.remote_reader(i, key)?,
         };
-        if let Some(h) = self.core().handles.get_mut(&fh) {
-            h.reader = Some(r.clone());
-        }
+        let pid = match self.core().handles.get_mut(&fh) {
+            Some(h) => {
+                h.reader = Some(r.clone());
+                h.pid
+            }
+            None => 0,
+        };
         if offset == 0 {
-            self.folder_read_began(i);
+            self.folder_read_began(i, pid);
         }
         Ok(r)
     }

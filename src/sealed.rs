@@ -401,7 +401,8 @@ impl Reader {
         // Within what was requested, or right where the requests ended; a first read from the
         // start of the object reads on (most files are read whole).
         let buffered = (self.chunks.front().is_some_and(|c| c.first <= first) && first <= self.next) || (self.started && first == self.next);
-        if !buffered && !(!self.started && first == 0) {
+        let from_start = !self.started && first == 0;
+        if !buffered && !from_start {
             // A seek: what was ahead is of no use now, and nothing is read ahead until the
             // reader has read on from here for a while.
             self.chunks.clear();

@@ -15,8 +15,10 @@ Reads, each timed on its own:
   folder    `cp -r MNT/folder OUT/`                       200 × 1 MiB, one file after the other
   parallel  `xargs -P 8 cp` of the same folder            8 files read at once (Samba, robocopy /MT)
   random    1000 reads of 4 KiB at random offsets of the 1 GiB file (seconds; should stay cheap)
-Every copy is compared with its source afterwards (untimed). Peak RSS is the daemon's VmHWM over
-the reads (reset after the remount); "RSS max" of coldvault is also sampled every 50 ms.
+Each read is timed on a fresh mount (remounted with an empty cache, page cache dropped), and
+every copy is compared with its source afterwards (untimed). Peak RSS is the daemon's highest
+VmHWM over the reads (reset after each remount); the script also prints the RSS sampled every
+50 ms during each read.
 
 Needs what scripts/bench.py needs (scripts/install-deps.sh --bench).
 """
@@ -133,10 +135,12 @@ def run_system(cls, work, src, garage, out, reads, perf):
     try:
         bench.sh("cp", "-r", src / "big", src / "folder", s.mnt)
         s.durable()
-        s.remount()
-        if s.pid:
-            Path(f"/proc/{s.pid}/clear_refs").write_text("5")
         for r in reads:
+            # Every read cold: nothing the system kept of an earlier read (s3fs keeps what it
+            # downloaded on disk) serves this one.
+            s.remount()
+            if s.pid:
+                Path(f"/proc/{s.pid}/clear_refs").write_text("5")
             dest = out / r
             dest.mkdir(parents=True)
             drop_caches()
@@ -165,9 +169,7 @@ def run_system(cls, work, src, garage, out, reads, perf):
                     raise SystemExit(f"readbench: {cls.name}: {len(mis) + len(err)} files of the folder read back differ or are missing")
             shutil.rmtree(dest)
             print(f"  {cls.name}: {r}: {res[r]:.2f} s" + (f", RSS now {rss} MiB max" if rss else ""), flush=True)
-            res.setdefault("rss_max", 0)
-            res["rss_max"] = max(res["rss_max"], rss or 0)
-        res["rss"] = s.rss()
+            res["rss"] = max(res.get("rss") or 0, s.rss() or 0) or None
     finally:
         s.stop()
     return res

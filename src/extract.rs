@@ -14,8 +14,9 @@
 //! * Symbolic links are created with their target verbatim and never followed.
 //! * setuid and setgid bits are dropped unless owners are restored too (`preserve_owner`, root
 //!   only): a restore as root must not create setuid-root programs out of a bucket.
-//! * Objects are read with ranged GETs of a few segments (`sealed::Segments`), each segment
-//!   decrypted, hashed and written as it arrives: memory does not grow with the file.
+//! * Objects are read with ranged GETs of whole segments (`sealed::Plaintext`, read ahead
+//!   within a budget), each chunk authenticated, hashed and written as it arrives: memory does
+//!   not grow with the file.
 
 use crate::crypto;
 use crate::sealed::{Budget, Plaintext, ReadError};

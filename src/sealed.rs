@@ -35,10 +35,12 @@ pub const INITIAL_WINDOW: u64 = 1 << 20;
 pub const MAX_WINDOW: u64 = 64 << 20;
 /// …in GETs of at most this many bytes of plaintext.
 pub const CHUNK_MAX: u64 = 8 << 20;
-/// The budget of a process unless told otherwise: reading at 1 GB/s from a server that takes
-/// 30-70 ms per 8 MiB under load needs some 64 MiB in flight for one reader (measured against
-/// Garage on loopback, docs/BENCHMARKS.md); half the budget is one reader's most.
-pub const DEFAULT_BUDGET: u64 = 128 << 20;
+/// The budget of `get`, `verify --deep` and the rebuild (which must stay under 150 MiB of RSS
+/// whatever they read, the passphrase's 64 MiB of Argon2id included). The mount's is
+/// `--read-ahead`, 128 MiB by default: reading at 1 GB/s from a server that takes 30-70 ms per
+/// 8 MiB under load needs some 64 MiB in flight for one reader (docs/BENCHMARKS.md), and half
+/// the budget is one reader's most.
+pub const DEFAULT_BUDGET: u64 = 64 << 20;
 /// After a seek, the bytes a reader must read on from there before it reads ahead again: the
 /// kernel turns one small random read into a couple of reads in a row (its own read-ahead),
 /// which are no reason to fetch a MiB.

@@ -86,10 +86,13 @@ impl Fs {
         same.then_some(r)
     }
 
-    /// The reading of `i` began at its first byte, by process `pid`. If the file before it in
+    /// The reading of `i` began at its first byte, by thread `tid`. If the file before it in
     /// its folder (in listing or in name order) began so a moment ago in the same process,
     /// request the beginnings of the files after it in that order.
-    pub(super) fn folder_read_began(&self, i: &Inode, pid: u32) {
+    pub(super) fn folder_read_began(&self, i: &Inode, tid: u32) {
+        // FUSE names the calling thread; a copier's threads (Samba's I/O threads, robocopy /MT
+        // through it) are one reader.
+        let pid = process_of(tid);
         let (mine, others): (Vec<u64>, Vec<u64>) = {
             let mut a = self.ahead();
             a.expire();
@@ -167,4 +170,15 @@ impl Fs {
             self.ahead().started.push_back((f.ino, Instant::now(), r));
         }
     }
+}
+
+/// The process (thread group) of thread `tid`; `tid` itself if that cannot be read.
+fn process_of(tid: u32) -> u32 {
+    if tid == 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(tid)
 }

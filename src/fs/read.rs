@@ -131,30 +131,48 @@ impl Fs {
 
     /// The reader of handle `fh` for object `key` of `i`: the one its earlier reads used if it
     /// reads that object, else one started ahead for it (`ahead.rs`), else a new one. A first
-    /// read at `offset` 0 tells the folder read-ahead.
+    /// read near the start tells the folder read-ahead.
     fn handle_reader(&self, fh: u64, i: &Inode, key: &str, offset: u64) -> Result<Arc<std::sync::Mutex<Reader>>> {
         let same = |r: &Arc<std::sync::Mutex<Reader>>| {
             let r = r.lock().unwrap_or_else(|p| p.into_inner());
             r.object().key() == key && i.header.as_deref().is_none_or(|h| h == r.object().header())
         };
-        if let Some(r) = self.core().handles.get(&fh).and_then(|h| h.reader.clone()) {
-            if same(&r) {
-                return Ok(r);
+        let seen = self.core().handles.get(&fh).and_then(|h| h.reader.clone());
+        if let Some(r) = &seen {
+            if same(r) {
+                return Ok(r.clone());
             }
         }
         let r = match self.adopt_started(i, key) {
             Some(r) => r,
             None => self.remote_reader(i, key)?,
         };
-        let pid = match self.core().handles.get_mut(&fh) {
-            Some(h) => {
-                h.reader = Some(r.clone());
-                h.pid
+        // The first reads of a handle arrive together (the kernel's read-ahead, several FUSE
+        // threads): the first reader stored is the handle's, the others' are dropped.
+        let (r, pid) = {
+            let mut c = self.core();
+            match c.handles.get_mut(&fh) {
+                Some(h) => {
+                    let unchanged = match (&h.reader, &seen) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    };
+                    if unchanged {
+                        h.reader = Some(r.clone());
+                        (r, Some(h.pid))
+                    } else {
+                        (h.reader.clone().unwrap_or(r), None)
+                    }
+                }
+                None => (r, None),
             }
-            None => 0,
         };
-        if offset == 0 {
-            self.folder_read_began(i, pid);
+        // Reading from (near) the start: the folder read-ahead follows this process.
+        if let Some(pid) = pid {
+            if offset < crate::sealed::INITIAL_WINDOW {
+                self.folder_read_began(i, pid);
+            }
         }
         Ok(r)
     }

@@ -268,3 +268,27 @@ async fn a_reader_started_ahead_fetches_only_its_beginning() {
     assert!(read_through(&r, size, 128 << 10).await == data);
     assert_eq!(store.bytes_asked(), crypto::encrypted_len(size), "asked again for what was fetched ahead");
 }
+
+/// A GET that failed for reasons not the object's (a connection reset after the SDK's retries,
+/// an object archived since and restored later) fails the reads that needed it; the next read
+/// on the same reader (a program retrying on its open file) asks for it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_get_is_asked_for_again_by_the_next_read() {
+    let k = keys();
+    let size = 6 << 20;
+    let (store, mem, data, header) = object(&k, size, Duration::ZERO);
+    let budget = Budget::new(DEFAULT_BUDGET);
+    let r = reader(&k, &store, size, &header, &budget);
+    mem.fail_op("GetObject", u64::MAX, StoreError::Retryable("connection reset".into()));
+    let e = read_at(&r, 0, 4096).await.unwrap_err();
+    assert!(matches!(e, ReadError::Store(StoreError::Retryable(_))), "{e:?}");
+    mem.clear_faults();
+    assert!(read_at(&r, 0, 4096).await.unwrap()[..] == data[..4096], "the failed GET was not asked for again");
+
+    mem.set_storage_class("d/obj", "DEEP_ARCHIVE");
+    let r = reader(&k, &store, size, &header, &budget);
+    let e = read_at(&r, 0, 4096).await.unwrap_err();
+    assert!(matches!(e, ReadError::Store(StoreError::Archived)), "{e:?}");
+    mem.set_storage_class("d/obj", "STANDARD");
+    assert!(read_through(&r, size, 128 << 10).await == data, "a restored object stays unreadable through a reader that saw it archived");
+}

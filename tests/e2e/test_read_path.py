@@ -130,6 +130,10 @@ def test_reads_go_ahead_in_parallel_fetch_each_byte_once_and_stay_cheap_when_ran
         while v.status()["requests"].get("RestoreObject", 0) < 1:
             assert time.time() < deadline, "no restore requested for the archived file opened"
             time.sleep(0.3)
+        for _ in range(3):
+            subprocess.run(["cat", str(v.mnt / "shoot" / "f05b.cr2")], capture_output=True)
+        time.sleep(2)
+        assert v.status()["requests"].get("RestoreObject", 0) == 1, "more than one restore for one archived file"
 
         # A file still only on this machine is read from local disk.
         v.unmount()

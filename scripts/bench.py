@@ -382,6 +382,15 @@ def workspace_args(ap, default):
     ap.add_argument("--no-loop-fs", action="store_true", help="use --work as it is (no loop-mounted file system)")
 
 
+def write_section(path, marker, text):
+    """Replace what lies between `<!-- MARKER START -->` and `<!-- MARKER END -->` in a file."""
+    p = Path(path)
+    s = p.read_text()
+    start, end = f"<!-- {marker} START -->", f"<!-- {marker} END -->"
+    i, j = s.index(start) + len(start), s.index(end)
+    p.write_text(s[:i] + "\n" + text + "\n" + s[j:])
+
+
 def make_source(src):
     """The same data for every system, on local disk (random bytes: nothing compresses)."""
     for name, (_, n, size) in WORKLOADS.items():
@@ -572,11 +581,7 @@ def main():
             f"and to the direct upload (durable).")
     print("\n" + meta + "\n\n" + t)
     if a.write:
-        p = Path(a.write)
-        s = p.read_text()
-        start, end = "<!-- BENCH START -->", "<!-- BENCH END -->"
-        i, j = s.index(start) + len(start), s.index(end)
-        p.write_text(s[:i] + "\n" + meta + "\n\n" + t + "\n" + s[j:])
+        write_section(a.write, "BENCH", meta + "\n\n" + t)
 
 
 if __name__ == "__main__":

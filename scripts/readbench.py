@@ -235,11 +235,7 @@ def main():
             f"--reads {a.reads}`. Seconds, cold (remounted, page cache dropped); ratios to the direct fetch of the same objects.")
     print("\n" + meta + "\n\n" + t)
     if a.write:
-        p = Path(a.write)
-        s = p.read_text()
-        start, end = "<!-- READ START -->", "<!-- READ END -->"
-        i, j = s.index(start) + len(start), s.index(end)
-        p.write_text(s[:i] + "\n" + meta + "\n\n" + t + "\n" + s[j:])
+        bench.write_section(a.write, "READ", meta + "\n\n" + t)
 
 
 if __name__ == "__main__":

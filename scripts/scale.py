@@ -128,11 +128,7 @@ def main():
     table = meta + "\n\n" + "\n".join(rows)
     print("\n" + table)
     if a.write:
-        p = Path(a.write)
-        s = p.read_text()
-        start, end = "<!-- SCALE START -->", "<!-- SCALE END -->"
-        i, j = s.index(start) + len(start), s.index(end)
-        p.write_text(s[:i] + "\n" + table + "\n" + s[j:])
+        bench.write_section(a.write, "SCALE", table)
 
 
 if __name__ == "__main__":

@@ -343,7 +343,11 @@ impl Chunk {
 
     /// Its GET failed: not the object's fault (a transient error, an object archived since).
     fn failed_to_fetch(&self) -> bool {
-        matches!(self.rx.borrow().as_ref(), Some(Err(ReadError::Store(_) | ReadError::Task(_))))
+        match self.rx.borrow().as_ref() {
+            Some(r) => matches!(r, Err(ReadError::Store(_) | ReadError::Task(_))),
+            // Its task ended without a result (it panicked, or the runtime is stopping).
+            None => self.rx.has_changed().is_err(),
+        }
     }
 
     /// Plaintext offset of the chunk's first byte.
@@ -403,19 +407,20 @@ impl Reader {
         let n = self.obj.n;
         let last = last.min(n - 1);
         // A chunk whose GET failed (a transient error, an object archived since) is asked for
-        // again by the next read that needs it, with everything after it; a corrupt one stays
-        // refused.
-        if let Some(bad) = self.chunks.iter().position(|c| c.failed_to_fetch()) {
+        // again by the next read that needs it, with everything after it (reads that do not
+        // need it leave it alone); a corrupt one stays refused.
+        if let Some(bad) = self.chunks.iter().position(|c| c.first <= last && c.end > first && c.failed_to_fetch()) {
             self.next = self.chunks[bad].first;
             self.chunks.truncate(bad);
         }
         // Within what was requested or a little beyond it (reads planned out of order by
         // several FUSE threads; the gap is requested too), or right where the requests ended; a
-        // first read from the start of the object reads on (most files are read whole).
+        // first read within the object's first MiB reads on from its start (most files are
+        // read whole, and the first two reads of a file may arrive in either order).
         let lo = self.chunks.front().map_or(self.next, |c| c.first);
-        let slack = if self.window > 0 { self.window / SEGMENT } else { 2 };
+        let slack = if self.window > 0 { BEHIND / SEGMENT } else { 2 };
         let near = self.started && first >= lo && first <= self.next + slack;
-        let from_start = !self.started && first == 0;
+        let from_start = !self.started && first * SEGMENT < INITIAL_WINDOW;
         if !near && !from_start {
             // A seek: what was ahead is of no use now, and nothing is read ahead until the
             // reader has read on from here for a while.

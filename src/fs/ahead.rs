@@ -86,13 +86,10 @@ impl Fs {
         same.then_some(r)
     }
 
-    /// The reading of `i` began at its first byte, by thread `tid`. If the file before it in
+    /// The reading of `i` began at its first byte, by process `pid`. If the file before it in
     /// its folder (in listing or in name order) began so a moment ago in the same process,
     /// request the beginnings of the files after it in that order.
-    pub(super) fn folder_read_began(&self, i: &Inode, tid: u32) {
-        // FUSE names the calling thread; a copier's threads (Samba's I/O threads, robocopy /MT
-        // through it) are one reader.
-        let pid = process_of(tid);
+    pub(super) fn folder_read_began(&self, i: &Inode, pid: u32) {
         let (mine, others): (Vec<u64>, Vec<u64>) = {
             let mut a = self.ahead();
             a.expire();
@@ -172,8 +169,9 @@ impl Fs {
     }
 }
 
-/// The process (thread group) of thread `tid`; `tid` itself if that cannot be read.
-fn process_of(tid: u32) -> u32 {
+/// The process (thread group) of thread `tid`, which FUSE names as the caller: a copier's
+/// threads are one reader. `tid` itself if that cannot be read.
+pub(super) fn process_of(tid: u32) -> u32 {
     if tid == 0 {
         return 0;
     }

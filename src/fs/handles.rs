@@ -156,8 +156,13 @@ impl Fs {
             }
         }
         let fh = self.open_real(ino, write, trunc)?;
-        if let Some(h) = self.core().handles.get_mut(&fh) {
-            h.pid = pid;
+        // For the folder read-ahead, which follows each reading process: resolved now, while
+        // the opening thread is alive (not for writers: it costs a read of /proc).
+        if !write {
+            let pid = super::ahead::process_of(pid);
+            if let Some(h) = self.core().handles.get_mut(&fh) {
+                h.pid = pid;
+            }
         }
         Ok((fh, false))
     }

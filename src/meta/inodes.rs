@@ -77,37 +77,24 @@ impl Db {
     /// The regular file of folder `of.parent` just before `of`, in listing (inode) order or
     /// in name order.
     pub fn file_before(&self, of: &Inode, by_name: bool) -> Result<Option<u64>> {
-        let file = Kind::File as i64;
-        let (clause, key) = if by_name {
-            (
-                format!("WHERE parent=?1 AND kind={file} AND name < ?2 AND ino != 1 ORDER BY name DESC LIMIT 1"),
-                rusqlite::types::Value::Text(of.name.clone()),
-            )
-        } else {
-            (
-                format!("WHERE parent=?1 AND kind={file} AND ino < ?2 AND ino != 1 ORDER BY ino DESC LIMIT 1"),
-                rusqlite::types::Value::Integer(of.ino as i64),
-            )
-        };
-        Ok(self.select_inodes(&clause, params![of.parent as i64, key])?.first().map(|i| i.ino))
+        Ok(self.files_next_to(of, by_name, false, 1)?.first().map(|i| i.ino))
     }
 
     /// Up to `limit` regular files of folder `of.parent` after `of`, in listing (inode) order
     /// or in name order.
     pub fn files_after(&self, of: &Inode, by_name: bool, limit: usize) -> Result<Vec<Inode>> {
+        self.files_next_to(of, by_name, true, limit)
+    }
+
+    /// Up to `limit` regular files of `of`'s folder after it (or before it, nearest first), in
+    /// inode or name order.
+    fn files_next_to(&self, of: &Inode, by_name: bool, after: bool, limit: usize) -> Result<Vec<Inode>> {
         let file = Kind::File as i64;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (clause, key) = if by_name {
-            (
-                format!("WHERE parent=?1 AND kind={file} AND name > ?2 AND ino != 1 ORDER BY name LIMIT ?3"),
-                rusqlite::types::Value::Text(of.name.clone()),
-            )
-        } else {
-            (
-                format!("WHERE parent=?1 AND kind={file} AND ino > ?2 AND ino != 1 ORDER BY ino LIMIT ?3"),
-                rusqlite::types::Value::Integer(of.ino as i64),
-            )
-        };
+        let (col, key) =
+            if by_name { ("name", rusqlite::types::Value::Text(of.name.clone())) } else { ("ino", rusqlite::types::Value::Integer(of.ino as i64)) };
+        let (cmp, dir) = if after { (">", "") } else { ("<", " DESC") };
+        let clause = format!("WHERE parent=?1 AND kind={file} AND {col} {cmp} ?2 AND ino != 1 ORDER BY {col}{dir} LIMIT ?3");
         self.select_inodes(&clause, params![of.parent as i64, key, limit])
     }
 

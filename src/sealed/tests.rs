@@ -171,6 +171,27 @@ async fn random_reads_fetch_only_what_they_touch() {
     assert!(store.bytes_asked() > 16 << 20, "reading on after a seek did not read ahead: {} bytes asked", store.bytes_asked());
 }
 
+/// A jump forward from a reader in full flight (a player scrubbing) is a seek too: the read
+/// waits for its own segments, not for one GET of everything up to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_forward_is_a_seek() {
+    let k = keys();
+    let size = 32 << 20;
+    let (store, _, data, header) = object(&k, size, Duration::ZERO);
+    let r = reader(&k, &store, size, &header, &Budget::new(8 << 20));
+    let mut off = 0;
+    while off < 8 << 20 {
+        off += read_at(&r, off, 128 << 10).await.unwrap().len() as u64;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // the read-ahead in flight has asked
+    let before = store.ranges().len();
+    let far = (r.lock().unwrap().next + 32) * SEGMENT + 1000;
+    let b = read_at(&r, far, 4096).await.unwrap();
+    assert!(b[..] == data[far as usize..far as usize + 4096]);
+    let asked = store.ranges()[before..].to_vec();
+    assert!(!asked.is_empty() && asked.iter().all(|(s, e)| e - s <= 2 * (SEGMENT + crypto::TAG)), "a jump forward fetched {asked:?}");
+}
+
 /// Many files read at once stay within one budget: what is requested ahead never exceeds it
 /// (what a caller waits for is fetched regardless: beyond the budget, each reader holds at most
 /// `BEHIND` and the segments of one read), every reader gets its plaintext, and once they are

@@ -27,9 +27,12 @@ fn keys() -> Arc<VaultKeys> {
     KEYS.get_or_init(|| Arc::new(VaultDescriptor::create_with_cost(b"pw", 1024, 1).1)).clone()
 }
 
+/// A runtime with a worker of its own: reads of uploaded files fetch in spawned tasks
+/// (`sealed::Chunk`), which a current-thread runtime driven only through `Handle::block_on`
+/// never runs. Those tasks touch no shuttle primitive.
 fn runtime() -> tokio::runtime::Handle {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()).handle().clone()
+    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()).handle().clone()
 }
 
 struct World {

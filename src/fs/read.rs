@@ -35,9 +35,7 @@ impl Fs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
         let virt = self.core().handles.get(&fh).and_then(|h| h.virt.clone());
         if let Some(v) = virt {
-            let start = (offset as usize).min(v.len());
-            let end = (start + size as usize).min(v.len());
-            return Ok(Bytes::copy_from_slice(&v[start..end]));
+            return Ok(virt_slice(&v, offset, size));
         }
         match self.read_inner(fh, offset, size) {
             Err(FsError::Store(StoreError::Archived)) => {
@@ -59,9 +57,7 @@ impl Fs {
             let c = self.core();
             let h = c.handles.get(&fh)?;
             if let Some(v) = &h.virt {
-                let start = (offset as usize).min(v.len());
-                let end = (start + size as usize).min(v.len());
-                return Some(Ok(Bytes::copy_from_slice(&v[start..end])));
+                return Some(Ok(virt_slice(v, offset, size)));
             }
             let reader = h.reader.clone()?;
             if c.open.get(&h.ino).is_some_and(|o| o.spool.is_some()) {
@@ -209,7 +205,7 @@ impl Fs {
         }
     }
 
-    /// Read plaintext [offset, offset+len) of `i` from where its content is.
+    /// Read plaintext [offset, offset+len) of `i` from where its content is on this machine.
     pub(super) fn read_source(&self, i: &Inode, src: &Source, offset: u64, len: u64) -> Result<Vec<u8>> {
         match src {
             Source::Plain(p) => read_plain(&File::open(p)?, offset, len),
@@ -224,11 +220,8 @@ impl Fs {
         let p = match src {
             Source::Local(p) => p,
             Source::Plain(_) => return Err(FsError::Invalid("a plaintext source is not decrypted")),
-            Source::Remote(k) => {
-                // A one-off read (no handle): a reader of its own.
-                let r = self.remote_reader(i, k)?;
-                return self.read_remote(i, &r, offset, len).map(|b| b.to_vec());
-            }
+            // Remote content is read through a `sealed::Reader` (`read_remote`), never here.
+            Source::Remote(_) => return Err(FsError::Invalid("remote content is read through a reader")),
         };
         let f = File::open(p)?;
         let header = match &i.header {
@@ -281,6 +274,13 @@ impl Fs {
         tracing::error!(ino = i.ino, object = %what, error = %e, "refusing to return data: object failed authentication");
         e
     }
+}
+
+/// [offset, offset+size) of a virtual file's content (shorter at its end).
+fn virt_slice(v: &[u8], offset: u64, size: u32) -> Bytes {
+    let start = (offset as usize).min(v.len());
+    let end = (start + size as usize).min(v.len());
+    Bytes::copy_from_slice(&v[start..end])
 }
 
 pub(super) fn read_plain(f: &File, offset: u64, len: u64) -> Result<Vec<u8>> {

@@ -60,8 +60,9 @@ require ca-certificates file:/etc/ssl/certs/ca-certificates.crt
 # Mounting: fuser mounts through the fusermount3 helper (no libfuse is linked).
 require fuse3 cmd:fusermount3
 # The tests and scripts: rsync as a client, pgrep/pkill (procps) to find and stop daemons,
-# mount (util-linux) for the small filesystems of the full-disk tests, getfattr (attr) to read
-# the xattrs Samba stores through the mount, and Python with venv support for the e2e suite.
+# mount (util-linux) for the small filesystems of the full-disk tests and mountpoint (util-linux)
+# for the Samba share's root preexec, getfattr (attr) to read the xattrs Samba stores through
+# the mount, and Python with venv support for the e2e suite.
 require rsync cmd:rsync
 BENCH=0
 [ "${1:-}" = "--bench" ] && BENCH=1
@@ -75,7 +76,7 @@ if [ $BENCH = 1 ]; then
   require linux-perf cmd:perf
 fi
 require procps cmd:pgrep cmd:pkill
-require util-linux cmd:mount cmd:umount
+require util-linux cmd:mount cmd:umount cmd:mountpoint
 require attr cmd:getfattr cmd:setfattr
 if [ "${COLDVAULT_SKIP_PYTHON:-0}" != 1 ]; then
   require python3 cmd:python3
@@ -94,6 +95,7 @@ if [ "${COLDVAULT_SKIP_CLIENTS:-0}" != 1 ]; then
   require samba-common-bin cmd:testparm cmd:smbcontrol
   require samba-vfs-modules samba-vfs:streams_xattr samba-vfs:fruit samba-vfs:catia
   require smbclient cmd:smbclient
+  require e2fsprogs cmd:chattr   # the immutable bare mount point docs/CLIENTS.md recommends
   require samba-testsuite cmd:smbtorture   # smb2.timestamps on the share
   require libimage-exiftool-perl cmd:exiftool
   require rawtherapee cmd:rawtherapee-cli

@@ -39,6 +39,12 @@ impl Daemon {
         fs_cfg: FsConfig,
         up: UploadConfig,
     ) -> crate::fs::Result<Daemon> {
+        if keys.secret.is_some() {
+            // A full mount may list the bucket; a write-only one relies on conditional writes.
+            if let Some(why) = Fs::fork_check(&fs_cfg, store.as_ref(), rt)? {
+                tracing::error!("{why}");
+            }
+        }
         let counted = Arc::new(Counted::with_prefix(store.clone(), &fs_cfg.prefix));
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;
         let mut signing = false;

@@ -224,6 +224,10 @@ enum Cmd {
     Flush {
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up after this many seconds, naming what is still pending (uploads
+        /// go on in the background).
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<u64>,
         mountpoint: PathBuf,
     },
     /// Show pending uploads, failures and S3 request counts.
@@ -421,6 +425,10 @@ fn run(cli: Cli) -> Result<()> {
             if samba.is_empty() || samba.contains([']', '[', '/', '\\']) {
                 bail!("invalid share name {samba:?}");
             }
+            // smb.conf substitutes %-variables in `path` and `root preexec`, and a line break ends a value.
+            if mp.to_string_lossy().contains(['%', '\n', '\r']) {
+                bail!("{} contains % or a line break, which smb.conf cannot express: share a mount point whose path has neither", mp.display());
+            }
             if !no_check {
                 let dir = match modules_dir {
                     Some(d) => d,
@@ -470,12 +478,23 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Machine { cmd } => cmd_machine(cmd),
         Cmd::Restore { tier, days, dry_run, paths } => cmd_restore(tier, days, dry_run, paths),
         Cmd::Unmount { mountpoint } => cmd_unmount(&mountpoint),
-        Cmd::Flush { wait, mountpoint } => {
+        Cmd::Flush { wait, timeout, mountpoint } => {
             let rt = runtime()?;
-            match rt.block_on(control::call(&mountpoint, &Request::Flush { wait }))? {
-                Reply::Flushed { uploaded_files, failed_files, still_open_for_write } => {
+            match rt.block_on(control::call(&mountpoint, &Request::Flush { wait, timeout_secs: timeout }))? {
+                Reply::Flushed { uploaded_files, failed_files, still_open_for_write, open_for_write } => {
                     if failed_files > 0 {
                         bail!("{failed_files} file(s) failed to upload and stay staged; see `coldvault status {}`", mountpoint.display());
+                    }
+                    if wait && still_open_for_write > 0 {
+                        // Their content so far is safe on local disk; it uploads once they are closed.
+                        let mut names = open_for_write.iter().map(|p| format!("  {p}")).collect::<Vec<_>>();
+                        if still_open_for_write > open_for_write.len() as u64 {
+                            names.push(format!("  … and {} more", still_open_for_write - open_for_write.len() as u64));
+                        }
+                        bail!(
+                            "everything else is in S3; {still_open_for_write} file(s) are still open for writing and upload once closed:\n{}",
+                            names.join("\n")
+                        );
                     }
                     if wait {
                         println!("flushed: everything written before this command is in S3 ({uploaded_files} files uploaded in total)");
@@ -954,6 +973,12 @@ fn cmd_mount(mut a: MountArgs) -> Result<()> {
         bail!("mount point {} is not a directory", a.mountpoint.display());
     }
     let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
+    // Before the passphrase: a mount that would hide files is refused, not started. A coldvault
+    // mount already there (live, or left by a crashed daemon) is not such a file: listing it
+    // lists the vault, or fails.
+    if !is_coldvault_mount(&mountpoint) {
+        refuse_hidden_entries(&mountpoint)?;
+    }
     let read_cache = config::parse_size(&a.read_cache)?;
     let read_ahead = config::parse_size(&a.read_ahead).context("--read-ahead")?;
     let max_file_size = match &a.max_file_size {
@@ -1200,6 +1225,39 @@ fn spawn_daemon(a: &MountArgs, cfg_path: &Path, cache_dir: &Path, mountpoint: &P
 fn is_mounted(mp: &Path) -> bool {
     let target = mp.to_string_lossy().replace(' ', "\\040");
     std::fs::read_to_string("/proc/self/mountinfo").map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()))).unwrap_or(false)
+}
+
+/// Whether a coldvault mount, live or left by a crashed daemon, is at `mp` (the same test as
+/// [`find_mount`]: `fuse.coldvault` through fusermount3, source `coldvault` when mounted as root).
+fn is_coldvault_mount(mp: &Path) -> bool {
+    let target = mp.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()) && (l.contains(" - fuse.coldvault ") || l.contains(" coldvault "))))
+        .unwrap_or(false)
+}
+
+/// Refuses a mount point whose own directory holds anything: the mount would hide it, and
+/// nothing hidden there is ever uploaded (e.g. what a Samba share or a script wrote while the
+/// vault was not mounted). The kernel and fusermount3 mount over a non-empty directory without
+/// a word, so this is the only place it can be noticed.
+fn refuse_hidden_entries(mp: &Path) -> Result<()> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(mp).with_context(|| format!("cannot list the mount point {}", mp.display()))? {
+        names.push(e?.file_name().to_string_lossy().into_owned());
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    let n = names.len();
+    let mut shown = names.iter().take(5).map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ");
+    if n > 5 {
+        shown.push_str(&format!(" and {} more", n - 5));
+    }
+    bail!(
+        "the mount point {mp} is not empty ({n} item(s): {shown}): the mount would hide them and they would never be uploaded; move them out of {mp}, mount, then move them into the mount",
+        mp = mp.display()
+    )
 }
 
 /// The coldvault mount point containing `p`, and `p`'s vault-relative path.

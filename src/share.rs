@@ -1,5 +1,6 @@
 //! `coldvault share --samba NAME MOUNTPOINT`: an smb.conf share section for re-exporting a
-//! mount to Windows and macOS clients (tested on loopback by tests/e2e/test_samba.py), and the
+//! mount to Windows and macOS clients (tested on loopback by tests/e2e/test_samba.py), served
+//! only while the vault is mounted (never into the bare mount-point directory), and the
 //! check that the Samba installed here has the VFS modules that section loads: without them
 //! smbd refuses the whole share ("vfs_init_custom failed"), which clients see only as a share
 //! that does not answer.
@@ -46,10 +47,29 @@ pub fn check_vfs_modules(modules_dir: &Path) -> Result<(), SambaCheckError> {
     }
 }
 
+/// `s` as one sh word: single-quoted, each `'` as `'\''`. Samba's own escaping of the command
+/// (smbrun) leaves single-quoted text alone, so the word reaches the shell as written.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The smb.conf section. `mountpoint` must not contain `%` or a line break (see `main`): smb.conf
+/// would substitute the one and end the value at the other.
 pub fn samba_section(name: &str, mountpoint: &str) -> String {
+    let quoted = sh_quote(mountpoint);
     format!(
         r#"[{name}]
    path = {mountpoint}
+   # Only while the vault is mounted: unmounted (daemon stopped or crashed, gateway still
+   # booting), writes would land in the bare mount-point directory instead of the vault. A
+   # refused connection fails at the client at once (access denied), and the share works again
+   # as soon as the vault is mounted, without reloading Samba.
+   root preexec = mountpoint -q {quoted}
+   root preexec close = yes
+   # A connection made while mounted can outlive an unmount (smbd may find the bare directory
+   # when it re-enters the path). Make the bare directory immutable, once, as root and while it
+   # is unmounted: nothing, not even root, can then write into it, and the vault still mounts
+   # over it:  chattr +i {quoted}
    read only = no
    browseable = yes
    # DOS attributes (archive/hidden/read-only/system), creation times and alternate data
@@ -113,6 +133,17 @@ mod tests {
             std::fs::write(dir.path().join(format!("vfs/{m}.so")), b"").unwrap();
         }
         check_vfs_modules(dir.path()).unwrap();
+    }
+
+    /// Regression (issue 24, S2): a share of an unmounted vault took writes into the bare
+    /// mount-point directory, which the next mount hid; the section refuses a connection unless
+    /// the vault is mounted, naming the mount point as one shell word whatever it contains.
+    #[test]
+    fn the_section_refuses_connections_while_unmounted() {
+        let section = samba_section("photos", "/srv/Bob's vault");
+        assert!(section.contains("\n   root preexec = mountpoint -q '/srv/Bob'\\''s vault'\n"), "{section}");
+        assert!(section.contains("\n   root preexec close = yes\n"), "{section}");
+        assert!(section.contains("chattr +i '/srv/Bob'\\''s vault'\n"), "{section}");
     }
 
     #[test]

@@ -102,6 +102,7 @@ fn write_v1_fixtures() {
         uid: 1000,
         gid: 1000,
         sha256: hex::encode(s.sha256),
+        sealed_ms: 0,
     };
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("cvh", B64.encode(s.header.bytes));

@@ -114,7 +114,16 @@ fn write_seeds() {
 
     let mut body = Vec::new();
     let sealed = crypto::encrypt_stream(&keys.public, 5, &mut &b"hello"[..], &mut body).unwrap();
-    let meta = ObjectMeta { path: "photos/a.jpg".into(), size: 5, mtime_ns: 1, mode: 0o644, uid: 0, gid: 0, sha256: hex::encode(sealed.sha256) };
+    let meta = ObjectMeta {
+        path: "photos/a.jpg".into(),
+        size: 5,
+        mtime_ns: 1,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        sha256: hex::encode(sealed.sha256),
+        sealed_ms: 0,
+    };
     let b64 = |b: &[u8]| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(b)

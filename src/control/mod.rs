@@ -24,6 +24,9 @@ pub enum Request {
     /// Seal everything now; with `wait`, reply only once it is all in S3 (or failed).
     Flush {
         wait: bool,
+        /// Answer after this many seconds at most, naming what is still pending.
+        #[serde(default)]
+        timeout_secs: Option<u64>,
     },
     RetryFailed,
     Pid,
@@ -40,11 +43,30 @@ pub enum Request {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Status(Status),
-    Flushed { uploaded_files: u64, failed_files: u64, still_open_for_write: u64 },
-    Retried { uploads: u64 },
-    Pid { pid: u32 },
-    Restore { files: u64, bytes: u64, cost_usd: f64, requested: u64 },
-    Error { message: String },
+    Flushed {
+        uploaded_files: u64,
+        failed_files: u64,
+        still_open_for_write: u64,
+        /// With `wait`: the files not uploaded because they are still open for writing (the
+        /// first few of `still_open_for_write`).
+        #[serde(default)]
+        open_for_write: Vec<String>,
+    },
+    Retried {
+        uploads: u64,
+    },
+    Pid {
+        pid: u32,
+    },
+    Restore {
+        files: u64,
+        bytes: u64,
+        cost_usd: f64,
+        requested: u64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 pub fn runtime_dir() -> PathBuf {
@@ -182,65 +204,96 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
             Ok(n) => Reply::Retried { uploads: n as u64 },
             Err(e) => Reply::Error { message: e.to_string() },
         },
-        Request::Flush { wait } => {
-            // Everything pending now must reach S3 (in this version or a newer one).
-            let mut targets = match fs.pending_inodes() {
-                Ok(t) => t,
-                Err(e) => return Reply::Error { message: e.to_string() },
-            };
-            loop {
-                let f = fs.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || f.seal_ready(true)).await.unwrap_or(Ok(0)) {
-                    return Reply::Error { message: e.to_string() };
-                }
-                fs.upload_wakeup.notify_one();
-                let looking = std::time::Instant::now();
-                let f = fs.clone();
-                let t = std::mem::take(&mut targets);
-                let states = match tokio::task::spawn_blocking(move || f.states_of(&t).map(|s| (t, s))).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => return Reply::Error { message: e.to_string() },
-                    Err(e) => return Reply::Error { message: e.to_string() },
-                };
-                let mut failed = 0u64;
-                // Files that cannot be sealed now (a full staging disk): waiting would never end.
-                let mut unsealable = Vec::new();
-                for (ino, state) in states.0.into_iter().zip(states.1) {
-                    match state {
-                        None | Some(crate::meta::State::Uploaded) | Some(crate::meta::State::Local) => continue,
-                        Some(crate::meta::State::Failed) => failed += 1,
-                        Some(crate::meta::State::Dirty) if fs.seal_failure(ino).is_some() => {
-                            unsealable.push(format!("  {}: {}", fs.path_of(ino), fs.seal_failure(ino).unwrap_or_default()));
-                        }
-                        Some(_) => {}
-                    }
-                    targets.push(ino); // still pending: looked at again next round
-                }
-                let waiting = targets.len() as u64 - failed - unsealable.len() as u64;
-                if wait && waiting == 0 && !unsealable.is_empty() {
-                    return Reply::Error {
-                        message: format!(
-                            "{} file(s) could not be sealed and stay staged (nothing is lost; they are retried):\n{}",
-                            unsealable.len(),
-                            unsealable.join("\n")
-                        ),
-                    };
-                }
-                if !wait || waiting == 0 {
-                    if wait {
-                        // Renames, deletions and attribute changes are part of "everything".
-                        if let Err(e) = crate::remote_meta::journal::flush(fs.as_ref(), &fs.cfg.journal).await {
-                            return Reply::Error { message: format!("uploading the metadata journal failed: {e}") };
-                        }
-                    }
-                    let s = fs.status().unwrap_or_default();
-                    return Reply::Flushed { uploaded_files: s.uploaded_files, failed_files: failed, still_open_for_write: fs.open_writers() as u64 };
-                }
-                // Look again in 200 ms, or later when looking took long (a large backlog). Only
-                // the looking counts: sealing a batch of big files must not stretch the wait.
-                tokio::time::sleep(Duration::from_millis(200).max(looking.elapsed() * 4)).await;
-            }
+        Request::Flush { wait, timeout_secs } => flush(fs, wait, timeout_secs.map(Duration::from_secs)).await,
+    }
+}
+
+/// How many paths a flush names when it stops short (open writers, files it still waits on).
+const FLUSH_NAMES: usize = 20;
+
+/// Seal everything now; with `wait`, answer once everything pending when it began is in S3 in
+/// this version or a newer one, the journal included. It never waits on what cannot progress:
+/// files deleted while open (orphans: nothing of them is uploaded), files held open for writing
+/// (named in the reply: they upload once closed), files that cannot be sealed or were parked
+/// as failed; and with `timeout` it answers then, naming what it still waits on.
+pub async fn flush(fs: &Arc<Fs>, wait: bool, timeout: Option<Duration>) -> Reply {
+    let began = std::time::Instant::now();
+    let mut targets = match fs.pending_inodes() {
+        Ok(t) => t,
+        Err(e) => return Reply::Error { message: e.to_string() },
+    };
+    loop {
+        let f = fs.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || f.seal_ready(true)).await.unwrap_or(Ok(0)) {
+            return Reply::Error { message: e.to_string() };
         }
+        fs.upload_wakeup.notify_one();
+        let looking = std::time::Instant::now();
+        let f = fs.clone();
+        let t = std::mem::take(&mut targets);
+        let states = match tokio::task::spawn_blocking(move || f.flush_view(&t).map(|s| (t, s))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Reply::Error { message: e.to_string() },
+            Err(e) => return Reply::Error { message: e.to_string() },
+        };
+        let mut failed = 0u64;
+        // Files that cannot be sealed now (a full staging disk): waiting would never end.
+        let mut unsealable = Vec::new();
+        let mut open_for_write = Vec::new();
+        for (ino, view) in states.0.into_iter().zip(states.1) {
+            use crate::meta::State;
+            let Some(v) = view else { continue };
+            if v.orphan {
+                continue; // deleted while open: nothing of it will ever be uploaded
+            }
+            match v.state {
+                State::Uploaded | State::Local => continue,
+                State::Failed => failed += 1,
+                State::Dirty if v.open_for_write => open_for_write.push(fs.path_of(ino)),
+                State::Dirty if fs.seal_failure(ino).is_some() => {
+                    unsealable.push(format!("  {}: {}", fs.path_of(ino), fs.seal_failure(ino).unwrap_or_default()));
+                }
+                _ => {}
+            }
+            targets.push(ino); // still pending: looked at again next round
+        }
+        let waiting = targets.len() as u64 - failed - unsealable.len() as u64 - open_for_write.len() as u64;
+        if wait && waiting == 0 && !unsealable.is_empty() {
+            return Reply::Error {
+                message: format!(
+                    "{} file(s) could not be sealed and stay staged (nothing is lost; they are retried):\n{}",
+                    unsealable.len(),
+                    unsealable.join("\n")
+                ),
+            };
+        }
+        if wait && waiting > 0 && timeout.is_some_and(|t| began.elapsed() >= t) {
+            let f = fs.clone();
+            let t = targets.clone();
+            let names = tokio::task::spawn_blocking(move || f.describe_pending(&t, FLUSH_NAMES)).await.unwrap_or_default();
+            return Reply::Error {
+                message: format!(
+                    "timed out after {} s with {waiting} file(s) not yet in S3 (they keep uploading in the background; `coldvault status` shows progress):\n{}",
+                    began.elapsed().as_secs(),
+                    names.join("\n")
+                ),
+            };
+        }
+        if !wait || waiting == 0 {
+            if wait {
+                // Renames, deletions and attribute changes are part of "everything".
+                if let Err(e) = crate::remote_meta::journal::flush(fs.as_ref(), &fs.cfg.journal).await {
+                    return Reply::Error { message: format!("uploading the metadata journal failed: {e}") };
+                }
+            }
+            let s = fs.status().unwrap_or_default();
+            let still_open_for_write = if wait { open_for_write.len() as u64 } else { fs.open_writers() as u64 };
+            open_for_write.truncate(FLUSH_NAMES);
+            return Reply::Flushed { uploaded_files: s.uploaded_files, failed_files: failed, still_open_for_write, open_for_write };
+        }
+        // Look again in 200 ms, or later when looking took long (a large backlog). Only
+        // the looking counts: sealing a batch of big files must not stretch the wait.
+        tokio::time::sleep(Duration::from_millis(200).max(looking.elapsed() * 4)).await;
     }
 }
 

@@ -205,6 +205,15 @@ pub struct ObjectMeta {
     pub uid: u32,
     pub gid: u32,
     pub sha256: String,
+    /// When this version was sealed (ms since the epoch; 0 in objects of builds before it):
+    /// among versions of one path that reached the bucket but not the journal, a rebuild takes
+    /// the newest (docs/FORMAT.md, section 3).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sealed_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// The result of sealing one file: header, encrypted metadata, and the plaintext digest.

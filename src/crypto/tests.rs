@@ -198,8 +198,16 @@ fn newer_format_version_is_refused_clearly() {
 fn metadata_roundtrip_and_binding() {
     let (_, k) = vault();
     let (s, body) = enc(&k, b"abc");
-    let m =
-        ObjectMeta { path: "a/b.jpg".into(), size: 3, mtime_ns: 1_234_567_890_123_456_789, mode: 0o644, uid: 1, gid: 2, sha256: sha256_hex(b"abc") };
+    let m = ObjectMeta {
+        path: "a/b.jpg".into(),
+        size: 3,
+        mtime_ns: 1_234_567_890_123_456_789,
+        mode: 0o644,
+        uid: 1,
+        gid: 2,
+        sha256: sha256_hex(b"abc"),
+        sealed_ms: 0,
+    };
     let ct = s.encrypt_meta(&m);
     let h = Header::parse(&body).unwrap();
     let o = Opened::open(k.secret.as_ref().unwrap(), &h).unwrap();

@@ -225,68 +225,64 @@ impl Fs {
             (i.uid, size.saturating_sub(now))
         };
         self.charge(grows.0, grows.1)?;
-        {
-            let mut c = self.core();
-            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
-            if i.kind == Kind::Dir {
-                return Err(FsError::IsDir);
-            }
-            if i.kind != Kind::File {
-                return Err(FsError::Invalid("truncate of a non-file"));
-            }
-            if let Some(o) = c.open.get_mut(&ino) {
-                if let Some(sp) = &o.spool {
-                    sp.set_len(size)?;
-                    o.size = size;
-                    o.mtime_ns = now_ns();
-                    o.ctime_ns = o.mtime_ns;
-                    o.touch();
-                    let writers = o.writers;
-                    drop(c);
-                    // With a writer open, its close commits this; with only readers (or
-                    // `truncate` by path while someone reads), nobody else would.
-                    return if writers == 0 { self.persist(ino) } else { Ok(()) };
-                }
-            }
-            if i.state.has_spool() {
-                if size == 0 && i.size > 0 {
-                    // Not open: a new empty spool; the old content stays until this is durable.
-                    drop(self.swap_in_empty_spool(&mut c, ino)?);
-                } else {
-                    self.staging.open_spool(ino)?.set_len(size)?;
-                }
-                let mut i = i;
-                i.size = size;
-                i.mtime_ns = now_ns();
-                i.content_gen += 1;
-                i.dirty_ms = now_ms();
-                c.db.update(&i)?;
-                return Ok(());
-            }
-        }
-        // Content is sealed or remote: materialize it (or start empty), then cut. The sealer
-        // may freeze the new spool before this takes the lock again: then look again.
+        // Content that is sealed or remote is materialized (or started empty) first, then cut.
+        // The sealer may freeze the new spool before this takes the lock again: then look again.
         let mut tries = 0;
-        let (c, mut i) = loop {
-            self.ensure_spool(ino, size == 0)?;
-            let c = self.core();
-            let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
-            if i.state.has_spool() {
-                break (c, i);
-            }
+        loop {
+            let i = {
+                let mut c = self.core();
+                let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+                if i.kind == Kind::Dir {
+                    return Err(FsError::IsDir);
+                }
+                if i.kind != Kind::File {
+                    return Err(FsError::Invalid("truncate of a non-file"));
+                }
+                // Handles opened without O_TRUNC (no spool yet) share it once there is one.
+                self.attach_spool(&mut c, &i)?;
+                if let Some(o) = c.open.get_mut(&ino) {
+                    if let Some(sp) = &o.spool {
+                        sp.set_len(size)?;
+                        o.size = size;
+                        o.mtime_ns = now_ns();
+                        o.ctime_ns = o.mtime_ns;
+                        o.touch();
+                        let writers = o.writers;
+                        drop(c);
+                        // With a writer open, its close commits this; with only readers (or
+                        // `truncate` by path while someone reads), nobody else would.
+                        return if writers == 0 { self.persist(ino) } else { Ok(()) };
+                    }
+                }
+                if i.state.has_spool() {
+                    if size == 0 && i.size > 0 {
+                        // Not open: a new empty spool; the old content stays until this is durable.
+                        drop(self.swap_in_empty_spool(&mut c, ino)?);
+                    } else {
+                        self.staging.open_spool(ino)?.set_len(size)?;
+                    }
+                    let mut i = i;
+                    i.size = size;
+                    i.mtime_ns = now_ns();
+                    i.content_gen += 1;
+                    i.dirty_ms = now_ms();
+                    c.db.update(&i)?;
+                    return Ok(());
+                }
+                i
+            };
             tries += 1;
-            if tries >= 5 {
+            if tries > 5 {
                 return Err(FsError::Invalid("the file kept changing while it was truncated"));
             }
-        };
-        let f = self.staging.open_spool(ino)?;
-        f.set_len(size)?;
-        i.size = size;
-        i.mtime_ns = now_ns();
-        i.content_gen += 1;
-        i.dirty_ms = now_ms();
-        c.db.update(&i)?;
-        Ok(())
+            // A cut to 0 needs none of the old bytes (an overwrite through a handle opened
+            // without O_TRUNC: Samba, robocopy, Finder); any other size keeps some of them,
+            // which an archived object has to be restored for.
+            if size != 0 && i.state == State::Uploaded {
+                self.check_readable(&i, 0)?;
+            }
+            self.ensure_spool(ino, size == 0)?;
+        }
     }
 
     pub fn statfs(&self) -> Result<libc::statvfs> {

@@ -25,6 +25,9 @@ pub enum FsError {
     Invalid(&'static str),
     #[error("operation not permitted: {0}")]
     NotPermitted(&'static str),
+    /// The file is a program being run, and the operation would cut it (O_TRUNC).
+    #[error("text file busy: the file is a running program")]
+    TextBusy,
     #[error("this mount cannot decrypt (write-only: no private key)")]
     WriteOnly,
     /// The object sits in an archive tier; a restore is needed before its bytes can be read.
@@ -68,6 +71,7 @@ impl FsError {
             FsError::BadName => libc::EILSEQ,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::NotPermitted(_) => libc::EPERM,
+            FsError::TextBusy => libc::ETXTBSY,
             FsError::WriteOnly => libc::EACCES,
             FsError::Archived => libc::EAGAIN,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,

@@ -1,4 +1,4 @@
-//! The open-handle table: open (and O_TRUNC), write, flush/fsync/release and `persist`, which commits a close's size and state (a crash of the daemon keeps it; `fsync` and the group commit make it survive power loss).
+//! The open-handle table: open (and O_TRUNC), write, flush/fsync/release and `persist`, which commits a close's size and state (a crash of the daemon keeps it; `fsync` and the group commit make it survive power loss); `materialize`, which brings a writer's old content in on first need.
 
 use super::*;
 
@@ -8,7 +8,7 @@ impl Fs {
     pub(super) fn alloc_handle(c: &mut Core, ino: u64, write: bool) -> u64 {
         let fh = c.next_fh;
         c.next_fh += 1;
-        c.handles.insert(fh, Handle { ino, write, virt: None, reader: None, pid: 0 });
+        c.handles.insert(fh, Handle { ino, write, virt: None, reader: None, pid: 0, exec: false });
         fh
     }
 
@@ -147,24 +147,62 @@ impl Fs {
                 return Err(FsError::IsDir);
             }
             drop(c);
-            if self.keys.secret.is_none() && !i.state.has_spool() && !(write && trunc) && i.size > 0 {
-                return Err(self.write_only_refusal(&i));
+            // O_TRUNC needs nothing of the old content; nor does an open for writing of an
+            // uploaded file: its first write or read does (`materialize`), so an overwrite that
+            // truncates after opening (Samba, robocopy, Finder) fetches nothing and needs no
+            // restore. Reading, or copying a sealed file's content in, does.
+            let lazy = write && !trunc && i.state == State::Uploaded;
+            if !(write && trunc) && !lazy {
+                self.check_readable(&i, pid)?;
             }
-            // Reading (or partly rewriting) archived content needs a restore; O_TRUNC does not.
-            if i.state == State::Uploaded && !(write && trunc) && i.size > 0 {
-                self.check_restore(&i, pid)?;
-            }
+        }
+        // A running program's file is not cut: ETXTBSY, as Linux answers. The kernel checks
+        // that itself before a writer's OPEN, but for O_RDONLY|O_TRUNC only after it, and with
+        // ATOMIC_O_TRUNC it has by then taken the file for truncated and dropped its pages,
+        // which the program still maps: it dies (SIGBUS), and once it is gone the kernel's own
+        // check lets the open through (pjdfstest open::etxtbsy, now and then on a busy machine).
+        if trunc && self.core().open.get(&ino).is_some_and(|o| o.execs > 0) {
+            return Err(FsError::TextBusy);
         }
         let fh = self.open_real(ino, write, trunc)?;
         // For the folder read-ahead, which follows each reading process: resolved now, while
-        // the opening thread is alive (not for writers: it costs a read of /proc).
-        if !write {
-            let pid = super::ahead::process_of(pid);
-            if let Some(h) = self.core().handles.get_mut(&fh) {
-                h.pid = pid;
-            }
+        // the opening thread is alive (not for writers: it costs a read of /proc; a writer's
+        // is the opener as FUSE named it, for the restore its first write may request).
+        let pid = if write { pid } else { super::ahead::process_of(pid) };
+        if let Some(h) = self.core().handles.get_mut(&fh) {
+            h.pid = pid;
         }
         Ok((fh, false))
+    }
+
+    /// Whether the old content of `i` can be read now: a write-only mount refuses; an archived
+    /// object answers EAGAIN and has a restore requested (`check_restore`). A file with a spool
+    /// or an empty one needs nothing.
+    pub(super) fn check_readable(&self, i: &Inode, pid: u32) -> Result<()> {
+        if i.state.has_spool() || i.size == 0 {
+            return Ok(());
+        }
+        if self.keys.secret.is_none() {
+            return Err(self.write_only_refusal(i));
+        }
+        if i.state == State::Uploaded {
+            self.check_restore(i, pid)?;
+        }
+        Ok(())
+    }
+
+    /// `open` by execve (the kernel's OPEN carries __FMODE_EXEC): a read handle that counts as
+    /// a running program until it is released, so that an O_TRUNC open meanwhile gets ETXTBSY.
+    pub fn open_exec(&self, ino: u64, pid: u32) -> Result<(u64, bool)> {
+        let (fh, direct) = self.open(ino, false, false, pid)?;
+        let mut c = self.core();
+        if let Some(h) = c.handles.get_mut(&fh) {
+            h.exec = true;
+        }
+        if let Some(o) = c.open.get_mut(&ino) {
+            o.execs += 1;
+        }
+        Ok((fh, direct))
     }
 
     pub(super) fn write_only_refusal(&self, i: &Inode) -> FsError {
@@ -176,22 +214,22 @@ impl Fs {
     pub(super) fn open_real(&self, ino: u64, write: bool, trunc: bool) -> Result<u64> {
         let mut tries = 0;
         let (mut c, i) = loop {
-            if write {
-                self.ensure_spool(ino, trunc)?;
-            }
             let c = self.core();
             let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
-            // The sealer may have frozen the spool between `ensure_spool` and this lock (the
-            // writer is not counted yet): bring the content back into a spool first. Once
-            // counted below, under this lock, the writer keeps the sealer away.
-            if write && !i.state.has_spool() {
-                tries += 1;
-                if tries < 5 {
-                    continue;
-                }
+            // A writer gets its spool before it is counted below, under this lock (counted, it
+            // keeps the sealer away); but an uploaded file opened without O_TRUNC gets it from
+            // the first write or read that needs the old content (`materialize`).
+            if !write || i.state.has_spool() || (!trunc && i.state == State::Uploaded) {
+                break (c, i);
+            }
+            drop(c);
+            // The sealer may freeze the spool between `ensure_spool` and this lock (the writer
+            // is not counted yet), or an upload release the sealed file: look again.
+            tries += 1;
+            if tries > 5 {
                 return Err(FsError::Invalid("the file kept changing while it was opened"));
             }
-            break (c, i);
+            self.ensure_spool(ino, trunc)?;
         };
         if write && trunc && i.size != 0 {
             match c.open.get(&ino).and_then(|o| o.spool.clone()) {
@@ -224,6 +262,7 @@ impl Fs {
         let o = c.open.entry(ino).or_insert(OpenFile {
             handles: 0,
             writers: 0,
+            execs: 0,
             uid: i.uid,
             spool: None,
             size: i.size,
@@ -245,6 +284,61 @@ impl Fs {
             o.writers += 1;
         }
         Ok(Self::alloc_handle(&mut c, ino, write))
+    }
+
+    /// Give the open file of write handle `fh` its spool, with the old content: an uploaded
+    /// file opened for writing without O_TRUNC fetches nothing at open, and its first write or
+    /// read comes here (a truncate to 0 before that starts an empty spool instead, `truncate`).
+    /// The copy is made outside the lock (`ensure_spool`); the counted writer keeps the sealer
+    /// from freezing it before it is attached. An archived object answers EAGAIN and has one
+    /// restore requested, as an open for reading would.
+    pub(super) fn materialize(&self, fh: u64) -> Result<()> {
+        for _ in 0..5 {
+            let (i, pid) = {
+                let mut c = self.core();
+                let (ino, pid) = c.handles.get(&fh).map(|h| (h.ino, h.pid)).ok_or(FsError::BadHandle)?;
+                let i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
+                if self.attach_spool(&mut c, &i)? {
+                    return Ok(());
+                }
+                (i, pid)
+            };
+            self.check_readable(&i, pid)?;
+            match self.ensure_spool(i.ino, false) {
+                // The index thought the object readable: a lifecycle rule moved it.
+                Err(FsError::Store(StoreError::Archived)) => {
+                    self.discover_archived(i.ino);
+                    return Err(FsError::Archived);
+                }
+                r => r?,
+            }
+        }
+        Err(FsError::Invalid("the file kept changing while it was opened"))
+    }
+
+    /// Once file `i` has a spool (state dirty), its open handles share it: attach it to the
+    /// open file if it has none yet (writers that opened it uploaded without O_TRUNC, readers
+    /// of the old version), with the size and times it has. False if the file has no spool.
+    pub(super) fn attach_spool(&self, c: &mut Core, i: &Inode) -> Result<bool> {
+        let Some(o) = c.open.get_mut(&i.ino) else { return Ok(i.state.has_spool()) };
+        if o.spool.is_some() {
+            return Ok(true);
+        }
+        if !i.state.has_spool() {
+            return Ok(false);
+        }
+        o.spool = Some(Arc::new(self.staging.open_spool(i.ino)?));
+        o.size = i.size;
+        o.mtime_ns = i.mtime_ns;
+        o.ctime_ns = i.ctime_ns;
+        Ok(true)
+    }
+
+    /// Whether a write through `fh` lands in a spool already (no old content to fetch first):
+    /// FUSE answers those on the dispatch thread.
+    pub fn writes_locally(&self, fh: u64) -> bool {
+        let c = self.core();
+        c.handles.get(&fh).is_some_and(|h| c.open.get(&h.ino).is_some_and(|o| o.spool.is_some()))
     }
 
     /// Make what was written through this file durable (spool fsync + index commit).
@@ -320,11 +414,14 @@ impl Fs {
         let (ino, write) = self.handle_ino(fh)?;
         let r = if write { self.persist(ino) } else { Ok(()) };
         let mut c = self.core();
-        c.handles.remove(&fh);
+        let exec = c.handles.remove(&fh).is_some_and(|h| h.exec);
         let last = if let Some(o) = c.open.get_mut(&ino) {
             o.handles = o.handles.saturating_sub(1);
             if write {
                 o.writers = o.writers.saturating_sub(1);
+            }
+            if exec {
+                o.execs = o.execs.saturating_sub(1);
             }
             o.handles == 0
         } else {
@@ -349,10 +446,20 @@ impl Fs {
         }
         let end = offset.saturating_add(data.len() as u64);
         self.check_size(end)?;
-        let (spool, uid, size) = {
+        let found = {
             let c = self.core();
             let o = c.open.get(&ino).ok_or(FsError::BadHandle)?;
-            (o.spool.clone().ok_or(FsError::BadHandle)?, o.uid, o.size)
+            (o.spool.clone(), o.uid, o.size)
+        };
+        let (spool, uid, size) = match found {
+            (Some(spool), uid, size) => (spool, uid, size),
+            // Opened without O_TRUNC and not written yet: the old content comes in first.
+            (None, ..) => {
+                self.materialize(fh)?;
+                let c = self.core();
+                let o = c.open.get(&ino).ok_or(FsError::BadHandle)?;
+                (o.spool.clone().ok_or(FsError::BadHandle)?, o.uid, o.size)
+            }
         };
         self.charge(uid, end.saturating_sub(size))?;
         if let Err(e) = spool.write_all_at(data, offset) {

@@ -6,6 +6,12 @@ use crate::meta::IndexResult;
 use crate::remote_meta::journal::{JournalIndex, SnapshotFile};
 
 impl JournalIndex for Fs {
+    fn journal_forked(&self) -> IndexResult<()> {
+        let c = self.core();
+        c.db.set_setting("journal_forked", "1")?;
+        Ok(c.db.sync()?)
+    }
+
     fn store(&self) -> &dyn ObjectStore {
         self.store.as_ref()
     }
@@ -122,6 +128,60 @@ impl Fs {
 
     pub fn machine_id(&self) -> Result<String> {
         Ok(self.signer.machine().to_string())
+    }
+
+    /// Before a full mount opens an index it has used before: if the bucket holds journal
+    /// batches or snapshots of this machine id beyond every sequence number the index has
+    /// handed out, this cache dir is an older copy of the machine's (restored from a backup, a
+    /// cloned VM) and the bucket's journal went on without it (review N3). Writing on under the
+    /// same id would hand those numbers out again and hide or mix two histories, so the index
+    /// takes a new machine id and signing key: its changes from now on are another machine's,
+    /// merged as any two machines' are. Returns what it did, for the log. A bucket that cannot
+    /// be listed is not a reason to refuse the mount (the conditional writes still catch a
+    /// fork, `MetaSink::put_batch`).
+    pub fn fork_check(cfg: &FsConfig, store: &dyn ObjectStore, rt: &tokio::runtime::Handle) -> Result<Option<String>> {
+        let path = cfg.cache_dir.join("index.db");
+        if !path.exists() {
+            return Ok(None);
+        }
+        // SAFETY: getuid/getgid take no arguments, cannot fail and touch no memory of ours.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let db = Db::open(&path, now_ns(), uid, gid)?;
+        let Some(machine) = db.setting("machine_id")? else { return Ok(None) };
+        let local = db.journal_max_seq()?;
+        let mut remote = 0i64;
+        for kind in ["j", "s"] {
+            let under = format!("{}{kind}/{machine}/", cfg.prefix);
+            let listed = match rt.block_on(store.list(&under)) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list this machine's journal to check that this cache dir is not an older copy");
+                    return Ok(None);
+                }
+            };
+            for o in listed {
+                if let Some((_, _, last)) = crate::remote_meta::parse_seq_key(&o.key[cfg.prefix.len() + 2..]) {
+                    remote = remote.max(last);
+                }
+            }
+        }
+        let forked = db.setting("journal_forked")?.is_some_and(|v| v == "1");
+        if remote <= local && !forked {
+            return Ok(None);
+        }
+        let fresh = hex::encode(rand::random::<[u8; 8]>());
+        db.set_setting("machine_id", &fresh)?;
+        db.set_setting("signing_key", "")?;
+        db.set_setting("journal_forked", "0")?;
+        db.sync()?;
+        let seen = if remote > local {
+            format!("the bucket holds its journal up to record {remote}, this index only up to {local}")
+        } else {
+            "another copy wrote journal batches this index did not".to_string()
+        };
+        Ok(Some(format!(
+            "this cache dir is a copy of machine {machine}'s (restored from a backup, or a cloned VM): {seen}. Nothing was overwritten; this index goes on as a new machine {fresh}, and what the other copy changed is not in it (mount with an empty cache dir to rebuild the whole vault from the bucket)"
+        )))
     }
 
     /// This cache dir's machine id and signing key, drawn at random the first time and kept in

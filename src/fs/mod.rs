@@ -29,7 +29,7 @@ mod seal;
 mod status;
 mod uploads;
 
-pub use status::{FailureInfo, RestoreInfo, Status};
+pub use status::{FailureInfo, FlushView, RestoreInfo, Status};
 
 use crate::clock::Nanos;
 use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys, HEADER_LEN, SEGMENT};
@@ -49,8 +49,11 @@ use std::time::Duration;
 
 pub use crate::meta::{MAX_NAME, MAX_PATH};
 pub use crate::store::effective_class;
-/// Free space kept beyond a sealed copy's size when sealing (index, journal, other writers).
+/// Below this much free space, sealing gives up the staging reserve (`Staging::release_reserve`)
+/// so that the index can record the seals that free the disk.
 const SEAL_HEADROOM: u64 = 16 << 20;
+/// Free space a batch of seals needs for the index's pages: less than the reserve gives back.
+const SEAL_MIN_ROOM: u64 = 1 << 20;
 /// How often the group commit makes everything survive power loss (ext4 commits every 5 s).
 pub const GROUP_COMMIT: Duration = Duration::from_secs(5);
 
@@ -116,9 +119,14 @@ const OPEN_HEAD_INTERVAL_MS: i64 = 60_000;
 struct OpenFile {
     handles: u32,
     writers: u32,
+    /// Handles opened by execve (`Fs::open_exec`): the file is a running program until they
+    /// are released (when the last process running it has exited).
+    execs: u32,
     /// The file's owner when it was opened (charged for what writes add, `quota.rs`).
     uid: u32,
-    /// The plaintext spool, open read-write, when the file's content is dirty.
+    /// The plaintext spool, open read-write, when the file's content is dirty. None with
+    /// writers counted: they opened an uploaded file without O_TRUNC, and no write, read or
+    /// truncate has needed the old content yet (`Fs::materialize`).
     spool: Option<Arc<File>>,
     size: u64,
     mtime_ns: Nanos,
@@ -147,8 +155,11 @@ struct Handle {
     virt: Option<Arc<Vec<u8>>>,
     /// The reader of the object this handle reads from S3, made by its first remote read.
     reader: Option<Arc<std::sync::Mutex<crate::sealed::Reader>>>,
-    /// The process that opened it (0: not known): folder read-ahead follows each reader.
+    /// The process that opened it (0: not known): folder read-ahead follows each reader; a
+    /// writer's first write names it in the restore it may request (the indexer rule).
     pid: u32,
+    /// Opened by execve: counted in `OpenFile::execs` until released.
+    exec: bool,
 }
 
 struct Core {
@@ -418,6 +429,42 @@ impl Fs {
         for mut i in c.db.files_in_state(&[State::Uploading])? {
             i.state = State::Sealed;
             c.db.update(&i)?;
+        }
+        // Each inode in the outbox has a live upload row in the same state, or it is a file
+        // nothing would ever advance (review N12: a `failed` row under a `sealed` inode, left
+        // by a crash between two commits of an older build; a version dropped above).
+        let rows: HashMap<(u64, i64), bool> = c.db.uploads()?.into_iter().map(|u| ((u.ino, u.content_gen), u.state == "failed")).collect();
+        for mut i in c.db.files_in_state(&[State::Sealed, State::Failed])? {
+            let want = match rows.get(&(i.ino, i.content_gen)) {
+                Some(true) => State::Failed,
+                Some(false) => State::Sealed,
+                None if self.staging.spool_len(i.ino).is_some() => {
+                    // Its staged content is still there: seal it anew.
+                    i.content_gen += 1;
+                    i.dirty_ms = now_ms();
+                    State::Dirty
+                }
+                None if i.object_key.is_some() && c.db.latest_version(i.ino)?.is_some_and(|v| Some(&v.object_key) == i.object_key.as_ref()) => {
+                    tracing::error!(ino = i.ino, "a queued version's staged file is gone; the file is its last uploaded version again");
+                    let v = c.db.latest_version(i.ino)?.expect("checked above");
+                    (i.size, i.mtime_ns, i.sha256, i.header, i.storage_class) =
+                        (v.size, v.mtime_ns, Some(v.sha256), Some(v.header), Some(v.storage_class));
+                    State::Uploaded
+                }
+                None => {
+                    tracing::error!(ino = i.ino, "a queued version's staged file is gone and the file has no uploaded version; it is now empty");
+                    self.staging.create_spool(i.ino)?;
+                    i.size = 0;
+                    i.content_gen += 1;
+                    i.dirty_ms = now_ms();
+                    State::Dirty
+                }
+            };
+            if i.state != want {
+                tracing::warn!(ino = i.ino, from = i.state.as_str(), to = want.as_str(), "reconciled a file's state with its upload queue");
+                i.state = want;
+                c.db.update(&i)?;
+            }
         }
         let mut keep_spool = HashSet::new();
         for mut i in c.db.files_in_state(&[State::Dirty, State::Local])? {

@@ -270,6 +270,8 @@ impl Fs {
         if let Some(k) = &i.object_key {
             Db::add_dead_key(c.db.conn(), k)?;
         }
+        // Versions it took over from a file it was saved over go with it too.
+        Db::kill_versions_of(c.db.conn(), i.ino, None)?;
         Self::record_in_op(c, crate::remote_meta::Entry::Remove { path })?;
         self.remove_inode(c, i)?;
         Self::touch_dir(c, parent)?;
@@ -323,9 +325,7 @@ impl Fs {
                 (true, true) if c.db.has_children(dst.ino)? => return Err(FsError::NotEmpty),
                 _ => {}
             }
-            if let Some(k) = &dst.object_key {
-                Db::add_dead_key(c.db.conn(), k)?;
-            }
+            self.replace_versions(c, &src, &dst)?;
             self.remove_inode(c, dst)?;
         }
         let from = c.db.path_of(src.ino)?;
@@ -348,6 +348,42 @@ impl Fs {
         Ok(())
     }
 
+    /// `src` is renamed over `dst`. A file saved over another (an atomic save: rsync, editors,
+    /// Lightroom sidecars) that has no version in the bucket yet takes over the replaced file's
+    /// versions: until its own upload completes, the replaced version is still the newest one
+    /// in the bucket at that path, so snapshots describe the path by it and it is not dead
+    /// (else losing the machine before the upload would lose the file from every rebuild).
+    /// Its upload's completion retires them (`complete_uploads`). Otherwise `dst`'s versions
+    /// are dead now: the bucket holds a newer file at the path.
+    fn replace_versions(&self, c: &mut Core, src: &Inode, dst: &Inode) -> Result<()> {
+        let conn = c.db.conn();
+        if dst.kind == Kind::File && src.kind == Kind::File && src.object_key.is_none() && c.db.latest_version(src.ino)?.is_none() {
+            if let (Some(k), Some(h), None) = (&dst.object_key, &dst.header, c.db.latest_version(dst.ino)?) {
+                // An uploaded file recorded before versions were kept: its version first.
+                let v = crate::meta::Version {
+                    object_key: k.clone(),
+                    ino: dst.ino,
+                    size: dst.size,
+                    mtime_ns: dst.mtime_ns,
+                    mode: dst.mode,
+                    uid: dst.uid,
+                    gid: dst.gid,
+                    storage_class: dst.storage_class.clone().unwrap_or_else(|| "STANDARD".into()),
+                    sha256: dst.sha256.clone().unwrap_or_default(),
+                    header: h.clone(),
+                };
+                Db::add_version(conn, &v, 0)?;
+            }
+            Db::move_versions(conn, dst.ino, src.ino)?;
+            return Ok(());
+        }
+        if let Some(k) = &dst.object_key {
+            Db::add_dead_key(conn, k)?;
+        }
+        Db::kill_versions_of(conn, dst.ino, None)?;
+        Ok(())
+    }
+
     pub fn create(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<(Inode, u64)> {
         let mut c = self.core();
         let name = Self::check_new_entry(&c, parent, name)?;
@@ -366,6 +402,7 @@ impl Fs {
             OpenFile {
                 handles: 1,
                 writers: 1,
+                execs: 0,
                 uid: i.uid,
                 spool: Some(Arc::new(spool)),
                 size: 0,

@@ -8,7 +8,7 @@
 //! What a user has staged is read from the index (sizes of files not uploaded yet, plus what
 //! open files have grown beyond that) once a second, and counted in memory between reads; a
 //! write that would cross the quota reads it again first (at once if uploads completed since
-//! the last reading, else at most every 100 ms), so uploads that completed meanwhile count. Opening an uploaded file for writing stages its old
+//! the last reading, else at most every 100 ms), so uploads that completed meanwhile count. Writing into part of an uploaded file stages its old
 //! content again: that is charged too. The charge goes to the file's owner: behind a Samba
 //! share with `force user`, every client shares one quota.
 

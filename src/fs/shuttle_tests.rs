@@ -212,8 +212,8 @@ fn shuttle_a_rewrite_racing_the_sealer_and_the_uploader_keeps_the_newest_version
 }
 
 /// A partial rewrite (open without O_TRUNC) of a sealed file while its upload completes: the
-/// open copies the sealed version's bytes whether they are still in the outbox or already
-/// only in the bucket, and never fails.
+/// open (or its first write, once the file is uploaded) copies the sealed version's bytes
+/// whether they are still in the outbox or already only in the bucket, and never fails.
 #[test]
 fn shuttle_a_partial_rewrite_racing_the_upload_keeps_the_old_bytes() {
     explore("partial rewrite vs upload", || {

@@ -86,6 +86,49 @@ impl Fs {
         Ok(out)
     }
 
+    /// What `flush --wait` needs to know of each of `inos` (None: gone), a chunk at a time
+    /// under the lock, as `states_of`.
+    pub fn flush_view(&self, inos: &[u64]) -> Result<Vec<Option<FlushView>>> {
+        let mut out = Vec::with_capacity(inos.len());
+        for chunk in inos.chunks(512) {
+            let c = self.core();
+            for &ino in chunk {
+                out.push(c.db.get(ino)?.map(|i| FlushView {
+                    state: i.state,
+                    orphan: i.parent == 0,
+                    open_for_write: c.open.get(&ino).is_some_and(|o| o.writers > 0),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// "path: state (last error)" for the first `max` of `inos` still pending, and a count of
+    /// the rest: what a flush that timed out names.
+    pub fn describe_pending(&self, inos: &[u64], max: usize) -> Vec<String> {
+        let c = self.core();
+        let mut out = Vec::new();
+        let mut more = 0;
+        for &ino in inos {
+            let Ok(Some(i)) = c.db.get(ino) else { continue };
+            if out.len() >= max {
+                more += 1;
+                continue;
+            }
+            let err = c.db.uploads_for_ino(ino).ok().and_then(|u| u.into_iter().find_map(|u| u.last_error));
+            let open = if c.open.get(&ino).is_some_and(|o| o.writers > 0) { ", open for writing" } else { "" };
+            let path = c.db.path_of(ino).unwrap_or_default();
+            out.push(match err {
+                Some(e) => format!("  {path}: {}{open} (last error: {e})", i.state.as_str()),
+                None => format!("  {path}: {}{open}", i.state.as_str()),
+            });
+        }
+        if more > 0 {
+            out.push(format!("  … and {more} more"));
+        }
+        out
+    }
+
     pub fn state_of(&self, ino: u64) -> Result<Option<(i64, State)>> {
         Ok(self.core().db.get(ino)?.map(|i| (i.content_gen, i.state)))
     }
@@ -99,6 +142,16 @@ impl Fs {
     pub fn open_writers(&self) -> usize {
         self.core().open.values().filter(|o| o.writers > 0).count()
     }
+}
+
+/// One pending file as `flush --wait` sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushView {
+    pub state: State,
+    /// Deleted while open: never uploaded.
+    pub orphan: bool,
+    /// Held open for writing: sealed only once closed.
+    pub open_for_write: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]

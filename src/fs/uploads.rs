@@ -4,6 +4,23 @@ use super::*;
 
 use crate::upload::{IndexResult, UploadQueue};
 
+/// Run `f` as one transaction: an upload row and its inode's state change together or not at
+/// all (review N12: a crash between two autocommits left a `failed` row under a `sealed`
+/// inode, which nothing advanced and `flush --wait` waited on for ever).
+fn paired<T>(db: &Db, f: impl FnOnce(&Db) -> crate::meta::Result<T>) -> IndexResult<T> {
+    db.op_begin()?;
+    match f(db) {
+        Ok(v) => {
+            db.op_commit()?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = db.op_rollback();
+            Err(e.into())
+        }
+    }
+}
+
 impl UploadQueue for Fs {
     fn store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
@@ -39,14 +56,16 @@ impl UploadQueue for Fs {
 
     fn mark_uploading(&self, u: &Upload) -> IndexResult<()> {
         let c = self.core();
-        c.db.set_upload_state(u.id, "uploading", u.attempts, u.next_try_ms, u.last_error.as_deref())?;
-        if let Some(mut i) = c.db.get(u.ino)? {
-            if i.content_gen == u.content_gen && i.state.in_outbox() {
-                i.state = State::Uploading;
-                c.db.update(&i)?;
+        paired(&c.db, |db| {
+            db.set_upload_state(u.id, "uploading", u.attempts, u.next_try_ms, u.last_error.as_deref())?;
+            if let Some(mut i) = db.get(u.ino)? {
+                if i.content_gen == u.content_gen && i.state.in_outbox() {
+                    i.state = State::Uploading;
+                    db.update(&i)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn set_multipart(&self, id: i64, mp: Option<&str>) -> IndexResult<()> {
@@ -57,8 +76,10 @@ impl UploadQueue for Fs {
     /// multipart upload, if any, belonged to the old key and starts over.
     fn rekey_upload(&self, id: i64, key: &str) -> IndexResult<()> {
         let c = self.core();
-        c.db.set_mp_upload_id(id, None)?;
-        Ok(c.db.set_upload_key(id, key)?)
+        paired(&c.db, |db| {
+            db.set_mp_upload_id(id, None)?;
+            db.set_upload_key(id, key)
+        })
     }
 
     fn record_part(&self, id: i64, part: i32, etag: &str) -> IndexResult<()> {
@@ -71,26 +92,30 @@ impl UploadQueue for Fs {
 
     fn upload_retry(&self, u: &Upload, err: &StoreError, delay: Duration) -> IndexResult<()> {
         let c = self.core();
-        c.db.set_upload_state(u.id, "queued", u.attempts + 1, now_ms() + delay.as_millis() as i64, Some(&err.to_string()))?;
-        if let Some(mut i) = c.db.get(u.ino)? {
-            if i.content_gen == u.content_gen && i.state == State::Uploading {
-                i.state = State::Sealed;
-                c.db.update(&i)?;
+        paired(&c.db, |db| {
+            db.set_upload_state(u.id, "queued", u.attempts + 1, now_ms() + delay.as_millis() as i64, Some(&err.to_string()))?;
+            if let Some(mut i) = db.get(u.ino)? {
+                if i.content_gen == u.content_gen && i.state == State::Uploading {
+                    i.state = State::Sealed;
+                    db.update(&i)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn upload_failed(&self, u: &Upload, err: &StoreError) -> IndexResult<()> {
         let c = self.core();
-        c.db.set_upload_state(u.id, "failed", u.attempts + 1, i64::MAX, Some(&err.to_string()))?;
-        if let Some(mut i) = c.db.get(u.ino)? {
-            if i.content_gen == u.content_gen && i.state.in_outbox() {
-                i.state = State::Failed;
-                c.db.update(&i)?;
+        paired(&c.db, |db| {
+            db.set_upload_state(u.id, "failed", u.attempts + 1, i64::MAX, Some(&err.to_string()))?;
+            if let Some(mut i) = db.get(u.ino)? {
+                if i.content_gen == u.content_gen && i.state.in_outbox() {
+                    i.state = State::Failed;
+                    db.update(&i)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The objects are durable in S3: record them, in one transaction (the pages their rows
@@ -118,6 +143,8 @@ impl UploadQueue for Fs {
                     if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
                         Db::add_dead_key(&tx, old)?;
                     }
+                    // And every older version, including those of a file it was saved over.
+                    Db::kill_versions_of(&tx, i.ino, Some(&u.object_key))?;
                     i.state = State::Uploaded;
                     i.object_key = Some(u.object_key.clone());
                     i.storage_class = Some(u.storage_class.clone());
@@ -170,6 +197,13 @@ impl UploadQueue for Fs {
         // Staging space freed: a write refused over its quota reads its owner's use again.
         self.staged_gen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.data_uploads.fetch_add(live, std::sync::atomic::Ordering::Relaxed);
+        // Review N4: the moves below are renames the filesystem may persist before the commit
+        // above; a power cut between them found the file dirty with its spool gone into the
+        // read cache, emptied it and uploaded the empty version. The commit is made durable
+        // first (one WAL fsync per batch, only with a read cache).
+        if self.cfg.read_cache > 0 && done.iter().any(|u| u.enc_size <= self.cfg.read_cache) {
+            c.db.sync()?;
+        }
         for u in done {
             // Still under the lock: a reader that sees `uploaded` must find the read-cache copy.
             // (A power cut that loses this commit finds the kept copy in the read cache and moves

@@ -1,8 +1,9 @@
 //! `fuser::Filesystem` over `fs::Fs`: unpack the request, call `Fs`, reply. Nothing else.
 //!
-//! Callbacks that may touch the network (open of a remote file for a partial rewrite, reads
-//! of remote content) move their reply into a blocking task so the dispatch threads never wait
-//! on S3; everything else is local (SQLite, staging disk) and runs inline.
+//! Callbacks that may touch the network (open of an archived file, the first write into an
+//! uploaded file opened for writing without O_TRUNC, reads of remote content) move their reply
+//! into a blocking task so the dispatch threads never wait on S3; everything else is local
+//! (SQLite, staging disk) and runs inline.
 
 use crate::clock::Nanos;
 use crate::fs::{Fs, FsError};
@@ -20,6 +21,9 @@ use std::time::{Duration, SystemTime};
 /// Attribute/entry cache time given to the kernel. coldvault is the only writer of its own
 /// namespace, so a short TTL is safe and saves a getattr round trip per stat.
 const TTL: Duration = Duration::from_secs(1);
+/// `__FMODE_EXEC` in the flags of an OPEN: the kernel opens the file to run it (execve, or
+/// as the interpreter of a script or binfmt_misc entry).
+const FMODE_EXEC: i32 = 0x20;
 pub const MAX_WRITE: u32 = 1 << 20;
 
 pub struct ColdFs {
@@ -295,12 +299,19 @@ impl fuser::Filesystem for ColdFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let trunc = flags.0 & libc::O_TRUNC != 0;
+        // With ATOMIC_O_TRUNC the kernel takes every O_TRUNC open it passes on as truncated
+        // here, O_RDONLY|O_TRUNC too (it sends no truncate after it; Linux truncates then):
+        // such an open truncates as a writer's does, and commits at its close like one.
+        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) || trunc;
+        let exec = flags.0 & FMODE_EXEC != 0;
         let pid = req.pid();
         let fs = self.fs.clone();
-        // May ask S3 (restore status, old bytes for a partial rewrite): off the dispatch thread.
-        self.fs.rt.spawn_blocking(move || match fs.open(ino.0, write, trunc, pid) {
+        // May ask S3 (restore status) or copy a sealed file's content for a writer: off the
+        // dispatch thread. An uploaded file opened for writing fetches nothing (its first
+        // write or read does).
+        let open = move || if exec { fs.open_exec(ino.0, pid) } else { fs.open(ino.0, write, trunc, pid) };
+        self.fs.rt.spawn_blocking(move || match open() {
             // Virtual status files change under the kernel's feet: bypass its page cache.
             Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -346,6 +357,16 @@ impl fuser::Filesystem for ColdFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // The first write through a handle opened without O_TRUNC may fetch the old content
+        // (a partial rewrite of an uploaded file): off the dispatch thread.
+        if !self.fs.writes_locally(fh.0) {
+            let (fs, data) = (self.fs.clone(), data.to_vec());
+            self.fs.rt.spawn_blocking(move || match fs.write(fh.0, offset, &data) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            });
+            return;
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),

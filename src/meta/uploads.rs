@@ -173,6 +173,23 @@ impl Db {
         Ok(())
     }
 
+    /// Every version inode `ino` has had, but `except`, is no live file's any more (the file
+    /// was deleted, replaced, or a newer version of it reached the bucket).
+    pub fn kill_versions_of(conn: &Connection, ino: u64, except: Option<&str>) -> Result<()> {
+        conn.exec(
+            "INSERT OR IGNORE INTO dead_keys(key) SELECT object_key FROM versions WHERE ino=?1 AND object_key IS NOT ?2",
+            params![ino as i64, except],
+        )?;
+        Ok(())
+    }
+
+    /// The versions of inode `from` become those of `to` (a file saved over another by a
+    /// rename: the replaced file's history is the new one's until its own version arrives).
+    pub fn move_versions(conn: &Connection, from: u64, to: u64) -> Result<()> {
+        conn.exec("UPDATE versions SET ino=?2 WHERE ino=?1", params![from as i64, to as i64])?;
+        Ok(())
+    }
+
     pub fn dead_keys(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         self.each_dead_key(|k| {

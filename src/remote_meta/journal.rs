@@ -5,7 +5,7 @@ use super::{compact, MetaSink, Record};
 use crate::clock::now_ms;
 use crate::crypto::VaultKeys;
 use crate::meta::IndexResult;
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub trait JournalIndex: Send + Sync {
     fn wakeup(&self) -> &tokio::sync::Notify;
     /// A journal batch or snapshot reached the bucket (counted for `status`).
     fn uploaded_one(&self);
+    /// Another copy of this machine's cache dir wrote its journal (`MetaSink::put_batch`):
+    /// the next mount takes a new machine id (`Fs::fork_check`).
+    fn journal_forked(&self) -> IndexResult<()>;
     /// This machine's id in the bucket's journal.
     fn machine(&self) -> IndexResult<String>;
     /// Records not yet uploaded, oldest first, at most `limit`.
@@ -105,7 +108,17 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
         }
         let last = recs.last().map(|r| r.seq).unwrap_or(0);
         let n = recs.len();
-        let key = sink(fs).put_batch(&machine, recs).await.map_err(|e| e.to_string())?;
+        let key = match sink(fs).put_batch(&machine, recs).await {
+            Ok(k) => k,
+            Err(e) => {
+                if matches!(&e, StoreError::Permanent { code, .. } if code == "JournalFork") {
+                    if let Err(x) = fs.journal_forked() {
+                        tracing::error!(error = %x, "could not record that this machine's journal forked");
+                    }
+                }
+                return Err(e.to_string());
+            }
+        };
         fs.journal_sent(last, n as u64).map_err(|e| e.to_string())?;
         fs.uploaded_one();
         tracing::debug!(key, entries = n, "journal batch uploaded");
@@ -118,32 +131,36 @@ pub async fn flush(fs: &dyn JournalIndex, cfg: &JournalConfig) -> Result<usize, 
     // replays at most half a snapshot's worth of records on top of it.
     let every = cfg.snapshot_every.max(last_entries / 2);
     if since > 0 && (since >= every || now_ms() - last_ms >= cfg.snapshot_max_age.as_millis() as i64) {
-        // Seconds of reading the index for a large one: off the runtime's worker threads.
-        let t = std::time::Instant::now();
-        let snap = super::off_runtime(|| fs.write_snapshot(&machine)).map_err(|e| format!("snapshot: {e}"))?;
-        let (covers_seq, files, bytes) = (snap.covers_seq, snap.entries, snap.len);
-        let written_ms = t.elapsed().as_millis() as u64;
-        let key = sink(fs).put_snapshot(&machine, covers_seq, &snap.file, snap.len).await.map_err(|e| e.to_string())?;
-        drop(snap);
-        fs.snapshot_taken(covers_seq, files, bytes).map_err(|e| e.to_string())?;
-        fs.uploaded_one();
-        tracing::info!(
-            key,
-            files,
-            bytes,
-            covers_seq,
-            written_ms,
-            uploaded_ms = t.elapsed().as_millis() as u64 - written_ms,
-            "index snapshot uploaded"
-        );
-        if !cfg.write_only {
-            match compact(fs.store(), fs.prefix(), &machine, covers_seq).await {
-                Ok(n) => tracing::info!(removed = n, "journal compacted"),
-                Err(e) => tracing::warn!(error = %e, "journal compaction failed (needs s3:ListBucket and s3:DeleteObject)"),
-            }
+        // Every record is in the bucket by now: a snapshot is a shortcut for rebuilds, so one
+        // that cannot be written (a staging disk too full for it) or sent is logged and tried
+        // again at the next flush, and never fails this one (`flush --wait` would report an
+        // error although every change is in the bucket).
+        if let Err(e) = snapshot(fs, cfg, &machine).await {
+            tracing::warn!(error = %e, "index snapshot not taken; journal batches are all uploaded, a rebuild replays them");
         }
     }
     Ok(sent)
+}
+
+/// Take, upload and record one snapshot, then compact the journal it covers.
+async fn snapshot(fs: &dyn JournalIndex, cfg: &JournalConfig, machine: &str) -> Result<(), String> {
+    // Seconds of reading the index for a large one: off the runtime's worker threads.
+    let t = std::time::Instant::now();
+    let snap = super::off_runtime(|| fs.write_snapshot(machine)).map_err(|e| format!("snapshot: {e}"))?;
+    let (covers_seq, files, bytes) = (snap.covers_seq, snap.entries, snap.len);
+    let written_ms = t.elapsed().as_millis() as u64;
+    let key = sink(fs).put_snapshot(machine, covers_seq, &snap.file, snap.len).await.map_err(|e| e.to_string())?;
+    drop(snap);
+    fs.snapshot_taken(covers_seq, files, bytes).map_err(|e| e.to_string())?;
+    fs.uploaded_one();
+    tracing::info!(key, files, bytes, covers_seq, written_ms, uploaded_ms = t.elapsed().as_millis() as u64 - written_ms, "index snapshot uploaded");
+    if !cfg.write_only {
+        match compact(fs.store(), fs.prefix(), machine, covers_seq).await {
+            Ok(n) => tracing::info!(removed = n, "journal compacted"),
+            Err(e) => tracing::warn!(error = %e, "journal compaction failed (needs s3:ListBucket and s3:DeleteObject)"),
+        }
+    }
+    Ok(())
 }
 
 /// Where this machine's batches and snapshots go, signed with its key.

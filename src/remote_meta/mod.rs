@@ -1111,12 +1111,37 @@ async fn rebuild_once(
         }
         adopt.push((o, crate::store::effective_class(&h), m, header, writer));
     }
-    // Full machines' orphans first: a write-only machine's cannot take their path before them.
-    adopt.sort_by_key(|a| a.4.role == trust::Role::WriteOnly);
+    // Full machines' orphans first: a write-only machine's cannot take their path before them;
+    // then the newest version of each path first (the last seal wins: review N6, versions that
+    // reached the bucket in the journal's last seconds before the machine was lost).
+    adopt.sort_by_key(|a| (a.4.role == trust::Role::WriteOnly, std::cmp::Reverse(a.2.sealed_ms)));
+    // When the version a path's node holds was sealed (0: unknown), read from its object once.
+    let mut node_sealed: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for (o, class, m, header, writer) in adopt {
-        if tree.nodes.contains_key(&m.path) {
-            continue; // an older object for a path that has a newer version or was replaced
+        if let Some(n) = tree.nodes.get(&m.path) {
+            // A path the journal (or an adopted newer object) holds keeps its node, unless the
+            // node is a file of the same machine whose version was sealed before this one: the
+            // machine wrote this version later and was lost before its journal said so.
+            let same_machine = writer.machine.is_none() || n.owner.is_none() || n.owner == writer.machine;
+            let Some(nk) = n.key.clone().filter(|_| n.kind == NodeKind::File && same_machine && m.sealed_ms > 0) else { continue };
+            let held = match node_sealed.get(&nk) {
+                Some(t) => *t,
+                None => {
+                    let t = match store.head_object(&nk).await {
+                        Ok(h) => object_meta(keys, &nk, &h.metadata).map(|(nm, _)| nm.sealed_ms).unwrap_or(0),
+                        Err(StoreError::NotFound) => 0,
+                        Err(e) => return Err(e.into()),
+                    };
+                    node_sealed.insert(nk.clone(), t);
+                    t
+                }
+            };
+            if held == 0 || held >= m.sealed_ms {
+                continue; // an older object for a path that has a newer version or was replaced
+            }
+            tracing::warn!(path = %shown(&m.path), object = %o.key, replaced = %nk, "a newer version that reached the bucket but not the journal is taken");
         }
+        node_sealed.insert(o.key.clone(), m.sealed_ms);
         tree.applying = Some((writer.machine.clone().unwrap_or_default(), writer.role == trust::Role::WriteOnly));
         tree.apply(&Entry::Upload {
             path: m.path,
@@ -1158,14 +1183,35 @@ impl MetaSink<'_> {
         PutOptions { storage_class: "STANDARD".into(), metadata, ..Default::default() }
     }
 
-    /// Upload a batch of journal records (idempotent: the key is derived from the sequence range).
+    /// Upload a batch of journal records under a key derived from its sequence range, never
+    /// over an object already there (review N3: a cache dir restored from a backup or cloned
+    /// with a VM hands out the same sequence numbers again, and overwrote the journal). An
+    /// object found at the key is this machine's own earlier attempt (a lost response) when it
+    /// holds the same records; anything else is another copy of this machine: `JournalFork`,
+    /// and nothing is overwritten (the next mount takes a new machine id, `check_fork`). A
+    /// write-only machine cannot read the object and counts it as its own.
     pub async fn put_batch(&self, machine: &str, records: Vec<Record>) -> Result<String, StoreError> {
         let (first, last) = (records.first().map_or(0, |r| r.seq), records.last().map_or(0, |r| r.seq));
         let key = format!("{}j/{machine}/{first:016}-{last:016}", self.prefix);
-        let body = seal_json(self.keys, &Batch { machine: machine.to_string(), records });
-        let opts = self.opts(&key, &body[..crypto::HEADER_LEN]);
-        self.store.put_object(&key, body.into(), &opts).await?;
-        Ok(key)
+        let batch = Batch { machine: machine.to_string(), records };
+        let body = seal_json(self.keys, &batch);
+        let opts = PutOptions { if_none_match: true, ..self.opts(&key, &body[..crypto::HEADER_LEN]) };
+        match self.store.put_object(&key, body.into(), &opts).await {
+            Err(StoreError::AlreadyExists) if self.keys.secret.is_some() => {
+                let there = self.store.get_object(&key).await?;
+                match open_json::<Batch>(self.keys, &key, &there) {
+                    Ok(b) if b.records == batch.records => Ok(key),
+                    _ => Err(StoreError::Permanent {
+                        code: "JournalFork".into(),
+                        message: format!(
+                            "{key} holds other changes than this index's: another copy of this machine's cache dir (restored from a backup, or a cloned VM) wrote this machine's journal. Nothing was overwritten; restart the mount: it takes a new machine id"
+                        ),
+                    }),
+                }
+            }
+            Err(StoreError::AlreadyExists) => Ok(key),
+            r => r.map(|_| key),
+        }
     }
 
     /// Upload a sealed snapshot (`SnapshotWriter`'s output, `len` bytes of `file`) under its key.
@@ -1174,8 +1220,15 @@ impl MetaSink<'_> {
         let key = format!("{}s/{machine}/{covers_seq:016}", self.prefix);
         let mut header = [0u8; crypto::HEADER_LEN];
         file.read_exact_at(&mut header, 0).map_err(|e| StoreError::Permanent { code: "LocalRead".into(), message: format!("{key}: {e}") })?;
-        put_file(self.store, &key, file, len, &self.opts(&key, &header)).await?;
-        Ok(key)
+        // Never over an object already there (see `put_batch`): one at this key is this
+        // machine's earlier attempt, or a copy's, which the journal batches tell apart.
+        match put_file(self.store, &key, file, len, &PutOptions { if_none_match: true, ..self.opts(&key, &header) }).await {
+            Err(StoreError::AlreadyExists) => {
+                tracing::warn!(key, "a snapshot is already at this key; left as it is");
+                Ok(key)
+            }
+            r => r.map(|_| key),
+        }
     }
 }
 

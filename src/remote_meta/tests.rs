@@ -369,7 +369,7 @@ impl Signed {
     /// A data object nothing mentions (an upload whose journal batch never went up).
     fn orphan(&self, by: Option<&MachineSigner>, key: &str, path: &str) {
         let c = crypto::VersionCipher::new(&self.keys.public, 3);
-        let meta = ObjectMeta { path: path.into(), size: 3, mtime_ns: 1, mode: 0o644, uid: 0, gid: 0, sha256: String::new() };
+        let meta = ObjectMeta { path: path.into(), size: 3, mtime_ns: 1, mode: 0o644, uid: 0, gid: 0, sha256: String::new(), sealed_ms: 0 };
         let mut md = vec![("cvh".to_string(), B64.encode(c.header().bytes)), ("cvm".to_string(), B64.encode(c.encrypt_meta(&meta)))];
         if let Some(s) = by {
             md.push((sign::META.into(), s.sign_object(&self.keys.public, &key["v/".len()..], &c.header().bytes)));

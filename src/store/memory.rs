@@ -46,6 +46,8 @@ pub struct MemoryStore {
     delay_next: Mutex<HashMap<&'static str, Duration>>,
     /// operations whose next call succeeds but answers with a transient error.
     lose_response: Mutex<std::collections::HashSet<&'static str>>,
+    /// HeadObject answers with a size one byte off (a gateway whose HEAD answers lie).
+    pub head_size_lies: std::sync::atomic::AtomicBool,
     /// The next PutObject stores only the first half of its body and answers success (a store
     /// or proxy that cut the object short).
     truncate_next_put: std::sync::atomic::AtomicBool,
@@ -299,8 +301,9 @@ impl ObjectStore for MemoryStore {
             Some(_) if self.readable(&o) => Some(RestoreState { ongoing: false, expiry: self.expiry_date(&o) }),
             _ => None, // never restored, or the restored copy expired
         };
+        let lie = self.head_size_lies.load(std::sync::atomic::Ordering::SeqCst) as u64;
         Ok(HeadInfo {
-            size: o.body.len() as u64,
+            size: o.body.len() as u64 + lie,
             storage_class: o.storage_class.clone(),
             metadata: o.metadata.clone(),
             restore,

@@ -161,9 +161,15 @@ where
                 "NoSuchUpload" => StoreError::NoSuchUpload,
                 "PreconditionFailed" => StoreError::AlreadyExists,
                 "" if status == 412 => StoreError::AlreadyExists,
-                "SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable" | "RequestTimeTooSkewed" => {
-                    StoreError::Retryable(format!("{code} (HTTP {status}) {message}"))
-                }
+                // 409s AWS asks clients to retry: a conditional write racing another request
+                // on the key, or a conflicting operation in progress (review N15).
+                "SlowDown"
+                | "InternalError"
+                | "RequestTimeout"
+                | "ServiceUnavailable"
+                | "RequestTimeTooSkewed"
+                | "ConditionalRequestConflict"
+                | "OperationAborted" => StoreError::Retryable(format!("{code} (HTTP {status}) {message}")),
                 // The body arrived short or damaged on the way: sending it again helps.
                 // (AWS answers BadDigest for a CRC32C mismatch too; Garage InvalidDigest, MinIO
                 // XAmzContentChecksumMismatch.)

@@ -14,7 +14,7 @@ use crate::store::{ObjectStore, PutOptions, StoreError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,14 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const COMPLETE_BATCH: usize = 16;
 /// …and at the latest this long after the first of them completed.
 const COMPLETE_WAIT: Duration = Duration::from_millis(50);
+/// A version whose key the store reports as holding another object this many times in a row
+/// is parked: a store or proxy that alters objects or HEAD answers would otherwise be sent the
+/// version again and again, each time leaving an object the user pays for.
+const MAX_REKEYS: u32 = 3;
+/// After the index fails (a full or read-only staging disk), the uploader pauses this long at
+/// first, doubling up to `MAX_INDEX_PAUSE`, instead of retrying at once in a loop.
+const INDEX_PAUSE: Duration = Duration::from_secs(1);
+const MAX_INDEX_PAUSE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct UploadConfig {
@@ -108,6 +116,10 @@ pub struct Uploader {
     running: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Bandwidth limiter: the instant the link is free again.
     link_free_at: Mutex<tokio::time::Instant>,
+    /// Per upload, how many times in a row its key turned out to hold another object.
+    rekeys: Mutex<HashMap<i64, u32>>,
+    /// After an index error: no dispatch before this instant, and the pause after the next one.
+    index_pause: Mutex<(Option<tokio::time::Instant>, Duration)>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -126,6 +138,8 @@ impl Uploader {
             completing: Mutex::new(HashSet::new()),
             running: Mutex::new(Vec::new()),
             link_free_at: Mutex::new(tokio::time::Instant::now()),
+            rekeys: Mutex::new(HashMap::new()),
+            index_pause: Mutex::new((None, INDEX_PAUSE)),
             stop,
         })
     }
@@ -165,7 +179,32 @@ impl Uploader {
         }
     }
 
+    /// The index failed: pause dispatching (doubling each time in a row), and log once per pause.
+    fn index_failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        let mut p = self.index_pause.lock().unwrap();
+        let now = tokio::time::Instant::now();
+        if p.0.is_some_and(|until| now < until) {
+            return; // already paused (and logged)
+        }
+        tracing::error!(error = %e, pause_ms = p.1.as_millis() as u64, "{what} failed; uploads pause and try again");
+        *p = (Some(now + p.1), (p.1 * 2).min(MAX_INDEX_PAUSE));
+    }
+
+    fn index_ok(&self) {
+        let mut p = self.index_pause.lock().unwrap();
+        if p.0.is_some_and(|until| tokio::time::Instant::now() >= until) {
+            *p = (None, INDEX_PAUSE);
+        }
+    }
+
+    fn index_paused(&self) -> bool {
+        self.index_pause.lock().unwrap().0.is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
     fn dispatch(self: &Arc<Self>) {
+        if self.index_paused() {
+            return;
+        }
         let busy = self.inflight.lock().unwrap().len();
         let free = self.cfg.concurrency.saturating_sub(busy);
         if free == 0 {
@@ -177,7 +216,7 @@ impl Uploader {
         let due = match self.fs.due_uploads(free + skip) {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "reading the upload queue failed");
+                self.index_failed("reading the upload queue", &e);
                 return;
             }
         };
@@ -204,7 +243,8 @@ impl Uploader {
 
     async fn attempt(&self, u: Upload) {
         if let Err(e) = self.fs.mark_uploading(&u) {
-            tracing::error!(error = %e, "journal update failed");
+            // Review N13: returning at once made the row due again at once, a busy loop.
+            self.index_failed("recording an upload's start", &e);
             return;
         }
         let r = self.upload(&u).await;
@@ -229,8 +269,9 @@ impl Uploader {
                 self.fs.upload_failed(&u, &e)
             }
         };
-        if let Err(e) = res {
-            tracing::error!(error = %e, "journal update failed");
+        match res {
+            Ok(()) => self.index_ok(),
+            Err(e) => self.index_failed("recording an upload's outcome", &e),
         }
     }
 
@@ -246,8 +287,16 @@ impl Uploader {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = tokio::task::block_in_place(|| self.fs.complete_uploads(&batch)) {
-            tracing::error!(uploads = batch.len(), error = %e, "recording completed uploads failed; they are checked again");
+        match tokio::task::block_in_place(|| self.fs.complete_uploads(&batch)) {
+            Ok(()) => {
+                self.index_ok();
+                let mut rekeys = self.rekeys.lock().unwrap();
+                for u in &batch {
+                    rekeys.remove(&u.id);
+                }
+            }
+            // They are sent again (each found in place and checked) once the pause is over.
+            Err(e) => self.index_failed("recording completed uploads", &e),
         }
         let mut completing = self.completing.lock().unwrap();
         for u in &batch {
@@ -303,11 +352,34 @@ impl Uploader {
         let h = match self.fs.store().head_object(&u.object_key).await {
             // Just written but not visible yet (an eventually consistent store): ask again later.
             Err(StoreError::NotFound) => return Err(StoreError::Retryable("the uploaded object is not visible yet".into())),
+            // A HEAD answer has no body: credentials that expired between the PUT and the HEAD
+            // (STS, SSO) arrive as a bare 400 or 403. The PUT was accepted with the same rights,
+            // so this is retried like expired credentials, never parked (review N15).
+            Err(StoreError::Permanent { code, message }) if code == "AccessDenied" || code == "HTTP400" || code == "HTTP403" => {
+                return Err(StoreError::Credentials(format!("checking the uploaded object: {code} {message}")));
+            }
             r => r?,
         };
         let ours = B64.encode(&u.header);
         if h.size == u.enc_size && h.metadata.get("cvh").is_some_and(|v| *v == ours) {
             return Ok(Outcome::Done);
+        }
+        let tries = {
+            let mut r = self.rekeys.lock().unwrap();
+            let n = r.entry(u.id).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if tries >= MAX_REKEYS {
+            self.rekeys.lock().unwrap().remove(&u.id);
+            let what = if h.metadata.get("cvh").is_some_and(|v| *v == ours) { "this version's header" } else { "another header or none" };
+            return Err(StoreError::Permanent {
+                code: "VersionNotStored".into(),
+                message: format!(
+                    "{tries} times in a row the store answered that the object just written at a fresh key holds something else ({} bytes with {what}; this version is {} bytes): a proxy or gateway that alters objects or their HEAD answers? Nothing was overwritten; the file stays staged: run `coldvault retry` once the store is fixed",
+                    h.size, u.enc_size
+                ),
+            });
         }
         let fresh = self.fs.new_key();
         tracing::error!(upload = u.id, key = %u.object_key, new_key = %fresh, "another object occupies this version's key; it is left untouched and the version is uploaded under a new key");
@@ -422,11 +494,19 @@ impl Uploader {
 /// earlier build.
 pub fn object_bytes(p: &std::path::Path, u: &Upload, start: u64, len: u64) -> Result<Bytes, StoreError> {
     let local = |e: String| StoreError::Permanent { code: "LocalOutbox".into(), message: format!("{}: {e}", p.display()) };
-    let f = std::fs::File::open(p).map_err(|e| local(e.to_string()))?;
+    // Too many open files, no memory, an I/O error of the staging disk: passing conditions
+    // (review N15: they parked the upload for good); a missing file or a wrong size are not.
+    let io = |e: std::io::Error| match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EIO | libc::EINTR | libc::EAGAIN) => {
+            StoreError::Retryable(format!("reading the staged file {}: {e}", p.display()))
+        }
+        _ => local(e.to_string()),
+    };
+    let f = std::fs::File::open(p).map_err(io)?;
     if let Some(dk) = &u.dk {
         // Frozen files never change; one that did is not encrypted again under the same
         // nonces (a short one would upload zeros in place of the file's bytes).
-        let on_disk = f.metadata().map_err(|e| local(e.to_string()))?.len();
+        let on_disk = f.metadata().map_err(io)?.len();
         if on_disk != u.size {
             return Err(local(format!("the sealed file is {on_disk} bytes, its version {} bytes: it changed after sealing", u.size)));
         }
@@ -434,6 +514,6 @@ pub fn object_bytes(p: &std::path::Path, u: &Upload, start: u64, len: u64) -> Re
         return cipher.encrypt_range(&f, start, len).map(Bytes::from).map_err(|e| local(e.to_string()));
     }
     let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, start).map_err(|e| local(e.to_string()))?;
+    f.read_exact_at(&mut buf, start).map_err(io)?;
     Ok(Bytes::from(buf))
 }

@@ -1,13 +1,14 @@
 """Samba re-exporting a real coldvault mount, on loopback only (smbd on 127.0.0.1, its own
 state directories and port), driven by smbclient (SMB3) and smbprotocol."""
 import os
+import shutil
 import subprocess
 import tarfile
 import time
 
 import pytest
 
-from conftest import sha, free_port, need, run
+from conftest import sha, free_port, is_mounted, need, run
 from treegen import make_tree
 
 USER, PASSWORD = "root", "coldvault-smb-test"
@@ -18,6 +19,7 @@ class Samba:
         need("smbd", "samba")
         need("pdbedit", "samba")
         need("smbclient", "smbclient")
+        need("mountpoint", "util-linux")  # the section's root preexec runs it
         self.dir = tmp / "samba"
         for d in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
@@ -122,6 +124,134 @@ def test_share_checks_the_samba_vfs_modules(tmp_path):
     conf.write_text("[global]\n   server role = standalone server\n" + ok.stdout)
     t = subprocess.run([need("testparm", "samba-common-bin"), "-s", str(conf)], capture_output=True, text=True)
     assert t.returncode == 0 and "[photos]" in t.stdout, t.stdout + t.stderr
+
+
+def daemon_pids(v):
+    r = subprocess.run(["pgrep", "-f", "--", f"--cache-dir {v.cache}"], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+def unmount_when_idle(v):
+    """`coldvault unmount` once smbd has let go: the smbd process of the last connection, whose
+    working directory is the share's root, exits just after smbclient does (until then the
+    mount is busy)."""
+    for _ in range(50):
+        if run("unmount", v.mnt, check=False, timeout=120).returncode == 0:
+            break
+        time.sleep(0.2)
+    assert not is_mounted(v.mnt), "the mount stayed busy"
+
+
+def refused(r):
+    return r.returncode != 0 and "NT_STATUS_ACCESS_DENIED" in r.stdout + r.stderr
+
+
+def test_the_share_takes_no_write_while_the_vault_is_not_mounted(samba_vault, tmp_path):
+    """Regression (issue 24, S2): with the vault unmounted and smbd still running, mkdir and put
+    through the share returned 0 and the file landed in the bare mount-point directory, where
+    the next mount hid it and it was never uploaded. The printed section's root preexec now
+    refuses the connection unless the vault is mounted: after an unmount, and after a crashed
+    daemon's mount is cleared, the write fails at the client and the bare directory stays empty.
+    Mounted again, the share works without reloading Samba (smbd up before the vault at boot)."""
+    v, smb = samba_vault
+    photo = tmp_path / "IMG_10.jpg"
+    photo.write_bytes(os.urandom(100_000))
+    smb.client(f"mkdir Before; cd Before; put {photo} IMG_10.jpg")
+    write = f"mkdir WhileUnmounted; cd WhileUnmounted; put {photo} IMG_10.jpg"
+    unmount_when_idle(v)
+    r = smb.client(write, check=False, timeout=60)
+    assert refused(r), f"the share took a write while the vault was not mounted:\n{r.stdout}\n{r.stderr}"
+    assert os.listdir(v.mnt) == [], "nothing lands in the bare mount point"
+    # A crashed daemon: its mount stays, answering ENOTCONN, which keeps writes out of the bare
+    # directory; once it is cleared the bare directory is exposed, and the share refuses.
+    v.mount("--allow-other")
+    smb.client("cd Before; ls IMG_10.jpg")
+    pids = daemon_pids(v)
+    assert pids, "the daemon is running"
+    for p in pids:
+        os.kill(p, 9)
+    for _ in range(100):
+        if not daemon_pids(v):
+            break
+        time.sleep(0.1)
+    r = smb.client(write, check=False, timeout=60)
+    assert r.returncode != 0 or "NT_STATUS_" in r.stdout + r.stderr, f"a write through a dead mount succeeded:\n{r.stdout}"
+    subprocess.run(["fusermount3", "-uz", str(v.mnt)], check=True)
+    assert not is_mounted(v.mnt)
+    r = smb.client(write, check=False, timeout=60)
+    assert refused(r), f"the share took a write after the crash:\n{r.stdout}\n{r.stderr}"
+    assert os.listdir(v.mnt) == [], "nothing lands in the bare mount point"
+    # Mounted again (the bare directory is empty, so the mount goes ahead): the same write works.
+    v.mount("--allow-other")
+    smb.client(write)
+    back = tmp_path / "back.jpg"
+    smb.client(f"cd WhileUnmounted; get IMG_10.jpg {back}")
+    assert sha(back) == sha(photo) == sha(v.mnt / "Before" / "IMG_10.jpg")
+    v.flush()
+    assert v.status()["failed_files"] == 0
+
+
+def test_an_immutable_bare_mount_point_mounts_and_takes_no_write(samba_vault):
+    """The hardening the printed section recommends for connections that outlive an unmount:
+    `chattr +i` on the bare mount point. The vault still mounts over it and the share works;
+    unmounted, nothing can be written into it, not even by root (what such a connection would
+    meet if smbd re-entered the path)."""
+    need("chattr", "e2fsprogs")
+    v, smb = samba_vault
+    unmount_when_idle(v)
+    r = subprocess.run(["chattr", "+i", str(v.mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"the file system of {v.mnt} has no immutable flag: {r.stderr.strip()}")
+    try:
+        with pytest.raises(PermissionError):
+            (v.mnt / "IMG_10.jpg").write_bytes(b"x")
+        v.mount("--allow-other")
+        smb.client("mkdir Inside; cd Inside; put /etc/hostname hostname")
+        assert sha(v.mnt / "Inside" / "hostname") == sha("/etc/hostname")
+        v.flush()
+        unmount_when_idle(v)
+        with pytest.raises(PermissionError):
+            (v.mnt / "Inside").mkdir()
+        assert os.listdir(v.mnt) == []
+    finally:
+        if is_mounted(v.mnt):
+            subprocess.run(["fusermount3", "-uz", str(v.mnt)], check=False)
+        subprocess.run(["chattr", "-i", str(v.mnt)], check=False)
+
+
+def test_mount_refuses_a_mount_point_that_would_hide_files(servers, vault_factory, tmp_path):
+    """Regression (issue 24, U4): `coldvault mount` mounted over a mount point holding files (what
+    a share or a script wrote there while the vault was not mounted) without a word, hiding them
+    for good. It now refuses before asking for anything, naming them and saying how to get them
+    into the vault; moved in after mounting, they upload."""
+    v = vault_factory(servers("s3s-fs"))
+    photo = os.urandom(100_000)
+    (v.mnt / "WhileUnmounted").mkdir()
+    (v.mnt / "WhileUnmounted" / "IMG_10.jpg").write_bytes(photo)
+    (v.mnt / ".notes").write_text("dot files are hidden too")
+    # No passphrase source: the refusal comes before the passphrase is asked for.
+    r = run("mount", "--config", v.config, "--cache-dir", v.cache, v.mnt, check=False, input="")
+    assert r.returncode != 0 and not is_mounted(v.mnt), r.stdout + r.stderr
+    assert "is not empty (2 item(s): \".notes\", \"WhileUnmounted\")" in r.stderr, r.stderr
+    assert "move them out of" in r.stderr and "then move them into the mount" in r.stderr, r.stderr
+    assert r.stderr.count("\n") <= 2, "one clear error: " + r.stderr
+    # As the error says: out, mount, in.
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for p in list(v.mnt.iterdir()):
+        shutil.move(p, aside / p.name)
+    v.mount()
+    for p in list(aside.iterdir()):
+        shutil.move(p, v.mnt / p.name)
+    v.flush()
+    assert v.status()["failed_files"] == 0
+    v.unmount()
+    # In the bucket: a mount on an empty cache reads them back.
+    v.cache = tmp_path / "rebuilt"
+    v.mount()
+    assert (v.mnt / "WhileUnmounted" / "IMG_10.jpg").read_bytes() == photo
+    assert (v.mnt / ".notes").read_text() == "dot files are hidden too"
+    v.unmount()
 
 
 def tree_digest(root):

@@ -160,10 +160,12 @@ def test_full_staging_disk_is_an_answer_not_a_hang(servers, vault_factory, tmp_p
     """Regression: with the cache dir on a 256 MiB filesystem, copying 150 MB and then 200 MB
     more made `flush --wait` hang (killed after 180 s), left hundreds of *.tmp files and `rm`
     of the partial file gave EIO; and a file bigger than half the disk could never be sealed
-    (sealing wrote an encrypted copy beside it). Now sealing needs no second copy: a 200 MB file
-    on the 256 MiB disk seals and uploads; a copy that does not fit gets ENOSPC at write time,
-    `flush --wait` fails in bounded time naming the file and the reason, nothing is left behind,
-    `rm` works, and then everything is in the bucket."""
+    (sealing wrote an encrypted copy beside it). Then (review N11) a 245 MB file that filled
+    the disk was accepted and never sealed: sealing refused below 16 MiB free, though sealing
+    is what frees the disk. Now a file that fills the disk seals and uploads on its own; a copy
+    that does not fit gets ENOSPC at write time, what it wrote is uploaded as written (as a
+    local disk keeps it), `flush --wait` answers in bounded time, nothing is left behind, `rm`
+    works, and then everything is in the bucket."""
     import time
     v = vault_factory(servers("s3s-fs"))
     fsdir = tmp_path / "small-disk"
@@ -173,23 +175,20 @@ def test_full_staging_disk_is_an_answer_not_a_hang(servers, vault_factory, tmp_p
         v.cache = fsdir / "cache"
         v.mount()
         a = tmp_path / "a.bin"
-        a.write_bytes(os.urandom(200 * MiB))
+        a.write_bytes(os.urandom(245 * 1000 * 1000))
         b = tmp_path / "b.bin"
         b.write_bytes(os.urandom(300 * MiB))
         subprocess.run(["cp", str(a), str(v.mnt / "a.bin")], check=True)
         r = run("flush", "--wait", v.mnt, check=False, timeout=300)
-        assert r.returncode == 0, f"a 200 MB file on a 256 MiB staging disk must seal and upload: {r.stderr}"
+        assert r.returncode == 0, f"a 245 MB file filling a 256 MiB staging disk must seal and upload: {r.stderr}"
         assert v.status()["failures"] == []
         r = subprocess.run(["cp", str(b), str(v.mnt / "b.bin")], capture_output=True, text=True)
         assert r.returncode != 0 and "No space left on device" in r.stderr, r.stderr
         t = time.time()
-        r = run("flush", "--wait", v.mnt, check=False, timeout=120)
-        assert r.returncode != 0, r.stdout
-        assert time.time() - t < 60, "flush --wait answered in bounded time"
-        assert "b.bin" in r.stderr and "MiB free" in r.stderr, r.stderr
-        st = v.status()
-        assert any(f["path"] == "b.bin" and f["state"] == "sealing" for f in st["failures"]), st["failures"]
-        assert subprocess.run(["rm", str(v.mnt / "b.bin")]).returncode == 0, "rm works on a full disk"
+        r = run("flush", "--wait", v.mnt, check=False, timeout=300)
+        assert r.returncode == 0, f"the partial copy seals and uploads as written: {r.stderr}"
+        assert time.time() - t < 240, "flush --wait answered in bounded time"
+        assert subprocess.run(["rm", str(v.mnt / "b.bin")]).returncode == 0, "rm works"
         assert not [p for p in (v.cache / "outbox").iterdir() if p.name.endswith(".tmp")]
         assert sha(v.mnt / "a.bin") == sha(a), "the accepted file is intact"
         v.flush()

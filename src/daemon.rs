@@ -91,6 +91,9 @@ impl Daemon {
                 for r in &tree.refused {
                     tracing::error!("{r}");
                 }
+                for c in &tree.conflicts {
+                    tracing::warn!("conflict between machines: {c}");
+                }
                 let (d, f, l) = fs.import_tree(&tree)?;
                 tracing::info!(dirs = d, files = f, symlinks = l, refused = tree.refused.len(), "index rebuilt from the bucket");
             } else {

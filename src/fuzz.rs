@@ -86,9 +86,9 @@ pub fn statement(data: &[u8]) {
 /// A snapshot's plaintext, parsed as the rebuild streams it, each entry applied to a tree.
 pub fn snapshot(data: &[u8]) {
     let mut t = Tree::default();
-    let _ = remote_meta::read::parse(data, Some(|e: Entry, _: Option<String>| t.apply_owned(e)));
+    let _ = remote_meta::read::parse(data, Some(|e: Entry, _: remote_meta::read::EntryMeta| t.apply_owned(e)));
     check_tree(&t);
-    let _ = remote_meta::read::parse(data, None::<fn(Entry, Option<String>)>);
+    let _ = remote_meta::read::parse(data, None::<fn(Entry, remote_meta::read::EntryMeta)>);
 }
 
 /// What a replayed tree must be whatever it was fed, for `get` to stay inside its destination:

@@ -24,6 +24,9 @@ pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
     for r in &tree.refused {
         eprintln!("coldvault: {r}");
     }
+    for c in &tree.conflicts {
+        eprintln!("coldvault: conflict: {c}");
+    }
     Ok(tree)
 }
 

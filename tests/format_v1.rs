@@ -103,6 +103,7 @@ fn write_v1_fixtures() {
         gid: 1000,
         sha256: hex::encode(s.sha256),
         sealed_ms: 0,
+        prev: None,
     };
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("cvh", B64.encode(s.header.bytes));

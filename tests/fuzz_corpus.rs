@@ -123,6 +123,7 @@ fn write_seeds() {
         gid: 0,
         sha256: hex::encode(sealed.sha256),
         sealed_ms: 0,
+        prev: None,
     };
     let b64 = |b: &[u8]| {
         use base64::Engine;

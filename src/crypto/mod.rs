@@ -210,6 +210,11 @@ pub struct ObjectMeta {
     /// the newest (docs/FORMAT.md, section 3).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sealed_ms: i64,
+    /// The object key of the version this one replaced (absent for a new file and in objects
+    /// of builds before it): a rebuild puts a version its journal never mentioned where that
+    /// one is now, and never adopts that one as a file of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 fn is_zero(v: &i64) -> bool {

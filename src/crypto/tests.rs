@@ -207,6 +207,7 @@ fn metadata_roundtrip_and_binding() {
         gid: 2,
         sha256: sha256_hex(b"abc"),
         sealed_ms: 0,
+        prev: None,
     };
     let ct = s.encrypt_meta(&m);
     let h = Header::parse(&body).unwrap();

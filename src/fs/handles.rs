@@ -152,7 +152,7 @@ impl Fs {
             // truncates after opening (Samba, robocopy, Finder) fetches nothing and needs no
             // restore. Reading, or copying a sealed file's content in, does.
             let lazy = write && !trunc && i.state == State::Uploaded;
-            if !(write && trunc) && !lazy {
+            if !(lazy || write && trunc) {
                 self.check_readable(&i, pid)?;
             }
         }
@@ -433,6 +433,16 @@ impl Fs {
                 if i.parent == 0 {
                     Db::delete_inode(c.db.conn(), ino)?;
                     self.drop_content(&mut c, ino)?;
+                    // Its upload rows went when it was unlinked (`remove_inode`), so
+                    // `drop_content` found none: its frozen version and read-cache copy go here
+                    // (review L5: they stayed until the next start).
+                    let staged = if i.state.in_outbox() || i.state == State::Failed { vec![(ino, i.content_gen)] } else { vec![] };
+                    for (ino, gen) in staged {
+                        for p in self.staging.version_files(ino, gen) {
+                            Self::remove_when_durable(&mut c, p);
+                        }
+                    }
+                    self.forget_versions(&mut c, Some(&i), &[]);
                 }
             }
         }

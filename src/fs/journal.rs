@@ -170,6 +170,15 @@ impl Fs {
             return Ok(None);
         }
         let fresh = hex::encode(rand::random::<[u8; 8]>());
+        // What this index holds of the old id's journal is what it sent of it (the past both
+        // copies share): its snapshots say so, and a rebuild replays the rest of that journal,
+        // which only the other copy wrote, on top of them (else all of it, over newer state).
+        let sent = db.journal_pending(1)?.first().map(|r| r.0 - 1).unwrap_or(local);
+        let mut seen: std::collections::BTreeMap<String, i64> =
+            db.setting("imported_seen")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+        let s = seen.entry(machine.clone()).or_insert(0);
+        *s = (*s).max(sent);
+        db.set_setting("imported_seen", &serde_json::to_string(&seen).expect("json"))?;
         db.set_setting("machine_id", &fresh)?;
         db.set_setting("signing_key", "")?;
         db.set_setting("journal_forked", "0")?;
@@ -224,7 +233,7 @@ impl Fs {
     /// the view, folders first. A file whose next version is still pending is described by
     /// its newest durable one (it must not vanish from a rebuild meanwhile); one with none yet
     /// is left out (its upload record will add it).
-    fn snapshot_entries(v: &Db, mut f: impl FnMut(&crate::remote_meta::Entry, Option<&str>) -> Result<()>) -> Result<()> {
+    fn snapshot_entries(v: &Db, mut f: impl FnMut(&crate::remote_meta::Entry, Option<&str>, i64) -> Result<()>) -> Result<()> {
         use crate::remote_meta::Entry;
         v.walk(|path, i| {
             if let Err(why) = crate::remote_meta::check_path(path) {
@@ -269,7 +278,8 @@ impl Fs {
                     None => return Ok(()),
                 },
             };
-            f(&e, i.owner.as_deref())
+            // Its last change here (or, imported, where it was made).
+            f(&e, i.owner.as_deref(), (i.ctime_ns / 1_000_000) as i64)
         })
     }
 
@@ -278,7 +288,7 @@ impl Fs {
     pub fn export_tree(&self) -> Result<(crate::remote_meta::Tree, i64)> {
         let v = self.durable_view()?;
         let mut t = crate::remote_meta::Tree::default();
-        Self::snapshot_entries(&v, |e, _| {
+        Self::snapshot_entries(&v, |e, _, _| {
             t.apply(e);
             Ok(())
         })?;
@@ -310,7 +320,7 @@ impl Fs {
         let ts_ms = now_ms().max(floor.saturating_add(1));
         let sink = SnapshotSink { file: unnamed_file(&self.cfg.cache_dir)?, unflushed: 0, staging: &self.staging };
         let mut w = crate::remote_meta::SnapshotWriter::new(&self.keys, std::io::BufWriter::with_capacity(1 << 20, sink))?;
-        Self::snapshot_entries(&v, |e, by| Ok(w.entry_by(e, by)?))?;
+        Self::snapshot_entries(&v, |e, by, at| Ok(w.entry_at(e, by, Some(at))?))?;
         let mut dead = Ok(());
         v.each_dead_key(|k| {
             dead = w.dead_key(k);
@@ -383,7 +393,9 @@ impl Fs {
                     size: n.size,
                     atime_ns: n.mtime_ns,
                     mtime_ns: n.mtime_ns,
-                    ctime_ns: now,
+                    // When the entry that made it was made, on whichever machine: what the next
+                    // snapshot says of it (`at`), for other machines' records to be weighed with.
+                    ctime_ns: if n.changed_ms > 0 { n.changed_ms as Nanos * 1_000_000 } else { now },
                     target: n.target.clone(),
                     state,
                     content_gen: 1,

@@ -421,8 +421,13 @@ impl Fs {
                 }
                 continue;
             }
-            if u.state == "uploading" {
-                c.db.set_upload_state(u.id, "queued", u.attempts, 0, u.last_error.as_deref())?;
+            // Any row found here may have been on the wire before the daemon stopped, even if the
+            // index never said so (a power cut loses `uploading`): at least one attempt, so that
+            // cancelling it journals a Discard of its key (else a landed object came back after
+            // the file was deleted: it was neither mentioned nor dead).
+            if u.state == "uploading" || u.attempts == 0 {
+                let next = if u.state == "uploading" { 0 } else { u.next_try_ms };
+                c.db.set_upload_state(u.id, "queued", u.attempts.max(1), next, u.last_error.as_deref())?;
             }
             keep_outbox.insert((u.ino, u.content_gen));
         }
@@ -444,11 +449,13 @@ impl Fs {
                     i.dirty_ms = now_ms();
                     State::Dirty
                 }
-                None if i.object_key.is_some() && c.db.latest_version(i.ino)?.is_some_and(|v| Some(&v.object_key) == i.object_key.as_ref()) => {
+                // Its newest version in the bucket (its own, or one it took over by an atomic save).
+                None if c.db.latest_version(i.ino)?.is_some() => {
                     tracing::error!(ino = i.ino, "a queued version's staged file is gone; the file is its last uploaded version again");
                     let v = c.db.latest_version(i.ino)?.expect("checked above");
                     (i.size, i.mtime_ns, i.sha256, i.header, i.storage_class) =
                         (v.size, v.mtime_ns, Some(v.sha256), Some(v.header), Some(v.storage_class));
+                    i.object_key = Some(v.object_key);
                     State::Uploaded
                 }
                 None => {

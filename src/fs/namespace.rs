@@ -246,6 +246,17 @@ impl Fs {
             let tx = c.db.begin()?;
             Self::discard_uploads(&tx, &ups)?;
             tx.commit().map_err(crate::meta::MetaError::from)?;
+            // Its staged version stays for the open handles (removed at the last close); a
+            // multipart upload of it is aborted now (review L5).
+            for u in &ups {
+                if let Some(mp) = u.mp_upload_id.as_ref().filter(|_| self.keys.secret.is_some()) {
+                    let store = self.store.clone();
+                    let (k, mp) = (u.object_key.clone(), mp.clone());
+                    self.rt.spawn(async move {
+                        let _ = store.abort_multipart(&k, &mp).await;
+                    });
+                }
+            }
             return Ok(());
         }
         Db::delete_inode(c.db.conn(), i.ino)?;
@@ -299,7 +310,15 @@ impl Fs {
         if np.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        if c.db.path_of(newparent)?.len() + 1 + newname.len() > MAX_PATH {
+        let parent_path = c.db.path_of(newparent)?;
+        if parent_path.len() + 1 + newname.len() > MAX_PATH {
+            return Err(FsError::NameTooLong);
+        }
+        let new_len = if parent_path.is_empty() { newname.len() } else { parent_path.len() + 1 + newname.len() };
+        // A folder's files move with it: none may end up with a path too long to upload or
+        // to describe in a snapshot (review N16: they were parked, then rebuilt at their old
+        // paths).
+        if src.kind == Kind::Dir && new_len + 1 + c.db.deepest_below(src.ino)? > MAX_PATH && c.db.has_children(src.ino)? {
             return Err(FsError::NameTooLong);
         }
         if src.kind == Kind::Dir {

@@ -12,8 +12,15 @@ impl Fs {
     pub(super) fn source_of(&self, c: &Core, i: &Inode) -> Result<Source> {
         if i.state.in_outbox() {
             let ups = c.db.uploads_for_ino(i.ino)?;
-            let u = ups.iter().find(|u| u.content_gen == i.content_gen).ok_or(FsError::NotFound)?;
-            return Ok(if u.dk.is_some() { Source::Plain(self.staged_version(u)) } else { Source::Local(self.staged_version(u)) });
+            return match ups.iter().find(|u| u.content_gen == i.content_gen) {
+                Some(u) => Ok(if u.dk.is_some() { Source::Plain(self.staged_version(u)) } else { Source::Local(self.staged_version(u)) }),
+                // Deleted while open: its upload was cancelled, its frozen plaintext stays for
+                // the open handles until the last close (else they read ENOENT).
+                None if i.parent == 0 && self.staging.frozen_path(i.ino, i.content_gen).exists() => {
+                    Ok(Source::Plain(self.staging.frozen_path(i.ino, i.content_gen)))
+                }
+                None => Err(FsError::NotFound),
+            };
         }
         if i.state == State::Uploaded {
             let h = i.header.as_deref().ok_or(FsError::Invalid("no header"))?;

@@ -167,14 +167,21 @@ impl Fs {
 
     /// The part of a seal done outside the lock: digest, keys and header of the version.
     fn prepare_seal(&self, ino: u64, gen: i64) -> Result<Option<PreparedSeal>> {
-        let (i, path) = {
+        let (i, path, prev) = {
             let c = self.core();
             let Some(i) = c.db.get(ino)? else { return Ok(None) };
             if i.state != State::Dirty || i.content_gen != gen || c.open.get(&ino).is_some_and(|o| o.writers > 0 || o.pending()) {
                 return Ok(None);
             }
             let path = c.db.path_of(ino)?;
-            (i, path)
+            // The version this one replaces (its own last one, or the one of a file it was saved
+            // over): a rebuild that finds this version but not its record puts it where that
+            // one is, wherever renames took it since.
+            let prev = match &i.object_key {
+                Some(k) => Some(k.clone()),
+                None => c.db.latest_version(ino)?.map(|v| v.object_key),
+            };
+            (i, path, prev)
         };
         // Sealing writes no data (a rename and one row), and it is what frees the disk: the
         // upload deletes the staged file. A file that filled the staging disk must still be
@@ -211,6 +218,7 @@ impl Fs {
             gid: i.gid,
             sha256: sha256.clone(),
             sealed_ms: now_ms(),
+            prev,
         };
         let md = vec![("cvh".to_string(), B64.encode(cipher.header().bytes)), ("cvm".to_string(), B64.encode(cipher.encrypt_meta(&meta)))];
         let object_key = Self::new_object_key(&self.cfg.prefix);
@@ -262,7 +270,9 @@ impl Fs {
         // landed object, neither mentioned nor dead, came back after a deletion. One WAL fsync
         // per batch of seals. (Committed already: a failed sync is only logged.)
         if r.is_ok() && !frozen.is_empty() {
-            if let Err(e) = c.db.sync() {
+            // Staged renames first, as `sync_durable` orders them: a commit durable before the
+            // rename it describes could outlive it in a power cut.
+            if let Err(e) = self.staging.syncfs().map_err(FsError::from).and_then(|_| Ok(c.db.sync()?)) {
                 tracing::error!(error = %e, "the index could not be synced after sealing");
             }
         }

@@ -1124,6 +1124,7 @@ fn rebuild_finds_uploads_whose_journal_was_lost_and_refuses_unsafe_paths() {
         gid: 0,
         sha256: hex::encode(sealed.sha256),
         sealed_ms: 0,
+        prev: None,
     };
     let md = vec![("cvh".to_string(), B64.encode(sealed.header.bytes)), ("cvm".to_string(), B64.encode(sealed.encrypt_meta(&m)))];
     e.rt.block_on(e.store.put_object(
@@ -2094,6 +2095,51 @@ fn flush_wait_returns_for_deleted_open_files_and_names_open_writers() {
     assert!(fs.state_of(i.ino).unwrap().is_none(), "the orphan went with its last close");
 }
 
+/// Regression (review L5): a sealed file deleted while open kept its frozen version on the
+/// staging disk until the next start (its upload rows were gone, so the last close found
+/// nothing to remove).
+#[test]
+fn a_sealed_file_deleted_while_open_leaves_nothing_staged_after_its_last_close() {
+    let e = Env::new();
+    let fs = e.fs();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("503".into()));
+    let d = data(5000, 2);
+    let ino = e.write_file(ROOT, "log.txt", &d);
+    fs.seal_ready(true).unwrap();
+    let (fh, _) = fs.open(ino, false, false, 0).unwrap();
+    fs.unlink(ROOT, OsStr::new("log.txt")).unwrap();
+    assert_eq!(fs.read(fh, 0, 10_000).unwrap().to_vec(), d, "still readable while open");
+    fs.release(fh).unwrap();
+    fs.sync_durable().unwrap();
+    let left: Vec<_> = std::fs::read_dir(e.dir.path().join("outbox")).unwrap().map(|x| x.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "staged files left behind: {left:?}");
+}
+
+/// Regression (review N16): renaming a folder checked only the folder's own new path, so the
+/// files in it could end up beyond the longest path a version can carry; they were parked, and
+/// rebuilds adopted them at their old paths. Such a rename is ENAMETOOLONG and changes nothing.
+#[test]
+fn a_folder_rename_that_would_push_its_files_past_the_longest_path_is_refused() {
+    let e = Env::new();
+    let fs = e.fs();
+    let d = fs.mkdir(ROOT, OsStr::new("d"), 0o755, 0, 0).unwrap();
+    let long = "f".repeat(200);
+    let mut parent = d.ino;
+    for _ in 0..4 {
+        parent = fs.mkdir(parent, OsStr::new(&long), 0o755, 0, 0).unwrap().ino;
+    }
+    write_on(&fs, parent, "x.txt", b"deep");
+    let deep = fs.path_of(fs.resolve(&format!("d/{l}/{l}/{l}/{l}/x.txt", l = long)).unwrap().ino);
+    assert!(deep.len() <= MAX_PATH);
+    let room = MAX_PATH - deep.len();
+    let too_long = "n".repeat(room + 2);
+    let err = fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new(&too_long), false).unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    assert!(fs.resolve(&deep).is_ok(), "nothing moved");
+    let fits = "n".repeat(room + 1);
+    fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new(&fits), false).unwrap();
+}
+
 /// `flush --wait --timeout` answers in time, naming the file it still waits on and why.
 #[test]
 fn flush_wait_with_a_timeout_names_what_it_still_waits_on() {
@@ -2214,6 +2260,156 @@ fn a_live_clone_never_overwrites_the_journal_of_the_machine_it_copies() {
     assert_eq!(read_on(&d4.fs, "orig.txt"), b"original");
     assert_eq!(read_on(&d4.fs, "clone.txt"), b"clone");
     e.rt.block_on(d4.shutdown());
+}
+
+/// A second machine joining `e`'s vault (rebuilt from the bucket), taking a snapshot at
+/// every journal flush.
+fn second_machine(e: &Env) -> (tempfile::TempDir, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.journal.snapshot_every = 1;
+    let d = Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c, fast_upload()).unwrap();
+    (dir, d)
+}
+
+/// Regression (review N2a, issue 24 item 2): machine 1 deletes `shared/x`; a moment later
+/// machine 2, which had not seen the deletion, writes a new `shared/x` and takes a snapshot. A
+/// rebuild applied machine 1's older deletion on top of machine 2's snapshot: the newer file
+/// was gone, and nothing said so. The newer write wins, and the rebuild names the conflict.
+#[test]
+fn a_deletion_never_removes_a_newer_version_another_machine_wrote() {
+    let e = Env::new();
+    let m1 = e.fs();
+    let shared = m1.mkdir(ROOT, OsStr::new("shared"), 0o755, 0, 0).unwrap().ino;
+    write_on(&m1, shared, "x", b"old");
+    settle_machine(&e, &m1);
+    let (_d2, m2) = second_machine(&e);
+    let x2 = m2.fs.resolve("shared/x").unwrap().ino;
+    m1.unlink(shared, OsStr::new("x")).unwrap();
+    settle_machine(&e, &m1);
+    std::thread::sleep(Duration::from_millis(20));
+    rewrite_on(&m2.fs, x2, b"newer, from machine 2");
+    settle_machine(&e, &m2.fs);
+    assert!(e.store.snapshot().keys().any(|k| k.starts_with(&format!("v/s/{}/", m2.fs.machine_id().unwrap()))), "machine 2 took a snapshot");
+    let (_d3, m3) = fresh_machine(&e);
+    assert_eq!(read_on(&m3.fs, "shared/x"), b"newer, from machine 2");
+    e.rt.block_on(m3.shutdown());
+    let tree = e.rt.block_on(crate::remote_meta::rebuild(&(e.store.clone() as Arc<dyn ObjectStore>), &e.keys, "v/", &|_, _, _| {})).unwrap();
+    assert!(tree.conflicts.iter().any(|c| c.contains("shared/x") && c.contains("older")), "{:?}", tree.conflicts);
+    e.rt.block_on(m2.shutdown());
+}
+
+/// Regression (review N2b): machine 1 empties a folder in its view and removes it; machine 2
+/// had put files there that machine 1 never saw. Every rebuild lost machine 2's files. A folder
+/// removal removes only an empty folder: what another machine put there stays.
+#[test]
+fn a_folder_removal_keeps_what_another_machine_put_there() {
+    for with_snapshot in [false, true] {
+        let e = Env::new();
+        let m1 = e.fs();
+        let p = m1.mkdir(ROOT, OsStr::new("Photos"), 0o755, 0, 0).unwrap().ino;
+        write_on(&m1, p, "mine.jpg", b"m1");
+        settle_machine(&e, &m1);
+        let (_d2, m2) = if with_snapshot { second_machine(&e) } else { fresh_machine(&e) };
+        let p2 = m2.fs.resolve("Photos").unwrap().ino;
+        write_on(&m2.fs, p2, "theirs.jpg", b"m2");
+        settle_machine(&e, &m2.fs);
+        std::thread::sleep(Duration::from_millis(20));
+        m1.unlink(p, OsStr::new("mine.jpg")).unwrap();
+        m1.rmdir(ROOT, OsStr::new("Photos")).unwrap();
+        settle_machine(&e, &m1);
+        let (_d3, m3) = fresh_machine(&e);
+        assert_eq!(names_of(&m3.fs), ["Photos", "Photos/theirs.jpg"], "with snapshot: {with_snapshot}");
+        e.rt.block_on(m3.shutdown());
+        e.rt.block_on(m2.shutdown());
+    }
+}
+
+/// Review of N6: versions swapped by renames after one of them was sealed (`mv a t; mv b a;
+/// mv t b` while a's new version was on the wire, the machine lost before its record went
+/// up): the newer object of `a` must not replace what the later renames put at `a`.
+#[test]
+fn a_rename_after_a_seal_keeps_its_place_over_the_unjournaled_version() {
+    let e = Env::new();
+    let fs = e.fs();
+    let (a, _) = upload_one(&e, "a", b"a v1");
+    upload_one(&e, "b", b"b v1");
+    flush_journal(&e);
+    e.store.delay_next("PutObject", Duration::from_secs(3));
+    rewrite_on(&fs, a, b"a v2");
+    fs.seal_ready(true).unwrap();
+    wait_for("a v2 on the wire", || fs.store.counts().get("PutObject").copied().unwrap_or(0) >= 3);
+    std::thread::sleep(Duration::from_millis(20));
+    fs.rename(ROOT, OsStr::new("a"), ROOT, OsStr::new("t"), false).unwrap();
+    fs.rename(ROOT, OsStr::new("b"), ROOT, OsStr::new("a"), false).unwrap();
+    fs.rename(ROOT, OsStr::new("t"), ROOT, OsStr::new("b"), false).unwrap();
+    // The renames reach the bucket; a v2 lands after, and its record never does.
+    let jcfg = fs.cfg.journal.clone();
+    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &jcfg)).unwrap();
+    wait_for("a v2 landed", || e.puts() == 3);
+    let (_d2, d2) = fresh_machine(&e);
+    assert_eq!(read_on(&d2.fs, "a"), b"b v1", "what the renames put at a");
+    assert_eq!(read_on(&d2.fs, "b"), b"a v2", "the newest version of the file now at b");
+    e.rt.block_on(d2.shutdown());
+}
+
+/// Review of N7: a version whose PUT landed just before kill -9, its row `uploading` (or only
+/// `queued`: a power cut loses that), then the file deleted after the restart before the
+/// retry. The cancelled row journaled no Discard (no attempt recorded), and the landed object
+/// came back as the deleted file.
+#[test]
+fn a_file_deleted_after_a_crash_mid_upload_stays_deleted() {
+    let mut e = snapshotting_env();
+    e.store.delay_next("PutObject", Duration::from_millis(800));
+    let ino = e.write_file(ROOT, "gone.txt", b"deleted later");
+    e.fs().seal_ready(true).unwrap();
+    wait_for("the PUT on the wire", || e.fs().store.counts().get("PutObject").copied().unwrap_or(0) >= 1);
+    {
+        let fs = e.fs();
+        let c = fs.core();
+        let u = c.db.uploads().unwrap().remove(0);
+        // As a power cut leaves it: the row's `uploading` state never reached the disk.
+        c.db.set_upload_state(u.id, "queued", 0, i64::MAX, None).unwrap();
+    }
+    let d = e.daemon.take().unwrap();
+    e.rt.block_on(d.crash());
+    std::thread::sleep(Duration::from_millis(1000)); // the PUT lands meanwhile
+    e.start();
+    assert_eq!(e.fs().state_of(ino).unwrap().unwrap().1, State::Sealed);
+    e.fs().unlink(ROOT, OsStr::new("gone.txt")).unwrap();
+    flush_journal(&e);
+    let (_d2, d2) = fresh_machine(&e);
+    assert!(names_of(&d2.fs).is_empty(), "a deleted file came back: {:?}", names_of(&d2.fs));
+    e.rt.block_on(d2.shutdown());
+}
+
+/// Review of N3: the cache dir restored from a backup goes on as a new machine and snapshots;
+/// a rebuild from that snapshot must not replay the old id's whole journal over it (a file the
+/// copy deleted came back, a file it rewrote went back to its old version).
+#[test]
+fn a_forked_machines_snapshot_covers_the_journal_it_shared() {
+    let mut e = Env::new();
+    let (x, _) = upload_one(&e, "x", b"x");
+    let (doc, _) = upload_one(&e, "doc", b"doc v1");
+    let _ = (x, doc);
+    flush_journal(&e);
+    let copy = copy_cache_dir(&mut e);
+    upload_one(&e, "orig.txt", b"original");
+    flush_journal(&e);
+    let mut c2 = cfg(copy.path());
+    c2.journal.snapshot_every = 1;
+    let d2 = Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), c2, fast_upload()).unwrap();
+    d2.fs.unlink(ROOT, OsStr::new("x")).unwrap();
+    let doc2 = d2.fs.resolve("doc").unwrap().ino;
+    rewrite_on(&d2.fs, doc2, b"doc v2");
+    settle_machine(&e, &d2.fs);
+    e.rt.block_on(d2.shutdown());
+    let (_d3, d3) = fresh_machine(&e);
+    let mut names = names_of(&d3.fs);
+    names.sort();
+    assert_eq!(names, ["doc", "orig.txt"]);
+    assert_eq!(read_on(&d3.fs, "doc"), b"doc v2");
+    e.rt.block_on(d3.shutdown());
 }
 
 /// Regression: a rename over an existing file was several commits; failing (or crashing)

@@ -202,6 +202,7 @@ impl UploadQueue for Fs {
         // read cache, emptied it and uploaded the empty version. The commit is made durable
         // first (one WAL fsync per batch, only with a read cache).
         if self.cfg.read_cache > 0 && done.iter().any(|u| u.enc_size <= self.cfg.read_cache) {
+            self.staging.syncfs()?;
             c.db.sync()?;
         }
         for u in done {

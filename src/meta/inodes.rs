@@ -306,6 +306,18 @@ impl Db {
     }
 
     /// Subdirectories of `ino` (a directory's link count is two more).
+    /// The length in bytes of the longest path below folder `dir`, relative to it (0: empty).
+    pub fn deepest_below(&self, dir: u64) -> Result<usize> {
+        Ok(self.conn.row(
+            "WITH RECURSIVE t(ino, len) AS (
+                 SELECT ino, length(CAST(name AS BLOB)) FROM inodes WHERE parent=?1
+                 UNION ALL SELECT i.ino, t.len + 1 + length(CAST(i.name AS BLOB)) FROM inodes i JOIN t ON i.parent = t.ino)
+             SELECT coalesce(max(len), 0) FROM t",
+            params![dir as i64],
+            |r| r.get::<_, i64>(0),
+        )? as usize)
+    }
+
     pub fn subdir_count(&self, ino: u64) -> Result<u64> {
         Ok(self.conn.row("SELECT count(*) FROM inodes WHERE parent=?1 AND kind=2 AND ino != 1", [ino as i64], |r| r.get::<_, i64>(0))? as u64)
     }

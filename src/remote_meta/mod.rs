@@ -195,7 +195,7 @@ pub enum NodeKind {
     Special,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Node {
     pub kind: NodeKind,
     pub mode: u32,
@@ -212,6 +212,18 @@ pub struct Node {
     /// The machine whose entry made this node what it is (`None`: no machine was named, as
     /// when a tree is replayed outside a rebuild).
     pub owner: Option<String>,
+    /// When that entry was made (ms; 0: unknown, as in snapshots of builds before it): what a
+    /// record of another machine that never saw this node is compared with (`Tree::apply`).
+    pub changed_ms: i64,
+}
+
+/// Two nodes are the same when they describe the same thing; when they were made is history.
+impl PartialEq for Node {
+    fn eq(&self, o: &Node) -> bool {
+        (self.kind, self.mode, self.uid, self.gid, self.mtime_ns, self.size) == (o.kind, o.mode, o.uid, o.gid, o.mtime_ns, o.size)
+            && (&self.key, &self.class, &self.sha256, &self.header, &self.target, &self.xattrs, &self.owner)
+                == (&o.key, &o.class, &o.sha256, &o.header, &o.target, &o.xattrs, &o.owner)
+    }
 }
 
 impl Node {
@@ -230,6 +242,7 @@ impl Node {
             target: None,
             xattrs: None,
             owner: None,
+            changed_ms: 0,
         }
     }
 }
@@ -256,6 +269,11 @@ pub struct Tree {
     /// machine never read the bucket, so its entries only ever concern what it wrote itself:
     /// they change or remove nodes it owns, or add new ones, and nothing of another machine's.
     pub applying: Option<(String, bool)>,
+    /// When the entry being applied was made (ms; 0: unknown).
+    pub applying_ts: i64,
+    /// What two machines that had not seen each other's changes disagreed on, and how it was
+    /// settled (docs/SEMANTICS.md, "Several machines"): shown by the rebuild and `ls`.
+    pub conflicts: Vec<String>,
 }
 
 impl Tree {
@@ -329,6 +347,35 @@ impl Tree {
             Entry::Remove { .. } | Entry::Discard { .. } => None,
         };
         why.map(|w| format!("a write-only machine ({me}) changes what it did not write: {w}; not applied"))
+    }
+
+    fn has_children(&self, path: &str) -> bool {
+        let prefix = format!("{path}/");
+        self.nodes.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+    }
+
+    fn applying_machine(&self) -> String {
+        self.applying.as_ref().map(|a| a.0.clone()).unwrap_or_else(|| "?".into())
+    }
+
+    /// A free name beside `path` for what lost a conflict: `NAME (conflict N).ext`.
+    fn conflict_name(&self, path: &str) -> String {
+        let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
+        let (stem, ext) = match name.rsplit_once('.') {
+            Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
+            _ => (name, String::new()),
+        };
+        (1..)
+            .map(|k| {
+                let n = format!("{stem} (conflict {k}){ext}");
+                if dir.is_empty() {
+                    n
+                } else {
+                    format!("{dir}/{n}")
+                }
+            })
+            .find(|p| !self.nodes.contains_key(p))
+            .expect("a free name")
     }
 
     fn remove_subtree(&mut self, path: &str) {
@@ -427,6 +474,7 @@ impl Tree {
                         target: None,
                         xattrs,
                         owner,
+                        changed_ms: self.applying_ts,
                     },
                 );
             }
@@ -448,6 +496,7 @@ impl Tree {
                     _ => {
                         let mut d = Node::dir(mode, uid, gid, mtime_ns);
                         d.owner = owner;
+                        d.changed_ms = self.applying_ts;
                         self.nodes.insert(path, d);
                     }
                 }
@@ -462,6 +511,7 @@ impl Tree {
                 n.size = target.len() as u64;
                 n.target = Some(target);
                 n.owner = owner;
+                n.changed_ms = self.applying_ts;
                 self.nodes.insert(path, n);
             }
             Entry::Special { path, special, mode, uid, gid, mtime_ns } => {
@@ -471,6 +521,7 @@ impl Tree {
                 n.kind = NodeKind::Special;
                 n.target = Some(special);
                 n.owner = owner;
+                n.changed_ms = self.applying_ts;
                 self.nodes.insert(path, n);
             }
             Entry::Rename { from, to } => {
@@ -484,15 +535,62 @@ impl Tree {
                     v
                 };
                 self.remove_subtree(&from);
+                // A folder renamed over a folder that holds what the renaming machine had not
+                // seen (it was empty there): that stays, and the moved folder takes a
+                // conflict name beside it.
+                let to = if self.nodes.get(&to).is_some_and(|n| n.kind == NodeKind::Dir) && self.has_children(&to) {
+                    let c = self.conflict_name(&to);
+                    self.conflicts.push(format!(
+                        "{}: moved to {} (machine {} renamed a folder over it, but it holds files that machine had not seen)",
+                        shown(&from),
+                        shown(&c),
+                        self.applying_machine()
+                    ));
+                    c
+                } else {
+                    to
+                };
                 self.remove_subtree(&to);
                 let n0 = &moved[0].1;
                 self.ensure_parents(&to, n0.uid, n0.gid, n0.mtime_ns);
-                for (k, n) in moved {
+                for (k, mut n) in moved {
                     let nk = format!("{to}{}", &k[from.len()..]);
+                    if k == from {
+                        n.changed_ms = n.changed_ms.max(self.applying_ts);
+                    }
                     self.nodes.insert(nk, n);
                 }
             }
-            Entry::Remove { path } => self.remove_subtree(&path),
+            Entry::Remove { path } => {
+                let (newer, dir_with_files) = match self.nodes.get(&path) {
+                    Some(n) if n.kind == NodeKind::Dir => (None, self.has_children(&path)),
+                    // A file written after this deletion by a machine the deleting one had not
+                    // seen (known when a snapshot describes it with its time): newer wins.
+                    Some(n) if self.applying_ts > 0 && n.changed_ms > self.applying_ts && n.owner != owner => {
+                        (Some((n.owner.clone().unwrap_or_default(), n.changed_ms)), false)
+                    }
+                    _ => (None, false),
+                };
+                if let Some((by, at)) = newer {
+                    self.conflicts.push(format!(
+                        "{}: kept the version machine {by} wrote at {}; its deletion by machine {} at {} is older",
+                        shown(&path),
+                        crate::restore::fmt_ms(at),
+                        self.applying_machine(),
+                        crate::restore::fmt_ms(self.applying_ts)
+                    ));
+                } else if dir_with_files {
+                    // A machine removes a folder only once it is empty in its view (rmdir): what
+                    // is in it now, it had not seen.
+                    self.conflicts.push(format!(
+                        "{}: folder kept: machine {} removed it, but it holds files that machine had not seen",
+                        shown(&path),
+                        self.applying_machine()
+                    ));
+                } else {
+                    self.remove_subtree(&path);
+                }
+            }
             Entry::Discard { .. } => {}
             Entry::Attr { path, mode, uid, gid, mtime_ns, xattrs } => {
                 if let Some(n) = self.nodes.get_mut(&path) {
@@ -541,18 +639,28 @@ impl<W: std::io::Write> SnapshotWriter<W> {
     /// An entry that another machine's journal or snapshot made (`by`: that machine): the entry
     /// object gets a `"by"` field (builds before it ignore it).
     pub fn entry_by(&mut self, e: &Entry, by: Option<&str>) -> std::io::Result<()> {
+        self.entry_at(e, by, None)
+    }
+
+    /// `entry_by`, with the time the node was last changed (`"at"`, ms): a rebuild compares it
+    /// with the records of machines this snapshot had not seen (builds before it ignore it).
+    pub fn entry_at(&mut self, e: &Entry, by: Option<&str>, at: Option<i64>) -> std::io::Result<()> {
         assert!(!self.in_dead_keys, "snapshot entries come before dead keys");
         self.comma()?;
-        match by {
-            None => serde_json::to_writer(&mut self.out, e)?,
-            Some(m) => {
-                let mut v = serde_json::to_vec(e)?;
-                v.pop(); // the object's closing brace
-                self.out.write_all(&v)?;
+        if by.is_none() && at.is_none() {
+            serde_json::to_writer(&mut self.out, e)?;
+        } else {
+            let mut v = serde_json::to_vec(e)?;
+            v.pop(); // the object's closing brace
+            self.out.write_all(&v)?;
+            if let Some(m) = by {
                 self.out.write_all(b",\"by\":")?;
                 serde_json::to_writer(&mut self.out, m)?;
-                self.out.write_all(b"}")?;
             }
+            if let Some(t) = at {
+                write!(self.out, ",\"at\":{t}")?;
+            }
+            self.out.write_all(b"}")?;
         }
         self.entries += 1;
         Ok(())
@@ -1042,6 +1150,7 @@ async fn rebuild_once(
         let wo = role == trust::Role::WriteOnly;
         tree.max_ts = tree.max_ts.max(floor_time(r.ts_ms, wo));
         tree.applying = Some((m.clone(), wo));
+        tree.applying_ts = r.ts_ms;
         let s = tree.seen.entry(m.clone()).or_insert(0);
         *s = (*s).max(r.seq);
         match r.entry {
@@ -1054,6 +1163,7 @@ async fn rebuild_once(
             heads.push(std::cmp::Reverse((ts, m)));
         }
     }
+    tree.applying_ts = 0;
     // What the streams refused, then what replaying their records refused.
     merge.refused.append(&mut tree.refused);
     tree.refused = merge.refused;
@@ -1117,13 +1227,35 @@ async fn rebuild_once(
     adopt.sort_by_key(|a| (a.4.role == trust::Role::WriteOnly, std::cmp::Reverse(a.2.sealed_ms)));
     // When the version a path's node holds was sealed (0: unknown), read from its object once.
     let mut node_sealed: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-    for (o, class, m, header, writer) in adopt {
-        if let Some(n) = tree.nodes.get(&m.path) {
+    // A version another unmentioned one replaced is that file's past, never a file of its own
+    // (else it came back at its old path, beside the file that renames took elsewhere).
+    let superseded: HashSet<String> = adopt.iter().filter_map(|a| a.2.prev.clone()).collect();
+    // Where each key is now (built once, only if a version names the one it replaced).
+    let mut by_key: Option<std::collections::HashMap<String, String>> = None;
+    for (o, class, mut m, header, writer) in adopt {
+        if superseded.contains(&o.key) {
+            continue;
+        }
+        // The version it replaced is in the tree: this one takes its place, wherever renames
+        // recorded after the seal took it (the path in its metadata is where it was sealed).
+        let follows = m.prev.as_ref().and_then(|p| {
+            let map = by_key.get_or_insert_with(|| tree.nodes.iter().filter_map(|(path, n)| n.key.clone().map(|k| (k, path.clone()))).collect());
+            map.get(p).filter(|at| tree.nodes.get(*at).is_some_and(|n| n.key.as_ref() == Some(p))).cloned()
+        });
+        if let Some(at) = follows {
+            tracing::warn!(path = %shown(&at), object = %o.key, "a newer version that reached the bucket but not the journal is taken");
+            m.path = at;
+        } else if let Some(n) = tree.nodes.get(&m.path) {
             // A path the journal (or an adopted newer object) holds keeps its node, unless the
             // node is a file of the same machine whose version was sealed before this one: the
             // machine wrote this version later and was lost before its journal said so.
             let same_machine = writer.machine.is_none() || n.owner.is_none() || n.owner == writer.machine;
             let Some(nk) = n.key.clone().filter(|_| n.kind == NodeKind::File && same_machine && m.sealed_ms > 0) else { continue };
+            // The node took this path when the entry that put it there was made: after this
+            // version was sealed, it came there later (a rename, a newer upload) and stays.
+            if n.changed_ms > 0 && n.changed_ms >= m.sealed_ms {
+                continue;
+            }
             let held = match node_sealed.get(&nk) {
                 Some(t) => *t,
                 None => {
@@ -1142,7 +1274,11 @@ async fn rebuild_once(
             tracing::warn!(path = %shown(&m.path), object = %o.key, replaced = %nk, "a newer version that reached the bucket but not the journal is taken");
         }
         node_sealed.insert(o.key.clone(), m.sealed_ms);
+        if let Some(map) = by_key.as_mut() {
+            map.insert(o.key.clone(), m.path.clone());
+        }
         tree.applying = Some((writer.machine.clone().unwrap_or_default(), writer.role == trust::Role::WriteOnly));
+        tree.applying_ts = m.sealed_ms;
         tree.apply(&Entry::Upload {
             path: m.path,
             key: o.key.clone(),
@@ -1161,6 +1297,7 @@ async fn rebuild_once(
     tree.refused = notes;
     tree.signed = trust.signed;
     tree.applying = None;
+    tree.applying_ts = 0;
     Ok(tree)
 }
 
@@ -1223,10 +1360,11 @@ impl MetaSink<'_> {
         // Never over an object already there (see `put_batch`): one at this key is this
         // machine's earlier attempt, or a copy's, which the journal batches tell apart.
         match put_file(self.store, &key, file, len, &PutOptions { if_none_match: true, ..self.opts(&key, &header) }).await {
-            Err(StoreError::AlreadyExists) => {
-                tracing::warn!(key, "a snapshot is already at this key; left as it is");
-                Ok(key)
-            }
+            // Not recorded as taken: the next flush takes one covering more records.
+            Err(StoreError::AlreadyExists) => Err(StoreError::Permanent {
+                code: "SnapshotExists".into(),
+                message: format!("{key} is already in the bucket (an earlier attempt, or another copy of this cache dir); left as it is"),
+            }),
             r => r.map(|_| key),
         }
     }

@@ -47,7 +47,7 @@ impl SnapshotInfo {
 /// Parse a snapshot's JSON from `r`, calling `on_entry` with each entry in order (entries are
 /// parsed and dropped when it is `None`). The whole input is read: anything after the
 /// document is an error.
-pub fn parse<R: Read, F: FnMut(Entry, Option<String>)>(r: R, on_entry: Option<F>) -> serde_json::Result<SnapshotInfo> {
+pub fn parse<R: Read, F: FnMut(Entry, EntryMeta)>(r: R, on_entry: Option<F>) -> serde_json::Result<SnapshotInfo> {
     let mut de = serde_json::Deserializer::from_reader(r);
     let info = Top { on_entry }.deserialize(&mut de)?;
     de.end()?;
@@ -58,14 +58,14 @@ struct Top<F> {
     on_entry: Option<F>,
 }
 
-impl<'de, F: FnMut(Entry, Option<String>)> DeserializeSeed<'de> for Top<F> {
+impl<'de, F: FnMut(Entry, EntryMeta)> DeserializeSeed<'de> for Top<F> {
     type Value = SnapshotInfo;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<SnapshotInfo, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de, F: FnMut(Entry, Option<String>)> Visitor<'de> for Top<F> {
+impl<'de, F: FnMut(Entry, EntryMeta)> Visitor<'de> for Top<F> {
     type Value = SnapshotInfo;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -108,13 +108,24 @@ impl<'de, F: FnMut(Entry, Option<String>)> Visitor<'de> for Top<F> {
     }
 }
 
-/// A snapshot entry, and the machine whose entries made it when not the snapshot's own.
+/// What a snapshot says of an entry besides the entry itself.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EntryMeta {
+    /// The machine whose entries made it, when not the snapshot's own.
+    pub by: Option<String>,
+    /// When it was last changed (ms; absent in snapshots of builds before it).
+    pub at: Option<i64>,
+}
+
+/// A snapshot entry, and what the snapshot says of it.
 #[derive(serde::Deserialize)]
 struct ByEntry {
     #[serde(flatten)]
     entry: Entry,
     #[serde(default)]
     by: Option<String>,
+    #[serde(default)]
+    at: Option<i64>,
 }
 
 /// The `entries` array, handed out one entry at a time; its value is how many there were.
@@ -122,14 +133,14 @@ struct Entries<'f, F> {
     on_entry: Option<&'f mut F>,
 }
 
-impl<'de, F: FnMut(Entry, Option<String>)> DeserializeSeed<'de> for Entries<'_, F> {
+impl<'de, F: FnMut(Entry, EntryMeta)> DeserializeSeed<'de> for Entries<'_, F> {
     type Value = u64;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de, F: FnMut(Entry, Option<String>)> Visitor<'de> for Entries<'_, F> {
+impl<'de, F: FnMut(Entry, EntryMeta)> Visitor<'de> for Entries<'_, F> {
     type Value = u64;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -143,7 +154,7 @@ impl<'de, F: FnMut(Entry, Option<String>)> Visitor<'de> for Entries<'_, F> {
         // must too.
         while let Some(e) = s.next_element::<ByEntry>()? {
             if let Some(f) = f.as_mut() {
-                f(e.entry, e.by);
+                f(e.entry, EntryMeta { by: e.by, at: e.at });
             }
             n += 1;
         }
@@ -199,10 +210,11 @@ pub async fn stream(
         let parsed = match tree.as_mut() {
             Some(t) => parse(
                 r,
-                Some(|e: Entry, by: Option<String>| {
+                Some(|e: Entry, meta: EntryMeta| {
                     // A full machine's snapshot says which machine made each node it imported;
                     // a write-only machine's is all its own.
-                    match (&t.applying, by) {
+                    t.applying_ts = meta.at.unwrap_or(0);
+                    match (&t.applying, meta.by) {
                         (Some((_, false)), Some(by)) => {
                             let own = t.applying.replace((by, false));
                             t.apply_owned(e);
@@ -210,9 +222,10 @@ pub async fn stream(
                         }
                         _ => t.apply_owned(e),
                     }
+                    t.applying_ts = 0;
                 }),
             ),
-            None => parse(r, None::<fn(Entry, Option<String>)>),
+            None => parse(r, None::<fn(Entry, EntryMeta)>),
         };
         (tree, parsed)
     });

@@ -162,10 +162,10 @@ fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
     for doc in [&streamed, &old] {
         for step in [1, 7, 65_536] {
             let mut got = Vec::new();
-            let info = read::parse(Trickle(doc, step), Some(|e: Entry, _: Option<String>| got.push(e))).unwrap();
+            let info = read::parse(Trickle(doc, step), Some(|e: Entry, _: read::EntryMeta| got.push(e))).unwrap();
             assert_eq!(info, want);
             assert!(got == entries, "step {step}");
-            assert_eq!(read::parse(Trickle(doc, step), None::<fn(Entry, Option<String>)>).unwrap(), want);
+            assert_eq!(read::parse(Trickle(doc, step), None::<fn(Entry, read::EntryMeta)>).unwrap(), want);
         }
     }
 }
@@ -176,7 +176,7 @@ fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
 #[test]
 fn a_malformed_snapshot_is_refused() {
     let ok = br#"{"entries":[{"op":"remove","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#;
-    assert!(read::parse(&ok[..], None::<fn(Entry, Option<String>)>).is_ok());
+    assert!(read::parse(&ok[..], None::<fn(Entry, read::EntryMeta)>).is_ok());
     let bad: [&[u8]; 6] = [
         br#"{"entries":[],"machine":"m","covers_seq":1,"ts_ms":2} {"entries":[]}"#,
         br#"{"entries":[{"op":"remove","path":"a"}],"entries":[{"op":"remove","path":"a"}],"machine":"m","covers_seq":1,"ts_ms":2}"#,
@@ -186,8 +186,8 @@ fn a_malformed_snapshot_is_refused() {
         br#"{"entries":[],"machine":"m","covers_seq":1,"ts_ms":2,"machine":"n"}"#,
     ];
     for doc in bad {
-        assert!(read::parse(doc, None::<fn(Entry, Option<String>)>).is_err(), "accepted {}", String::from_utf8_lossy(doc));
-        assert!(read::parse(doc, Some(|_: Entry, _: Option<String>| {})).is_err(), "accepted {}", String::from_utf8_lossy(doc));
+        assert!(read::parse(doc, None::<fn(Entry, read::EntryMeta)>).is_err(), "accepted {}", String::from_utf8_lossy(doc));
+        assert!(read::parse(doc, Some(|_: Entry, _: read::EntryMeta| {})).is_err(), "accepted {}", String::from_utf8_lossy(doc));
     }
 }
 
@@ -369,7 +369,8 @@ impl Signed {
     /// A data object nothing mentions (an upload whose journal batch never went up).
     fn orphan(&self, by: Option<&MachineSigner>, key: &str, path: &str) {
         let c = crypto::VersionCipher::new(&self.keys.public, 3);
-        let meta = ObjectMeta { path: path.into(), size: 3, mtime_ns: 1, mode: 0o644, uid: 0, gid: 0, sha256: String::new(), sealed_ms: 0 };
+        let meta =
+            ObjectMeta { path: path.into(), size: 3, mtime_ns: 1, mode: 0o644, uid: 0, gid: 0, sha256: String::new(), sealed_ms: 0, prev: None };
         let mut md = vec![("cvh".to_string(), B64.encode(c.header().bytes)), ("cvm".to_string(), B64.encode(c.encrypt_meta(&meta)))];
         if let Some(s) = by {
             md.push((sign::META.into(), s.sign_object(&self.keys.public, &key["v/".len()..], &c.header().bytes)));

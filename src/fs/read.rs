@@ -107,23 +107,19 @@ impl Fs {
     }
 
     pub(super) fn read_once(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
-        let (ino, write) = self.handle_ino(fh)?;
+        let (ino, _) = self.handle_ino(fh)?;
         let (i, spool, src) = {
             let c = self.core();
             let i = Self::get_inode(&c, ino)?;
             let spool = c.open.get(&ino).and_then(|o| o.spool.clone());
-            let src = if spool.is_none() && !i.state.has_spool() && !write { Some(self.source_of(&c, &i)?) } else { None };
+            // A writer that has written nothing yet (an uploaded file opened without O_TRUNC)
+            // reads the old content where a reader would: reading copies nothing in, and makes
+            // no new version (review: reading through O_RDWR re-uploaded the same bytes).
+            let src = if spool.is_none() && !i.state.has_spool() { Some(self.source_of(&c, &i)?) } else { None };
             (i, spool, src)
         };
         if offset >= i.size {
             return Ok(Bytes::new());
-        }
-        if write && spool.is_none() && !i.state.has_spool() {
-            // An uploaded file opened for writing without O_TRUNC: the handle reads what it
-            // writes into, so the old content comes into the spool first (as for its first
-            // write) and is read there (the counted writer keeps the spool attached).
-            self.materialize(fh)?;
-            return self.read_once(fh, offset, size);
         }
         let len = (size as u64).min(i.size - offset);
         if let Some(sp) = spool {

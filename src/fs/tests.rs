@@ -622,8 +622,8 @@ fn a_partial_write_into_an_archived_file_asks_for_one_restore() {
     assert_eq!(fs.store.counts()["RestoreObject"], 1, "exactly one RestoreObject");
 }
 
-/// A handle opened for writing reads the old content (fetched then, into the spool its writes
-/// land in); a truncate to a non-zero size, smaller or larger, keeps the old bytes below it.
+/// A handle opened for writing reads the old content (from the bucket, as a reader does, until
+/// its first write brings it into the spool); a truncate to a non-zero size, smaller or larger, keeps the old bytes below it.
 #[test]
 fn reads_and_nonzero_truncates_through_a_write_handle_keep_the_old_content() {
     let e = Env::new();
@@ -661,6 +661,26 @@ fn reads_and_nonzero_truncates_through_a_write_handle_keep_the_old_content() {
     let mut want = old.clone();
     want.resize(400_000, 0);
     assert!(e.read_all(c).unwrap() == want, "the old content, then zeros");
+}
+
+/// Review: reading through a handle opened O_RDWR that never writes copied the file in and
+/// made it dirty: the same bytes were uploaded again as a new version (for an archived file,
+/// after a restore). It reads as a reader would, and no version is made.
+#[test]
+fn reading_through_a_write_handle_that_never_writes_makes_no_version() {
+    let e = Env::new();
+    let old = data(100_000, 24);
+    let (ino, key) = upload_one(&e, "cat.db", &old);
+    let fs = e.fs();
+    let puts = e.puts();
+    let (fh, _) = fs.open(ino, true, false, 0).unwrap();
+    assert_eq!(fs.read(fh, 0, 4096).unwrap(), &old[..4096]);
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    fs.seal_ready(true).unwrap();
+    assert_eq!(fs.state_of(ino).unwrap().unwrap().1, State::Uploaded);
+    assert_eq!(fs.getattr(ino).unwrap().object_key.unwrap(), key);
+    assert_eq!(e.puts(), puts, "nothing uploaded again");
 }
 
 #[test]

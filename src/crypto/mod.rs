@@ -354,6 +354,15 @@ impl VersionCipher {
         &self.header
     }
 
+    /// The metadata `encrypt_meta` sealed for this version (what a machine that has only its
+    /// data key, as in its upload queue, can read back of it).
+    pub fn decrypt_meta(&self, ct: &[u8]) -> Result<ObjectMeta> {
+        let pt = gcm(&self.keys.meta)
+            .decrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: ct, aad: &self.header.bytes })
+            .map_err(|_| CryptoError::Auth)?;
+        serde_json::from_slice(&pt).map_err(|e| CryptoError::Malformed(format!("metadata: {e}")))
+    }
+
     pub fn data_key(&self) -> &[u8; 32] {
         &self.dk
     }

@@ -81,7 +81,7 @@ impl Fs {
         let ups = c.db.uploads_for_ino(ino)?;
         self.staging.adopt_fetch(&tmp, ino)?;
         let tx = c.db.begin()?;
-        Self::discard_uploads(&tx, &ups)?;
+        let ups = Self::supersede_uploads(&tx, &ups)?;
         cur.state = State::Dirty;
         cur.content_gen += 1;
         cur.dirty_ms = now_ms();
@@ -109,7 +109,7 @@ impl Fs {
         i.dirty_ms = now_ms();
         i.mtime_ns = now_ns();
         let tx = c.db.begin()?;
-        Self::discard_uploads(&tx, &ups)?;
+        let ups = Self::supersede_uploads(&tx, &ups)?;
         Db::save(&tx, &i)?;
         Db::delete_restore(&tx, i.ino)?;
         tx.commit().map_err(crate::meta::MetaError::from)?;

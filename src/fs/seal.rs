@@ -126,6 +126,20 @@ impl Fs {
     /// already be on the wire and land later: its key is recorded as dead locally and, when a
     /// request may have been sent, in the journal (`discard`), so that no rebuild — even one
     /// that has no snapshot carrying the dead-key list — adopts that object as a live file.
+    /// A file is rewritten while versions of it are queued: the one on the wire now goes on and
+    /// is recorded as a version when it lands (review N9: a file saved more often than its
+    /// upload takes, a catalog or a password database, had every upload cancelled and never
+    /// reached the bucket); the others are discarded. Returns the discarded ones (their staged
+    /// files go once the commit is durable; the kept one's stays until it lands).
+    pub(super) fn supersede_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<Vec<Upload>> {
+        let (kept, gone): (Vec<Upload>, Vec<Upload>) = ups.iter().cloned().partition(|u| u.state == "uploading");
+        Self::discard_uploads(tx, &gone)?;
+        for u in &kept {
+            tracing::debug!(upload = u.id, "a version on the wire is kept going while the file is rewritten");
+        }
+        Ok(gone)
+    }
+
     pub(super) fn discard_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<()> {
         for u in ups {
             if u.state == "uploading" || u.attempts > 0 {

@@ -2432,6 +2432,46 @@ fn a_forked_machines_snapshot_covers_the_journal_it_shared() {
     e.rt.block_on(d3.shutdown());
 }
 
+/// Regression (review N9): a file saved more often than its upload takes (a catalog, a
+/// password database) had each version on the wire cancelled by the next save: none ever
+/// reached the bucket, and `flush --wait` never returned while the saves went on. The version
+/// on the wire goes on and is recorded when it lands; a rebuild meanwhile shows it.
+#[test]
+fn a_file_rewritten_faster_than_it_uploads_still_gets_versions_into_the_bucket() {
+    let e = Env::new();
+    let fs = e.fs();
+    *e.store.latency.lock().unwrap() = Duration::from_millis(400);
+    let ino = e.write_file(ROOT, "catalog.db", &data(50_000, 0));
+    let t = Instant::now();
+    let mut k = 0u8;
+    let mut saved = Vec::new();
+    while t.elapsed() < Duration::from_secs(4) {
+        k += 1;
+        let v = data(50_000 + k as usize, k);
+        rewrite_on(&fs, ino, &v);
+        saved.push(v);
+        fs.seal_ready(true).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_ne!(fs.state_of(ino).unwrap().unwrap().1, State::Uploaded, "still being saved");
+    let versions = fs.status().unwrap().uploads_since_mount;
+    assert!(versions >= 2, "versions recorded while the file was saved over and over: {versions}");
+    // The machine is lost now: a rebuild shows one of the saved versions, not nothing.
+    flush_journal(&e);
+    let (_d2, d2) = fresh_machine(&e);
+    let got = read_on(&d2.fs, "catalog.db");
+    assert!(saved.contains(&got), "the rebuilt file is one of the saved versions");
+    e.rt.block_on(d2.shutdown());
+    *e.store.latency.lock().unwrap() = Duration::ZERO;
+    e.wait_uploaded();
+    assert_eq!(e.read_all(ino).unwrap(), *saved.last().unwrap());
+    flush_journal(&e);
+    let (_d3, d3) = fresh_machine(&e);
+    assert_eq!(read_on(&d3.fs, "catalog.db"), *saved.last().unwrap(), "the last save once it landed");
+    assert_eq!(names_of(&d3.fs), ["catalog.db"]);
+    e.rt.block_on(d3.shutdown());
+}
+
 /// Regression: a rename over an existing file was several commits; failing (or crashing)
 /// between removing the destination and moving the source lost the destination. A namespace
 /// operation is now one transaction, and staged files it drops are deleted only after it commits.

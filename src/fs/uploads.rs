@@ -132,14 +132,41 @@ impl UploadQueue for Fs {
             }
             let cur = c.db.get(u.ino)?;
             let cur_path = if cur.is_some() { c.db.path_of(u.ino).ok() } else { None };
-            todo.push((u, cur, cur_path));
+            // Older versions of the file still queued (kept going through a rewrite, N9): this
+            // one supersedes them once it lands.
+            let older: Vec<Upload> = c.db.uploads_for_ino(u.ino)?.into_iter().filter(|r| r.content_gen < u.content_gen).collect();
+            todo.push((u, cur, cur_path, older));
         }
         let (mut done, mut live) = (Vec::with_capacity(todo.len()), 0);
+        let mut retired: Vec<Upload> = Vec::new();
+        let mut retired_ids: HashSet<i64> = HashSet::new();
         let tx = c.db.begin()?;
-        for (u, cur, cur_path) in todo {
+        for (u, cur, cur_path, older) in todo {
+            if retired_ids.contains(&u.id) {
+                continue; // superseded by a newer version completed in this batch
+            }
             Db::delete_upload(&tx, u.id)?;
             if let Some(mut i) = cur {
-                if i.content_gen == u.content_gen && i.state.in_outbox() {
+                let superseded = u.content_gen < i.content_gen && i.state != State::Uploaded && i.parent != 0;
+                if superseded {
+                    // A version kept going while the file was rewritten: it is the file's newest
+                    // in the bucket until the pending one lands (a rebuild meanwhile shows it).
+                    match Self::superseded_version(&tx, &mut i, u, cur_path.clone().unwrap_or_else(|| u.path.clone())) {
+                        Ok(()) => live += 1,
+                        Err(e) => {
+                            tracing::warn!(upload = u.id, error = %e, "a superseded version landed but cannot be recorded; discarded");
+                            Self::discard_key(&tx, &u.object_key)?;
+                        }
+                    }
+                    let pending: Vec<Upload> = older.into_iter().filter(|r| !retired_ids.contains(&r.id)).collect();
+                    Self::discard_uploads(&tx, &pending)?;
+                    retired_ids.extend(pending.iter().map(|r| r.id));
+                    retired.extend(pending);
+                } else if i.content_gen == u.content_gen && i.state.in_outbox() {
+                    let pending: Vec<Upload> = older.into_iter().filter(|r| !retired_ids.contains(&r.id)).collect();
+                    Self::discard_uploads(&tx, &pending)?;
+                    retired_ids.extend(pending.iter().map(|r| r.id));
+                    retired.extend(pending);
                     if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
                         Db::add_dead_key(&tx, old)?;
                     }
@@ -194,6 +221,11 @@ impl UploadQueue for Fs {
             done.push(u);
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
+        for u in &retired {
+            for p in self.staging.version_files(u.ino, u.content_gen) {
+                Self::remove_when_durable(c, p);
+            }
+        }
         // Staging space freed: a write refused over its quota reads its owner's use again.
         self.staged_gen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.data_uploads.fetch_add(live, std::sync::atomic::Ordering::Relaxed);
@@ -225,6 +257,54 @@ impl UploadQueue for Fs {
 }
 
 impl Fs {
+    /// Record `u`, a version that landed after its file was rewritten, as the file's newest
+    /// version in the bucket (journal, versions, dead keys), inside the completion's
+    /// transaction; the file itself stays as it is (its newer content pending).
+    fn superseded_version(tx: &rusqlite::Connection, i: &mut Inode, u: &Upload, path: String) -> IndexResult<()> {
+        let dk = u.dk.as_ref().ok_or("no data key (an outbox file of an earlier build)")?;
+        let md: Vec<(String, String)> = serde_json::from_str(&u.metadata)?;
+        let cvm = md.iter().find(|(k, _)| k == "cvm").ok_or("no cvm metadata")?;
+        let m = crypto::VersionCipher::resume(&dk.0, &u.header, u.size)?.decrypt_meta(&B64.decode(&cvm.1)?)?;
+        Db::kill_versions_of(tx, i.ino, Some(&u.object_key))?;
+        if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
+            Db::add_dead_key(tx, old)?;
+        }
+        let v = crate::meta::Version {
+            object_key: u.object_key.clone(),
+            ino: i.ino,
+            size: u.size,
+            mtime_ns: m.mtime_ns,
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            storage_class: u.storage_class.clone(),
+            sha256: u.sha256.clone(),
+            header: u.header.clone(),
+        };
+        Db::add_version(tx, &v, now_ms())?;
+        // The file's last uploaded version (what its next completion retires); its state,
+        // size and digest stay those of its pending content.
+        i.object_key = Some(u.object_key.clone());
+        i.header = Some(u.header.clone());
+        i.storage_class = Some(u.storage_class.clone());
+        Db::save(tx, i)?;
+        let entry = crate::remote_meta::Entry::Upload {
+            path,
+            key: u.object_key.clone(),
+            size: u.size,
+            mtime_ns: m.mtime_ns,
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            class: u.storage_class.clone(),
+            sha256: u.sha256.clone(),
+            header: B64.encode(&u.header),
+            xattrs: i.xattrs.clone(),
+        };
+        Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
+        Ok(())
+    }
+
     /// Requeue uploads parked as failed (after the user fixed credentials or the bucket).
     pub fn retry_failed(&self) -> Result<usize> {
         let c = self.core();

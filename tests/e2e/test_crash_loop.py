@@ -1,7 +1,20 @@
-"""kill -9 at random moments while a writer runs, behind an S3 proxy that injects 503s, 500s
-after the request took effect and dropped connections: every file whose close() succeeded
-reads back byte-identical after a final flush and a rebuild on an empty cache."""
-import hashlib
+"""kill -9 at random moments while writers run, behind an S3 proxy that injects 503s, 500s
+after the request took effect and dropped connections, then a rebuild on an empty cache
+checked against the bucket-only recovery invariant (docs/SEMANTICS.md).
+
+Each round machine A's writer (tests/e2e/crash_model.py) creates files (up to 9 MiB,
+multipart), rewrites them in place (O_TRUNC, and partial writes), saves atomically
+(`.NAME.tmpXXXX` renamed over NAME), renames files and folders, deletes files, deletes files
+while open for reading (and reads them to the end), until its daemon is killed. A second
+machine B joins the vault during part of the loop (a mount on an empty cache dir) and writes in
+its own folder `m2/`; it is killed once too. The model counts an operation only once its
+syscall returned success; the one operation a kill cut is resolved after the remount to its
+state before, after, or (a write) part-written, and nothing else. At the end: a last mount,
+`flush --wait`, unmount, and a new machine rebuilds from the bucket alone: every folder, every
+file name and every SHA-256 of the tree must be the model's.
+
+COLDVAULT_KILLS (default 20) sets the rounds, COLDVAULT_CRASH_SEED (default 2026) the seed.
+"""
 import json
 import os
 import random
@@ -10,9 +23,16 @@ import sys
 import threading
 import time
 
-from conftest import ROOT, free_port, is_mounted, run
+from conftest import ROOT, Vault, free_port, is_mounted, run
+from crash_model import Machine, diff, walk
 
 KILLS = int(os.environ.get("COLDVAULT_KILLS", "20"))
+SEED = int(os.environ.get("COLDVAULT_CRASH_SEED", "2026"))
+FLUSH_TIMEOUT = int(os.environ.get("COLDVAULT_FLUSH_TIMEOUT", "300"))
+# Machine B: joins at this round, is killed with A at that one, flushes and leaves at the last.
+B_JOIN, B_KILL, B_LEAVE = (min(3, KILLS - 1), min(8, KILLS - 1), min(13, KILLS - 1)) if KILLS >= 4 else (None, None, None)
+SIZES_A = [0, 1, 5_000, 70_000, 300_000, 9 << 20]
+SIZES_B = [0, 1, 5_000, 70_000, 300_000, 3 << 20]
 
 
 def daemon_pids(v):
@@ -20,107 +40,205 @@ def daemon_pids(v):
     return [int(p) for p in r.stdout.split()]
 
 
-def writer(mnt, rng, stop, closed, lock, renaming):
-    """Writes new files (some large enough for multipart) and renames closed ones until
-    stopped; records what was acknowledged. A rename the kill interrupted may or may not have
-    happened: it goes to `renaming` as (old, new) and either name is right afterwards."""
-    n = 0
-    while not stop.is_set():
-        n += 1
-        name = f"w{rng.randrange(1 << 30):08x}-{n}.bin"
-        size = rng.choice([0, 1, 5_000, 70_000, 300_000, 9 << 20])
-        data = rng.randbytes(size)
+def kill9(v):
+    pids = daemon_pids(v)
+    assert pids, f"the daemon of {v.cache} is running"
+    for p in pids:
+        os.kill(p, 9)
+
+
+def log_excerpt(v, paths=(), tail=4000):
+    """The daemon log's lines naming the paths, and its tail."""
+    text = v.log()
+    names = {os.path.basename(p.rstrip("/")) for p in paths}
+    hits = [ln for ln in text.splitlines() if any(n and n in ln for n in names)]
+    return "lines naming them:\n" + "\n".join(hits[-40:]) + f"\n--- tail of {v.cache}/coldvault.log:\n" + text[-tail:]
+
+
+def second_machine(v, tmp):
+    """Machine B: the same vault's config on an empty cache dir of its own (a new machine)."""
+    d = tmp / "m2"
+    d.mkdir()
+    b = Vault.__new__(Vault)
+    b.server, b.tmp, b.bucket, b.prefix = v.server, d, v.bucket, v.prefix
+    b.config, b.passfile = v.config, v.passfile
+    b.cache, b.mnt = d / "cache", d / "mnt"
+    b.mnt.mkdir()
+    return b
+
+
+def mount_retrying(v, args, what):
+    """A mount through the faults; one whose start-up the faults broke is tried again."""
+    for i in range(4):
         try:
-            with open(mnt / name, "wb") as f:
-                f.write(data)
-            # close() returned: from here on the file is promised.
-            with lock:
-                closed[name] = hashlib.sha256(data).hexdigest()
-            if rng.random() < 0.2:
-                with lock:
-                    old = rng.choice(sorted(closed))
-                new = "r-" + old
-                try:
-                    os.rename(mnt / old, mnt / new)
-                except OSError:
-                    with lock:
-                        renaming.append((old, new))
-                    raise
-                with lock:
-                    closed[new] = closed.pop(old)
-        except OSError:
-            return  # the daemon was killed under us: whatever was not closed is not promised
+            return v.mount(*args, settle="0.2")
+        except AssertionError as e:
+            if i == 3:
+                raise AssertionError(f"{what}: mount failed 4 times through the faults: {e}\n{v.log()[-3000:]}")
+            subprocess.run(["fusermount3", "-uz", str(v.mnt)], check=False)
+            time.sleep(1)
 
 
-def tree_hashes(mnt):
-    got = {}
-    for p in mnt.iterdir():
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for b in iter(lambda: f.read(1 << 20), b""):
-                h.update(b)
-        got[p.name] = h.hexdigest()
-    return got
+def check_round(m, v, rnd, skip=()):
+    """After a remount: the cut operation resolved, then names, folders and sizes as the model says."""
+    try:
+        cut = m.resolve(rnd)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{log_excerpt(v, [])}")
+    want_dirs, want_files = m.expected()
+    got_dirs, got_files = walk(v.mnt, m.base, skip=skip)
+    d = diff(want_dirs, want_files, got_dirs, got_files, sizes_only=True)
+    assert not d, (f"[{m.name}] seed {SEED} round {rnd}: after kill -9 and remount the machine itself shows "
+                   f"(path, expected, got): {d[:20]}\nlast operations: {m.log[-15:]}\n{log_excerpt(v, [x[0] for x in d])}")
+    return cut
+
+
+class Writer:
+    def __init__(self, m, v, rnd):
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=m.run, args=(rnd, self.stop, lambda: bool(daemon_pids(v))))
+        self.m = m
+        self.t.start()
+
+    def halt(self):
+        self.stop.set()
+        self.t.join(timeout=120)
+        assert not self.t.is_alive(), f"[{self.m.name}] the writer stopped"
+        if self.m.crashed:
+            raise self.m.crashed
+
+
+def flush_wait(v, what):
+    try:
+        r = run("flush", "--wait", v.mnt, check=False, timeout=FLUSH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{what}: flush --wait hung\nstatus: {json.dumps(v.status(), indent=1)[:4000]}\nlog: {v.log()[-6000:]}")
+    assert r.returncode == 0, f"{what}: {r.stderr}\nstatus: {json.dumps(v.status(), indent=1)[:4000]}\nlog: {v.log()[-6000:]}"
+    assert v.status()["failed_files"] == 0
 
 
 def test_kill_9_loop_with_faults_keeps_every_closed_file(servers, vault_factory, tmp_path):
+    t0 = time.monotonic()
     s = servers("s3s-fs")
     v = vault_factory(s)
+    cache_a = v.cache
+    b = None
     port = free_port()
     stats = tmp_path / "faults.json"
     proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "fault_proxy.py"), "--port", str(port),
                               "--upstream", f"127.0.0.1:{s.port}", "--rate", "0.1", "--seed", "7", "--stats", str(stats),
                               "--log", str(tmp_path / "requests.log")], stderr=subprocess.DEVNULL)
-    rng = random.Random(2026)
-    closed = {}
-    renaming = []
-    lock = threading.Lock()
+    rng = random.Random(SEED)
+    a = Machine("A", v.mnt, "", SEED, SIZES_A)
+    mb = None
+    wb = None
+    kills = {"A": 0, "B": 0}
     args = ("--endpoint-url", f"http://127.0.0.1:{port}")
     try:
         time.sleep(0.5)
         for k in range(KILLS):
-            v.mount(*args, settle="0.2")
-            stop = threading.Event()
-            t = threading.Thread(target=writer, args=(v.mnt, random.Random(k), stop, closed, lock, renaming))
-            t.start()
-            time.sleep(rng.uniform(0.3, 2.0))
-            pids = daemon_pids(v)
-            assert pids, "the daemon is running"
-            for p in pids:
-                os.kill(p, 9)
-            stop.set()
-            t.join(timeout=60)
-            assert not t.is_alive()
+            mount_retrying(v, args, f"A round {k}")
+            check_round(a, v, k, skip={"m2"})
+            if k == B_JOIN:
+                b = second_machine(v, tmp_path)
+                mount_retrying(b, args, "B joining")
+                mb = Machine("B", b.mnt, "m2", SEED, SIZES_B, pause=0.05)
+                os.mkdir(b.mnt / "m2")
+                wb = Writer(mb, b, k)
+            if k == B_LEAVE and wb:
+                wb.halt()
+                check_round(mb, b, k)
+                flush_wait(b, "B leaving")
+                b.unmount()
+                wb = None
+            wa = Writer(a, v, k)
+            time.sleep(rng.uniform(0.4, 2.4))
+            kill9(v)
+            kills["A"] += 1
+            if k == B_KILL and wb:
+                kill9(b)
+                kills["B"] += 1
+            wa.halt()
             subprocess.run(["fusermount3", "-uz", str(v.mnt)], check=False)
             assert not is_mounted(v.mnt)
+            if k == B_KILL and wb:
+                wb.halt()
+                subprocess.run(["fusermount3", "-uz", str(b.mnt)], check=False)
+                mount_retrying(b, args, "B after its kill")
+                check_round(mb, b, k)
+                wb = Writer(mb, b, k + 100)
+        loop_s = time.monotonic() - t0
         # A last mount, still through the faults, uploads everything that was acknowledged.
-        v.mount(*args, settle="0.2")
-        try:
-            r = run("flush", "--wait", v.mnt, check=False, timeout=int(os.environ.get("COLDVAULT_FLUSH_TIMEOUT", "300")))
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"flush --wait hung\nstatus: {json.dumps(v.status(), indent=1)[:4000]}\nlog: {v.log()[-6000:]}")
-        assert r.returncode == 0, f"{r.stderr}\nstatus: {json.dumps(v.status(), indent=1)[:4000]}\nlog: {v.log()[-6000:]}"
-        assert v.status()["failed_files"] == 0
+        mount_retrying(v, args, "A, last mount")
+        check_round(a, v, KILLS, skip={"m2"})
+        t1 = time.monotonic()
+        flush_wait(v, "A, last flush")
+        flush_s = time.monotonic() - t1
         # What the machine itself shows, to tell a local loss from a loss in the bucket.
-        local = set(os.listdir(v.mnt))
+        local_dirs, local_files = walk(v.mnt, skip={"m2"})
         v.unmount()
         faults = json.loads(stats.read_text())
         assert faults.get("503", 0) and faults.get("500-after", 0) and faults.get("drop-after", 0), faults
     finally:
         proxy.terminate()
         proxy.wait()
-    assert len(closed) > 50, f"the writer got far enough ({len(closed)} files)"
+        if wb:
+            wb.stop.set()
+            wb.t.join(timeout=60)
+        for w in (b, v):
+            if w is not None and is_mounted(w.mnt):
+                subprocess.run(["fusermount3", "-uz", str(w.mnt)], check=False)
+        for c in ([b] if b else []) + [v]:
+            for p in daemon_pids(c):
+                os.kill(p, 9)
+    for m in (a, mb):
+        if m is None:
+            continue
+        assert not m.bad_reads, f"[{m.name}] a file deleted while open read back wrong (path, expected, got): {m.bad_reads}"
+    assert sum(a.done.values()) > 150 and all(a.done.values()), f"the writer got far enough: {a.done}"
     # Disaster recovery: an empty cache, straight to the server.
+    t2 = time.monotonic()
     v.cache = tmp_path / "rebuilt"
     v.mount()
-    got = tree_hashes(v.mnt)
-    # An interrupted rename: the name that exists is the one the file has.
-    for old, new in renaming:
-        if old in closed and old not in local and new in local:
-            closed[new] = closed.pop(old)
-    missing = sorted(set(closed) - set(got))
-    where = {n: ("also missing on the machine itself" if n not in local else "present on the machine, lost in the bucket") for n in missing}
-    assert not missing, f"{len(missing)} acknowledged file(s) lost: {where}; interrupted renames: {renaming}"
-    wrong = [n for n in closed if got[n] != closed[n]]
-    assert not wrong, f"{len(wrong)} file(s) read back different: {wrong[:10]}"
+    got_dirs, got_files = walk(v.mnt, hashes=True)
+    rebuild_s = time.monotonic() - t2
+    want_dirs, want_files = a.expected()
+    if mb:
+        d, f = mb.expected()
+        want_dirs |= d
+        want_files.update(f)
+    bad = diff(want_dirs, want_files, got_dirs, got_files)
+    if bad:
+        def local(p):
+            if p.endswith("/"):
+                return "folder" if p[:-1] in local_dirs else "absent"
+            return f"{local_files[p][0]} B" if p in local_files else "absent"
+        where = {p: local(p) for p, _, _ in bad if not p.startswith("m2")}
+        conflicts = [ln for ln in v.log().splitlines() if "conflict" in ln.lower()]
+        raise AssertionError(f"seed {SEED}: the rebuild differs from the model in {len(bad)} path(s) (path, expected, got): "
+                             f"{bad[:25]}\nwhat machine A showed before its last unmount: {where}\n"
+                             f"conflicts in the rebuild's log: {conflicts[:10]}\nlast operations A: {a.log[-10:]}\n"
+                             f"--- machine A's daemon log\n" + log_excerpt(_at(cache_a), [x[0] for x in bad]))
     v.unmount()
+    total_s = time.monotonic() - t0
+    # The figures, to quote (docs/TESTING.md).
+    mbs = sum(x[0] for x in want_files.values()) / 1e6
+    print(f"\ncrash loop figures (seed {SEED}): {KILLS} rounds, kill -9 of A x{kills['A']}, of B x{kills['B']}")
+    for m in (a, mb):
+        if m is None:
+            continue
+        print(f"  {m.name}: operations acknowledged {sum(m.done.values())}: " + ", ".join(f"{k} {n}" for k, n in m.done.items())
+              + f"; {m.bytes_written / 1e6:.0f} MB written")
+        print(f"  {m.name}: cut by a kill (kind -> state found after remount): {dict(sorted(m.cut.items()))}")
+        if m.errors_alive:
+            print(f"  {m.name}: operations failed with the daemon running: {m.errors_alive}")
+    print(f"  faults injected: {faults}")
+    print(f"  rebuilt tree: {len(want_files)} files ({mbs:.0f} MB), {len(want_dirs)} folders, all names and SHA-256 as the model")
+    print(f"  time: loop {loop_s:.0f} s, last flush --wait {flush_s:.0f} s, rebuild + read back {rebuild_s:.0f} s, total {total_s:.0f} s")
+
+
+def _at(cache):
+    """A Vault standing for a cache dir, for its log."""
+    w = Vault.__new__(Vault)
+    w.cache = cache
+    return w

@@ -1,5 +1,6 @@
 """Samba re-exporting a real coldvault mount, on loopback only (smbd on 127.0.0.1, its own
 state directories and port), driven by smbclient (SMB3) and smbprotocol."""
+import hashlib
 import os
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import sha, free_port, is_mounted, need, run
+from conftest import RESTORE_SECONDS, clear_staged, sha, free_port, is_mounted, need, run
 from treegen import make_tree
 
 USER, PASSWORD = "root", "coldvault-smb-test"
@@ -378,3 +379,91 @@ def test_smbtorture_timestamps_match_a_plain_directory(samba_vault):
         assert ours.get(t) == "success", f"{t}: {ours.get(t)}\n{out[-4000:]}"
     worse = {t: r for t, r in ours.items() if r != "success" and theirs.get(t) == "success"}
     assert not worse, f"fail on coldvault and pass on a plain directory: {worse}\n{out[-4000:]}"
+
+
+def test_robocopy_overwrite_fetches_nothing_and_needs_no_restore(servers, vault_factory, tmp_path):
+    """Regression (issue 24, item 8): smbd opens an existing file for writing without O_TRUNC and
+    truncates it afterwards (FILE_OVERWRITE_IF: open, then ftruncate to 0; a client's SetInfo
+    end-of-file 0 likewise), and coldvault fetched the old version at the open: robocopy copying
+    20 changed 1 MiB files over their older versions made 21 GETs in a standard-class folder, and
+    under a DEEP_ARCHIVE rule 20 of 20 writes failed with SMB errors and asked for restores. Both
+    ways over a cold cache are now new versions: 0 GETs, no restore, the new content read back."""
+    import smbclient as smbc
+    s = servers("moto")
+    v = vault_factory(s)
+    rule = ("--class-rule", "raw/**=DEEP_ARCHIVE", "--restore-poll", "1")
+    v.mount(*rule)
+    src, names = tmp_path / "src", [f"IMG_{i:04}.CR2" for i in range(20)]
+    for d in ("std", "raw"):
+        (src / d).mkdir(parents=True)
+        (v.mnt / d).mkdir()
+        for n in names:
+            (src / d / n).write_bytes(os.urandom(1 << 20))
+            shutil.copy2(src / d / n, v.mnt / d / n)  # the times too: the mirror compares them
+    v.flush()
+
+    def klass(rel):
+        return s.s3.head_object(Bucket=v.bucket, Key=v.object_key(rel)).get("StorageClass", "STANDARD")
+    assert {klass(f"raw/{n}") for n in names} == {"DEEP_ARCHIVE"}
+    assert {klass(f"std/{n}") for n in names} == {"STANDARD"}
+    old_key = v.object_key("raw/IMG_0001.CR2")
+    v.unmount()
+    clear_staged(v)
+    v.mount("--allow-other", *rule)
+    smb = Samba(v, tmp_path)
+    try:
+        # New content for all 40. The even ones get a new mtime and robocopy (the mirror helper:
+        # FILE_OVERWRITE_IF, write, then times and attributes) copies them; the odd ones keep their
+        # old mtime, so the mirror leaves them, and another client rewrites them in place:
+        # FILE_OPEN, SetInfo FileEndOfFileInformation 0, write.
+        new = {}
+        for d in ("std", "raw"):
+            for i, n in enumerate(names):
+                p = src / d / n
+                st = p.stat()
+                new[f"{d}/{n}"] = os.urandom(1 << 20)
+                p.write_bytes(new[f"{d}/{n}"])
+                os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + (1_000_000_000 if i % 2 == 0 else 0)))
+        t0 = time.time()
+        for d in ("std", "raw"):
+            r = subprocess.run(["python3", MIRROR, str(src / d), "127.0.0.1", str(smb.port), "coldvault", d, USER, PASSWORD],
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0 and "copied 10, deleted 0" in r.stdout, f"{d}:\n{r.stdout}\n{r.stderr[-3000:]}"
+        smbc.register_session("127.0.0.1", username=USER, password=PASSWORD, port=smb.port, encrypt=False)
+        try:
+            for d in ("std", "raw"):
+                for n in names[1::2]:
+                    with smbc.open_file(f"\\\\127.0.0.1\\coldvault\\{d}\\{n}", mode="r+b", port=smb.port) as f:
+                        f.truncate(0)
+                        f.write(new[f"{d}/{n}"])
+        finally:
+            smbc.delete_session("127.0.0.1", port=smb.port)
+        took = time.time() - t0
+        req = v.status()["requests"]
+        print(f"40 overwrites through the share in {took:.1f}s; requests since mount: {req}")
+        assert req.get("GetObject", 0) == 0, f"an overwrite fetched the old version: {req}"
+        assert req.get("RestoreObject", 0) == 0, f"an overwrite asked for a restore: {req}"
+        for rel, data in new.items():
+            assert sha(v.mnt / rel) == hashlib.sha256(data).hexdigest(), rel
+        v.flush()
+        assert v.status()["failed_files"] == 0
+        assert v.object_key("raw/IMG_0001.CR2") != old_key, "a new version"
+        assert {klass(f"raw/{n}") for n in names} == {"DEEP_ARCHIVE"}, "the new versions follow the rule"
+    finally:
+        smb.stop()
+    # From the bucket alone: std at once, raw once restored.
+    v.unmount()
+    clear_staged(v)
+    v.mount(*rule)
+    run("restore", v.mnt / "raw")
+    deadline = time.time() + RESTORE_SECONDS + 60
+    for rel, data in new.items():
+        while True:
+            try:
+                got = (v.mnt / rel).read_bytes()
+                break
+            except BlockingIOError:
+                assert time.time() < deadline, f"{rel} not restored"
+                time.sleep(0.5)
+        assert got == data, rel
+    v.unmount()

@@ -232,11 +232,14 @@ impl Fs {
             self.ensure_spool(ino, trunc)?;
         };
         if write && trunc && i.size != 0 {
-            match c.open.get(&ino).and_then(|o| o.spool.clone()) {
-                // Open elsewhere: those handles share the spool, cut in place.
-                Some(s) => s.set_len(0)?,
-                // Not open: a new empty spool; the old content stays until this is durable.
-                None => drop(self.swap_in_empty_spool(&mut c, ino)?),
+            // A new empty spool; the old content stays (moved aside) until this is durable, so
+            // a power cut before then finds it whole (review N5: with the file open elsewhere,
+            // a `tail -f` or Samba, the shared spool was cut in place and a power cut kept the
+            // partial new content). Handles open elsewhere read and write the new spool from
+            // their next call on (they look it up each time).
+            let fresh = self.swap_in_empty_spool(&mut c, ino)?;
+            if let Some(o) = c.open.get_mut(&ino).filter(|o| o.spool.is_some()) {
+                o.spool = Some(Arc::new(fresh));
             }
             if let Some(o) = c.open.get_mut(&ino) {
                 o.size = 0;

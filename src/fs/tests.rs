@@ -2472,6 +2472,28 @@ fn a_file_rewritten_faster_than_it_uploads_still_gets_versions_into_the_bucket()
     e.rt.block_on(d3.shutdown());
 }
 
+/// Regression (review N5): `cp new a` (O_TRUNC) while another handle held `a` open (`tail -f`,
+/// Samba, an indexer) cut the shared spool in place; a power cut before the next sync kept the
+/// partial new content where SEMANTICS promises the durable old one.
+#[test]
+fn an_o_trunc_while_the_file_is_open_elsewhere_survives_a_power_cut_whole() {
+    let mut e = Env::new();
+    let old = data(30_000, 9);
+    let ino = e.write_file(ROOT, "a.log", &old);
+    let durable = e.durable_index();
+    {
+        let fs = e.fs();
+        let (reader, _) = fs.open(ino, false, false, 0).unwrap();
+        let (writer, _) = fs.open(ino, true, true, 0).unwrap();
+        fs.write(writer, 0, b"new 10 b..").unwrap();
+        assert_eq!(fs.read(reader, 0, 100).unwrap(), &b"new 10 b.."[..], "the reader sees the new content");
+        fs.release(writer).unwrap();
+        fs.release(reader).unwrap();
+    }
+    e.power_cut(durable);
+    assert_eq!(e.read_all(ino).unwrap(), old, "the durable content comes back whole");
+}
+
 /// Regression: a rename over an existing file was several commits; failing (or crashing)
 /// between removing the destination and moving the source lost the destination. A namespace
 /// operation is now one transaction, and staged files it drops are deleted only after it commits.

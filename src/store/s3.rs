@@ -62,16 +62,22 @@ impl S3Store {
             loader = loader.region(Region::new("us-east-1"));
         }
         let sdk = loader.load().await;
-        // No request may hang forever: connecting, waiting for response bytes, and a whole
-        // attempt (a part of up to 64 MiB at >= 75 KB/s) are bounded; a timeout is retried.
+        // No request may hang forever: connecting and waiting for response bytes are bounded, and
+        // a body that stops moving for a minute (either way) fails the attempt, which is retried.
+        // A whole attempt is not timed by a fixed deadline: on a slow link several uploads of
+        // several parts share the uplink, and below about 1.2 Mbit/s a 15-minute deadline failed
+        // every part together, again and again, with no progress (review N10). The attempt
+        // limit left is a sanity bound far beyond any part at any rate that moves.
         let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .read_timeout(std::time::Duration::from_secs(120))
-            .operation_attempt_timeout(std::time::Duration::from_secs(15 * 60))
+            .operation_attempt_timeout(std::time::Duration::from_secs(24 * 3600))
             .build();
+        let stalls = aws_sdk_s3::config::StalledStreamProtectionConfig::enabled().grace_period(std::time::Duration::from_secs(60)).build();
         let sign_payload = sign_payload(endpoint.as_deref());
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
             .timeout_config(timeouts)
+            .stalled_stream_protection(stalls)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(e) = endpoint {

@@ -158,6 +158,13 @@ class Machine:
         self.n = 0
         self.bytes_written = 0
         self.log = []  # last operations, for a failure report
+        self.trap = None  # set by a targeted kill: called just before the next close/rename/unlink/mkdir
+
+    def at(self, what):
+        """Just before a syscall a targeted kill may aim at (it fires once)."""
+        t, self.trap = self.trap, None
+        if t:
+            t(what)
 
     # -- the writer ---------------------------------------------------------------------------
     def run(self, rnd, stop, alive):
@@ -205,8 +212,12 @@ class Machine:
         self.pending = Pending(kind, {path: old}, {path: recipe}, (path, prefix_of(recipe)))
         data = content(recipe)
         self.log.append(f"{kind} {path} {show(recipe)}")
-        with open(self.mnt / path, mode) as f:
+        f = open(self.mnt / path, mode)
+        try:
             f.write(data)
+            self.at("close")
+        finally:
+            f.close()
         # close() returned: from here on this content is promised.
         self.files[path] = recipe
         self.pending = None
@@ -241,6 +252,7 @@ class Machine:
             w = 0
             while w < n:
                 w += os.pwrite(fd, data[w:], off + w)
+            self.at("close")
         finally:
             os.close(fd)
         self.files[p] = new
@@ -260,6 +272,7 @@ class Machine:
         old = self.files.get(p)
         self.pending = Pending("atomic-save (rename)", {tmp: recipe, p: old}, {tmp: None, p: recipe})
         self.log.append(f"rename {tmp} -> {p}")
+        self.at("rename over")
         os.rename(self.mnt / tmp, self.mnt / p)
         self.files[p] = self.files.pop(tmp)
         self.pending = None
@@ -273,6 +286,7 @@ class Machine:
         r = self.files[p]
         self.pending = Pending("rename", {p: r, q: None}, {p: None, q: r})
         self.log.append(f"rename {p} -> {q}")
+        self.at("rename")
         os.rename(self.mnt / p, self.mnt / q)
         self.files[q] = self.files.pop(p)
         self.pending = None
@@ -284,6 +298,7 @@ class Machine:
             return False
         self.pending = Pending("delete", {p: self.files[p]}, {p: None})
         self.log.append(f"unlink {p}")
+        self.at("unlink")
         os.unlink(self.mnt / p)
         del self.files[p]
         self.pending = None
@@ -298,6 +313,7 @@ class Machine:
         self.log.append(f"open+unlink+read {p}")
         with open(self.mnt / p, "rb") as f:
             self.pending = Pending("delete-open", {p: r}, {p: None})
+            self.at("unlink of an open file")
             os.unlink(self.mnt / p)
             del self.files[p]
             self.pending = None
@@ -312,6 +328,7 @@ class Machine:
         d = join(self.base, self.new_name(rnd, "d"))
         self.pending = Pending("mkdir", {d: None}, {d: DIR})
         self.log.append(f"mkdir {d}")
+        self.at("mkdir")
         os.mkdir(self.mnt / d)
         self.dirs.add(d)
         self.pending = None
@@ -328,6 +345,7 @@ class Machine:
         after = {d: None, e: DIR, **{p: None for p in moved}, **{e + p[len(d):]: r for p, r in moved.items()}}
         self.pending = Pending("rename-folder", before, after)
         self.log.append(f"rename {d}/ -> {e}/ ({len(moved)} files)")
+        self.at("folder rename")
         os.rename(self.mnt / d, self.mnt / e)
         self.apply(after)
         self.pending = None

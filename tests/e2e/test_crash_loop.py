@@ -93,6 +93,41 @@ def check_round(m, v, rnd, skip=()):
     return cut
 
 
+class TargetedKill:
+    """kill -9 of v's daemon while m's writer is inside its next close, rename, unlink or mkdir:
+    the writer's hook wakes a thread that lets the syscall run `delay` seconds (0-1.5 ms,
+    seeded), then kills; the kill lands before, during or after the daemon's commit."""
+
+    def __init__(self, m, v, delay):
+        self.pids = daemon_pids(v)
+        assert self.pids, f"the daemon of {v.cache} is running"
+        self.go, self.what, self.delay = threading.Event(), None, delay
+        self.t = threading.Thread(target=self._run)
+        self.t.start()
+        m.trap = self.fire
+        self.m = m
+
+    def fire(self, what):
+        self.what = what
+        self.go.set()
+
+    def _run(self):
+        if self.go.wait(10):
+            end = time.perf_counter() + self.delay
+            while time.perf_counter() < end:
+                pass
+        for p in self.pids:
+            try:
+                os.kill(p, 9)
+            except ProcessLookupError:
+                pass
+
+    def wait(self):
+        self.t.join()
+        self.m.trap = None
+        return f"{self.what} +{self.delay * 1e3:.1f} ms" if self.what else "random moment (no such syscall in 10 s)"
+
+
 class Writer:
     def __init__(self, m, v, rnd):
         self.stop = threading.Event()
@@ -133,12 +168,16 @@ def test_kill_9_loop_with_faults_keeps_every_closed_file(servers, vault_factory,
     mb = None
     wb = None
     kills = {"A": 0, "B": 0}
+    kill_log = []  # (machine, round, where the kill landed, what the remount found of the cut operation)
     args = ("--endpoint-url", f"http://127.0.0.1:{port}")
     try:
         time.sleep(0.5)
+        last_kill = None
         for k in range(KILLS):
             mount_retrying(v, args, f"A round {k}")
-            check_round(a, v, k, skip={"m2"})
+            cut = check_round(a, v, k, skip={"m2"})
+            if last_kill:
+                kill_log.append((*last_kill, cut or "nothing in flight"))
             if k == B_JOIN:
                 b = second_machine(v, tmp_path)
                 mount_retrying(b, args, "B joining")
@@ -151,26 +190,33 @@ def test_kill_9_loop_with_faults_keeps_every_closed_file(servers, vault_factory,
                 flush_wait(b, "B leaving")
                 b.unmount()
                 wb = None
+            # Half of the rounds kill at a random moment, half inside a close or a namespace change.
+            targeted, delay = rng.random() < 0.5, rng.uniform(0, 0.0015)
             wa = Writer(a, v, k)
             time.sleep(rng.uniform(0.4, 2.4))
-            kill9(v)
+            tb = TargetedKill(mb, b, rng.uniform(0, 0.0015)) if k == B_KILL and wb else None
+            if targeted:
+                what = TargetedKill(a, v, delay).wait()
+            else:
+                kill9(v)
+                what = "random moment"
+            last_kill = ("A", k, what)
             kills["A"] += 1
-            if k == B_KILL and wb:
-                kill9(b)
-                kills["B"] += 1
             wa.halt()
             subprocess.run(["fusermount3", "-uz", str(v.mnt)], check=False)
             assert not is_mounted(v.mnt)
-            if k == B_KILL and wb:
+            if tb:
+                what_b = tb.wait()
+                kills["B"] += 1
                 wb.halt()
                 subprocess.run(["fusermount3", "-uz", str(b.mnt)], check=False)
                 mount_retrying(b, args, "B after its kill")
-                check_round(mb, b, k)
+                kill_log.append(("B", k, what_b, check_round(mb, b, k) or "nothing in flight"))
                 wb = Writer(mb, b, k + 100)
         loop_s = time.monotonic() - t0
         # A last mount, still through the faults, uploads everything that was acknowledged.
         mount_retrying(v, args, "A, last mount")
-        check_round(a, v, KILLS, skip={"m2"})
+        kill_log.append((*last_kill, check_round(a, v, KILLS, skip={"m2"}) or "nothing in flight"))
         t1 = time.monotonic()
         flush_wait(v, "A, last flush")
         flush_s = time.monotonic() - t1
@@ -232,6 +278,9 @@ def test_kill_9_loop_with_faults_keeps_every_closed_file(servers, vault_factory,
         print(f"  {m.name}: cut by a kill (kind -> state found after remount): {dict(sorted(m.cut.items()))}")
         if m.errors_alive:
             print(f"  {m.name}: operations failed with the daemon running: {m.errors_alive}")
+    print("  each kill: where it landed -> the cut operation as the remount found it:")
+    for m_, k_, what, cut in kill_log:
+        print(f"    {m_} round {k_:2d}: {what} -> {cut}")
     print(f"  faults injected: {faults}")
     print(f"  rebuilt tree: {len(want_files)} files ({mbs:.0f} MB), {len(want_dirs)} folders, all names and SHA-256 as the model")
     print(f"  time: loop {loop_s:.0f} s, last flush --wait {flush_s:.0f} s, rebuild + read back {rebuild_s:.0f} s, total {total_s:.0f} s")

@@ -5,6 +5,11 @@ use super::*;
 use crate::meta::IndexResult;
 use crate::remote_meta::journal::{JournalIndex, SnapshotFile};
 
+/// How long snapshots remember a removed path: another machine's upload of it older than the
+/// removal, but not seen by it, arriving later than that is replayed as a resurrection (the
+/// safe side: nothing lost, a deleted file back).
+const TOMBSTONE_DAYS: i64 = 90;
+
 impl JournalIndex for Fs {
     fn journal_forked(&self) -> IndexResult<()> {
         let c = self.core();
@@ -97,6 +102,7 @@ impl JournalIndex for Fs {
         c.db.set_setting("last_snapshot_entries", &entries.to_string())?;
         c.db.set_setting("last_snapshot_bytes", &bytes.to_string())?;
         c.db.set_setting("last_snapshot_ms", &now_ms().to_string())?;
+        c.db.prune_tombstones(now_ms() - TOMBSTONE_DAYS * 86_400_000)?;
         Ok(())
     }
 }
@@ -109,6 +115,12 @@ impl Fs {
     /// the operation fails and nothing of it is kept.
     pub(super) fn record_in_op(c: &Core, e: crate::remote_meta::Entry) -> Result<()> {
         Db::journal_append(c.db.conn(), now_ms(), &serde_json::to_string(&e).expect("serialize"))?;
+        match &e {
+            crate::remote_meta::Entry::Remove { path } | crate::remote_meta::Entry::Rename { from: path, .. } => {
+                Db::add_tombstone(c.db.conn(), path, None, None)?;
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -278,8 +290,14 @@ impl Fs {
                     None => return Ok(()),
                 },
             };
-            // Its last change here (or, imported, where it was made).
-            f(&e, i.owner.as_deref(), (i.ctime_ns / 1_000_000) as i64)
+            // When the change it describes was journaled, as a replay would stamp it: its last
+            // rename or attribute change (ctime), or the upload of its version (the Upload
+            // record's time, later than the writes it holds); imported, where it was made.
+            let mut at = (i.ctime_ns / 1_000_000) as i64;
+            if let crate::remote_meta::Entry::Upload { key, .. } = &e {
+                at = at.max(v.version_uploaded_ms(key)?.unwrap_or(0));
+            }
+            f(&e, i.owner.as_deref(), at)
         })
     }
 
@@ -327,6 +345,7 @@ impl Fs {
             dead.is_ok()
         })?;
         dead?;
+        w.tombstones(v.recent_tombstones(now_ms() - TOMBSTONE_DAYS * 86_400_000)?);
         let mut seen: std::collections::BTreeMap<String, i64> =
             v.setting("imported_seen")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
         seen.insert(machine.to_string(), covers_seq);
@@ -428,7 +447,8 @@ impl Fs {
                             sha256: n.sha256.clone().unwrap_or_default(),
                             header: n.header.clone().unwrap_or_default(),
                         };
-                        Db::add_version(&tx, &v, 0)?;
+                        // Uploaded when the entry that made it was made (0: unknown).
+                        Db::add_version(&tx, &v, n.changed_ms)?;
                     }
                 }
                 NodeKind::Symlink | NodeKind::Special => l += 1,
@@ -443,6 +463,9 @@ impl Fs {
         // What this index was built from: its snapshots say so (so a later rebuild replays only
         // what came after), and its own changes are stamped after all of it.
         Db::set_setting_in(&tx, "imported_seen", &serde_json::to_string(&t.seen).expect("json"))?;
+        for (path, (ts, m)) in &t.tombstones {
+            Db::add_tombstone(&tx, path, Some(*ts), Some(m))?;
+        }
         Db::set_setting_in(&tx, "clock_floor_ms", &t.max_ts.to_string())?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         Ok((d, f, l))

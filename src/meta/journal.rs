@@ -28,6 +28,32 @@ impl Db {
     }
 
     /// Highest journal sequence number ever assigned (sent or not).
+    /// `path` was removed by the journal record just appended (its time), or by `machine`'s
+    /// record at `ts_ms` (imported).
+    pub fn add_tombstone(conn: &Connection, path: &str, ts_ms: Option<i64>, machine: Option<&str>) -> Result<()> {
+        match ts_ms {
+            Some(t) => conn.execute("INSERT OR REPLACE INTO tombstones(path, ts_ms, machine) VALUES(?1, ?2, ?3)", params![path, t, machine])?,
+            None => conn.execute(
+                "INSERT OR REPLACE INTO tombstones(path, ts_ms, machine) SELECT ?1, ts_ms, NULL FROM journal WHERE seq = last_insert_rowid()",
+                params![path],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Tombstones since `since_ms`.
+    pub fn recent_tombstones(&self, since_ms: i64) -> Result<Vec<(String, i64, Option<String>)>> {
+        let mut st = self.conn.prepare_cached("SELECT path, ts_ms, machine FROM tombstones WHERE ts_ms >= ?1 ORDER BY path")?;
+        let r = st.query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(r)
+    }
+
+    /// Forget tombstones older than `before_ms`.
+    pub fn prune_tombstones(&self, before_ms: i64) -> Result<()> {
+        self.conn.execute("DELETE FROM tombstones WHERE ts_ms < ?1", params![before_ms])?;
+        Ok(())
+    }
+
     pub fn journal_max_seq(&self) -> Result<i64> {
         Ok(self.conn.row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='journal'), 0)", [], |r| r.get(0))?)
     }

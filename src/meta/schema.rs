@@ -82,6 +82,10 @@ CREATE TABLE IF NOT EXISTS restores(
   auto INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS dead_keys(key TEXT PRIMARY KEY);
+-- Paths removed (deleted, renamed away) and when, as the journal stamped it: snapshots carry
+-- the recent ones, so that a rebuild starting from a snapshot does not let another machine's
+-- older upload bring back what was removed after it (docs/SEMANTICS.md, several machines).
+CREATE TABLE IF NOT EXISTS tombstones(path TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL, machine TEXT);
 -- Every file version known to be durable in the bucket, newest last per inode: what a snapshot
 -- carries for a file whose next version is still pending, and what listing, restoring and
 -- pruning old versions will need.

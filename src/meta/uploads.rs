@@ -111,6 +111,11 @@ impl Db {
         Ok(())
     }
 
+    /// When the version at `key` was recorded as uploaded (ms), if it is one of the index's.
+    pub fn version_uploaded_ms(&self, key: &str) -> Result<Option<i64>> {
+        Ok(self.conn.row("SELECT uploaded_ms FROM versions WHERE object_key=?1", params![key], |r| r.get(0)).optional()?)
+    }
+
     /// The newest durable version of inode `ino`.
     pub fn latest_version(&self, ino: u64) -> Result<Option<Version>> {
         Ok(self

@@ -274,6 +274,9 @@ pub struct Tree {
     /// What two machines that had not seen each other's changes disagreed on, and how it was
     /// settled (docs/SEMANTICS.md, "Several machines"): shown by the rebuild and `ls`.
     pub conflicts: Vec<String>,
+    /// Paths removed, when, and by which machine, as far as the base snapshot and the replay
+    /// know (`SnapshotWriter::tombstones`).
+    pub tombstones: BTreeMap<String, (i64, String)>,
 }
 
 impl Tree {
@@ -352,6 +355,14 @@ impl Tree {
     fn has_children(&self, path: &str) -> bool {
         let prefix = format!("{path}/");
         self.nodes.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+    }
+
+    /// `path` was removed by the entry being applied: remembered unless a later removal is.
+    fn tombstone(&mut self, path: String) {
+        if self.applying_ts > 0 && self.tombstones.get(&path).is_none_or(|t| t.0 < self.applying_ts) {
+            let by = self.applying_machine();
+            self.tombstones.insert(path, (self.applying_ts, by));
+        }
     }
 
     fn applying_machine(&self) -> String {
@@ -455,6 +466,32 @@ impl Tree {
         }
         match e {
             Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs } => {
+                // A version older than what another machine put at the path since (a snapshot
+                // says when): the newer stays; this one is in the bucket, not in the tree.
+                // Nor over a removal of the path made after it by another machine.
+                if let Some((at, by)) = self.tombstones.get(&path).filter(|(at, by)| {
+                    !self.nodes.contains_key(&path) && self.applying_ts > 0 && *at > self.applying_ts && owner.as_ref() != Some(by)
+                }) {
+                    self.conflicts.push(format!(
+                        "{}: stays removed (by machine {by} at {}); the version machine {} uploaded at {} (object {key}) is older",
+                        shown(&path),
+                        crate::restore::fmt_ms(*at),
+                        self.applying_machine(),
+                        crate::restore::fmt_ms(self.applying_ts)
+                    ));
+                    return;
+                }
+                if let Some(n) = self.nodes.get(&path).filter(|n| self.applying_ts > 0 && n.changed_ms > self.applying_ts && n.owner != owner) {
+                    self.conflicts.push(format!(
+                        "{}: kept the version machine {} wrote at {}; the one machine {} uploaded at {} (object {key}) is older",
+                        shown(&path),
+                        n.owner.clone().unwrap_or_default(),
+                        crate::restore::fmt_ms(n.changed_ms),
+                        self.applying_machine(),
+                        crate::restore::fmt_ms(self.applying_ts)
+                    ));
+                    return;
+                }
                 self.ensure_parents(&path, uid, gid, mtime_ns);
                 self.remove_subtree(&path);
                 let header = B64.decode(header).ok().filter(|h| h.len() == crypto::HEADER_LEN);
@@ -560,6 +597,7 @@ impl Tree {
                     }
                     self.nodes.insert(nk, n);
                 }
+                self.tombstone(from);
             }
             Entry::Remove { path } => {
                 let (newer, dir_with_files) = match self.nodes.get(&path) {
@@ -589,6 +627,7 @@ impl Tree {
                     ));
                 } else {
                     self.remove_subtree(&path);
+                    self.tombstone(path);
                 }
             }
             Entry::Discard { .. } => {}
@@ -615,6 +654,7 @@ pub struct SnapshotWriter<W: std::io::Write> {
     in_dead_keys: bool,
     first: bool,
     entries: u64,
+    tombstones: Vec<(String, i64, Option<String>)>,
 }
 
 impl<W: std::io::Write> SnapshotWriter<W> {
@@ -622,7 +662,7 @@ impl<W: std::io::Write> SnapshotWriter<W> {
         let mut out =
             std::io::BufWriter::with_capacity(crypto::SEGMENT as usize, crypto::StreamSealer::new(&keys.public, out).map_err(std::io::Error::other)?);
         out.write_all(b"{\"entries\":[")?;
-        Ok(SnapshotWriter { out, in_dead_keys: false, first: true, entries: 0 })
+        Ok(SnapshotWriter { out, in_dead_keys: false, first: true, entries: 0, tombstones: Vec::new() })
     }
 
     fn comma(&mut self) -> std::io::Result<()> {
@@ -686,6 +726,12 @@ impl<W: std::io::Write> SnapshotWriter<W> {
         self.entries
     }
 
+    /// Paths removed recently, when, and by which machine (`None`: the snapshot's own), written
+    /// by `finish` (`"tombstones"`; builds before it ignore them).
+    pub fn tombstones(&mut self, t: Vec<(String, i64, Option<String>)>) {
+        self.tombstones = t;
+    }
+
     /// Close the document; returns the output and the sealed object's length.
     pub fn finish(mut self, machine: &str, covers_seq: i64, ts_ms: i64, seen: &BTreeMap<String, i64>) -> std::io::Result<(W, u64)> {
         self.end_entries()?;
@@ -695,6 +741,11 @@ impl<W: std::io::Write> SnapshotWriter<W> {
         if !seen.is_empty() {
             self.out.write_all(b",\"seen\":")?;
             serde_json::to_writer(&mut self.out, seen)?;
+        }
+        if !self.tombstones.is_empty() {
+            self.out.write_all(b",\"tombstones\":")?;
+            let t = std::mem::take(&mut self.tombstones);
+            serde_json::to_writer(&mut self.out, &t)?;
         }
         self.out.write_all(b"}")?;
         self.out.into_inner().map_err(|e| e.into_error())?.finish()
@@ -1071,6 +1122,14 @@ async fn rebuild_once(
         }
         let wo = s.writer.as_ref().is_some_and(|w| w.role == trust::Role::WriteOnly);
         tree.max_ts = tree.max_ts.max(floor_time(s.ts_ms, wo));
+        if !wo {
+            for (path, at, by) in &s.tombstones {
+                let by = by.clone().unwrap_or_else(|| s.machine.clone());
+                if tree.tombstones.get(path).is_none_or(|t| t.0 < *at) {
+                    tree.tombstones.insert(path.clone(), (*at, by));
+                }
+            }
+        }
     }
     // What each machine's journal must reach, by what the believed snapshots say they saw.
     let mut claimed: BTreeMap<String, (i64, String)> = BTreeMap::new();

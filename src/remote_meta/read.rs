@@ -26,6 +26,8 @@ pub struct SnapshotInfo {
     pub dead_keys: Vec<String>,
     pub seen: BTreeMap<String, i64>,
     pub entries: u64,
+    /// Paths removed recently: (path, when, by which machine if not this one).
+    pub tombstones: Vec<(String, i64, Option<String>)>,
     /// Who signed it (set by `stream` once its header was checked).
     pub writer: Option<Writer>,
 }
@@ -74,6 +76,7 @@ impl<'de, F: FnMut(Entry, EntryMeta)> Visitor<'de> for Top<F> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut m: A) -> Result<SnapshotInfo, A::Error> {
         let (mut machine, mut covers_seq, mut ts_ms, mut dead_keys, mut seen, mut entries) = (None, None, None, None, None, None);
+        let mut tombstones = None;
         while let Some(k) = m.next_key::<String>()? {
             // A field given twice is refused, as the derived parser of the whole document did.
             fn once<'de, A: MapAccess<'de>, T: serde::Deserialize<'de>>(m: &mut A, slot: &mut Option<T>, name: &'static str) -> Result<(), A::Error> {
@@ -91,6 +94,7 @@ impl<'de, F: FnMut(Entry, EntryMeta)> Visitor<'de> for Top<F> {
                 "ts_ms" => once(&mut m, &mut ts_ms, "ts_ms")?,
                 "dead_keys" => once(&mut m, &mut dead_keys, "dead_keys")?,
                 "seen" => once(&mut m, &mut seen, "seen")?,
+                "tombstones" => once(&mut m, &mut tombstones, "tombstones")?,
                 _ => {
                     m.next_value::<IgnoredAny>()?;
                 }
@@ -103,6 +107,7 @@ impl<'de, F: FnMut(Entry, EntryMeta)> Visitor<'de> for Top<F> {
             entries: entries.ok_or_else(|| de::Error::missing_field("entries"))?,
             dead_keys: dead_keys.unwrap_or_default(),
             seen: seen.unwrap_or_default(),
+            tombstones: tombstones.unwrap_or_default(),
             writer: None,
         })
     }

@@ -157,8 +157,16 @@ fn a_snapshot_is_parsed_entry_by_entry_in_either_field_order() {
     })
     .unwrap();
     assert!(old.starts_with(b"{\"machine\""), "the old order is not what this test means to cover");
-    let want =
-        read::SnapshotInfo { machine: "m0".into(), covers_seq: 9, ts_ms: 77, dead_keys: vec!["v/d/dead".into()], seen, entries: 300, writer: None };
+    let want = read::SnapshotInfo {
+        machine: "m0".into(),
+        covers_seq: 9,
+        ts_ms: 77,
+        dead_keys: vec!["v/d/dead".into()],
+        seen,
+        entries: 300,
+        tombstones: vec![],
+        writer: None,
+    };
     for doc in [&streamed, &old] {
         for step in [1, 7, 65_536] {
             let mut got = Vec::new();

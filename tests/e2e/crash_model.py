@@ -138,6 +138,8 @@ def patched_in_part(old_recipe, off, seed, n):
     return fn
 
 
+# What a targeted kill aims at (the names Machine.at is called with).
+SYSCALLS = ["close", "rename", "rename over", "folder rename", "unlink", "unlink of an open file"]
 KINDS = ["create", "rewrite", "partial-write", "atomic-save", "rename", "delete", "delete-open", "mkdir", "rename-folder"]
 WEIGHTS = [26, 12, 12, 12, 10, 8, 8, 4, 4]
 
@@ -158,13 +160,14 @@ class Machine:
         self.n = 0
         self.bytes_written = 0
         self.log = []  # last operations, for a failure report
-        self.trap = None  # set by a targeted kill: called just before the next close/rename/unlink/mkdir
+        self.trap = None  # (syscall, fn): a targeted kill's fn, called just before the next such syscall
 
     def at(self, what):
         """Just before a syscall a targeted kill may aim at (it fires once)."""
-        t, self.trap = self.trap, None
-        if t:
-            t(what)
+        t = self.trap
+        if t and t[0] == what:
+            self.trap = None
+            t[1](what)
 
     # -- the writer ---------------------------------------------------------------------------
     def run(self, rnd, stop, alive):

@@ -7,7 +7,8 @@ multipart), rewrites them in place (O_TRUNC, and partial writes), saves atomical
 (`.NAME.tmpXXXX` renamed over NAME), renames files and folders, deletes files, deletes files
 while open for reading (and reads them to the end), until its daemon is killed. A second
 machine B joins the vault during part of the loop (a mount on an empty cache dir) and writes in
-its own folder `m2/`; it is killed once too. The model counts an operation only once its
+its own folder `m2/`; it is killed once too. Half of the kills land at a random moment, half
+inside a close, rename or unlink (0-5 ms into the syscall). The model counts an operation only once its
 syscall returned success; the one operation a kill cut is resolved after the remount to its
 state before, after, or (a write) part-written, and nothing else. At the end: a last mount,
 `flush --wait`, unmount, and a new machine rebuilds from the bucket alone: every folder, every
@@ -24,7 +25,7 @@ import threading
 import time
 
 from conftest import ROOT, Vault, free_port, is_mounted, run
-from crash_model import Machine, diff, walk
+from crash_model import SYSCALLS, Machine, diff, walk
 
 KILLS = int(os.environ.get("COLDVAULT_KILLS", "20"))
 SEED = int(os.environ.get("COLDVAULT_CRASH_SEED", "2026"))
@@ -94,17 +95,19 @@ def check_round(m, v, rnd, skip=()):
 
 
 class TargetedKill:
-    """kill -9 of v's daemon while m's writer is inside its next close, rename, unlink or mkdir:
-    the writer's hook wakes a thread that lets the syscall run `delay` seconds (0-1.5 ms,
-    seeded), then kills; the kill lands before, during or after the daemon's commit."""
+    """kill -9 of v's daemon while m's writer is inside its next `syscall` (a close after
+    writing, a rename, an unlink, ...): the writer's hook wakes a thread that lets the syscall
+    run `delay` seconds (0-5 ms, seeded), then kills; the kill lands before, during or after
+    the daemon's commit."""
 
-    def __init__(self, m, v, delay):
+    def __init__(self, m, v, syscall, delay):
         self.pids = daemon_pids(v)
         assert self.pids, f"the daemon of {v.cache} is running"
         self.go, self.what, self.delay = threading.Event(), None, delay
         self.t = threading.Thread(target=self._run)
         self.t.start()
-        m.trap = self.fire
+        m.trap = (syscall, self.fire)
+        self.syscall = syscall
         self.m = m
 
     def fire(self, what):
@@ -125,7 +128,7 @@ class TargetedKill:
     def wait(self):
         self.t.join()
         self.m.trap = None
-        return f"{self.what} +{self.delay * 1e3:.1f} ms" if self.what else "random moment (no such syscall in 10 s)"
+        return f"in {self.what} +{self.delay * 1e3:.1f} ms" if self.what else f"random moment (no {self.syscall} in 10 s)"
 
 
 class Writer:
@@ -191,12 +194,12 @@ def test_kill_9_loop_with_faults_keeps_every_closed_file(servers, vault_factory,
                 b.unmount()
                 wb = None
             # Half of the rounds kill at a random moment, half inside a close or a namespace change.
-            targeted, delay = rng.random() < 0.5, rng.uniform(0, 0.0015)
+            targeted, syscall, delay = rng.random() < 0.5, rng.choice(SYSCALLS), rng.uniform(0, 0.005)
             wa = Writer(a, v, k)
             time.sleep(rng.uniform(0.4, 2.4))
-            tb = TargetedKill(mb, b, rng.uniform(0, 0.0015)) if k == B_KILL and wb else None
+            tb = TargetedKill(mb, b, "rename", rng.uniform(0, 0.005)) if k == B_KILL and wb else None
             if targeted:
-                what = TargetedKill(a, v, delay).wait()
+                what = TargetedKill(a, v, syscall, delay).wait()
             else:
                 kill9(v)
                 what = "random moment"

@@ -11,6 +11,8 @@ scripts/install-deps.sh
 # The Python test environment install-deps.sh made (moto, pytest, smbprotocol, boto3).
 export PATH="${COLDVAULT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/coldvault/venv}/bin:$PATH"
 cargo build --release --locked
+# The power-loss rig of tests/e2e/test_power_cut.py: a FUSE file system that drops unsynced data.
+cargo build --release --locked --manifest-path tests/dropfs/Cargo.toml --target-dir target
 cargo test --release --locked
 # Model-checked races of the filesystem core (shuttle schedules; src/fs/shuttle_tests.rs).
 cargo test --release --locked --features shuttle --lib shuttle_

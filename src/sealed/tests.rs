@@ -134,7 +134,10 @@ async fn a_sequential_reader_ramps_up_and_keeps_several_gets_in_flight() {
     let r = reader(&k, &store, size, &header, &budget);
     assert!(read_through(&r, size, 128 << 10).await == data, "the plaintext read back differs");
     let ranges = store.ranges();
-    assert_eq!(ranges[0], (0, crypto::segment_cipher_range(size, INITIAL_WINDOW / SEGMENT - 1).1), "the first GET is the first MiB");
+    // The GETs are logged as they are sent, from several tasks: the one of the first MiB need
+    // not be logged first when the machine is busy (it failed so in CI-like load).
+    let first = *ranges.iter().min().unwrap();
+    assert_eq!(first, (0, crypto::segment_cipher_range(size, INITIAL_WINDOW / SEGMENT - 1).1), "the first GET is the first MiB");
     let largest = ranges.iter().map(|(s, e)| e - s).max().unwrap();
     assert!(largest > CHUNK_MAX && largest < CHUNK_MAX + CHUNK_MAX / 100, "GETs grow to CHUNK_MAX: largest {largest}");
     assert!(ranges.len() < 16, "{} GETs for 48 MiB", ranges.len());

@@ -379,18 +379,8 @@ impl Fs {
         if dst.kind == Kind::File && src.kind == Kind::File && src.object_key.is_none() && c.db.latest_version(src.ino)?.is_none() {
             if let (Some(k), Some(h), None) = (&dst.object_key, &dst.header, c.db.latest_version(dst.ino)?) {
                 // An uploaded file recorded before versions were kept: its version first.
-                let v = crate::meta::Version {
-                    object_key: k.clone(),
-                    ino: dst.ino,
-                    size: dst.size,
-                    mtime_ns: dst.mtime_ns,
-                    mode: dst.mode,
-                    uid: dst.uid,
-                    gid: dst.gid,
-                    storage_class: dst.storage_class.clone().unwrap_or_else(|| "STANDARD".into()),
-                    sha256: dst.sha256.clone().unwrap_or_default(),
-                    header: h.clone(),
-                };
+                let class = dst.storage_class.as_deref().unwrap_or("STANDARD");
+                let v = crate::meta::Version::of(dst, k, class, dst.sha256.as_deref().unwrap_or_default(), h);
                 Db::add_version(conn, &v, 0)?;
             }
             Db::move_versions(conn, dst.ino, src.ino)?;

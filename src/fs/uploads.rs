@@ -180,18 +180,7 @@ impl UploadQueue for Fs {
                     // This machine's version now (its upload record says so in a replay too).
                     i.owner = None;
                     Db::save(&tx, &i)?;
-                    let v = crate::meta::Version {
-                        object_key: u.object_key.clone(),
-                        ino: i.ino,
-                        size: i.size,
-                        mtime_ns: i.mtime_ns,
-                        mode: i.mode,
-                        uid: i.uid,
-                        gid: i.gid,
-                        storage_class: u.storage_class.clone(),
-                        sha256: u.sha256.clone(),
-                        header: u.header.clone(),
-                    };
+                    let v = crate::meta::Version::of(&i, &u.object_key, &u.storage_class, &u.sha256, &u.header);
                     Db::add_version(&tx, &v, now_ms())?;
                     // A restore of the previous version means nothing for the new one.
                     Db::delete_restore(&tx, i.ino)?;

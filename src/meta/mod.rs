@@ -221,6 +221,25 @@ pub struct Version {
     pub header: Vec<u8>,
 }
 
+impl Version {
+    /// The version at `object_key` with `i`'s size, times and owner (what a file describes once
+    /// that version is its content).
+    pub fn of(i: &Inode, object_key: &str, storage_class: &str, sha256: &str, header: &[u8]) -> Version {
+        Version {
+            object_key: object_key.to_string(),
+            ino: i.ino,
+            size: i.size,
+            mtime_ns: i.mtime_ns,
+            mode: i.mode,
+            uid: i.uid,
+            gid: i.gid,
+            storage_class: storage_class.to_string(),
+            sha256: sha256.to_string(),
+            header: header.to_vec(),
+        }
+    }
+}
+
 /// Files and bytes per content state (`Db::counts`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {

@@ -52,6 +52,12 @@ class Disk:
             time.sleep(0.05)
         raise AssertionError("dropfs did not mount")
 
+    def cleanup(self):
+        """After a failure: no dropfs left mounted or running."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+        subprocess.run(["fusermount3", "-uz", str(self.mnt)], check=False, capture_output=True)
+
     def cut(self):
         self.ctl.touch()
         _, err = self.proc.communicate(timeout=30)
@@ -77,10 +83,12 @@ def data(rng, n):
     return rng.randbytes(n)
 
 
-def test_power_cuts_keep_every_fsynced_file(servers, vault_factory, tmp_path):
+def test_power_cuts_keep_every_fsynced_file(servers, vault_factory, tmp_path, request):
     need("fusermount3", "fuse3")
     v = vault_factory(servers("s3s-fs"))
     disk = Disk(tmp_path)
+    # Runs after vault_factory's teardown (finalizers run in reverse): the vault is unmounted first.
+    request.addfinalizer(disk.cleanup)
     v.cache = disk.mnt
     rng = random.Random(SEED)
     # name -> (acknowledged content or None if an fsync'd deletion, later closed contents)

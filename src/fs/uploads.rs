@@ -148,30 +148,21 @@ impl UploadQueue for Fs {
             Db::delete_upload(&tx, u.id)?;
             if let Some(mut i) = cur {
                 let superseded = u.content_gen < i.content_gen && i.state != State::Uploaded && i.parent != 0;
+                let current = i.content_gen == u.content_gen && i.state.in_outbox();
+                let path = cur_path.clone().unwrap_or_else(|| u.path.clone());
                 if superseded {
                     // A version kept going while the file was rewritten: it is the file's newest
                     // in the bucket until the pending one lands (a rebuild meanwhile shows it).
-                    match Self::superseded_version(&tx, &mut i, u, cur_path.clone().unwrap_or_else(|| u.path.clone())) {
+                    match Self::superseded_version(&tx, &mut i, u, path) {
                         Ok(()) => live += 1,
                         Err(e) => {
                             tracing::warn!(upload = u.id, error = %e, "a superseded version landed but cannot be recorded; discarded");
                             Self::discard_key(&tx, &u.object_key)?;
                         }
                     }
-                    let pending: Vec<Upload> = older.into_iter().filter(|r| !retired_ids.contains(&r.id)).collect();
-                    Self::discard_uploads(&tx, &pending)?;
-                    retired_ids.extend(pending.iter().map(|r| r.id));
-                    retired.extend(pending);
-                } else if i.content_gen == u.content_gen && i.state.in_outbox() {
-                    let pending: Vec<Upload> = older.into_iter().filter(|r| !retired_ids.contains(&r.id)).collect();
-                    Self::discard_uploads(&tx, &pending)?;
-                    retired_ids.extend(pending.iter().map(|r| r.id));
-                    retired.extend(pending);
-                    if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
-                        Db::add_dead_key(&tx, old)?;
-                    }
-                    // And every older version, including those of a file it was saved over.
-                    Db::kill_versions_of(&tx, i.ino, Some(&u.object_key))?;
+                } else if current {
+                    let v = crate::meta::Version::of(&i, &u.object_key, &u.storage_class, &u.sha256, &u.header);
+                    Self::record_version(&tx, &i, &v, path)?;
                     i.state = State::Uploaded;
                     i.object_key = Some(u.object_key.clone());
                     i.storage_class = Some(u.storage_class.clone());
@@ -180,29 +171,20 @@ impl UploadQueue for Fs {
                     // This machine's version now (its upload record says so in a replay too).
                     i.owner = None;
                     Db::save(&tx, &i)?;
-                    let v = crate::meta::Version::of(&i, &u.object_key, &u.storage_class, &u.sha256, &u.header);
-                    Db::add_version(&tx, &v, now_ms())?;
                     // A restore of the previous version means nothing for the new one.
                     Db::delete_restore(&tx, i.ino)?;
-                    let entry = crate::remote_meta::Entry::Upload {
-                        path: cur_path.clone().unwrap_or_else(|| u.path.clone()),
-                        key: u.object_key.clone(),
-                        size: i.size,
-                        mtime_ns: i.mtime_ns,
-                        mode: i.mode,
-                        uid: i.uid,
-                        gid: i.gid,
-                        class: u.storage_class.clone(),
-                        sha256: u.sha256.clone(),
-                        header: B64.encode(&u.header),
-                        xattrs: i.xattrs.clone(),
-                    };
-                    Db::journal_append(&tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
                     live += 1;
                 } else {
                     // A version superseded while it was uploading: its object is in the bucket but
                     // no file uses it.
                     Self::discard_key(&tx, &u.object_key)?;
+                }
+                if superseded || current {
+                    // The older versions still queued are retired by this one.
+                    let pending: Vec<Upload> = older.into_iter().filter(|r| !retired_ids.contains(&r.id)).collect();
+                    Self::discard_uploads(&tx, &pending)?;
+                    retired_ids.extend(pending.iter().map(|r| r.id));
+                    retired.extend(pending);
                 }
             } else {
                 Self::discard_key(&tx, &u.object_key)?;
@@ -254,44 +236,42 @@ impl Fs {
         let md: Vec<(String, String)> = serde_json::from_str(&u.metadata)?;
         let cvm = md.iter().find(|(k, _)| k == "cvm").ok_or("no cvm metadata")?;
         let m = crypto::VersionCipher::resume(&dk.0, &u.header, u.size)?.decrypt_meta(&B64.decode(&cvm.1)?)?;
-        Db::kill_versions_of(tx, i.ino, Some(&u.object_key))?;
-        if let Some(old) = i.object_key.as_deref().filter(|k| *k != u.object_key) {
-            Db::add_dead_key(tx, old)?;
-        }
-        let v = crate::meta::Version {
-            object_key: u.object_key.clone(),
-            ino: i.ino,
-            size: u.size,
-            mtime_ns: m.mtime_ns,
-            mode: m.mode,
-            uid: m.uid,
-            gid: m.gid,
-            storage_class: u.storage_class.clone(),
-            sha256: u.sha256.clone(),
-            header: u.header.clone(),
-        };
-        Db::add_version(tx, &v, now_ms())?;
+        // The version as it was sealed, not as the file is now.
+        let sealed = Inode { size: u.size, mtime_ns: m.mtime_ns, mode: m.mode, uid: m.uid, gid: m.gid, ..i.clone() };
+        let v = crate::meta::Version::of(&sealed, &u.object_key, &u.storage_class, &u.sha256, &u.header);
+        Self::record_version(tx, i, &v, path)?;
         // The file's last uploaded version (what its next completion retires); its state,
         // size and digest stay those of its pending content.
         i.object_key = Some(u.object_key.clone());
         i.header = Some(u.header.clone());
         i.storage_class = Some(u.storage_class.clone());
         Db::save(tx, i)?;
+        Ok(())
+    }
+
+    /// Version `v` of file `i` (as the index has it before this version) is in the bucket at
+    /// `path`: every other version `i` has had is dead, `v` is kept, and journaled as an upload.
+    fn record_version(tx: &rusqlite::Connection, i: &Inode, v: &crate::meta::Version, path: String) -> crate::meta::Result<()> {
+        if let Some(old) = i.object_key.as_deref().filter(|k| *k != v.object_key) {
+            Db::add_dead_key(tx, old)?;
+        }
+        // And every older version, including those of a file it was saved over.
+        Db::kill_versions_of(tx, i.ino, Some(&v.object_key))?;
+        Db::add_version(tx, v, now_ms())?;
         let entry = crate::remote_meta::Entry::Upload {
             path,
-            key: u.object_key.clone(),
-            size: u.size,
-            mtime_ns: m.mtime_ns,
-            mode: m.mode,
-            uid: m.uid,
-            gid: m.gid,
-            class: u.storage_class.clone(),
-            sha256: u.sha256.clone(),
-            header: B64.encode(&u.header),
+            key: v.object_key.clone(),
+            size: v.size,
+            mtime_ns: v.mtime_ns,
+            mode: v.mode,
+            uid: v.uid,
+            gid: v.gid,
+            class: v.storage_class.clone(),
+            sha256: v.sha256.clone(),
+            header: B64.encode(&v.header),
             xattrs: i.xattrs.clone(),
         };
-        Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
-        Ok(())
+        Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))
     }
 
     /// Requeue uploads parked as failed (after the user fixed credentials or the bucket).

@@ -359,10 +359,23 @@ impl Tree {
 
     /// `path` was removed by the entry being applied: remembered unless a later removal is.
     fn tombstone(&mut self, path: String) {
-        if self.applying_ts > 0 && self.tombstones.get(&path).is_none_or(|t| t.0 < self.applying_ts) {
+        if self.applying_ts > 0 {
             let by = self.applying_machine();
-            self.tombstones.insert(path, (self.applying_ts, by));
+            self.note_tombstone(path, self.applying_ts, by);
         }
+    }
+
+    /// `path` was removed at `at` by machine `by`: kept unless a later removal is known.
+    fn note_tombstone(&mut self, path: String, at: i64, by: String) {
+        if self.tombstones.get(&path).is_none_or(|t| t.0 < at) {
+            self.tombstones.insert(path, (at, by));
+        }
+    }
+
+    /// Node `n` was changed after the entry being applied was made, by another machine than
+    /// the one applying it (`owner`): that entry never saw it, and the newer change stays.
+    fn newer_unseen(&self, n: &Node, owner: &Option<String>) -> bool {
+        self.applying_ts > 0 && n.changed_ms > self.applying_ts && n.owner != *owner
     }
 
     fn applying_machine(&self) -> String {
@@ -481,7 +494,7 @@ impl Tree {
                     ));
                     return;
                 }
-                if let Some(n) = self.nodes.get(&path).filter(|n| self.applying_ts > 0 && n.changed_ms > self.applying_ts && n.owner != owner) {
+                if let Some(n) = self.nodes.get(&path).filter(|n| self.newer_unseen(n, &owner)) {
                     self.conflicts.push(format!(
                         "{}: kept the version machine {} wrote at {}; the one machine {} uploaded at {} (object {key}) is older",
                         shown(&path),
@@ -604,9 +617,7 @@ impl Tree {
                     Some(n) if n.kind == NodeKind::Dir => (None, self.has_children(&path)),
                     // A file written after this deletion by a machine the deleting one had not
                     // seen (known when a snapshot describes it with its time): newer wins.
-                    Some(n) if self.applying_ts > 0 && n.changed_ms > self.applying_ts && n.owner != owner => {
-                        (Some((n.owner.clone().unwrap_or_default(), n.changed_ms)), false)
-                    }
+                    Some(n) if self.newer_unseen(n, &owner) => (Some((n.owner.clone().unwrap_or_default(), n.changed_ms)), false),
                     _ => (None, false),
                 };
                 if let Some((by, at)) = newer {
@@ -1124,10 +1135,7 @@ async fn rebuild_once(
         tree.max_ts = tree.max_ts.max(floor_time(s.ts_ms, wo));
         if !wo {
             for (path, at, by) in &s.tombstones {
-                let by = by.clone().unwrap_or_else(|| s.machine.clone());
-                if tree.tombstones.get(path).is_none_or(|t| t.0 < *at) {
-                    tree.tombstones.insert(path.clone(), (*at, by));
-                }
+                tree.note_tombstone(path.clone(), *at, by.clone().unwrap_or_else(|| s.machine.clone()));
             }
         }
     }

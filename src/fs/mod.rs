@@ -324,19 +324,10 @@ impl Fs {
     /// `sync_durable`, and with `checkpoint` a WAL checkpoint under the same lock right after
     /// (a checkpoint syncs the WAL too, so it must not run without the `syncfs` before it).
     fn sync_durable_then(&self, checkpoint: bool) -> Result<()> {
-        // A write from here on is caught by the next sync, even if it lands during this one; so
-        // is a staged file set aside from here on: only those set aside before the `syncfs`
-        // below go once it and the WAL sync are done (one set aside after it, by an O_TRUNC
-        // racing this sync, may be all there is of its file until the next one).
-        let doomed = {
-            let mut c = self.core();
-            c.written = false;
-            std::mem::take(&mut c.after_durable)
-        };
+        // A write from here on is caught by the next sync, even if it lands during this one.
+        self.core().written = false;
         if let Err(e) = self.staging.syncfs() {
-            let mut c = self.core();
-            c.written = true;
-            c.after_durable.extend(doomed);
+            self.core().written = true;
             return Err(e.into());
         }
         let doomed = {
@@ -344,10 +335,10 @@ impl Fs {
             let changes = c.db.conn().total_changes();
             if let Err(e) = c.db.sync() {
                 c.written = true;
-                c.after_durable.extend(doomed);
                 return Err(e.into());
             }
             c.synced_changes = changes;
+            let doomed = std::mem::take(&mut c.after_durable);
             if checkpoint {
                 match c.db.checkpoint() {
                     // The pages written to the WAL since the last checkpoint that emptied it

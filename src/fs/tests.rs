@@ -375,7 +375,10 @@ fn rewrite_after_seal_cancels_the_stale_upload() {
     e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("503".into()));
     let ino = e.write_file(ROOT, "doc.txt", b"old old old");
     e.fs().seal_ready(true).unwrap();
-    // Partial rewrite of a sealed file: old bytes come back from the outbox.
+    // Partial rewrite of a sealed file: old bytes come back from the outbox. Rewritten while its
+    // upload waits for a retry, not while an attempt is on the wire (that one would go on and
+    // be recorded as a version of its own: a_file_rewritten_faster_than_it_uploads…).
+    wait_for("the failed attempt back in the queue", || e.fs().core().db.uploads().unwrap().iter().any(|u| u.state == "queued" && u.attempts >= 1));
     let fs = e.fs();
     let fh = fs.open(ino, true, false, 0).unwrap().0;
     fs.write(fh, 0, b"new").unwrap();

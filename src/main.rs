@@ -559,6 +559,18 @@ fn print_status(s: &coldvault::fs::Status) {
             println!("  {} [{}; {} {}; {}]: {when}", r.path, r.state, r.class, r.tier, human(r.size));
         }
     }
+    if s.conflicts_total > 0 {
+        println!(
+            "conflicts: {} between machines, settled when this index was rebuilt (conflict copies are named \"NAME (conflict from MACHINE DATE)\"):",
+            s.conflicts_total
+        );
+        for c in &s.conflicts {
+            println!("  {c}");
+        }
+        if s.conflicts_total > s.conflicts.len() as u64 {
+            println!("  ... and {} more (all in the mount's log)", s.conflicts_total - s.conflicts.len() as u64);
+        }
+    }
     if !s.machine_token.is_empty() {
         println!(
             "machine:  {} (a write-only machine's uploads are believed once a full machine ran `coldvault machine allow` with it)",

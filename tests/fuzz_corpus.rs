@@ -62,13 +62,14 @@ fn entries() -> Vec<Entry> {
             sha256: "ab".repeat(32),
             header,
             xattrs: Some("{\"user.DOSATTRIB\":\"0x20\"}".into()),
+            saw: Some("v/d/00000000000000000000000000000000".into()),
         },
         Entry::Symlink { path: "latest".into(), target: "photos/IMG_0001.CR2".into(), uid: 0, gid: 0, mtime_ns: 5 },
         Entry::Special { path: "photos/fifo".into(), special: "fifo:0".into(), mode: 0o600, uid: 0, gid: 0, mtime_ns: 6 },
-        Entry::Rename { from: "photos/IMG_0001.CR2".into(), to: "photos/IMG_0002.CR2".into() },
+        Entry::Rename { from: "photos/IMG_0001.CR2".into(), to: "photos/IMG_0002.CR2".into(), saw: Some(String::new()) },
         Entry::Attr { path: "photos".into(), mode: 0o700, uid: 0, gid: 0, mtime_ns: 7, xattrs: None },
         Entry::Discard { key: "v/d/ffffffffffffffffffffffffffffffff".into() },
-        Entry::Remove { path: "latest".into() },
+        Entry::Remove { path: "latest".into(), saw: None },
     ]
 }
 

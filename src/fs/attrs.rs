@@ -244,6 +244,7 @@ impl Fs {
                     if let Some(sp) = &o.spool {
                         sp.set_len(size)?;
                         o.size = size;
+                        o.cuts += 1;
                         o.mtime_ns = now_ns();
                         o.ctime_ns = o.mtime_ns;
                         o.touch();

@@ -231,7 +231,10 @@ impl Fs {
             }
             self.ensure_spool(ino, trunc)?;
         };
-        if write && trunc && i.size != 0 {
+        // The size as open handles have it: writes not yet closed count (the index has the
+        // size of the last close; an O_TRUNC while another process writes must still cut).
+        let size_now = c.open.get(&ino).filter(|o| o.spool.is_some()).map_or(i.size, |o| o.size);
+        if write && trunc && size_now != 0 {
             // A new empty spool; the old content stays (moved aside) until this is durable, so
             // a power cut before then finds it whole (review N5: with the file open elsewhere,
             // a `tail -f` or Samba, the shared spool was cut in place and a power cut kept the
@@ -243,6 +246,7 @@ impl Fs {
             }
             if let Some(o) = c.open.get_mut(&ino) {
                 o.size = 0;
+                o.cuts += 1;
                 o.touch();
             } else {
                 let mut i = i.clone();
@@ -273,6 +277,7 @@ impl Fs {
             ctime_ns: i.ctime_ns,
             changes: 0,
             committed: 0,
+            cuts: 0,
         });
         if o.spool.is_none() {
             if let Some(s) = spool {
@@ -462,16 +467,16 @@ impl Fs {
         let found = {
             let c = self.core();
             let o = c.open.get(&ino).ok_or(FsError::BadHandle)?;
-            (o.spool.clone(), o.uid, o.size)
+            (o.spool.clone(), o.uid, o.size, o.cuts)
         };
-        let (spool, uid, size) = match found {
-            (Some(spool), uid, size) => (spool, uid, size),
+        let (spool, uid, size, cuts) = match found {
+            (Some(spool), uid, size, cuts) => (spool, uid, size, cuts),
             // Opened without O_TRUNC and not written yet: the old content comes in first.
             (None, ..) => {
                 self.materialize(fh)?;
                 let c = self.core();
                 let o = c.open.get(&ino).ok_or(FsError::BadHandle)?;
-                (o.spool.clone().ok_or(FsError::BadHandle)?, o.uid, o.size)
+                (o.spool.clone().ok_or(FsError::BadHandle)?, o.uid, o.size, o.cuts)
             }
         };
         self.charge(uid, end.saturating_sub(size))?;
@@ -484,9 +489,21 @@ impl Fs {
             self.sync_durable()?;
             spool.write_all_at(data, offset)?;
         }
+        #[cfg(test)]
+        if let Some(hook) = self.write_hook.lock().unwrap().take() {
+            hook();
+        }
         let mut c = self.core();
         c.written = true;
         if let Some(o) = c.open.get_mut(&ino) {
+            if o.cuts != cuts {
+                // A truncate (or an O_TRUNC elsewhere) came between: it may have cut these
+                // bytes or swapped the spool. Written again under the lock, the write is
+                // simply after it, as a local file system orders the two.
+                if let Some(sp) = &o.spool {
+                    sp.write_all_at(data, offset)?;
+                }
+            }
             o.size = o.size.max(offset + data.len() as u64);
             o.mtime_ns = now_ns();
             o.ctime_ns = o.mtime_ns;

@@ -116,7 +116,7 @@ impl Fs {
     pub(super) fn record_in_op(c: &Core, e: crate::remote_meta::Entry) -> Result<()> {
         Db::journal_append(c.db.conn(), now_ms(), &serde_json::to_string(&e).expect("serialize"))?;
         match &e {
-            crate::remote_meta::Entry::Remove { path } | crate::remote_meta::Entry::Rename { from: path, .. } => {
+            crate::remote_meta::Entry::Remove { path, .. } | crate::remote_meta::Entry::Rename { from: path, .. } => {
                 Db::add_tombstone(c.db.conn(), path, None, None)?;
             }
             _ => {}
@@ -272,6 +272,7 @@ impl Fs {
                     sha256: i.sha256.clone().unwrap_or_default(),
                     header: i.header.as_ref().map(|h| B64.encode(h)).unwrap_or_default(),
                     xattrs: i.xattrs.clone(),
+                    saw: None,
                 },
                 Kind::File => match v.latest_version(i.ino)? {
                     Some(ver) => Entry::Upload {
@@ -286,6 +287,7 @@ impl Fs {
                         sha256: ver.sha256,
                         header: B64.encode(ver.header),
                         xattrs: i.xattrs.clone(),
+                        saw: None,
                     },
                     None => return Ok(()),
                 },
@@ -467,6 +469,9 @@ impl Fs {
             Db::add_tombstone(&tx, path, Some(*ts), Some(m))?;
         }
         Db::set_setting_in(&tx, "clock_floor_ms", &t.max_ts.to_string())?;
+        let shown: Vec<&String> = t.conflicts.iter().take(super::status::MAX_CONFLICTS_KEPT).collect();
+        Db::set_setting_in(&tx, "rebuild_conflicts", &serde_json::to_string(&shown).expect("json"))?;
+        Db::set_setting_in(&tx, "rebuild_conflicts_total", &t.conflicts.len().to_string())?;
         tx.commit().map_err(crate::meta::MetaError::from)?;
         Ok((d, f, l))
     }

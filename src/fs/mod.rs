@@ -137,6 +137,10 @@ struct OpenFile {
     /// it; a write racing with it stays pending for the next one.
     changes: u64,
     committed: u64,
+    /// Truncations (and O_TRUNC spool swaps) so far: a write whose bytes went to the spool
+    /// before a truncation that came after it started writes them again (review L10: the
+    /// truncate cut them, and the write then set the size back, leaving zeros).
+    cuts: u64,
 }
 
 impl OpenFile {
@@ -236,6 +240,10 @@ pub struct Fs {
     /// the fsync (where a concurrent write can land).
     #[cfg(test)]
     persist_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Test hook: runs once in `write`, after the bytes reach the spool and before the size is
+    /// recorded (a truncate racing with the write).
+    #[cfg(test)]
+    write_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// File versions that reached S3 since mount (status; tests check "uploaded once").
     pub data_uploads: std::sync::atomic::AtomicU64,
     /// Journal batches and snapshots uploaded since mount.
@@ -297,6 +305,8 @@ impl Fs {
             staged_gen: Default::default(),
             #[cfg(test)]
             persist_hook: Mutex::new(None),
+            #[cfg(test)]
+            write_hook: Mutex::new(None),
             data_uploads: Default::default(),
             meta_uploads: Default::default(),
             uid,

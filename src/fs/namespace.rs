@@ -132,7 +132,7 @@ impl Fs {
         }
         let path = c.db.path_of(d.ino)?;
         Db::delete_inode(c.db.conn(), d.ino)?;
-        Self::record_in_op(c, crate::remote_meta::Entry::Remove { path })?;
+        Self::record_in_op(c, crate::remote_meta::Entry::Remove { path, saw: Some(String::new()) })?;
         Self::touch_dir(c, parent)?;
         Ok(())
     }
@@ -278,12 +278,13 @@ impl Fs {
             return Err(FsError::IsDir);
         }
         let path = c.db.path_of(i.ino)?;
+        let saw = Db::seen_key(c.db.conn(), &i)?;
         if let Some(k) = &i.object_key {
             Db::add_dead_key(c.db.conn(), k)?;
         }
         // Versions it took over from a file it was saved over go with it too.
         Db::kill_versions_of(c.db.conn(), i.ino, None)?;
-        Self::record_in_op(c, crate::remote_meta::Entry::Remove { path })?;
+        Self::record_in_op(c, crate::remote_meta::Entry::Remove { path, saw: Some(saw) })?;
         self.remove_inode(c, i)?;
         Self::touch_dir(c, parent)?;
         Ok(())
@@ -331,6 +332,7 @@ impl Fs {
                 cur = c.db.get(cur)?.ok_or(FsError::NotFound)?.parent;
             }
         }
+        let mut saw = String::new();
         if let Some(dst) = c.db.lookup(newparent, &newname)? {
             if dst.ino == src.ino {
                 return Ok(());
@@ -344,6 +346,7 @@ impl Fs {
                 (true, true) if c.db.has_children(dst.ino)? => return Err(FsError::NotEmpty),
                 _ => {}
             }
+            saw = Db::seen_key(c.db.conn(), &dst)?;
             self.replace_versions(c, &src, &dst)?;
             self.remove_inode(c, dst)?;
         }
@@ -359,7 +362,7 @@ impl Fs {
         }
         c.db.update(&src)?;
         let to = c.db.path_of(src.ino)?;
-        Self::record_in_op(c, crate::remote_meta::Entry::Rename { from, to })?;
+        Self::record_in_op(c, crate::remote_meta::Entry::Rename { from, to, saw: Some(saw) })?;
         Self::touch_dir(c, parent)?;
         if newparent != parent {
             Self::touch_dir(c, newparent)?;
@@ -419,6 +422,7 @@ impl Fs {
                 ctime_ns: i.ctime_ns,
                 changes: 1,
                 committed: 0,
+                cuts: 0,
             },
         );
         let fh = Self::alloc_handle(&mut c, i.ino, true);

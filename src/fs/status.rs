@@ -5,6 +5,9 @@ use super::*;
 /// How many upload failures `status` lists.
 const MAX_FAILURES_SHOWN: usize = 100;
 
+/// How many of a rebuild's conflicts the index keeps for `status` (all are in the mount's log).
+pub const MAX_CONFLICTS_KEPT: usize = 100;
+
 impl Fs {
     // ------------------------------------------------------------------ status
 
@@ -49,6 +52,8 @@ impl Fs {
             metadata_objects_since_mount: self.meta_uploads.load(std::sync::atomic::Ordering::Relaxed),
             journal_pending: c.db.journal_len()?,
             machine_token: self.signer.token(),
+            conflicts: c.db.setting("rebuild_conflicts")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
+            conflicts_total: c.db.setting("rebuild_conflicts_total")?.and_then(|n| n.parse().ok()).unwrap_or(0),
             restores: c
                 .db
                 .restores()?
@@ -186,6 +191,13 @@ pub struct Status {
     /// This machine's id and signing key (`coldvault machine allow` takes it on a full machine).
     #[serde(default)]
     pub machine_token: String,
+    /// What the rebuild this index was made by found two machines disagreeing on, and how it
+    /// was settled (conflict copies; docs/SEMANTICS.md, "Several machines"): the first
+    /// `MAX_CONFLICTS_KEPT`, and how many there were.
+    #[serde(default)]
+    pub conflicts: Vec<String>,
+    #[serde(default)]
+    pub conflicts_total: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]

@@ -252,6 +252,8 @@ impl Fs {
     /// Version `v` of file `i` (as the index has it before this version) is in the bucket at
     /// `path`: every other version `i` has had is dead, `v` is kept, and journaled as an upload.
     fn record_version(tx: &rusqlite::Connection, i: &Inode, v: &crate::meta::Version, path: String) -> crate::meta::Result<()> {
+        // What the path showed before this version, as this index knew it.
+        let saw = Db::seen_key(tx, i)?;
         if let Some(old) = i.object_key.as_deref().filter(|k| *k != v.object_key) {
             Db::add_dead_key(tx, old)?;
         }
@@ -270,6 +272,7 @@ impl Fs {
             sha256: v.sha256.clone(),
             header: B64.encode(&v.header),
             xattrs: i.xattrs.clone(),
+            saw: Some(saw).filter(|s| *s != v.object_key),
         };
         Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))
     }

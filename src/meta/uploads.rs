@@ -180,6 +180,24 @@ impl Db {
 
     /// Every version inode `ino` has had, but `except`, is no live file's any more (the file
     /// was deleted, replaced, or a newer version of it reached the bucket).
+    /// The key of the version a file's path last showed in the bucket, as this index knows it:
+    /// its last uploaded version, else the newest it took over (a file saved over another),
+    /// else `""` (what journal records say a change was made over: `Entry::Upload::saw`).
+    pub fn seen_key(conn: &Connection, i: &crate::meta::Inode) -> Result<String> {
+        if i.kind != crate::meta::Kind::File {
+            return Ok(String::new());
+        }
+        if let Some(k) = &i.object_key {
+            return Ok(k.clone());
+        }
+        let k: Option<String> = conn
+            .query_row("SELECT object_key FROM versions WHERE ino=?1 ORDER BY uploaded_ms DESC, rowid DESC LIMIT 1", params![i.ino as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(k.unwrap_or_default())
+    }
+
     pub fn kill_versions_of(conn: &Connection, ino: u64, except: Option<&str>) -> Result<()> {
         conn.exec(
             "INSERT OR IGNORE INTO dead_keys(key) SELECT object_key FROM versions WHERE ino=?1 AND object_key IS NOT ?2",

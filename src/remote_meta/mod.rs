@@ -52,6 +52,11 @@ pub enum Entry {
         header: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         xattrs: Option<String>,
+        /// The version of the file at `path` this one replaced, as the writing machine knew it
+        /// (`""`: none); absent in snapshots and in records of builds before it. A version
+        /// another machine put there that the writer never saw is kept as a conflict copy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        saw: Option<String>,
     },
     Mkdir {
         path: String,
@@ -82,15 +87,21 @@ pub enum Entry {
     Rename {
         from: String,
         to: String,
+        /// The version of the file at `to` this rename replaced, as the renaming machine knew it
+        /// (`""`: none, or not a file); absent in records of builds before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        saw: Option<String>,
     },
     Remove {
         path: String,
+        /// The version of the file this removal removed, as the removing machine knew it (`""`:
+        /// none, or not a file); absent in records of builds before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        saw: Option<String>,
     },
     /// The object at `key` is no file's live version (a version rewritten or deleted while its
     /// upload was on the wire, which may land after this record): never adopt it.
-    Discard {
-        key: String,
-    },
+    Discard { key: String },
     Attr {
         path: String,
         mode: u32,
@@ -342,7 +353,7 @@ impl Tree {
                 (parent_taken(path) || other_in(path)).then(|| format!("{} is another machine's", shown(path)))
             }
             Entry::Mkdir { path, .. } => parent_taken(path).then(|| format!("a parent of {} is another machine's file", shown(path))),
-            Entry::Rename { from, to } => (other_in(from) || other_in(to) || parent_taken(to))
+            Entry::Rename { from, to, .. } => (other_in(from) || other_in(to) || parent_taken(to))
                 .then(|| format!("{} or {} holds another machine's files", shown(from), shown(to))),
             Entry::Attr { path, .. } => {
                 self.nodes.get(path).is_some_and(|n| n.kind != NodeKind::Dir && theirs(n)).then(|| format!("{} is another machine's", shown(path)))
@@ -402,6 +413,84 @@ impl Tree {
             .expect("a free name")
     }
 
+    /// The name of the conflict copy of the version machine `by` made at `at_ms` of `path`:
+    /// `NAME (conflict from MACHINE DATE).ext` (the first 8 characters of the machine id; the
+    /// time in UTC without colons, which Windows refuses in names), with a number added if that
+    /// is taken. Every rebuild gives the same name, whatever snapshot it starts from.
+    fn copy_name(&self, path: &str, by: Option<&str>, at_ms: i64) -> String {
+        let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
+        let (stem, ext) = match name.rsplit_once('.') {
+            Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
+            _ => (name, String::new()),
+        };
+        let by: String = by.unwrap_or("unknown").chars().take(8).collect();
+        let when = crate::restore::fmt_ms(at_ms).trim_end_matches(" UTC").replace(':', ".");
+        (1..)
+            .map(|k| {
+                let tag = if k == 1 { String::new() } else { format!(" {k}") };
+                let n = format!("{stem} (conflict from {by} {when}{tag}){ext}");
+                if dir.is_empty() {
+                    n
+                } else {
+                    format!("{dir}/{n}")
+                }
+            })
+            .find(|p| !self.nodes.contains_key(p))
+            .expect("a free name")
+    }
+
+    /// A conflict copy of `path` that holds version `key` (a change made over that version,
+    /// replayed after a newer one took the path, continues or ends that copy: the same as when
+    /// it is replayed in time order).
+    fn copy_holding(&self, path: &str, key: &Option<String>) -> Option<String> {
+        let key = key.as_deref().filter(|k| !k.is_empty())?;
+        let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
+        let stem = name.rsplit_once('.').filter(|(s, _)| !s.is_empty()).map_or(name, |(s, _)| s);
+        let start = if dir.is_empty() { format!("{stem} (conflict from ") } else { format!("{dir}/{stem} (conflict from ") };
+        self.nodes
+            .range(start.clone()..)
+            .take_while(|(k, _)| k.starts_with(&start))
+            .find(|(k, n)| n.key.as_deref() == Some(key) && !k[start.len()..].contains('/'))
+            .map(|(k, _)| k.clone())
+    }
+
+    /// A change made over version `saw` of `path` replaces or removes that version wherever it
+    /// is: when another machine's change the maker never saw moved it to a conflict copy
+    /// first, the copy goes (in whichever order the two are replayed).
+    fn drop_seen_copy(&mut self, path: &str, saw: &Option<String>) {
+        if self.nodes.get(path).is_some_and(|n| n.key == *saw) {
+            return;
+        }
+        if let Some(cp) = self.copy_holding(path, saw) {
+            self.nodes.remove(&cp);
+        }
+    }
+
+    /// The entry being applied (by machine `owner`) replaces or removes the file at `path`,
+    /// having seen version `saw` there: a version another machine put there that it never saw
+    /// is not dropped but moved beside, as a conflict copy. Records without `saw` (builds
+    /// before it) are taken as having seen what is there.
+    fn keep_unseen(&mut self, path: &str, saw: &Option<String>, owner: &Option<String>, what: &str) {
+        let Some(saw) = saw else { return };
+        let Some(n) = self.nodes.get(path).filter(|n| n.kind == NodeKind::File && n.owner != *owner && n.key.as_deref() != Some(saw.as_str())) else {
+            return;
+        };
+        let n = n.clone();
+        let c = self.copy_name(path, n.owner.as_deref(), n.changed_ms);
+        self.conflicts.push(format!(
+            "{}: {what} by machine {} at {}, which had not seen the version machine {} wrote at {} (object {}): that is kept as {}",
+            shown(path),
+            self.applying_machine(),
+            crate::restore::fmt_ms(self.applying_ts),
+            n.owner.clone().unwrap_or_default(),
+            crate::restore::fmt_ms(n.changed_ms),
+            n.key.clone().unwrap_or_default(),
+            shown(&c)
+        ));
+        self.nodes.remove(path);
+        self.nodes.insert(c, n);
+    }
+
     fn remove_subtree(&mut self, path: &str) {
         self.nodes.remove(path);
         let prefix = format!("{path}/");
@@ -423,9 +512,9 @@ impl Tree {
                 | Entry::Mkdir { path, .. }
                 | Entry::Symlink { path, .. }
                 | Entry::Special { path, .. }
-                | Entry::Remove { path }
+                | Entry::Remove { path, .. }
                 | Entry::Attr { path, .. } => vec![path.clone()],
-                Entry::Rename { from, to } => vec![from.clone(), to.clone()],
+                Entry::Rename { from, to, .. } => vec![from.clone(), to.clone()],
                 Entry::Discard { .. } => vec![],
             }
         };
@@ -444,7 +533,7 @@ impl Tree {
             match &e {
                 // A folder it removes keeps what other machines put there (and the folders
                 // holding it); a folder it names that exists keeps its attributes.
-                Entry::Remove { path } => {
+                Entry::Remove { path, .. } => {
                     let mine: Vec<String> =
                         self.subtree(path).filter(|(_, n)| n.owner.as_deref() == Some(me.as_str())).map(|(k, _)| k.clone()).collect();
                     for k in mine.into_iter().rev() {
@@ -478,33 +567,39 @@ impl Tree {
             }
         }
         match e {
-            Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs } => {
+            Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs, saw } => {
                 // A version older than what another machine put at the path since (a snapshot
-                // says when): the newer stays; this one is in the bucket, not in the tree.
-                // Nor over a removal of the path made after it by another machine.
-                if let Some((at, by)) = self.tombstones.get(&path).filter(|(at, by)| {
+                // says when), or than a removal of the path made after it by another machine:
+                // the newer change stays, and this version is kept beside it, a conflict copy.
+                let why = if let Some((at, by)) = self.tombstones.get(&path).filter(|(at, by)| {
                     !self.nodes.contains_key(&path) && self.applying_ts > 0 && *at > self.applying_ts && owner.as_ref() != Some(by)
                 }) {
-                    self.conflicts.push(format!(
-                        "{}: stays removed (by machine {by} at {}); the version machine {} uploaded at {} (object {key}) is older",
-                        shown(&path),
-                        crate::restore::fmt_ms(*at),
-                        self.applying_machine(),
-                        crate::restore::fmt_ms(self.applying_ts)
-                    ));
-                    return;
-                }
-                if let Some(n) = self.nodes.get(&path).filter(|n| self.newer_unseen(n, &owner)) {
-                    self.conflicts.push(format!(
-                        "{}: kept the version machine {} wrote at {}; the one machine {} uploaded at {} (object {key}) is older",
-                        shown(&path),
-                        n.owner.clone().unwrap_or_default(),
-                        crate::restore::fmt_ms(n.changed_ms),
-                        self.applying_machine(),
-                        crate::restore::fmt_ms(self.applying_ts)
-                    ));
-                    return;
-                }
+                    Some(format!("machine {by} removed it at {}", crate::restore::fmt_ms(*at)))
+                } else {
+                    self.nodes.get(&path).filter(|n| self.newer_unseen(n, &owner)).map(|n| {
+                        format!("machine {} wrote a newer version at {}", n.owner.clone().unwrap_or_default(), crate::restore::fmt_ms(n.changed_ms))
+                    })
+                };
+                self.drop_seen_copy(&path, &saw);
+                let path = match why {
+                    Some(why) => {
+                        let c = self.copy_name(&path, owner.as_deref(), self.applying_ts);
+                        self.conflicts.push(format!(
+                            "{}: {why}; the older version machine {} uploaded at {} (object {key}) is kept as {}",
+                            shown(&path),
+                            self.applying_machine(),
+                            crate::restore::fmt_ms(self.applying_ts),
+                            shown(&c)
+                        ));
+                        c
+                    }
+                    None => {
+                        // An older version of another machine's that this one's writer never
+                        // saw: this one replaces it, and it is kept beside as a conflict copy.
+                        self.keep_unseen(&path, &saw, &owner, "replaced by a version");
+                        path
+                    }
+                };
                 self.ensure_parents(&path, uid, gid, mtime_ns);
                 self.remove_subtree(&path);
                 let header = B64.decode(header).ok().filter(|h| h.len() == crypto::HEADER_LEN);
@@ -574,10 +669,11 @@ impl Tree {
                 n.changed_ms = self.applying_ts;
                 self.nodes.insert(path, n);
             }
-            Entry::Rename { from, to } => {
+            Entry::Rename { from, to, saw } => {
                 if !self.nodes.contains_key(&from) {
                     return; // renamed before it was ever uploaded: its Upload names the new path
                 }
+                self.drop_seen_copy(&to, &saw);
                 let moved: Vec<(String, Node)> = {
                     let prefix = format!("{from}/");
                     let mut v = vec![(from.clone(), self.nodes[&from].clone())];
@@ -597,7 +693,24 @@ impl Tree {
                         self.applying_machine()
                     ));
                     c
+                } else if let Some(n) = self.nodes.get(&to).filter(|n| n.kind == NodeKind::File && self.newer_unseen(n, &owner)) {
+                    // Over a newer version another machine wrote there unseen: that stays, and
+                    // the file moved (older) is kept beside it as a conflict copy.
+                    let (o, at) = (moved[0].1.owner.clone(), moved[0].1.changed_ms.max(self.applying_ts));
+                    let c = self.copy_name(&to, o.as_deref(), at);
+                    self.conflicts.push(format!(
+                        "{}: machine {} wrote a newer version at {}; {} renamed there by machine {} at {} is kept as {}",
+                        shown(&to),
+                        n.owner.clone().unwrap_or_default(),
+                        crate::restore::fmt_ms(n.changed_ms),
+                        shown(&from),
+                        self.applying_machine(),
+                        crate::restore::fmt_ms(self.applying_ts),
+                        shown(&c)
+                    ));
+                    c
                 } else {
+                    self.keep_unseen(&to, &saw, &owner, "replaced by a rename");
                     to
                 };
                 self.remove_subtree(&to);
@@ -612,7 +725,8 @@ impl Tree {
                 }
                 self.tombstone(from);
             }
-            Entry::Remove { path } => {
+            Entry::Remove { path, saw } => {
+                self.drop_seen_copy(&path, &saw);
                 let (newer, dir_with_files) = match self.nodes.get(&path) {
                     Some(n) if n.kind == NodeKind::Dir => (None, self.has_children(&path)),
                     // A file written after this deletion by a machine the deleting one had not
@@ -637,6 +751,8 @@ impl Tree {
                         self.applying_machine()
                     ));
                 } else {
+                    // A version of another machine's the removing machine never saw is kept.
+                    self.keep_unseen(&path, &saw, &owner, "removed");
                     self.remove_subtree(&path);
                     self.tombstone(path);
                 }
@@ -1358,6 +1474,7 @@ async fn rebuild_once(
             sha256: m.sha256,
             header: B64.encode(header),
             xattrs: None,
+            saw: None,
         });
     }
     notes.append(&mut tree.refused);

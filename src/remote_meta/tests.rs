@@ -50,6 +50,7 @@ fn nothing_stays_below_a_link_or_special_file() {
         sha256: String::new(),
         header: String::new(),
         xattrs: None,
+        saw: None,
     };
     let link = |path: &str| Entry::Symlink { path: path.into(), target: "/root/.ssh".into(), uid: 0, gid: 0, mtime_ns: 2 };
     let fifo = |path: &str| Entry::Special { path: path.into(), special: "fifo:0".into(), mode: 0o600, uid: 0, gid: 0, mtime_ns: 2 };
@@ -115,6 +116,7 @@ fn upload_entry(i: u32) -> Entry {
         sha256: "ab".repeat(32),
         header: B64.encode([7u8; 128]),
         xattrs: (i == 3).then(|| "{\"user.x\":\"eQ==\"}".to_string()),
+        saw: None,
     }
 }
 
@@ -598,15 +600,15 @@ fn a_write_only_machine_changes_only_what_it_wrote() {
         w.machine(),
         vec![
             rec(1, far, file("photos/a.jpg", "v/d/c1")),
-            rec(2, far + 1, Entry::Remove { path: "photos".into() }),
-            rec(3, far + 2, Entry::Rename { from: "shared".into(), to: "moved".into() }),
+            rec(2, far + 1, Entry::Remove { path: "photos".into(), saw: None }),
+            rec(3, far + 2, Entry::Rename { from: "shared".into(), to: "moved".into(), saw: None }),
             rec(4, far + 3, attr),
             rec(5, far + 4, file("photos/a.jpg/inner", "v/d/c2")),
             rec(6, far + 5, link),
             rec(7, far + 6, file("shared/w/own.jpg", "v/d/c3")),
             rec(8, far + 7, file("mine.jpg", "v/d/c4")),
-            rec(9, far + 8, Entry::Rename { from: "mine.jpg".into(), to: "mine2.jpg".into() }),
-            rec(10, far + 9, Entry::Remove { path: "shared".into() }),
+            rec(9, far + 8, Entry::Rename { from: "mine.jpg".into(), to: "mine2.jpg".into(), saw: None }),
+            rec(10, far + 9, Entry::Remove { path: "shared".into(), saw: None }),
         ],
     );
     let t = v.rebuild();
@@ -677,7 +679,7 @@ fn a_write_only_key_cannot_pose_as_a_full_machine() {
     let impostor = MachineSigner::new(a.machine(), &[0xc; 32]);
     v.allow(&impostor, trust::Role::WriteOnly);
     v.batch(Some(&a), a.machine(), vec![mkdir(1, "photos")]);
-    let bad = v.batch(Some(&impostor), a.machine(), vec![Record { seq: 2, ts_ms: 2, entry: Entry::Remove { path: "photos".into() } }]);
+    let bad = v.batch(Some(&impostor), a.machine(), vec![Record { seq: 2, ts_ms: 2, entry: Entry::Remove { path: "photos".into(), saw: None } }]);
     let t = v.rebuild();
     assert!(t.nodes.contains_key("photos"), "{:?}", t.refused);
     assert!(refused_for(&t, &bad).contains("does not verify"));

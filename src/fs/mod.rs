@@ -236,6 +236,9 @@ pub struct Fs {
     quota: Mutex<HashMap<u32, quota::Use>>,
     /// Bumped whenever uploads complete (staged files released).
     staged_gen: std::sync::atomic::AtomicU64,
+    /// The latest wall-clock time (ms) the sealer or the uploader read: one later read far
+    /// below it means the system clock was set back (`check_clock`).
+    clock_high: std::sync::atomic::AtomicI64,
     /// Tests: runs once inside the next `persist`, between choosing what to make durable and
     /// the fsync (where a concurrent write can land).
     #[cfg(test)]
@@ -303,6 +306,7 @@ impl Fs {
             seal_failures: Mutex::new(HashMap::new()),
             quota: Mutex::new(HashMap::new()),
             staged_gen: Default::default(),
+            clock_high: Default::default(),
             #[cfg(test)]
             persist_hook: Mutex::new(None),
             #[cfg(test)]
@@ -389,12 +393,37 @@ impl Fs {
         }
     }
 
+    /// Wall-clock times the index keeps (when a dirty file settles, when an upload is retried)
+    /// are brought back if the system clock was set back since they were written (review L8:
+    /// a step back of Δ delayed every seal and retry by Δ, and `flush --wait` with them).
+    /// Checked at start and whenever the sealer or the uploader reads the clock: an atomic
+    /// compare, and two indexed updates only after a step back.
+    pub(super) fn check_clock(&self, at_start: bool) -> Result<()> {
+        let now = now_ms();
+        let high = self.clock_high.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        if !at_start && high <= now + 1_000 {
+            return Ok(());
+        }
+        let back = if at_start { 0 } else { high - now };
+        let n = self.core().db.clamp_future_times(now, back, crate::upload::MAX_BACKOFF.as_millis() as i64)?;
+        if n > 0 {
+            tracing::warn!(
+                back_s = (high - now).max(0) / 1000,
+                rows = n,
+                "the system clock was set back: seals and upload retries planned for later are due now"
+            );
+        }
+        self.clock_high.store(now, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Start-up repair: requeue what was staged, drop orphans, reconcile spool sizes.
     fn recover(&self) -> Result<()> {
         // After a crash of the daemon, its last commits and renames may be in the page cache
         // only: make them durable first, so that nothing below acts on (or deletes files for)
         // an index a power cut could still take back.
         self.sync_durable()?;
+        self.check_clock(true)?;
         let mut c = self.core();
         // Unlinked files that were open when the daemon stopped: nobody can reach them now.
         for o in c.db.orphans()? {

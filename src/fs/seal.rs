@@ -10,6 +10,7 @@ impl Fs {
     pub fn seal_ready(&self, force: bool) -> Result<usize> {
         let _one_sealer = self.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.staging.ensure_reserve();
+        self.check_clock(false)?;
         // Forced (flush): every file dirty now, and not the ones changed while this runs (a
         // copy still going on would keep it from ever finishing).
         let cutoff = if force { self.core().db.newest_dirty_ms()?.unwrap_or(0) } else { now_ms() - self.cfg.settle.as_millis() as i64 };

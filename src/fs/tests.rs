@@ -1951,6 +1951,39 @@ fn a_write_racing_a_close_stays_pending_for_the_next_fsync() {
     assert_eq!(e.read_all(i.ino).unwrap(), b"first-second");
 }
 
+/// Regression (review L8): the index plans seals and upload retries by the wall clock. With
+/// the clock set back an hour (NTP fixing a clock that ran ahead, a VM restored), a dirty file
+/// waited an hour longer to settle and a failed upload an hour longer for its retry, and
+/// `flush --wait` with them. They are due at once now.
+#[test]
+fn a_clock_set_back_delays_no_seal_and_no_upload_retry() {
+    use crate::upload::UploadQueue;
+    let mut e = Env::new();
+    e.restart_with(|c| c.settle = Duration::from_secs(5));
+    let fs = e.fs();
+    // No uploader: the queue is looked at by hand.
+    e.rt.block_on(e.daemon.take().unwrap().shutdown());
+    let hour = 3_600_000;
+    let ahead = now_ms() + hour; // what the clock said before it was set back
+    write_on(&fs, ROOT, "queued.txt", b"sealed and queued");
+    fs.seal_ready(true).unwrap();
+    let a = write_on(&fs, ROOT, "a.txt", b"written while the clock ran an hour ahead");
+    {
+        let c = fs.core();
+        c.db.conn().execute("UPDATE inodes SET dirty_ms=?1 WHERE ino=?2", rusqlite::params![ahead - 6_000, a as i64]).unwrap();
+        // A retry that was due a second before the clock was set back.
+        assert_eq!(c.db.conn().execute("UPDATE uploads SET next_try_ms=?1", rusqlite::params![ahead - 1_000]).unwrap(), 1);
+    }
+    fs.clock_high.store(ahead, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(fs.due_uploads(10).unwrap().len(), 1, "the retry is due");
+    assert_eq!(fs.seal_ready(false).unwrap(), 1, "a.txt settled 6 s after its last write (by the clock then)");
+    // Steps forward (and small jitter) change nothing.
+    fs.clock_high.store(now_ms() - 60_000, std::sync::atomic::Ordering::Relaxed);
+    let b = write_on(&fs, ROOT, "b.txt", b"new");
+    assert_eq!(fs.seal_ready(false).unwrap(), 0, "b.txt has not settled");
+    assert!(fs.core().db.get(b).unwrap().unwrap().state == State::Dirty);
+}
+
 /// Regression (review L10): a write's bytes reach the spool outside the lock and its size is
 /// recorded after; a truncate to 0 (or an O_TRUNC open elsewhere) in between cut the bytes, and
 /// the write then set the size back: the file held zeros, which neither order of the two

@@ -47,6 +47,7 @@ impl UploadQueue for Fs {
     }
 
     fn due_uploads(&self, limit: usize) -> IndexResult<Vec<Upload>> {
+        self.check_clock(false)?;
         Ok(self.core().db.due_uploads(now_ms(), limit)?)
     }
 

@@ -239,6 +239,24 @@ impl Db {
         Ok(self.conn.row("SELECT count(*) FROM parts", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
+    /// The system clock went back by `back_ms` (review L8; 0: by an unknown amount, at start):
+    /// times this index set before, now in the future, move back with it (or to `now_ms`), so
+    /// that a step back of an hour delays no seal (dirty files settle from `dirty_ms`) and no
+    /// upload retry (`next_try_ms`, never planned more than `max_wait_ms` ahead) by an hour.
+    /// Returns how many rows changed.
+    pub fn clamp_future_times(&self, now_ms: i64, back_ms: i64, max_wait_ms: i64) -> Result<usize> {
+        let a = self.conn.exec(
+            "UPDATE inodes SET dirty_ms = CASE WHEN ?2 > 0 THEN MIN(dirty_ms - ?2, ?1) ELSE ?1 END WHERE state='dirty' AND dirty_ms > ?1",
+            params![now_ms, back_ms],
+        )?;
+        let b = self.conn.exec(
+            "UPDATE uploads SET next_try_ms = CASE WHEN ?2 > 0 THEN MIN(next_try_ms - ?2, ?1 + ?3) ELSE ?1 END
+             WHERE state IN ('queued','uploading') AND next_try_ms > ?1 + ?3",
+            params![now_ms, back_ms, max_wait_ms],
+        )?;
+        Ok(a + b)
+    }
+
     /// Queue again every upload parked as failed; returns how many.
     pub fn requeue_failed(&self) -> Result<usize> {
         let n = self.conn.exec("UPDATE uploads SET state='queued', next_try_ms=0 WHERE state='failed'", [])?;

@@ -1951,6 +1951,36 @@ fn a_write_racing_a_close_stays_pending_for_the_next_fsync() {
     assert_eq!(e.read_all(i.ino).unwrap(), b"first-second");
 }
 
+/// Regression (review N17): the group commit fsynced the index's WAL (and checkpointed it)
+/// holding the lock every FUSE operation takes, so every 5 s a getattr or lookup waited for
+/// the disk: seconds on a slow staging disk. During that fsync a lookup now answers.
+#[test]
+fn the_group_commit_syncs_without_stopping_the_file_system() {
+    let e = Env::new();
+    let fs = e.fs();
+    write_on(&fs, ROOT, "a.txt", b"changed since the last group commit");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = fs.clone();
+    let wal = {
+        let mut p = fs.cfg.cache_dir.join("index.db").into_os_string();
+        p.push("-wal");
+        std::path::PathBuf::from(p)
+    };
+    *crate::meta::WAL_SYNC_HOOK.lock().unwrap() = Some((
+        wal,
+        Box::new(move || {
+            // As another process would, while the fsync runs.
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = done_tx.send(other.lookup(ROOT, OsStr::new("a.txt")).is_ok());
+            });
+            tx.send(done_rx.recv_timeout(Duration::from_secs(10)).ok()).unwrap();
+        }),
+    ));
+    fs.group_commit().unwrap();
+    assert_eq!(rx.recv().unwrap(), Some(true), "a lookup during the group commit's fsync answered");
+}
+
 /// Regression (review L8): the index plans seals and upload retries by the wall clock. With
 /// the clock set back an hour (NTP fixing a clock that ran ahead, a VM restored), a dirty file
 /// waited an hour longer to settle and a failed upload an hour longer for its retry, and
@@ -3012,8 +3042,12 @@ fn digest(t: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, (usize, Vec<u8>)> {
     t.iter().map(|(k, v)| (k.clone(), (v.len(), v.iter().take(4).copied().collect()))).collect()
 }
 
+/// What `digest_rebuilt` gives: names as `digest` does, and each copy as (the name it is a copy
+/// of, length, first bytes).
+type RebuiltDigest = (BTreeMap<String, (usize, Vec<u8>)>, Vec<(String, usize, Vec<u8>)>);
+
 /// `digest` of a rebuilt tree and its copies.
-fn digest_rebuilt(r: &Rebuilt) -> (BTreeMap<String, (usize, Vec<u8>)>, Vec<(String, usize, Vec<u8>)>) {
+fn digest_rebuilt(r: &Rebuilt) -> RebuiltDigest {
     (digest(&r.0), r.1.iter().map(|(k, v)| (k.clone(), v.len(), v.iter().take(4).copied().collect())).collect())
 }
 

@@ -269,7 +269,72 @@ pub struct Db {
     /// The write-ahead log (`sync` fsyncs it).
     wal: std::path::PathBuf,
     /// How many times `sync` made the index durable (tests watch it).
-    syncs: std::sync::atomic::AtomicU64,
+    syncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What makes the index durable without its connection, so without the lock that guards it
+/// (review N17: every FUSE operation waited for the group commit's fsync and checkpoint).
+pub struct Syncer {
+    path: std::path::PathBuf,
+    wal: std::path::PathBuf,
+    syncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// A connection of its own for checkpoints, opened at the first.
+    checkpointer: std::sync::Mutex<Option<Connection>>,
+}
+
+impl Syncer {
+    /// `Db::sync`: every transaction committed before the call survives power loss. The WAL
+    /// is never restarted over frames that a checkpoint has not copied and synced into the
+    /// database file, so an fsync of it covers every commit made before, on any connection.
+    pub fn sync(&self) -> Result<()> {
+        sync_wal(&self.wal)?;
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `Db::checkpoint` on a connection of its own: it copies pages and syncs the database
+    /// file while the index's connection goes on committing (PASSIVE: it waits for nobody).
+    pub fn checkpoint(&self) -> Result<(i64, i64)> {
+        let mut g = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let conn =
+                Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            *g = Some(conn);
+        }
+        let conn = g.as_ref().expect("opened above");
+        Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))?)
+    }
+}
+
+/// Tests: runs once inside the next fsync of the WAL at this path (what a slow disk makes long).
+#[cfg(test)]
+pub static WAL_SYNC_HOOK: std::sync::Mutex<Option<(std::path::PathBuf, TestHook)>> = std::sync::Mutex::new(None);
+
+#[cfg(test)]
+pub type TestHook = Box<dyn FnOnce() + Send>;
+
+fn sync_wal(wal: &Path) -> Result<()> {
+    #[cfg(test)]
+    {
+        let hook = {
+            let mut g = WAL_SYNC_HOOK.lock().unwrap();
+            if g.as_ref().is_some_and(|(p, _)| p == wal) {
+                g.take()
+            } else {
+                None
+            }
+        };
+        if let Some((_, f)) = hook {
+            f();
+        }
+    }
+    match std::fs::File::open(wal) {
+        Ok(f) => f.sync_all().map_err(MetaError::Io),
+        // No WAL yet: every commit is in the database file, which checkpoints sync.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(MetaError::Io(e)),
+    }
 }
 
 impl Db {
@@ -312,14 +377,14 @@ impl Db {
     /// every frame committed since the last checkpoint (what SQLite itself does before a
     /// checkpoint with synchronous=NORMAL). Writes nothing, so it works on a full disk.
     pub fn sync(&self) -> Result<()> {
-        match std::fs::File::open(&self.wal) {
-            Ok(f) => f.sync_all().map_err(MetaError::Io)?,
-            // No WAL yet: every commit is in the database file, which checkpoints sync.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(MetaError::Io(e)),
-        }
+        sync_wal(&self.wal)?;
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A `Syncer` for this index (its own checkpoint connection).
+    pub fn syncer(&self) -> Syncer {
+        Syncer { path: self.path.clone(), wal: self.wal.clone(), syncs: self.syncs.clone(), checkpointer: std::sync::Mutex::new(None) }
     }
 
     /// The index as committed at this moment, read through a read-only connection of its own

@@ -36,6 +36,9 @@ DROP INDEX IF EXISTS inodes_state;
 -- ones a page at a time, never every dirty file (a folder being copied in).
 DROP INDEX IF EXISTS inodes_by_state;
 CREATE INDEX IF NOT EXISTS inodes_state_dirty_ms ON inodes(state, dirty_ms);
+-- A user's bytes on the staging disk (the staging quota reads it every second while they
+-- write): only staged files are in it (review N18: it was a scan of every inode).
+CREATE INDEX IF NOT EXISTS inodes_staged_uid ON inodes(uid, kind, size) WHERE state IN ('dirty','local','sealed','uploading','failed');
 CREATE TABLE IF NOT EXISTS uploads(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ino INTEGER NOT NULL,

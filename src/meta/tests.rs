@@ -84,6 +84,11 @@ fn upload_path_queries_use_indexes() {
             "inodes_state_dirty_ms",
         ),
         ("SELECT count(*) FROM inodes WHERE state='uploaded'", "inodes_state_dirty_ms"),
+        // The staging quota's sum (`staged_bytes_of`), every second per writing user.
+        (
+            "SELECT COALESCE(sum(size),0) FROM inodes WHERE uid=1000 AND kind=1 AND state IN ('dirty','local','sealed','uploading','failed')",
+            "inodes_staged_uid",
+        ),
         // The snapshot's walk: a folder's next subfolder, and its other entries.
         ("SELECT ino FROM inodes WHERE parent=7 AND kind = 2 AND ino > 9 AND ino != 1 ORDER BY ino LIMIT 1", "inodes_parent_kind"),
         ("SELECT ino FROM inodes WHERE parent=7 AND kind != 2 AND ino != 1", "inodes_parent"),

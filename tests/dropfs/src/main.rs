@@ -26,10 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, Session, TimeOrNow, WriteFlags,
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, MountOption,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, Session, TimeOrNow, WriteFlags,
 };
 
 const PAGE: u64 = 4096;
@@ -83,9 +82,7 @@ fn fstat(fd: RawFd) -> Result<libc::stat, Errno> {
 fn pread_full(fd: RawFd, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
     let mut done = 0;
     while done < buf.len() {
-        let r = unsafe {
-            libc::pread(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done, (off + done as u64) as libc::off_t)
-        };
+        let r = unsafe { libc::pread(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done, (off + done as u64) as libc::off_t) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -104,9 +101,7 @@ fn pread_full(fd: RawFd, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
 fn pwrite_all(fd: RawFd, buf: &[u8], off: u64) -> Result<(), Errno> {
     let mut done = 0;
     while done < buf.len() {
-        let r = unsafe {
-            libc::pwrite(fd, buf[done..].as_ptr().cast(), buf.len() - done, (off + done as u64) as libc::off_t)
-        };
+        let r = unsafe { libc::pwrite(fd, buf[done..].as_ptr().cast(), buf.len() - done, (off + done as u64) as libc::off_t) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -207,7 +202,6 @@ impl Pending {
         Pending { pages: BTreeMap::new(), size: backing_size, floor: backing_size, mtime: None, written: 0 }
     }
 
-
     /// The current content of page `idx` as seen through the layers, ignoring `pages`.
     fn base_page(&self, fd: RawFd, idx: u64) -> Result<Box<[u8]>, Errno> {
         let mut b = vec![0u8; PAGE as usize].into_boxed_slice();
@@ -254,8 +248,7 @@ impl Pending {
                 self.pages.insert(idx, page);
             }
             let page = self.pages.get_mut(&idx).unwrap();
-            page[in_page as usize..(in_page + n) as usize]
-                .copy_from_slice(&data[(pos - off) as usize..(pos - off + n) as usize]);
+            page[in_page as usize..(in_page + n) as usize].copy_from_slice(&data[(pos - off) as usize..(pos - off + n) as usize]);
             pos += n;
         }
         self.size = self.size.max(end);
@@ -267,7 +260,7 @@ impl Pending {
     fn truncate(&mut self, new: u64) {
         if new < self.size {
             drop(self.pages.split_off(&new.div_ceil(PAGE)));
-            if new % PAGE != 0 {
+            if !new.is_multiple_of(PAGE) {
                 if let Some(page) = self.pages.get_mut(&(new / PAGE)) {
                     page[(new % PAGE) as usize..].fill(0);
                 }
@@ -419,7 +412,7 @@ impl State {
     fn file_of_ino(&mut self, ino: INodeNo) -> Result<(Key, &mut FileState), Errno> {
         let inode = self.inodes.get(&ino.0).ok_or(Errno::ENOENT)?;
         let key = inode.key;
-        if !self.files.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.files.entry(key) {
             let st = fstat(inode.fd.as_raw_fd())?;
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {}
@@ -427,9 +420,8 @@ impl State {
                 _ => return Err(Errno::EINVAL),
             }
             let p = proc_path(inode.fd.as_raw_fd());
-            let fd = openat(libc::AT_FDCWD, &p, libc::O_RDWR, 0)
-                .or_else(|_| openat(libc::AT_FDCWD, &p, libc::O_RDONLY, 0))?;
-            self.files.insert(key, FileState { fd, opens: 0, pending: None });
+            let fd = openat(libc::AT_FDCWD, &p, libc::O_RDWR, 0).or_else(|_| openat(libc::AT_FDCWD, &p, libc::O_RDONLY, 0))?;
+            v.insert(FileState { fd, opens: 0, pending: None });
         }
         Ok((key, self.files.get_mut(&key).unwrap()))
     }
@@ -459,14 +451,19 @@ impl State {
             self.stats.synced_bytes += p.written;
         }
         if fsync {
-            chk(unsafe { if datasync { libc::fdatasync(fd) } else { libc::fsync(fd) } })?;
+            chk(unsafe {
+                if datasync {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }
+            })?;
         }
         Ok(())
     }
 
     fn flush_all(&mut self) -> Result<(), Errno> {
-        let keys: Vec<Key> =
-            self.files.iter().filter(|(_, f)| f.pending.is_some()).map(|(k, _)| *k).collect();
+        let keys: Vec<Key> = self.files.iter().filter(|(_, f)| f.pending.is_some()).map(|(k, _)| *k).collect();
         let mut res = Ok(());
         for k in keys {
             if let Err(e) = self.flush_file(k, false, true) {
@@ -590,10 +587,7 @@ impl Filesystem for DropFs {
             let (files, bytes) = st.pending_summary();
             let r = st.flush_all();
             st.frozen = true;
-            eprintln!(
-                "dropfs: unmounted cleanly: flushed {bytes} pending bytes of {files} files{}",
-                if r.is_err() { " (with errors)" } else { "" }
-            );
+            eprintln!("dropfs: unmounted cleanly: flushed {bytes} pending bytes of {files} files{}", if r.is_err() { " (with errors)" } else { "" });
         }
     }
 
@@ -687,18 +681,13 @@ impl Filesystem for DropFs {
             let key = st.inodes[&ino.0].key;
             st.maybe_gc(key);
         }
-        if atime.is_some() || mtime.is_some() {
-            if !is_link {
-                let times = [to_timespec(atime), to_timespec(mtime)];
-                tryr!(
-                    reply,
-                    chk(unsafe { libc::utimensat(libc::AT_FDCWD, proc_path(fd).as_ptr(), times.as_ptr(), 0) })
-                );
-                let key = st.inodes[&ino.0].key;
-                if mtime.is_some() {
-                    if let Some(p) = st.files.get_mut(&key).and_then(|f| f.pending.as_mut()) {
-                        p.mtime = None;
-                    }
+        if (atime.is_some() || mtime.is_some()) && !is_link {
+            let times = [to_timespec(atime), to_timespec(mtime)];
+            tryr!(reply, chk(unsafe { libc::utimensat(libc::AT_FDCWD, proc_path(fd).as_ptr(), times.as_ptr(), 0) }));
+            let key = st.inodes[&ino.0].key;
+            if mtime.is_some() {
+                if let Some(p) = st.files.get_mut(&key).and_then(|f| f.pending.as_mut()) {
+                    p.mtime = None;
                 }
             }
         }
@@ -720,16 +709,7 @@ impl Filesystem for DropFs {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let mut st = state!(self, reply);
         let pfd = tryr!(reply, st.inode_fd(parent));
         let c = tryr!(reply, cstr(name));
@@ -780,16 +760,7 @@ impl Filesystem for DropFs {
         self.entry_after(&mut st, parent, link_name, reply);
     }
 
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
         let mut st = state!(self, reply);
         tr!(self, "rename {name:?} -> {newname:?} flags={flags}");
         let pfd = tryr!(reply, st.inode_fd(parent));
@@ -797,9 +768,7 @@ impl Filesystem for DropFs {
         let c = tryr!(reply, cstr(name));
         let nc = tryr!(reply, cstr(newname));
         let replaced = statat(npfd, &nc, libc::AT_SYMLINK_NOFOLLOW).ok().map(|s| key_of(&s));
-        let r = unsafe {
-            libc::syscall(libc::SYS_renameat2, pfd, c.as_ptr(), npfd, nc.as_ptr(), flags.bits() as libc::c_uint)
-        };
+        let r = unsafe { libc::syscall(libc::SYS_renameat2, pfd, c.as_ptr(), npfd, nc.as_ptr(), flags.bits() as libc::c_uint) };
         if r < 0 {
             reply.error(last_errno());
             return;
@@ -815,12 +784,7 @@ impl Filesystem for DropFs {
         let fd = tryr!(reply, st.inode_fd(ino));
         let npfd = tryr!(reply, st.inode_fd(newparent));
         let nc = tryr!(reply, cstr(newname));
-        tryr!(
-            reply,
-            chk(unsafe {
-                libc::linkat(libc::AT_FDCWD, proc_path(fd).as_ptr(), npfd, nc.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-            })
-        );
+        tryr!(reply, chk(unsafe { libc::linkat(libc::AT_FDCWD, proc_path(fd).as_ptr(), npfd, nc.as_ptr(), libc::AT_SYMLINK_FOLLOW) }));
         self.entry_after(&mut st, newparent, newname, reply);
     }
 
@@ -949,9 +913,9 @@ impl Filesystem for DropFs {
                 libc::DT_CHR => FileType::CharDevice,
                 libc::DT_BLK => FileType::BlockDevice,
                 libc::DT_REG => FileType::RegularFile,
-                _ => statat(unsafe { libc::dirfd(dirp) }, name, libc::AT_SYMLINK_NOFOLLOW)
-                    .map(|s| kind_of(s.st_mode))
-                    .unwrap_or(FileType::RegularFile),
+                _ => {
+                    statat(unsafe { libc::dirfd(dirp) }, name, libc::AT_SYMLINK_NOFOLLOW).map(|s| kind_of(s.st_mode)).unwrap_or(FileType::RegularFile)
+                }
             };
             ents.push(DirEnt { ino: e.d_ino, kind, name: OsString::from_vec(name.to_bytes().to_vec()) });
         }
@@ -997,28 +961,10 @@ impl Filesystem for DropFs {
         let fd = tryr!(reply, st.inode_fd(INodeNo::ROOT));
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
         tryr!(reply, chk(unsafe { libc::fstatvfs(fd, &mut s) }));
-        reply.statfs(
-            s.f_blocks,
-            s.f_bfree,
-            s.f_bavail,
-            s.f_files,
-            s.f_ffree,
-            s.f_bsize as u32,
-            s.f_namemax as u32,
-            s.f_frsize as u32,
-        );
+        reply.statfs(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_bsize as u32, s.f_namemax as u32, s.f_frsize as u32);
     }
 
-    fn setxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
         let st = state!(self, reply);
         let p = tryr!(reply, xattr_path(&st, ino));
         let n = tryr!(reply, cstr(name));
@@ -1056,16 +1002,7 @@ impl Filesystem for DropFs {
         reply.ok();
     }
 
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let mut st = state!(self, reply);
         tr!(self, "create {name:?} flags={flags:#x}");
         let pfd = tryr!(reply, st.inode_fd(parent));
@@ -1094,16 +1031,7 @@ impl Filesystem for DropFs {
         reply.created(&TTL, &attr, Generation(0), FileHandle(fh), self.open_flags_for(ffd));
     }
 
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
         let mut st = state!(self, reply);
         tr!(self, "fallocate fh={} off={offset} len={length} mode={mode:#x}", fh.0);
         let key = *tryr!(reply, st.handles.get(&fh.0).ok_or(Errno::EBADF));
@@ -1311,11 +1239,8 @@ fn main() {
     install_signals();
     let fs = DropFs { st: st.clone(), direct_io, strict_fsyncdir, trace };
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(format!("dropfs:{}", backing.display())),
-        MountOption::Subtype("dropfs".into()),
-        MountOption::DefaultPermissions,
-    ];
+    config.mount_options =
+        vec![MountOption::FSName(format!("dropfs:{}", backing.display())), MountOption::Subtype("dropfs".into()), MountOption::DefaultPermissions];
     let session = Session::new(fs, &mountpoint, &config).unwrap_or_else(|e| {
         eprintln!("dropfs: mount on {}: {e}", mountpoint.display());
         std::process::exit(1)

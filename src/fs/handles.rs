@@ -47,12 +47,14 @@ impl Fs {
         // Decrypt the old content outside the lock into a fetch file, then adopt it.
         let tmp = self.staging.fetch_path(ino);
         let fetch = || -> Result<()> {
+            use sha2::Digest;
             let out = File::create(&tmp)?;
             // From S3: one reader for the whole file, so that it reads ahead.
             let reader = match &src {
                 Source::Remote(k) => Some(self.remote_reader(&i, k)?),
                 _ => None,
             };
+            let mut digest = sha2::Sha256::new();
             let mut off = 0u64;
             while off < i.size {
                 let n = (i.size - off).min(16 * SEGMENT);
@@ -60,11 +62,31 @@ impl Fs {
                     Some(r) => self.read_remote(&i, r, off, n)?,
                     None => self.read_source(&i, &src, off, n)?.into(),
                 };
+                digest.update(&data);
                 out.write_all_at(&data, off)?;
                 off += data.len() as u64;
                 if data.is_empty() {
                     break;
                 }
+            }
+            // The old content goes into the new version: it must be the version's (review,
+            // minor: a local copy that rotted on the staging disk was copied into every later
+            // version). A read-cache copy that is not is dropped, and the content fetched from
+            // the bucket; a frozen version not uploaded yet has no other copy: EIO, by name.
+            let want = i.sha256.as_deref().filter(|s| !s.is_empty());
+            if off == i.size && want.is_some_and(|w| w != hex::encode(digest.finalize())) {
+                let path = self.core().db.path_of(i.ino).unwrap_or_default();
+                return Err(match &src {
+                    Source::Plain(p) | Source::Local(p) if i.state == State::Uploaded => {
+                        tracing::error!(path = %path, copy = %p.display(), "the read cache's copy of this file does not match its version's SHA-256 (damaged on the staging disk); dropped, the content is fetched from the bucket");
+                        let _ = std::fs::remove_file(p);
+                        FsError::Io(std::io::Error::new(std::io::ErrorKind::NotFound, "damaged read-cache copy dropped"))
+                    }
+                    _ => {
+                        tracing::error!(path = %path, "the staged content of this file does not match the SHA-256 recorded when it was sealed (damaged on the staging disk); refusing to copy it into a new version");
+                        FsError::Io(std::io::Error::from_raw_os_error(libc::EIO))
+                    }
+                });
             }
             Ok(out.sync_all()?)
         };

@@ -1951,6 +1951,35 @@ fn a_write_racing_a_close_stays_pending_for_the_next_fsync() {
     assert_eq!(e.read_all(i.ino).unwrap(), b"first-second");
 }
 
+/// Regression (review, minor): a partial rewrite copies the old content from the read cache
+/// into the new version without checking it: a copy damaged on the staging disk (bit rot, a
+/// bad sector) went into every later version in the bucket. It is checked against the
+/// version's SHA-256 now; a damaged copy is dropped and the content fetched from the bucket.
+#[test]
+fn a_damaged_read_cache_copy_never_goes_into_a_new_version() {
+    let mut e = Env::new();
+    e.restart_with(|c| c.read_cache = 64 << 20);
+    let fs = e.fs();
+    let d = data(300_000, 7);
+    let (ino, _) = upload_one(&e, "photo.jpg", &d);
+    let h = fs.getattr(ino).unwrap().header.unwrap();
+    let cached = fs.staging.rcache_plain_path(&h[96..128]);
+    assert!(cached.exists(), "the uploaded version is in the read cache");
+    {
+        let f = std::fs::OpenOptions::new().write(true).open(&cached).unwrap();
+        f.write_all_at(b"ROT", 150_000).unwrap();
+    }
+    let gets = e.store.calls_of("GetObject");
+    let (fh, _) = fs.open(ino, true, false, 0).unwrap();
+    fs.write(fh, 0, b"EDIT").unwrap();
+    fs.release(fh).unwrap();
+    let mut want = d.clone();
+    want[..4].copy_from_slice(b"EDIT");
+    assert!(e.read_all(ino).unwrap() == want, "the new version holds the damaged bytes");
+    assert!(e.store.calls_of("GetObject") > gets, "the content came from the bucket");
+    assert!(!cached.exists(), "the damaged copy is dropped");
+}
+
 /// Regression (review N17): the group commit fsynced the index's WAL (and checkpointed it)
 /// holding the lock every FUSE operation takes, so every 5 s a getattr or lookup waited for
 /// the disk: seconds on a slow staging disk. During that fsync a lookup now answers.

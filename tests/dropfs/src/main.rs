@@ -64,12 +64,18 @@ fn proc_path(fd: RawFd) -> CString {
 }
 
 fn openat(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: `name` is a NUL-terminated CStr borrowed for the whole call and `dir` a descriptor the
+    // caller keeps open (or AT_FDCWD); openat only reads `name` and writes no memory of ours.
     let fd = chk(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+    // SAFETY: `fd` was just returned by a successful openat (chk rejected -1) and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn statat(dir: RawFd, name: &CStr, flags: libc::c_int) -> Result<libc::stat, Errno> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and borrowed for the call, `st` is a valid, writable stat buffer
+    // on our stack, and `dir` a descriptor the caller keeps open; fstatat writes only `st`.
     chk(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, flags) })?;
     Ok(st)
 }
@@ -82,6 +88,8 @@ fn fstat(fd: RawFd) -> Result<libc::stat, Errno> {
 fn pread_full(fd: RawFd, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
     let mut done = 0;
     while done < buf.len() {
+        // SAFETY: `buf[done..]` is a live, writable slice of exactly `buf.len() - done` bytes (done < len),
+        // so pread writes only inside `buf`; `fd` is a descriptor the caller keeps open.
         let r = unsafe { libc::pread(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done, (off + done as u64) as libc::off_t) };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -101,6 +109,8 @@ fn pread_full(fd: RawFd, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
 fn pwrite_all(fd: RawFd, buf: &[u8], off: u64) -> Result<(), Errno> {
     let mut done = 0;
     while done < buf.len() {
+        // SAFETY: `buf[done..]` is a live slice of exactly `buf.len() - done` bytes (done < len), so pwrite
+        // reads only inside `buf`; `fd` is a descriptor the caller keeps open.
         let r = unsafe { libc::pwrite(fd, buf[done..].as_ptr().cast(), buf.len() - done, (off + done as u64) as libc::off_t) };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -288,6 +298,7 @@ impl Pending {
     fn apply(&self, fd: RawFd) -> Result<(), Errno> {
         let before = fstat(fd)?;
         if self.floor < before.st_size as u64 {
+            // SAFETY: a plain system call on `fd`, which the caller keeps open; no memory is passed.
             chk(unsafe { libc::ftruncate(fd, self.floor as libc::off_t) })?;
         }
         for (&idx, page) in &self.pages {
@@ -297,6 +308,7 @@ impl Pending {
             }
             pwrite_all(fd, &page[..PAGE.min(self.size - ps) as usize], ps)?;
         }
+        // SAFETY: as above: ftruncate takes only the open `fd` and a length; no memory is passed.
         chk(unsafe { libc::ftruncate(fd, self.size as libc::off_t) })?;
         if self.mtime.is_none() {
             // Times were set explicitly after the last data change: keep them.
@@ -304,6 +316,8 @@ impl Pending {
                 libc::timespec { tv_sec: before.st_atime, tv_nsec: before.st_atime_nsec },
                 libc::timespec { tv_sec: before.st_mtime, tv_nsec: before.st_mtime_nsec },
             ];
+            // SAFETY: `times` is a local array of exactly the two timespecs futimens reads, alive for the call;
+            // `fd` is open and futimens writes no memory of ours.
             unsafe { libc::futimens(fd, times.as_ptr()) };
         }
         Ok(())
@@ -451,6 +465,8 @@ impl State {
             self.stats.synced_bytes += p.written;
         }
         if fsync {
+            // SAFETY: `fd` is the descriptor owned by `f.fd`, which stays in `self.files` (open) for the call;
+            // fsync/fdatasync take no memory.
             chk(unsafe {
                 if datasync {
                     libc::fdatasync(fd)
@@ -500,6 +516,8 @@ impl State {
     /// After creating `name` in `parent` as root, hand it to the caller.
     fn chown_new(&self, pfd: RawFd, name: &CStr, req: &Request) {
         if req.uid() != 0 || req.gid() != 0 {
+            // SAFETY: `name` is a NUL-terminated CStr borrowed for the call and `pfd` the parent's descriptor,
+            // kept open by the caller; fchownat only reads `name`.
             unsafe { libc::fchownat(pfd, name.as_ptr(), req.uid(), req.gid(), libc::AT_SYMLINK_NOFOLLOW) };
         }
     }
@@ -559,6 +577,9 @@ impl DropFs {
             return FopenFlags::empty();
         }
         let mut buf = [0u8; 4096];
+        // SAFETY: the temporary `proc_path(fd)` CString lives until the end of this statement, past the call;
+        // `buf` is a local array and exactly `buf.len()` is passed, so readlink writes only inside it
+        // (it adds no NUL; only the `n` bytes it returns are used).
         let n = unsafe { libc::readlink(proc_path(fd).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n > 0 && buf[..n as usize].ends_with(b"-shm") {
             FopenFlags::empty()
@@ -646,10 +667,15 @@ impl Filesystem for DropFs {
         let is_link = tryr!(reply, fstat(fd)).st_mode & libc::S_IFMT == libc::S_IFLNK;
         if let Some(m) = mode {
             if !is_link {
+                // SAFETY: the temporary `proc_path(fd)` CString lives until the end of the statement, past the call,
+                // and fchmodat only reads it; `fd` is owned by `st.inodes`, which we hold locked.
                 tryr!(reply, chk(unsafe { libc::fchmodat(libc::AT_FDCWD, proc_path(fd).as_ptr(), m & 0o7777, 0) }));
             }
         }
         if uid.is_some() || gid.is_some() {
+            // SAFETY: `c""` is a static NUL-terminated empty string and `fd` the inode's O_PATH descriptor, owned
+            // by `st.inodes` which we hold locked; with AT_EMPTY_PATH fchownat acts on `fd` itself and
+            // writes no memory of ours.
             tryr!(
                 reply,
                 chk(unsafe {
@@ -683,6 +709,8 @@ impl Filesystem for DropFs {
         }
         if (atime.is_some() || mtime.is_some()) && !is_link {
             let times = [to_timespec(atime), to_timespec(mtime)];
+            // SAFETY: `times` is a local array of exactly the two timespecs utimensat reads, and the temporary
+            // `proc_path(fd)` CString lives until the end of the statement; both are only read.
             tryr!(reply, chk(unsafe { libc::utimensat(libc::AT_FDCWD, proc_path(fd).as_ptr(), times.as_ptr(), 0) }));
             let key = st.inodes[&ino.0].key;
             if mtime.is_some() {
@@ -701,6 +729,9 @@ impl Filesystem for DropFs {
         let st = state!(self, reply);
         let fd = tryr!(reply, st.inode_fd(ino));
         let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        // SAFETY: `c""` is a static empty C string (readlinkat then reads the link `fd` itself refers to;
+        // `fd` is owned by the locked `st`); `buf` holds PATH_MAX + 1 bytes and exactly `buf.len()`
+        // is passed, so readlinkat writes only inside it.
         let n = unsafe { libc::readlinkat(fd, c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             reply.error(last_errno());
@@ -713,6 +744,8 @@ impl Filesystem for DropFs {
         let mut st = state!(self, reply);
         let pfd = tryr!(reply, st.inode_fd(parent));
         let c = tryr!(reply, cstr(name));
+        // SAFETY: `c` is a NUL-terminated CString alive for the call and `pfd` the parent's descriptor, owned
+        // by the locked `st`; mknodat only reads `c`.
         tryr!(reply, chk(unsafe { libc::mknodat(pfd, c.as_ptr(), mode & !umask, rdev as libc::dev_t) }));
         st.chown_new(pfd, &c, req);
         self.entry_after(&mut st, parent, name, reply);
@@ -723,6 +756,8 @@ impl Filesystem for DropFs {
         tr!(self, "mkdir {name:?}");
         let pfd = tryr!(reply, st.inode_fd(parent));
         let c = tryr!(reply, cstr(name));
+        // SAFETY: as above: `c` is a NUL-terminated CString alive for the call, `pfd` is owned by the locked
+        // `st`; mkdirat only reads `c`.
         tryr!(reply, chk(unsafe { libc::mkdirat(pfd, c.as_ptr(), mode & !umask & 0o7777) }));
         st.chown_new(pfd, &c, req);
         self.entry_after(&mut st, parent, name, reply);
@@ -734,6 +769,8 @@ impl Filesystem for DropFs {
         let pfd = tryr!(reply, st.inode_fd(parent));
         let c = tryr!(reply, cstr(name));
         let key = statat(pfd, &c, libc::AT_SYMLINK_NOFOLLOW).ok().map(|s| key_of(&s));
+        // SAFETY: `c` is a NUL-terminated CString alive for the call, `pfd` is owned by the locked `st`;
+        // unlinkat only reads `c`.
         tryr!(reply, chk(unsafe { libc::unlinkat(pfd, c.as_ptr(), 0) }));
         if let Some(k) = key {
             st.maybe_gc(k);
@@ -746,6 +783,8 @@ impl Filesystem for DropFs {
         tr!(self, "rmdir {name:?}");
         let pfd = tryr!(reply, st.inode_fd(parent));
         let c = tryr!(reply, cstr(name));
+        // SAFETY: as above: `c` is a NUL-terminated CString alive for the call, `pfd` is owned by the locked
+        // `st`; unlinkat only reads `c`.
         tryr!(reply, chk(unsafe { libc::unlinkat(pfd, c.as_ptr(), libc::AT_REMOVEDIR) }));
         reply.ok();
     }
@@ -755,6 +794,8 @@ impl Filesystem for DropFs {
         let pfd = tryr!(reply, st.inode_fd(parent));
         let c = tryr!(reply, cstr(link_name));
         let t = tryr!(reply, cstr(target.as_os_str()));
+        // SAFETY: `t` and `c` are NUL-terminated CStrings alive for the call and `pfd` the parent's
+        // descriptor, owned by the locked `st`; symlinkat only reads the two strings.
         tryr!(reply, chk(unsafe { libc::symlinkat(t.as_ptr(), pfd, c.as_ptr()) }));
         st.chown_new(pfd, &c, req);
         self.entry_after(&mut st, parent, link_name, reply);
@@ -768,6 +809,8 @@ impl Filesystem for DropFs {
         let c = tryr!(reply, cstr(name));
         let nc = tryr!(reply, cstr(newname));
         let replaced = statat(npfd, &nc, libc::AT_SYMLINK_NOFOLLOW).ok().map(|s| key_of(&s));
+        // SAFETY: `c` and `nc` are NUL-terminated CStrings alive for the call, `pfd` and `npfd` descriptors
+        // owned by the locked `st`, and the flags a plain integer; renameat2 only reads the names.
         let r = unsafe { libc::syscall(libc::SYS_renameat2, pfd, c.as_ptr(), npfd, nc.as_ptr(), flags.bits() as libc::c_uint) };
         if r < 0 {
             reply.error(last_errno());
@@ -784,6 +827,9 @@ impl Filesystem for DropFs {
         let fd = tryr!(reply, st.inode_fd(ino));
         let npfd = tryr!(reply, st.inode_fd(newparent));
         let nc = tryr!(reply, cstr(newname));
+        // SAFETY: the temporary `proc_path(fd)` CString lives until the end of the statement and `nc` is a
+        // NUL-terminated CString alive for the call; `npfd` is owned by the locked `st`. linkat only
+        // reads the two names.
         tryr!(reply, chk(unsafe { libc::linkat(libc::AT_FDCWD, proc_path(fd).as_ptr(), npfd, nc.as_ptr(), libc::AT_SYMLINK_FOLLOW) }));
         self.entry_after(&mut st, newparent, newname, reply);
     }
@@ -890,6 +936,8 @@ impl Filesystem for DropFs {
         let mut st = state!(self, reply);
         let fd = tryr!(reply, st.inode_fd(ino));
         let dfd = tryr!(reply, openat(libc::AT_FDCWD, &proc_path(fd), libc::O_RDONLY | libc::O_DIRECTORY, 0));
+        // SAFETY: `dfd` is an open directory descriptor we own; on success the DIR takes it over (hence the
+        // `forget` below), on failure it stays ours and drop closes it.
         let dirp = unsafe { libc::fdopendir(dfd.as_raw_fd()) };
         if dirp.is_null() {
             reply.error(last_errno());
@@ -898,14 +946,26 @@ impl Filesystem for DropFs {
         std::mem::forget(dfd); // owned by dirp now
         let mut ents = Vec::new();
         loop {
+            // SAFETY: __errno_location returns a valid pointer to this thread's errno; we only store 0 in it.
             unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: `dirp` is the non-null DIR from fdopendir above and is closed only after the loop.
             let e = unsafe { libc::readdir64(dirp) };
             if e.is_null() {
                 break;
             }
-            let e = unsafe { &*e };
-            let name = unsafe { CStr::from_ptr(e.d_name.as_ptr()) };
-            let kind = match e.d_type {
+            // SAFETY: `e` is non-null and points to the record readdir64 just returned, valid until the
+            // next readdir64/closedir on `dirp`. Only its fields are read, through raw pointers (the
+            // record is `d_reclen` bytes, maybe shorter than a whole `dirent64`, so no reference to it
+            // is made); `d_name` is NUL-terminated within the record and `name` is used only within
+            // this iteration.
+            let (d_ino, d_type, name) = unsafe {
+                (
+                    std::ptr::addr_of!((*e).d_ino).read(),
+                    std::ptr::addr_of!((*e).d_type).read(),
+                    CStr::from_ptr(std::ptr::addr_of!((*e).d_name).cast()),
+                )
+            };
+            let kind = match d_type {
                 libc::DT_DIR => FileType::Directory,
                 libc::DT_LNK => FileType::Symlink,
                 libc::DT_FIFO => FileType::NamedPipe,
@@ -914,11 +974,14 @@ impl Filesystem for DropFs {
                 libc::DT_BLK => FileType::BlockDevice,
                 libc::DT_REG => FileType::RegularFile,
                 _ => {
+                    // SAFETY: `dirp` is still open (closed only after the loop); dirfd only reads the DIR.
                     statat(unsafe { libc::dirfd(dirp) }, name, libc::AT_SYMLINK_NOFOLLOW).map(|s| kind_of(s.st_mode)).unwrap_or(FileType::RegularFile)
                 }
             };
-            ents.push(DirEnt { ino: e.d_ino, kind, name: OsString::from_vec(name.to_bytes().to_vec()) });
+            ents.push(DirEnt { ino: d_ino, kind, name: OsString::from_vec(name.to_bytes().to_vec()) });
         }
+        // SAFETY: `dirp` came from fdopendir and is closed exactly once, here (this also closes the
+        // descriptor `dfd` handed over); neither it nor any entry read from it is used afterwards.
         unsafe { libc::closedir(dirp) };
         let fh = st.next_fh;
         st.next_fh += 1;
@@ -952,6 +1015,7 @@ impl Filesystem for DropFs {
         }
         let fd = tryr!(reply, st.inode_fd(ino));
         let dfd = tryr!(reply, openat(libc::AT_FDCWD, &proc_path(fd), libc::O_RDONLY | libc::O_DIRECTORY, 0));
+        // SAFETY: `dfd` is an open descriptor we own until the end of this function; fsync takes no memory.
         tryr!(reply, chk(unsafe { libc::fsync(dfd.as_raw_fd()) }));
         reply.ok();
     }
@@ -959,7 +1023,10 @@ impl Filesystem for DropFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let st = state!(self, reply);
         let fd = tryr!(reply, st.inode_fd(INodeNo::ROOT));
+        // SAFETY: an all-zero `statvfs` is a valid value of this plain C struct.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `s` is a valid, writable statvfs on our stack, alive for the call, and `fd` the root's
+        // descriptor, owned by the locked `st`; fstatvfs writes only `s`.
         tryr!(reply, chk(unsafe { libc::fstatvfs(fd, &mut s) }));
         reply.statfs(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_bsize as u32, s.f_namemax as u32, s.f_frsize as u32);
     }
@@ -968,6 +1035,8 @@ impl Filesystem for DropFs {
         let st = state!(self, reply);
         let p = tryr!(reply, xattr_path(&st, ino));
         let n = tryr!(reply, cstr(name));
+        // SAFETY: `p` and `n` are NUL-terminated CStrings alive for the call and `value` is a live slice
+        // whose exact length is passed; setxattr only reads them.
         tryr!(reply, chk(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) }));
         reply.ok();
     }
@@ -977,6 +1046,8 @@ impl Filesystem for DropFs {
         let p = tryr!(reply, xattr_path(&st, ino));
         let n = tryr!(reply, cstr(name));
         let mut buf = vec![0u8; size as usize];
+        // SAFETY: `p` and `n` are NUL-terminated CStrings alive for the call; `buf` holds `size` bytes and
+        // exactly `buf.len()` is passed, so getxattr writes only inside it (nothing if size is 0).
         let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         xattr_reply(r, size, &buf, reply);
     }
@@ -985,6 +1056,8 @@ impl Filesystem for DropFs {
         let st = state!(self, reply);
         let p = tryr!(reply, xattr_path(&st, ino));
         let mut buf = vec![0u8; size as usize];
+        // SAFETY: as above: `p` is a NUL-terminated CString alive for the call; `buf` holds `size` bytes and
+        // exactly `buf.len()` is passed, so listxattr writes only inside it (nothing if size is 0).
         let r = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         xattr_reply(r, size, &buf, reply);
     }
@@ -993,6 +1066,7 @@ impl Filesystem for DropFs {
         let st = state!(self, reply);
         let p = tryr!(reply, xattr_path(&st, ino));
         let n = tryr!(reply, cstr(name));
+        // SAFETY: `p` and `n` are NUL-terminated CStrings alive for the call; removexattr only reads them.
         tryr!(reply, chk(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }));
         reply.ok();
     }
@@ -1092,6 +1166,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 fn install_signals() {
     for sig in [libc::SIGUSR1, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: an all-zero sigaction is a valid value; without SA_SIGINFO `on_signal` has the one-int
+        // signature sa_handler expects and only does an atomic store, which is async-signal-safe;
+        // `sa` and its mask are live locals, and a null old-action pointer is allowed.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
@@ -1104,6 +1181,7 @@ fn install_signals() {
 
 fn detach(mountpoint: &Path) {
     let c = CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated CString alive for the call; umount2 only reads it.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
         eprintln!("dropfs: umount2({}): {}", mountpoint.display(), io::Error::last_os_error());
     }
@@ -1138,6 +1216,8 @@ fn watcher(st: Arc<Mutex<State>>, mountpoint: PathBuf, control: PathBuf) {
                 let _ = std::fs::remove_file(&control);
             }
             detach(&mountpoint);
+            // SAFETY: _exit takes a plain status and touches no memory of ours; skipping destructors and
+            // atexit handlers is intended (a cut must flush nothing).
             unsafe { libc::_exit(0) };
         } else if sig != 0 {
             let (files, bytes, r) = {
@@ -1152,6 +1232,7 @@ fn watcher(st: Arc<Mutex<State>>, mountpoint: PathBuf, control: PathBuf) {
                 if r.is_err() { " (with errors)" } else { "" }
             );
             detach(&mountpoint);
+            // SAFETY: as above: _exit only ends the process; everything was flushed under the lock above.
             unsafe { libc::_exit(0) };
         }
     }
@@ -1205,6 +1286,8 @@ fn main() {
     }
 
     // Many O_PATH descriptors may be held (one per inode the kernel remembers).
+    // SAFETY: an all-zero rlimit is a valid value; getrlimit writes only `rl`, a live local, and
+    // setrlimit only reads it.
     unsafe {
         let mut rl: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {

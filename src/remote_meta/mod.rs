@@ -395,22 +395,7 @@ impl Tree {
 
     /// A free name beside `path` for what lost a conflict: `NAME (conflict N).ext`.
     fn conflict_name(&self, path: &str) -> String {
-        let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
-        let (stem, ext) = match name.rsplit_once('.') {
-            Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
-            _ => (name, String::new()),
-        };
-        (1..)
-            .map(|k| {
-                let n = format!("{stem} (conflict {k}){ext}");
-                if dir.is_empty() {
-                    n
-                } else {
-                    format!("{dir}/{n}")
-                }
-            })
-            .find(|p| !self.nodes.contains_key(p))
-            .expect("a free name")
+        self.free_name_beside(path, |k| format!("conflict {k}"))
     }
 
     /// The name of the conflict copy of the version machine `by` made at `at_ms` of `path`:
@@ -418,17 +403,17 @@ impl Tree {
     /// time in UTC without colons, which Windows refuses in names), with a number added if that
     /// is taken. Every rebuild gives the same name, whatever snapshot it starts from.
     fn copy_name(&self, path: &str, by: Option<&str>, at_ms: i64) -> String {
-        let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
-        let (stem, ext) = match name.rsplit_once('.') {
-            Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
-            _ => (name, String::new()),
-        };
         let by: String = by.unwrap_or("unknown").chars().take(8).collect();
         let when = crate::restore::fmt_ms(at_ms).trim_end_matches(" UTC").replace(':', ".");
+        self.free_name_beside(path, |k| if k == 1 { format!("conflict from {by} {when}") } else { format!("conflict from {by} {when} {k}") })
+    }
+
+    /// The first of `NAME (tag(1)).ext`, `NAME (tag(2)).ext`, ... beside `path` that no node has.
+    fn free_name_beside(&self, path: &str, tag: impl Fn(usize) -> String) -> String {
+        let (dir, stem, ext) = name_parts(path);
         (1..)
             .map(|k| {
-                let tag = if k == 1 { String::new() } else { format!(" {k}") };
-                let n = format!("{stem} (conflict from {by} {when}{tag}){ext}");
+                let n = format!("{stem} ({}){ext}", tag(k));
                 if dir.is_empty() {
                     n
                 } else {
@@ -444,8 +429,7 @@ impl Tree {
     /// it is replayed in time order).
     fn copy_holding(&self, path: &str, key: &Option<String>) -> Option<String> {
         let key = key.as_deref().filter(|k| !k.is_empty())?;
-        let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
-        let stem = name.rsplit_once('.').filter(|(s, _)| !s.is_empty()).map_or(name, |(s, _)| s);
+        let (dir, stem, _) = name_parts(path);
         let start = if dir.is_empty() { format!("{stem} (conflict from ") } else { format!("{dir}/{stem} (conflict from ") };
         self.nodes
             .range(start.clone()..)
@@ -770,6 +754,16 @@ impl Tree {
                 }
             }
         }
+    }
+}
+
+/// `dir/stem.ext` as (dir, stem, ".ext"); a name with no extension (or only one, `.bashrc`)
+/// is all stem.
+fn name_parts(path: &str) -> (&str, &str, String) {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (dir, s, format!(".{e}")),
+        _ => (dir, name, String::new()),
     }
 }
 

@@ -111,6 +111,7 @@ impl Daemon {
             // Restores and class refreshes need read rights a write-only mount does not have.
             tasks.push(rt.spawn(crate::restore::poller::run(fs.clone(), stop_rx.clone())));
         }
+        tasks.push(rt.spawn(sweep_multipart(fs.clone(), stop_rx.clone())));
         // Poll often enough that the settle delay is honoured to within ~0.25 s.
         let sealer = {
             let fs = fs.clone();
@@ -223,5 +224,30 @@ fn background_priority() {
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+/// Multipart uploads abandoned for a week are aborted: a minute after start, then daily
+/// (`Fs::sweep_multipart`). Credentials without ListBucketMultipartUploads (a write-only
+/// machine's, often) say so once; the bucket's lifecycle rule is then the only sweep.
+async fn sweep_multipart(fs: Arc<Fs>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    const ABANDONED: Duration = Duration::from_secs(7 * 86_400);
+    let mut wait = Duration::from_secs(60);
+    let mut said = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(e) = fs.sweep_multipart(ABANDONED).await {
+            if !said {
+                tracing::info!(error = %e, "cannot list the vault's unfinished multipart uploads; abandoned ones are left to the bucket's lifecycle rule (AbortIncompleteMultipartUpload)");
+                said = true;
+            }
+        }
+        wait = Duration::from_secs(86_400);
     }
 }

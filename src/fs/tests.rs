@@ -1951,6 +1951,35 @@ fn a_write_racing_a_close_stays_pending_for_the_next_fsync() {
     assert_eq!(e.read_all(i.ino).unwrap(), b"first-second");
 }
 
+/// Review L6: multipart uploads that nothing will complete (a rekey, a restart after
+/// NoSuchUpload, a completion refused, a crash between beginning one and recording it) were
+/// never aborted, and the bucket billed their parts for ever. The sweep aborts those begun over
+/// a week ago, never one a queued upload resumes, nor a recent one (another machine's, live).
+#[test]
+fn multipart_uploads_abandoned_for_a_week_are_aborted() {
+    let e = Env::new();
+    let fs = e.fs();
+    // No uploader: the queued upload below stays queued.
+    let mut e = e;
+    e.rt.block_on(e.daemon.take().unwrap().shutdown());
+    write_on(&fs, ROOT, "big.raw", b"queued, resuming its multipart upload");
+    fs.seal_ready(true).unwrap();
+    let opts = crate::store::PutOptions::default();
+    let abandoned = e.rt.block_on(e.store.create_multipart("v/d/abandoned", &opts)).unwrap();
+    let resumed = e.rt.block_on(e.store.create_multipart("v/d/resumed", &opts)).unwrap();
+    assert_eq!(fs.core().db.conn().execute("UPDATE uploads SET mp_upload_id=?1", rusqlite::params![resumed]).unwrap(), 1);
+    let outside = e.rt.block_on(e.store.create_multipart("other-prefix/x", &opts)).unwrap();
+    e.store.age_multipart_uploads(8 * 86_400_000);
+    let live = e.rt.block_on(e.store.create_multipart("v/d/live", &opts)).unwrap();
+    let n = e.rt.block_on(fs.sweep_multipart(Duration::from_secs(7 * 86_400))).unwrap();
+    assert_eq!(n, 1);
+    let left: Vec<String> = e.store.multipart_ids().into_iter().map(|(_, id)| id).collect();
+    assert!(!left.contains(&abandoned), "the abandoned upload is aborted");
+    for id in [&resumed, &live, &outside] {
+        assert!(left.contains(id), "{id} is kept: {left:?}");
+    }
+}
+
 /// Regression (review, minor): a partial rewrite copies the old content from the read cache
 /// into the new version without checking it: a copy damaged on the staging disk (bit rot, a
 /// bad sector) went into every later version in the bucket. It is checked against the

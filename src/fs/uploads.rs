@@ -77,10 +77,19 @@ impl UploadQueue for Fs {
     /// multipart upload, if any, belonged to the old key and starts over.
     fn rekey_upload(&self, id: i64, key: &str) -> IndexResult<()> {
         let c = self.core();
+        let old = c.db.upload(id)?.and_then(|u| u.mp_upload_id.map(|mp| (u.object_key, mp)));
         paired(&c.db, |db| {
             db.set_mp_upload_id(id, None)?;
             db.set_upload_key(id, key)
-        })
+        })?;
+        // Its parts would be billed for ever (review L6).
+        if let Some((k, mp)) = old {
+            let store = self.store.clone();
+            self.rt.spawn(async move {
+                let _ = store.abort_multipart(&k, &mp).await;
+            });
+        }
+        Ok(())
     }
 
     fn record_part(&self, id: i64, part: i32, etag: &str) -> IndexResult<()> {
@@ -276,6 +285,32 @@ impl Fs {
             saw: Some(saw).filter(|s| *s != v.object_key),
         };
         Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))
+    }
+
+    /// Abort the vault's multipart uploads begun more than `older_than` ago that no queued
+    /// upload of this machine resumes (review L6: a rekey, a restart after NoSuchUpload, a
+    /// completion refused, or a crash between beginning one and recording it left them, and the
+    /// bucket charged for their parts for ever). Another machine's upload is never that old
+    /// while it runs: an attempt is abandoned after 24 h, and one resumed after an abort starts
+    /// a new upload (NoSuchUpload). Returns how many were aborted.
+    pub async fn sweep_multipart(&self, older_than: Duration) -> Result<usize> {
+        let open = self.store.list_multipart(&self.cfg.prefix).await?;
+        if open.is_empty() {
+            return Ok(0);
+        }
+        let ours = self.core().db.multipart_ids()?;
+        let before = now_ms() - older_than.as_millis() as i64;
+        let mut n = 0;
+        for m in open.iter().filter(|m| m.initiated_ms > 0 && m.initiated_ms < before && !ours.contains(&m.upload_id)) {
+            match self.store.abort_multipart(&m.key, &m.upload_id).await {
+                Ok(()) | Err(StoreError::NoSuchUpload) => n += 1,
+                Err(e) => tracing::warn!(key = %m.key, error = %e, "could not abort an abandoned multipart upload"),
+            }
+        }
+        if n > 0 {
+            tracing::info!(aborted = n, "aborted multipart uploads abandoned for over a week (their parts were billed)");
+        }
+        Ok(n)
     }
 
     /// Requeue uploads parked as failed (after the user fixed credentials or the bucket).

@@ -257,6 +257,13 @@ impl Db {
         Ok(a + b)
     }
 
+    /// The multipart upload ids queued uploads are using (they resume them).
+    pub fn multipart_ids(&self) -> Result<std::collections::HashSet<String>> {
+        let mut st = self.conn.prepare_cached("SELECT mp_upload_id FROM uploads WHERE mp_upload_id IS NOT NULL")?;
+        let r = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(r)
+    }
+
     /// Queue again every upload parked as failed; returns how many.
     pub fn requeue_failed(&self) -> Result<usize> {
         let n = self.conn.exec("UPDATE uploads SET state='queued', next_try_ms=0 WHERE state='failed'", [])?;

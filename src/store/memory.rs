@@ -23,6 +23,8 @@ pub struct MemObject {
 struct Inner {
     objects: BTreeMap<String, Vec<MemObject>>,
     uploads: HashMap<String, (String, PutOptions, BTreeMap<i32, Bytes>)>,
+    /// upload id -> when it was begun (ms).
+    initiated: HashMap<String, i64>,
     next_upload: u64,
     calls: u64,
     /// call number (1-based, counted over all operations) -> error to return.
@@ -145,6 +147,20 @@ impl MemoryStore {
         self.inner.lock().unwrap().uploads.len()
     }
 
+    /// The open multipart uploads, as (key, upload id).
+    pub fn multipart_ids(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.inner.lock().unwrap().uploads.iter().map(|(id, u)| (u.0.clone(), id.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// Makes every open multipart upload `by_ms` older (one begun long ago).
+    pub fn age_multipart_uploads(&self, by_ms: i64) {
+        for t in self.inner.lock().unwrap().initiated.values_mut() {
+            *t -= by_ms;
+        }
+    }
+
     async fn enter(&self, op: &'static str) -> Result<()> {
         let lat = *self.latency.lock().unwrap() + self.delay_next.lock().unwrap().remove(op).unwrap_or_default();
         if !lat.is_zero() {
@@ -230,6 +246,7 @@ impl ObjectStore for MemoryStore {
         i.next_upload += 1;
         let id = format!("mem-upload-{}", i.next_upload);
         i.uploads.insert(id.clone(), (key.to_string(), opts.clone(), BTreeMap::new()));
+        i.initiated.insert(id.clone(), crate::clock::now_ms());
         Ok(id)
     }
     async fn upload_part(&self, key: &str, upload_id: &str, n: i32, body: Bytes) -> Result<String> {
@@ -265,6 +282,18 @@ impl ObjectStore for MemoryStore {
         self.enter("AbortMultipartUpload").await?;
         self.inner.lock().unwrap().uploads.remove(upload_id);
         Ok(())
+    }
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<super::OpenMultipart>> {
+        self.enter("ListMultipartUploads").await?;
+        let i = self.inner.lock().unwrap();
+        let mut v: Vec<super::OpenMultipart> = i
+            .uploads
+            .iter()
+            .filter(|(_, u)| u.0.starts_with(prefix))
+            .map(|(id, u)| super::OpenMultipart { key: u.0.clone(), upload_id: id.clone(), initiated_ms: i.initiated.get(id).copied().unwrap_or(0) })
+            .collect();
+        v.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+        Ok(v)
     }
     async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
         self.enter("GetObject").await?;

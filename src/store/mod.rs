@@ -100,6 +100,15 @@ pub struct ListEntry {
     pub storage_class: String,
 }
 
+/// A multipart upload begun and neither completed nor aborted.
+#[derive(Clone, Debug)]
+pub struct OpenMultipart {
+    pub key: String,
+    pub upload_id: String,
+    /// When it was begun (ms since the epoch; 0: not said).
+    pub initiated_ms: i64,
+}
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()>;
@@ -124,6 +133,11 @@ pub trait ObjectStore: Send + Sync {
     async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, HashMap<String, String>)>;
     async fn head_object(&self, key: &str) -> Result<HeadInfo>;
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>>;
+    /// Multipart uploads under `prefix` begun and never completed or aborted (a store without
+    /// them lists none).
+    async fn list_multipart(&self, _prefix: &str) -> Result<Vec<OpenMultipart>> {
+        Ok(Vec::new())
+    }
     async fn delete_object(&self, key: &str) -> Result<()>;
     /// `days` is None for Intelligent-Tiering archive tiers.
     async fn restore_object(&self, key: &str, days: Option<i32>, tier: &str) -> Result<()>;
@@ -202,6 +216,10 @@ impl ObjectStore for Counted {
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>> {
         self.bump("ListObjectsV2");
         self.inner.list(prefix).await
+    }
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<OpenMultipart>> {
+        self.bump("ListMultipartUploads");
+        self.inner.list_multipart(prefix).await
     }
     async fn delete_object(&self, key: &str) -> Result<()> {
         self.bump("DeleteObject");

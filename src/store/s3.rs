@@ -383,6 +383,37 @@ impl ObjectStore for S3Store {
         }
         Ok(out)
     }
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<super::OpenMultipart>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            for u in page.uploads() {
+                out.push(super::OpenMultipart {
+                    key: u.key().unwrap_or_default().to_string(),
+                    upload_id: u.upload_id().unwrap_or_default().to_string(),
+                    initiated_ms: u.initiated().and_then(|t| t.to_millis().ok()).unwrap_or(0),
+                });
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
     async fn delete_object(&self, key: &str) -> Result<()> {
         self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
         Ok(())

@@ -12,6 +12,11 @@ impl Fs {
     // ------------------------------------------------------------------ status
 
     pub fn status(&self) -> Result<Status> {
+        // The counts read every file's row (sums of sizes): through a read view of their own,
+        // without the lock every file operation takes (review N18).
+        let view = self.core().db.read_view()?;
+        let counts = view.counts()?;
+        drop(view);
         let c = self.core();
         let crate::meta::Counts {
             pending_files,
@@ -22,7 +27,7 @@ impl Fs {
             local_only_files,
             dirty_files,
             queued_uploads,
-        } = c.db.counts()?;
+        } = counts;
         // The first failures, not all: a long outage can leave every queued upload with an
         // error, and the queue can hold a million files (`failed_files` counts them all).
         let mut failures: Vec<FailureInfo> =

@@ -981,6 +981,8 @@ struct Stream {
     fetching: std::collections::VecDeque<(i64, i64, String, u64, Fetch)>,
     recs: std::collections::VecDeque<(Record, trust::Role)>,
     done: i64,
+    /// The highest record number of the batches read so far (not what a snapshot covered).
+    read_to: i64,
 }
 
 impl Drop for Stream {
@@ -1068,6 +1070,17 @@ impl Stream {
             if first > next {
                 st.refused.push(format!("journal of machine {m}: records {next}..{} are missing; changes they made are not in this tree", first - 1));
             }
+            // A batch that repeats numbers an earlier batch held: a machine re-sends a batch
+            // only whole, under the same key, so two copies of one cache dir (a cloned VM, a
+            // restored backup) wrote this journal with other batch sizes. Said, never silent:
+            // the first batch's records are kept, the repeated ones of this batch are not.
+            if first <= self.read_to {
+                st.refused.push(format!(
+                    "journal of machine {m}: batch {key} repeats records {first}..{} that an earlier batch holds (two copies of this machine's cache dir wrote its journal: a cloned VM or a restored backup); those changes of this batch are not in this tree",
+                    last.min(self.read_to)
+                ));
+            }
+            self.read_to = self.read_to.max(last);
             let done = self.done;
             self.recs.extend(b.records.into_iter().filter(|r| r.seq > done).map(|r| (r, writer.role)));
             self.done = self.recs.iter().map(|(r, _)| r.seq).max().unwrap_or(done).max(done);

@@ -79,6 +79,24 @@ fn names_are_printed_without_control_characters() {
     assert!(matches!(shown("photos/été 2019.jpg"), std::borrow::Cow::Borrowed(_)));
 }
 
+/// Two live copies of one cache dir (a cloned VM) write one machine's journal with other batch
+/// sizes: their keys never collide, so `If-None-Match` cannot stop them, and a rebuild took the
+/// first batch's records and skipped the other copy's without a word. It says so now, naming
+/// the batch.
+#[test]
+fn a_journal_written_by_two_copies_of_one_cache_dir_is_reported() {
+    let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = crate::store::memory::MemoryStore::new();
+    let mk = |seq: i64, path: &str| Record { seq, ts_ms: seq, entry: Entry::Mkdir { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } };
+    let sink = MetaSink { store: store.as_ref(), keys: &keys, signer: None, prefix: "v/" };
+    rt.block_on(sink.put_batch("m1", vec![mk(1, "shared"), mk(2, "copy-a"), mk(3, "copy-a/x")])).unwrap();
+    let clone = rt.block_on(sink.put_batch("m1", vec![mk(2, "copy-b"), mk(3, "copy-b/y"), mk(4, "copy-b/z")])).unwrap();
+    let tree = rt.block_on(rebuild(&(store.clone() as Arc<dyn ObjectStore>), &keys, "v/", &|_, _, _| {})).unwrap();
+    assert!(tree.nodes.contains_key("copy-a/x"));
+    assert!(tree.refused.iter().any(|r| r.contains(&clone) && r.contains("repeats records 2..3") && r.contains("two copies")), "{:?}", tree.refused);
+}
+
 /// An object deleted since the listing is reported by name and skipped: the rest of the vault
 /// still rebuilds. Any other error on it stops the rebuild rather than give a partial tree (a
 /// HEAD's bare 403 may be expired credentials, not this object).

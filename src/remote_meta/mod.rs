@@ -1089,6 +1089,11 @@ impl Stream {
     }
 }
 
+/// How far ahead of the rebuilding machine's clock a machine's record must be stamped for the
+/// rebuild to report that machine's clock (NTP keeps clocks within a second; five minutes is a
+/// clock that is wrong, not a race).
+const CLOCK_AHEAD_REPORTED: i64 = 5 * 60_000;
+
 /// What a record or snapshot time counts towards the importer's clock floor: a write-only
 /// machine's clock cannot push it more than a day ahead of the importer's.
 fn floor_time(ts_ms: i64, write_only: bool) -> i64 {
@@ -1334,9 +1339,16 @@ async fn rebuild_once(
         }
     }
     tree.seen = covered;
+    // Per machine, how far its newest record is ahead of this machine's clock.
+    let now = crate::clock::now_ms();
+    let mut ahead: BTreeMap<String, i64> = BTreeMap::new();
     while let Some(std::cmp::Reverse((_, m))) = heads.pop() {
         let st = streams.get_mut(&m).expect("a stream per head");
         let (r, role) = st.recs.pop_front().expect("a head has a record");
+        if r.ts_ms - now > CLOCK_AHEAD_REPORTED {
+            let a = ahead.entry(m.clone()).or_insert(0);
+            *a = (*a).max(r.ts_ms - now);
+        }
         let wo = role == trust::Role::WriteOnly;
         tree.max_ts = tree.max_ts.max(floor_time(r.ts_ms, wo));
         tree.applying = Some((m.clone(), wo));
@@ -1354,6 +1366,15 @@ async fn rebuild_once(
         }
     }
     tree.applying_ts = 0;
+    // Changes are weighed by their machines' clocks: one far ahead wins over newer changes of
+    // other machines, and says so (docs/SEMANTICS.md, "Several machines").
+    for (m, a) in ahead {
+        tree.conflicts.push(format!(
+            "machine {m}'s clock is ahead of this one's by {} min or more (its newest record is stamped {}): its changes count as newer than they are against other machines' (check its clock)",
+            a / 60_000,
+            crate::restore::fmt_ms(now + a)
+        ));
+    }
     // What the streams refused, then what replaying their records refused.
     merge.refused.append(&mut tree.refused);
     tree.refused = merge.refused;

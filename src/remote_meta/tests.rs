@@ -79,6 +79,25 @@ fn names_are_printed_without_control_characters() {
     assert!(matches!(shown("photos/été 2019.jpg"), std::borrow::Cow::Borrowed(_)));
 }
 
+/// Clock skew is reported: a machine whose records are stamped an hour ahead of the rebuilding
+/// machine's clock wins every conflict against other machines' newer changes, and the rebuild
+/// names it (before, nothing showed it). A clock a second ahead says nothing.
+#[test]
+fn a_machine_whose_clock_runs_ahead_is_named_by_the_rebuild() {
+    let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = crate::store::memory::MemoryStore::new();
+    let now = crate::clock::now_ms();
+    let mk =
+        |seq: i64, ts_ms: i64, path: &str| Record { seq, ts_ms, entry: Entry::Mkdir { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } };
+    let sink = MetaSink { store: store.as_ref(), keys: &keys, signer: None, prefix: "v/" };
+    rt.block_on(sink.put_batch("fastclock", vec![mk(1, now + 3_600_000, "a")])).unwrap();
+    rt.block_on(sink.put_batch("goodclock", vec![mk(1, now + 1_000, "b")])).unwrap();
+    let tree = rt.block_on(rebuild(&(store.clone() as Arc<dyn ObjectStore>), &keys, "v/", &|_, _, _| {})).unwrap();
+    assert!(tree.conflicts.iter().any(|c| c.contains("machine fastclock's clock is ahead") && c.contains("59 min")), "{:?}", tree.conflicts);
+    assert!(!tree.conflicts.iter().any(|c| c.contains("goodclock")), "{:?}", tree.conflicts);
+}
+
 /// Two live copies of one cache dir (a cloned VM) write one machine's journal with other batch
 /// sizes: their keys never collide, so `If-None-Match` cannot stop them, and a rebuild took the
 /// first batch's records and skipped the other copy's without a word. It says so now, naming

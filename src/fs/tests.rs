@@ -472,6 +472,28 @@ fn read_cache_keeps_uploaded_objects_local_within_budget() {
     assert_eq!(e.read_all(ino2).unwrap(), data(500_000, 9));
 }
 
+/// Review N18: every upload's completion listed the read cache (a stat per cached file) under
+/// the index lock, to see whether something had to go. It is listed only when it may be over
+/// its budget now, and then brought down to 90 % of it.
+#[test]
+fn the_read_cache_is_listed_only_when_it_may_be_full() {
+    let mut e = Env::new();
+    e.restart_with(|c| c.read_cache = 1 << 20);
+    let fs = e.fs();
+    let listings = || fs.staging.rcache_listings.load(std::sync::atomic::Ordering::Relaxed);
+    for k in 0..20u8 {
+        upload_one(&e, &format!("f{k}"), &data(20_000, k));
+    }
+    assert_eq!(listings(), 1, "20 small uploads into a 1 MiB read cache list it once (to learn what is in it)");
+    for k in 0..10u8 {
+        upload_one(&e, &format!("g{k}"), &data(100_000, k));
+    }
+    fs.group_commit().unwrap();
+    let cached: u64 = std::fs::read_dir(e.dir.path().join("rcache")).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum();
+    assert!(cached <= 1 << 20, "read cache over budget: {cached}");
+    assert!(listings() <= 4, "{} listings for 10 uploads past the budget", listings());
+}
+
 // ---------------------------------------------------------------- archive tiers
 
 fn archived_env() -> (Env, u64, Vec<u8>) {

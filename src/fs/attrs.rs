@@ -72,14 +72,7 @@ impl Fs {
             Vec::new()
         };
         if out.len() < limit {
-            let mut status: Vec<u64> =
-                c.db.restores()?
-                    .into_iter()
-                    .filter(|r| r.state.visible() && r.ino | STATUS_BIT > after)
-                    .filter(|r| c.db.get(r.ino).ok().flatten().is_some_and(|i| i.parent == ino))
-                    .map(|r| r.ino | STATUS_BIT)
-                    .collect();
-            status.sort_unstable();
+            let status: Vec<u64> = c.db.restores_in(ino, after.saturating_sub(STATUS_BIT))?.into_iter().map(|r| r | STATUS_BIT).collect();
             for x in status.into_iter().take(limit - out.len()) {
                 if let Ok((v, _)) = self.virtual_inode(&c, x) {
                     out.push(v);

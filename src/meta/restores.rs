@@ -40,6 +40,20 @@ impl Db {
         Ok(r)
     }
 
+    /// Inodes of folder `parent` with a restore whose status file is shown (not expired), above
+    /// `after`: one indexed read per listing page (review N18: each page loaded every restore
+    /// of the vault, and an inode per restore).
+    pub fn restores_in(&self, parent: u64, after: u64) -> Result<Vec<u64>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT r.ino FROM inodes i JOIN restores r ON r.ino = i.ino WHERE i.parent = ?1 AND r.state != 'expired' AND r.ino > ?2 ORDER BY r.ino",
+        )?;
+        let r = st
+            .query_map(params![parent as i64, after as i64], |r| r.get::<_, i64>(0))?
+            .map(|x| x.map(|i| i as u64))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(r)
+    }
+
     pub fn put_restore(&self, r: &Restore) -> Result<()> {
         self.conn.exec(
             &format!("INSERT OR REPLACE INTO restores({RESTORE_COLS}) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),

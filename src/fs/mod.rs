@@ -249,6 +249,9 @@ pub struct Fs {
     /// recorded (a truncate racing with the write).
     #[cfg(test)]
     write_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Tests: how many times the uploader tried to record an upload's start.
+    #[cfg(test)]
+    mark_calls: std::sync::atomic::AtomicU64,
     /// File versions that reached S3 since mount (status; tests check "uploaded once").
     pub data_uploads: std::sync::atomic::AtomicU64,
     /// Journal batches and snapshots uploaded since mount.
@@ -315,6 +318,8 @@ impl Fs {
             persist_hook: Mutex::new(None),
             #[cfg(test)]
             write_hook: Mutex::new(None),
+            #[cfg(test)]
+            mark_calls: Default::default(),
             data_uploads: Default::default(),
             meta_uploads: Default::default(),
             uid,

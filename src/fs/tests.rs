@@ -472,6 +472,30 @@ fn read_cache_keeps_uploaded_objects_local_within_budget() {
     assert_eq!(e.read_all(ino2).unwrap(), data(500_000, 9));
 }
 
+/// Review N13: when the index cannot record an upload's start (a full disk under the WAL, a
+/// locked or damaged index), the uploader returned at once, the row was due again at once,
+/// and it tried again in a busy loop, logging each time. It pauses now (1 s, doubling), and
+/// uploads once the index works again.
+#[test]
+fn an_index_that_cannot_record_an_upload_start_pauses_the_uploader() {
+    let e = Env::new();
+    let fs = e.fs();
+    fs.core()
+        .db
+        .conn()
+        .execute_batch(
+            "CREATE TEMP TRIGGER fail_start BEFORE UPDATE OF state ON uploads WHEN NEW.state='uploading' BEGIN SELECT RAISE(ABORT, 'injected index failure'); END;",
+        )
+        .unwrap();
+    let ino = e.write_file(ROOT, "a.jpg", &data(10_000, 1));
+    fs.seal_ready(true).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let calls = fs.mark_calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=3).contains(&calls), "{calls} tries in 2.5 s (1 s pause, doubling)");
+    fs.core().db.conn().execute_batch("DROP TRIGGER fail_start").unwrap();
+    e.wait_state(ino, State::Uploaded);
+}
+
 /// Review N18: every upload's completion listed the read cache (a stat per cached file) under
 /// the index lock, to see whether something had to go. It is listed only when it may be over
 /// its budget now, and then brought down to 90 % of it.

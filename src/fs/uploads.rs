@@ -56,6 +56,8 @@ impl UploadQueue for Fs {
     }
 
     fn mark_uploading(&self, u: &Upload) -> IndexResult<()> {
+        #[cfg(test)]
+        self.mark_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let c = self.core();
         paired(&c.db, |db| {
             db.set_upload_state(u.id, "uploading", u.attempts, u.next_try_ms, u.last_error.as_deref())?;

@@ -353,6 +353,9 @@ impl Fs {
         let from = c.db.path_of(src.ino)?;
         src.parent = newparent;
         src.name = newname;
+        // This machine put it there (its snapshots say so, as a rebuild replaying the rename
+        // does: `Tree::apply`).
+        src.owner = None;
         src.ctime_ns = now_ns();
         if src.state == State::Local && !self.ignored(&src.name) {
             src.state = State::Dirty; // e.g. an editor's temp file saved over the real name

@@ -2565,6 +2565,66 @@ fn concurrent_versions_of_one_file_keep_the_older_as_a_conflict_copy() {
     }
 }
 
+/// Regressions found by review of the conflict copies: each rebuild, from the newest snapshot
+/// of the machine that never saw the other's change or from the journals alone, must give the
+/// same tree, and drop no version that no change was made over.
+/// 1. A chmod (or touch) after another machine deleted the file it saw: the deletion stands
+///    (the snapshot's `at` moved with the chmod, and the deleted file came back).
+/// 2. Another machine renames a file over this one's; this one, unaware, rewrites it: the
+///    renamed file is kept as a conflict copy (it was dropped without a word: same owner).
+/// 3. A folder one machine removed and made a file of, while another put a file in it: the
+///    folder and its file stay, the new file is kept beside it (a file or folder was dropped).
+#[test]
+fn concurrent_changes_give_one_tree_whichever_snapshot_the_rebuild_starts_from() {
+    for with_snapshot in [false, true] {
+        let mut e = Env::new();
+        e.restart_with(|c| c.journal.snapshot_every = if with_snapshot { 1 } else { 1_000_000 });
+        let a = e.fs();
+        let f = write_on(&a, ROOT, "deleted.txt", b"v1");
+        write_on(&a, ROOT, "F.txt", b"F v0");
+        write_on(&a, ROOT, "X.txt", b"X, renamed over F by B");
+        let d = a.mkdir(ROOT, OsStr::new("D"), 0o755, 0, 0).unwrap().ino;
+        write_on(&a, d, "x", b"in D");
+        settle_machine(&e, &a);
+        let (_db, b) = fresh_machine(&e);
+        let fb = b.fs.clone();
+        // B: deletes deleted.txt, renames X over F, puts y into D.
+        fb.unlink(ROOT, OsStr::new("deleted.txt")).unwrap();
+        fb.rename(ROOT, OsStr::new("X.txt"), ROOT, OsStr::new("F.txt"), false).unwrap();
+        let db = fb.resolve("D").unwrap().ino;
+        write_on(&fb, db, "y", b"B's file in D");
+        settle_machine(&e, &fb);
+        std::thread::sleep(Duration::from_millis(20));
+        // A, unaware: chmods deleted.txt, rewrites F, empties and removes D, makes a file D.
+        a.setattr(f, Some(0o600), None, None, None, None, None).unwrap();
+        let fa = a.resolve("F.txt").unwrap().ino;
+        rewrite_on(&a, fa, b"F, A's rewrite");
+        a.unlink(d, OsStr::new("x")).unwrap();
+        a.rmdir(ROOT, OsStr::new("D")).unwrap();
+        write_on(&a, ROOT, "D", b"A's file D");
+        settle_machine(&e, &a);
+        let (_dc, c) = fresh_machine(&e);
+        let names = names_of(&c.fs);
+        let b_id: String = fb.machine_id().unwrap().chars().take(8).collect();
+        let a_id: String = a.machine_id().unwrap().chars().take(8).collect();
+        let how = format!("with snapshot: {with_snapshot}: {names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("deleted")), "1. the deletion stands, {how}");
+        assert_eq!(read_on(&c.fs, "F.txt"), b"F, A's rewrite", "{how}");
+        let copy = names
+            .iter()
+            .find(|n| n.starts_with(&format!("F (conflict from {b_id} ")))
+            .unwrap_or_else(|| panic!("2. no copy of the renamed file, {how}"));
+        assert_eq!(read_on(&c.fs, copy), b"X, renamed over F by B");
+        assert_eq!(read_on(&c.fs, "D/y"), b"B's file in D", "3. {how}");
+        let copy =
+            names.iter().find(|n| n.starts_with(&format!("D (conflict from {a_id} "))).unwrap_or_else(|| panic!("3. no copy of A's file D, {how}"));
+        assert_eq!(read_on(&c.fs, copy), b"A's file D");
+        assert_eq!(names.len(), 5, "{how}");
+        e.rt.block_on(c.shutdown());
+        e.rt.block_on(b.shutdown());
+    }
+}
+
 /// A machine deletes a file whose newer version, written by another machine, it never saw:
 /// the deletion (newer) removes the name, and that version is kept as a conflict copy
 /// (before, it was gone from every rebuild).
@@ -3009,6 +3069,11 @@ enum MOp {
         shared: bool,
         k: u8,
     },
+    /// chmod a shared name (changes no version: no event; it moves the file's time)
+    Chmod {
+        m: u8,
+        k: u8,
+    },
     /// rename one of its own names over another of its own
     Rename {
         m: u8,
@@ -3030,6 +3095,7 @@ fn mop_strategy() -> impl proptest::strategy::Strategy<Value = MOp> {
     prop_oneof![
         5 => (0u8..2, any::<bool>(), 0u8..3, 0u16..2000, any::<u8>()).prop_map(|(m, shared, k, len, seed)| MOp::Write { m, shared, k, len, seed }),
         3 => (0u8..2, any::<bool>(), 0u8..3).prop_map(|(m, shared, k)| MOp::Delete { m, shared, k }),
+        1 => (0u8..2, 0u8..3).prop_map(|(m, k)| MOp::Chmod { m, k }),
         1 => (0u8..2, 0u8..2, 0u8..2).prop_map(|(m, from, to)| MOp::Rename { m, from, to }),
         4 => (0u8..2).prop_map(|m| MOp::Flush { m }),
         2 => (0u8..2).prop_map(|m| MOp::Join { m }),
@@ -3205,6 +3271,11 @@ fn run_several(ops: &[MOp]) {
                     let saw = model.base[*m as usize].remove(&name);
                     model.events.push(ModelEvent { stamp: step, visible: false, name, data: None, machine: *m, saw });
                 }
+            }
+            MOp::Chmod { m, k } => {
+                let fs = fs_of(&e, &machines, *m);
+                let Ok(i) = fs.lookup(ROOT, OsStr::new(&name_of(*m, true, *k))) else { continue };
+                fs.setattr(i.ino, Some(0o600 ^ (i.mode & 0o777 & 0o400)), None, None, None, None, None).unwrap();
             }
             MOp::Rename { m, from, to } => {
                 let (from, to) = (name_of(*m, false, *from), name_of(*m, false, *to));
@@ -3499,7 +3570,7 @@ fn a_users_staged_bytes_stay_within_the_staging_quota() {
 }
 
 /// A file imported from a write-only machine's journal keeps that machine as its owner in the
-/// index (and in this machine's snapshots, `by`), through a rename; a new version written here
+/// index (and in this machine's snapshots, `by`); a rename here, or a new version written here,
 /// makes it this machine's.
 #[test]
 fn imported_files_keep_their_owner_until_rewritten_here() {
@@ -3540,7 +3611,9 @@ fn imported_files_keep_their_owner_until_rewritten_here() {
     let w_ino = fs.lookup(ROOT, OsStr::new("w.jpg")).unwrap().ino;
     assert_eq!(fs.core().db.get(w_ino).unwrap().unwrap().owner.as_deref(), Some(w.machine()));
     fs.rename(ROOT, OsStr::new("w.jpg"), ROOT, OsStr::new("w2.jpg"), false).unwrap();
-    assert_eq!(fs.core().db.get(w_ino).unwrap().unwrap().owner.as_deref(), Some(w.machine()), "a rename keeps the owner");
+    // This machine put it there: a rename makes it this machine's (as a rebuild replaying the
+    // rename does), and the write-only machine can no longer change or remove it.
+    assert_eq!(fs.core().db.get(w_ino).unwrap().unwrap().owner, None, "a rename makes it this machine's");
     let (fh, _) = fs.open(w_ino, true, true, 0).unwrap();
     fs.write(fh, 0, b"rewritten here").unwrap();
     fs.release(fh).unwrap();

@@ -178,8 +178,6 @@ impl Db {
         Ok(())
     }
 
-    /// Every version inode `ino` has had, but `except`, is no live file's any more (the file
-    /// was deleted, replaced, or a newer version of it reached the bucket).
     /// The key of the version a file's path last showed in the bucket, as this index knows it:
     /// its last uploaded version, else the newest it took over (a file saved over another),
     /// else `""` (what journal records say a change was made over: `Entry::Upload::saw`).
@@ -198,6 +196,8 @@ impl Db {
         Ok(k.unwrap_or_default())
     }
 
+    /// Every version inode `ino` has had, but `except`, is no live file's any more (the file
+    /// was deleted, replaced, or a newer version of it reached the bucket).
     pub fn kill_versions_of(conn: &Connection, ino: u64, except: Option<&str>) -> Result<()> {
         conn.exec(
             "INSERT OR IGNORE INTO dead_keys(key) SELECT object_key FROM versions WHERE ino=?1 AND object_key IS NOT ?2",

@@ -314,8 +314,22 @@ impl Tree {
             acc.push_str(p);
             match self.nodes.get(&acc) {
                 Some(n) if n.kind == NodeKind::Dir => {}
-                // A file where a folder must be: the newer entry wins.
+                // A file where a folder must be: the folder is made, and a file version is
+                // kept beside it as a conflict copy (another machine made a file of the name
+                // the entry being applied puts a folder at).
                 Some(_) | None => {
+                    if let Some(n) = self.nodes.remove(&acc).filter(|n| n.kind == NodeKind::File) {
+                        let c = self.copy_name(&acc, n.owner.as_deref(), n.changed_ms);
+                        self.conflicts.push(format!(
+                            "{}: machine {} put a folder here (for {}); the file machine {} wrote there is kept as {}",
+                            shown(&acc),
+                            self.applying_machine(),
+                            shown(path),
+                            n.owner.clone().unwrap_or_default(),
+                            shown(&c)
+                        ));
+                        self.nodes.insert(c, n);
+                    }
                     let mut d = Node::dir(0o755, uid, gid, mtime_ns);
                     d.owner = self.applying.as_ref().map(|a| a.0.clone());
                     self.nodes.insert(acc.clone(), d);
@@ -385,8 +399,10 @@ impl Tree {
 
     /// Node `n` was changed after the entry being applied was made, by another machine than
     /// the one applying it (`owner`): that entry never saw it, and the newer change stays.
-    fn newer_unseen(&self, n: &Node, owner: &Option<String>) -> bool {
-        self.applying_ts > 0 && n.changed_ms > self.applying_ts && n.owner != *owner
+    /// A change made over this very version (`saw`) saw it, whenever the node was last
+    /// touched (a chmod or touch after it moves the node's time, not its version).
+    fn newer_unseen(&self, n: &Node, owner: &Option<String>, saw: &Option<String>) -> bool {
+        self.applying_ts > 0 && n.changed_ms > self.applying_ts && n.owner != *owner && !(saw.is_some() && n.key == *saw)
     }
 
     fn applying_machine(&self) -> String {
@@ -509,7 +525,23 @@ impl Tree {
             }
         }
         let owner = self.applying.as_ref().map(|a| a.0.clone());
+        let mut e = e;
         if let Some((me, true)) = self.applying.clone() {
+            // A version it wrote of a path another machine's file or folder holds now: kept
+            // beside it as a conflict copy (it may add paths; it may not replace another's).
+            if let Entry::Upload { path, .. } = &mut e {
+                let theirs = self.subtree(path).any(|(_, n)| n.owner.as_deref() != Some(me.as_str()));
+                if theirs {
+                    let c = self.copy_name(path, Some(&me), self.applying_ts);
+                    self.conflicts.push(format!(
+                        "{}: another machine's; the version the write-only machine {me} uploaded at {} is kept as {}",
+                        shown(path),
+                        crate::restore::fmt_ms(self.applying_ts),
+                        shown(&c)
+                    ));
+                    *path = c;
+                }
+            }
             if let Some(why) = self.write_only_refusal(&me, &e) {
                 self.refused.push(why);
                 return;
@@ -517,7 +549,13 @@ impl Tree {
             match &e {
                 // A folder it removes keeps what other machines put there (and the folders
                 // holding it); a folder it names that exists keeps its attributes.
-                Entry::Remove { path, .. } => {
+                Entry::Remove { path, saw } => {
+                    // Its own version, a conflict copy by now, goes too.
+                    if let Some(cp) = self.copy_holding(path, saw).filter(|cp| self.nodes[cp].owner.as_deref() == Some(me.as_str())) {
+                        if self.nodes.get(path).is_none_or(|n| n.key != *saw) {
+                            self.nodes.remove(&cp);
+                        }
+                    }
                     let mine: Vec<String> =
                         self.subtree(path).filter(|(_, n)| n.owner.as_deref() == Some(me.as_str())).map(|(k, _)| k.clone()).collect();
                     for k in mine.into_iter().rev() {
@@ -552,24 +590,40 @@ impl Tree {
         }
         match e {
             Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs, saw } => {
+                // The version it replaced was renamed away since (by a machine that had not
+                // seen this one, its rename replayed first from a snapshot): the new version
+                // follows it, as replaying in time order moves it.
+                self.drop_seen_copy(&path, &saw);
+                let path = match saw.as_deref().filter(|k| !k.is_empty() && !self.nodes.contains_key(&path)) {
+                    Some(k) => self
+                        .nodes
+                        .iter()
+                        .find(|(_, n)| n.kind == NodeKind::File && n.key.as_deref() == Some(k))
+                        .map(|(p, _)| p.clone())
+                        .unwrap_or(path),
+                    None => path,
+                };
                 // A version older than what another machine put at the path since (a snapshot
                 // says when), or than a removal of the path made after it by another machine:
                 // the newer change stays, and this version is kept beside it, a conflict copy.
-                let why = if let Some((at, by)) = self.tombstones.get(&path).filter(|(at, by)| {
+                let why = if self.nodes.get(&path).is_some_and(|n| n.kind == NodeKind::Dir) && self.has_children(&path) {
+                    // A folder that holds files where this machine put a file: the folder and
+                    // its files stay, and the file goes beside it.
+                    Some("it is a folder that holds files".to_string())
+                } else if let Some((at, by)) = self.tombstones.get(&path).filter(|(at, by)| {
                     !self.nodes.contains_key(&path) && self.applying_ts > 0 && *at > self.applying_ts && owner.as_ref() != Some(by)
                 }) {
                     Some(format!("machine {by} removed it at {}", crate::restore::fmt_ms(*at)))
                 } else {
-                    self.nodes.get(&path).filter(|n| self.newer_unseen(n, &owner)).map(|n| {
+                    self.nodes.get(&path).filter(|n| self.newer_unseen(n, &owner, &saw)).map(|n| {
                         format!("machine {} wrote a newer version at {}", n.owner.clone().unwrap_or_default(), crate::restore::fmt_ms(n.changed_ms))
                     })
                 };
-                self.drop_seen_copy(&path, &saw);
                 let path = match why {
                     Some(why) => {
                         let c = self.copy_name(&path, owner.as_deref(), self.applying_ts);
                         self.conflicts.push(format!(
-                            "{}: {why}; the older version machine {} uploaded at {} (object {key}) is kept as {}",
+                            "{}: {why}; the version machine {} uploaded at {} (object {key}) is kept as {}",
                             shown(&path),
                             self.applying_machine(),
                             crate::restore::fmt_ms(self.applying_ts),
@@ -677,10 +731,11 @@ impl Tree {
                         self.applying_machine()
                     ));
                     c
-                } else if let Some(n) = self.nodes.get(&to).filter(|n| n.kind == NodeKind::File && self.newer_unseen(n, &owner)) {
+                } else if let Some(n) = self.nodes.get(&to).filter(|n| n.kind == NodeKind::File && self.newer_unseen(n, &owner, &saw)) {
                     // Over a newer version another machine wrote there unseen: that stays, and
                     // the file moved (older) is kept beside it as a conflict copy.
-                    let (o, at) = (moved[0].1.owner.clone(), moved[0].1.changed_ms.max(self.applying_ts));
+                    // Named as the moved node will be: the renaming machine's, at the rename.
+                    let (o, at) = (owner.clone().or(moved[0].1.owner.clone()), moved[0].1.changed_ms.max(self.applying_ts));
                     let c = self.copy_name(&to, o.as_deref(), at);
                     self.conflicts.push(format!(
                         "{}: machine {} wrote a newer version at {}; {} renamed there by machine {} at {} is kept as {}",
@@ -704,6 +759,11 @@ impl Tree {
                     let nk = format!("{to}{}", &k[from.len()..]);
                     if k == from {
                         n.changed_ms = n.changed_ms.max(self.applying_ts);
+                        // The renaming machine put it there: a later change by its writer
+                        // that never saw the rename is weighed against it as another's.
+                        if owner.is_some() {
+                            n.owner = owner.clone();
+                        }
                     }
                     self.nodes.insert(nk, n);
                 }
@@ -715,7 +775,7 @@ impl Tree {
                     Some(n) if n.kind == NodeKind::Dir => (None, self.has_children(&path)),
                     // A file written after this deletion by a machine the deleting one had not
                     // seen (known when a snapshot describes it with its time): newer wins.
-                    Some(n) if self.newer_unseen(n, &owner) => (Some((n.owner.clone().unwrap_or_default(), n.changed_ms)), false),
+                    Some(n) if self.newer_unseen(n, &owner, &saw) => (Some((n.owner.clone().unwrap_or_default(), n.changed_ms)), false),
                     _ => (None, false),
                 };
                 if let Some((by, at)) = newer {
@@ -743,7 +803,10 @@ impl Tree {
             }
             Entry::Discard { .. } => {}
             Entry::Attr { path, mode, uid, gid, mtime_ns, xattrs } => {
+                let at = self.applying_ts;
                 if let Some(n) = self.nodes.get_mut(&path) {
+                    // Changed then, as a snapshot's `at` (its ctime) says: both orders agree.
+                    n.changed_ms = n.changed_ms.max(at);
                     n.mode = mode;
                     n.uid = uid;
                     n.gid = gid;

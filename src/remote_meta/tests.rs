@@ -94,7 +94,9 @@ fn a_machine_whose_clock_runs_ahead_is_named_by_the_rebuild() {
     rt.block_on(sink.put_batch("fastclock", vec![mk(1, now + 3_600_000, "a")])).unwrap();
     rt.block_on(sink.put_batch("goodclock", vec![mk(1, now + 1_000, "b")])).unwrap();
     let tree = rt.block_on(rebuild(&(store.clone() as Arc<dyn ObjectStore>), &keys, "v/", &|_, _, _| {})).unwrap();
-    assert!(tree.conflicts.iter().any(|c| c.contains("machine fastclock's clock is ahead") && c.contains("59 min")), "{:?}", tree.conflicts);
+    let said = tree.conflicts.iter().find(|c| c.contains("machine fastclock's clock is ahead")).unwrap_or_else(|| panic!("{:?}", tree.conflicts));
+    let mins: i64 = said.split("by ").nth(1).and_then(|r| r.split(" min").next()).and_then(|m| m.parse().ok()).unwrap_or(-1);
+    assert!((55..=60).contains(&mins), "{said}");
     assert!(!tree.conflicts.iter().any(|c| c.contains("goodclock")), "{:?}", tree.conflicts);
 }
 
@@ -655,10 +657,11 @@ fn a_write_only_machine_changes_only_what_it_wrote() {
     assert!(t.nodes.contains_key("shared/a.jpg") && !t.nodes.contains_key("moved"), "{:?}", t.nodes.keys());
     assert!(!t.nodes.contains_key("shared/w/own.jpg") && !t.nodes.contains_key("shared/w"), "its own files in a shared folder go");
     assert!(t.nodes.contains_key("mine2.jpg") && !t.nodes.contains_key("mine.jpg"));
-    assert_eq!(t.refused.iter().filter(|r| r.contains("write-only machine")).count(), 5, "{:?}", t.refused);
+    // Its version of another machine's file was kept beside it as a conflict copy of its own,
+    // which its removal of `photos` then removed (its own file in a shared folder).
+    assert!(!t.nodes.keys().any(|k| k.contains("conflict")), "{:?}", t.nodes.keys());
+    assert_eq!(t.refused.iter().filter(|r| r.contains("write-only machine")).count(), 4, "{:?}", t.refused);
     assert!(t.max_ts < far, "its clock moved the importer's clock floor");
-    // Its key for another machine's file was refused: the object stays an orphan, not hidden.
-    assert!(!t.mentioned.contains("v/d/c1"));
 }
 
 /// Per machine, the newest snapshot an allowed key signed is read: a forged one with a higher
@@ -776,5 +779,6 @@ fn a_write_only_machine_keeps_its_files_through_a_full_machines_snapshot() {
     assert_eq!(t.nodes["w.jpg"].key.as_deref(), Some("v/d/c2"), "{:?}", t.refused);
     assert_eq!(t.nodes["a.jpg"].key.as_deref(), Some("v/d/a1"), "{:?}", t.refused);
     assert_eq!(t.nodes["w.jpg"].owner.as_deref(), Some(w.machine()));
-    assert!(t.refused.iter().any(|r| r.contains("a.jpg is another machine's")), "{:?}", t.refused);
+    // Its version of A's file is kept beside it.
+    assert!(t.nodes.iter().any(|(k, n)| k.starts_with("a (conflict from ") && n.key.as_deref() == Some("v/d/c3")), "{:?}", t.nodes.keys());
 }

@@ -297,7 +297,12 @@ impl Fs {
             // record's time, later than the writes it holds); imported, where it was made.
             let mut at = (i.ctime_ns / 1_000_000) as i64;
             if let crate::remote_meta::Entry::Upload { key, .. } = &e {
-                at = at.max(v.version_uploaded_ms(key)?.unwrap_or(0));
+                // A file: when it was put where it is (its upload or a rename), never a chmod
+                // or touch since (`placed`); indexes of builds before it, as they said.
+                at = match Db::placed_ms(v.conn(), i.ino)? {
+                    Some(ms) => ms,
+                    None => at.max(v.version_uploaded_ms(key)?.unwrap_or(0)),
+                };
             }
             f(&e, i.owner.as_deref(), at)
         })
@@ -451,6 +456,9 @@ impl Fs {
                         };
                         // Uploaded when the entry that made it was made (0: unknown).
                         Db::add_version(&tx, &v, n.changed_ms)?;
+                        if n.changed_ms > 0 {
+                            Db::set_placed(&tx, ino, n.changed_ms)?;
+                        }
                     }
                 }
                 NodeKind::Symlink | NodeKind::Special => l += 1,

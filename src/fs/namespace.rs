@@ -333,6 +333,10 @@ impl Fs {
             }
         }
         let mut saw = String::new();
+        // When the file is placed at its new name: now, if it is in the bucket (a rebuild
+        // replays the rename); a file not uploaded yet saved over another keeps that one's
+        // time until its own upload (the rebuild sees no rename, only the old version there).
+        let mut placed = now_ms();
         if let Some(dst) = c.db.lookup(newparent, &newname)? {
             if dst.ino == src.ino {
                 return Ok(());
@@ -347,6 +351,11 @@ impl Fs {
                 _ => {}
             }
             saw = Db::seen_key(c.db.conn(), &dst)?;
+            if src.object_key.is_none() {
+                if let Some(ms) = Db::placed_ms(c.db.conn(), dst.ino)? {
+                    placed = ms;
+                }
+            }
             self.replace_versions(c, &src, &dst)?;
             self.remove_inode(c, dst)?;
         }
@@ -356,6 +365,7 @@ impl Fs {
         // This machine put it there (its snapshots say so, as a rebuild replaying the rename
         // does: `Tree::apply`).
         src.owner = None;
+        Db::set_placed(c.db.conn(), src.ino, placed)?;
         src.ctime_ns = now_ns();
         if src.state == State::Local && !self.ignored(&src.name) {
             src.state = State::Dirty; // e.g. an editor's temp file saved over the real name

@@ -271,7 +271,9 @@ impl Fs {
         }
         // And every older version, including those of a file it was saved over.
         Db::kill_versions_of(tx, i.ino, Some(&v.object_key))?;
-        Db::add_version(tx, v, now_ms())?;
+        let now = now_ms();
+        Db::add_version(tx, v, now)?;
+        Db::set_placed(tx, i.ino, now)?;
         let entry = crate::remote_meta::Entry::Upload {
             path,
             key: v.object_key.clone(),
@@ -286,7 +288,7 @@ impl Fs {
             xattrs: i.xattrs.clone(),
             saw: Some(saw).filter(|s| *s != v.object_key),
         };
-        Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))
+        Db::journal_append(tx, now, &serde_json::to_string(&entry).expect("json"))
     }
 
     /// Abort the vault's multipart uploads begun more than `older_than` ago that no queued

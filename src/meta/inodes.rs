@@ -209,7 +209,19 @@ impl Db {
 
     pub fn delete_inode(conn: &Connection, ino: u64) -> Result<()> {
         conn.exec("DELETE FROM inodes WHERE ino=?1", params![ino as i64])?;
+        conn.exec("DELETE FROM placed WHERE ino=?1", params![ino as i64])?;
         Ok(())
+    }
+
+    /// File `ino` was put where it is at `ms` (`placed`).
+    pub fn set_placed(conn: &Connection, ino: u64, ms: i64) -> Result<()> {
+        conn.exec("INSERT OR REPLACE INTO placed(ino, ms) VALUES(?1, ?2)", params![ino as i64, ms])?;
+        Ok(())
+    }
+
+    /// When file `ino` was put where it is, if known.
+    pub fn placed_ms(conn: &Connection, ino: u64) -> Result<Option<i64>> {
+        Ok(conn.row("SELECT ms FROM placed WHERE ino=?1", params![ino as i64], |r| r.get(0)).optional()?)
     }
 
     /// Vault-relative path ("a/b/c.jpg") of an inode.

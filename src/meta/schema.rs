@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS dead_keys(key TEXT PRIMARY KEY);
 -- the recent ones, so that a rebuild starting from a snapshot does not let another machine's
 -- older upload bring back what was removed after it (docs/SEMANTICS.md, several machines).
 CREATE TABLE IF NOT EXISTS tombstones(path TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL, machine TEXT);
+-- When each file was put where it is (its version's upload record, or a rename that moved an
+-- uploaded file): what a snapshot says of it (`at`). Not a chmod or touch: they change no
+-- version, and another machine's changes are weighed against versions and moves only.
+CREATE TABLE IF NOT EXISTS placed(ino INTEGER PRIMARY KEY, ms INTEGER NOT NULL);
 -- Every file version known to be durable in the bucket, newest last per inode: what a snapshot
 -- carries for a file whose next version is still pending, and what listing, restoring and
 -- pruning old versions will need.

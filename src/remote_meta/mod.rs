@@ -803,10 +803,8 @@ impl Tree {
             }
             Entry::Discard { .. } => {}
             Entry::Attr { path, mode, uid, gid, mtime_ns, xattrs } => {
-                let at = self.applying_ts;
+                // Not a change of version or place: the node's time (`at`) stays.
                 if let Some(n) = self.nodes.get_mut(&path) {
-                    // Changed then, as a snapshot's `at` (its ctime) says: both orders agree.
-                    n.changed_ms = n.changed_ms.max(at);
                     n.mode = mode;
                     n.uid = uid;
                     n.gid = gid;

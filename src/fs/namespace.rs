@@ -337,6 +337,11 @@ impl Fs {
         // replays the rename); a file not uploaded yet saved over another keeps that one's
         // time until its own upload (the rebuild sees no rename, only the old version there).
         let mut placed = now_ms();
+        // Whose the file is at its new name: this machine's (it moved it there), but a file not
+        // uploaded yet saved over another stands for that one's version until its own upload,
+        // and is that one's maker's meanwhile (snapshots say so, as a rebuild that sees no
+        // rename has it).
+        let mut owner = None;
         if let Some(dst) = c.db.lookup(newparent, &newname)? {
             if dst.ino == src.ino {
                 return Ok(());
@@ -352,6 +357,7 @@ impl Fs {
             }
             saw = Db::seen_key(c.db.conn(), &dst)?;
             if src.object_key.is_none() {
+                owner = dst.owner.clone();
                 if let Some(ms) = Db::placed_ms(c.db.conn(), dst.ino)? {
                     placed = ms;
                 }
@@ -362,9 +368,7 @@ impl Fs {
         let from = c.db.path_of(src.ino)?;
         src.parent = newparent;
         src.name = newname;
-        // This machine put it there (its snapshots say so, as a rebuild replaying the rename
-        // does: `Tree::apply`).
-        src.owner = None;
+        src.owner = owner;
         Db::set_placed(c.db.conn(), src.ino, placed)?;
         src.ctime_ns = now_ns();
         if src.state == State::Local && !self.ignored(&src.name) {

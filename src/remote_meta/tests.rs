@@ -79,21 +79,45 @@ fn names_are_printed_without_control_characters() {
     assert!(matches!(shown("photos/été 2019.jpg"), std::borrow::Cow::Borrowed(_)));
 }
 
+/// A vault of unsigned metadata in a memory store, for rebuild tests of journal records alone.
+struct Bare {
+    keys: VaultKeys,
+    rt: tokio::runtime::Runtime,
+    store: Arc<crate::store::memory::MemoryStore>,
+}
+
+impl Bare {
+    fn new() -> Bare {
+        let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Bare { keys, rt, store: crate::store::memory::MemoryStore::new() }
+    }
+
+    /// Puts a journal batch of `machine` (unsigned); its key.
+    fn batch(&self, machine: &str, recs: Vec<Record>) -> String {
+        self.rt.block_on(MetaSink { store: self.store.as_ref(), keys: &self.keys, signer: None, prefix: "v/" }.put_batch(machine, recs)).unwrap()
+    }
+
+    fn rebuild(&self) -> Result<Tree, RemoteError> {
+        self.rt.block_on(rebuild(&(self.store.clone() as Arc<dyn ObjectStore>), &self.keys, "v/", &|_, _, _| {}))
+    }
+}
+
+/// A journal record making folder `path`.
+fn mkdir_rec(seq: i64, ts_ms: i64, path: &str) -> Record {
+    Record { seq, ts_ms, entry: Entry::Mkdir { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } }
+}
+
 /// Clock skew is reported: a machine whose records are stamped an hour ahead of the rebuilding
 /// machine's clock wins every conflict against other machines' newer changes, and the rebuild
 /// names it (before, nothing showed it). A clock a second ahead says nothing.
 #[test]
 fn a_machine_whose_clock_runs_ahead_is_named_by_the_rebuild() {
-    let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let store = crate::store::memory::MemoryStore::new();
+    let v = Bare::new();
     let now = crate::clock::now_ms();
-    let mk =
-        |seq: i64, ts_ms: i64, path: &str| Record { seq, ts_ms, entry: Entry::Mkdir { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } };
-    let sink = MetaSink { store: store.as_ref(), keys: &keys, signer: None, prefix: "v/" };
-    rt.block_on(sink.put_batch("fastclock", vec![mk(1, now + 3_600_000, "a")])).unwrap();
-    rt.block_on(sink.put_batch("goodclock", vec![mk(1, now + 1_000, "b")])).unwrap();
-    let tree = rt.block_on(rebuild(&(store.clone() as Arc<dyn ObjectStore>), &keys, "v/", &|_, _, _| {})).unwrap();
+    v.batch("fastclock", vec![mkdir_rec(1, now + 3_600_000, "a")]);
+    v.batch("goodclock", vec![mkdir_rec(1, now + 1_000, "b")]);
+    let tree = v.rebuild().unwrap();
     let said = tree.conflicts.iter().find(|c| c.contains("machine fastclock's clock is ahead")).unwrap_or_else(|| panic!("{:?}", tree.conflicts));
     let mins: i64 = said.split("by ").nth(1).and_then(|r| r.split(" min").next()).and_then(|m| m.parse().ok()).unwrap_or(-1);
     assert!((55..=60).contains(&mins), "{said}");
@@ -106,14 +130,11 @@ fn a_machine_whose_clock_runs_ahead_is_named_by_the_rebuild() {
 /// the batch.
 #[test]
 fn a_journal_written_by_two_copies_of_one_cache_dir_is_reported() {
-    let (_, keys) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 1024, 1);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let store = crate::store::memory::MemoryStore::new();
-    let mk = |seq: i64, path: &str| Record { seq, ts_ms: seq, entry: Entry::Mkdir { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } };
-    let sink = MetaSink { store: store.as_ref(), keys: &keys, signer: None, prefix: "v/" };
-    rt.block_on(sink.put_batch("m1", vec![mk(1, "shared"), mk(2, "copy-a"), mk(3, "copy-a/x")])).unwrap();
-    let clone = rt.block_on(sink.put_batch("m1", vec![mk(2, "copy-b"), mk(3, "copy-b/y"), mk(4, "copy-b/z")])).unwrap();
-    let tree = rt.block_on(rebuild(&(store.clone() as Arc<dyn ObjectStore>), &keys, "v/", &|_, _, _| {})).unwrap();
+    let v = Bare::new();
+    let mk = |seq: i64, path: &str| mkdir_rec(seq, seq, path);
+    v.batch("m1", vec![mk(1, "shared"), mk(2, "copy-a"), mk(3, "copy-a/x")]);
+    let clone = v.batch("m1", vec![mk(2, "copy-b"), mk(3, "copy-b/y"), mk(4, "copy-b/z")]);
+    let tree = v.rebuild().unwrap();
     assert!(tree.nodes.contains_key("copy-a/x"));
     assert!(tree.refused.iter().any(|r| r.contains(&clone) && r.contains("repeats records 2..3") && r.contains("two copies")), "{:?}", tree.refused);
 }

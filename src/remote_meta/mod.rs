@@ -318,18 +318,7 @@ impl Tree {
                 // kept beside it as a conflict copy (another machine made a file of the name
                 // the entry being applied puts a folder at).
                 Some(_) | None => {
-                    if let Some(n) = self.nodes.remove(&acc).filter(|n| n.kind == NodeKind::File) {
-                        let c = self.copy_name(&acc, n.owner.as_deref(), n.changed_ms);
-                        self.conflicts.push(format!(
-                            "{}: machine {} put a folder here (for {}); the file machine {} wrote there is kept as {}",
-                            shown(&acc),
-                            self.applying_machine(),
-                            shown(path),
-                            n.owner.clone().unwrap_or_default(),
-                            shown(&c)
-                        ));
-                        self.nodes.insert(c, n);
-                    }
+                    self.set_file_aside(&acc, &format!("put a folder here (for {})", shown(path)));
                     let mut d = Node::dir(0o755, uid, gid, mtime_ns);
                     d.owner = self.applying.as_ref().map(|a| a.0.clone());
                     self.nodes.insert(acc.clone(), d);
@@ -339,6 +328,24 @@ impl Tree {
     }
 
     /// The nodes at `path` and below.
+    /// A folder is made at `path`, where a file may be (another machine's, that the entry
+    /// being applied never saw): the file is kept beside it as a conflict copy.
+    fn set_file_aside(&mut self, path: &str, what: &str) {
+        let Some(n) = self.nodes.remove(path) else { return };
+        if n.kind != NodeKind::File {
+            return; // a link or special file is replaced
+        }
+        let c = self.copy_name(path, n.owner.as_deref(), n.changed_ms);
+        self.conflicts.push(format!(
+            "{}: machine {} {what}; the file machine {} wrote there is kept as {}",
+            shown(path),
+            self.applying_machine(),
+            n.owner.clone().unwrap_or_default(),
+            shown(&c)
+        ));
+        self.nodes.insert(c, n);
+    }
+
     fn subtree(&self, path: &str) -> impl Iterator<Item = (&String, &Node)> {
         let prefix = format!("{path}/");
         self.nodes.get_key_value(path).into_iter().chain(self.nodes.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)))
@@ -677,6 +684,7 @@ impl Tree {
                         }
                     }
                     _ => {
+                        self.set_file_aside(&path, "made a folder here");
                         let mut d = Node::dir(mode, uid, gid, mtime_ns);
                         d.owner = owner;
                         d.changed_ms = self.applying_ts;

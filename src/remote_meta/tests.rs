@@ -108,6 +108,22 @@ fn mkdir_rec(seq: i64, ts_ms: i64, path: &str) -> Record {
     Record { seq, ts_ms, entry: Entry::Mkdir { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 } }
 }
 
+/// A machine makes a folder where another machine, unseen, put a file: the folder is made and
+/// the file kept beside it as a conflict copy (it was dropped without a word).
+#[test]
+fn a_folder_made_over_another_machines_file_keeps_the_file_as_a_copy() {
+    let v = Bare::new();
+    v.batch("aaaaaaaa11111111", vec![rec(1, 10, file("D", "v/d/k1"))]);
+    v.batch("bbbbbbbb22222222", vec![mkdir_rec(1, 20, "D"), mkdir_rec(2, 21, "D/sub")]);
+    let t = v.rebuild().unwrap();
+    assert_eq!(t.nodes["D"].kind, NodeKind::Dir);
+    assert!(t.nodes.contains_key("D/sub"));
+    let copies: Vec<(&String, &Node)> = t.nodes.iter().filter(|(k, _)| k.starts_with("D (conflict from aaaaaaaa ")).collect();
+    assert_eq!(copies.len(), 1, "{:?}", t.nodes.keys());
+    assert_eq!(copies[0].1.key.as_deref(), Some("v/d/k1"));
+    assert!(t.conflicts.iter().any(|c| c.contains("made a folder here")), "{:?}", t.conflicts);
+}
+
 /// Clock skew is reported: a machine whose records are stamped an hour ahead of the rebuilding
 /// machine's clock wins every conflict against other machines' newer changes, and the rebuild
 /// names it (before, nothing showed it). A clock a second ahead says nothing.

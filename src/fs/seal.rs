@@ -192,10 +192,7 @@ impl Fs {
             // The version this one replaces (its own last one, or the one of a file it was saved
             // over): a rebuild that finds this version but not its record puts it where that
             // one is, wherever renames took it since.
-            let prev = match &i.object_key {
-                Some(k) => Some(k.clone()),
-                None => c.db.latest_version(ino)?.map(|v| v.object_key),
-            };
+            let prev = Some(Db::seen_key(c.db.conn(), &i)?).filter(|k| !k.is_empty());
             (i, path, prev)
         };
         // Sealing writes no data (a rename and one row), and it is what frees the disk: the

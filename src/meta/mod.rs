@@ -406,12 +406,6 @@ impl Db {
         self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Copy the WAL into the database file (after a `sync`), so the WAL stays small. Returns
-    /// the pages the WAL held and how many of them were copied (all of them: it starts over).
-    pub fn checkpoint(&self) -> Result<(i64, i64)> {
-        Ok(self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))?)
-    }
-
     /// A transaction; inside a namespace operation's savepoint it nests as a savepoint and
     /// commits with the operation.
     pub fn begin(&mut self) -> Result<rusqlite::Savepoint<'_>> {

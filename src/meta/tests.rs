@@ -45,7 +45,7 @@ fn durable_settings_are_in_force() {
         assert_eq!(db.syncs(), n);
     }
     assert_eq!(db.conn().total_changes(), changes);
-    db.checkpoint().unwrap();
+    db.syncer().checkpoint().unwrap();
 }
 
 #[test]

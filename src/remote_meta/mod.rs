@@ -331,18 +331,22 @@ impl Tree {
     /// A folder is made at `path`, where a file may be (another machine's, that the entry
     /// being applied never saw): the file is kept beside it as a conflict copy.
     fn set_file_aside(&mut self, path: &str, what: &str) {
-        let Some(n) = self.nodes.remove(path) else { return };
-        if n.kind != NodeKind::File {
-            return; // a link or special file is replaced
+        if self.nodes.get(path).is_some_and(|n| n.kind != NodeKind::File) {
+            self.nodes.remove(path); // a link or special file is replaced
+            return;
         }
+        self.move_to_copy(path, |t, n| {
+            format!("machine {} {what}; the file machine {} wrote there", t.applying_machine(), n.owner.clone().unwrap_or_default())
+        });
+    }
+
+    /// Moves the file at `path` (if any) to its conflict copy's name, named by the machine that
+    /// made it and when, and lists the conflict: `why` says what happened to it.
+    fn move_to_copy(&mut self, path: &str, why: impl FnOnce(&Tree, &Node) -> String) {
+        let Some(n) = self.nodes.remove(path) else { return };
         let c = self.copy_name(path, n.owner.as_deref(), n.changed_ms);
-        self.conflicts.push(format!(
-            "{}: machine {} {what}; the file machine {} wrote there is kept as {}",
-            shown(path),
-            self.applying_machine(),
-            n.owner.clone().unwrap_or_default(),
-            shown(&c)
-        ));
+        let why = why(self, &n);
+        self.conflicts.push(format!("{}: {why} is kept as {}", shown(path), shown(&c)));
         self.nodes.insert(c, n);
     }
 
@@ -479,23 +483,19 @@ impl Tree {
     /// before it) are taken as having seen what is there.
     fn keep_unseen(&mut self, path: &str, saw: &Option<String>, owner: &Option<String>, what: &str) {
         let Some(saw) = saw else { return };
-        let Some(n) = self.nodes.get(path).filter(|n| n.kind == NodeKind::File && n.owner != *owner && n.key.as_deref() != Some(saw.as_str())) else {
+        if !self.nodes.get(path).is_some_and(|n| n.kind == NodeKind::File && n.owner != *owner && n.key.as_deref() != Some(saw.as_str())) {
             return;
-        };
-        let n = n.clone();
-        let c = self.copy_name(path, n.owner.as_deref(), n.changed_ms);
-        self.conflicts.push(format!(
-            "{}: {what} by machine {} at {}, which had not seen the version machine {} wrote at {} (object {}): that is kept as {}",
-            shown(path),
-            self.applying_machine(),
-            crate::restore::fmt_ms(self.applying_ts),
-            n.owner.clone().unwrap_or_default(),
-            crate::restore::fmt_ms(n.changed_ms),
-            n.key.clone().unwrap_or_default(),
-            shown(&c)
-        ));
-        self.nodes.remove(path);
-        self.nodes.insert(c, n);
+        }
+        self.move_to_copy(path, |t, n| {
+            format!(
+                "{what} by machine {} at {}, which had not seen the version machine {} wrote at {} (object {}): that version",
+                t.applying_machine(),
+                crate::restore::fmt_ms(t.applying_ts),
+                n.owner.clone().unwrap_or_default(),
+                crate::restore::fmt_ms(n.changed_ms),
+                n.key.clone().unwrap_or_default()
+            )
+        });
     }
 
     fn remove_subtree(&mut self, path: &str) {

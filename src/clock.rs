@@ -107,9 +107,67 @@ pub mod nanos_json {
     }
 }
 
+/// Parse an RFC 1123 date as S3 sends it ("Fri, 21 Dec 2012 00:00:00 GMT") to Unix ms.
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() < 5 {
+        return None;
+    }
+    let day: i64 = parts[1].parse().ok()?;
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == parts[2])? as i64 + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<i64> = parts[4].split(':').map(|x| x.parse().ok()).collect::<Option<Vec<_>>>()?;
+    if hms.len() != 3 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(((days * 86400) + hms[0] * 3600 + hms[1] * 60 + hms[2]) * 1000)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719468;
+    let era = if z >= 0 { z } else { z - 146096 } / 146097;
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// "2026-11-22 03:40:12 UTC"
+pub fn fmt_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+    let s = secs.rem_euclid(86400);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", s / 3600, s % 3600 / 60, s % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_roundtrip() {
+        let ms = parse_http_date("Fri, 21 Dec 2012 00:00:00 GMT").unwrap();
+        assert_eq!(ms, 1_356_048_000_000);
+        assert_eq!(fmt_ms(ms), "2012-12-21 00:00:00 UTC");
+        assert_eq!(fmt_ms(parse_http_date("Tue, 24 Nov 2026 03:26:21 GMT").unwrap()), "2026-11-24 03:26:21 UTC");
+        assert!(parse_http_date("garbage").is_none());
+    }
 
     /// The times smbtorture's `smb2.timestamps` sets, and the ends of FILETIME.
     const TIMES_S: [i128; 7] = [-11_644_473_600, -1, 0, 1, 4_294_967_295, 10_000_000_000, 15_032_385_535];

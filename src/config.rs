@@ -129,8 +129,8 @@ impl Config {
         if self.bucket.is_empty() {
             bail!("bucket is empty");
         }
-        if !crate::store::STORAGE_CLASSES.contains(&self.default_storage_class.as_str()) {
-            bail!("unknown default_storage_class {:?}; one of {:?}", self.default_storage_class, crate::store::STORAGE_CLASSES);
+        if crate::vault::StorageClass::choose(&self.default_storage_class).is_err() {
+            bail!("unknown default_storage_class {:?}; one of {:?}", self.default_storage_class, crate::vault::StorageClass::CHOOSABLE);
         }
         for r in &self.rules {
             crate::rules::validate_class(&r.class).map_err(|e| anyhow::anyhow!("rule {:?}: {e}", r.glob))?;
@@ -139,8 +139,8 @@ impl Config {
         parse_size(&self.small_file_threshold).context("small_file_threshold")?;
         parse_size(&self.restore.daily_budget).context("restore.daily_budget")?;
         for t in [&self.restore.glacier_tier, &self.restore.deep_archive_tier] {
-            if !crate::restore::TIERS.contains(&t.as_str()) {
-                bail!("unknown restore tier {t:?}; one of {:?}", crate::restore::TIERS);
+            if crate::vault::Tier::parse(t).is_none() {
+                bail!("unknown restore tier {t:?}; one of {:?}", crate::vault::Tier::NAMES);
             }
         }
         if self.restore.days < 1 {

@@ -109,7 +109,14 @@ impl Daemon {
             vec![rt.spawn(uploader.run()), rt.spawn(crate::remote_meta::journal::run(fs.clone(), fs.cfg.journal.clone(), stop_rx.clone()))];
         if fs.keys.secret.is_some() {
             // Restores and class refreshes need read rights a write-only mount does not have.
-            tasks.push(rt.spawn(crate::restore::poller::run(fs.clone(), stop_rx.clone())));
+            let poller = crate::restore::poller::Poller {
+                index: fs.clone(),
+                store: fs.store.clone(),
+                cfg: fs.cfg.restore.clone(),
+                prefix: fs.cfg.prefix.clone(),
+                wakeup: fs.restore_wakeup.clone(),
+            };
+            tasks.push(rt.spawn(poller.run(stop_rx.clone())));
         }
         tasks.push(rt.spawn(sweep_multipart(fs.clone(), stop_rx.clone())));
         // Poll often enough that the settle delay is honoured to within ~0.25 s.

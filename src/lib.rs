@@ -18,6 +18,9 @@
 //! * [`daemon`]  — wiring for `coldvault mount`: store, fs, uploader, sealer, FUSE session.
 //! * [`fuzz`]    — every parser of bucket input, as the fuzz targets and the corpus replay call it.
 //! * [`sync`]    — the core's locks, swapped for shuttle's in the model-checked tests.
+//! * [`vault`]   — the vocabulary every layer shares: storage classes, restore tiers and states,
+//!   upload states, special files, header fields. A leaf: it imports nothing of the crate.
+//! * [`clock`], [`text`] — times and sizes as the index, the bucket and the user see them.
 
 // Every `unsafe` block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -40,4 +43,6 @@ pub mod sealed;
 pub mod staging;
 pub mod store;
 pub mod sync;
+pub mod text;
 pub mod upload;
+pub mod vault;

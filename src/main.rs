@@ -1142,8 +1142,8 @@ fn archive_settings(cfg: &Config, a: &MountArgs) -> Result<(coldvault::rules::Cl
     }
     .filter(|d| !d.is_zero());
     let restore = coldvault::fs::RestoreConfig {
-        glacier_tier: rs.glacier_tier.clone(),
-        deep_archive_tier: rs.deep_archive_tier.clone(),
+        glacier_tier: tier(&rs.glacier_tier)?,
+        deep_archive_tier: tier(&rs.deep_archive_tier)?,
         days: rs.days,
         daily_budget: config::parse_size(a.restore_budget.as_deref().unwrap_or(&rs.daily_budget))?,
         indexers: rs.indexers.clone(),
@@ -1292,10 +1292,15 @@ fn find_mount(p: &Path) -> Result<(PathBuf, String)> {
     }
 }
 
+/// A restore tier as a config file names it.
+fn tier(t: &str) -> Result<coldvault::vault::Tier> {
+    coldvault::vault::Tier::parse(t).ok_or_else(|| anyhow!("unknown restore tier {t:?}; one of {:?}", coldvault::vault::Tier::NAMES))
+}
+
 fn cmd_restore(tier: Option<String>, days: Option<i32>, dry_run: bool, paths: Vec<PathBuf>) -> Result<()> {
     if let Some(t) = &tier {
-        if !coldvault::restore::TIERS.contains(&t.as_str()) {
-            bail!("unknown tier {t:?}; one of {:?}", coldvault::restore::TIERS);
+        if coldvault::vault::Tier::parse(t).is_none() {
+            bail!("unknown tier {t:?}; one of {:?}", coldvault::vault::Tier::NAMES);
         }
     }
     if days.is_some_and(|d| d < 1) {

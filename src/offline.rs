@@ -8,6 +8,7 @@ use coldvault::extract::{self, Dest};
 use coldvault::remote_meta::{self, NodeKind, Tree};
 use coldvault::sealed::{self, Budget};
 use coldvault::store::{ObjectStore, PutOptions, StoreError};
+use coldvault::vault::{StorageClass, Tier};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,11 @@ pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
         eprintln!("coldvault: conflict: {c}");
     }
     Ok(tree)
+}
+
+/// A tier of the config file (checked when it was loaded; Standard if not).
+fn tier_of(t: &str) -> Tier {
+    Tier::parse(t).unwrap_or(Tier::Standard)
 }
 
 fn norm(p: &str) -> Result<String> {
@@ -284,8 +290,9 @@ pub async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, pa
             let Some((rel, (vp, n))) = queue.next() else { break };
             let class = n.class.clone().unwrap_or_default();
             let restore = o.restore.then(|| {
-                let tier = coldvault::restore::default_tier(&class, &cfg.restore.glacier_tier, &cfg.restore.deep_archive_tier);
-                (tier, (!coldvault::restore::is_intelligent_tiering_archive(&class)).then_some(cfg.restore.days))
+                let class = StorageClass::parse(&class);
+                let tier = coldvault::restore::default_tier(&class, tier_of(&cfg.restore.glacier_tier), tier_of(&cfg.restore.deep_archive_tier));
+                (tier.as_str().to_string(), (!class.is_it_archive()).then_some(cfg.restore.days))
             });
             let (f, dd, p) = (fetch.clone(), d.clone(), progress.clone());
             let n = n.clone();
@@ -381,7 +388,7 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
             .into_iter()
             .map(|f| Recorded {
                 path: db.path_of(f.ino).unwrap_or_else(|_| format!("inode {}", f.ino)),
-                class: f.storage_class.clone().unwrap_or_else(|| "STANDARD".into()),
+                class: f.storage_class.clone().unwrap_or_default().to_string(),
                 want: extract::Wanted { key: f.object_key.unwrap_or_default(), size: f.size, sha256: f.sha256.unwrap_or_default(), header: f.header },
             })
             .collect()
@@ -426,7 +433,7 @@ pub async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: 
                 notes.push(format!("{path}: storage class is {class}, uploaded as {}", f.class));
             }
         }
-        if deep && coldvault::restore::needs_restore(class) {
+        if deep && StorageClass::parse(class).needs_restore() {
             notes.push(format!("{path}: archived ({class}), not read"));
         } else if deep {
             let keys = keys.ok_or_else(|| anyhow!("--deep needs the passphrase"))?;

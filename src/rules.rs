@@ -5,6 +5,7 @@
 //! Globs: `*` matches within one path component, `?` one character, `**` any number of
 //! components. A pattern without `/` matches the file name in any folder (`*.CR2`).
 
+use crate::vault::StorageClass;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -26,23 +27,19 @@ pub struct ClassPolicy {
     pub small_file_class: String,
 }
 
-/// Classes S3 bills with a minimum object size and that need a restore: the small-file guard
-/// keeps tiny files out of them.
-fn guarded(class: &str) -> bool {
-    matches!(class, "GLACIER" | "DEEP_ARCHIVE")
-}
-
 impl ClassPolicy {
     /// (storage class, tags) for a file at `path` of `size` bytes.
-    pub fn choose(&self, path: &str, size: u64) -> (String, BTreeMap<String, String>) {
+    /// Archive classes (those that need a restore) bill a minimum object size: the small-file
+    /// guard keeps tiny files out of them.
+    pub fn choose(&self, path: &str, size: u64) -> (StorageClass, BTreeMap<String, String>) {
         let (class, tags) = self
             .rules
             .iter()
             .find(|r| matches(&r.glob, path))
-            .map(|r| (r.class.clone(), r.tags.clone()))
-            .unwrap_or_else(|| (self.default_class.clone(), BTreeMap::new()));
-        if guarded(&class) && size < self.small_file_threshold {
-            return (self.small_file_class.clone(), tags);
+            .map(|r| (StorageClass::parse(&r.class), r.tags.clone()))
+            .unwrap_or_else(|| (StorageClass::parse(&self.default_class), BTreeMap::new()));
+        if class.needs_restore() && size < self.small_file_threshold {
+            return (StorageClass::parse(&self.small_file_class), tags);
         }
         (class, tags)
     }
@@ -60,11 +57,7 @@ pub fn parse_rule(s: &str) -> Result<ClassRule, String> {
 }
 
 pub fn validate_class(c: &str) -> Result<(), String> {
-    if crate::store::STORAGE_CLASSES.contains(&c) {
-        Ok(())
-    } else {
-        Err(format!("unknown storage class {c:?}; one of {}", crate::store::STORAGE_CLASSES.join(", ")))
-    }
+    StorageClass::choose(c).map(drop).map_err(|e| e.to_string())
 }
 
 /// URL-encoded tag set for PutObject's `Tagging`.

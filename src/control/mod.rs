@@ -309,13 +309,18 @@ fn restore_paths(fs: &Fs, paths: &[String], tier: Option<String>, days: Option<i
             Err(e) => return Reply::Error { message: e.to_string() },
         }
     }
+    let tier = match tier.as_deref().map(|t| crate::vault::Tier::parse(t).ok_or(t)) {
+        Some(Err(t)) => return Reply::Error { message: format!("unknown restore tier {t:?}; one of Expedited, Standard, Bulk") },
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
     let rc = &fs.cfg.restore;
     let (mut bytes, mut cost, mut requested) = (0u64, 0f64, 0u64);
     for f in files.values() {
         let class = f.storage_class.clone().unwrap_or_default();
-        let t = tier.clone().unwrap_or_else(|| crate::restore::default_tier(&class, &rc.glacier_tier, &rc.deep_archive_tier));
+        let t = tier.unwrap_or_else(|| crate::restore::default_tier(&class, rc.glacier_tier, rc.deep_archive_tier));
         bytes += f.size;
-        cost += crate::restore::cost_estimate(&class, &t, f.size, 1);
+        cost += crate::restore::cost_estimate(&class, t, f.size, 1);
         if !dry_run {
             match fs.request_restore(f, &class, 0, Some(t), days, false) {
                 Ok(true) => requested += 1,

@@ -135,7 +135,7 @@ impl Fs {
                     f.state == State::Uploaded
                         && f.size > 0
                         && f.header.is_some()
-                        && !f.storage_class.as_deref().is_some_and(crate::store::is_archive_class)
+                        && !f.storage_class.as_ref().is_some_and(crate::vault::StorageClass::needs_restore)
                         && !c.open.contains_key(&f.ino)
                         && matches!(self.source_of(&c, f), Ok(Source::Remote(_)))
                 })
@@ -166,6 +166,14 @@ impl Fs {
             }
             self.ahead().started.push_back((f.ino, Instant::now(), r));
         }
+    }
+}
+
+#[cfg(test)]
+impl Fs {
+    /// Files whose beginnings were requested ahead and not opened yet.
+    pub(super) fn started_ahead(&self) -> Vec<u64> {
+        self.ahead().started.iter().map(|(ino, _, _)| *ino).collect()
     }
 }
 

@@ -2,25 +2,10 @@
 
 use super::*;
 use crate::meta::IndexResult;
-use crate::restore::poller::RestoreBook;
+use crate::restore::poller::RestoreIndex;
+use crate::vault::{RState, StorageClass, Tier};
 
-impl RestoreBook for Fs {
-    fn store(&self) -> &dyn ObjectStore {
-        self.store.as_ref()
-    }
-
-    fn config(&self) -> &RestoreConfig {
-        &self.cfg.restore
-    }
-
-    fn prefix(&self) -> &str {
-        &self.cfg.prefix
-    }
-
-    fn wakeup(&self) -> &tokio::sync::Notify {
-        &self.restore_wakeup
-    }
-
+impl RestoreIndex for Fs {
     fn restores(&self) -> IndexResult<Vec<crate::restore::Restore>> {
         Ok(Fs::restores(self)?)
     }
@@ -29,11 +14,7 @@ impl RestoreBook for Fs {
         Ok(Fs::put_restore(self, r)?)
     }
 
-    fn apply_head(&self, r: &mut crate::restore::Restore, h: &crate::store::HeadInfo) {
-        Fs::apply_head(self, r, h)
-    }
-
-    fn set_class_by_key(&self, key: &str, class: &str) -> IndexResult<usize> {
+    fn set_class_by_key(&self, key: &str, class: &StorageClass) -> IndexResult<usize> {
         Ok(self.core().db.set_storage_class_by_key(key, class)?)
     }
 
@@ -43,7 +24,7 @@ impl RestoreBook for Fs {
             return None;
         }
         let header = i.header?;
-        Some(crate::restore::poller::RestoredCopy { path: self.staging.rcache_path(&header[96..128]), header, size: i.size })
+        Some(crate::restore::poller::RestoredCopy { path: self.staging.rcache_path(header::commitment(&header)), header, size: i.size })
     }
 }
 
@@ -54,26 +35,27 @@ impl Fs {
     /// answers `Archived` (EAGAIN). Called from open, on a blocking thread.
     pub(super) fn check_restore(&self, i: &Inode, pid: u32) -> Result<()> {
         let Some(class) = i.storage_class.clone() else { return Ok(()) };
-        if !crate::restore::needs_restore(&class) {
+        if !class.needs_restore() {
             return Ok(());
         }
         if let Some(h) = &i.header {
-            if self.staging.rcache_path(&h[96..128]).exists() || self.staging.rcache_plain_path(&h[96..128]).exists() {
+            let commitment = header::commitment(h);
+            if self.staging.rcache_path(commitment).exists() || self.staging.rcache_plain_path(commitment).exists() {
                 return Ok(()); // a fetched copy of the restored object, or the version kept after its upload
             }
         }
         let now = now_ms();
         let existing = self.core().db.restore(i.ino)?;
         match existing {
-            Some(r) if r.state == crate::restore::RState::Ready && r.expiry_ms.is_none_or(|e| e > now) => Ok(()),
+            Some(r) if r.readable_at(now) => Ok(()),
             Some(mut r) if r.state.pending() => {
-                if r.state == crate::restore::RState::InProgress && now - r.last_check_ms >= OPEN_HEAD_INTERVAL_MS {
+                if r.state == RState::InProgress && now - r.last_check_ms >= OPEN_HEAD_INTERVAL_MS {
                     let key = r.object_key.clone();
                     let head = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), self.store.head_object(&key)).await });
                     if let Ok(Ok(h)) = head {
-                        self.apply_head(&mut r, &h);
+                        crate::restore::apply_head(&mut r, &h, now_ms());
                         self.core().db.put_restore(&r)?;
-                        if r.state == crate::restore::RState::Ready {
+                        if r.state == RState::Ready {
                             return Ok(());
                         }
                     }
@@ -90,21 +72,21 @@ impl Fs {
     /// Record a restore request (the restore task sends it). For automatic requests (`auto`),
     /// the indexer rule and the daily budget apply and may record a refusal instead.
     /// Returns true if a request was recorded.
-    pub fn request_restore(&self, i: &Inode, class: &str, pid: u32, tier: Option<String>, days: Option<i32>, auto: bool) -> Result<bool> {
+    pub fn request_restore(&self, i: &Inode, class: &StorageClass, pid: u32, tier: Option<Tier>, days: Option<i32>, auto: bool) -> Result<bool> {
         let now = now_ms();
         let rc = &self.cfg.restore;
-        let tier = tier.unwrap_or_else(|| crate::restore::default_tier(class, &rc.glacier_tier, &rc.deep_archive_tier));
-        let days = if crate::restore::is_intelligent_tiering_archive(class) { None } else { Some(days.unwrap_or(rc.days)) };
+        let tier = tier.unwrap_or_else(|| crate::restore::default_tier(class, rc.glacier_tier, rc.deep_archive_tier));
+        let days = if class.is_it_archive() { None } else { Some(days.unwrap_or(rc.days)) };
         let mut r = crate::restore::Restore {
             ino: i.ino,
             object_key: i.object_key.clone().unwrap_or_default(),
-            state: crate::restore::RState::Requesting,
-            class: class.to_string(),
-            tier: tier.clone(),
+            state: RState::Requesting,
+            class: class.clone(),
+            tier,
             days,
             size: i.size,
             requested_ms: now,
-            expected_ms: now + crate::restore::expected_duration(class, &tier).as_millis() as i64,
+            expected_ms: now + crate::restore::expected_duration(class, tier).as_millis() as i64,
             expiry_ms: None,
             expiry_text: None,
             last_check_ms: 0,
@@ -117,14 +99,14 @@ impl Fs {
         // Checked under the lock: concurrent opens and reads (kernel readahead) of one file
         // must produce one request, never two.
         if let Some(cur) = c.db.restore(i.ino)? {
-            let live = cur.state.pending() || (cur.state == crate::restore::RState::Ready && cur.expiry_ms.is_none_or(|e| e > now));
+            let live = cur.state.pending() || cur.readable_at(now);
             if live && cur.object_key == r.object_key {
                 return Ok(false);
             }
         }
         if auto {
             if let Some(name) = crate::restore::indexer_name(pid, &rc.indexers) {
-                r.state = crate::restore::RState::Refused;
+                r.state = RState::Refused;
                 r.reason = Some(format!("opened by {name}, a known indexer or thumbnailer; those never trigger restores"));
                 tracing::info!(ino = i.ino, process = %name, "restore refused: indexer");
                 c.db.put_restore(&r)?;
@@ -133,19 +115,19 @@ impl Fs {
             let day_start = now - now.rem_euclid(86_400_000);
             let used = c.db.auto_restore_bytes_since(day_start)?;
             if used + i.size > rc.daily_budget {
-                r.state = crate::restore::RState::Refused;
+                r.state = RState::Refused;
                 r.reason = Some(format!(
                     "the daily budget for automatic restores ({}) would be exceeded ({} already requested today, this file {})",
-                    crate::restore::human_bytes(rc.daily_budget),
-                    crate::restore::human_bytes(used),
-                    crate::restore::human_bytes(i.size)
+                    crate::text::human_bytes(rc.daily_budget),
+                    crate::text::human_bytes(used),
+                    crate::text::human_bytes(i.size)
                 ));
                 tracing::warn!(ino = i.ino, used, budget = rc.daily_budget, "restore refused: daily budget");
                 c.db.put_restore(&r)?;
                 return Ok(false);
             }
         }
-        tracing::info!(ino = i.ino, class, tier = %r.tier, auto, "restore requested");
+        tracing::info!(ino = i.ino, class = %class, tier = %r.tier, auto, "restore requested");
         c.db.put_restore(&r)?;
         drop(c);
         self.restore_wakeup.notify_one();
@@ -159,43 +141,14 @@ impl Fs {
         let Some(key) = i.object_key.clone() else { return };
         let head = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), self.store.head_object(&key)).await });
         let Ok(Ok(h)) = head else { return };
-        let class = effective_class(&h);
+        let class = h.class();
         tracing::info!(ino, class = %class, "object moved to an archive tier behind our back");
         i.storage_class = Some(class.clone());
         if self.core().db.update(&i).is_err() {
             return;
         }
-        if crate::restore::needs_restore(&class) {
+        if class.needs_restore() {
             let _ = self.request_restore(&i, &class, 0, None, None, true);
-        }
-    }
-
-    /// Fold a HeadObject answer into a restore record.
-    pub fn apply_head(&self, r: &mut crate::restore::Restore, h: &crate::store::HeadInfo) {
-        let now = now_ms();
-        r.last_check_ms = now;
-        let class = effective_class(h);
-        if !crate::restore::needs_restore(&class) && class != "INTELLIGENT_TIERING" {
-            // Moved back out of the archive tier: readable, nothing to wait for.
-            r.state = crate::restore::RState::Ready;
-            r.expiry_ms = None;
-            r.expiry_text = Some(format!("indefinitely (now in {class})"));
-            return;
-        }
-        match &h.restore {
-            Some(rs) if !rs.ongoing => {
-                r.state = crate::restore::RState::Ready;
-                r.expiry_text = rs.expiry.clone();
-                r.expiry_ms = rs.expiry.as_deref().and_then(crate::restore::parse_http_date);
-            }
-            Some(_) => r.state = crate::restore::RState::InProgress,
-            None if class == "INTELLIGENT_TIERING" && h.archive_status.is_none() => {
-                // Intelligent-Tiering moved it back to a frequent-access tier.
-                r.state = crate::restore::RState::Ready;
-                r.expiry_ms = None;
-                r.expiry_text = Some("indefinitely (back in a frequent-access tier)".into());
-            }
-            None => {}
         }
     }
 
@@ -229,13 +182,11 @@ impl Fs {
         let now = now_ms();
         let mut out = Vec::new();
         for f in files {
-            let archived = f.state == State::Uploaded && f.storage_class.as_deref().is_some_and(crate::restore::needs_restore);
+            let archived = f.state == State::Uploaded && f.storage_class.as_ref().is_some_and(StorageClass::needs_restore);
             if !archived {
                 continue;
             }
-            let ready =
-                c.db.restore(f.ino)?
-                    .is_some_and(|r| r.state.pending() || (r.state == crate::restore::RState::Ready && r.expiry_ms.is_none_or(|e| e > now)));
+            let ready = c.db.restore(f.ino)?.is_some_and(|r| r.state.pending() || r.readable_at(now));
             if !ready {
                 out.push(f);
             }

@@ -102,7 +102,7 @@ impl Fs {
                     let path = c.db.path_of(r.ino).unwrap_or_default();
                     let when = match r.state {
                         crate::restore::RState::Ready => r.expiry_text.clone().unwrap_or_default(),
-                        _ => crate::restore::fmt_ms(r.expected_ms),
+                        _ => crate::clock::fmt_ms(r.expected_ms),
                     };
                     t.push_str(&format!(
                         "{path}\t{}\t{}\t{}\t{}\t{}\t{when}\t{}\n",
@@ -110,7 +110,7 @@ impl Fs {
                         r.class,
                         r.tier,
                         r.size,
-                        crate::restore::fmt_ms(r.requested_ms),
+                        crate::clock::fmt_ms(r.requested_ms),
                         r.reason.clone().unwrap_or_default()
                     ));
                 }

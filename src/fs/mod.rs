@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::meta::{MAX_NAME, MAX_PATH};
-pub use crate::store::effective_class;
+use crate::vault::{header, StorageClass, UploadState};
 /// Below this much free space, sealing gives up the staging reserve (`Staging::release_reserve`)
 /// so that the index can record the seals that free the disk.
 const SEAL_HEADROOM: u64 = 16 << 20;
@@ -223,7 +223,7 @@ pub struct Fs {
     /// Woken when an upload is queued.
     pub upload_wakeup: tokio::sync::Notify,
     /// Woken when a restore is recorded and must be sent.
-    pub restore_wakeup: tokio::sync::Notify,
+    pub restore_wakeup: Arc<tokio::sync::Notify>,
     /// Woken to upload the journal now (flush, many pending entries).
     pub journal_wakeup: tokio::sync::Notify,
     /// One journal flusher at a time.
@@ -306,7 +306,7 @@ impl Fs {
             ahead: Default::default(),
             reads_trimmed: Default::default(),
             upload_wakeup: tokio::sync::Notify::new(),
-            restore_wakeup: tokio::sync::Notify::new(),
+            restore_wakeup: Default::default(),
             journal_wakeup: tokio::sync::Notify::new(),
             journal_lock: tokio::sync::Mutex::new(()),
             seal_lock: Mutex::new(()),
@@ -481,9 +481,9 @@ impl Fs {
             // index never said so (a power cut loses `uploading`): at least one attempt, so that
             // cancelling it journals a Discard of its key (else a landed object came back after
             // the file was deleted: it was neither mentioned nor dead).
-            if u.state == "uploading" || u.attempts == 0 {
-                let next = if u.state == "uploading" { 0 } else { u.next_try_ms };
-                c.db.set_upload_state(u.id, "queued", u.attempts.max(1), next, u.last_error.as_deref())?;
+            if u.state == UploadState::Uploading || u.attempts == 0 {
+                let next = if u.state == UploadState::Uploading { 0 } else { u.next_try_ms };
+                c.db.set_upload_state(u.id, UploadState::Queued, u.attempts.max(1), next, u.last_error.as_deref())?;
             }
             keep_outbox.insert((u.ino, u.content_gen));
         }
@@ -494,7 +494,7 @@ impl Fs {
         // Each inode in the outbox has a live upload row in the same state, or it is a file
         // nothing would ever advance (review N12: a `failed` row under a `sealed` inode, left
         // by a crash between two commits of an older build; a version dropped above).
-        let rows: HashMap<(u64, i64), bool> = c.db.uploads()?.into_iter().map(|u| ((u.ino, u.content_gen), u.state == "failed")).collect();
+        let rows: HashMap<(u64, i64), bool> = c.db.uploads()?.into_iter().map(|u| ((u.ino, u.content_gen), u.state == UploadState::Failed)).collect();
         for mut i in c.db.files_in_state(&[State::Sealed, State::Failed])? {
             let want = match rows.get(&(i.ino, i.content_gen)) {
                 Some(true) => State::Failed,
@@ -564,7 +564,7 @@ impl Fs {
         {
             let c = self.core();
             let headers = c.db.file_headers()?.into_iter().chain(c.db.uploads()?.into_iter().map(|u| u.header));
-            versions.extend(headers.filter(|h| h.len() == HEADER_LEN).map(|h| hex::encode(&h[96..128])));
+            versions.extend(headers.filter(|h| h.len() == HEADER_LEN).map(|h| hex::encode(header::commitment(&h))));
         }
         removed += self.staging.remove_rcache_orphans(&versions)?;
         if removed > 0 {
@@ -624,7 +624,7 @@ impl Fs {
         if u.dk.is_none() || u.header.len() != HEADER_LEN {
             return Ok(());
         }
-        let cached = self.staging.rcache_plain_path(&u.header[96..128]);
+        let cached = self.staging.rcache_plain_path(header::commitment(&u.header));
         if cached.exists() {
             tracing::info!(upload = u.id, ino = u.ino, "a sealed version found in the read cache after a restart; queued again");
             std::fs::rename(&cached, self.staging.frozen_path(u.ino, u.content_gen))?;

@@ -89,18 +89,12 @@ impl Fs {
     /// mknod: regular files are created empty; FIFOs, sockets and device nodes live in the
     /// index only (nothing to upload) and are journaled so a rebuild recreates them.
     pub fn mknod(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, rdev: u32, uid: u32, gid: u32) -> Result<Inode> {
-        let special = match mode & libc::S_IFMT {
-            libc::S_IFREG | 0 => {
-                let (i, fh) = self.create(parent, name, mode, uid, gid)?;
-                self.release(fh)?;
-                return Ok(i);
-            }
-            libc::S_IFIFO => "fifo:0".to_string(),
-            libc::S_IFSOCK => "sock:0".to_string(),
-            libc::S_IFCHR => format!("chr:{rdev}"),
-            libc::S_IFBLK => format!("blk:{rdev}"),
-            _ => return Err(FsError::Invalid("mknod of this file type")),
-        };
+        if matches!(mode & libc::S_IFMT, libc::S_IFREG | 0) {
+            let (i, fh) = self.create(parent, name, mode, uid, gid)?;
+            self.release(fh)?;
+            return Ok(i);
+        }
+        let special = crate::vault::Special::from_mode(mode, rdev).ok_or(FsError::Invalid("mknod of this file type"))?.to_string();
         let mut c = self.core();
         self.in_op(&mut c, |c| {
             let name = Self::check_new_entry(c, parent, name)?;
@@ -211,8 +205,8 @@ impl Fs {
     pub(super) fn forget_versions(&self, c: &mut Core, old: Option<&Inode>, ups: &[Upload]) {
         if let Some(h) = old.and_then(|i| i.header.as_ref()) {
             if h.len() == HEADER_LEN {
-                Self::remove_when_durable(c, self.staging.rcache_plain_path(&h[96..128]));
-                Self::remove_when_durable(c, self.staging.rcache_path(&h[96..128]));
+                Self::remove_when_durable(c, self.staging.rcache_plain_path(header::commitment(h)));
+                Self::remove_when_durable(c, self.staging.rcache_path(header::commitment(h)));
             }
         }
         for u in ups {
@@ -399,8 +393,8 @@ impl Fs {
         if dst.kind == Kind::File && src.kind == Kind::File && src.object_key.is_none() && c.db.latest_version(src.ino)?.is_none() {
             if let (Some(k), Some(h), None) = (&dst.object_key, &dst.header, c.db.latest_version(dst.ino)?) {
                 // An uploaded file recorded before versions were kept: its version first.
-                let class = dst.storage_class.as_deref().unwrap_or("STANDARD");
-                let v = crate::meta::Version::of(dst, k, class, dst.sha256.as_deref().unwrap_or_default(), h);
+                let class = dst.storage_class.clone().unwrap_or_default();
+                let v = crate::meta::Version::of(dst, k, &class, dst.sha256.as_deref().unwrap_or_default(), h);
                 Db::add_version(conn, &v, 0)?;
             }
             Db::move_versions(conn, dst.ino, src.ino)?;

@@ -24,11 +24,11 @@ impl Fs {
         }
         if i.state == State::Uploaded {
             let h = i.header.as_deref().ok_or(FsError::Invalid("no header"))?;
-            let cached = self.staging.rcache_plain_path(&h[96..128]);
+            let cached = self.staging.rcache_plain_path(header::commitment(h));
             if cached.exists() {
                 return Ok(Source::Plain(cached));
             }
-            let cached = self.staging.rcache_path(&h[96..128]);
+            let cached = self.staging.rcache_path(header::commitment(h));
             if cached.exists() {
                 return Ok(Source::Local(cached));
             }

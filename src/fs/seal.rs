@@ -133,7 +133,7 @@ impl Fs {
     /// reached the bucket); the others are discarded. Returns the discarded ones (their staged
     /// files go once the commit is durable; the kept one's stays until it lands).
     pub(super) fn supersede_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<Vec<Upload>> {
-        let (kept, gone): (Vec<Upload>, Vec<Upload>) = ups.iter().cloned().partition(|u| u.state == "uploading");
+        let (kept, gone): (Vec<Upload>, Vec<Upload>) = ups.iter().cloned().partition(|u| u.state == UploadState::Uploading);
         Self::discard_uploads(tx, &gone)?;
         for u in &kept {
             tracing::debug!(upload = u.id, "a version on the wire is kept going while the file is rewritten");
@@ -143,7 +143,7 @@ impl Fs {
 
     pub(super) fn discard_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<()> {
         for u in ups {
-            if u.state == "uploading" || u.attempts > 0 {
+            if u.state == UploadState::Uploading || u.attempts > 0 {
                 Self::discard_key(tx, &u.object_key)?;
             }
             Db::cancel_upload(tx, u.id)?;
@@ -244,7 +244,7 @@ impl Fs {
             size: i.size,
             enc_size: cipher.enc_len(),
             storage_class: class,
-            state: "queued".into(),
+            state: UploadState::Queued,
             attempts: 0,
             next_try_ms: 0,
             last_error: None,

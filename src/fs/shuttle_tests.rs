@@ -97,7 +97,7 @@ impl World {
                 continue;
             }
             let metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap();
-            let opts = PutOptions { storage_class: u.storage_class.clone(), metadata, tagging: u.tagging.clone(), if_none_match: true };
+            let opts = PutOptions { storage_class: u.storage_class.wire().to_string(), metadata, tagging: u.tagging.clone(), if_none_match: true };
             runtime().block_on(self.store.put_object(&u.object_key, body, &opts)).expect("a fresh key is never taken");
             fs.complete_uploads(std::slice::from_ref(u)).unwrap();
         }

@@ -66,11 +66,11 @@ impl Fs {
                 .map(|r| RestoreInfo {
                     path: c.db.path_of(r.ino).unwrap_or_default(),
                     state: r.state.as_str().to_string(),
-                    class: r.class,
-                    tier: r.tier,
+                    class: r.class.to_string(),
+                    tier: r.tier.to_string(),
                     size: r.size,
-                    requested_at: crate::restore::fmt_ms(r.requested_ms),
-                    expected_ready_by: crate::restore::fmt_ms(r.expected_ms),
+                    requested_at: crate::clock::fmt_ms(r.requested_ms),
+                    expected_ready_by: crate::clock::fmt_ms(r.expected_ms),
                     available_until: r.expiry_text,
                     reason: r.reason,
                 })

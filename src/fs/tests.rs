@@ -378,7 +378,9 @@ fn rewrite_after_seal_cancels_the_stale_upload() {
     // Partial rewrite of a sealed file: old bytes come back from the outbox. Rewritten while its
     // upload waits for a retry, not while an attempt is on the wire (that one would go on and
     // be recorded as a version of its own: a_file_rewritten_faster_than_it_uploads…).
-    wait_for("the failed attempt back in the queue", || e.fs().core().db.uploads().unwrap().iter().any(|u| u.state == "queued" && u.attempts >= 1));
+    wait_for("the failed attempt back in the queue", || {
+        e.fs().core().db.uploads().unwrap().iter().any(|u| u.state == UploadState::Queued && u.attempts >= 1)
+    });
     let fs = e.fs();
     let fh = fs.open(ino, true, false, 0).unwrap().0;
     fs.write(fh, 0, b"new").unwrap();
@@ -743,12 +745,46 @@ fn transition_behind_our_back_is_discovered_on_read() {
     let (fh, _) = fs.open(ino, false, false, 0).unwrap();
     assert_eq!(fs.read(fh, 0, 4096).unwrap_err().errno(), libc::EAGAIN);
     fs.release(fh).unwrap();
-    assert_eq!(fs.getattr(ino).unwrap().storage_class.as_deref(), Some("GLACIER"));
+    assert_eq!(fs.getattr(ino).unwrap().storage_class, Some(StorageClass::parse("GLACIER")));
     assert_eq!(open_errno(&e, ino, 0), Some(libc::EAGAIN));
     wait_for("restore", || open_errno(&e, ino, 0).is_none());
     assert_eq!(e.read_all(ino).unwrap(), d);
     assert_eq!(fs.store.counts()["RestoreObject"], 1);
     assert!(status_file(&e, ino).unwrap().contains("tier:              Standard"), "GLACIER defaults to Standard");
+}
+
+/// Folder read-ahead asks for the beginnings of the next files of a folder being copied, but
+/// never of one in an archive tier: an Intelligent-Tiering object that S3 moved to its Archive
+/// Access tier needs a restore as GLACIER does, and a GET of it only fails (and, through a
+/// share, costs a request per file per copy attempt).
+#[test]
+fn folder_read_ahead_skips_intelligent_tiering_archived_files() {
+    let e = Env::new();
+    let fs = e.fs();
+    let dir = fs.mkdir(ROOT, OsStr::new("album"), 0o755, 0, 0).unwrap();
+    let inos: Vec<u64> = (0..4).map(|k| e.write_file(dir.ino, &format!("{k}.jpg"), &data(200_000, 60 + k as u8))).collect();
+    fs.seal_ready(true).unwrap();
+    for &i in &inos {
+        e.wait_state(i, State::Uploaded);
+    }
+    // The third file goes to Intelligent-Tiering's Archive Access tier behind coldvault's back;
+    // a read learns it (HeadObject after the failed GET), as in a real bucket.
+    let key = fs.getattr(inos[2]).unwrap().object_key.unwrap();
+    e.store.set_storage_class(&key, "INTELLIGENT_TIERING");
+    e.store.set_archive_status(&key, Some("ARCHIVE_ACCESS"));
+    let (fh, _) = fs.open(inos[2], false, false, 0).unwrap();
+    assert_eq!(fs.read(fh, 0, 4096).unwrap_err().errno(), libc::EAGAIN);
+    fs.release(fh).unwrap();
+    assert_eq!(fs.getattr(inos[2]).unwrap().storage_class.unwrap().to_string(), "INTELLIGENT_TIERING/ARCHIVE_ACCESS");
+    // A copier reads the folder in order: after the first two files, the rest is read ahead.
+    for &i in &inos[..2] {
+        let (fh, _) = fs.open(i, false, false, 0).unwrap();
+        assert_eq!(fs.read(fh, 0, 4096).unwrap().len(), 4096);
+        fs.release(fh).unwrap();
+    }
+    let started = fs.started_ahead();
+    assert!(started.contains(&inos[3]), "the file after it is read ahead: {started:?}");
+    assert!(!started.contains(&inos[2]), "the archived file is not requested ahead");
 }
 
 #[test]
@@ -791,7 +827,7 @@ fn cost_guard_and_indexers_refuse_automatic_restores() {
     assert_eq!(e.fs().store.counts().get("RestoreObject"), None, "nothing requested over budget");
     // An explicit request ignores the budget.
     let i2 = e.fs().getattr(ino2).unwrap();
-    assert!(e.fs().request_restore(&i2, "DEEP_ARCHIVE", 0, Some("Standard".into()), Some(2), false).unwrap());
+    assert!(e.fs().request_restore(&i2, &StorageClass::DeepArchive, 0, Some(crate::vault::Tier::Standard), Some(2), false).unwrap());
     wait_for("explicit restore sent", || e.fs().store.counts().get("RestoreObject") == Some(&1));
 }
 
@@ -906,7 +942,7 @@ fn class_refresh_learns_transitions_and_tags_are_sent() {
     assert_eq!(o.tagging.as_deref(), Some("kind=master%20copy"));
     let heads = e.fs().store.counts().get("HeadObject").copied().unwrap_or(0); // the post-upload check
     e.store.set_storage_class(&key, "DEEP_ARCHIVE");
-    wait_for("refresh", || e.fs().getattr(ino).unwrap().storage_class.as_deref() == Some("DEEP_ARCHIVE"));
+    wait_for("refresh", || e.fs().getattr(ino).unwrap().storage_class == Some(StorageClass::parse("DEEP_ARCHIVE")));
     assert!(e.fs().store.counts()["ListObjectsV2"] >= 1);
     assert_eq!(e.fs().store.counts().get("HeadObject").copied().unwrap_or(0), heads, "learned from the listing, not per-file HEADs");
 }
@@ -2719,7 +2755,7 @@ fn a_file_deleted_after_a_crash_mid_upload_stays_deleted() {
         let c = fs.core();
         let u = c.db.uploads().unwrap().remove(0);
         // As a power cut leaves it: the row's `uploading` state never reached the disk.
-        c.db.set_upload_state(u.id, "queued", 0, i64::MAX, None).unwrap();
+        c.db.set_upload_state(u.id, UploadState::Queued, 0, i64::MAX, None).unwrap();
     }
     let d = e.daemon.take().unwrap();
     e.rt.block_on(d.crash());

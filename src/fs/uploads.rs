@@ -60,7 +60,7 @@ impl UploadQueue for Fs {
         self.mark_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let c = self.core();
         paired(&c.db, |db| {
-            db.set_upload_state(u.id, "uploading", u.attempts, u.next_try_ms, u.last_error.as_deref())?;
+            db.set_upload_state(u.id, UploadState::Uploading, u.attempts, u.next_try_ms, u.last_error.as_deref())?;
             if let Some(mut i) = db.get(u.ino)? {
                 if i.content_gen == u.content_gen && i.state.in_outbox() {
                     i.state = State::Uploading;
@@ -105,7 +105,7 @@ impl UploadQueue for Fs {
     fn upload_retry(&self, u: &Upload, err: &StoreError, delay: Duration) -> IndexResult<()> {
         let c = self.core();
         paired(&c.db, |db| {
-            db.set_upload_state(u.id, "queued", u.attempts + 1, now_ms() + delay.as_millis() as i64, Some(&err.to_string()))?;
+            db.set_upload_state(u.id, UploadState::Queued, u.attempts + 1, now_ms() + delay.as_millis() as i64, Some(&err.to_string()))?;
             if let Some(mut i) = db.get(u.ino)? {
                 if i.content_gen == u.content_gen && i.state == State::Uploading {
                     i.state = State::Sealed;
@@ -119,7 +119,7 @@ impl UploadQueue for Fs {
     fn upload_failed(&self, u: &Upload, err: &StoreError) -> IndexResult<()> {
         let c = self.core();
         paired(&c.db, |db| {
-            db.set_upload_state(u.id, "failed", u.attempts + 1, i64::MAX, Some(&err.to_string()))?;
+            db.set_upload_state(u.id, UploadState::Failed, u.attempts + 1, i64::MAX, Some(&err.to_string()))?;
             if let Some(mut i) = db.get(u.ino)? {
                 if i.content_gen == u.content_gen && i.state.in_outbox() {
                     i.state = State::Failed;
@@ -226,7 +226,7 @@ impl UploadQueue for Fs {
             // it back, `recover`.) Without a read cache the frozen file goes once the commit is
             // durable: until then the index on disk may still need it.
             if self.cfg.read_cache > 0 && u.enc_size <= self.cfg.read_cache {
-                for p in self.staging.keep_in_read_cache(u.ino, u.content_gen, &u.header[96..128], self.cfg.read_cache) {
+                for p in self.staging.keep_in_read_cache(u.ino, u.content_gen, header::commitment(&u.header), self.cfg.read_cache) {
                     Self::remove_when_durable(c, p);
                 }
             } else {
@@ -282,7 +282,7 @@ impl Fs {
             mode: v.mode,
             uid: v.uid,
             gid: v.gid,
-            class: v.storage_class.clone(),
+            class: v.storage_class.to_string(),
             sha256: v.sha256.clone(),
             header: B64.encode(&v.header),
             xattrs: i.xattrs.clone(),

@@ -8,6 +8,7 @@
 use crate::clock::Nanos;
 use crate::fs::{Fs, FsError};
 use crate::meta::{Inode, Kind};
+use crate::vault::Special;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
@@ -84,17 +85,12 @@ fn type_and_rdev(i: &Inode) -> (FileType, u32) {
         Kind::File => (FileType::RegularFile, 0),
         Kind::Dir => (FileType::Directory, 0),
         Kind::Symlink => (FileType::Symlink, 0),
-        Kind::Special => {
-            let t = i.target.as_deref().unwrap_or("fifo:0");
-            let (kind, rdev) = t.split_once(':').unwrap_or((t, "0"));
-            let rdev = rdev.parse().unwrap_or(0);
-            match kind {
-                "sock" => (FileType::Socket, 0),
-                "chr" => (FileType::CharDevice, rdev),
-                "blk" => (FileType::BlockDevice, rdev),
-                _ => (FileType::NamedPipe, 0),
-            }
-        }
+        Kind::Special => match Special::parse(i.target.as_deref().unwrap_or_default()) {
+            Special::Sock => (FileType::Socket, 0),
+            Special::Chr(rdev) => (FileType::CharDevice, rdev),
+            Special::Blk(rdev) => (FileType::BlockDevice, rdev),
+            Special::Fifo => (FileType::NamedPipe, 0),
+        },
     }
 }
 

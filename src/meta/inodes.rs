@@ -309,7 +309,7 @@ impl Db {
         Ok(out)
     }
 
-    pub fn set_storage_class_by_key(&self, key: &str, class: &str) -> Result<usize> {
+    pub fn set_storage_class_by_key(&self, key: &str, class: &StorageClass) -> Result<usize> {
         Ok(self.conn.exec(
             "UPDATE inodes SET storage_class=?2 WHERE object_key=?1 AND state='uploaded' AND coalesce(storage_class,'') != ?2
              AND NOT (?2 = 'INTELLIGENT_TIERING' AND coalesce(storage_class,'') LIKE 'INTELLIGENT_TIERING/%')",

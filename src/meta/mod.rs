@@ -16,7 +16,8 @@
 //! * the caller serialises access (one connection behind the filesystem's core lock).
 
 use crate::clock::{Nanos, SqlNanos};
-use crate::restore::{RState, Restore};
+use crate::vault::{RState, Restore, StorageClass, Tier, UploadState};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 
@@ -56,6 +57,47 @@ pub enum MetaError {
     Corrupt(String),
     #[error("index database: {0}")]
     Io(std::io::Error),
+}
+
+// The vault's values as columns: each is stored as the text `vault` gives it, so the schema
+// and the files of earlier builds are unchanged.
+
+impl ToSql for StorageClass {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str().into_owned()))
+    }
+}
+
+impl FromSql for StorageClass {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        Ok(StorageClass::parse(v.as_str()?))
+    }
+}
+
+impl ToSql for Tier {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Tier {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = v.as_str()?;
+        Tier::parse(s).ok_or_else(|| FromSqlError::Other(format!("restore tier {s:?}").into()))
+    }
+}
+
+impl ToSql for UploadState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for UploadState {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = v.as_str()?;
+        UploadState::parse(s).ok_or_else(|| FromSqlError::Other(format!("upload state {s:?}").into()))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;
@@ -151,7 +193,7 @@ pub struct Inode {
     /// When the content last changed (ms since epoch); the settle delay counts from here.
     pub dirty_ms: i64,
     pub object_key: Option<String>,
-    pub storage_class: Option<String>,
+    pub storage_class: Option<StorageClass>,
     /// The uploaded object's 128-byte header, so a read needs no extra GET for it.
     pub header: Option<Vec<u8>>,
     pub sha256: Option<String>,
@@ -172,9 +214,8 @@ pub struct Upload {
     pub path: String,
     pub size: u64,
     pub enc_size: u64,
-    pub storage_class: String,
-    /// "queued" | "uploading" | "failed"
-    pub state: String,
+    pub storage_class: StorageClass,
+    pub state: UploadState,
     pub attempts: i64,
     pub next_try_ms: i64,
     pub last_error: Option<String>,
@@ -216,7 +257,7 @@ pub struct Version {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub storage_class: String,
+    pub storage_class: StorageClass,
     pub sha256: String,
     pub header: Vec<u8>,
 }
@@ -224,7 +265,7 @@ pub struct Version {
 impl Version {
     /// The version at `object_key` with `i`'s size, times and owner (what a file describes once
     /// that version is its content).
-    pub fn of(i: &Inode, object_key: &str, storage_class: &str, sha256: &str, header: &[u8]) -> Version {
+    pub fn of(i: &Inode, object_key: &str, storage_class: &StorageClass, sha256: &str, header: &[u8]) -> Version {
         Version {
             object_key: object_key.to_string(),
             ino: i.ino,
@@ -233,7 +274,7 @@ impl Version {
             mode: i.mode,
             uid: i.uid,
             gid: i.gid,
-            storage_class: storage_class.to_string(),
+            storage_class: storage_class.clone(),
             sha256: sha256.to_string(),
             header: header.to_vec(),
         }

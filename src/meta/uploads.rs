@@ -73,7 +73,7 @@ impl Db {
         Ok(r)
     }
 
-    pub fn set_upload_state(&self, id: i64, state: &str, attempts: i64, next_try_ms: i64, err: Option<&str>) -> Result<()> {
+    pub fn set_upload_state(&self, id: i64, state: UploadState, attempts: i64, next_try_ms: i64, err: Option<&str>) -> Result<()> {
         self.conn.exec(
             "UPDATE uploads SET state=?2, attempts=?3, next_try_ms=?4, last_error=?5 WHERE id=?1",
             params![id, state, attempts, next_try_ms, err],

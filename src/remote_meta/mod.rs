@@ -1499,7 +1499,7 @@ async fn rebuild_once(
             tree.refused.push(format!("object {}: refused {why}", o.key));
             continue;
         }
-        adopt.push((o, crate::store::effective_class(&h), m, header, writer));
+        adopt.push((o, h.class().to_string(), m, header, writer));
     }
     // Full machines' orphans first: a write-only machine's cannot take their path before them;
     // then the newest version of each path first (the last seal wins: review N6, versions that

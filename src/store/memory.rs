@@ -7,6 +7,7 @@
 //! every call of one operation, or add latency.
 
 use super::*;
+use crate::vault::StorageClass;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -17,6 +18,8 @@ pub struct MemObject {
     pub restore_requested: Option<Instant>,
     pub restore_days: Option<i32>,
     pub tagging: Option<String>,
+    /// Intelligent-Tiering archive access tier the object sits in (`x-amz-archive-status`).
+    pub archive_status: Option<String>,
 }
 
 #[derive(Default)]
@@ -132,6 +135,18 @@ impl MemoryStore {
         if let Some(o) = i.objects.get_mut(key).and_then(|v| v.last_mut()) {
             o.storage_class = class.to_string();
             o.restore_requested = None;
+            o.archive_status = None;
+        }
+    }
+
+    /// Intelligent-Tiering moves an object into one of its archive access tiers
+    /// (`ARCHIVE_ACCESS`, `DEEP_ARCHIVE_ACCESS`) or, with None, back out: as S3 does after 90 or
+    /// 180 days without access when the bucket opts in. GETs then fail until it is restored.
+    pub fn set_archive_status(&self, key: &str, status: Option<&str>) {
+        let mut i = self.inner.lock().unwrap();
+        if let Some(o) = i.objects.get_mut(key).and_then(|v| v.last_mut()) {
+            o.archive_status = status.map(str::to_string);
+            o.restore_requested = None;
         }
     }
 
@@ -184,8 +199,12 @@ impl MemoryStore {
         Ok(())
     }
 
+    fn class(o: &MemObject) -> StorageClass {
+        StorageClass::from_head(&o.storage_class, o.archive_status.as_deref())
+    }
+
     fn readable(&self, o: &MemObject) -> bool {
-        if !is_archive_class(&o.storage_class) {
+        if !Self::class(o).needs_restore() {
             return true;
         }
         let d = *self.restore_delay.lock().unwrap();
@@ -213,7 +232,7 @@ impl MemoryStore {
 
     fn store(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
         let class = if opts.storage_class.is_empty() { "STANDARD".to_string() } else { opts.storage_class.clone() };
-        if !STORAGE_CLASSES.contains(&class.as_str()) {
+        if StorageClass::choose(&class).is_err() {
             return Err(StoreError::Permanent { code: "InvalidStorageClass".into(), message: class });
         }
         let o = MemObject {
@@ -223,6 +242,7 @@ impl MemoryStore {
             restore_requested: None,
             restore_days: None,
             tagging: opts.tagging.clone(),
+            archive_status: None,
         };
         self.inner.lock().unwrap().objects.entry(key.to_string()).or_default().push(o);
         Ok(())
@@ -325,18 +345,22 @@ impl ObjectStore for MemoryStore {
         self.enter("HeadObject").await?;
         let o = self.newest(key)?;
         let d = *self.restore_delay.lock().unwrap();
+        let it_archive = Self::class(&o).is_it_archive();
         let restore = match o.restore_requested {
             Some(t) if t.elapsed() < d => Some(RestoreState { ongoing: true, expiry: None }),
+            // An Intelligent-Tiering object restored is back in a frequent-access tier: no expiry.
+            Some(_) if it_archive => Some(RestoreState { ongoing: false, expiry: None }),
             Some(_) if self.readable(&o) => Some(RestoreState { ongoing: false, expiry: self.expiry_date(&o) }),
             _ => None, // never restored, or the restored copy expired
         };
+        let restored_it = it_archive && matches!(o.restore_requested, Some(t) if t.elapsed() >= d);
         let lie = self.head_size_lies.load(std::sync::atomic::Ordering::SeqCst) as u64;
         Ok(HeadInfo {
             size: o.body.len() as u64 + lie,
             storage_class: o.storage_class.clone(),
             metadata: o.metadata.clone(),
             restore,
-            archive_status: None,
+            archive_status: if restored_it { None } else { o.archive_status.clone() },
         })
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>> {
@@ -358,7 +382,7 @@ impl ObjectStore for MemoryStore {
         let d = *self.restore_delay.lock().unwrap();
         let mut i = self.inner.lock().unwrap();
         let o = i.objects.get_mut(key).and_then(|v| v.last_mut()).ok_or(StoreError::NotFound)?;
-        if !is_archive_class(&o.storage_class) {
+        if !Self::class(o).needs_restore() {
             return Err(StoreError::Permanent { code: "InvalidObjectState".into(), message: "not archived".into() });
         }
         if let Some(t) = o.restore_requested {
@@ -380,7 +404,7 @@ fn http_date(secs: i64) -> String {
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days.rem_euclid(7)) as usize];
-    let ms = crate::restore::fmt_ms(secs * 1000); // "YYYY-MM-DD hh:mm:ss UTC"
+    let ms = crate::clock::fmt_ms(secs * 1000); // "YYYY-MM-DD hh:mm:ss UTC"
     let (y, m, d) = (&ms[0..4], &ms[5..7], &ms[8..10]);
     let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][m.parse::<usize>().unwrap_or(1) - 1];
     format!("{wd}, {d} {mon} {y} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)

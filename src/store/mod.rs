@@ -84,12 +84,11 @@ pub struct HeadInfo {
     pub archive_status: Option<String>,
 }
 
-/// The storage class as the index records it: Intelligent-Tiering objects in an archive access
-/// tier become `INTELLIGENT_TIERING/<ARCHIVE_ACCESS|DEEP_ARCHIVE_ACCESS>`.
-pub fn effective_class(h: &HeadInfo) -> String {
-    match (&h.storage_class[..], &h.archive_status) {
-        ("INTELLIGENT_TIERING", Some(a)) => format!("INTELLIGENT_TIERING/{a}"),
-        (c, _) => c.to_string(),
+impl HeadInfo {
+    /// The storage class as the index records it: S3's class, and for Intelligent-Tiering the
+    /// archive access tier the object sits in, if any.
+    pub fn class(&self) -> crate::vault::StorageClass {
+        crate::vault::StorageClass::from_head(&self.storage_class, self.archive_status.as_deref())
     }
 }
 
@@ -234,10 +233,3 @@ impl ObjectStore for Counted {
         self.inner.check_bucket().await
     }
 }
-
-/// Storage classes whose objects must be restored before GET.
-pub fn is_archive_class(class: &str) -> bool {
-    matches!(class, "GLACIER" | "DEEP_ARCHIVE")
-}
-
-pub const STORAGE_CLASSES: &[&str] = &["STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"];

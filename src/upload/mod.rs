@@ -335,7 +335,7 @@ impl Uploader {
         metadata.retain(|(k, _)| k != crate::crypto::sign::META);
         metadata.push((crate::crypto::sign::META.to_string(), self.fs.sign_object(&u.object_key, &u.header)));
         // Data objects are never overwritten: a version's key is fresh and the write conditional.
-        PutOptions { storage_class: u.storage_class.clone(), metadata, tagging: u.tagging.clone(), if_none_match: true }
+        PutOptions { storage_class: u.storage_class.wire().to_string(), metadata, tagging: u.tagging.clone(), if_none_match: true }
     }
 
     fn journal<T>(r: IndexResult<T>) -> Result<T, StoreError> {

@@ -169,7 +169,7 @@ impl Fs {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "shuttle")))]
 impl Fs {
     /// Files whose beginnings were requested ahead and not opened yet.
     pub(super) fn started_ahead(&self) -> Vec<u64> {

@@ -23,29 +23,21 @@ pub struct GetArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     pass: PassArgs,
-    /// Request restores of archived files instead of only reporting them.
-    #[arg(long)]
-    restore: bool,
-    /// Restore owners (uid, gid) and keep setuid/setgid bits; root only. Without it,
-    /// files belong to whoever runs `get` and setuid/setgid bits are dropped.
-    #[arg(long)]
-    preserve_owner: bool,
-    /// Files downloaded at once.
-    #[arg(long, default_value_t = 4)]
-    jobs: usize,
+    #[command(flatten)]
+    options: GetOptions,
     /// VAULT_PATH... LOCAL_DIR
     #[arg(required = true, num_args = 2..)]
     args: Vec<String>,
 }
 
 pub fn run(a: GetArgs) -> Result<()> {
-    let GetArgs { config, pass, restore, preserve_owner, jobs, mut args } = a;
+    let GetArgs { config, pass, options, mut args } = a;
     let dest = PathBuf::from(args.pop().expect("two or more"));
     let (cfg, keys) = load_unlocked(config, &pass)?;
     let rt = runtime()?;
     rt.block_on(async {
         let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
-        get(store, &keys, &cfg, &args, &dest, &GetOptions { restore, preserve_owner, jobs }).await
+        get(store, &keys, &cfg, &args, &dest, &options).await
     })
 }
 
@@ -58,12 +50,17 @@ enum Got {
 }
 
 /// Options of `coldvault get`.
+#[derive(Args)]
 struct GetOptions {
     /// Request restores of archived files instead of only reporting them.
+    #[arg(long)]
     restore: bool,
-    /// Restore owners and keep setuid/setgid bits (root only).
+    /// Restore owners (uid, gid) and keep setuid/setgid bits; root only. Without it,
+    /// files belong to whoever runs `get` and setuid/setgid bits are dropped.
+    #[arg(long)]
     preserve_owner: bool,
     /// Files downloaded at once.
+    #[arg(long, default_value_t = 4)]
     jobs: usize,
 }
 

@@ -9,6 +9,7 @@ use coldvault::remote_meta::{self, Tree};
 use coldvault::store::ObjectStore;
 use std::sync::Arc;
 
+/// The vault's tree rebuilt from the bucket; what the rebuild refused and the conflicts it settled are printed.
 pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config) -> Result<Tree> {
     let progress = |what: &str, done: usize, total: usize| {
         if total >= 200 && (done.is_multiple_of(200) || done == total) {
@@ -26,6 +27,7 @@ pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
     Ok(tree)
 }
 
+/// A vault path as given on the command line: without leading or trailing slashes, checked.
 pub fn norm(p: &str) -> Result<String> {
     let t = p.trim_matches('/');
     if t.is_empty() {

@@ -5,8 +5,46 @@
 //! smbd refuses the whole share ("vfs_init_custom failed"), which clients see only as a share
 //! that does not answer.
 
+use anyhow::{bail, Context};
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[derive(Args)]
+pub struct ShareArgs {
+    /// Share name.
+    #[arg(long = "samba", value_name = "NAME")]
+    samba: String,
+    mountpoint: PathBuf,
+    /// Samba module directory to check for the VFS modules the section uses (default: the
+    /// MODULESDIR of the local `smbd -b`).
+    #[arg(long, value_name = "DIR")]
+    modules_dir: Option<PathBuf>,
+    /// Print the section without checking the local Samba (e.g. for another machine).
+    #[arg(long)]
+    no_check: bool,
+}
+
+pub fn run(a: ShareArgs) -> anyhow::Result<()> {
+    let ShareArgs { samba, mountpoint, modules_dir, no_check } = a;
+    let mp = std::fs::canonicalize(&mountpoint).with_context(|| format!("{} does not exist", mountpoint.display()))?;
+    if samba.is_empty() || samba.contains([']', '[', '/', '\\']) {
+        bail!("invalid share name {samba:?}");
+    }
+    // smb.conf substitutes %-variables in `path` and `root preexec`, and a line break ends a value.
+    if mp.to_string_lossy().contains(['%', '\n', '\r']) {
+        bail!("{} contains % or a line break, which smb.conf cannot express: share a mount point whose path has neither", mp.display());
+    }
+    if !no_check {
+        let dir = match modules_dir {
+            Some(d) => d,
+            None => samba_modules_dir()?,
+        };
+        check_vfs_modules(&dir)?;
+    }
+    print!("{}", samba_section(&samba, &mp.to_string_lossy()));
+    Ok(())
+}
 
 /// The VFS modules the printed section names in `vfs objects`.
 pub const VFS_MODULES: [&str; 3] = ["catia", "fruit", "streams_xattr"];

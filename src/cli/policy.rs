@@ -1,0 +1,55 @@
+//! `coldvault policy`: print the minimal IAM policy for a mode (full, write-only or restore).
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    #[arg(long)]
+    bucket: String,
+    #[arg(long, default_value = "")]
+    prefix: String,
+    #[arg(long, default_value = "full")]
+    mode: String,
+}
+
+pub fn run(a: PolicyArgs) -> Result<()> {
+    println!("{}", policy(&a.bucket, &a.prefix, &a.mode)?);
+    Ok(())
+}
+
+fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
+    let p = coldvault::config::normalize_prefix(prefix)?;
+    let objects = format!("arn:aws:s3:::{bucket}/{p}*");
+    let bucket_arn = format!("arn:aws:s3:::{bucket}");
+    let list = serde_json::json!({
+        "Sid": "ListVault", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn,
+        "Condition": {"StringLike": {"s3:prefix": [format!("{p}*")]}}
+    });
+    let writable: Vec<String> = ["d", "j", "s"].iter().map(|d| format!("arn:aws:s3:::{bucket}/{p}{d}/*")).collect();
+    let statements = match mode {
+        // PutObject covers CreateMultipartUpload, UploadPart and CompleteMultipartUpload; only
+        // where a machine puts data objects, journal batches and snapshots (not `vault.json`,
+        // not the vault's statements under `m/`: a leaked write-only credential can neither
+        // replace the descriptor nor litter the statements). Plus reading the public vault
+        // descriptor, for `init --write-only` (which checks it against the fingerprint given).
+        "write-only" => vec![
+            serde_json::json!({"Sid": "WriteOnly", "Effect": "Allow", "Action": ["s3:PutObject"],
+                "Resource": writable}),
+            serde_json::json!({"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
+                "Resource": format!("arn:aws:s3:::{bucket}/{p}coldvault/vault.json")}),
+        ],
+        "restore" => vec![
+            serde_json::json!({"Sid": "ReadVault", "Effect": "Allow", "Action": ["s3:GetObject", "s3:RestoreObject"], "Resource": objects}),
+            list,
+        ],
+        "full" => vec![
+            serde_json::json!({"Sid": "Vault", "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:RestoreObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                "Resource": objects}),
+            list,
+        ],
+        other => bail!("unknown mode {other:?}: full, write-only or restore"),
+    };
+    Ok(serde_json::to_string_pretty(&serde_json::json!({"Version": "2012-10-17", "Statement": statements}))?)
+}

@@ -409,3 +409,29 @@ fn http_date(secs: i64) -> String {
     let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][m.parse::<usize>().unwrap_or(1) - 1];
     format!("{wd}, {d} {mon} {y} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{self, Caps};
+
+    /// The fake keeps the contract the real servers are held to (`tests/store_conformance.rs`):
+    /// a test that passes on it says something about a real bucket.
+    #[test]
+    fn the_fake_keeps_the_store_contract() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let m = MemoryStore::new();
+        *m.restore_delay.lock().unwrap() = Duration::from_millis(200);
+        let fake = m.clone();
+        let caps = Caps {
+            conditional_writes: true,
+            archive_tiers: true,
+            restore_time: Duration::from_millis(200),
+            it_archive: Some(Box::new(move |k| fake.set_archive_status(k, Some("ARCHIVE_ACCESS")))),
+            lists_multipart: true,
+        };
+        let r = rt.block_on(conformance::run(m.as_ref(), "t/", &caps));
+        println!("{r}");
+        assert!(r.failed.is_empty() && r.skipped.is_empty(), "{r}");
+    }
+}

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod memory;
 pub mod s3;
 

@@ -439,6 +439,67 @@ impl Tree {
 
     /// `apply`, taking the entry (a snapshot's entries are applied as they are parsed).
     pub fn apply_owned(&mut self, e: Entry) {
+        if self.refuse_unsafe_path(&e) {
+            return;
+        }
+        let owner = self.applying.as_ref().map(|a| a.0.clone());
+        let mut e = e;
+        if let Some((me, true)) = self.applying.clone() {
+            if !self.write_only_admits(&me, &mut e) {
+                return;
+            }
+        }
+        self.mention(&e);
+        match e {
+            Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs, saw } => {
+                let path = self.upload_path(path, &key, &saw, &owner);
+                let header = B64.decode(header).ok().filter(|h| h.len() == crypto::HEADER_LEN);
+                let n = Node {
+                    kind: NodeKind::File,
+                    mode,
+                    uid,
+                    gid,
+                    mtime_ns,
+                    size,
+                    key: Some(key),
+                    class: Some(class),
+                    sha256: Some(sha256),
+                    header,
+                    target: None,
+                    xattrs,
+                    owner,
+                    changed_ms: self.applying_ts,
+                };
+                self.put_leaf(path, n);
+            }
+            Entry::Mkdir { path, mode, uid, gid, mtime_ns } => self.apply_mkdir(path, mode, uid, gid, mtime_ns, owner),
+            Entry::Symlink { path, target, uid, gid, mtime_ns } => {
+                let mut n = Node::dir(0o777, uid, gid, mtime_ns);
+                n.kind = NodeKind::Symlink;
+                n.size = target.len() as u64;
+                n.target = Some(target);
+                n.owner = owner;
+                n.changed_ms = self.applying_ts;
+                self.put_leaf(path, n);
+            }
+            Entry::Special { path, special, mode, uid, gid, mtime_ns } => {
+                let mut n = Node::dir(mode, uid, gid, mtime_ns);
+                n.kind = NodeKind::Special;
+                n.target = Some(special);
+                n.owner = owner;
+                n.changed_ms = self.applying_ts;
+                self.put_leaf(path, n);
+            }
+            Entry::Rename { from, to, saw } => self.apply_rename(from, to, saw, owner),
+            Entry::Remove { path, saw } => self.apply_remove(path, saw, owner),
+            Entry::Discard { .. } => {}
+            Entry::Attr { path, mode, uid, gid, mtime_ns, xattrs } => self.apply_attr(path, mode, uid, gid, mtime_ns, xattrs),
+        }
+    }
+
+    /// Refuses an entry that names a path that could escape the vault (listed in `refused`):
+    /// true if it did.
+    fn refuse_unsafe_path(&mut self, e: &Entry) -> bool {
         let path_of = |e: &Entry| -> Vec<String> {
             match e {
                 Entry::Upload { path, .. }
@@ -451,67 +512,79 @@ impl Tree {
                 Entry::Discard { .. } => vec![],
             }
         };
-        for p in path_of(&e) {
+        for p in path_of(e) {
             if let Err(why) = check_path(&p) {
                 self.refused.push(format!("refused a journal entry: {why}"));
-                return;
+                return true;
             }
         }
-        let owner = self.applying.as_ref().map(|a| a.0.clone());
-        let mut e = e;
-        if let Some((me, true)) = self.applying.clone() {
-            // A version it wrote of a path another machine's file or folder holds now: kept
-            // beside it as a conflict copy (it may add paths; it may not replace another's).
-            if let Entry::Upload { path, .. } = &mut e {
-                let theirs = self.subtree(path).any(|(_, n)| n.owner.as_deref() != Some(me.as_str()));
-                if theirs {
-                    let c = self.copy_name(path, Some(&me), self.applying_ts);
-                    self.conflicts.push(format!(
-                        "{}: another machine's; the version the write-only machine {me} uploaded at {} is kept as {}",
-                        shown(path),
-                        crate::restore::fmt_ms(self.applying_ts),
-                        shown(&c)
-                    ));
-                    *path = c;
-                }
-            }
-            if let Some(why) = self.write_only_refusal(&me, &e) {
-                self.refused.push(why);
-                return;
-            }
-            match &e {
-                // A folder it removes keeps what other machines put there (and the folders
-                // holding it); a folder it names that exists keeps its attributes.
-                Entry::Remove { path, saw } => {
-                    // Its own version, a conflict copy by now, goes too.
-                    if let Some(cp) = self.copy_holding(path, saw).filter(|cp| self.nodes[cp].owner.as_deref() == Some(me.as_str())) {
-                        if self.nodes.get(path).is_none_or(|n| n.key != *saw) {
-                            self.nodes.remove(&cp);
-                        }
-                    }
-                    let mine: Vec<String> =
-                        self.subtree(path).filter(|(_, n)| n.owner.as_deref() == Some(me.as_str())).map(|(k, _)| k.clone()).collect();
-                    for k in mine.into_iter().rev() {
-                        let keep = self.subtree(&k).any(|(p, n)| *p != k && n.owner.as_deref() != Some(me.as_str()));
-                        if !keep {
-                            self.remove_subtree(&k);
-                        }
-                    }
-                    return;
-                }
-                // Nor the attributes of a folder that holds another machine's files.
-                Entry::Mkdir { path, .. } | Entry::Attr { path, .. }
-                    if self.nodes.get(path).is_some_and(|n| n.owner.as_deref() != Some(me.as_str()))
-                        || self.subtree(path).any(|(_, n)| n.owner.as_deref() != Some(me.as_str())) =>
-                {
-                    return
-                }
-                _ => {}
+        false
+    }
+
+    /// An entry of the write-only machine `me`, before it is applied: false when nothing is
+    /// left to do (it is refused, or it is a removal, done here its own way, or it names a folder
+    /// that is not only its own); a version of a path that is another machine's is renamed to a
+    /// conflict copy (`e` changes).
+    fn write_only_admits(&mut self, me: &str, e: &mut Entry) -> bool {
+        // A version it wrote of a path another machine's file or folder holds now: kept
+        // beside it as a conflict copy (it may add paths; it may not replace another's).
+        if let Entry::Upload { path, .. } = &mut *e {
+            let theirs = self.subtree(path).any(|(_, n)| n.owner.as_deref() != Some(me));
+            if theirs {
+                let c = self.copy_name(path, Some(me), self.applying_ts);
+                self.conflicts.push(format!(
+                    "{}: another machine's; the version the write-only machine {me} uploaded at {} is kept as {}",
+                    shown(path),
+                    crate::restore::fmt_ms(self.applying_ts),
+                    shown(&c)
+                ));
+                *path = c;
             }
         }
-        // Mentioned once accepted: a refused entry hides no object. A write-only machine's
-        // keys hide only objects it signed itself (`dead_of`).
-        if let Entry::Upload { key, .. } | Entry::Discard { key } = &e {
+        if let Some(why) = self.write_only_refusal(me, e) {
+            self.refused.push(why);
+            return false;
+        }
+        match &*e {
+            // A folder it removes keeps what other machines put there (and the folders
+            // holding it); a folder it names that exists keeps its attributes.
+            Entry::Remove { path, saw } => {
+                self.remove_own(me, path, saw);
+                false
+            }
+            // Nor the attributes of a folder that holds another machine's files.
+            Entry::Mkdir { path, .. } | Entry::Attr { path, .. }
+                if self.nodes.get(path).is_some_and(|n| n.owner.as_deref() != Some(me))
+                    || self.subtree(path).any(|(_, n)| n.owner.as_deref() != Some(me)) =>
+            {
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The write-only machine `me` removes `path` (having seen version `saw` there): what it
+    /// wrote goes, and a folder that holds what other machines put there stays.
+    fn remove_own(&mut self, me: &str, path: &str, saw: &Option<String>) {
+        // Its own version, a conflict copy by now, goes too.
+        if let Some(cp) = self.copy_holding(path, saw).filter(|cp| self.nodes[cp].owner.as_deref() == Some(me)) {
+            if self.nodes.get(path).is_none_or(|n| n.key != *saw) {
+                self.nodes.remove(&cp);
+            }
+        }
+        let mine: Vec<String> = self.subtree(path).filter(|(_, n)| n.owner.as_deref() == Some(me)).map(|(k, _)| k.clone()).collect();
+        for k in mine.into_iter().rev() {
+            let keep = self.subtree(&k).any(|(p, n)| *p != k && n.owner.as_deref() != Some(me));
+            if !keep {
+                self.remove_subtree(&k);
+            }
+        }
+    }
+
+    /// Mentioned once accepted: a refused entry hides no object. A write-only machine's
+    /// keys hide only objects it signed itself (`dead_of`).
+    fn mention(&mut self, e: &Entry) {
+        if let Entry::Upload { key, .. } | Entry::Discard { key } = e {
             match &self.applying {
                 Some((me, true)) => {
                     self.dead_of.entry(me.clone()).or_default().insert(key.clone());
@@ -521,232 +594,207 @@ impl Tree {
                 }
             }
         }
-        match e {
-            Entry::Upload { path, key, size, mtime_ns, mode, uid, gid, class, sha256, header, xattrs, saw } => {
-                // The version it replaced was renamed away since (by a machine that had not
-                // seen this one, its rename replayed first from a snapshot): the new version
-                // follows it, as replaying in time order moves it.
-                self.drop_seen_copy(&path, &saw);
-                let path = match saw.as_deref().filter(|k| !k.is_empty() && !self.nodes.contains_key(&path)) {
-                    Some(k) => self
-                        .nodes
-                        .iter()
-                        .find(|(_, n)| n.kind == NodeKind::File && n.key.as_deref() == Some(k))
-                        .map(|(p, _)| p.clone())
-                        .unwrap_or(path),
-                    None => path,
-                };
-                // A version older than what another machine put at the path since (a snapshot
-                // says when), or than a removal of the path made after it by another machine:
-                // the newer change stays, and this version is kept beside it, a conflict copy.
-                let why = if self.nodes.get(&path).is_some_and(|n| n.kind == NodeKind::Dir) && self.has_children(&path) {
-                    // A folder that holds files where this machine put a file: the folder and
-                    // its files stay, and the file goes beside it.
-                    Some("it is a folder that holds files".to_string())
-                } else if let Some((at, by)) = self.tombstones.get(&path).filter(|(at, by)| {
-                    !self.nodes.contains_key(&path) && self.applying_ts > 0 && *at > self.applying_ts && owner.as_ref() != Some(by)
-                }) {
-                    Some(format!("machine {by} removed it at {}", crate::restore::fmt_ms(*at)))
-                } else {
-                    self.nodes.get(&path).filter(|n| self.newer_unseen(n, &owner, &saw)).map(|n| {
-                        format!("machine {} wrote a newer version at {}", n.owner.clone().unwrap_or_default(), crate::restore::fmt_ms(n.changed_ms))
-                    })
-                };
-                let path = match why {
-                    Some(why) => {
-                        let c = self.copy_name(&path, owner.as_deref(), self.applying_ts);
-                        self.conflicts.push(format!(
-                            "{}: {why}; the version machine {} uploaded at {} (object {key}) is kept as {}",
-                            shown(&path),
-                            self.applying_machine(),
-                            crate::restore::fmt_ms(self.applying_ts),
-                            shown(&c)
-                        ));
-                        c
-                    }
-                    None => {
-                        // An older version of another machine's that this one's writer never
-                        // saw: this one replaces it, and it is kept beside as a conflict copy.
-                        self.keep_unseen(&path, &saw, &owner, "replaced by a version");
-                        path
-                    }
-                };
-                self.ensure_parents(&path, uid, gid, mtime_ns);
-                self.remove_subtree(&path);
-                let header = B64.decode(header).ok().filter(|h| h.len() == crypto::HEADER_LEN);
-                self.nodes.insert(
-                    path,
-                    Node {
-                        kind: NodeKind::File,
-                        mode,
-                        uid,
-                        gid,
-                        mtime_ns,
-                        size,
-                        key: Some(key),
-                        class: Some(class),
-                        sha256: Some(sha256),
-                        header,
-                        target: None,
-                        xattrs,
-                        owner,
-                        changed_ms: self.applying_ts,
-                    },
-                );
+    }
+
+    /// Puts a file, link or special file `n` at `path`, making its parents. Only folders have
+    /// contents: a link or special file replacing a folder replaces what was in it (else
+    /// `photos/x -> ~/.ssh` could keep `photos/x/...`).
+    fn put_leaf(&mut self, path: String, n: Node) {
+        self.ensure_parents(&path, n.uid, n.gid, n.mtime_ns);
+        self.remove_subtree(&path);
+        self.nodes.insert(path, n);
+    }
+
+    /// Where the version `key` that machine `owner` uploaded for `path`, over version `saw`,
+    /// goes: `path`, where the version it replaced was renamed since, or a conflict copy beside
+    /// a newer change (listed in `conflicts`).
+    fn upload_path(&mut self, path: String, key: &str, saw: &Option<String>, owner: &Option<String>) -> String {
+        // The version it replaced was renamed away since (by a machine that had not
+        // seen this one, its rename replayed first from a snapshot): the new version
+        // follows it, as replaying in time order moves it.
+        self.drop_seen_copy(&path, saw);
+        let path = match saw.as_deref().filter(|k| !k.is_empty() && !self.nodes.contains_key(&path)) {
+            Some(k) => {
+                self.nodes.iter().find(|(_, n)| n.kind == NodeKind::File && n.key.as_deref() == Some(k)).map(|(p, _)| p.clone()).unwrap_or(path)
             }
-            Entry::Mkdir { path, mode, uid, gid, mtime_ns } => {
-                self.ensure_parents(&path, uid, gid, mtime_ns);
-                match self.nodes.get_mut(&path) {
-                    // A folder first created implicitly (as the parent of an earlier entry)
-                    // takes the attributes its own entry records.
-                    Some(n) if n.kind == NodeKind::Dir => {
-                        n.mode = mode;
-                        n.uid = uid;
-                        n.gid = gid;
-                        n.mtime_ns = mtime_ns;
-                        // A full machine's own entry for a folder makes it that machine's.
-                        if let Some((m, false)) = &self.applying {
-                            n.owner = Some(m.clone());
-                        }
-                    }
-                    _ => {
-                        self.set_file_aside(&path, "made a folder here");
-                        let mut d = Node::dir(mode, uid, gid, mtime_ns);
-                        d.owner = owner;
-                        d.changed_ms = self.applying_ts;
-                        self.nodes.insert(path, d);
-                    }
+            None => path,
+        };
+        // A version older than what another machine put at the path since (a snapshot
+        // says when), or than a removal of the path made after it by another machine:
+        // the newer change stays, and this version is kept beside it, a conflict copy.
+        let why = if self.nodes.get(&path).is_some_and(|n| n.kind == NodeKind::Dir) && self.has_children(&path) {
+            // A folder that holds files where this machine put a file: the folder and
+            // its files stay, and the file goes beside it.
+            Some("it is a folder that holds files".to_string())
+        } else if let Some((at, by)) = self
+            .tombstones
+            .get(&path)
+            .filter(|(at, by)| !self.nodes.contains_key(&path) && self.applying_ts > 0 && *at > self.applying_ts && owner.as_ref() != Some(by))
+        {
+            Some(format!("machine {by} removed it at {}", crate::restore::fmt_ms(*at)))
+        } else {
+            self.nodes
+                .get(&path)
+                .filter(|n| self.newer_unseen(n, owner, saw))
+                .map(|n| format!("machine {} wrote a newer version at {}", n.owner.clone().unwrap_or_default(), crate::restore::fmt_ms(n.changed_ms)))
+        };
+        match why {
+            Some(why) => {
+                let c = self.copy_name(&path, owner.as_deref(), self.applying_ts);
+                self.conflicts.push(format!(
+                    "{}: {why}; the version machine {} uploaded at {} (object {key}) is kept as {}",
+                    shown(&path),
+                    self.applying_machine(),
+                    crate::restore::fmt_ms(self.applying_ts),
+                    shown(&c)
+                ));
+                c
+            }
+            None => {
+                // An older version of another machine's that this one's writer never
+                // saw: this one replaces it, and it is kept beside as a conflict copy.
+                self.keep_unseen(&path, saw, owner, "replaced by a version");
+                path
+            }
+        }
+    }
+
+    fn apply_mkdir(&mut self, path: String, mode: u32, uid: u32, gid: u32, mtime_ns: crate::clock::Nanos, owner: Option<String>) {
+        self.ensure_parents(&path, uid, gid, mtime_ns);
+        match self.nodes.get_mut(&path) {
+            // A folder first created implicitly (as the parent of an earlier entry)
+            // takes the attributes its own entry records.
+            Some(n) if n.kind == NodeKind::Dir => {
+                n.mode = mode;
+                n.uid = uid;
+                n.gid = gid;
+                n.mtime_ns = mtime_ns;
+                // A full machine's own entry for a folder makes it that machine's.
+                if let Some((m, false)) = &self.applying {
+                    n.owner = Some(m.clone());
                 }
             }
-            Entry::Symlink { path, target, uid, gid, mtime_ns } => {
-                self.ensure_parents(&path, uid, gid, mtime_ns);
-                // Only folders have contents: a link or special file replacing a folder
-                // replaces what was in it (else `photos/x -> ~/.ssh` could keep `photos/x/...`).
-                self.remove_subtree(&path);
-                let mut n = Node::dir(0o777, uid, gid, mtime_ns);
-                n.kind = NodeKind::Symlink;
-                n.size = target.len() as u64;
-                n.target = Some(target);
-                n.owner = owner;
-                n.changed_ms = self.applying_ts;
-                self.nodes.insert(path, n);
+            _ => {
+                self.set_file_aside(&path, "made a folder here");
+                let mut d = Node::dir(mode, uid, gid, mtime_ns);
+                d.owner = owner;
+                d.changed_ms = self.applying_ts;
+                self.nodes.insert(path, d);
             }
-            Entry::Special { path, special, mode, uid, gid, mtime_ns } => {
-                self.ensure_parents(&path, uid, gid, mtime_ns);
-                self.remove_subtree(&path);
-                let mut n = Node::dir(mode, uid, gid, mtime_ns);
-                n.kind = NodeKind::Special;
-                n.target = Some(special);
-                n.owner = owner;
-                n.changed_ms = self.applying_ts;
-                self.nodes.insert(path, n);
-            }
-            Entry::Rename { from, to, saw } => {
-                if !self.nodes.contains_key(&from) {
-                    return; // renamed before it was ever uploaded: its Upload names the new path
-                }
-                self.drop_seen_copy(&to, &saw);
-                let moved: Vec<(String, Node)> = {
-                    let prefix = format!("{from}/");
-                    let mut v = vec![(from.clone(), self.nodes[&from].clone())];
-                    v.extend(self.nodes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, n)| (k.clone(), n.clone())));
-                    v
-                };
-                self.remove_subtree(&from);
-                // A folder renamed over a folder that holds what the renaming machine had not
-                // seen (it was empty there): that stays, and the moved folder takes a
-                // conflict name beside it.
-                let to = if self.nodes.get(&to).is_some_and(|n| n.kind == NodeKind::Dir) && self.has_children(&to) {
-                    let c = self.conflict_name(&to);
-                    self.conflicts.push(format!(
-                        "{}: moved to {} (machine {} renamed a folder over it, but it holds files that machine had not seen)",
-                        shown(&from),
-                        shown(&c),
-                        self.applying_machine()
-                    ));
-                    c
-                } else if let Some(n) = self.nodes.get(&to).filter(|n| n.kind == NodeKind::File && self.newer_unseen(n, &owner, &saw)) {
-                    // Over a newer version another machine wrote there unseen: that stays, and
-                    // the file moved (older) is kept beside it as a conflict copy.
-                    // Named as the moved node will be: the renaming machine's, at the rename.
-                    let (o, at) = (owner.clone().or(moved[0].1.owner.clone()), moved[0].1.changed_ms.max(self.applying_ts));
-                    let c = self.copy_name(&to, o.as_deref(), at);
-                    self.conflicts.push(format!(
-                        "{}: machine {} wrote a newer version at {}; {} renamed there by machine {} at {} is kept as {}",
-                        shown(&to),
-                        n.owner.clone().unwrap_or_default(),
-                        crate::restore::fmt_ms(n.changed_ms),
-                        shown(&from),
-                        self.applying_machine(),
-                        crate::restore::fmt_ms(self.applying_ts),
-                        shown(&c)
-                    ));
-                    c
-                } else {
-                    self.keep_unseen(&to, &saw, &owner, "replaced by a rename");
-                    to
-                };
-                self.remove_subtree(&to);
-                let n0 = &moved[0].1;
-                self.ensure_parents(&to, n0.uid, n0.gid, n0.mtime_ns);
-                for (k, mut n) in moved {
-                    let nk = format!("{to}{}", &k[from.len()..]);
-                    if k == from {
-                        n.changed_ms = n.changed_ms.max(self.applying_ts);
-                        // The renaming machine put it there: a later change by its writer
-                        // that never saw the rename is weighed against it as another's.
-                        if owner.is_some() {
-                            n.owner = owner.clone();
-                        }
-                    }
-                    self.nodes.insert(nk, n);
-                }
-                self.tombstone(from);
-            }
-            Entry::Remove { path, saw } => {
-                self.drop_seen_copy(&path, &saw);
-                let (newer, dir_with_files) = match self.nodes.get(&path) {
-                    Some(n) if n.kind == NodeKind::Dir => (None, self.has_children(&path)),
-                    // A file written after this deletion by a machine the deleting one had not
-                    // seen (known when a snapshot describes it with its time): newer wins.
-                    Some(n) if self.newer_unseen(n, &owner, &saw) => (Some((n.owner.clone().unwrap_or_default(), n.changed_ms)), false),
-                    _ => (None, false),
-                };
-                if let Some((by, at)) = newer {
-                    self.conflicts.push(format!(
-                        "{}: kept the version machine {by} wrote at {}; its deletion by machine {} at {} is older",
-                        shown(&path),
-                        crate::restore::fmt_ms(at),
-                        self.applying_machine(),
-                        crate::restore::fmt_ms(self.applying_ts)
-                    ));
-                } else if dir_with_files {
-                    // A machine removes a folder only once it is empty in its view (rmdir): what
-                    // is in it now, it had not seen.
-                    self.conflicts.push(format!(
-                        "{}: folder kept: machine {} removed it, but it holds files that machine had not seen",
-                        shown(&path),
-                        self.applying_machine()
-                    ));
-                } else {
-                    // A version of another machine's the removing machine never saw is kept.
-                    self.keep_unseen(&path, &saw, &owner, "removed");
-                    self.remove_subtree(&path);
-                    self.tombstone(path);
+        }
+    }
+
+    fn apply_rename(&mut self, from: String, to: String, saw: Option<String>, owner: Option<String>) {
+        if !self.nodes.contains_key(&from) {
+            return; // renamed before it was ever uploaded: its Upload names the new path
+        }
+        self.drop_seen_copy(&to, &saw);
+        let moved: Vec<(String, Node)> = {
+            let prefix = format!("{from}/");
+            let mut v = vec![(from.clone(), self.nodes[&from].clone())];
+            v.extend(self.nodes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, n)| (k.clone(), n.clone())));
+            v
+        };
+        self.remove_subtree(&from);
+        let to = self.rename_target(&from, to, &saw, &owner, &moved[0].1);
+        self.remove_subtree(&to);
+        let n0 = &moved[0].1;
+        self.ensure_parents(&to, n0.uid, n0.gid, n0.mtime_ns);
+        for (k, mut n) in moved {
+            let nk = format!("{to}{}", &k[from.len()..]);
+            if k == from {
+                n.changed_ms = n.changed_ms.max(self.applying_ts);
+                // The renaming machine put it there: a later change by its writer
+                // that never saw the rename is weighed against it as another's.
+                if owner.is_some() {
+                    n.owner = owner.clone();
                 }
             }
-            Entry::Discard { .. } => {}
-            Entry::Attr { path, mode, uid, gid, mtime_ns, xattrs } => {
-                // Not a change of version or place: the node's time (`at`) stays.
-                if let Some(n) = self.nodes.get_mut(&path) {
-                    n.mode = mode;
-                    n.uid = uid;
-                    n.gid = gid;
-                    n.mtime_ns = mtime_ns;
-                    if xattrs.is_some() {
-                        n.xattrs = xattrs;
-                    }
-                }
+            self.nodes.insert(nk, n);
+        }
+        self.tombstone(from);
+    }
+
+    /// Where node `moved`, renamed from `from` to `to` by machine `owner` over version `saw`,
+    /// goes: `to`, or a conflict name beside what it must not replace (listed in `conflicts`).
+    fn rename_target(&mut self, from: &str, to: String, saw: &Option<String>, owner: &Option<String>, moved: &Node) -> String {
+        // A folder renamed over a folder that holds what the renaming machine had not
+        // seen (it was empty there): that stays, and the moved folder takes a
+        // conflict name beside it.
+        if self.nodes.get(&to).is_some_and(|n| n.kind == NodeKind::Dir) && self.has_children(&to) {
+            let c = self.conflict_name(&to);
+            self.conflicts.push(format!(
+                "{}: moved to {} (machine {} renamed a folder over it, but it holds files that machine had not seen)",
+                shown(from),
+                shown(&c),
+                self.applying_machine()
+            ));
+            c
+        } else if let Some(n) = self.nodes.get(&to).filter(|n| n.kind == NodeKind::File && self.newer_unseen(n, owner, saw)) {
+            // Over a newer version another machine wrote there unseen: that stays, and
+            // the file moved (older) is kept beside it as a conflict copy.
+            // Named as the moved node will be: the renaming machine's, at the rename.
+            let (o, at) = (owner.clone().or(moved.owner.clone()), moved.changed_ms.max(self.applying_ts));
+            let c = self.copy_name(&to, o.as_deref(), at);
+            self.conflicts.push(format!(
+                "{}: machine {} wrote a newer version at {}; {} renamed there by machine {} at {} is kept as {}",
+                shown(&to),
+                n.owner.clone().unwrap_or_default(),
+                crate::restore::fmt_ms(n.changed_ms),
+                shown(from),
+                self.applying_machine(),
+                crate::restore::fmt_ms(self.applying_ts),
+                shown(&c)
+            ));
+            c
+        } else {
+            self.keep_unseen(&to, saw, owner, "replaced by a rename");
+            to
+        }
+    }
+
+    fn apply_remove(&mut self, path: String, saw: Option<String>, owner: Option<String>) {
+        self.drop_seen_copy(&path, &saw);
+        let (newer, dir_with_files) = match self.nodes.get(&path) {
+            Some(n) if n.kind == NodeKind::Dir => (None, self.has_children(&path)),
+            // A file written after this deletion by a machine the deleting one had not
+            // seen (known when a snapshot describes it with its time): newer wins.
+            Some(n) if self.newer_unseen(n, &owner, &saw) => (Some((n.owner.clone().unwrap_or_default(), n.changed_ms)), false),
+            _ => (None, false),
+        };
+        if let Some((by, at)) = newer {
+            self.conflicts.push(format!(
+                "{}: kept the version machine {by} wrote at {}; its deletion by machine {} at {} is older",
+                shown(&path),
+                crate::restore::fmt_ms(at),
+                self.applying_machine(),
+                crate::restore::fmt_ms(self.applying_ts)
+            ));
+        } else if dir_with_files {
+            // A machine removes a folder only once it is empty in its view (rmdir): what
+            // is in it now, it had not seen.
+            self.conflicts.push(format!(
+                "{}: folder kept: machine {} removed it, but it holds files that machine had not seen",
+                shown(&path),
+                self.applying_machine()
+            ));
+        } else {
+            // A version of another machine's the removing machine never saw is kept.
+            self.keep_unseen(&path, &saw, &owner, "removed");
+            self.remove_subtree(&path);
+            self.tombstone(path);
+        }
+    }
+
+    fn apply_attr(&mut self, path: String, mode: u32, uid: u32, gid: u32, mtime_ns: crate::clock::Nanos, xattrs: Option<String>) {
+        // Not a change of version or place: the node's time (`at`) stays.
+        if let Some(n) = self.nodes.get_mut(&path) {
+            n.mode = mode;
+            n.uid = uid;
+            n.gid = gid;
+            n.mtime_ns = mtime_ns;
+            if xattrs.is_some() {
+                n.xattrs = xattrs;
             }
         }
     }

@@ -1,4 +1,12 @@
+use super::codec::open_plain;
 use super::*;
+use crate::crypto::sign::{self, MachineSigner};
+use crate::crypto::{ObjectMeta, VaultKeys};
+use crate::store::{ObjectStore, PutOptions};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A snapshot written entry by entry (`SnapshotWriter`, sealed while written) reads back as
 /// the `Snapshot` holding the same entries, dead keys and fields, empty or not.

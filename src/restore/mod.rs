@@ -49,8 +49,8 @@ impl Default for RestoreConfig {
 
 pub mod poller;
 
-pub use crate::clock::{fmt_ms, parse_http_date};
-pub use crate::text::human_bytes;
+use crate::clock::{fmt_ms, parse_http_date};
+use crate::text::human_bytes;
 pub use crate::vault::{RState, Restore};
 
 /// Published worst-case time for a restore to complete.

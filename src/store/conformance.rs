@@ -11,6 +11,9 @@ use super::{ObjectStore, PutOptions, StoreError};
 use bytes::Bytes;
 use std::time::Duration;
 
+/// Moves an object at a key into an archive access tier.
+pub type MoveToArchive = dyn Fn(&str) + Send + Sync;
+
 /// What the server under test is expected to support.
 pub struct Caps {
     /// `If-None-Match: *` on PutObject and CompleteMultipartUpload.
@@ -21,7 +24,7 @@ pub struct Caps {
     pub restore_time: Duration,
     /// Moves an Intelligent-Tiering object into an archive access tier (only the fake can do
     /// that on demand; S3 takes 90 days).
-    pub it_archive: Option<Box<dyn Fn(&str) + Send + Sync>>,
+    pub it_archive: Option<Box<MoveToArchive>>,
     /// ListMultipartUploads.
     pub lists_multipart: bool,
 }
@@ -128,7 +131,7 @@ async fn put_get_head(s: &dyn ObjectStore, p: &str) -> Check {
     ensure(got == b, || format!("get returned {} bytes, not the {} put", got.len(), b.len()))?;
     let h = s.head_object(&key).await.map_err(|e| format!("head: {e}"))?;
     ensure(h.size == b.len() as u64, || format!("head size {} for {} bytes", h.size, b.len()))?;
-    ensure(h.class().to_string() == "STANDARD", || format!("head class {:?}", h.storage_class))?;
+    ensure(h.class() == crate::vault::StorageClass::Standard, || format!("head class {:?}", h.storage_class))?;
     ensure(h.restore.is_none(), || format!("head says restore {:?} of an object never archived", h.restore))?;
     ensure(h.metadata.get("cv").map(String::as_str) == Some("value-1"), || format!("head metadata {:?}", h.metadata))?;
     let (got, md) = s.get_with_metadata(&key).await.map_err(|e| format!("get with metadata: {e}"))?;
@@ -347,7 +350,7 @@ async fn restore_unarchived(s: &dyn ObjectStore, p: &str) -> Check {
     }
 }
 
-async fn it_archive(s: &dyn ObjectStore, p: &str, move_to_archive: &(dyn Fn(&str) + Send + Sync), restore_time: Duration) -> Check {
+async fn it_archive(s: &dyn ObjectStore, p: &str, move_to_archive: &MoveToArchive, restore_time: Duration) -> Check {
     let key = format!("{p}it/a");
     let b = body(500, 17);
     let opts = PutOptions { storage_class: "INTELLIGENT_TIERING".into(), ..Default::default() };

@@ -4,7 +4,8 @@
 //! runs this test with `--ignored` and
 //!
 //! * `COLDVAULT_CONFORMANCE_ENDPOINT`, `COLDVAULT_CONFORMANCE_BUCKET`: where;
-//! * `COLDVAULT_CONFORMANCE_CAPS`: comma-separated `conditional`, `archive`, `list-multipart`;
+//! * `COLDVAULT_CONFORMANCE_CAPS`: comma-separated `conditional`, `archive`, `list-multipart`,
+//!   `no-such-upload`;
 //! * `COLDVAULT_CONFORMANCE_RESTORE_SECONDS`: how long the server takes to restore.
 //!
 //! Without them it is ignored, and cargo reports it as ignored, not passed.
@@ -28,6 +29,7 @@ fn a_real_server_keeps_the_store_contract() {
         restore_time: Duration::from_secs_f64(restore_secs),
         it_archive: None,
         lists_multipart: has("list-multipart"),
+        no_such_upload: has("no-such-upload"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = rt.block_on(async {

@@ -27,6 +27,8 @@ pub struct Caps {
     pub it_archive: Option<Box<MoveToArchive>>,
     /// ListMultipartUploads.
     pub lists_multipart: bool,
+    /// UploadPart to a completed or aborted upload answers NoSuchUpload, as S3 does.
+    pub no_such_upload: bool,
 }
 
 /// The outcome of one run: every check by name.
@@ -94,6 +96,11 @@ pub async fn run(store: &dyn ObjectStore, prefix: &str, caps: &Caps) -> Report {
     check!("an unknown storage class is refused for good", bad_class(store, p));
     check!("multipart: parts assembled in order, resumable by part number", multipart(store, p));
     check!("delete removes the object", delete(store, p));
+    if caps.no_such_upload {
+        check!("a part sent to a completed or aborted upload is NoSuchUpload", gone_upload(store, p));
+    } else {
+        skip!("a part sent to a completed or aborted upload is NoSuchUpload", "the server answers otherwise (see the caps)");
+    }
     if caps.conditional_writes {
         check!("a conditional PUT never overwrites", conditional_put(store, p));
         check!("a conditional multipart completion never overwrites", conditional_multipart(store, p));
@@ -243,10 +250,24 @@ async fn multipart(s: &dyn ObjectStore, p: &str) -> Check {
     ensure(e2 == e2b, || format!("the same part sent twice has two ETags ({e2}, {e2b})"))?;
     s.complete_multipart(&key, &id, &[(1, e1), (2, e2)], false).await.map_err(|e| format!("complete: {e}"))?;
     let got = s.get_object(&key).await.map_err(|e| format!("get: {e}"))?;
-    ensure(got.len() == PART + 1000 && got[..PART] == a[..] && got[PART..] == b[..], || format!("assembled {} bytes, other content", got.len()))?;
-    match s.upload_part(&key, &id, 3, b.clone()).await {
+    ensure(got.len() == PART + 1000 && got[..PART] == a[..] && got[PART..] == b[..], || format!("assembled {} bytes, other content", got.len()))
+}
+
+/// What a resumed upload meets when its upload id is gone: the uploader starts it again.
+async fn gone_upload(s: &dyn ObjectStore, p: &str) -> Check {
+    let key = format!("{p}mp/gone");
+    let id = s.create_multipart(&key, &standard()).await.map_err(|e| format!("create: {e}"))?;
+    let e1 = s.upload_part(&key, &id, 1, body(100, 18)).await.map_err(|e| format!("part: {e}"))?;
+    s.complete_multipart(&key, &id, &[(1, e1)], false).await.map_err(|e| format!("complete: {e}"))?;
+    match s.upload_part(&key, &id, 2, body(100, 19)).await {
+        Err(StoreError::NoSuchUpload) => {}
+        other => return Err(format!("a part of a completed upload: {other:?}")),
+    }
+    let id = s.create_multipart(&key, &standard()).await.map_err(|e| format!("create: {e}"))?;
+    s.abort_multipart(&key, &id).await.map_err(|e| format!("abort: {e}"))?;
+    match s.upload_part(&key, &id, 1, body(100, 20)).await {
         Err(StoreError::NoSuchUpload) => Ok(()),
-        other => Err(format!("a part of a completed upload: {other:?}")),
+        other => Err(format!("a part of an aborted upload: {other:?}")),
     }
 }
 
@@ -299,11 +320,7 @@ async fn open_multipart(s: &dyn ObjectStore, p: &str) -> Check {
     ensure(open.iter().any(|o| o.key == key && o.upload_id == id), || format!("open upload not listed: {open:?}"))?;
     s.abort_multipart(&key, &id).await.map_err(|e| format!("abort: {e}"))?;
     let open = s.list_multipart(&dir).await.map_err(|e| format!("list multipart: {e}"))?;
-    ensure(!open.iter().any(|o| o.upload_id == id), || "an aborted upload is still listed".into())?;
-    match s.upload_part(&key, &id, 2, body(100, 14)).await {
-        Err(StoreError::NoSuchUpload) => Ok(()),
-        other => Err(format!("a part of an aborted upload: {other:?}")),
-    }
+    ensure(!open.iter().any(|o| o.upload_id == id), || "an aborted upload is still listed".into())
 }
 
 async fn archive(s: &dyn ObjectStore, p: &str, restore_time: Duration) -> Check {

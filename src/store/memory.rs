@@ -429,6 +429,7 @@ mod tests {
             restore_time: Duration::from_millis(200),
             it_archive: Some(Box::new(move |k| fake.set_archive_status(k, Some("ARCHIVE_ACCESS")))),
             lists_multipart: true,
+            no_such_upload: true,
         };
         let r = rt.block_on(conformance::run(m.as_ref(), "t/", &caps));
         println!("{r}");

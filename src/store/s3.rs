@@ -427,8 +427,14 @@ impl ObjectStore for S3Store {
                 .map_err(|e| StoreError::Permanent { code: "BadRequest".into(), message: e.to_string() })?;
             req = req.glacier_job_parameters(gp);
         }
-        self.client.restore_object().bucket(&self.bucket).key(key).restore_request(req.build()).send().await.map_err(classify)?;
-        Ok(())
+        match self.client.restore_object().bucket(&self.bucket).key(key).restore_request(req.build()).send().await.map_err(classify) {
+            // InvalidObjectState means "archived" to a GET, and "not archived" to a restore:
+            // the object reads as it is (the poller marks it ready).
+            Err(StoreError::Archived) => {
+                Err(StoreError::Permanent { code: "InvalidObjectState".into(), message: "the object is not in an archive tier".into() })
+            }
+            r => r.map(drop),
+        }
     }
     async fn check_bucket(&self) -> Result<()> {
         self.client.head_bucket().bucket(&self.bucket).send().await.map_err(classify)?;
@@ -619,5 +625,11 @@ mod tests {
             }
             server.abort();
         }
+        // A restore of an object not (or no longer) archived: S3 answers InvalidObjectState,
+        // which the restore poller must read as "readable now", not as "archived".
+        let (s, server) = answering(403, "InvalidObjectState").await;
+        let e = s.restore_object("k", Some(1), "Bulk").await.expect_err("a canned error was taken for success");
+        assert!(matches!(&e, StoreError::Permanent { code, .. } if code == "InvalidObjectState"), "{e:?}");
+        server.abort();
     }
 }

@@ -104,7 +104,15 @@ impl Daemon {
             }
         }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let uploader = Uploader::new(fs.clone(), up, stop_rx.clone());
+        let env = crate::upload::UploadEnv {
+            store: fs.store.clone(),
+            can_read: fs.keys.secret.is_some(),
+            prefix: fs.cfg.prefix.clone(),
+            signer: fs.signer.clone(),
+            vault: fs.keys.public,
+            wakeup: fs.upload_wakeup.clone(),
+        };
+        let uploader = Uploader::new(fs.clone(), env, up, stop_rx.clone());
         let mut tasks =
             vec![rt.spawn(uploader.run()), rt.spawn(crate::remote_meta::journal::run(fs.clone(), fs.cfg.journal.clone(), stop_rx.clone()))];
         if fs.keys.secret.is_some() {

@@ -93,6 +93,35 @@ pub struct FsConfig {
     pub descriptor: Option<crate::crypto::VaultDescriptor>,
 }
 
+#[cfg(test)]
+impl FsConfig {
+    /// A configuration for tests that drive the core without a daemon: nothing settles, syncs
+    /// or flushes the journal by itself; STANDARD for everything.
+    pub(crate) fn for_tests(dir: &std::path::Path) -> FsConfig {
+        FsConfig {
+            cache_dir: dir.to_path_buf(),
+            settle: Duration::from_secs(3600),
+            prefix: "v/".into(),
+            policy: crate::rules::ClassPolicy {
+                rules: vec![],
+                default_class: "STANDARD".into(),
+                small_file_threshold: 0,
+                small_file_class: "STANDARD".into(),
+            },
+            restore: RestoreConfig::default(),
+            journal: crate::remote_meta::JournalConfig { interval: Duration::from_secs(3600), ..Default::default() },
+            ignore: vec![],
+            read_cache: 0,
+            read_ahead: 4 << 20,
+            group_commit: Duration::from_secs(3600),
+            max_file_size: MAX_FILE_SIZE,
+            vault_signed: false,
+            staging_quota: None,
+            descriptor: None,
+        }
+    }
+}
+
 /// S3's largest object is 5 TiB; the largest file whose encrypted object fits in it.
 pub const MAX_FILE_SIZE: u64 = {
     const S3_MAX_OBJECT: u64 = 5 << 40;
@@ -210,7 +239,7 @@ pub struct Fs {
     syncer: crate::meta::Syncer,
     pub keys: Arc<VaultKeys>,
     /// This machine's id in the bucket and the key that signs what it puts there.
-    pub signer: crate::crypto::sign::MachineSigner,
+    pub signer: Arc<crate::crypto::sign::MachineSigner>,
     pub store: Arc<Counted>,
     pub rt: tokio::runtime::Handle,
     pub staging: Staging,
@@ -221,7 +250,7 @@ pub struct Fs {
     /// `read_budget.requested()` when memory was last handed back after reads.
     reads_trimmed: std::sync::atomic::AtomicU64,
     /// Woken when an upload is queued.
-    pub upload_wakeup: tokio::sync::Notify,
+    pub upload_wakeup: Arc<tokio::sync::Notify>,
     /// Woken when a restore is recorded and must be sent.
     pub restore_wakeup: Arc<tokio::sync::Notify>,
     /// Woken to upload the journal now (flush, many pending entries).
@@ -281,7 +310,7 @@ impl Fs {
         let gid = unsafe { libc::getgid() };
         let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
         let read_budget = crate::sealed::Budget::new(cfg.read_ahead);
-        let signer = Self::load_signer(&db)?;
+        let signer = Arc::new(Self::load_signer(&db)?);
         let syncer = db.syncer();
         let fs = Arc::new(Fs {
             cfg,
@@ -305,7 +334,7 @@ impl Fs {
             read_budget,
             ahead: Default::default(),
             reads_trimmed: Default::default(),
-            upload_wakeup: tokio::sync::Notify::new(),
+            upload_wakeup: Default::default(),
             restore_wakeup: Default::default(),
             journal_wakeup: tokio::sync::Notify::new(),
             journal_lock: tokio::sync::Mutex::new(()),

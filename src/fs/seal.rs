@@ -172,10 +172,6 @@ impl Fs {
         }
     }
 
-    pub fn new_object_key(prefix: &str) -> String {
-        format!("{prefix}d/{}", hex::encode(rand::random::<[u8; 16]>()))
-    }
-
     // Sealing one file: freeze its spool as this version's plaintext and queue its upload, in
     // one transaction. No encrypted copy is written: the uploader encrypts from the frozen
     // file (`crypto::VersionCipher`), so sealing needs no room beyond the index's headroom.
@@ -233,7 +229,7 @@ impl Fs {
             prev,
         };
         let md = vec![("cvh".to_string(), B64.encode(cipher.header().bytes)), ("cvm".to_string(), B64.encode(cipher.encrypt_meta(&meta)))];
-        let object_key = Self::new_object_key(&self.cfg.prefix);
+        let object_key = crate::vault::new_object_key(&self.cfg.prefix);
         let (class, tags) = self.cfg.policy.choose(&path, i.size);
         let u = Upload {
             id: 0,

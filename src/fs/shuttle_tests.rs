@@ -12,8 +12,6 @@
 use super::*;
 use crate::crypto::VaultDescriptor;
 use crate::store::memory::MemoryStore;
-use crate::store::PutOptions;
-use crate::upload::UploadQueue;
 use shuttle::thread;
 use std::ffi::OsStr;
 use std::sync::OnceLock;
@@ -47,25 +45,9 @@ impl World {
         let dir = tempfile::Builder::new().prefix("cv-shuttle").tempdir_in(base).unwrap();
         let store = MemoryStore::new();
         let cfg = FsConfig {
-            cache_dir: dir.path().to_path_buf(),
-            settle: Duration::from_secs(3600),
-            prefix: "v/".into(),
-            policy: crate::rules::ClassPolicy {
-                rules: vec![],
-                default_class: "STANDARD".into(),
-                small_file_threshold: 0,
-                small_file_class: "STANDARD".into(),
-            },
-            restore: RestoreConfig::default(),
-            journal: crate::remote_meta::JournalConfig::default(),
-            ignore: vec![],
-            read_cache: 0,
-            read_ahead: 4 << 20,
             group_commit: crate::fs::GROUP_COMMIT,
-            max_file_size: crate::fs::MAX_FILE_SIZE,
-            vault_signed: false,
-            staging_quota: None,
-            descriptor: None,
+            journal: crate::remote_meta::JournalConfig::default(),
+            ..FsConfig::for_tests(dir.path())
         };
         let fs = Fs::new(cfg, keys(), Arc::new(Counted::new(store.clone())), runtime()).unwrap();
         World { _dir: dir, store, fs }
@@ -78,30 +60,23 @@ impl World {
         i.ino
     }
 
-    /// One pass of the uploader's protocol over the due versions, as `Uploader::attempt` does
-    /// it (mark, encrypt from the outbox, check the row still exists, conditional PUT,
-    /// complete), synchronously so shuttle schedules each step.
+    /// One pass of the real uploader (`Uploader::step`: mark, encrypt from the frozen copy,
+    /// check the row still exists, sign, conditional PUT, check what landed, complete), inline
+    /// in this shuttle thread so shuttle schedules each of its index calls.
     fn upload_pass(&self) -> usize {
-        let fs = &*self.fs;
-        let due = fs.due_uploads(8).unwrap();
-        for u in &due {
-            fs.mark_uploading(u).unwrap();
-            let body = match crate::upload::object_bytes(&fs.outbox_path(u), u, 0, u.enc_size) {
-                Ok(b) => b,
-                Err(e) => {
-                    fs.upload_failed(u, &e).unwrap();
-                    continue;
-                }
-            };
-            if !fs.upload_exists(u.id).unwrap() {
-                continue;
-            }
-            let metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap();
-            let opts = PutOptions { storage_class: u.storage_class.wire().to_string(), metadata, tagging: u.tagging.clone(), if_none_match: true };
-            runtime().block_on(self.store.put_object(&u.object_key, body, &opts)).expect("a fresh key is never taken");
-            fs.complete_uploads(std::slice::from_ref(u)).unwrap();
-        }
-        due.len()
+        let fs = &self.fs;
+        let env = crate::upload::UploadEnv {
+            store: fs.store.clone(),
+            can_read: true,
+            prefix: fs.cfg.prefix.clone(),
+            signer: fs.signer.clone(),
+            vault: fs.keys.public,
+            wakeup: fs.upload_wakeup.clone(),
+        };
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let cfg = crate::upload::UploadConfig { concurrency: 8, ..Default::default() };
+        let up = crate::upload::Uploader::new(fs.clone(), env, cfg, stop_rx);
+        runtime().block_on(up.step())
     }
 
     /// Seal and upload until nothing is pending, as the daemon would after the race.

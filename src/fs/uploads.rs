@@ -21,29 +21,17 @@ fn paired<T>(db: &Db, f: impl FnOnce(&Db) -> crate::meta::Result<T>) -> IndexRes
     }
 }
 
+#[cfg(all(test, not(feature = "shuttle")))]
+impl Fs {
+    /// The upload queue as the index holds it.
+    pub(crate) fn queued_uploads(&self) -> Vec<Upload> {
+        self.core().db.uploads().unwrap()
+    }
+}
+
 impl UploadQueue for Fs {
-    fn store(&self) -> Arc<dyn ObjectStore> {
-        self.store.clone()
-    }
-
-    fn can_read(&self) -> bool {
-        self.keys.secret.is_some()
-    }
-
-    fn new_key(&self) -> String {
-        Self::new_object_key(&self.cfg.prefix)
-    }
-
-    fn sign_object(&self, key: &str, header: &[u8]) -> String {
-        self.signer.sign_object(&self.keys.public, key.strip_prefix(self.cfg.prefix.as_str()).unwrap_or(key), header)
-    }
-
     fn outbox_path(&self, u: &Upload) -> PathBuf {
         self.staged_version(u)
-    }
-
-    fn wakeup(&self) -> &tokio::sync::Notify {
-        &self.upload_wakeup
     }
 
     fn due_uploads(&self, limit: usize) -> IndexResult<Vec<Upload>> {

@@ -9,6 +9,7 @@
 //!   `status`).
 //! * An upload whose journal row disappeared (file rewritten or deleted) is abandoned.
 
+use crate::crypto::sign::MachineSigner;
 use crate::meta::Upload;
 use crate::store::{ObjectStore, PutOptions, StoreError};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -72,22 +73,13 @@ pub fn backoff(cfg: &UploadConfig, attempts: i64) -> Duration {
 
 pub use crate::meta::{IndexError, IndexResult};
 
-/// All the uploader knows of the rest of coldvault: the queue of sealed versions kept in the
-/// index, where each one's encrypted copy is, and the store. The filesystem core implements
-/// it; every state change of a queued version goes through these calls.
+/// What the uploader asks of the index: the queue of sealed versions, where each one's local
+/// copy is, and every state change of a queued version. Index operations only; the store, the
+/// signing key and the wakeup are the uploader's own ([`UploadEnv`]).
 pub trait UploadQueue: Send + Sync {
-    fn store(&self) -> Arc<dyn ObjectStore>;
-    /// The mount holds the private key and full rights (HeadObject, AbortMultipartUpload); a
-    /// write-only mount does not.
-    fn can_read(&self) -> bool;
-    /// A fresh, never used object key for a version whose key turned out to be occupied.
-    fn new_key(&self) -> String;
-    /// This machine's signature of the object at `key` with this header (`x-amz-meta-cvs`).
-    fn sign_object(&self, key: &str, header: &[u8]) -> String;
-    /// The encrypted copy of a queued version on local disk.
+    /// The local copy of a queued version (its frozen plaintext, or an encrypted outbox file of
+    /// an earlier build).
     fn outbox_path(&self, u: &Upload) -> PathBuf;
-    /// Notified when a version is queued.
-    fn wakeup(&self) -> &tokio::sync::Notify;
     /// Queued versions whose next attempt is due, oldest first.
     fn due_uploads(&self, limit: usize) -> IndexResult<Vec<Upload>>;
     /// False once the version was cancelled (file rewritten or deleted): stop sending it.
@@ -104,8 +96,24 @@ pub trait UploadQueue: Send + Sync {
     fn complete_uploads(&self, ups: &[Upload]) -> IndexResult<()>;
 }
 
+/// What the uploader works with besides the queue.
+pub struct UploadEnv {
+    pub store: Arc<dyn ObjectStore>,
+    /// The mount holds the private key and full rights (HeadObject, AbortMultipartUpload); a
+    /// write-only mount does not.
+    pub can_read: bool,
+    /// The vault's key prefix in the bucket: fresh keys go under it, signatures name keys below it.
+    pub prefix: String,
+    /// This machine's signing key (`x-amz-meta-cvs` of every object) and the vault it signs for.
+    pub signer: Arc<MachineSigner>,
+    pub vault: x25519_dalek::PublicKey,
+    /// Notified when a version is queued.
+    pub wakeup: Arc<tokio::sync::Notify>,
+}
+
 pub struct Uploader {
     fs: Arc<dyn UploadQueue>,
+    env: UploadEnv,
     cfg: UploadConfig,
     inflight: Mutex<HashSet<i64>>,
     /// Uploads done and checked, recorded together (`record_done`), and since when the oldest
@@ -129,9 +137,10 @@ enum Outcome {
 }
 
 impl Uploader {
-    pub fn new(fs: Arc<dyn UploadQueue>, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
+    pub fn new(fs: Arc<dyn UploadQueue>, env: UploadEnv, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
         Arc::new(Uploader {
             fs,
+            env,
             cfg,
             inflight: Mutex::new(HashSet::new()),
             done: Mutex::new((Vec::new(), None)),
@@ -172,11 +181,31 @@ impl Uploader {
             }
             self.dispatch();
             tokio::select! {
-                _ = self.fs.wakeup().notified() => {}
+                _ = self.env.wakeup.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
         }
+    }
+
+    /// Send the versions due now one after another and record those done: the attempt and the
+    /// recording the daemon's loop runs (`run`, several at once), driven inline. Tests and the
+    /// shuttle model call it to run the real protocol without timers. Returns the versions
+    /// attempted.
+    pub async fn step(self: &Arc<Self>) -> usize {
+        let due = match self.fs.due_uploads(self.cfg.concurrency.max(1)) {
+            Ok(d) => d,
+            Err(e) => {
+                self.index_failed("reading the upload queue", &e);
+                return 0;
+            }
+        };
+        let n = due.len();
+        for u in due {
+            self.attempt(u).await;
+        }
+        self.record_done();
+        n
     }
 
     /// The index failed: pause dispatching (doubling each time in a row), and log once per pause.
@@ -233,7 +262,7 @@ impl Uploader {
                 let id = u.id;
                 me.attempt(u).await;
                 me.inflight.lock().unwrap().remove(&id);
-                me.fs.wakeup().notify_one();
+                me.env.wakeup.notify_one();
             });
             let mut running = self.running.lock().unwrap();
             running.retain(|h| !h.is_finished());
@@ -324,16 +353,21 @@ impl Uploader {
     /// Best-effort abort of a cancelled multipart upload. Write-only credentials lack
     /// s3:AbortMultipartUpload: there the bucket's AbortIncompleteMultipartUpload rule cleans up.
     async fn abandon_multipart(&self, u: &Upload, mp: &str) {
-        if self.fs.can_read() {
-            let _ = self.fs.store().abort_multipart(&u.object_key, mp).await;
+        if self.env.can_read {
+            let _ = self.env.store.abort_multipart(&u.object_key, mp).await;
         }
+    }
+
+    /// This machine's signature of the object at `key` with this header.
+    fn sign_object(&self, key: &str, header: &[u8]) -> String {
+        self.env.signer.sign_object(&self.env.vault, key.strip_prefix(self.env.prefix.as_str()).unwrap_or(key), header)
     }
 
     fn opts(&self, u: &Upload) -> PutOptions {
         let mut metadata: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap_or_default();
         // Signed here, not when sealed: a version moved to a fresh key is signed for that key.
         metadata.retain(|(k, _)| k != crate::crypto::sign::META);
-        metadata.push((crate::crypto::sign::META.to_string(), self.fs.sign_object(&u.object_key, &u.header)));
+        metadata.push((crate::crypto::sign::META.to_string(), self.sign_object(&u.object_key, &u.header)));
         // Data objects are never overwritten: a version's key is fresh and the write conditional.
         PutOptions { storage_class: u.storage_class.wire().to_string(), metadata, tagging: u.tagging.clone(), if_none_match: true }
     }
@@ -349,7 +383,7 @@ impl Uploader {
     /// lost). Anything else is never overwritten: the version moves to a fresh key and is
     /// uploaded again.
     async fn settle_existing(&self, u: &Upload) -> Result<Outcome, StoreError> {
-        let h = match self.fs.store().head_object(&u.object_key).await {
+        let h = match self.env.store.head_object(&u.object_key).await {
             // Just written but not visible yet (an eventually consistent store): ask again later.
             Err(StoreError::NotFound) => return Err(StoreError::Retryable("the uploaded object is not visible yet".into())),
             // A HEAD answer has no body: credentials that expired between the PUT and the HEAD
@@ -381,7 +415,7 @@ impl Uploader {
                 ),
             });
         }
-        let fresh = self.fs.new_key();
+        let fresh = crate::vault::new_object_key(&self.env.prefix);
         tracing::error!(upload = u.id, key = %u.object_key, new_key = %fresh, "another object occupies this version's key; it is left untouched and the version is uploaded under a new key");
         Self::journal(self.fs.rekey_upload(u.id, &fresh))?;
         Err(StoreError::Retryable("object key taken by another object; retrying under a new key".into()))
@@ -392,18 +426,18 @@ impl Uploader {
             // A write-only mount may not HeadObject. The key is 128 random bits drawn for this
             // version and never shown to anyone before this upload, so an object already there
             // is our own earlier attempt whose answer was lost.
-            Err(StoreError::AlreadyExists) if !self.fs.can_read() => Ok(Outcome::Done),
+            Err(StoreError::AlreadyExists) if !self.env.can_read => Ok(Outcome::Done),
             Err(StoreError::AlreadyExists) => self.settle_existing(u).await,
             // Before the local copy is released, check what the store holds: its size and this
             // version's header. A write-only mount may not read the bucket (HeadObject is
             // denied): there the Content-MD5 of every request is the check.
-            Ok(Outcome::Done) if self.fs.can_read() => self.settle_existing(u).await,
+            Ok(Outcome::Done) if self.env.can_read => self.settle_existing(u).await,
             r => r,
         }
     }
 
     async fn upload_conditional(&self, u: &Upload) -> Result<Outcome, StoreError> {
-        let store = self.fs.store();
+        let store = self.env.store.clone();
         if u.enc_size <= MULTIPART_THRESHOLD {
             let body = tokio::task::block_in_place(|| self.read_outbox(u, 0, u.enc_size))?;
             if !Self::journal(self.fs.upload_exists(u.id))? {
@@ -517,3 +551,6 @@ pub fn object_bytes(p: &std::path::Path, u: &Upload, start: u64, len: u64) -> Re
     f.read_exact_at(&mut buf, start).map_err(io)?;
     Ok(Bytes::from(buf))
 }
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests;

@@ -56,5 +56,13 @@ impl std::fmt::Display for UploadState {
     }
 }
 
+/// A fresh object key for a version: 128 random bits under the vault's data prefix. Keys are
+/// never reused and never contain a name (docs/FORMAT.md).
+pub fn new_object_key(prefix: &str) -> String {
+    let id: [u8; 16] = rand::random();
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}d/{hex}")
+}
+
 #[cfg(test)]
 mod tests;

@@ -4,9 +4,10 @@
 //! returning `Result<_, FsError>`; the open-handle table; sealing settled files into the outbox;
 //! completing uploads into the index; reading local or remote content. `fuse/` only translates.
 //!
-//! Concurrency: one lock, `core` (the SQLite connection plus the open-file table). Every inode
-//! state transition happens under it. It is never held across network I/O, encryption of a
-//! whole file, or a `pwrite`: those run outside and re-check `content_gen` before committing.
+//! Concurrency: one lock, `core` (the SQLite connection plus the open-file table), owned by
+//! `index::Index`, whose header gives the lock order. Every inode state transition happens
+//! under it. It is never held across network I/O, encryption of a whole file, or a `pwrite`:
+//! those run outside and re-check `content_gen` before committing.
 //!
 //! Durability, with a local filesystem's contract: `flush` (every close) and `release` commit
 //! the file's size and state to the index (SQLite WAL, not fsynced) before replying, so a
@@ -21,6 +22,7 @@ mod ahead;
 mod archive;
 mod attrs;
 mod handles;
+mod index;
 mod journal;
 mod namespace;
 mod quota;
@@ -29,6 +31,7 @@ mod seal;
 mod status;
 mod uploads;
 
+use index::{AfterCommit, Core, Handle, OpenFile};
 pub use status::{FailureInfo, FlushView, RestoreInfo, Status};
 
 use crate::clock::Nanos;
@@ -144,85 +147,6 @@ pub const DEFAULT_IGNORE: &[&str] =
 /// An open of an archived file may ask S3 about its pending restore at most this often.
 const OPEN_HEAD_INTERVAL_MS: i64 = 60_000;
 
-/// State of a file with at least one open handle.
-struct OpenFile {
-    handles: u32,
-    writers: u32,
-    /// Handles opened by execve (`Fs::open_exec`): the file is a running program until they
-    /// are released (when the last process running it has exited).
-    execs: u32,
-    /// The file's owner when it was opened (charged for what writes add, `quota.rs`).
-    uid: u32,
-    /// The plaintext spool, open read-write, when the file's content is dirty. None with
-    /// writers counted: they opened an uploaded file without O_TRUNC, and no write, read or
-    /// truncate has needed the old content yet (`Fs::materialize`).
-    spool: Option<Arc<File>>,
-    size: u64,
-    mtime_ns: Nanos,
-    /// Changed by writes and truncates (committed with the data; a close alone changes nothing).
-    ctime_ns: Nanos,
-    /// Writes and truncates through this file so far, and how many of them are durable
-    /// (spool fsynced and index committed). A close or fsync makes durable what came before
-    /// it; a write racing with it stays pending for the next one.
-    changes: u64,
-    committed: u64,
-    /// Truncations (and O_TRUNC spool swaps) so far: a write whose bytes went to the spool
-    /// before a truncation that came after it started writes them again (review L10: the
-    /// truncate cut them, and the write then set the size back, leaving zeros).
-    cuts: u64,
-}
-
-impl OpenFile {
-    fn touch(&mut self) {
-        self.changes += 1;
-    }
-    fn pending(&self) -> bool {
-        self.changes != self.committed
-    }
-}
-
-struct Handle {
-    ino: u64,
-    write: bool,
-    /// Content of a virtual (status) file, fixed at open.
-    virt: Option<Arc<Vec<u8>>>,
-    /// The reader of the object this handle reads from S3, made by its first remote read.
-    reader: Option<Arc<std::sync::Mutex<crate::sealed::Reader>>>,
-    /// The process that opened it (0: not known): folder read-ahead follows each reader; a
-    /// writer's first write names it in the restore it may request (the indexer rule).
-    pid: u32,
-    /// Opened by execve: counted in `OpenFile::execs` until released.
-    exec: bool,
-}
-
-struct Core {
-    db: Db,
-    open: HashMap<u64, OpenFile>,
-    handles: HashMap<u64, Handle>,
-    next_fh: u64,
-    /// Inside a namespace operation (`Fs::in_op`): staged files it made unreferenced, deleted
-    /// only once its transaction has committed (a crash or an error before keeps them).
-    op_depth: u32,
-    after_commit: Vec<AfterCommit>,
-    /// Staged files that committed changes no longer reference, deleted by the next
-    /// `sync_durable` once those commits survive power loss (before, a power cut could bring
-    /// back an index that still needs them: a sealed version whose upload's completion was
-    /// lost, a version a rewrite discarded).
-    after_durable: Vec<PathBuf>,
-    /// The connection's change count right after the last `sync_durable`, and whether bytes
-    /// were written to a spool since: the group commit skips an idle filesystem.
-    synced_changes: u64,
-    written: bool,
-}
-
-/// What a namespace operation does with staged files once its transaction has committed.
-enum AfterCommit {
-    /// Delete once durable (`Fs::remove_when_durable`).
-    RemoveWhenDurable(PathBuf),
-    /// Move the inode's spool aside, delete it once durable (`Fs::drop_spool`).
-    DropSpool(u64),
-}
-
 /// Where an encrypted copy of a file's current content can be read from.
 enum Source {
     /// A sealed version's frozen plaintext, or an uploaded one kept in the read cache.
@@ -234,9 +158,9 @@ enum Source {
 
 pub struct Fs {
     pub cfg: FsConfig,
-    core: Mutex<Core>,
-    /// Makes the index durable without `core` (`sync_durable`).
-    syncer: crate::meta::Syncer,
+    /// The index and the open-file table, behind the one core lock (`index.rs`, with the lock
+    /// order).
+    index: index::Index,
     pub keys: Arc<VaultKeys>,
     /// This machine's id in the bucket and the key that signs what it puts there.
     pub signer: Arc<crate::crypto::sign::MachineSigner>,
@@ -264,9 +188,7 @@ pub struct Fs {
     /// and `flush --wait` answers with them instead of waiting for a seal that cannot happen.
     seal_failures: Mutex<HashMap<u64, (i64, i64, String)>>,
     /// Staged bytes per owner, for the staging quota (`quota.rs`).
-    quota: Mutex<HashMap<u32, quota::Use>>,
-    /// Bumped whenever uploads complete (staged files released).
-    staged_gen: std::sync::atomic::AtomicU64,
+    quota: quota::Quota,
     /// The latest wall-clock time (ms) the sealer or the uploader read: one later read far
     /// below it means the system clock was set back (`check_clock`).
     clock_high: std::sync::atomic::AtomicI64,
@@ -311,21 +233,10 @@ impl Fs {
         let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
         let read_budget = crate::sealed::Budget::new(cfg.read_ahead);
         let signer = Arc::new(Self::load_signer(&db)?);
-        let syncer = db.syncer();
+        let quota = quota::Quota::new(cfg.staging_quota);
         let fs = Arc::new(Fs {
             cfg,
-            syncer,
-            core: Mutex::new(Core {
-                db,
-                open: HashMap::new(),
-                handles: HashMap::new(),
-                next_fh: 1,
-                op_depth: 0,
-                after_commit: Vec::new(),
-                after_durable: Vec::new(),
-                synced_changes: u64::MAX,
-                written: false,
-            }),
+            index: index::Index::new(db),
             keys,
             signer,
             store,
@@ -340,8 +251,7 @@ impl Fs {
             journal_lock: tokio::sync::Mutex::new(()),
             seal_lock: Mutex::new(()),
             seal_failures: Mutex::new(HashMap::new()),
-            quota: Mutex::new(HashMap::new()),
-            staged_gen: Default::default(),
+            quota,
             clock_high: Default::default(),
             #[cfg(test)]
             persist_hook: Mutex::new(None),
@@ -359,7 +269,7 @@ impl Fs {
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+        self.index.core()
     }
 
     /// Make everything so far survive power loss: every staged byte and rename (one `syncfs`
@@ -390,7 +300,7 @@ impl Fs {
             let mut c = self.core();
             (c.db.conn().total_changes(), std::mem::take(&mut c.after_durable))
         };
-        if let Err(e) = self.syncer.sync() {
+        if let Err(e) = self.index.syncer.sync() {
             let mut c = self.core();
             c.written = true;
             c.after_durable.extend(doomed);
@@ -402,7 +312,7 @@ impl Fs {
             c.synced_changes = changes;
         }
         if checkpoint {
-            match self.syncer.checkpoint() {
+            match self.index.syncer.checkpoint() {
                 // The pages written to the WAL since the last checkpoint that emptied it
                 // (what every change costs in writes: `RUST_LOG=coldvault=debug`).
                 Ok((pages, copied)) => tracing::debug!(pages, copied, "index checkpoint"),

@@ -15,11 +15,11 @@
 use super::*;
 
 /// A user's staged bytes as last read from the index, and what writes added since.
-pub(super) struct Use {
+struct Use {
     read: u64,
     added: u64,
     at: std::time::Instant,
-    /// `Fs::staged_gen` at the reading: uploads completed since make it worth reading again.
+    /// `Quota::staged_gen` at the reading: uploads completed since make it worth reading again.
     gen: u64,
 }
 
@@ -29,14 +29,35 @@ const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 /// user's staged files under the index lock).
 const RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
-impl Fs {
+/// The staging quota's own state: what each user had staged at the last reading, and a count
+/// of upload completions. Its lock is taken before `core` (a reading sums the user's staged
+/// files under the index lock), never after.
+pub(super) struct Quota {
+    limit: Option<u64>,
+    users: Mutex<HashMap<u32, Use>>,
+    /// Bumped whenever uploads complete (staged files released): a reading taken before is
+    /// worth taking again.
+    staged_gen: std::sync::atomic::AtomicU64,
+}
+
+impl Quota {
+    pub(super) fn new(limit: Option<u64>) -> Quota {
+        Quota { limit, users: Mutex::new(HashMap::new()), staged_gen: Default::default() }
+    }
+
+    /// Uploads completed: staged bytes were released.
+    pub(super) fn released(&self) {
+        self.staged_gen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Charge `uid` for `grows` more bytes on the staging disk; EDQUOT beyond its quota.
-    pub(super) fn charge(&self, uid: u32, grows: u64) -> Result<()> {
-        let Some(quota) = self.cfg.staging_quota else { return Ok(()) };
+    /// `staged` reads what the user has staged now (from the index).
+    fn charge(&self, uid: u32, grows: u64, staged: impl FnOnce(u32) -> Result<u64>) -> Result<()> {
+        let Some(quota) = self.limit else { return Ok(()) };
         if grows == 0 {
             return Ok(());
         }
-        let mut q = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let gen = self.staged_gen.load(std::sync::atomic::Ordering::Relaxed);
         let stale = q.get(&uid).is_none_or(|u| {
             let age = u.at.elapsed();
@@ -44,7 +65,7 @@ impl Fs {
             age > FRESH || (over && (age > RETRY || u.gen != gen))
         });
         if stale {
-            let read = self.staged_bytes(uid)?;
+            let read = staged(uid)?;
             q.insert(uid, Use { read, added: 0, at: std::time::Instant::now(), gen });
         }
         let u = q.get_mut(&uid).expect("just read");
@@ -60,6 +81,13 @@ impl Fs {
         }
         u.added += grows;
         Ok(())
+    }
+}
+
+impl Fs {
+    /// Charge `uid` for `grows` more bytes on the staging disk; EDQUOT beyond its quota.
+    pub(super) fn charge(&self, uid: u32, grows: u64) -> Result<()> {
+        self.quota.charge(uid, grows, |uid| self.staged_bytes(uid))
     }
 
     /// Bytes of `uid`'s files on the staging disk only: as the index records them, and what

@@ -198,7 +198,7 @@ impl UploadQueue for Fs {
             }
         }
         // Staging space freed: a write refused over its quota reads its owner's use again.
-        self.staged_gen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.quota.released();
         self.data_uploads.fetch_add(live, std::sync::atomic::Ordering::Relaxed);
         // Review N4: the moves below are renames the filesystem may persist before the commit
         // above; a power cut between them found the file dirty with its spool gone into the

@@ -211,19 +211,21 @@ def find_pid(pattern):
 
 class Coldvault(System):
     name = "coldvault"
+    bin = BIN
+    bucket = "coldvault"
 
     def __init__(self, work, garage):
         System.__init__(self, work, garage)
-        bucket = garage.bucket("coldvault")
+        bucket = garage.bucket(self.bucket)
         self.cfg, self.pw = self.work / "config.toml", self.work / "passphrase"
         self.pw.write_text(secrets.token_hex(16) + "\n")
-        sh(BIN, "init", "--bucket", bucket, "--prefix", "bench", "--endpoint-url", garage.endpoint, "--region", "garage",
+        sh(self.bin, "init", "--bucket", bucket, "--prefix", "bench", "--endpoint-url", garage.endpoint, "--region", "garage",
            "--config", self.cfg, "--passphrase-file", self.pw, env=self.env)
         self.mount()
 
     def mount(self):
         # COLDVAULT_MOUNT_ARGS: extra mount options to compare (e.g. "--upload-concurrency 16").
-        sh(BIN, "mount", "--config", self.cfg, "--cache-dir", self.work / "cache", "--passphrase-file", self.pw,
+        sh(self.bin, "mount", "--config", self.cfg, "--cache-dir", self.work / "cache", "--passphrase-file", self.pw,
            *os.environ.get("COLDVAULT_MOUNT_ARGS", "").split(), self.mnt, env=self.env)
         wait_for("coldvault mount", lambda: is_mounted(self.mnt))
         self.pid = find_pid(f"coldvault mount.*{self.mnt}")
@@ -235,11 +237,19 @@ class Coldvault(System):
         self.mount()
 
     def durable(self):
-        sh(BIN, "flush", "--wait", self.mnt, timeout=3600)
+        sh(self.bin, "flush", "--wait", self.mnt, timeout=3600)
 
     def stop(self):
-        sh(BIN, "unmount", self.mnt, check=False, timeout=600)
+        sh(self.bin, "unmount", self.mnt, check=False, timeout=600)
         System.stop(self)
+
+
+class ColdvaultBefore(Coldvault):
+    """Another build of coldvault in the same run (COLDVAULT_BEFORE_BIN), e.g. the commit before
+    a refactoring that must change nothing: `--systems coldvault,coldvault-before`."""
+    name = "coldvault before"
+    bin = os.environ.get("COLDVAULT_BEFORE_BIN", BIN)
+    bucket = "coldvault-before"
 
 
 class Rclone(System):
@@ -327,7 +337,7 @@ class S3fs(System):
         self.mount()
 
 
-SYSTEMS = {"local": Local, "passthrough": Passthrough, "coldvault": Coldvault, "rclone": Rclone, "rclone-crypt": RcloneCrypt, "s3fs": S3fs}
+SYSTEMS = {"local": Local, "passthrough": Passthrough, "coldvault": Coldvault, "coldvault-before": ColdvaultBefore, "rclone": Rclone, "rclone-crypt": RcloneCrypt, "s3fs": S3fs}
 
 
 class LoopFs:
@@ -533,7 +543,7 @@ def table(results, direct, workloads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "coldvault-before" or "COLDVAULT_BEFORE_BIN" in os.environ))
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--work", default="/var/tmp/coldvault-bench")
     ap.add_argument("--no-loop-fs", action="store_true",

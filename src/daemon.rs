@@ -29,6 +29,53 @@ pub struct Daemon {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// This full mount found the vault signing, or started it, and its own key allowed.
     pub signing: bool,
+    /// The allowance of this machine's key, when it could not be made at start.
+    allowing: Option<Arc<Allowing>>,
+}
+
+/// Allowing this machine's signing key in the vault (`trust::prepare_full`), tried again until
+/// it is done when the store could not be reached at start: a rebuild believes what this
+/// machine uploads only once its key is allowed, whenever that happens.
+struct Allowing {
+    store: Arc<dyn ObjectStore>,
+    sk: x25519_dalek::StaticSecret,
+    fs: Arc<Fs>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Allowing {
+    async fn try_once(&self) -> Result<(), crate::remote_meta::RemoteError> {
+        if self.done.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let fs = &self.fs;
+        crate::remote_meta::trust::prepare_full(&self.store, &self.sk, &fs.cfg.prefix, &fs.signer, fs.cfg.vault_signed, fs.cfg.descriptor.as_ref())
+            .await?;
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Again and again (1 s, doubling up to 5 min) until it is done, refused for good, or stopped.
+    async fn retry(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            match self.try_once().await {
+                Ok(()) => {
+                    tracing::info!("this machine's signing key is allowed in the vault now");
+                    return;
+                }
+                Err(crate::remote_meta::RemoteError::Store(e)) if e.is_retryable() => wait = (wait * 2).min(Duration::from_secs(300)),
+                Err(e) => {
+                    tracing::error!(error = %e, token = %self.fs.signer.token(), "could not allow this machine's signing key in the vault: until then a rebuild does not believe what it uploads");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Daemon {
@@ -48,26 +95,27 @@ impl Daemon {
         let counted = Arc::new(Counted::with_prefix(store.clone(), &fs_cfg.prefix));
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;
         let mut signing = false;
+        let mut allowing = None;
         match fs.keys.secret.as_ref() {
             // A full mount allows its own signing key in the vault (and starts the vault signing
             // if no machine has), before it rebuilds or writes anything.
             Some(sk) => {
+                let allow = Arc::new(Allowing { store: store.clone(), sk: sk.clone(), fs: fs.clone(), done: Default::default() });
                 // Not counted in `status`: what a mount does once before it starts.
-                let prepared = rt.block_on(crate::remote_meta::trust::prepare_full(
-                    &store,
-                    sk,
-                    &fs.cfg.prefix,
-                    &fs.signer,
-                    fs.cfg.vault_signed,
-                    fs.cfg.descriptor.as_ref(),
-                ));
-                signing = prepared.is_ok();
-                if let Err(e) = prepared {
-                    tracing::error!(
+                match rt.block_on(allow.try_once()) {
+                    Ok(()) => signing = true,
+                    // A store that cannot be reached at mount time (a network not up yet at
+                    // boot, a 5xx) must not leave what this mount uploads unbelieved for the
+                    // whole mount: tried again in the background and before unmounting.
+                    Err(crate::remote_meta::RemoteError::Store(e)) if e.is_retryable() => {
+                        tracing::warn!(error = %e, "could not allow this machine's signing key in the vault yet; trying again");
+                        allowing = Some(allow);
+                    }
+                    Err(e) => tracing::error!(
                         error = %e,
                         token = %fs.signer.token(),
                         "could not allow this machine's signing key in the vault (tried again at the next mount; or run `coldvault machine allow TOKEN`): until then a rebuild does not believe what it uploads"
-                    );
+                    ),
                 }
             }
             None => tracing::info!(
@@ -127,6 +175,9 @@ impl Daemon {
             tasks.push(rt.spawn(poller.run(stop_rx.clone())));
         }
         tasks.push(rt.spawn(sweep_multipart(fs.clone(), stop_rx.clone())));
+        if let Some(a) = &allowing {
+            tasks.push(rt.spawn(a.clone().retry(stop_rx.clone())));
+        }
         // Poll often enough that the settle delay is honoured to within ~0.25 s.
         let sealer = {
             let fs = fs.clone();
@@ -146,7 +197,7 @@ impl Daemon {
                 }
             })
         };
-        Ok(Daemon { fs, stop, tasks, threads: vec![sealer, committer], signing })
+        Ok(Daemon { fs, stop, tasks, threads: vec![sealer, committer], signing, allowing })
     }
 
     pub fn add_task(&mut self, t: tokio::task::JoinHandle<()>) {
@@ -172,6 +223,16 @@ impl Daemon {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        // One more try before going: what this mount uploaded is believed only once its key is.
+        if let (true, Some(a)) = (last_commit, &self.allowing) {
+            match tokio::time::timeout(Duration::from_secs(30), a.try_once()).await {
+                Ok(Ok(())) => tracing::info!("this machine's signing key is allowed in the vault now"),
+                _ => tracing::error!(
+                    token = %self.fs.signer.token(),
+                    "this machine's signing key is still not allowed in the vault: a rebuild does not believe what it uploaded until the next mount allows it (or `coldvault machine allow TOKEN`)"
+                ),
+            }
         }
         // The uploader records its last completed uploads as it stops, possibly after the
         // journal task's last flush: their records go up now, not at the next mount.

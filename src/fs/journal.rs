@@ -78,7 +78,7 @@ impl JournalIndex for Fs {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "shuttle")))]
 impl Fs {
     /// Tests: the journal uploader of the daemon serving this filesystem, the one its journal
     /// task and `flush --wait` share (and whose lock serialises them), for helpers that hold

@@ -6,6 +6,7 @@
 
 use crate::crypto::VaultKeys;
 use crate::fs::{Fs, FsConfig};
+use crate::remote_meta::journal::{JournalEnv, JournalUploader};
 use crate::store::{Counted, ObjectStore};
 use crate::upload::{UploadConfig, Uploader};
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ pub struct MountSpec {
 /// A running daemon without FUSE (tests drive `fs` directly) or with it (`run_mount`).
 pub struct Daemon {
     pub fs: Arc<Fs>,
+    /// The one journal uploader: its task, the control socket's `flush` and unmount share it.
+    pub journal: Arc<JournalUploader>,
     pub stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The sealer and the group commit threads.
@@ -133,9 +136,8 @@ impl Daemon {
                 };
                 let tree = rt
                     .block_on(crate::remote_meta::rebuild(&(fs.store.clone() as Arc<dyn crate::store::ObjectStore>), &fs.keys, &prefix, &progress))
-                    .map_err(|e| crate::fs::FsError::Io(std::io::Error::other(format!("rebuilding the index from the bucket failed: {e}"))))?;
-                tree.check_signed(fs.cfg.vault_signed, &prefix)
-                    .map_err(|e| crate::fs::FsError::Io(std::io::Error::other(format!("rebuilding the index from the bucket failed: {e}"))))?;
+                    .map_err(crate::fs::FsError::Rebuild)?;
+                tree.check_signed(fs.cfg.vault_signed, &prefix).map_err(crate::fs::FsError::Rebuild)?;
                 for r in &tree.refused {
                     tracing::error!("{r}");
                 }
@@ -161,8 +163,18 @@ impl Daemon {
             wakeup: fs.upload_wakeup.clone(),
         };
         let uploader = Uploader::new(fs.clone(), env, up, stop_rx.clone());
-        let mut tasks =
-            vec![rt.spawn(uploader.run()), rt.spawn(crate::remote_meta::journal::run(fs.clone(), fs.cfg.journal.clone(), stop_rx.clone()))];
+        let env = JournalEnv {
+            store: fs.store.clone(),
+            keys: fs.keys.clone(),
+            signer: fs.signer.clone(),
+            prefix: fs.cfg.prefix.clone(),
+            wakeup: fs.journal_wakeup.clone(),
+            uploaded: fs.meta_uploads.clone(),
+        };
+        let journal = Arc::new(JournalUploader::new(fs.clone(), env, fs.cfg.journal.clone()));
+        #[cfg(test)]
+        let _ = fs.daemon_journal.set(Arc::downgrade(&journal));
+        let mut tasks = vec![rt.spawn(uploader.run()), rt.spawn(journal.clone().run(stop_rx.clone()))];
         if fs.keys.secret.is_some() {
             // Restores and class refreshes need read rights a write-only mount does not have.
             let poller = crate::restore::poller::Poller {
@@ -197,7 +209,7 @@ impl Daemon {
                 }
             })
         };
-        Ok(Daemon { fs, stop, tasks, threads: vec![sealer, committer], signing, allowing })
+        Ok(Daemon { fs, journal, stop, tasks, threads: vec![sealer, committer], signing, allowing })
     }
 
     pub fn add_task(&mut self, t: tokio::task::JoinHandle<()>) {
@@ -237,8 +249,7 @@ impl Daemon {
         // The uploader records its last completed uploads as it stops, possibly after the
         // journal task's last flush: their records go up now, not at the next mount.
         if last_commit && self.fs.journal_pending_count().unwrap_or(0) > 0 {
-            let flush = crate::remote_meta::journal::flush(self.fs.as_ref(), &self.fs.cfg.journal);
-            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(30), flush).await {
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(30), self.journal.flush()).await {
                 tracing::warn!(error = %e, "last journal upload failed; the next mount sends it");
             }
         }

@@ -82,7 +82,7 @@ pub fn run(cmd: MachineCmd) -> Result<()> {
         };
         match cmd {
             MachineCmd::Allow { token, full, .. } => {
-                let (m, vk) = coldvault::crypto::sign::parse_token(&token).map_err(|e| anyhow!(e))?;
+                let (m, vk) = coldvault::crypto::sign::parse_token(&token)?;
                 let role = if full { trust::Role::Full } else { trust::Role::WriteOnly };
                 if let Some(other) = t.machines.get(&m).and_then(|v| v.iter().find(|k| k.key != vk)) {
                     bail!(

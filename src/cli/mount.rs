@@ -187,10 +187,10 @@ pub fn run(mut a: MountArgs) -> Result<()> {
     let mut unmounter = session.unmount_callable();
     let fuse_thread = std::thread::Builder::new().name("fuse".into()).spawn(move || session.run())?;
     daemon.add_task(rt.spawn({
-        let fs = daemon.fs.clone();
+        let (fs, journal) = (daemon.fs.clone(), daemon.journal.clone());
         let stop = daemon.stop.subscribe();
         async move {
-            if let Err(e) = control::serve(fs, sock, stop).await {
+            if let Err(e) = control::serve(fs, journal, sock, stop).await {
                 tracing::error!(error = %e, "control socket failed");
             }
         }

@@ -10,6 +10,7 @@
 //! each side checks the other's uid on the connection (SO_PEERCRED): the user's own, or root's.
 
 use crate::fs::{Fs, Status};
+use crate::remote_meta::journal::JournalUploader;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -139,7 +140,9 @@ pub struct Rate {
     start_uploaded_bytes: u64,
 }
 
-pub async fn serve(fs: Arc<Fs>, sock: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+/// Answer requests on `sock` until `stop`; `journal` is the daemon's journal uploader (the one
+/// its journal task uses), for `flush --wait`.
+pub async fn serve(fs: Arc<Fs>, journal: Arc<JournalUploader>, sock: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
     let dir = sock.parent().expect("socket has a parent").to_path_buf();
     secure_dir(&dir, true)?;
     let _ = std::fs::remove_file(&sock);
@@ -154,7 +157,7 @@ pub async fn serve(fs: Arc<Fs>, sock: PathBuf, mut stop: tokio::sync::watch::Rec
                     tracing::warn!("control socket: {why}; connection refused");
                     continue;
                 }
-                let fs = fs.clone();
+                let (fs, journal) = (fs.clone(), journal.clone());
                 let rate = rate.clone();
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
@@ -163,7 +166,7 @@ pub async fn serve(fs: Arc<Fs>, sock: PathBuf, mut stop: tokio::sync::watch::Rec
                         return;
                     }
                     let reply = match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => handle(&fs, &rate, req).await,
+                        Ok(req) => handle(&fs, &journal, &rate, req).await,
                         Err(e) => Reply::Error { message: format!("bad request: {e}") },
                     };
                     let mut out = serde_json::to_vec(&reply).unwrap_or_default();
@@ -187,7 +190,7 @@ fn status_with_eta(fs: &Fs, rate: &Rate) -> Result<Status, String> {
     Ok(s)
 }
 
-async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
+async fn handle(fs: &Arc<Fs>, journal: &JournalUploader, rate: &Rate, req: Request) -> Reply {
     match req {
         Request::Pid => Reply::Pid { pid: std::process::id() },
         Request::Status => match status_with_eta(fs, rate) {
@@ -204,7 +207,7 @@ async fn handle(fs: &Arc<Fs>, rate: &Rate, req: Request) -> Reply {
             Ok(n) => Reply::Retried { uploads: n as u64 },
             Err(e) => Reply::Error { message: e.to_string() },
         },
-        Request::Flush { wait, timeout_secs } => flush(fs, wait, timeout_secs.map(Duration::from_secs)).await,
+        Request::Flush { wait, timeout_secs } => flush(fs, journal, wait, timeout_secs.map(Duration::from_secs)).await,
     }
 }
 
@@ -215,8 +218,9 @@ const FLUSH_NAMES: usize = 20;
 /// this version or a newer one, the journal included. It never waits on what cannot progress:
 /// files deleted while open (orphans: nothing of them is uploaded), files held open for writing
 /// (named in the reply: they upload once closed), files that cannot be sealed or were parked
-/// as failed; and with `timeout` it answers then, naming what it still waits on.
-pub async fn flush(fs: &Arc<Fs>, wait: bool, timeout: Option<Duration>) -> Reply {
+/// as failed; and with `timeout` it answers then, naming what it still waits on. The journal
+/// goes up through `journal`, the daemon's uploader (one flusher at a time).
+pub async fn flush(fs: &Arc<Fs>, journal: &JournalUploader, wait: bool, timeout: Option<Duration>) -> Reply {
     let began = std::time::Instant::now();
     let mut targets = match fs.pending_inodes() {
         Ok(t) => t,
@@ -282,7 +286,7 @@ pub async fn flush(fs: &Arc<Fs>, wait: bool, timeout: Option<Duration>) -> Reply
         if !wait || waiting == 0 {
             if wait {
                 // Renames, deletions and attribute changes are part of "everything".
-                if let Err(e) = crate::remote_meta::journal::flush(fs.as_ref(), &fs.cfg.journal).await {
+                if let Err(e) = journal.flush().await {
                     return Reply::Error { message: format!("uploading the metadata journal failed: {e}") };
                 }
             }
@@ -332,18 +336,38 @@ fn restore_paths(fs: &Fs, paths: &[String], tier: Option<String>, days: Option<i
     Reply::Restore { files: files.len() as u64, bytes, cost_usd: cost, requested }
 }
 
+/// Why a request to the daemon (`call`) got no reply. `Display` is the message the CLI prints;
+/// the I/O error underneath stays the source (shown after it, as `anyhow` contexts were).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The mount point cannot be resolved to name its socket.
+    #[error("{} is not accessible", .mountpoint.display())]
+    NotAccessible { mountpoint: PathBuf, source: std::io::Error },
+    /// Nothing listens on the mount point's socket.
+    #[error("no coldvault daemon is serving {} (is it mounted?)", .mountpoint.display())]
+    NoDaemon { mountpoint: PathBuf, source: std::io::Error },
+    /// The socket is held by someone else than the user (or root): `peer_allowed`'s reason.
+    #[error("{0}")]
+    NotOurs(String),
+    #[error("the daemon closed the connection without answering")]
+    NoAnswer,
+    /// The socket's folder was refused, or the request or reply could not be sent or read.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// Send one request to the daemon serving `mountpoint`.
-pub async fn call(mountpoint: &Path, req: &Request) -> anyhow::Result<Reply> {
-    use anyhow::Context;
-    let sock = socket_path(mountpoint).with_context(|| format!("{} is not accessible", mountpoint.display()))?;
+pub async fn call(mountpoint: &Path, req: &Request) -> Result<Reply, ControlError> {
+    let sock = socket_path(mountpoint).map_err(|source| ControlError::NotAccessible { mountpoint: mountpoint.to_path_buf(), source })?;
     let dir = sock.parent().expect("socket has a parent");
     if dir.symlink_metadata().is_ok() {
         secure_dir(dir, false)?;
     }
-    let stream = tokio::net::UnixStream::connect(&sock)
-        .await
-        .with_context(|| format!("no coldvault daemon is serving {} (is it mounted?)", mountpoint.display()))?;
-    peer_allowed(&stream).map_err(anyhow::Error::msg)?;
+    let stream =
+        tokio::net::UnixStream::connect(&sock).await.map_err(|source| ControlError::NoDaemon { mountpoint: mountpoint.to_path_buf(), source })?;
+    peer_allowed(&stream).map_err(ControlError::NotOurs)?;
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
@@ -351,7 +375,7 @@ pub async fn call(mountpoint: &Path, req: &Request) -> anyhow::Result<Reply> {
     let mut resp = String::new();
     BufReader::new(r).read_line(&mut resp).await?;
     if resp.is_empty() {
-        anyhow::bail!("the daemon closed the connection without answering");
+        return Err(ControlError::NoAnswer);
     }
     Ok(serde_json::from_str(&resp)?)
 }

@@ -62,14 +62,34 @@ impl MachineSigner {
     }
 }
 
+/// Why a machine token or a statement object was not accepted; `Display` is the sentence
+/// shown to the user (`coldvault machine allow`) or noted by a rebuild.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    #[error("a machine token is MACHINE:KEY, as `coldvault status` prints it")]
+    TokenShape,
+    #[error("{0:?} is not a machine id (16 hex digits)")]
+    NotMachineId(String),
+    #[error("the key part of the token is not 32 bytes of base64url")]
+    TokenKeyNotBase64,
+    #[error("the key part of the token is not an Ed25519 public key")]
+    TokenKeyNotEd25519,
+    #[error("not a statement: {0}")]
+    NotStatement(String),
+    #[error("its signature is not 64 bytes of base64")]
+    StatementSignatureShape,
+    #[error("its signature is not the vault's (forged, or moved from another key)")]
+    NotVaultSigned,
+}
+
 /// Parse a token printed by `coldvault status` / `machine token`.
-pub fn parse_token(t: &str) -> Result<(String, VerifyingKey), String> {
-    let (m, k) = t.trim().split_once(':').ok_or("a machine token is MACHINE:KEY, as `coldvault status` prints it")?;
+pub fn parse_token(t: &str) -> Result<(String, VerifyingKey), SignError> {
+    let (m, k) = t.trim().split_once(':').ok_or(SignError::TokenShape)?;
     if !is_machine_id(m) {
-        return Err(format!("{m:?} is not a machine id (16 hex digits)"));
+        return Err(SignError::NotMachineId(m.to_string()));
     }
-    let kb: [u8; 32] = B64URL.decode(k).ok().and_then(|v| v.try_into().ok()).ok_or("the key part of the token is not 32 bytes of base64url")?;
-    let vk = VerifyingKey::from_bytes(&kb).map_err(|_| "the key part of the token is not an Ed25519 public key")?;
+    let kb: [u8; 32] = B64URL.decode(k).ok().and_then(|v| v.try_into().ok()).ok_or(SignError::TokenKeyNotBase64)?;
+    let vk = VerifyingKey::from_bytes(&kb).map_err(|_| SignError::TokenKeyNotEd25519)?;
     Ok((m.to_string(), vk))
 }
 
@@ -145,14 +165,14 @@ pub fn sign_statement(vault_sk: &StaticSecret, rel_key: &str, body: &str) -> Vec
 }
 
 /// The body of a statement object, if the vault key signed it for this key.
-pub fn open_statement(vault_sk: &StaticSecret, rel_key: &str, object: &[u8]) -> Result<String, String> {
-    let doc: StatementDoc = serde_json::from_slice(object).map_err(|e| format!("not a statement: {e}"))?;
-    let sig: [u8; 64] = B64.decode(&doc.sig).ok().and_then(|v| v.try_into().ok()).ok_or("its signature is not 64 bytes of base64")?;
+pub fn open_statement(vault_sk: &StaticSecret, rel_key: &str, object: &[u8]) -> Result<String, SignError> {
+    let doc: StatementDoc = serde_json::from_slice(object).map_err(|e| SignError::NotStatement(e.to_string()))?;
+    let sig: [u8; 64] = B64.decode(&doc.sig).ok().and_then(|v| v.try_into().ok()).ok_or(SignError::StatementSignatureShape)?;
     let vault = PublicKey::from(vault_sk);
     vault_signing_key(vault_sk)
         .verifying_key()
         .verify_strict(&statement_message(&vault, rel_key, &doc.body), &Signature::from_bytes(&sig))
-        .map_err(|_| "its signature is not the vault's (forged, or moved from another key)".to_string())?;
+        .map_err(|_| SignError::NotVaultSigned)?;
     Ok(doc.body)
 }
 

@@ -3,6 +3,7 @@
 
 use crate::crypto::CryptoError;
 use crate::meta::MetaError;
+use crate::remote_meta::RemoteError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,9 @@ pub enum FsError {
     Crypto(#[from] CryptoError),
     #[error("S3: {0}")]
     Store(#[from] StoreError),
+    /// A full mount with an empty index could not rebuild it from the bucket (it does not start).
+    #[error("rebuilding the index from the bucket failed: {0}")]
+    Rebuild(RemoteError),
 }
 
 impl FsError {
@@ -92,6 +96,8 @@ impl FsError {
             FsError::Store(StoreError::Archived) => libc::EAGAIN,
             FsError::Store(StoreError::NotFound) => libc::EIO,
             FsError::Store(_) => libc::EIO,
+            // Only at mount (the daemon does not start): EIO, as any failure to read the bucket.
+            FsError::Rebuild(_) => libc::EIO,
         }
     }
 }

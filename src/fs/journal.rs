@@ -3,7 +3,7 @@
 use super::*;
 
 use crate::meta::IndexResult;
-use crate::remote_meta::journal::{JournalIndex, SnapshotFile};
+use crate::remote_meta::journal::{JournalIndex, SnapshotDue, SnapshotFile};
 
 /// How long snapshots remember a removed path: another machine's upload of it older than the
 /// removal, but not seen by it, arriving later than that is replayed as a resurrection (the
@@ -15,34 +15,6 @@ impl JournalIndex for Fs {
         let c = self.core();
         c.db.set_setting("journal_forked", "1")?;
         Ok(c.db.sync()?)
-    }
-
-    fn store(&self) -> &dyn ObjectStore {
-        self.store.as_ref()
-    }
-
-    fn keys(&self) -> &VaultKeys {
-        &self.keys
-    }
-
-    fn signer(&self) -> &crate::crypto::sign::MachineSigner {
-        &self.signer
-    }
-
-    fn prefix(&self) -> &str {
-        &self.cfg.prefix
-    }
-
-    fn flush_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.journal_lock
-    }
-
-    fn wakeup(&self) -> &tokio::sync::Notify {
-        &self.journal_wakeup
-    }
-
-    fn uploaded_one(&self) {
-        self.meta_uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn machine(&self) -> IndexResult<String> {
@@ -80,8 +52,7 @@ impl JournalIndex for Fs {
         Ok(())
     }
 
-    /// (entries uploaded since the last snapshot, time of the last snapshot in ms, its entries).
-    fn snapshot_due(&self) -> IndexResult<(u64, i64, u64)> {
+    fn snapshot_due(&self) -> IndexResult<SnapshotDue> {
         let c = self.core();
         let since = c.db.setting("since_snapshot")?.and_then(|v| v.parse().ok()).unwrap_or(0);
         let entries = c.db.setting("last_snapshot_entries")?.and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -93,7 +64,7 @@ impl JournalIndex for Fs {
                 now_ms()
             }
         };
-        Ok((since, last, entries))
+        Ok(SnapshotDue { since, last_ms: last, last_entries: entries })
     }
 
     fn snapshot_taken(&self, _covers_seq: i64, entries: u64, bytes: u64) -> IndexResult<()> {
@@ -104,6 +75,16 @@ impl JournalIndex for Fs {
         c.db.set_setting("last_snapshot_ms", &now_ms().to_string())?;
         c.db.prune_tombstones(now_ms() - TOMBSTONE_DAYS * 86_400_000)?;
         Ok(())
+    }
+}
+
+#[cfg(all(test, not(feature = "shuttle")))]
+impl Fs {
+    /// Tests: the journal uploader of the daemon serving this filesystem, the one its journal
+    /// task and `flush --wait` share (and whose lock serialises them), for helpers that hold
+    /// only the `Fs`.
+    pub(crate) fn journal_uploader(&self) -> Arc<crate::remote_meta::journal::JournalUploader> {
+        self.daemon_journal.get().and_then(|w| w.upgrade()).expect("a running daemon serves this filesystem")
     }
 }
 

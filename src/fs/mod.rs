@@ -178,9 +178,7 @@ pub struct Fs {
     /// Woken when a restore is recorded and must be sent.
     pub restore_wakeup: Arc<tokio::sync::Notify>,
     /// Woken to upload the journal now (flush, many pending entries).
-    pub journal_wakeup: tokio::sync::Notify,
-    /// One journal flusher at a time.
-    pub journal_lock: tokio::sync::Mutex<()>,
+    pub journal_wakeup: Arc<tokio::sync::Notify>,
     /// One sealer at a time: the sealer thread and `flush` must never encrypt the same file
     /// concurrently (they would write one outbox file with two data keys).
     seal_lock: Mutex<()>,
@@ -205,8 +203,11 @@ pub struct Fs {
     mark_calls: std::sync::atomic::AtomicU64,
     /// File versions that reached S3 since mount (status; tests check "uploaded once").
     pub data_uploads: std::sync::atomic::AtomicU64,
-    /// Journal batches and snapshots uploaded since mount.
-    pub meta_uploads: std::sync::atomic::AtomicU64,
+    /// Journal batches and snapshots uploaded since mount (counted by the journal uploader).
+    pub meta_uploads: Arc<std::sync::atomic::AtomicU64>,
+    /// Tests: the journal uploader of the daemon serving this filesystem (`journal_uploader`).
+    #[cfg(test)]
+    pub daemon_journal: std::sync::OnceLock<std::sync::Weak<crate::remote_meta::journal::JournalUploader>>,
     pub uid: u32,
     pub gid: u32,
 }
@@ -247,8 +248,7 @@ impl Fs {
             reads_trimmed: Default::default(),
             upload_wakeup: Default::default(),
             restore_wakeup: Default::default(),
-            journal_wakeup: tokio::sync::Notify::new(),
-            journal_lock: tokio::sync::Mutex::new(()),
+            journal_wakeup: Default::default(),
             seal_lock: Mutex::new(()),
             seal_failures: Mutex::new(HashMap::new()),
             quota,
@@ -261,6 +261,8 @@ impl Fs {
             mark_calls: Default::default(),
             data_uploads: Default::default(),
             meta_uploads: Default::default(),
+            #[cfg(test)]
+            daemon_journal: Default::default(),
             uid,
             gid,
         });

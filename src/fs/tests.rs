@@ -1143,8 +1143,7 @@ fn split_upload_states_are_reconciled_at_start_up() {
 
 fn flush_journal(e: &Env) {
     let fs = e.fs();
-    let cfg = fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &cfg)).unwrap();
+    e.rt.block_on(fs.journal_uploader().flush()).unwrap();
 }
 
 /// A second machine: fresh cache dir, same bucket and keys; its index is rebuilt at start.
@@ -1340,12 +1339,11 @@ fn no_snapshot_without_room_for_it_on_the_staging_disk() {
     e.wait_uploaded();
     // As if the last snapshot had been a petabyte.
     fs.core().db.set_setting("last_snapshot_bytes", &(1u64 << 50).to_string()).unwrap();
-    let cfg = fs.cfg.journal.clone();
     // Every batch goes up: the flush succeeds, and so does `flush --wait` (review N14: it
     // failed whenever a due snapshot could not be written).
-    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &cfg)).expect("a snapshot without room does not fail the flush");
+    e.rt.block_on(fs.journal_uploader().flush()).expect("a snapshot without room does not fail the flush");
     e.write_file(ROOT, "b.jpg", &data(1000, 2));
-    match e.rt.block_on(crate::control::flush(&fs, true, Some(Duration::from_secs(20)))) {
+    match e.rt.block_on(crate::control::flush(&fs, &fs.journal_uploader(), true, Some(Duration::from_secs(20)))) {
         crate::control::Reply::Flushed { failed_files: 0, .. } => {}
         other => panic!("flush --wait: {other:?}"),
     }
@@ -1495,8 +1493,7 @@ fn two_machines_in_different_folders_both_survive_a_rebuild() {
     wait_for("b uploaded", || b.fs.state_of(fb.ino).unwrap().map(|x| x.1) == Some(State::Uploaded));
     a.rename(da.ino, OsStr::new("a.jpg"), da.ino, OsStr::new("a2.jpg"), false).unwrap();
     flush_journal(&e);
-    let bcfg = b.fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(b.fs.as_ref(), &bcfg)).unwrap();
+    e.rt.block_on(b.journal.flush()).unwrap();
     assert_ne!(a.machine_id().unwrap(), b.fs.machine_id().unwrap());
     let (_dir_c, c) = fresh_machine(&e);
     assert!(c.fs.resolve("laptop/a2.jpg").is_ok());
@@ -1589,8 +1586,7 @@ fn rewrite_on(fs: &Fs, ino: u64, d: &[u8]) {
 fn settle_machine(e: &Env, fs: &Arc<Fs>) {
     fs.seal_ready(true).unwrap();
     wait_for("uploads", || fs.status().unwrap().pending_files == 0);
-    let cfg = fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &cfg)).unwrap();
+    e.rt.block_on(fs.journal_uploader().flush()).unwrap();
 }
 
 fn read_on(fs: &Fs, path: &str) -> Vec<u8> {
@@ -2237,8 +2233,7 @@ fn snapshot_keeps_the_durable_version_of_a_file_being_rewritten() {
     rewrite_on(&fs, ino, &data(60_000, 22));
     fs.seal_ready(true).unwrap();
     wait_for("the new version's PUT on the wire", || fs.store.counts().get("PutObject").copied().unwrap_or(0) > puts);
-    let bcfg = fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &bcfg)).unwrap();
+    e.rt.block_on(fs.journal_uploader().flush()).unwrap();
     assert_ne!(fs.state_of(ino).unwrap().unwrap().1, State::Uploaded, "still pending at the snapshot");
     let snaps = e.store.snapshot().into_keys().filter(|k| k.starts_with("v/s/")).count();
     assert!(snaps >= 1, "a snapshot was taken");
@@ -2306,7 +2301,7 @@ fn an_atomic_save_deleted_before_upload_brings_back_nothing() {
 fn flush_wait(e: &Env, timeout: Duration) -> crate::control::Reply {
     let fs = e.fs();
     let t = Instant::now();
-    let r = e.rt.block_on(crate::control::flush(&fs, true, Some(timeout)));
+    let r = e.rt.block_on(crate::control::flush(&fs, &fs.journal_uploader(), true, Some(timeout)));
     assert!(t.elapsed() < timeout + Duration::from_secs(5), "flush --wait overran its timeout: {r:?}");
     r
 }
@@ -2501,8 +2496,7 @@ fn a_live_clone_never_overwrites_the_journal_of_the_machine_it_copies() {
     write_on(&d2.fs, ROOT, "clone.txt", b"clone");
     d2.fs.seal_ready(true).unwrap();
     wait_for("the clone's upload", || d2.fs.status().unwrap().pending_files == 0);
-    let jcfg = d2.fs.cfg.journal.clone();
-    let err = e.rt.block_on(crate::remote_meta::journal::flush(d2.fs.as_ref(), &jcfg)).unwrap_err();
+    let err = e.rt.block_on(d2.journal.flush()).unwrap_err().to_string();
     assert!(err.contains("another copy of this machine"), "{err}");
     let (_d3, d3) = fresh_machine(&e);
     assert_eq!(read_on(&d3.fs, "orig.txt"), b"original", "the first copy's journal is intact");
@@ -2510,7 +2504,7 @@ fn a_live_clone_never_overwrites_the_journal_of_the_machine_it_copies() {
     // Restarted, the clone goes on as a new machine and its changes reach the bucket too.
     e.rt.block_on(d2.shutdown());
     let d2 = Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), cfg(copy.path()), fast_upload()).unwrap();
-    e.rt.block_on(crate::remote_meta::journal::flush(d2.fs.as_ref(), &jcfg)).unwrap();
+    e.rt.block_on(d2.journal.flush()).unwrap();
     e.rt.block_on(d2.shutdown());
     let (_d4, d4) = fresh_machine(&e);
     assert_eq!(read_on(&d4.fs, "orig.txt"), b"original");
@@ -2730,8 +2724,7 @@ fn a_rename_after_a_seal_keeps_its_place_over_the_unjournaled_version() {
     fs.rename(ROOT, OsStr::new("b"), ROOT, OsStr::new("a"), false).unwrap();
     fs.rename(ROOT, OsStr::new("t"), ROOT, OsStr::new("b"), false).unwrap();
     // The renames reach the bucket; a v2 lands after, and its record never does.
-    let jcfg = fs.cfg.journal.clone();
-    e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &jcfg)).unwrap();
+    e.rt.block_on(fs.journal_uploader().flush()).unwrap();
     wait_for("a v2 landed", || e.puts() == 3);
     let (_d2, d2) = fresh_machine(&e);
     assert_eq!(read_on(&d2.fs, "a"), b"b v1", "what the renames put at a");
@@ -3173,6 +3166,9 @@ fn wop_strategy() -> impl proptest::strategy::Strategy<Value = WOp> {
     ]
 }
 
+/// Whether the folder exists, and each live path's content and `user.k` attribute.
+type WView = (bool, BTreeMap<String, (Vec<u8>, Option<u8>)>);
+
 /// What a user must see: live paths with their content and `user.k` attribute, whether the
 /// folder exists, and what each held handle reads.
 #[derive(Default)]
@@ -3185,13 +3181,13 @@ struct WModel {
 }
 
 impl WModel {
-    fn view(&self) -> (bool, BTreeMap<String, (Vec<u8>, Option<u8>)>) {
+    fn view(&self) -> WView {
         (self.dir, self.names.iter().map(|(p, id)| (p.clone(), self.files[id].clone())).collect())
     }
 }
 
 /// The same view, read through `fs`.
-fn wview_of(fs: &Fs) -> (bool, BTreeMap<String, (Vec<u8>, Option<u8>)>) {
+fn wview_of(fs: &Fs) -> WView {
     let mut out = BTreeMap::new();
     let mut dir = false;
     let add = |prefix: &str, parent: u64, out: &mut BTreeMap<String, (Vec<u8>, Option<u8>)>| {
@@ -3215,9 +3211,8 @@ fn wview_of(fs: &Fs) -> (bool, BTreeMap<String, (Vec<u8>, Option<u8>)>) {
 fn wsettle(e: &Env, fs: &Arc<Fs>) {
     fs.seal_ready(true).unwrap();
     wait_for("uploads", || fs.status().unwrap().pending_files == 0);
-    let cfg = fs.cfg.journal.clone();
     for attempt in 0.. {
-        match e.rt.block_on(crate::remote_meta::journal::flush(fs.as_ref(), &cfg)) {
+        match e.rt.block_on(fs.journal_uploader().flush()) {
             Ok(_) => break,
             Err(err) if attempt < 3 => eprintln!("journal upload failed once ({err}); again"),
             Err(err) => panic!("journal upload keeps failing: {err}"),

@@ -7,7 +7,7 @@
 //! snapshots of earlier builds put them after `machine`, `covers_seq` and `ts_ms`), so the
 //! parser is a serde visitor over the top-level object, not a scan of known offsets.
 
-use super::trust::{Role, Writer};
+use super::trust::{Refusal, Role, Writer};
 use super::{Entry, RemoteError, Tree};
 use crate::sealed::{Budget, Plaintext, ReadError};
 use crate::store::ObjectStore;
@@ -202,7 +202,7 @@ pub async fn stream(
     key: &str,
     enc_len: u64,
     tree: Option<Tree>,
-    check: &(dyn Fn(&[u8]) -> Result<Writer, String> + Sync),
+    check: &(dyn Fn(&[u8]) -> Result<Writer, Refusal> + Sync),
 ) -> Result<(Option<Tree>, Result<SnapshotInfo, String>), RemoteError> {
     let Some(size) = crate::crypto::plaintext_len(enc_len) else {
         return Ok((tree, Err(format!("impossible object length {enc_len}"))));

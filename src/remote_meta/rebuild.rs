@@ -95,11 +95,11 @@ impl Stream {
                 Ok((body, md)) => {
                     let w = match body.get(..crypto::HEADER_LEN) {
                         Some(h) => r.trust.check(&r.keys.public, &key[r.prefix.len()..], Some(m), h, md.get(sign::META).map(String::as_str)),
-                        None => Err("shorter than a header".into()),
+                        None => Err(trust::Refusal::ShorterThanHeader),
                     };
-                    (Ok(body), w)
+                    (Ok(body), Some(w))
                 }
-                Err(e) => (Err(e), Err(String::new())),
+                Err(e) => (Err(e), None),
             };
             let b: Batch = match open_fetched(r.keys, &key, got)? {
                 Ok(b) => b,
@@ -109,11 +109,13 @@ impl Stream {
                 }
             };
             let writer = match sig {
-                Ok(w) => w,
-                Err(e) => {
+                Some(Ok(w)) => w,
+                Some(Err(e)) => {
                     st.refused.push(format!("journal batch {key} (records {first}..{last}) is not believed: {e}; its changes are not in this tree"));
                     continue;
                 }
+                // Not downloaded: `open_fetched` said so above (or stopped the rebuild).
+                None => continue,
             };
             if b.machine != m || b.records.iter().any(|r| r.seq < first || r.seq > last) {
                 st.refused
@@ -289,7 +291,7 @@ impl Reader<'_> {
     }
 
     /// What a snapshot's header is checked with as it is read: the signature it was chosen by.
-    fn checker(&self, c: &SnapshotCandidate) -> impl Fn(&[u8]) -> Result<trust::Writer, String> + Sync + '_ {
+    fn checker(&self, c: &SnapshotCandidate) -> impl Fn(&[u8]) -> Result<trust::Writer, trust::Refusal> + Sync + '_ {
         let rel = c.key[self.prefix.len()..].to_string();
         let m = c.machine.clone();
         let sig = c.sig.clone();

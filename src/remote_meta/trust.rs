@@ -124,6 +124,40 @@ pub struct AllowedKey {
     pub revoked: Option<BTreeMap<String, String>>,
 }
 
+/// Why a rebuild does not believe an object (`Trust::check`) or a statement (`Trust::load`):
+/// the security verdict. `Display` is the sentence the rebuild reports (after the object's
+/// name), so users and tests read the same words as before this was a type.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unsigned, and not one of the objects of older builds this vault adopted when it started signing")]
+    Unadopted,
+    #[error("its signature (x-amz-meta-cvs) is malformed")]
+    MalformedSignature,
+    #[error("signed as machine {0}, but stored under another machine's name")]
+    OtherStream(String),
+    #[error("signed by machine {0}, which this vault does not allow (if it is yours: `coldvault machine allow` its token on a full machine)")]
+    NotAllowed(String),
+    #[error("its signature does not verify with any key allowed for machine {0} (forged, or moved from another key)")]
+    BadSignature(String),
+    #[error("signed by machine {machine} with key {key_id}, which was revoked (and this object is not one it kept)")]
+    Revoked { machine: String, key_id: String },
+    /// The object is too short to hold the header a signature covers.
+    #[error("shorter than a header")]
+    ShorterThanHeader,
+    /// A statement whose vault signature does not hold (or that is no statement at all).
+    #[error(transparent)]
+    Statement(#[from] sign::SignError),
+    /// A statement whose body is not what its kind holds (the JSON parser's words).
+    #[error("{0}")]
+    Body(String),
+    #[error("key is not 32 bytes of base64")]
+    KeyNotBase64,
+    #[error("key is not an Ed25519 public key")]
+    KeyNotEd25519,
+    #[error("its content does not match its key")]
+    NotItsKey,
+}
+
 /// Who wrote an object that passed `Trust::check`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Writer {
@@ -221,30 +255,30 @@ impl Trust {
     }
 
     /// Verify one statement (`body`, found at `rel`) and take what it says.
-    fn take(&mut self, sk: &StaticSecret, kind: Kind, rel: &str, body: &[u8], revocations: &mut Vec<Revocation>) -> Result<(), String> {
+    fn take(&mut self, sk: &StaticSecret, kind: Kind, rel: &str, body: &[u8], revocations: &mut Vec<Revocation>) -> Result<(), Refusal> {
         let text = sign::open_statement(sk, rel, body)?;
         match kind {
             Kind::Enroll => {
-                let e: Enrollment = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let e: Enrollment = serde_json::from_str(&text).map_err(|e| Refusal::Body(e.to_string()))?;
                 let vk = decode_key(&e.key)?;
                 if rel != enroll_key(&e.machine, &vk) {
-                    return Err("its content does not match its key".into());
+                    return Err(Refusal::NotItsKey);
                 }
                 self.machines.entry(e.machine).or_default().push(AllowedKey { key: vk, role: e.role, ts_ms: e.ts_ms, revoked: None });
             }
             Kind::Revoke => {
-                let r: Revocation = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let r: Revocation = serde_json::from_str(&text).map_err(|e| Refusal::Body(e.to_string()))?;
                 if rel != revoke_key(&r.machine, &decode_key(&r.key)?, r.ts_ms) {
-                    return Err("its content does not match its key".into());
+                    return Err(Refusal::NotItsKey);
                 }
                 revocations.push(r);
             }
             Kind::Adopt => {
-                let a: Adoption = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let a: Adoption = serde_json::from_str(&text).map_err(|e| Refusal::Body(e.to_string()))?;
                 self.adopted.extend(a.objects);
             }
             Kind::Vault => {
-                let d: SignedDescriptor = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let d: SignedDescriptor = serde_json::from_str(&text).map_err(|e| Refusal::Body(e.to_string()))?;
                 if self.descriptor.as_ref().is_none_or(|o| o.ts_ms < d.ts_ms) {
                     self.descriptor = Some(d);
                 }
@@ -285,7 +319,7 @@ impl Trust {
             let Some(kind) = kind_of(rel) else { continue };
             t.signed = true;
             if let Err(e) = t.take(sk, kind, rel, body, &mut revocations) {
-                t.problems.push(e);
+                t.problems.push(e.to_string());
             }
         }
         t.finish(revocations);
@@ -295,7 +329,7 @@ impl Trust {
     /// Whether an object may be believed, and who wrote it. `rel_key`: its key below the
     /// prefix; `stream`: the machine its key names (batches, snapshots); `sig`: its
     /// `x-amz-meta-cvs`.
-    pub fn check(&self, vault: &PublicKey, rel_key: &str, stream: Option<&str>, header: &[u8], sig: Option<&str>) -> Result<Writer, String> {
+    pub fn check(&self, vault: &PublicKey, rel_key: &str, stream: Option<&str>, header: &[u8], sig: Option<&str>) -> Result<Writer, Refusal> {
         // A vault of an older build (no statement): believed as before, signed or not.
         if !self.signed {
             return Ok(Writer { machine: None, role: Role::Full });
@@ -303,32 +337,27 @@ impl Trust {
         let Some(sig) = sig else {
             return match self.adopted.get(rel_key) {
                 Some(want) if *want == crate::crypto::sha256_hex(header) => Ok(Writer { machine: None, role: Role::Full }),
-                _ => Err("unsigned, and not one of the objects of older builds this vault adopted when it started signing".into()),
+                _ => Err(Refusal::Unadopted),
             };
         };
-        let (m, s) = sign::parse_object_signature(sig).ok_or("its signature (x-amz-meta-cvs) is malformed")?;
+        let (m, s) = sign::parse_object_signature(sig).ok_or(Refusal::MalformedSignature)?;
         if stream.is_some_and(|st| st != m) {
-            return Err(format!("signed as machine {m}, but stored under another machine's name"));
+            return Err(Refusal::OtherStream(m));
         }
-        let allowed = self.machines.get(&m).filter(|v| !v.is_empty()).ok_or_else(|| {
-            format!("signed by machine {m}, which this vault does not allow (if it is yours: `coldvault machine allow` its token on a full machine)")
-        })?;
-        let k = allowed
-            .iter()
-            .find(|k| sign::verify_object(&k.key, vault, rel_key, header, &s))
-            .ok_or_else(|| format!("its signature does not verify with any key allowed for machine {m} (forged, or moved from another key)"))?;
+        let Some(allowed) = self.machines.get(&m).filter(|v| !v.is_empty()) else { return Err(Refusal::NotAllowed(m)) };
+        let Some(k) = allowed.iter().find(|k| sign::verify_object(&k.key, vault, rel_key, header, &s)) else { return Err(Refusal::BadSignature(m)) };
         match &k.revoked {
             Some(keep) if keep.get(rel_key) != Some(&crate::crypto::sha256_hex(header)) => {
-                Err(format!("signed by machine {m} with key {}, which was revoked (and this object is not one it kept)", sign::key_id(&k.key)))
+                Err(Refusal::Revoked { machine: m, key_id: sign::key_id(&k.key) })
             }
             _ => Ok(Writer { machine: Some(m), role: k.role }),
         }
     }
 }
 
-fn decode_key(b: &str) -> Result<VerifyingKey, String> {
-    let kb: [u8; 32] = B64.decode(b).ok().and_then(|v| v.try_into().ok()).ok_or("key is not 32 bytes of base64")?;
-    VerifyingKey::from_bytes(&kb).map_err(|_| "key is not an Ed25519 public key".to_string())
+fn decode_key(b: &str) -> Result<VerifyingKey, Refusal> {
+    let kb: [u8; 32] = B64.decode(b).ok().and_then(|v| v.try_into().ok()).ok_or(Refusal::KeyNotBase64)?;
+    VerifyingKey::from_bytes(&kb).map_err(|_| Refusal::KeyNotEd25519)
 }
 
 fn text_of(body: &impl Serialize) -> String {

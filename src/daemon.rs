@@ -1,5 +1,7 @@
-//! Wiring for `coldvault mount`: connect the store, open the index, start the uploader, the
-//! sealer, the group commit and the control socket, run the FUSE session, and shut down cleanly.
+//! Wiring for `coldvault mount`: open the index, allow this machine's key, rebuild if needed, and
+//! start the uploader, the journal uploader, the restore poller, the sealer and the group
+//! commit; shut them down cleanly. `cli/mount.rs` connects the store, serves the control socket
+//! and runs the FUSE session around it.
 //!
 //! Shutdown: a watch channel (`stop`) tells every background task to end; uploads in flight are
 //! interrupted, their journal rows stay queued, and the next mount resumes them.
@@ -9,19 +11,10 @@ use crate::fs::{Fs, FsConfig};
 use crate::remote_meta::journal::{JournalEnv, JournalUploader};
 use crate::store::{Counted, ObjectStore};
 use crate::upload::{UploadConfig, Uploader};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct MountSpec {
-    pub mountpoint: PathBuf,
-    pub fs: FsConfig,
-    pub upload: UploadConfig,
-    pub allow_other: bool,
-    pub threads: usize,
-}
-
-/// A running daemon without FUSE (tests drive `fs` directly) or with it (`run_mount`).
+/// A running daemon without FUSE (tests drive `fs` directly) or with it (`cli/mount.rs`).
 pub struct Daemon {
     pub fs: Arc<Fs>,
     /// The one journal uploader: its task, the control socket's `flush` and unmount share it.

@@ -1,26 +1,29 @@
 //! coldvault: an S3 bucket mounted as an encrypted, write-mostly folder.
 //!
-//! Module map (data flows top to bottom; each arrow points one way — see docs/ARCHITECTURE.md):
+//! Module map, from the FUSE face down to the leaves: a module imports only modules listed below it
+//! (tests excepted; the arrows that still cross a layer are listed in docs/ARCHITECTURE.md, "Floors").
+//! The binary's `cli/` (one file per command) sits above all of them.
 //!
-//! * [`fuse`]    — `fuser::Filesystem` adapter: translate requests, call [`fs`], reply.
-//! * [`fs`]      — POSIX semantics without FUSE: handles, sealing, reads, errno mapping.
-//! * [`meta`]    — SQLite index and upload journal (WAL, synchronous=FULL).
-//! * [`staging`] — spool (plaintext), outbox (frozen plaintext of sealed versions) and read-cache files.
-//! * [`crypto`]  — vault keys, STREAM encryption (object format 1, vault format 2), metadata.
-//! * [`remote_meta`] — journal of namespace changes and index snapshots in the bucket; rebuild.
-//! * [`restore`] — archive tiers: restore states, costs, times, cost guard, status-file text.
-//! * [`sealed`]  — reading a sealed object in ranged GETs, segment by segment, in bounded memory.
-//! * [`rules`]   — storage class per path (globs, small-file guard, object tags).
-//! * [`upload`]  — durable upload queue: PutObject / resumable multipart, retry with backoff.
-//! * [`store`]   — the `ObjectStore` trait: aws-sdk-s3, the in-memory fake, request counting.
-//! * [`config`]  — TOML config + vault descriptor on disk.
-//! * [`control`] — the daemon's local control socket (`status`, `flush`).
-//! * [`daemon`]  — wiring for `coldvault mount`: store, fs, uploader, sealer, FUSE session.
-//! * [`fuzz`]    — every parser of bucket input, as the fuzz targets and the corpus replay call it.
-//! * [`sync`]    — the core's locks, swapped for shuttle's in the model-checked tests.
-//! * [`vault`]   — the vocabulary every layer shares: storage classes, restore tiers and states,
-//!   upload states, special files, header fields. A leaf: it imports nothing of the crate.
-//! * [`clock`], [`text`] — times and sizes as the index, the bucket and the user see them.
+//! * [`fuse`]        — `fuser::Filesystem` adapter: unpack a request, call [`fs`], reply.
+//! * [`control`]     — the daemon's local control socket (`status`, `flush`, `retry`, `restore`, `pid`).
+//! * [`daemon`]      — wiring for `coldvault mount`: fs, uploader, journal uploader, restore poller, sealer.
+//! * [`fs`]          — POSIX semantics without FUSE, one file per concern; the index and its lock order.
+//! * [`extract`]     — writing restored files below a destination safely (`get`, `verify --deep`).
+//! * [`fuzz`]        — every parser of bucket input, as the fuzz targets and the corpus replay call it.
+//! * [`remote_meta`] — journal batches, snapshots and statements in the bucket; the rebuild.
+//! * [`upload`]      — the uploader: PutObject / resumable multipart, the post-upload check, backoff.
+//! * [`restore`]     — archive tiers: costs, times, cost guard, status-file text; the restore poller.
+//! * [`sealed`]      — reading a sealed object in ranged GETs, segment by segment, in bounded memory.
+//! * [`config`]      — the TOML config and vault descriptor on disk.
+//! * [`store`]       — the `ObjectStore` trait: aws-sdk-s3, the in-memory fake, counting, conformance.
+//! * [`meta`]        — the SQLite index and upload journal (WAL, synchronous=NORMAL) and their SQL.
+//! * [`crypto`]      — vault keys, STREAM encryption (object format 1, vault format 2), signatures.
+//! * [`rules`]       — storage class per path (globs, small-file guard, object tags).
+//! * [`staging`]     — spool, outbox (frozen plaintext of sealed versions) and read-cache files.
+//! * [`sync`]        — the core's locks, swapped for shuttle's in the model-checked tests.
+//! * [`vault`]       — the shared vocabulary: storage classes, tiers, restores, upload states, specials.
+//! * [`clock`]       — wall-clock time as the index and the bucket store it; dates.
+//! * [`text`]        — sizes in plain words (`human_bytes`).
 
 // Every `unsafe` block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -62,7 +62,7 @@ async fn verify(store: Arc<dyn ObjectStore>, keys: Option<&VaultKeys>, cfg: &Con
     let mut refused: Vec<String> = Vec::new();
     let files: Vec<Recorded> = if from_index {
         let db = coldvault::meta::Db::open(&db_path, 0, 0, 0)?;
-        db.select_inodes("WHERE kind=1 AND state='uploaded' ORDER BY ino", [])?
+        db.uploaded_files()?
             .into_iter()
             .map(|f| Recorded {
                 path: db.path_of(f.ino).unwrap_or_else(|_| format!("inode {}", f.ino)),

@@ -5,10 +5,12 @@
 //! way round):
 //!
 //! ```text
-//! seal_lock → quota → core        (sealing; a write charging the staging quota reads core)
+//! seal_lock → core                (one sealer at a time; it takes core for each step)
+//! quota → core                    (a write charging the staging quota reads the user's staged bytes)
+//! core → seal_failures            (`status` reads the failures under core: taken last of all)
 //! handle reader (std Mutex)       taken and released without core held, never both
 //! ahead (folder read-ahead)       never held while taking core
-//! journal flush lock → core       (the journal task and `flush` read pending records)
+//! journal flush lock → core       (the journal uploader and `flush` read pending records)
 //! ```
 //!
 //! `core` is never held across network I/O, the encryption of a whole file, an fsync or a

@@ -67,7 +67,7 @@ impl JournalIndex for Fs {
         Ok(SnapshotDue { since, last_ms: last, last_entries: entries })
     }
 
-    fn snapshot_taken(&self, _covers_seq: i64, entries: u64, bytes: u64) -> IndexResult<()> {
+    fn snapshot_taken(&self, entries: u64, bytes: u64) -> IndexResult<()> {
         let c = self.core();
         c.db.set_setting("since_snapshot", "0")?;
         c.db.set_setting("last_snapshot_entries", &entries.to_string())?;

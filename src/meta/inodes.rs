@@ -102,7 +102,12 @@ impl Db {
         Ok(self.conn.row("SELECT 1 FROM inodes WHERE parent=?1 AND ino != 1 LIMIT 1", params![parent as i64], |_| Ok(())).optional()?.is_some())
     }
 
-    pub fn select_inodes(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Inode>> {
+    /// Every uploaded file, in inode order (`coldvault verify` compares them with the bucket).
+    pub fn uploaded_files(&self) -> Result<Vec<Inode>> {
+        self.select_inodes("WHERE kind=1 AND state='uploaded' ORDER BY ino", [])
+    }
+
+    pub(crate) fn select_inodes(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Inode>> {
         let mut out = Vec::new();
         self.for_each_inode(clause, p, |i| -> Result<()> {
             out.push(i);

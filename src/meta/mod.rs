@@ -8,8 +8,8 @@
 //! * inode numbers come from AUTOINCREMENT and are never reused, so they are stable across
 //!   remounts (NFS/Samba re-export relies on that); the root is inode 1.
 //! * a regular file's `state` says where its current content lives:
-//!   `dirty` (plaintext spool file `spool/<ino>`), `sealed` (encrypted outbox file, an
-//!   `uploads` row queued), `uploading` (same, an upload is in flight), `uploaded` (in S3 at
+//!   `dirty` (plaintext spool file `spool/<ino>`), `sealed` (the version's frozen plaintext in
+//!   the outbox, an `uploads` row queued), `uploading` (same, an upload is in flight), `uploaded` (in S3 at
 //!   `object_key`), `failed` (upload parked after a permanent error; outbox kept).
 //! * `content_gen` increases on every content change; an upload completes into the inode only
 //!   if the generation it sealed is still current.

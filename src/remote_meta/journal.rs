@@ -56,8 +56,8 @@ pub trait JournalIndex: Send + Sync {
     /// A snapshot of the index as it is on disk now, sealed in a temporary file (see
     /// `SnapshotFile`), stamped with a time after every record it reflects.
     fn write_snapshot(&self, machine: &str) -> IndexResult<SnapshotFile>;
-    /// The snapshot covering `covers_seq` (`entries` entries, `bytes` bytes) is in the bucket.
-    fn snapshot_taken(&self, covers_seq: i64, entries: u64, bytes: u64) -> IndexResult<()>;
+    /// The snapshot (`entries` entries, `bytes` bytes) is in the bucket.
+    fn snapshot_taken(&self, entries: u64, bytes: u64) -> IndexResult<()>;
 }
 
 /// The index's snapshot bookkeeping, from which `flush` decides whether one is due.
@@ -203,7 +203,7 @@ impl JournalUploader {
         let written_ms = t.elapsed().as_millis() as u64;
         let key = self.sink().put_snapshot(machine, covers_seq, &snap.file, snap.len).await?;
         drop(snap);
-        fs.snapshot_taken(covers_seq, files, bytes)?;
+        fs.snapshot_taken(files, bytes)?;
         self.uploaded_one();
         tracing::info!(
             key,

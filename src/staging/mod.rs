@@ -1,8 +1,10 @@
 //! The staging area on local disk, under the cache dir:
 //!
 //! * `spool/<ino>`: plaintext of a dirty file, written in place by FUSE writes.
-//! * `outbox/<ino>.<gen>.cv`: the immutable encrypted object, exactly the bytes that are
-//!   uploaded (retries and resumed multipart uploads reuse them; nothing is re-encrypted).
+//! * `outbox/<ino>.<gen>.plain`: the frozen plaintext of a sealed version (the spool, renamed;
+//!   immutable), from which the uploader encrypts the same bytes on every retry
+//!   (`crypto::VersionCipher`); `outbox/<ino>.<gen>.cv`, an encrypted object, only as builds
+//!   before frozen plaintexts left it (still uploaded).
 //! * `rcache/<id>.cv`: uploaded objects kept for reads when `--read-cache` is non-zero.
 //! * `spool/<ino>.<random>.fetch`: old content being materialized for a partial rewrite.
 //! * `spool/<ino>.<ns>.dropped`: the spool of a file deleted or truncated away, kept until

@@ -484,11 +484,11 @@ impl Uploader {
             });
             // Surface failures early instead of sending every remaining part.
             while let Some(r) = tasks.try_join_next() {
-                self.part_result(r, u, &mp).await?;
+                self.part_result(r, u).await?;
             }
         }
         while let Some(r) = tasks.join_next().await {
-            self.part_result(r, u, &mp).await?;
+            self.part_result(r, u).await?;
         }
         if !Self::journal(self.fs.upload_exists(u.id))? {
             self.abandon_multipart(u, &mp).await;
@@ -509,7 +509,7 @@ impl Uploader {
         }
     }
 
-    async fn part_result(&self, r: Result<Result<(), StoreError>, tokio::task::JoinError>, u: &Upload, _mp: &str) -> Result<(), StoreError> {
+    async fn part_result(&self, r: Result<Result<(), StoreError>, tokio::task::JoinError>, u: &Upload) -> Result<(), StoreError> {
         match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(StoreError::NoSuchUpload)) => {

@@ -315,6 +315,9 @@ fn name_of(at: Place) -> String {
 
 /// Runs `ops` against a real daemon on the fake store and `WModel`, comparing after every step.
 fn run_wide(ops: &[WOp]) {
+    if std::env::var_os("COLDVAULT_MODEL_TRACE").is_some() {
+        eprintln!("run_wide {ops:?}");
+    }
     let mut e = Env::new();
     let mut m = WModel::default();
     let mut current: Option<(tempfile::TempDir, Daemon)> = None;

@@ -36,18 +36,28 @@ struct Allowing {
     store: Arc<dyn ObjectStore>,
     sk: x25519_dalek::StaticSecret,
     fs: Arc<Fs>,
-    done: std::sync::atomic::AtomicBool,
+    /// Done; held for a whole try, so the retry task and the try at unmount never run
+    /// `prepare_full` at once (it may adopt unsigned objects: once).
+    done: tokio::sync::Mutex<bool>,
 }
 
 impl Allowing {
     async fn try_once(&self) -> Result<(), crate::remote_meta::RemoteError> {
-        if self.done.load(std::sync::atomic::Ordering::Acquire) {
+        let mut done = self.done.lock().await;
+        if *done {
             return Ok(());
         }
         let fs = &self.fs;
-        crate::remote_meta::trust::prepare_full(&self.store, &self.sk, &fs.cfg.prefix, &fs.signer, fs.cfg.vault_signed, fs.cfg.descriptor.as_ref())
-            .await?;
-        self.done.store(true, std::sync::atomic::Ordering::Release);
+        crate::remote_meta::trust::prepare_full(
+            &self.store,
+            &self.sk,
+            &fs.cfg().prefix,
+            &fs.signer(),
+            fs.cfg().vault_signed,
+            fs.cfg().descriptor.as_ref(),
+        )
+        .await?;
+        *done = true;
         Ok(())
     }
 
@@ -66,7 +76,7 @@ impl Allowing {
                 }
                 Err(crate::remote_meta::RemoteError::Store(e)) if e.is_retryable() => wait = (wait * 2).min(Duration::from_secs(300)),
                 Err(e) => {
-                    tracing::error!(error = %e, token = %self.fs.signer.token(), "could not allow this machine's signing key in the vault: until then a rebuild does not believe what it uploads");
+                    tracing::error!(error = %e, token = %self.fs.signer().token(), "could not allow this machine's signing key in the vault: until then a rebuild does not believe what it uploads");
                     return;
                 }
             }
@@ -92,7 +102,7 @@ impl Daemon {
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;
         let mut signing = false;
         let mut allowing = None;
-        match fs.keys.secret.as_ref() {
+        match fs.keys().secret.as_ref() {
             // A full mount allows its own signing key in the vault (and starts the vault signing
             // if no machine has), before it rebuilds or writes anything.
             Some(sk) => {
@@ -109,28 +119,33 @@ impl Daemon {
                     }
                     Err(e) => tracing::error!(
                         error = %e,
-                        token = %fs.signer.token(),
+                        token = %fs.signer().token(),
                         "could not allow this machine's signing key in the vault (tried again at the next mount; or run `coldvault machine allow TOKEN`): until then a rebuild does not believe what it uploads"
                     ),
                 }
             }
             None => tracing::info!(
-                token = %fs.signer.token(),
+                token = %fs.signer().token(),
                 "write-only mount: a rebuild believes what this machine uploads once a full machine allowed its key: `coldvault machine allow TOKEN` (also shown by `coldvault status`)"
             ),
         }
         if fs.needs_rebuild()? {
-            if fs.keys.secret.is_some() {
-                let prefix = fs.cfg.prefix.clone();
+            if fs.keys().secret.is_some() {
+                let prefix = fs.cfg().prefix.clone();
                 let progress = |what: &str, done: usize, total: usize| {
                     if done == total || done.is_multiple_of(500) {
                         tracing::info!(what, done, total, "rebuilding the index from the bucket");
                     }
                 };
                 let tree = rt
-                    .block_on(crate::remote_meta::rebuild(&(fs.store.clone() as Arc<dyn crate::store::ObjectStore>), &fs.keys, &prefix, &progress))
+                    .block_on(crate::remote_meta::rebuild(
+                        &(fs.store().clone() as Arc<dyn crate::store::ObjectStore>),
+                        &fs.keys(),
+                        &prefix,
+                        &progress,
+                    ))
                     .map_err(crate::fs::FsError::Rebuild)?;
-                tree.check_signed(fs.cfg.vault_signed, &prefix).map_err(crate::fs::FsError::Rebuild)?;
+                tree.check_signed(fs.cfg().vault_signed, &prefix).map_err(crate::fs::FsError::Rebuild)?;
                 for r in &tree.refused {
                     tracing::error!("{r}");
                 }
@@ -148,34 +163,34 @@ impl Daemon {
         }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let env = crate::upload::UploadEnv {
-            store: fs.store.clone(),
-            can_read: fs.keys.secret.is_some(),
-            prefix: fs.cfg.prefix.clone(),
-            signer: fs.signer.clone(),
-            vault: fs.keys.public,
-            wakeup: fs.upload_wakeup.clone(),
+            store: fs.store().clone(),
+            can_read: fs.keys().secret.is_some(),
+            prefix: fs.cfg().prefix.clone(),
+            signer: fs.signer().clone(),
+            vault: fs.keys().public,
+            wakeup: fs.upload_wakeup().clone(),
         };
         let uploader = Uploader::new(fs.clone(), env, up, stop_rx.clone());
         let env = JournalEnv {
-            store: fs.store.clone(),
-            keys: fs.keys.clone(),
-            signer: fs.signer.clone(),
-            prefix: fs.cfg.prefix.clone(),
-            wakeup: fs.journal_wakeup.clone(),
-            uploaded: fs.meta_uploads.clone(),
+            store: fs.store().clone(),
+            keys: fs.keys().clone(),
+            signer: fs.signer().clone(),
+            prefix: fs.cfg().prefix.clone(),
+            wakeup: Default::default(),
+            uploaded: fs.meta_uploads().clone(),
         };
-        let journal = Arc::new(JournalUploader::new(fs.clone(), env, fs.cfg.journal.clone()));
+        let journal = Arc::new(JournalUploader::new(fs.clone(), env, fs.cfg().journal.clone()));
         #[cfg(test)]
         let _ = fs.daemon_journal.set(Arc::downgrade(&journal));
         let mut tasks = vec![rt.spawn(uploader.run()), rt.spawn(journal.clone().run(stop_rx.clone()))];
-        if fs.keys.secret.is_some() {
+        if fs.keys().secret.is_some() {
             // Restores and class refreshes need read rights a write-only mount does not have.
             let poller = crate::restore::poller::Poller {
                 index: fs.clone(),
-                store: fs.store.clone(),
-                cfg: fs.cfg.restore.clone(),
-                prefix: fs.cfg.prefix.clone(),
-                wakeup: fs.restore_wakeup.clone(),
+                store: fs.store().clone(),
+                cfg: fs.cfg().restore.clone(),
+                prefix: fs.cfg().prefix.clone(),
+                wakeup: fs.restore_wakeup().clone(),
             };
             tasks.push(rt.spawn(poller.run(stop_rx.clone())));
         }
@@ -196,7 +211,7 @@ impl Daemon {
         // being digested) never delay it: everything before it survives power loss.
         let committer = {
             let fs = fs.clone();
-            periodic("group-commit", false, stop_rx.clone(), fs.cfg.group_commit, move || {
+            periodic("group-commit", false, stop_rx.clone(), fs.cfg().group_commit, move || {
                 if let Err(e) = fs.group_commit() {
                     tracing::error!(error = %e, "group commit failed; retrying at the next one");
                 }
@@ -234,7 +249,7 @@ impl Daemon {
             match tokio::time::timeout(Duration::from_secs(30), a.try_once()).await {
                 Ok(Ok(())) => tracing::info!("this machine's signing key is allowed in the vault now"),
                 _ => tracing::error!(
-                    token = %self.fs.signer.token(),
+                    token = %self.fs.signer().token(),
                     "this machine's signing key is still not allowed in the vault: a rebuild does not believe what it uploaded until the next mount allows it (or `coldvault machine allow TOKEN`)"
                 ),
             }

@@ -231,7 +231,7 @@ pub async fn flush(fs: &Arc<Fs>, journal: &JournalUploader, wait: bool, timeout:
         if let Err(e) = tokio::task::spawn_blocking(move || f.seal_ready(true)).await.unwrap_or(Ok(0)) {
             return Reply::Error { message: e.to_string() };
         }
-        fs.upload_wakeup.notify_one();
+        fs.upload_wakeup().notify_one();
         let looking = std::time::Instant::now();
         let f = fs.clone();
         let t = std::mem::take(&mut targets);
@@ -318,7 +318,7 @@ fn restore_paths(fs: &Fs, paths: &[String], tier: Option<String>, days: Option<i
         Some(Ok(t)) => Some(t),
         None => None,
     };
-    let rc = &fs.cfg.restore;
+    let rc = &fs.cfg().restore;
     let (mut bytes, mut cost, mut requested) = (0u64, 0f64, 0u64);
     for f in files.values() {
         let class = f.storage_class.clone().unwrap_or_default();

@@ -157,16 +157,16 @@ enum Source {
 }
 
 pub struct Fs {
-    pub cfg: FsConfig,
+    cfg: FsConfig,
     /// The index and the open-file table, behind the one core lock (`index.rs`, with the lock
     /// order).
     index: index::Index,
-    pub keys: Arc<VaultKeys>,
+    keys: Arc<VaultKeys>,
     /// This machine's id in the bucket and the key that signs what it puts there.
-    pub signer: Arc<crate::crypto::sign::MachineSigner>,
-    pub store: Arc<Counted>,
-    pub rt: tokio::runtime::Handle,
-    pub staging: Staging,
+    signer: Arc<crate::crypto::sign::MachineSigner>,
+    store: Arc<Counted>,
+    rt: tokio::runtime::Handle,
+    staging: Staging,
     /// What all readers of remote content may request ahead of what they read.
     read_budget: crate::sealed::Budget,
     /// Folder read-ahead (`ahead.rs`); its lock is never held while taking `core`'s.
@@ -174,11 +174,9 @@ pub struct Fs {
     /// `read_budget.requested()` when memory was last handed back after reads.
     reads_trimmed: std::sync::atomic::AtomicU64,
     /// Woken when an upload is queued.
-    pub upload_wakeup: Arc<tokio::sync::Notify>,
+    upload_wakeup: Arc<tokio::sync::Notify>,
     /// Woken when a restore is recorded and must be sent.
-    pub restore_wakeup: Arc<tokio::sync::Notify>,
-    /// Woken to upload the journal now (flush, many pending entries).
-    pub journal_wakeup: Arc<tokio::sync::Notify>,
+    restore_wakeup: Arc<tokio::sync::Notify>,
     /// One sealer at a time: the sealer thread and `flush` must never encrypt the same file
     /// concurrently (they would write one outbox file with two data keys).
     seal_lock: Mutex<()>,
@@ -202,14 +200,46 @@ pub struct Fs {
     #[cfg(test)]
     mark_calls: std::sync::atomic::AtomicU64,
     /// File versions that reached S3 since mount (status; tests check "uploaded once").
-    pub data_uploads: std::sync::atomic::AtomicU64,
+    data_uploads: std::sync::atomic::AtomicU64,
     /// Journal batches and snapshots uploaded since mount (counted by the journal uploader).
-    pub meta_uploads: Arc<std::sync::atomic::AtomicU64>,
+    meta_uploads: Arc<std::sync::atomic::AtomicU64>,
     /// Tests: the journal uploader of the daemon serving this filesystem (`journal_uploader`).
     #[cfg(test)]
     pub daemon_journal: std::sync::OnceLock<std::sync::Weak<crate::remote_meta::journal::JournalUploader>>,
-    pub uid: u32,
-    pub gid: u32,
+}
+
+/// What the wiring (`daemon.rs`), the FUSE adapter and the control socket read of the core.
+impl Fs {
+    pub fn cfg(&self) -> &FsConfig {
+        &self.cfg
+    }
+    pub fn keys(&self) -> &Arc<VaultKeys> {
+        &self.keys
+    }
+    /// This machine's id in the bucket and the key that signs what it puts there.
+    pub fn signer(&self) -> &Arc<crate::crypto::sign::MachineSigner> {
+        &self.signer
+    }
+    /// The store, counting requests for `status`.
+    pub fn store(&self) -> &Arc<Counted> {
+        &self.store
+    }
+    /// The runtime the core blocks on for network I/O (FUSE threads hand reads to it).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+    /// Woken when an upload is queued (the uploader's wakeup).
+    pub fn upload_wakeup(&self) -> &Arc<tokio::sync::Notify> {
+        &self.upload_wakeup
+    }
+    /// Journal batches and snapshots uploaded since mount (the journal uploader counts them).
+    pub fn meta_uploads(&self) -> &Arc<std::sync::atomic::AtomicU64> {
+        &self.meta_uploads
+    }
+    /// Woken when a restore is recorded (the restore poller's wakeup).
+    pub fn restore_wakeup(&self) -> &Arc<tokio::sync::Notify> {
+        &self.restore_wakeup
+    }
 }
 
 fn check_name(name: &std::ffi::OsStr) -> Result<&str> {
@@ -248,7 +278,6 @@ impl Fs {
             reads_trimmed: Default::default(),
             upload_wakeup: Default::default(),
             restore_wakeup: Default::default(),
-            journal_wakeup: Default::default(),
             seal_lock: Mutex::new(()),
             seal_failures: Mutex::new(HashMap::new()),
             quota,
@@ -263,8 +292,6 @@ impl Fs {
             meta_uploads: Default::default(),
             #[cfg(test)]
             daemon_journal: Default::default(),
-            uid,
-            gid,
         });
         fs.recover()?;
         Ok(fs)

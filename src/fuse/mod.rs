@@ -230,7 +230,7 @@ impl fuser::Filesystem for ColdFs {
             Err(e) => reply.error(errno(&e)),
         };
         if size.is_some() {
-            self.fs.rt.spawn_blocking(work);
+            self.fs.runtime().spawn_blocking(work);
         } else {
             work();
         }
@@ -307,7 +307,7 @@ impl fuser::Filesystem for ColdFs {
         // dispatch thread. An uploaded file opened for writing fetches nothing (its first
         // write or read does).
         let open = move || if exec { fs.open_exec(ino.0, pid) } else { fs.open(ino.0, write, trunc, pid) };
-        self.fs.rt.spawn_blocking(move || match open() {
+        self.fs.runtime().spawn_blocking(move || match open() {
             // Virtual status files change under the kernel's feet: bypass its page cache.
             Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -335,7 +335,7 @@ impl fuser::Filesystem for ColdFs {
             };
         }
         let fs = self.fs.clone();
-        self.fs.rt.spawn_blocking(move || match fs.read(fh.0, offset, size) {
+        self.fs.runtime().spawn_blocking(move || match fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
         });
@@ -357,7 +357,7 @@ impl fuser::Filesystem for ColdFs {
         // (a partial rewrite of an uploaded file): off the dispatch thread.
         if !self.fs.writes_locally(fh.0) {
             let (fs, data) = (self.fs.clone(), data.to_vec());
-            self.fs.rt.spawn_blocking(move || match fs.write(fh.0, offset, &data) {
+            self.fs.runtime().spawn_blocking(move || match fs.write(fh.0, offset, &data) {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(errno(&e)),
             });

@@ -17,7 +17,7 @@
 
 use crate::clock::{Nanos, SqlNanos};
 use crate::vault::{RState, Restore, StorageClass, Tier, UploadState};
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 
@@ -82,8 +82,9 @@ impl ToSql for Tier {
 
 impl FromSql for Tier {
     fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = v.as_str()?;
-        Tier::parse(s).ok_or_else(|| FromSqlError::Other(format!("restore tier {s:?}").into()))
+        // Lenient: a tier an earlier build let through (the control socket did not check it)
+        // must not make every restore unreadable; the request is sent again as Standard.
+        Ok(Tier::parse(v.as_str()?).unwrap_or(Tier::Standard))
     }
 }
 
@@ -95,8 +96,9 @@ impl ToSql for UploadState {
 
 impl FromSql for UploadState {
     fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = v.as_str()?;
-        UploadState::parse(s).ok_or_else(|| FromSqlError::Other(format!("upload state {s:?}").into()))
+        // Lenient, as for tiers: an unknown state is a row to send again, never an index that
+        // cannot be read.
+        Ok(UploadState::parse(v.as_str()?).unwrap_or(UploadState::Queued))
     }
 }
 

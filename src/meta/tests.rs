@@ -175,3 +175,27 @@ fn an_index_of_an_earlier_build_opens_with_its_files() {
     let db = Db::open(&p, 0, 0, 0).unwrap();
     assert_eq!(db.get(2).unwrap().unwrap().owner.as_deref(), Some("00000000000000cc"));
 }
+
+/// Rows an earlier build let through (a restore tier in another case, sent over the control
+/// socket unchecked) never make the restores or the upload queue unreadable.
+#[test]
+fn unexpected_tiers_and_states_from_earlier_builds_are_read_leniently() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("index.db"), 0, 0, 0).unwrap();
+    db.conn()
+        .execute(
+            "INSERT INTO restores(ino,object_key,state,class,tier,size,requested_ms,expected_ms) VALUES(5,'v/d/k','failed','GLACIER','bulk',10,0,0)",
+            [],
+        )
+        .unwrap();
+    let r = db.restores().unwrap();
+    assert_eq!((r.len(), r[0].tier, r[0].class.clone()), (1, crate::vault::Tier::Standard, crate::vault::StorageClass::Glacier));
+    db.conn()
+        .execute(
+            "INSERT INTO uploads(ino,content_gen,object_key,path,size,enc_size,storage_class,state,attempts,next_try_ms,metadata,header,sha256)
+             VALUES(5,1,'v/d/k','a',1,1,'STANDARD','paused',0,0,'[]',x'00','')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(db.uploads().unwrap()[0].state, crate::vault::UploadState::Queued);
+}

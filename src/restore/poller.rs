@@ -112,9 +112,12 @@ impl Poller {
                 r.next_check_ms = now + self.interval(r);
             }
             Err(StoreError::Permanent { code, .. }) if code == "InvalidObjectState" => {
-                // Not archived (any more): readable as it is.
-                r.state = RState::Ready;
-                r.expiry_text = Some("indefinitely (the object is not in an archive tier)".into());
+                // Not archived (any more), S3 says: a HeadObject now confirms it (`apply_head`
+                // makes it readable with the class it is in) rather than trusting the code
+                // alone, which a server could use for another refusal.
+                r.state = RState::InProgress;
+                r.last_check_ms = now;
+                r.next_check_ms = now;
             }
             Err(e) if e.is_retryable() => {
                 r.attempts += 1;

@@ -204,10 +204,16 @@ impl MemoryStore {
     }
 
     fn readable(&self, o: &MemObject) -> bool {
-        if !Self::class(o).needs_restore() {
+        let class = Self::class(o);
+        if !class.needs_restore() {
             return true;
         }
         let d = *self.restore_delay.lock().unwrap();
+        if class.is_it_archive() {
+            // Restored from an Intelligent-Tiering archive tier: back in a frequent-access
+            // tier, with no expiry.
+            return matches!(o.restore_requested, Some(t) if t.elapsed() >= d);
+        }
         matches!(o.restore_requested, Some(t) if t.elapsed() >= d && t.elapsed() < d + self.lifetime(o))
     }
 

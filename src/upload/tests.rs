@@ -47,12 +47,12 @@ impl Book {
 
     fn uploader(&self, can_read: bool) -> Arc<Uploader> {
         let env = UploadEnv {
-            store: self.fs.store.clone(),
+            store: self.fs.store().clone(),
             can_read,
-            prefix: self.fs.cfg.prefix.clone(),
-            signer: self.fs.signer.clone(),
-            vault: self.fs.keys.public,
-            wakeup: self.fs.upload_wakeup.clone(),
+            prefix: self.fs.cfg().prefix.clone(),
+            signer: self.fs.signer().clone(),
+            vault: self.fs.keys().public,
+            wakeup: self.fs.upload_wakeup().clone(),
         };
         // Retries are due at once: the tests step through them instead of waiting.
         let cfg = UploadConfig { base_backoff: Duration::ZERO, max_backoff: Duration::ZERO, ..Default::default() };
@@ -77,8 +77,8 @@ fn one_step_puts_a_signed_version_checks_it_and_records_it() {
     assert_eq!(b.state(ino), State::Uploaded);
     let key = b.key(ino);
     let o = &b.store.snapshot()[&key];
-    assert!(o.metadata.get(crate::crypto::sign::META).is_some_and(|s| s.starts_with(b.fs.signer.machine())), "signed by this machine");
-    let counts = b.fs.store.counts();
+    assert!(o.metadata.get(crate::crypto::sign::META).is_some_and(|s| s.starts_with(b.fs.signer().machine())), "signed by this machine");
+    let counts = b.fs.store().counts();
     assert_eq!((counts["PutObject"], counts["HeadObject"]), (1, 1), "one PUT, one HEAD checking what landed");
     assert_eq!(b.step(&up), 0, "nothing left");
 }
@@ -118,7 +118,7 @@ fn a_write_only_uploader_asks_nothing_of_the_bucket() {
     let up = b.uploader(false);
     b.step(&up);
     assert_eq!(b.state(ino), State::Uploaded);
-    assert_eq!(b.fs.store.counts().get("HeadObject"), None, "no HEAD: PutObject is all a write-only machine may do");
+    assert_eq!(b.fs.store().counts().get("HeadObject"), None, "no HEAD: PutObject is all a write-only machine may do");
 }
 
 #[test]
@@ -145,5 +145,5 @@ fn a_version_rewritten_before_its_turn_is_not_sent() {
     b.fs.release(fh).unwrap();
     let up = b.uploader(true);
     assert_eq!(b.step(&up), 0, "the sealed version was cancelled by the rewrite");
-    assert_eq!(b.fs.store.counts().get("PutObject"), None);
+    assert_eq!(b.fs.store().counts().get("PutObject"), None);
 }

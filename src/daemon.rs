@@ -52,7 +52,7 @@ impl Allowing {
             &self.store,
             &self.sk,
             &fs.cfg().prefix,
-            &fs.signer(),
+            fs.signer(),
             fs.cfg().vault_signed,
             fs.cfg().descriptor.as_ref(),
         )
@@ -138,12 +138,7 @@ impl Daemon {
                     }
                 };
                 let tree = rt
-                    .block_on(crate::remote_meta::rebuild(
-                        &(fs.store().clone() as Arc<dyn crate::store::ObjectStore>),
-                        &fs.keys(),
-                        &prefix,
-                        &progress,
-                    ))
+                    .block_on(crate::remote_meta::rebuild(&(fs.store().clone() as Arc<dyn crate::store::ObjectStore>), fs.keys(), &prefix, &progress))
                     .map_err(crate::fs::FsError::Rebuild)?;
                 tree.check_signed(fs.cfg().vault_signed, &prefix).map_err(crate::fs::FsError::Rebuild)?;
                 for r in &tree.refused {

@@ -55,17 +55,60 @@ fn contents_of(fs: &Fs) -> BTreeMap<String, Vec<u8>> {
     fs.readdir(ROOT).unwrap().into_iter().filter(|i| i.kind == Kind::File).map(|i| (i.name.clone(), read_all_on(fs, i.ino))).collect()
 }
 
+/// The machine a model test acts through: the `Env`'s own daemon until the first recovery,
+/// then the newest machine rebuilt from the bucket on a cache dir of its own.
+struct Machine {
+    current: Option<(tempfile::TempDir, Daemon)>,
+    own: Option<Arc<Fs>>,
+}
+
+impl Machine {
+    fn new(e: &Env) -> Machine {
+        Machine { current: None, own: Some(e.daemon.as_ref().unwrap().fs.clone()) }
+    }
+
+    fn fs(&self) -> Arc<Fs> {
+        self.current.as_ref().map(|c| c.1.fs.clone()).or_else(|| self.own.clone()).unwrap()
+    }
+
+    /// The daemon stops and starts again on the same cache dir.
+    fn restart(&mut self, e: &mut Env) {
+        if let Some((dir, d)) = self.current.take() {
+            e.rt.block_on(d.shutdown());
+            let d = Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), cfg(dir.path()), fast_upload()).unwrap();
+            self.current = Some((dir, d));
+        } else {
+            e.restart();
+            self.own = Some(e.daemon.as_ref().unwrap().fs.clone());
+        }
+    }
+
+    /// The disk dies (everything was flushed first): a new machine rebuilt from the bucket goes
+    /// on. The `Env`'s daemon is left alone: its disk "died".
+    fn recover(&mut self, e: &Env) {
+        if let Some((_dir, d)) = self.current.take() {
+            e.rt.block_on(d.shutdown());
+        }
+        self.own = None;
+        self.current = Some(fresh_machine(e));
+    }
+
+    fn stop(mut self, e: &Env) {
+        if let Some((_dir, d)) = self.current.take() {
+            e.rt.block_on(d.shutdown());
+        }
+    }
+}
+
 /// Runs `ops` against a real daemon on the fake store and an in-memory model of what a user
 /// must see, comparing after every step (and on every new machine after a recovery).
 fn run_model(ops: &[Op]) {
     let mut e = Env::new();
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    // The machine in use: the Env's own daemon until the first recovery, then the newest one.
-    let mut current: Option<(tempfile::TempDir, Daemon)> = None;
-    let mut own = Some(e.daemon.as_ref().unwrap().fs.clone());
+    let mut machine = Machine::new(&e);
     let name_of = |n: u8| format!("n{n}");
     for (step, op) in ops.iter().enumerate() {
-        let fs = current.as_ref().map(|c| c.1.fs.clone()).or_else(|| own.clone()).unwrap();
+        let fs = machine.fs();
         match op {
             Op::Write { name, len, seed } => {
                 let d = data(*len as usize, *seed);
@@ -108,33 +151,16 @@ fn run_model(ops: &[Op]) {
                 }
             }
             Op::Flush => settle_machine(&e, &fs),
-            Op::Restart => {
-                if let Some((dir, d)) = current.take() {
-                    e.rt.block_on(d.shutdown());
-                    let d = Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), cfg(dir.path()), fast_upload()).unwrap();
-                    current = Some((dir, d));
-                } else {
-                    e.restart();
-                    own = Some(e.daemon.as_ref().unwrap().fs.clone());
-                }
-            }
+            Op::Restart => machine.restart(&mut e),
             Op::Recover => {
                 settle_machine(&e, &fs);
                 drop(fs);
-                if let Some((_dir, d)) = current.take() {
-                    e.rt.block_on(d.shutdown());
-                }
-                own = None; // the Env's daemon is left alone: its disk "died"
-                let next = fresh_machine(&e);
-                current = Some(next);
+                machine.recover(&e);
             }
         }
-        let fs = current.as_ref().map(|c| c.1.fs.clone()).or_else(|| own.clone()).unwrap();
-        assert_eq!(contents_of(&fs), model, "after step {step}: {op:?}\nops: {ops:?}");
+        assert_eq!(contents_of(&machine.fs()), model, "after step {step}: {op:?}\nops: {ops:?}");
     }
-    if let Some((_dir, d)) = current.take() {
-        e.rt.block_on(d.shutdown());
-    }
+    machine.stop(&e);
 }
 
 /// Model-based: random sequences of writes, overwrites, partial writes, truncates, renames,
@@ -320,10 +346,9 @@ fn run_wide(ops: &[WOp]) {
     }
     let mut e = Env::new();
     let mut m = WModel::default();
-    let mut current: Option<(tempfile::TempDir, Daemon)> = None;
-    let mut own = Some(e.daemon.as_ref().unwrap().fs.clone());
+    let mut machine = Machine::new(&e);
     for (step, op) in ops.iter().enumerate() {
-        let fs = current.as_ref().map(|c| c.1.fs.clone()).or_else(|| own.clone()).unwrap();
+        let fs = machine.fs();
         match op {
             WOp::Write { at, len, seed } => {
                 let Some(parent) = parent_of(&fs, *at) else { continue };
@@ -410,33 +435,20 @@ fn run_wide(ops: &[WOp]) {
             WOp::Restart => {
                 // A restart drops every handle, as the kernel does when the daemon goes.
                 m.held.clear();
-                if let Some((dir, d)) = current.take() {
-                    e.rt.block_on(d.shutdown());
-                    let d = Daemon::start(e.rt.handle(), e.store.clone(), e.keys.clone(), cfg(dir.path()), fast_upload()).unwrap();
-                    current = Some((dir, d));
-                } else {
-                    e.restart();
-                    own = Some(e.daemon.as_ref().unwrap().fs.clone());
-                }
+                drop(fs);
+                machine.restart(&mut e);
             }
             WOp::Recover => {
                 wsettle(&e, &fs);
                 m.held.clear();
                 drop(fs);
-                if let Some((_dir, d)) = current.take() {
-                    e.rt.block_on(d.shutdown());
-                }
-                own = None;
-                current = Some(fresh_machine(&e));
+                machine.recover(&e);
             }
         }
-        let fs = current.as_ref().map(|c| c.1.fs.clone()).or_else(|| own.clone()).unwrap();
-        assert_eq!(wview_of(&fs), m.view(), "after step {step}: {op:?}\nops: {ops:?}");
+        assert_eq!(wview_of(&machine.fs()), m.view(), "after step {step}: {op:?}\nops: {ops:?}");
     }
     e.store.clear_faults();
-    if let Some((_dir, d)) = current.take() {
-        e.rt.block_on(d.shutdown());
-    }
+    machine.stop(&e);
 }
 
 /// Model-based, widened: a folder made and removed, files in and out of it, handles held while

@@ -5,9 +5,9 @@
 //! way round):
 //!
 //! ```text
-//! seal_lock → core                (one sealer at a time; it takes core for each step)
+//! sealer.one → core               (one sealer at a time; it takes core for each step)
 //! quota → core                    (a write charging the staging quota reads the user's staged bytes)
-//! core → seal_failures            (`status` reads the failures under core: taken last of all)
+//! core → sealer.failures          (`status` reads the failures under core: taken last of all)
 //! handle reader (std Mutex)       taken and released without core held, never both
 //! ahead (folder read-ahead)       never held while taking core
 //! journal flush lock → core       (the journal uploader and `flush` read pending records)

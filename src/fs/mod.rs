@@ -160,13 +160,15 @@ pub struct Fs {
     cfg: FsConfig,
     /// The index and the open-file table, behind the one core lock (`index.rs`, with the lock
     /// order).
-    index: index::Index,
+    index: Arc<index::Index>,
     keys: Arc<VaultKeys>,
     /// This machine's id in the bucket and the key that signs what it puts there.
     signer: Arc<crate::crypto::sign::MachineSigner>,
     store: Arc<Counted>,
     rt: tokio::runtime::Handle,
-    staging: Staging,
+    staging: Arc<Staging>,
+    /// Freezes settled files as versions and queues them (`seal.rs`).
+    sealer: seal::Sealer,
     /// What all readers of remote content may request ahead of what they read.
     read_budget: crate::sealed::Budget,
     /// Folder read-ahead (`ahead.rs`); its lock is never held while taking `core`'s.
@@ -177,12 +179,6 @@ pub struct Fs {
     upload_wakeup: Arc<tokio::sync::Notify>,
     /// Woken when a restore is recorded and must be sent.
     restore_wakeup: Arc<tokio::sync::Notify>,
-    /// One sealer at a time: the sealer thread and `flush` must never encrypt the same file
-    /// concurrently (they would write one outbox file with two data keys).
-    seal_lock: Mutex<()>,
-    /// Files whose last seal failed (content generation, attempts, error): shown in `status`,
-    /// and `flush --wait` answers with them instead of waiting for a seal that cannot happen.
-    seal_failures: Mutex<HashMap<u64, (i64, i64, String)>>,
     /// Staged bytes per owner, for the staging quota (`quota.rs`).
     quota: quota::Quota,
     /// The latest wall-clock time (ms) the sealer or the uploader read: one later read far
@@ -255,7 +251,7 @@ fn check_name(name: &std::ffi::OsStr) -> Result<&str> {
 
 impl Fs {
     pub fn new(cfg: FsConfig, keys: Arc<VaultKeys>, store: Arc<Counted>, rt: tokio::runtime::Handle) -> Result<Arc<Fs>> {
-        let staging = Staging::open(&cfg.cache_dir)?;
+        let staging = Arc::new(Staging::open(&cfg.cache_dir)?);
         staging.ensure_reserve();
         // SAFETY: getuid/getgid take no arguments, cannot fail and touch no memory of ours.
         let uid = unsafe { libc::getuid() };
@@ -265,21 +261,23 @@ impl Fs {
         let read_budget = crate::sealed::Budget::new(cfg.read_ahead);
         let signer = Arc::new(Self::load_signer(&db)?);
         let quota = quota::Quota::new(cfg.staging_quota);
+        let index = Arc::new(index::Index::new(db));
+        let upload_wakeup = Arc::new(tokio::sync::Notify::new());
+        let sealer = seal::Sealer::new(index.clone(), staging.clone(), keys.public, &cfg, upload_wakeup.clone());
         let fs = Arc::new(Fs {
             cfg,
-            index: index::Index::new(db),
+            index,
             keys,
             signer,
             store,
             rt,
             staging,
+            sealer,
             read_budget,
             ahead: Default::default(),
             reads_trimmed: Default::default(),
-            upload_wakeup: Default::default(),
+            upload_wakeup,
             restore_wakeup: Default::default(),
-            seal_lock: Mutex::new(()),
-            seal_failures: Mutex::new(HashMap::new()),
             quota,
             clock_high: Default::default(),
             #[cfg(test)]

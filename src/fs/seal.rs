@@ -1,19 +1,80 @@
-//! Sealing: settled dirty files are frozen (their spool renamed into the outbox, no copy) with a fresh object key, data key and header, and queued for upload; superseded uploads become dead keys.
+//! Sealing: settled dirty files are frozen (their spool renamed into the outbox, no copy) with a
+//! fresh object key, data key and header, and queued for upload; superseded uploads become dead
+//! keys.
+//!
+//! `Sealer` owns what sealing needs and nothing else: the index, the staging area, the vault's
+//! public key, the mount's class policy, prefix, settle time and ignore list, its own lock (one
+//! sealer at a time) and the failures `status` shows. It never reads or writes the bucket.
 
 use super::*;
+use crate::rules::ClassPolicy;
 
-impl Fs {
+/// Why a file's current content could not be sealed: its content generation, how many tries
+/// failed in a row, and the last error (shown by `status`; `flush --wait` answers with it).
+#[derive(Clone, Debug)]
+pub(super) struct SealFailure {
+    pub(super) gen: i64,
+    pub(super) attempts: i64,
+    pub(super) error: String,
+}
+
+pub(super) struct Sealer {
+    index: Arc<index::Index>,
+    staging: Arc<Staging>,
+    /// The vault's public key: each version's data key is wrapped to it.
+    vault: x25519_dalek::PublicKey,
+    /// A closed file is sealed once it has been untouched this long.
+    settle: Duration,
+    /// Object key prefix inside the bucket.
+    prefix: String,
+    policy: ClassPolicy,
+    /// File-name globs kept local and never uploaded.
+    ignore: Vec<String>,
+    /// Woken when an upload is queued (the uploader's wakeup).
+    wakeup: Arc<tokio::sync::Notify>,
+    /// One sealer at a time: the sealer thread and `flush` must never seal the same file
+    /// concurrently (they would freeze one version under two data keys).
+    one: Mutex<()>,
+    /// Files whose last seal failed, by inode.
+    failures: Mutex<HashMap<u64, SealFailure>>,
+}
+
+impl Sealer {
+    pub(super) fn new(
+        index: Arc<index::Index>,
+        staging: Arc<Staging>,
+        vault: x25519_dalek::PublicKey,
+        cfg: &FsConfig,
+        wakeup: Arc<tokio::sync::Notify>,
+    ) -> Sealer {
+        Sealer {
+            index,
+            staging,
+            vault,
+            settle: cfg.settle,
+            prefix: cfg.prefix.clone(),
+            policy: cfg.policy.clone(),
+            ignore: cfg.ignore.clone(),
+            wakeup,
+            one: Mutex::new(()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.index.core()
+    }
+
     // ------------------------------------------------------------------ sealing
 
     /// Seal every dirty file that is closed and has settled (`force`: regardless of settle).
     /// Returns how many were sealed.
-    pub fn seal_ready(&self, force: bool) -> Result<usize> {
-        let _one_sealer = self.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
+    pub(super) fn seal_ready(&self, force: bool) -> Result<usize> {
+        let _one_sealer = self.one.lock().unwrap_or_else(|p| p.into_inner());
         self.staging.ensure_reserve();
-        self.check_clock(false)?;
         // Forced (flush): every file dirty now, and not the ones changed while this runs (a
         // copy still going on would keep it from ever finishing).
-        let cutoff = if force { self.core().db.newest_dirty_ms()?.unwrap_or(0) } else { now_ms() - self.cfg.settle.as_millis() as i64 };
+        let cutoff = if force { self.core().db.newest_dirty_ms()?.unwrap_or(0) } else { now_ms() - self.settle.as_millis() as i64 };
         let mut n = 0;
         // A page of settled files at a time (the lock is held for one indexed read of a page,
         // however many files are dirty); each page is digested, its bytes made durable with
@@ -72,42 +133,42 @@ impl Fs {
                 self.note_seal_result(ino, gen, r.map(|_| ()));
             }
             if n > before {
-                self.upload_wakeup.notify_one();
+                self.wakeup.notify_one();
             }
         }
         Ok(n)
     }
 
     fn note_seal_result(&self, ino: u64, gen: i64, r: Result<()>) {
-        let mut failures = self.seal_failures.lock().unwrap();
+        let mut failures = self.failures.lock().unwrap();
         match r {
             Ok(()) => {
                 failures.remove(&ino);
             }
             Err(e) => {
-                let f = failures.entry(ino).or_insert((gen, 0, String::new()));
-                if f.1 == 0 || f.2 != e.to_string() {
+                let error = e.to_string();
+                let f = failures.entry(ino).or_insert(SealFailure { gen, attempts: 0, error: String::new() });
+                if f.attempts == 0 || f.error != error {
                     tracing::error!(ino, error = %e, "sealing failed; the plaintext stays staged and will be retried");
                 }
-                *f = (gen, f.1 + 1, e.to_string());
+                *f = SealFailure { gen, attempts: f.attempts + 1, error };
             }
         }
     }
 
-    /// The vault path of `ino` (for messages).
-    pub fn path_of(&self, ino: u64) -> String {
-        self.core().db.path_of(ino).unwrap_or_else(|_| format!("inode {ino}"))
+    /// Why generation `gen` of `ino` could not be sealed, if its last attempt failed.
+    pub(super) fn failure(&self, ino: u64, gen: i64) -> Option<String> {
+        self.failures.lock().unwrap().get(&ino).filter(|f| f.gen == gen).map(|f| f.error.clone())
     }
 
-    /// Why `ino`'s current content could not be sealed, if its last attempt failed.
-    pub fn seal_failure(&self, ino: u64) -> Option<String> {
-        let gen = self.state_of(ino).ok().flatten()?.0;
-        self.seal_failures.lock().unwrap().get(&ino).filter(|f| f.0 == gen).map(|f| f.2.clone())
+    /// The failures kept for `status` (taken under `core`: the last lock of the order).
+    pub(super) fn failures(&self) -> Vec<(u64, SealFailure)> {
+        self.failures.lock().unwrap().iter().map(|(&ino, f)| (ino, f.clone())).collect()
     }
 
     /// Names on the ignore list (.DS_Store, Thumbs.db, ._*, editors' temp files) stay local.
-    pub fn ignored(&self, name: &str) -> bool {
-        self.cfg.ignore.iter().any(|g| crate::rules::matches(g, name))
+    pub(super) fn ignored(&self, name: &str) -> bool {
+        self.ignore.iter().any(|g| crate::rules::matches(g, name))
     }
 
     /// Mark a settled dirty file whose name is on the ignore list as local-only. Returns true
@@ -121,55 +182,6 @@ impl Fs {
         i.state = State::Local;
         c.db.update(&i)?;
         Ok(true)
-    }
-
-    /// Drop queued uploads of versions no longer wanted (rewritten, deleted). A PUT of one may
-    /// already be on the wire and land later: its key is recorded as dead locally and, when a
-    /// request may have been sent, in the journal (`discard`), so that no rebuild — even one
-    /// that has no snapshot carrying the dead-key list — adopts that object as a live file.
-    /// A file is rewritten while versions of it are queued: the one on the wire now goes on and
-    /// is recorded as a version when it lands (review N9: a file saved more often than its
-    /// upload takes, a catalog or a password database, had every upload cancelled and never
-    /// reached the bucket); the others are discarded. Returns the discarded ones (their staged
-    /// files go once the commit is durable; the kept one's stays until it lands).
-    pub(super) fn supersede_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<Vec<Upload>> {
-        let (kept, gone): (Vec<Upload>, Vec<Upload>) = ups.iter().cloned().partition(|u| u.state == UploadState::Uploading);
-        Self::discard_uploads(tx, &gone)?;
-        for u in &kept {
-            tracing::debug!(upload = u.id, "a version on the wire is kept going while the file is rewritten");
-        }
-        Ok(gone)
-    }
-
-    pub(super) fn discard_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<()> {
-        for u in ups {
-            if u.state == UploadState::Uploading || u.attempts > 0 {
-                Self::discard_key(tx, &u.object_key)?;
-            }
-            Db::cancel_upload(tx, u.id)?;
-        }
-        Ok(())
-    }
-
-    /// Record that the object at `key` is no live file's version (journal + dead-key list).
-    pub(super) fn discard_key(tx: &rusqlite::Connection, key: &str) -> Result<()> {
-        Db::add_dead_key(tx, key)?;
-        let entry = crate::remote_meta::Entry::Discard { key: key.to_string() };
-        Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
-        Ok(())
-    }
-
-    /// A fresh object key for one file version: 128 random bits, never derived from the path,
-    /// so no upload (a stale retry, a rewrite, a second machine, a write-only mount on an empty
-    /// index) can land on another version's object (docs/FORMAT.md, section 1).
-    /// Where a queued version's bytes are: its frozen plaintext, or an encrypted outbox file
-    /// written by an earlier build (no data key recorded).
-    pub(super) fn staged_version(&self, u: &Upload) -> PathBuf {
-        if u.dk.is_some() {
-            self.staging.frozen_path(u.ino, u.content_gen)
-        } else {
-            self.staging.outbox_path(u.ino, u.content_gen)
-        }
     }
 
     // Sealing one file: freeze its spool as this version's plaintext and queue its upload, in
@@ -216,7 +228,7 @@ impl Fs {
         let spool = self.staging.open_spool(ino)?;
         let sha256 = hex::encode(crypto::sha256_file(&spool, i.size)?);
         drop(spool);
-        let cipher = crypto::VersionCipher::new(&self.keys.public, i.size);
+        let cipher = crypto::VersionCipher::new(&self.vault, i.size);
         let meta = ObjectMeta {
             path: path.clone(),
             size: i.size,
@@ -229,8 +241,8 @@ impl Fs {
             prev,
         };
         let md = vec![("cvh".to_string(), B64.encode(cipher.header().bytes)), ("cvm".to_string(), B64.encode(cipher.encrypt_meta(&meta)))];
-        let object_key = crate::vault::new_object_key(&self.cfg.prefix);
-        let (class, tags) = self.cfg.policy.choose(&path, i.size);
+        let object_key = crate::vault::new_object_key(&self.prefix);
+        let (class, tags) = self.policy.choose(&path, i.size);
         let u = Upload {
             id: 0,
             ino,
@@ -366,7 +378,80 @@ impl Fs {
     }
 }
 
-/// A seal prepared outside the lock (`Fs::prepare_seal`), to be committed under it.
+/// The index side of sealing that other operations share: superseded and discarded versions,
+/// where a queued version is staged.
+impl Fs {
+    /// The vault path of `ino` (for messages).
+    pub fn path_of(&self, ino: u64) -> String {
+        self.core().db.path_of(ino).unwrap_or_else(|_| format!("inode {ino}"))
+    }
+
+    /// Why `ino`'s current content could not be sealed, if its last attempt failed.
+    pub fn seal_failure(&self, ino: u64) -> Option<String> {
+        let gen = self.state_of(ino).ok().flatten()?.0;
+        self.sealer.failure(ino, gen)
+    }
+
+    /// Seal every dirty file that is closed and has settled (`force`: regardless of settle,
+    /// what `flush` asks). Returns how many were sealed.
+    pub fn seal_ready(&self, force: bool) -> Result<usize> {
+        self.check_clock(false)?;
+        self.sealer.seal_ready(force)
+    }
+
+    /// Names on the ignore list (.DS_Store, Thumbs.db, ._*, editors' temp files) stay local.
+    pub fn ignored(&self, name: &str) -> bool {
+        self.sealer.ignored(name)
+    }
+
+    /// Drop queued uploads of versions no longer wanted (rewritten, deleted). A PUT of one may
+    /// already be on the wire and land later: its key is recorded as dead locally and, when a
+    /// request may have been sent, in the journal (`discard`), so that no rebuild — even one
+    /// that has no snapshot carrying the dead-key list — adopts that object as a live file.
+    /// A file is rewritten while versions of it are queued: the one on the wire now goes on and
+    /// is recorded as a version when it lands (review N9: a file saved more often than its
+    /// upload takes, a catalog or a password database, had every upload cancelled and never
+    /// reached the bucket); the others are discarded. Returns the discarded ones (their staged
+    /// files go once the commit is durable; the kept one's stays until it lands).
+    pub(super) fn supersede_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<Vec<Upload>> {
+        let (kept, gone): (Vec<Upload>, Vec<Upload>) = ups.iter().cloned().partition(|u| u.state == UploadState::Uploading);
+        Self::discard_uploads(tx, &gone)?;
+        for u in &kept {
+            tracing::debug!(upload = u.id, "a version on the wire is kept going while the file is rewritten");
+        }
+        Ok(gone)
+    }
+
+    pub(super) fn discard_uploads(tx: &rusqlite::Connection, ups: &[Upload]) -> Result<()> {
+        for u in ups {
+            if u.state == UploadState::Uploading || u.attempts > 0 {
+                Self::discard_key(tx, &u.object_key)?;
+            }
+            Db::cancel_upload(tx, u.id)?;
+        }
+        Ok(())
+    }
+
+    /// Record that the object at `key` is no live file's version (journal + dead-key list).
+    pub(super) fn discard_key(tx: &rusqlite::Connection, key: &str) -> Result<()> {
+        Db::add_dead_key(tx, key)?;
+        let entry = crate::remote_meta::Entry::Discard { key: key.to_string() };
+        Db::journal_append(tx, now_ms(), &serde_json::to_string(&entry).expect("json"))?;
+        Ok(())
+    }
+
+    /// Where a queued version's bytes are: its frozen plaintext, or an encrypted outbox file
+    /// written by an earlier build (no data key recorded).
+    pub(super) fn staged_version(&self, u: &Upload) -> PathBuf {
+        if u.dk.is_some() {
+            self.staging.frozen_path(u.ino, u.content_gen)
+        } else {
+            self.staging.outbox_path(u.ino, u.content_gen)
+        }
+    }
+}
+
+/// A seal prepared outside the lock (`Sealer::prepare_seal`), to be committed under it.
 struct PreparedSeal {
     u: Upload,
     size: u64,

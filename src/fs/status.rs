@@ -35,10 +35,10 @@ impl Fs {
                 .into_iter()
                 .map(|(path, state, attempts, error)| FailureInfo { path, state, attempts, error })
                 .collect();
-        for (ino, (gen, attempts, error)) in self.seal_failures.lock().unwrap().iter() {
-            if c.db.get(*ino)?.is_some_and(|i| i.content_gen == *gen && i.state == State::Dirty) {
-                let path = c.db.path_of(*ino).unwrap_or_default();
-                failures.push(FailureInfo { path, state: "sealing".into(), attempts: *attempts, error: error.clone() });
+        for (ino, f) in self.sealer.failures() {
+            if c.db.get(ino)?.is_some_and(|i| i.content_gen == f.gen && i.state == State::Dirty) {
+                let path = c.db.path_of(ino).unwrap_or_default();
+                failures.push(FailureInfo { path, state: "sealing".into(), attempts: f.attempts, error: f.error });
             }
         }
         Ok(Status {

@@ -136,6 +136,42 @@ enum Outcome {
     Cancelled,
 }
 
+/// What one turn of the upload loop did (`Uploader::step`).
+pub struct Turn {
+    /// The versions claimed for this turn, each to be sent.
+    pub attempts: Vec<Attempt>,
+    /// How long the loop may sleep before its next turn unless woken.
+    pub wait: Duration,
+}
+
+/// One version claimed by `step`: sending it, retrying it later, or failing it.
+pub struct Attempt {
+    claim: Claim,
+    u: Upload,
+}
+
+impl Attempt {
+    /// Send the version and record the outcome (a completed upload waits in the batch
+    /// `step` records); the claim is released when this ends.
+    pub async fn run(self) {
+        self.claim.up.attempt(self.u).await;
+    }
+}
+
+/// A version in flight: released (and the loop woken for the free slot) when its attempt
+/// ends, is interrupted, or was never run.
+struct Claim {
+    up: Arc<Uploader>,
+    id: i64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.up.inflight.lock().unwrap().remove(&self.id);
+        self.up.env.wakeup.notify_one();
+    }
+}
+
 impl Uploader {
     pub fn new(fs: Arc<dyn UploadQueue>, env: UploadEnv, cfg: UploadConfig, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Uploader> {
         Arc::new(Uploader {
@@ -153,8 +189,11 @@ impl Uploader {
         })
     }
 
-    /// Runs until `stop` turns true. Uploads in flight at stop are simply interrupted: their
-    /// rows stay queued (and their completed parts recorded) for the next mount.
+    /// Runs until `stop` turns true, one `step` after another: each turn's attempts run as
+    /// tasks of their own (several versions on the wire at once), and the loop sleeps until
+    /// one ends, a version is queued, or the turn's wait is over. Uploads in flight at stop are
+    /// simply interrupted: their rows stay queued (and their completed parts recorded) for
+    /// the next mount.
     pub async fn run(self: Arc<Self>) {
         let mut stop = self.stop.clone();
         loop {
@@ -165,47 +204,59 @@ impl Uploader {
                 self.record_done();
                 return;
             }
-            // Completed uploads are recorded by the dozen, or once the oldest has waited
-            // `COMPLETE_WAIT`, or when nothing else is in flight.
-            let wait = {
-                let (batch, since) = &*self.done.lock().unwrap();
-                match since.map(|t| t.elapsed()) {
-                    Some(age) if batch.len() >= COMPLETE_BATCH || age >= COMPLETE_WAIT || self.inflight.lock().unwrap().is_empty() => Duration::ZERO,
-                    Some(age) => COMPLETE_WAIT.saturating_sub(age).max(Duration::from_millis(1)),
-                    None => Duration::from_millis(500),
-                }
-            };
-            if wait.is_zero() {
-                self.record_done();
+            let turn = self.step();
+            for a in turn.attempts {
+                let h = tokio::spawn(a.run());
+                let mut running = self.running.lock().unwrap();
+                running.retain(|h| !h.is_finished());
+                running.push(h.abort_handle());
+            }
+            if turn.wait.is_zero() {
                 continue;
             }
-            self.dispatch();
             tokio::select! {
                 _ = self.env.wakeup.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(turn.wait) => {}
                 _ = stop.changed() => {}
             }
         }
     }
 
-    /// Send the versions due now one after another and record those done: the attempt and the
-    /// recording the daemon's loop runs (`run`, several at once), driven inline. Tests and the
-    /// shuttle model call it to run the real protocol without timers. Returns the versions
-    /// attempted.
-    pub async fn step(self: &Arc<Self>) -> usize {
-        let due = match self.fs.due_uploads(self.cfg.concurrency.max(1)) {
-            Ok(d) => d,
-            Err(e) => {
-                self.index_failed("reading the upload queue", &e);
-                return 0;
-            }
-        };
-        let n = due.len();
-        for u in due {
-            self.attempt(u).await;
+    /// One turn of the upload loop, the daemon's (`run`) and the tests': record the completed
+    /// uploads once that is due (a dozen of them, or the oldest has waited `COMPLETE_WAIT`, or
+    /// nothing else is in flight), then claim the versions due now for the free slots. Returns
+    /// their attempts, to be run (each releases its claim when it ends or is dropped), and how
+    /// long the loop may wait before its next turn unless woken.
+    pub fn step(self: &Arc<Self>) -> Turn {
+        if self.record_wait().is_zero() {
+            self.record_done();
+        }
+        let attempts = self.claim_due();
+        Turn { attempts, wait: self.record_wait() }
+    }
+
+    /// `step`, with its attempts run here one after another and what they completed recorded
+    /// at once: the real protocol without timers or tasks, for tests and the shuttle model.
+    /// Returns the versions attempted.
+    pub async fn step_inline(self: &Arc<Self>) -> usize {
+        let turn = self.step();
+        let n = turn.attempts.len();
+        for a in turn.attempts {
+            a.run().await;
         }
         self.record_done();
         n
+    }
+
+    /// How long the completed uploads waiting in `done` may wait before they are recorded
+    /// (zero: now; half a second when none waits).
+    fn record_wait(&self) -> Duration {
+        let (batch, since) = &*self.done.lock().unwrap();
+        match since.map(|t| t.elapsed()) {
+            Some(age) if batch.len() >= COMPLETE_BATCH || age >= COMPLETE_WAIT || self.inflight.lock().unwrap().is_empty() => Duration::ZERO,
+            Some(age) => COMPLETE_WAIT.saturating_sub(age).max(Duration::from_millis(1)),
+            None => Duration::from_millis(500),
+        }
     }
 
     /// The index failed: pause dispatching (doubling each time in a row), and log once per pause.
@@ -230,14 +281,16 @@ impl Uploader {
         self.index_pause.lock().unwrap().0.is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
-    fn dispatch(self: &Arc<Self>) {
+    /// Claim the oldest due versions not in flight or being recorded, as many as there are
+    /// free slots.
+    fn claim_due(self: &Arc<Self>) -> Vec<Attempt> {
         if self.index_paused() {
-            return;
+            return Vec::new();
         }
         let busy = self.inflight.lock().unwrap().len();
-        let free = self.cfg.concurrency.saturating_sub(busy);
+        let free = self.cfg.concurrency.max(1).saturating_sub(busy);
         if free == 0 {
-            return;
+            return Vec::new();
         }
         // The oldest due rows include those in flight and those waiting to be recorded (all
         // still `uploading`): ask for enough to find `free` others behind them.
@@ -246,28 +299,21 @@ impl Uploader {
             Ok(d) => d,
             Err(e) => {
                 self.index_failed("reading the upload queue", &e);
-                return;
+                return Vec::new();
             }
         };
+        let mut claimed = Vec::new();
         for u in due {
             {
                 let mut inf = self.inflight.lock().unwrap();
-                if inf.len() >= self.cfg.concurrency || inf.contains(&u.id) || self.completing.lock().unwrap().contains(&u.id) {
+                if inf.len() >= self.cfg.concurrency.max(1) || inf.contains(&u.id) || self.completing.lock().unwrap().contains(&u.id) {
                     continue;
                 }
                 inf.insert(u.id);
             }
-            let me = self.clone();
-            let h = tokio::spawn(async move {
-                let id = u.id;
-                me.attempt(u).await;
-                me.inflight.lock().unwrap().remove(&id);
-                me.env.wakeup.notify_one();
-            });
-            let mut running = self.running.lock().unwrap();
-            running.retain(|h| !h.is_finished());
-            running.push(h.abort_handle());
+            claimed.push(Attempt { claim: Claim { up: self.clone(), id: u.id }, u });
         }
+        claimed
     }
 
     async fn attempt(&self, u: Upload) {

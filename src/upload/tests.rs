@@ -1,4 +1,4 @@
-//! The uploader on a temporary index, driven by `Uploader::step`: no daemon, no timers, no
+//! The uploader on a temporary index, driven by `Uploader::step` (through `step_inline`): no daemon, no timers, no
 //! sleeps. Each test is one thing the upload protocol promises, with the store misbehaving
 //! the way real ones do.
 
@@ -60,7 +60,7 @@ impl Book {
     }
 
     fn step(&self, up: &Arc<Uploader>) -> usize {
-        self.rt.block_on(up.step())
+        self.rt.block_on(up.step_inline())
     }
 
     fn key(&self, ino: u64) -> String {

@@ -230,3 +230,253 @@ fn sealing_renames_the_spool_and_the_uploader_encrypts_from_it() {
     let o = Opened::open(e.keys.secret.as_ref().unwrap(), &h).unwrap();
     assert_eq!(o.decrypt_all(d.len() as u64, &obj).unwrap(), d);
 }
+
+// ---------------------------------------------------------------- a bare `Sealer`
+//
+// No `Fs`, no daemon, no store, no sleep: a temporary index and staging area with dirty files
+// put in them directly, and the sealer driven by hand.
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    keys: Arc<VaultKeys>,
+    index: Arc<index::Index>,
+    staging: Arc<Staging>,
+    wakeup: Arc<tokio::sync::Notify>,
+    sealer: crate::fs::seal::Sealer,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(VaultDescriptor::create_with_cost(b"pw", 1024, 1).1);
+        let mut cfg = FsConfig::for_tests(dir.path());
+        cfg.ignore = DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect();
+        cfg.policy.rules = vec![crate::rules::parse_rule("raw/**=DEEP_ARCHIVE").unwrap()];
+        let staging = Arc::new(Staging::open(dir.path()).unwrap());
+        let index = Arc::new(index::Index::new(Db::open(&dir.path().join("index.db"), now_ns(), 0, 0).unwrap()));
+        let wakeup = Arc::new(tokio::sync::Notify::new());
+        let sealer = crate::fs::seal::Sealer::new(index.clone(), staging.clone(), keys.public, &cfg, wakeup.clone());
+        Bench { _dir: dir, keys, index, staging, wakeup, sealer }
+    }
+
+    /// A closed dirty file under `parent` whose last change was `age_ms` ago: its committed
+    /// size is `data`'s length, and its spool holds `data` followed by `extra` bytes no close
+    /// committed.
+    fn dirty(&self, parent: u64, name: &str, data: &[u8], extra: &[u8], age_ms: i64) -> u64 {
+        let t = now_ns();
+        let i = Inode {
+            ino: 0,
+            parent,
+            name: name.into(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: data.len() as u64,
+            atime_ns: t,
+            mtime_ns: t,
+            ctime_ns: t,
+            target: None,
+            state: State::Dirty,
+            content_gen: 1,
+            dirty_ms: now_ms() - age_ms,
+            object_key: None,
+            storage_class: None,
+            header: None,
+            sha256: None,
+            xattrs: None,
+            owner: None,
+        };
+        let ino = self.index.core().db.insert(&i).unwrap().ino;
+        let f = self.staging.create_spool(ino).unwrap();
+        f.write_all_at(&[data, extra].concat(), 0).unwrap();
+        ino
+    }
+
+    fn dir(&self, name: &str) -> u64 {
+        let t = now_ns();
+        let i = Inode {
+            ino: 0,
+            parent: ROOT,
+            name: name.into(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            atime_ns: t,
+            mtime_ns: t,
+            ctime_ns: t,
+            target: None,
+            state: State::Local,
+            content_gen: 0,
+            dirty_ms: 0,
+            object_key: None,
+            storage_class: None,
+            header: None,
+            sha256: None,
+            xattrs: None,
+            owner: None,
+        };
+        self.index.core().db.insert(&i).unwrap().ino
+    }
+
+    fn inode(&self, ino: u64) -> Inode {
+        self.index.core().db.get(ino).unwrap().unwrap()
+    }
+
+    fn uploads(&self, ino: u64) -> Vec<Upload> {
+        self.index.core().db.uploads_for_ino(ino).unwrap()
+    }
+
+    /// Whether the uploader was woken (and the wakeup consumed).
+    fn woken(&self) -> bool {
+        let mut n = std::pin::pin!(self.wakeup.notified());
+        n.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_ready()
+    }
+}
+
+use sha2::Digest;
+use std::future::Future;
+
+/// One settled file becomes one queued version: its spool renamed (not copied) to the frozen
+/// plaintext, a fresh key under the prefix that names nothing of the path, the class its path
+/// calls for, a header and metadata only the vault's private key opens, and the uploader woken.
+#[test]
+fn a_bare_sealer_queues_a_settled_file_as_one_version_only_the_vault_key_opens() {
+    let b = Bench::new();
+    let raw = b.dir("raw");
+    let d = data(70_000, 3);
+    let ino = b.dirty(raw, "IMG_0001.CR3", &d, b"", 10_000_000);
+    assert!(!b.woken());
+    assert_eq!(b.sealer.seal_ready(false).unwrap(), 1);
+    assert!(b.woken(), "the uploader is woken for the new version");
+    let i = b.inode(ino);
+    assert_eq!(i.state, State::Sealed);
+    assert_eq!(i.sha256.as_deref(), Some(hex::encode(sha2::Sha256::digest(&d)).as_str()));
+    assert_eq!(b.staging.spool_len(ino), None, "the spool is gone: renamed");
+    assert_eq!(std::fs::read(b.staging.frozen_path(ino, 1)).unwrap(), d);
+    let ups = b.uploads(ino);
+    assert_eq!(ups.len(), 1);
+    let u = &ups[0];
+    assert_eq!((u.state, u.size, u.path.as_str()), (UploadState::Queued, d.len() as u64, "raw/IMG_0001.CR3"));
+    assert!(u.object_key.starts_with("v/d/") && !u.object_key.contains("IMG"), "{}", u.object_key);
+    assert_eq!(u.storage_class, StorageClass::DeepArchive);
+    let h = Header::parse(&u.header).unwrap();
+    let opened = Opened::open(b.keys.secret.as_ref().unwrap(), &h).unwrap();
+    let md: Vec<(String, String)> = serde_json::from_str(&u.metadata).unwrap();
+    let cvm = &md.iter().find(|(k, _)| k == "cvm").unwrap().1;
+    let meta = opened.decrypt_meta(&B64.decode(cvm).unwrap()).unwrap();
+    assert_eq!((meta.path.as_str(), meta.size), ("raw/IMG_0001.CR3", d.len() as u64));
+    assert_eq!(Some(meta.sha256), i.sha256);
+    let other = VaultDescriptor::create_with_cost(b"pw", 1024, 1).1;
+    assert!(Opened::open(other.secret.as_ref().unwrap(), &h).is_err(), "another vault's key opens nothing");
+}
+
+/// The periodic pass seals only what has settled, `flush` (forced) everything closed; a file
+/// open for writing, or with a write no close has committed, waits in both; a file deleted
+/// while open (no parent) is never sealed and does not hold back the others.
+#[test]
+fn a_bare_sealer_seals_only_closed_settled_files() {
+    let b = Bench::new();
+    let old = b.dirty(ROOT, "old.txt", b"settled long ago", b"", 10_000_000);
+    let fresh = b.dirty(ROOT, "fresh.txt", b"just written", b"", 0);
+    let writing = b.dirty(ROOT, "writing.txt", b"open", b"", 10_000_000);
+    let pending = b.dirty(ROOT, "pending.txt", b"closed, change uncommitted", b"", 10_000_000);
+    let deleted = b.dirty(0, "gone.txt", b"unlinked while open", b"", 10_000_000);
+    {
+        let mut c = b.index.core();
+        let of = |writers, changes| OpenFile {
+            handles: 1,
+            writers,
+            execs: 0,
+            uid: 0,
+            spool: None,
+            size: 4,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            changes,
+            committed: 0,
+            cuts: 0,
+        };
+        c.open.insert(writing, of(1, 0));
+        c.open.insert(pending, of(0, 1));
+    }
+    assert_eq!(b.sealer.seal_ready(false).unwrap(), 1);
+    assert_eq!(b.inode(old).state, State::Sealed);
+    assert_eq!(b.inode(fresh).state, State::Dirty, "not settled");
+    assert_eq!(b.sealer.seal_ready(true).unwrap(), 1, "flush seals the fresh one");
+    assert_eq!(b.inode(fresh).state, State::Sealed);
+    for ino in [writing, pending, deleted] {
+        assert_eq!(b.inode(ino).state, State::Dirty, "inode {ino}");
+        assert!(b.uploads(ino).is_empty());
+        assert!(b.staging.spool_len(ino).is_some(), "its spool stays");
+    }
+    b.index.core().open.clear();
+    assert_eq!(b.sealer.seal_ready(true).unwrap(), 2, "closed at last");
+    assert_eq!(b.inode(deleted).state, State::Dirty, "deleted while open: nothing to seal");
+}
+
+/// A spool longer than the committed size (bytes a failed close never committed) is frozen at
+/// that size and its digest covers exactly it: the version is what the last close committed.
+#[test]
+fn a_bare_sealer_freezes_exactly_the_committed_size() {
+    let b = Bench::new();
+    let ino = b.dirty(ROOT, "a.bin", b"committed", b" and not committed", 10_000_000);
+    assert_eq!(b.sealer.seal_ready(true).unwrap(), 1);
+    assert_eq!(std::fs::read(b.staging.frozen_path(ino, 1)).unwrap(), b"committed");
+    let want = hex::encode(sha2::Sha256::digest(b"committed"));
+    assert_eq!(b.uploads(ino)[0].sha256, want);
+}
+
+/// Junk a desktop writes beside real files is kept local, never queued.
+#[test]
+fn a_bare_sealer_keeps_ignored_names_local() {
+    let b = Bench::new();
+    let junk = b.dirty(ROOT, ".DS_Store", b"finder", b"", 10_000_000);
+    let photo = b.dirty(ROOT, "photo.jpg", b"jpeg", b"", 10_000_000);
+    assert_eq!(b.sealer.seal_ready(true).unwrap(), 1);
+    assert_eq!(b.inode(junk).state, State::Local);
+    assert!(b.uploads(junk).is_empty());
+    assert_eq!(b.staging.spool_len(junk), Some(6), "still readable here");
+    assert_eq!(b.inode(photo).state, State::Sealed);
+}
+
+/// The index refuses a batch half-way (a full disk, an I/O error): the whole batch is undone —
+/// every spool put back, no upload row, every file still dirty — the failure is kept for
+/// `status`, and the next pass, once the index works again, seals them all.
+#[test]
+fn a_bare_sealer_undoes_a_batch_the_index_refused() {
+    let b = Bench::new();
+    let inos: Vec<u64> = (0..3).map(|k| b.dirty(ROOT, &format!("f{k}"), &data(5000, k), b"", 10_000_000)).collect();
+    b.index
+        .core()
+        .db
+        .conn()
+        .execute_batch(
+            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.uploads WHEN (SELECT count(*) FROM main.uploads) >= 1
+             BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END;",
+        )
+        .unwrap();
+    assert_eq!(b.sealer.seal_ready(true).unwrap(), 0);
+    for (k, &ino) in inos.iter().enumerate() {
+        assert_eq!(b.inode(ino).state, State::Dirty, "inode {ino}");
+        assert!(b.uploads(ino).is_empty(), "inode {ino}: no upload row");
+        assert_eq!(b.staging.spool_len(ino), Some(5000), "inode {ino}: its spool is back");
+        assert!(!b.staging.frozen_path(ino, 1).exists());
+        // The first was recorded and undone with the batch, the second refused, the third
+        // not reached (simply sealed next time).
+        let why = b.sealer.failure(ino, 1);
+        let want = ["undone with the rest of its seal batch", "disk I/O error"].get(k);
+        assert_eq!(why.is_some(), want.is_some(), "inode {ino}: {why:?}");
+        if let (Some(why), Some(want)) = (&why, want) {
+            assert!(why.contains(want), "inode {ino}: {why}");
+        }
+    }
+    b.index.core().db.conn().execute_batch("DROP TRIGGER refuse").unwrap();
+    assert_eq!(b.sealer.seal_ready(true).unwrap(), 3);
+    for (k, &ino) in inos.iter().enumerate() {
+        assert_eq!(std::fs::read(b.staging.frozen_path(ino, 1)).unwrap(), data(5000, k as u8));
+        assert!(b.sealer.failure(ino, 1).is_none());
+    }
+}

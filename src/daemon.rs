@@ -165,7 +165,7 @@ impl Daemon {
             vault: fs.keys().public,
             wakeup: fs.upload_wakeup().clone(),
         };
-        let uploader = Uploader::new(fs.clone(), env, up, stop_rx.clone());
+        let uploader = Uploader::new(fs.upload_book(), env, up, stop_rx.clone());
         let env = JournalEnv {
             store: fs.store().clone(),
             keys: fs.keys().clone(),

@@ -25,6 +25,9 @@ pub(super) struct Index {
     core: Mutex<Core>,
     /// Makes the index durable without `core` (`Fs::sync_durable`).
     pub(super) syncer: crate::meta::Syncer,
+    /// The latest wall-clock time (ms) the sealer or the uploader read: one later read far
+    /// below it means the system clock was set back (`check_clock`).
+    pub(super) clock_high: std::sync::atomic::AtomicI64,
 }
 
 impl Index {
@@ -43,6 +46,7 @@ impl Index {
                 written: false,
             }),
             syncer,
+            clock_high: Default::default(),
         }
     }
 
@@ -50,6 +54,30 @@ impl Index {
     /// a transaction), so a poisoned lock is taken over.
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wall-clock times the index keeps (when a dirty file settles, when an upload is retried)
+    /// are brought back if the system clock was set back since they were written (review L8:
+    /// a step back of Δ delayed every seal and retry by Δ, and `flush --wait` with them).
+    /// Checked at start and whenever the sealer or the uploader reads the clock: an atomic
+    /// compare, and two indexed updates only after a step back.
+    pub(super) fn check_clock(&self, at_start: bool) -> crate::meta::Result<()> {
+        let now = now_ms();
+        let high = self.clock_high.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        if !at_start && high <= now + 1_000 {
+            return Ok(());
+        }
+        let back = if at_start { 0 } else { high - now };
+        let n = self.core().db.clamp_future_times(now, back, crate::upload::MAX_BACKOFF.as_millis() as i64)?;
+        if n > 0 {
+            tracing::warn!(
+                back_s = (high - now).max(0) / 1000,
+                rows = n,
+                "the system clock was set back: seals and upload retries planned for later are due now"
+            );
+        }
+        self.clock_high.store(now, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -33,6 +33,7 @@ mod uploads;
 
 use index::{AfterCommit, Core, Handle, OpenFile};
 pub use status::{FailureInfo, FlushView, RestoreInfo, Status};
+pub use uploads::UploadBook;
 
 use crate::clock::Nanos;
 use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys, HEADER_LEN, SEGMENT};
@@ -180,10 +181,9 @@ pub struct Fs {
     /// Woken when a restore is recorded and must be sent.
     restore_wakeup: Arc<tokio::sync::Notify>,
     /// Staged bytes per owner, for the staging quota (`quota.rs`).
-    quota: quota::Quota,
-    /// The latest wall-clock time (ms) the sealer or the uploader read: one later read far
-    /// below it means the system clock was set back (`check_clock`).
-    clock_high: std::sync::atomic::AtomicI64,
+    quota: Arc<quota::Quota>,
+    /// The upload queue the uploader works through (`uploads.rs`).
+    uploads: Arc<UploadBook>,
     /// Tests: runs once inside the next `persist`, between choosing what to make durable and
     /// the fsync (where a concurrent write can land).
     #[cfg(test)]
@@ -192,11 +192,8 @@ pub struct Fs {
     /// recorded (a truncate racing with the write).
     #[cfg(test)]
     write_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    /// Tests: how many times the uploader tried to record an upload's start.
-    #[cfg(test)]
-    mark_calls: std::sync::atomic::AtomicU64,
     /// File versions that reached S3 since mount (status; tests check "uploaded once").
-    data_uploads: std::sync::atomic::AtomicU64,
+    data_uploads: Arc<std::sync::atomic::AtomicU64>,
     /// Journal batches and snapshots uploaded since mount (counted by the journal uploader).
     meta_uploads: Arc<std::sync::atomic::AtomicU64>,
     /// Tests: the journal uploader of the daemon serving this filesystem (`journal_uploader`).
@@ -232,6 +229,10 @@ impl Fs {
     pub fn meta_uploads(&self) -> &Arc<std::sync::atomic::AtomicU64> {
         &self.meta_uploads
     }
+    /// The upload queue, for the uploader.
+    pub fn upload_book(&self) -> Arc<UploadBook> {
+        self.uploads.clone()
+    }
     /// Woken when a restore is recorded (the restore poller's wakeup).
     pub fn restore_wakeup(&self) -> &Arc<tokio::sync::Notify> {
         &self.restore_wakeup
@@ -260,9 +261,11 @@ impl Fs {
         let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
         let read_budget = crate::sealed::Budget::new(cfg.read_ahead);
         let signer = Arc::new(Self::load_signer(&db)?);
-        let quota = quota::Quota::new(cfg.staging_quota);
+        let quota = Arc::new(quota::Quota::new(cfg.staging_quota));
         let index = Arc::new(index::Index::new(db));
         let upload_wakeup = Arc::new(tokio::sync::Notify::new());
+        let data_uploads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let uploads = Arc::new(UploadBook::new(index.clone(), staging.clone(), quota.clone(), cfg.read_cache, data_uploads.clone()));
         let sealer = seal::Sealer::new(index.clone(), staging.clone(), keys.public, &cfg, upload_wakeup.clone());
         let fs = Arc::new(Fs {
             cfg,
@@ -279,14 +282,12 @@ impl Fs {
             upload_wakeup,
             restore_wakeup: Default::default(),
             quota,
-            clock_high: Default::default(),
+            uploads,
             #[cfg(test)]
             persist_hook: Mutex::new(None),
             #[cfg(test)]
             write_hook: Mutex::new(None),
-            #[cfg(test)]
-            mark_calls: Default::default(),
-            data_uploads: Default::default(),
+            data_uploads,
             meta_uploads: Default::default(),
             #[cfg(test)]
             daemon_journal: Default::default(),
@@ -376,28 +377,9 @@ impl Fs {
         }
     }
 
-    /// Wall-clock times the index keeps (when a dirty file settles, when an upload is retried)
-    /// are brought back if the system clock was set back since they were written (review L8:
-    /// a step back of Δ delayed every seal and retry by Δ, and `flush --wait` with them).
-    /// Checked at start and whenever the sealer or the uploader reads the clock: an atomic
-    /// compare, and two indexed updates only after a step back.
+    /// The clock check (`Index::check_clock`) of the sealer, the uploader and start-up.
     pub(super) fn check_clock(&self, at_start: bool) -> Result<()> {
-        let now = now_ms();
-        let high = self.clock_high.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
-        if !at_start && high <= now + 1_000 {
-            return Ok(());
-        }
-        let back = if at_start { 0 } else { high - now };
-        let n = self.core().db.clamp_future_times(now, back, crate::upload::MAX_BACKOFF.as_millis() as i64)?;
-        if n > 0 {
-            tracing::warn!(
-                back_s = (high - now).max(0) / 1000,
-                rows = n,
-                "the system clock was set back: seals and upload retries planned for later are due now"
-            );
-        }
-        self.clock_high.store(now, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        Ok(self.index.check_clock(at_start)?)
     }
 
     /// Start-up repair: requeue what was staged, drop orphans, reconcile spool sizes.

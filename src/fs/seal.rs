@@ -443,11 +443,17 @@ impl Fs {
     /// Where a queued version's bytes are: its frozen plaintext, or an encrypted outbox file
     /// written by an earlier build (no data key recorded).
     pub(super) fn staged_version(&self, u: &Upload) -> PathBuf {
-        if u.dk.is_some() {
-            self.staging.frozen_path(u.ino, u.content_gen)
-        } else {
-            self.staging.outbox_path(u.ino, u.content_gen)
-        }
+        staged_version(&self.staging, u)
+    }
+}
+
+/// Where a queued version's bytes are: its frozen plaintext, or an encrypted outbox file
+/// written by an earlier build (no data key recorded).
+pub(super) fn staged_version(staging: &Staging, u: &Upload) -> PathBuf {
+    if u.dk.is_some() {
+        staging.frozen_path(u.ino, u.content_gen)
+    } else {
+        staging.outbox_path(u.ino, u.content_gen)
     }
 }
 

@@ -75,7 +75,7 @@ impl World {
         };
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let cfg = crate::upload::UploadConfig { concurrency: 8, ..Default::default() };
-        let up = crate::upload::Uploader::new(fs.clone(), env, cfg, stop_rx);
+        let up = crate::upload::Uploader::new(fs.upload_book(), env, cfg, stop_rx);
         runtime().block_on(up.step_inline())
     }
 

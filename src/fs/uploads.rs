@@ -1,8 +1,51 @@
-//! Upload completion: the uploader's view of the queue (due, retry, failed, parts) and committing a finished version into the index.
+//! The upload book: the uploader's view of the queue (due, retry, failed, parts) and committing
+//! a finished version into the index. `UploadBook` holds the index, the staging area and the
+//! counters it moves, nothing that reaches back into the filesystem: the uploader calls down
+//! into it, never up into `Fs`.
 
 use super::*;
 
 use crate::upload::{IndexResult, UploadQueue};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The queue of versions to upload, as the index holds it (`upload::UploadQueue`).
+pub struct UploadBook {
+    index: Arc<index::Index>,
+    staging: Arc<Staging>,
+    /// Told when staged bytes are released (a write refused over its quota looks again).
+    quota: Arc<quota::Quota>,
+    /// Bytes of uploaded objects kept locally for reads (`FsConfig::read_cache`).
+    read_cache: u64,
+    /// File versions that reached S3 since mount (`status`; tests check "uploaded once").
+    landed: Arc<AtomicU64>,
+    /// Tests: how many times the uploader tried to record an upload's start.
+    #[cfg(test)]
+    pub(super) mark_calls: AtomicU64,
+}
+
+impl UploadBook {
+    pub(super) fn new(
+        index: Arc<index::Index>,
+        staging: Arc<Staging>,
+        quota: Arc<quota::Quota>,
+        read_cache: u64,
+        landed: Arc<AtomicU64>,
+    ) -> UploadBook {
+        UploadBook {
+            index,
+            staging,
+            quota,
+            read_cache,
+            landed,
+            #[cfg(test)]
+            mark_calls: AtomicU64::new(0),
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.index.core()
+    }
+}
 
 /// Run `f` as one transaction: an upload row and its inode's state change together or not at
 /// all (review N12: a crash between two autocommits left a `failed` row under a `sealed`
@@ -22,20 +65,20 @@ fn paired<T>(db: &Db, f: impl FnOnce(&Db) -> crate::meta::Result<T>) -> IndexRes
 }
 
 #[cfg(all(test, not(feature = "shuttle")))]
-impl Fs {
+impl UploadBook {
     /// The upload queue as the index holds it.
     pub(crate) fn queued_uploads(&self) -> Vec<Upload> {
         self.core().db.uploads().unwrap()
     }
 }
 
-impl UploadQueue for Fs {
+impl UploadQueue for UploadBook {
     fn outbox_path(&self, u: &Upload) -> PathBuf {
-        self.staged_version(u)
+        seal::staged_version(&self.staging, u)
     }
 
     fn due_uploads(&self, limit: usize) -> IndexResult<Vec<Upload>> {
-        self.check_clock(false)?;
+        self.index.check_clock(false)?;
         Ok(self.core().db.due_uploads(now_ms(), limit)?)
     }
 
@@ -45,7 +88,7 @@ impl UploadQueue for Fs {
 
     fn mark_uploading(&self, u: &Upload) -> IndexResult<()> {
         #[cfg(test)]
-        self.mark_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.mark_calls.fetch_add(1, Ordering::Relaxed);
         let c = self.core();
         paired(&c.db, |db| {
             db.set_upload_state(u.id, UploadState::Uploading, u.attempts, u.next_try_ms, u.last_error.as_deref())?;
@@ -64,22 +107,16 @@ impl UploadQueue for Fs {
     }
 
     /// Move a queued version to a fresh object key (its key turned out to be occupied): the
-    /// multipart upload, if any, belonged to the old key and starts over.
-    fn rekey_upload(&self, id: i64, key: &str) -> IndexResult<()> {
+    /// multipart upload, if any, belonged to the old key and starts over; it is returned (old
+    /// key, upload id) for the uploader to abort.
+    fn rekey_upload(&self, id: i64, key: &str) -> IndexResult<Option<(String, String)>> {
         let c = self.core();
         let old = c.db.upload(id)?.and_then(|u| u.mp_upload_id.map(|mp| (u.object_key, mp)));
         paired(&c.db, |db| {
             db.set_mp_upload_id(id, None)?;
             db.set_upload_key(id, key)
         })?;
-        // Its parts would be billed for ever (review L6).
-        if let Some((k, mp)) = old {
-            let store = self.store.clone();
-            self.rt.spawn(async move {
-                let _ = store.abort_multipart(&k, &mp).await;
-            });
-        }
-        Ok(())
+        Ok(old)
     }
 
     fn record_part(&self, id: i64, part: i32, etag: &str) -> IndexResult<()> {
@@ -157,7 +194,7 @@ impl UploadQueue for Fs {
                         Ok(()) => live += 1,
                         Err(e) => {
                             tracing::warn!(upload = u.id, error = %e, "a superseded version landed but cannot be recorded; discarded");
-                            Self::discard_key(&tx, &u.object_key)?;
+                            Fs::discard_key(&tx, &u.object_key)?;
                         }
                     }
                 } else if current {
@@ -177,34 +214,34 @@ impl UploadQueue for Fs {
                 } else {
                     // A version superseded while it was uploading: its object is in the bucket but
                     // no file uses it.
-                    Self::discard_key(&tx, &u.object_key)?;
+                    Fs::discard_key(&tx, &u.object_key)?;
                 }
                 if superseded || current {
                     // The older versions still queued are retired by this one.
                     let pending: Vec<Upload> = older.into_iter().filter(|r| !retired_ids.contains(&r.id)).collect();
-                    Self::discard_uploads(&tx, &pending)?;
+                    Fs::discard_uploads(&tx, &pending)?;
                     retired_ids.extend(pending.iter().map(|r| r.id));
                     retired.extend(pending);
                 }
             } else {
-                Self::discard_key(&tx, &u.object_key)?;
+                Fs::discard_key(&tx, &u.object_key)?;
             }
             done.push(u);
         }
         tx.commit().map_err(crate::meta::MetaError::from)?;
         for u in &retired {
             for p in self.staging.version_files(u.ino, u.content_gen) {
-                Self::remove_when_durable(c, p);
+                Fs::remove_when_durable(c, p);
             }
         }
         // Staging space freed: a write refused over its quota reads its owner's use again.
         self.quota.released();
-        self.data_uploads.fetch_add(live, std::sync::atomic::Ordering::Relaxed);
+        self.landed.fetch_add(live, Ordering::Relaxed);
         // Review N4: the moves below are renames the filesystem may persist before the commit
         // above; a power cut between them found the file dirty with its spool gone into the
         // read cache, emptied it and uploaded the empty version. The commit is made durable
         // first (one WAL fsync per batch, only with a read cache).
-        if self.cfg.read_cache > 0 && done.iter().any(|u| u.enc_size <= self.cfg.read_cache) {
+        if self.read_cache > 0 && done.iter().any(|u| u.enc_size <= self.read_cache) {
             self.staging.syncfs()?;
             c.db.sync()?;
         }
@@ -213,13 +250,13 @@ impl UploadQueue for Fs {
             // (A power cut that loses this commit finds the kept copy in the read cache and moves
             // it back, `recover`.) Without a read cache the frozen file goes once the commit is
             // durable: until then the index on disk may still need it.
-            if self.cfg.read_cache > 0 && u.enc_size <= self.cfg.read_cache {
-                for p in self.staging.keep_in_read_cache(u.ino, u.content_gen, header::commitment(&u.header), self.cfg.read_cache) {
-                    Self::remove_when_durable(c, p);
+            if self.read_cache > 0 && u.enc_size <= self.read_cache {
+                for p in self.staging.keep_in_read_cache(u.ino, u.content_gen, header::commitment(&u.header), self.read_cache) {
+                    Fs::remove_when_durable(c, p);
                 }
             } else {
                 for p in self.staging.version_files(u.ino, u.content_gen) {
-                    Self::remove_when_durable(c, p);
+                    Fs::remove_when_durable(c, p);
                 }
             }
         }
@@ -227,7 +264,7 @@ impl UploadQueue for Fs {
     }
 }
 
-impl Fs {
+impl UploadBook {
     /// Record `u`, a version that landed after its file was rewritten, as the file's newest
     /// version in the bucket (journal, versions, dead keys), inside the completion's
     /// transaction; the file itself stays as it is (its newer content pending).
@@ -278,7 +315,10 @@ impl Fs {
         };
         Db::journal_append(tx, now, &serde_json::to_string(&entry).expect("json"))
     }
+}
 
+/// What the daemon and the control socket ask of the queue.
+impl Fs {
     /// Abort the vault's multipart uploads begun more than `older_than` ago that no queued
     /// upload of this machine resumes (review L6: a rekey, a restart after NoSuchUpload, a
     /// completion refused, or a crash between beginning one and recording it left them, and the

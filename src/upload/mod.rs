@@ -86,7 +86,8 @@ pub trait UploadQueue: Send + Sync {
     fn upload_exists(&self, id: i64) -> IndexResult<bool>;
     fn mark_uploading(&self, u: &Upload) -> IndexResult<()>;
     fn set_multipart(&self, id: i64, mp: Option<&str>) -> IndexResult<()>;
-    fn rekey_upload(&self, id: i64, key: &str) -> IndexResult<()>;
+    /// Move version `id` to `key`; returns the multipart upload (old key, id) it abandons.
+    fn rekey_upload(&self, id: i64, key: &str) -> IndexResult<Option<(String, String)>>;
     fn record_part(&self, id: i64, part: i32, etag: &str) -> IndexResult<()>;
     fn parts(&self, id: i64) -> IndexResult<Vec<(i32, String)>>;
     fn upload_retry(&self, u: &Upload, err: &StoreError, delay: Duration) -> IndexResult<()>;
@@ -463,7 +464,10 @@ impl Uploader {
         }
         let fresh = crate::vault::new_object_key(&self.env.prefix);
         tracing::error!(upload = u.id, key = %u.object_key, new_key = %fresh, "another object occupies this version's key; it is left untouched and the version is uploaded under a new key");
-        Self::journal(self.fs.rekey_upload(u.id, &fresh))?;
+        // The old key's multipart upload: its parts would be billed for ever (review L6).
+        if let Some((old, mp)) = Self::journal(self.fs.rekey_upload(u.id, &fresh))? {
+            let _ = self.env.store.abort_multipart(&old, &mp).await;
+        }
         Err(StoreError::Retryable("object key taken by another object; retrying under a new key".into()))
     }
 

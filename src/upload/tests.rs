@@ -56,7 +56,7 @@ impl Book {
         };
         // Retries are due at once: the tests step through them instead of waiting.
         let cfg = UploadConfig { base_backoff: Duration::ZERO, max_backoff: Duration::ZERO, ..Default::default() };
-        Uploader::new(self.fs.clone(), env, cfg, tokio::sync::watch::channel(false).1)
+        Uploader::new(self.fs.upload_book(), env, cfg, tokio::sync::watch::channel(false).1)
     }
 
     fn step(&self, up: &Arc<Uploader>) -> usize {
@@ -100,7 +100,7 @@ fn a_lost_answer_is_found_in_place_and_not_sent_twice() {
 fn an_occupied_key_is_never_overwritten_the_version_moves() {
     let b = Book::new();
     let ino = b.sealed("a.jpg", &[9u8; 30_000]);
-    let queued = b.fs.queued_uploads()[0].object_key.clone();
+    let queued = b.fs.upload_book().queued_uploads()[0].object_key.clone();
     b.store.plant(&queued, b"someone else's object");
     let up = b.uploader(true);
     b.step(&up);

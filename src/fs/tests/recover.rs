@@ -293,11 +293,11 @@ fn a_clock_set_back_delays_no_seal_and_no_upload_retry() {
         // A retry that was due a second before the clock was set back.
         assert_eq!(c.db.conn().execute("UPDATE uploads SET next_try_ms=?1", rusqlite::params![ahead - 1_000]).unwrap(), 1);
     }
-    fs.clock_high.store(ahead, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(fs.due_uploads(10).unwrap().len(), 1, "the retry is due");
+    fs.index.clock_high.store(ahead, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(fs.uploads.due_uploads(10).unwrap().len(), 1, "the retry is due");
     assert_eq!(fs.seal_ready(false).unwrap(), 1, "a.txt settled 6 s after its last write (by the clock then)");
     // Steps forward (and small jitter) change nothing.
-    fs.clock_high.store(now_ms() - 60_000, std::sync::atomic::Ordering::Relaxed);
+    fs.index.clock_high.store(now_ms() - 60_000, std::sync::atomic::Ordering::Relaxed);
     let b = write_on(&fs, ROOT, "b.txt", b"new");
     assert_eq!(fs.seal_ready(false).unwrap(), 0, "b.txt has not settled");
     assert!(fs.core().db.get(b).unwrap().unwrap().state == State::Dirty);

@@ -95,7 +95,7 @@ fn an_index_that_cannot_record_an_upload_start_pauses_the_uploader() {
     let ino = e.write_file(ROOT, "a.jpg", &data(10_000, 1));
     fs.seal_ready(true).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    let calls = fs.mark_calls.load(std::sync::atomic::Ordering::Relaxed);
+    let calls = fs.uploads.mark_calls.load(std::sync::atomic::Ordering::Relaxed);
     assert!((1..=3).contains(&calls), "{calls} tries in 2.5 s (1 s pause, doubling)");
     fs.core().db.conn().execute_batch("DROP TRIGGER fail_start").unwrap();
     e.wait_state(ino, State::Uploaded);

@@ -7,6 +7,11 @@
 //! files, and only while a quarter of the mount's read budget has room; files that are
 //! archived, local or empty are skipped. What nobody opens is dropped after `STARTED_TTL` (its GETs are the cost of
 //! a guess that was wrong: at most `FILES_AHEAD` beginnings when a reader stops).
+//!
+//! The state (`FolderAhead`: recent readings per folder, readers started ahead) is `Reads`'s,
+//! behind its own lock, never held while taking `core`. Only the look-up of a folder's files
+//! in the index is `Fs`'s (`Fs::folder_read_began`), done under `core` between two holds of
+//! that lock: `Reads::began` says whom to follow, `Reads::start_ahead` starts the readers.
 
 use super::*;
 use crate::sealed::Reader;
@@ -48,7 +53,16 @@ impl FolderAhead {
     }
 }
 
-impl Fs {
+/// What a folder's recent readings say when the reading of one of its files begins
+/// (`Reads::began`): `Fs` looks up from them, in the index, which files to request ahead.
+pub(super) struct Began {
+    /// Files of the folder whose reading this process began there a moment ago.
+    pub(super) mine: Vec<u64>,
+    /// Files of the folder other processes began while this one was reading it.
+    pub(super) others: Vec<u64>,
+}
+
+impl Reads {
     fn ahead(&self) -> std::sync::MutexGuard<'_, FolderAhead> {
         self.ahead.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -57,12 +71,12 @@ impl Fs {
     /// (the group commit calls it). Once reads have stopped, the memory they used goes back to
     /// the system: the allocator keeps freed buffers of several MiB for itself otherwise, and an
     /// idle mount would stay at its reading peak.
-    pub(super) fn expire_read_ahead(&self) {
+    pub(super) fn expire(&self) {
         self.ahead().expire();
-        self.read_budget.trim();
-        let requested = self.read_budget.requested();
-        let seen = self.reads_trimmed.swap(requested, std::sync::atomic::Ordering::Relaxed);
-        if requested != seen && self.read_budget.used() == 0 {
+        self.budget.trim();
+        let requested = self.budget.requested();
+        let seen = self.trimmed.swap(requested, std::sync::atomic::Ordering::Relaxed);
+        if requested != seen && self.budget.used() == 0 {
             #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim only hands free memory of the allocator back to the system; it
             // touches no memory in use, and glibc's allocator is thread-safe.
@@ -86,10 +100,10 @@ impl Fs {
         same.then_some(r)
     }
 
-    /// The reading of `i` began at its first byte, by process `pid`. If the file before it in
-    /// its folder (in listing or in name order) began so a moment ago in the same process,
-    /// request the beginnings of the files after it in that order.
-    pub(super) fn folder_read_began(&self, i: &Inode, pid: u32) {
+    /// The reading of `i` began at its first byte, by process `pid`: remembered for its
+    /// folder. `None` if this process began no other file of the folder a moment ago (nothing
+    /// to follow); else which files it began there, and which other processes began since.
+    pub(super) fn began(&self, i: &Inode, pid: u32) -> Option<Began> {
         let (mine, others): (Vec<u64>, Vec<u64>) = {
             let mut a = self.ahead();
             a.expire();
@@ -113,37 +127,17 @@ impl Fs {
             (mine, others)
         };
         if mine.is_empty() {
-            return;
+            return None;
         }
-        // Files another process began a moment ago are not read ahead again, nor past them (the
-        // folder is being read in parts: `xargs -P`, robocopy /MT).
-        let next: Vec<Inode> = {
-            let c = self.core();
-            let Some(by_name) =
-                [false, true].into_iter().find(|&by_name| c.db.file_before(i, by_name).ok().flatten().is_some_and(|p| mine.contains(&p)))
-            else {
-                return;
-            };
-            let Ok(files) = c.db.files_after(i, by_name, FILES_AHEAD) else { return };
-            files
-                .into_iter()
-                .take_while(|f| !others.contains(&f.ino))
-                .map(|f| Self::apply_overlay(&c, f))
-                // Only what a read would fetch from S3: uploaded, not archived, not kept locally,
-                // not being read already.
-                .filter(|f| {
-                    f.state == State::Uploaded
-                        && f.size > 0
-                        && f.header.is_some()
-                        && !f.storage_class.as_ref().is_some_and(crate::vault::StorageClass::needs_restore)
-                        && !c.open.contains_key(&f.ino)
-                        && matches!(self.source_of(&c, f), Ok(Source::Remote(_)))
-                })
-                .collect()
-        };
+        Some(Began { mine, others })
+    }
+
+    /// Request the beginnings of `next` (files a read would fetch from S3, in the order the
+    /// folder is read), as far as the share of the read budget allows.
+    pub(super) fn start_ahead(&self, next: Vec<Inode>) {
         // The oldest started are the next to be opened: when the share is full, nothing more
         // is started (rather than dropping those).
-        let max = (self.read_budget.limit() / STARTED_SHARE / crate::sealed::INITIAL_WINDOW).max(2) as usize;
+        let max = (self.budget.limit() / STARTED_SHARE / crate::sealed::INITIAL_WINDOW).max(2) as usize;
         for f in next {
             {
                 let mut a = self.ahead();
@@ -170,10 +164,50 @@ impl Fs {
 }
 
 #[cfg(all(test, not(feature = "shuttle")))]
-impl Fs {
+impl Reads {
     /// Files whose beginnings were requested ahead and not opened yet.
     pub(super) fn started_ahead(&self) -> Vec<u64> {
         self.ahead().started.iter().map(|(ino, _, _)| *ino).collect()
+    }
+}
+
+impl Fs {
+    /// The reading of `i` began at its first byte, by process `pid`. If the file before it in
+    /// its folder (in listing or in name order) began so a moment ago in the same process,
+    /// request the beginnings of the files after it in that order. The folder's recent readings
+    /// and the readers are `Reads`'; the files before and after `i` are looked up here, under
+    /// `core`, which is never taken with the ahead lock held.
+    pub(super) fn folder_read_began(&self, i: &Inode, pid: u32) {
+        let Some(Began { mine, others }) = self.reads.began(i, pid) else {
+            return;
+        };
+        // Files another process began a moment ago are not read ahead again, nor past them (the
+        // folder is being read in parts: `xargs -P`, robocopy /MT).
+        let next: Vec<Inode> = {
+            let c = self.core();
+            let Some(by_name) =
+                [false, true].into_iter().find(|&by_name| c.db.file_before(i, by_name).ok().flatten().is_some_and(|p| mine.contains(&p)))
+            else {
+                return;
+            };
+            let Ok(files) = c.db.files_after(i, by_name, FILES_AHEAD) else { return };
+            files
+                .into_iter()
+                .take_while(|f| !others.contains(&f.ino))
+                .map(|f| Self::apply_overlay(&c, f))
+                // Only what a read would fetch from S3: uploaded, not archived, not kept locally,
+                // not being read already.
+                .filter(|f| {
+                    f.state == State::Uploaded
+                        && f.size > 0
+                        && f.header.is_some()
+                        && !f.storage_class.as_ref().is_some_and(crate::vault::StorageClass::needs_restore)
+                        && !c.open.contains_key(&f.ino)
+                        && matches!(self.source_of(&c, f), Ok(Source::Remote(_)))
+                })
+                .collect()
+        };
+        self.reads.start_ahead(next);
     }
 }
 

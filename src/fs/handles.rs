@@ -51,7 +51,7 @@ impl Fs {
             let out = File::create(&tmp)?;
             // From S3: one reader for the whole file, so that it reads ahead.
             let reader = match &src {
-                Source::Remote(k) => Some(self.remote_reader(&i, k)?),
+                Source::Remote(k) => Some(self.reads.remote_reader(&i, k)?),
                 _ => None,
             };
             let mut digest = sha2::Sha256::new();
@@ -59,8 +59,8 @@ impl Fs {
             while off < i.size {
                 let n = (i.size - off).min(16 * SEGMENT);
                 let data = match &reader {
-                    Some(r) => self.read_remote(&i, r, off, n)?,
-                    None => self.read_source(&i, &src, off, n)?.into(),
+                    Some(r) => self.reads.read_remote(&i, r, off, n)?,
+                    None => self.reads.read_source(&i, &src, off, n)?.into(),
                 };
                 digest.update(&data);
                 out.write_all_at(&data, off)?;

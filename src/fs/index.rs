@@ -9,7 +9,7 @@
 //! quota → core                    (a write charging the staging quota reads the user's staged bytes)
 //! core → sealer.failures          (`status` reads the failures under core: taken last of all)
 //! handle reader (std Mutex)       taken and released without core held, never both
-//! ahead (folder read-ahead)       never held while taking core
+//! reads.ahead (folder read-ahead) never held while taking core (`Reads` takes no core at all)
 //! journal flush lock → core       (the journal uploader and `flush` read pending records)
 //! ```
 //!

@@ -17,7 +17,8 @@
 
 pub mod error;
 
-// One `impl Fs` per concern; the shared state and its lock live here.
+// One `impl Fs` per concern (and `read::Reads`, the read path cut off the core lock); the shared
+// state and its lock live here.
 mod ahead;
 mod archive;
 mod attrs;
@@ -32,6 +33,7 @@ mod status;
 mod uploads;
 
 use index::{AfterCommit, Core, Handle, OpenFile};
+use read::Reads;
 pub use status::{FailureInfo, FlushView, RestoreInfo, Status};
 pub use uploads::UploadBook;
 
@@ -170,12 +172,10 @@ pub struct Fs {
     staging: Arc<Staging>,
     /// Freezes settled files as versions and queues them (`seal.rs`).
     sealer: seal::Sealer,
-    /// What all readers of remote content may request ahead of what they read.
-    read_budget: crate::sealed::Budget,
-    /// Folder read-ahead (`ahead.rs`); its lock is never held while taking `core`'s.
-    ahead: std::sync::Mutex<ahead::FolderAhead>,
-    /// `read_budget.requested()` when memory was last handed back after reads.
-    reads_trimmed: std::sync::atomic::AtomicU64,
+    /// Reading content once `Fs` has chosen where it is (`read.rs`): the read budget, the
+    /// folder read-ahead's state (`ahead.rs`) and the readers started ahead; it never takes
+    /// `core`.
+    reads: Reads,
     /// Woken when an upload is queued.
     upload_wakeup: Arc<tokio::sync::Notify>,
     /// Woken when a restore is recorded and must be sent.
@@ -259,7 +259,7 @@ impl Fs {
         // SAFETY: as above.
         let gid = unsafe { libc::getgid() };
         let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
-        let read_budget = crate::sealed::Budget::new(cfg.read_ahead);
+        let reads = Reads::new(store.clone(), keys.clone(), rt.clone(), cfg.read_ahead);
         let signer = Arc::new(Self::load_signer(&db)?);
         let quota = Arc::new(quota::Quota::new(cfg.staging_quota));
         let index = Arc::new(index::Index::new(db));
@@ -276,9 +276,7 @@ impl Fs {
             rt,
             staging,
             sealer,
-            read_budget,
-            ahead: Default::default(),
-            reads_trimmed: Default::default(),
+            reads,
             upload_wakeup,
             restore_wakeup: Default::default(),
             quota,
@@ -356,7 +354,7 @@ impl Fs {
     /// The group commit: `sync_durable` and a WAL checkpoint (so the WAL stays small) when
     /// anything changed since the last one.
     pub fn group_commit(&self) -> Result<()> {
-        self.expire_read_ahead();
+        self.reads.expire();
         let idle = {
             let c = self.core();
             !c.written && c.db.conn().total_changes() == c.synced_changes && c.after_durable.is_empty()

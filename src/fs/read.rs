@@ -1,10 +1,18 @@
 //! The read path: plaintext spool, local sealed copy, or the object in S3 through the handle's
 //! `sealed::Reader` (read-ahead while the reader goes forward, chunks fetched and decrypted off
 //! the FUSE threads, one memory budget for the mount); every segment authenticated.
+//!
+//! Two halves, cut along the core lock. `impl Fs` here is the POSIX face: it looks up the
+//! handle and the inode under `core`, chooses where the content is (`source_of`) and keeps
+//! each handle's reader in the handle table. `Reads` reads content once it is told which
+//! inode and where: it owns the read budget, the folder read-ahead's state (`ahead.rs`) and
+//! what decrypting needs (the store, the vault's keys, the runtime), and never takes `core`,
+//! so it can be built and tested without an `Fs`.
 
 use super::*;
 use crate::sealed::{Object, ReadError, Reader};
 use bytes::Bytes;
+use std::sync::atomic::AtomicU64;
 
 impl Fs {
     // ------------------------------------------------------------------ reading
@@ -83,7 +91,7 @@ impl Fs {
                 return None;
             }
         }
-        if offset >= i.size {
+        if offset >= i.size || size == 0 {
             return Some(Ok(Bytes::new()));
         }
         let len = (size as u64).min(i.size - offset);
@@ -118,7 +126,7 @@ impl Fs {
             let src = if spool.is_none() && !i.state.has_spool() { Some(self.source_of(&c, &i)?) } else { None };
             (i, spool, src)
         };
-        if offset >= i.size {
+        if offset >= i.size || size == 0 {
             return Ok(Bytes::new());
         }
         let len = (size as u64).min(i.size - offset);
@@ -129,9 +137,9 @@ impl Fs {
             None => read_plain(&self.staging.open_spool(ino)?, offset, len).map(Bytes::from),
             Some(Source::Remote(key)) => {
                 let reader = self.handle_reader(fh, &i, &key, offset)?;
-                self.read_remote(&i, &reader, offset, len)
+                self.reads.read_remote(&i, &reader, offset, len)
             }
-            Some(src) => self.read_source(&i, &src, offset, len).map(Bytes::from),
+            Some(src) => self.reads.read_source(&i, &src, offset, len).map(Bytes::from),
         }
     }
 
@@ -149,9 +157,9 @@ impl Fs {
                 return Ok(r.clone());
             }
         }
-        let r = match self.adopt_started(i, key) {
+        let r = match self.reads.adopt_started(i, key) {
             Some(r) => r,
-            None => self.remote_reader(i, key)?,
+            None => self.reads.remote_reader(i, key)?,
         };
         // The first reads of a handle arrive together (the kernel's read-ahead, several FUSE
         // threads): the first reader stored is the handle's, the others' are dropped.
@@ -182,19 +190,47 @@ impl Fs {
         }
         Ok(r)
     }
+}
+
+/// Reading the content of a file, given its inode and where that content is (`Source`): the
+/// remote readers, the encrypted local copies, the bookkeeping of readers started ahead, and
+/// the memory all of them share. It holds no lock of the core and takes none.
+pub(super) struct Reads {
+    /// The store objects are read from (the mount's `Counted` store: `status` counts its GETs).
+    store: Arc<dyn ObjectStore>,
+    /// The vault's keys, of which only the secret is used: shared with `Fs` rather than copied,
+    /// so that the one copy of the secret is zeroed when the keys are dropped. `None` secret: a
+    /// write-only mount, whose reads of uploaded or encrypted content fail (`WriteOnly`).
+    keys: Arc<VaultKeys>,
+    /// The runtime readers fetch and decrypt on; `Reads` blocks on it from FUSE threads.
+    rt: tokio::runtime::Handle,
+    /// What all readers of remote content may request ahead of what they read.
+    pub(super) budget: crate::sealed::Budget,
+    /// Folder read-ahead (`ahead.rs`); its lock is never held while taking `core`'s.
+    pub(super) ahead: std::sync::Mutex<ahead::FolderAhead>,
+    /// `budget.requested()` when memory was last handed back after reads.
+    pub(super) trimmed: AtomicU64,
+}
+
+impl Reads {
+    /// Reads through `store` with the secret of `keys`, on `rt`, requesting at most
+    /// `read_ahead` bytes ahead of all readers together (`FsConfig::read_ahead`).
+    pub(super) fn new(store: Arc<dyn ObjectStore>, keys: Arc<VaultKeys>, rt: tokio::runtime::Handle, read_ahead: u64) -> Reads {
+        Reads { store, keys, rt, budget: crate::sealed::Budget::new(read_ahead), ahead: Default::default(), trimmed: Default::default() }
+    }
 
     /// A new reader of object `key` holding the content of `i`, under the header the index
     /// recorded for it (a different object under the key fails authentication).
     pub(super) fn remote_reader(&self, i: &Inode, key: &str) -> Result<Arc<std::sync::Mutex<Reader>>> {
         let sk = self.keys.secret.as_ref().ok_or(FsError::WriteOnly)?;
-        let store: Arc<dyn crate::store::ObjectStore> = self.store.clone();
+        let store = self.store.clone();
         let obj = match i.header.as_deref() {
             Some(h) => Object::new(store, sk, key, i.size, h),
             // An index of an early build without the header: read from the object.
             None => self.rt.block_on(Object::fetch(store, sk, key, i.size)),
         }
         .map_err(|e| self.read_failed(i, e))?;
-        Ok(Arc::new(std::sync::Mutex::new(Reader::new(obj, self.read_budget.clone(), self.rt.clone()))))
+        Ok(Arc::new(std::sync::Mutex::new(Reader::new(obj, self.budget.clone(), self.rt.clone()))))
     }
 
     /// Plaintext [offset, offset+len) of `i` through `reader`.
@@ -226,6 +262,10 @@ impl Fs {
     /// Read plaintext [offset, offset+len) of `i` from an encrypted copy on the staging disk,
     /// segment by segment.
     pub(super) fn read_encrypted(&self, i: &Inode, src: &Source, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len == 0 {
+            // (The segment arithmetic below counts from the last byte read.)
+            return Ok(Vec::new());
+        }
         let sk = self.keys.secret.as_ref().ok_or(FsError::WriteOnly)?;
         let p = match src {
             Source::Local(p) => p,

@@ -31,7 +31,7 @@ fn folder_read_ahead_skips_intelligent_tiering_archived_files() {
         assert_eq!(fs.read(fh, 0, 4096).unwrap().len(), 4096);
         fs.release(fh).unwrap();
     }
-    let started = fs.started_ahead();
+    let started = fs.reads.started_ahead();
     assert!(started.contains(&inos[3]), "the file after it is read ahead: {started:?}");
     assert!(!started.contains(&inos[2]), "the archived file is not requested ahead");
 }

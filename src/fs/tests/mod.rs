@@ -19,6 +19,7 @@ mod model;
 mod namespace;
 mod quota;
 mod read;
+mod reads;
 mod recover;
 mod seal;
 mod status;

@@ -164,6 +164,10 @@ class System:
     def durable(self):
         pass
 
+    def requests(self):
+        """S3 requests by operation, where the system can tell (coldvault); else None."""
+        return None
+
     def rss(self):
         return vmhwm(self.pid) if self.pid else None
 
@@ -238,6 +242,15 @@ class Coldvault(System):
 
     def durable(self):
         sh(self.bin, "flush", "--wait", self.mnt, timeout=3600)
+
+    def requests(self):
+        """S3 requests since mount, by operation (`coldvault status --json`): a count two builds
+        must agree on, where their times are noisy."""
+        r = sh(self.bin, "status", "--json", self.mnt, check=False)
+        try:
+            return json.loads(r.stdout).get("requests", {})
+        except ValueError:
+            return None
 
     def stop(self):
         sh(self.bin, "unmount", self.mnt, check=False, timeout=600)
@@ -442,6 +455,7 @@ def run_system(cls, work, src, garage, workloads, perf_dir):
         for w in workloads:
             p = Perf(s.pid, perf_dir / f"{w}.txt") if perf_dir and s.pid else None
             cpu0 = (cpu_s(s.pid), cpu_s(garage.proc.pid), children_cpu_s())
+            req0 = s.requests()
             t0 = time.monotonic()
             if w == "rsync":
                 sh("rsync", "-a", f"{src / w}/", s.mnt / w)
@@ -462,6 +476,10 @@ def run_system(cls, work, src, garage, workloads, perf_dir):
             cpu = (cpu_s(s.pid) - cpu0[0], cpu_s(garage.proc.pid) - cpu0[1], children_cpu_s() - cpu0[2])
             print(f"  {cls.name}: {w}: returns {t1 - t0:.2f} s, durable {t2 - t0:.2f} s; CPU seconds: daemon {cpu[0]:.2f}, "
                   f"garage {cpu[1]:.2f}, copy {cpu[2]:.2f}", flush=True)
+            req1 = s.requests()
+            if req0 is not None and req1 is not None:
+                sent = {k: v - req0.get(k, 0) for k, v in sorted(req1.items()) if v - req0.get(k, 0)}
+                print(f"  {cls.name}: {w}: S3 requests: " + ", ".join(f"{k} {v}" for k, v in sent.items()), flush=True)
             if w == "small":
                 best = None
                 for _ in range(3):

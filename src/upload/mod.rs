@@ -168,7 +168,12 @@ struct Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.up.inflight.lock().unwrap().remove(&self.id);
+        // An attempt that panicked keeps its claim: the version waits for the next mount, as
+        // after a crash, instead of being claimed again at once (it is due), panicking again.
+        if std::thread::panicking() {
+            return;
+        }
+        self.up.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         self.up.env.wakeup.notify_one();
     }
 }
@@ -465,8 +470,12 @@ impl Uploader {
         let fresh = crate::vault::new_object_key(&self.env.prefix);
         tracing::error!(upload = u.id, key = %u.object_key, new_key = %fresh, "another object occupies this version's key; it is left untouched and the version is uploaded under a new key");
         // The old key's multipart upload: its parts would be billed for ever (review L6).
+        // Sent on its own task: it neither holds this attempt's slot nor ends with it at stop.
         if let Some((old, mp)) = Self::journal(self.fs.rekey_upload(u.id, &fresh))? {
-            let _ = self.env.store.abort_multipart(&old, &mp).await;
+            let store = self.env.store.clone();
+            tokio::spawn(async move {
+                let _ = store.abort_multipart(&old, &mp).await;
+            });
         }
         Err(StoreError::Retryable("object key taken by another object; retrying under a new key".into()))
     }

@@ -13,9 +13,14 @@
 //! in the index is `Fs`'s (`Fs::folder_read_began`), done under `core` between two holds of
 //! that lock: `Reads::began` says whom to follow, `Reads::start_ahead` starts the readers.
 
-use super::*;
+use super::{Fs, Reads, Source};
+use crate::meta::Inode;
+use crate::meta::State;
 use crate::sealed::Reader;
+use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 /// Files whose beginnings are requested ahead of one reading a folder in order.

@@ -1,9 +1,17 @@
 //! Archive tiers: an open of an archived file asks for one restore; restore bookkeeping; storage classes learned from S3.
 
-use super::*;
+use super::{now_ms, Fs, FsError, Result, OPEN_HEAD_INTERVAL_MS};
+use crate::meta::Db;
 use crate::meta::IndexResult;
+use crate::meta::Inode;
+use crate::meta::Kind;
+use crate::meta::State;
+use crate::meta::ROOT;
 use crate::restore::poller::RestoreIndex;
+use crate::store::ObjectStore;
+use crate::vault::header;
 use crate::vault::{RState, StorageClass, Tier};
+use std::time::Duration;
 
 impl RestoreIndex for Fs {
     fn restores(&self) -> IndexResult<Vec<crate::restore::Restore>> {

@@ -1,6 +1,12 @@
 //! Attributes: lookup, getattr/setattr (truncate included), readdir, readlink, extended attributes, statfs, and the virtual status files.
 
-use super::*;
+use super::{now_ms, now_ns, Core, Fs, FsError, Result, CTL_DIR, CTL_NAME, CTL_RESTORES, MAX_NAME, STATUS_BIT};
+use crate::clock::Nanos;
+use crate::meta::Inode;
+use crate::meta::Kind;
+use crate::meta::State;
+use crate::meta::ROOT;
+use std::collections::HashMap;
 
 impl Fs {
     /// Links of a directory: "." , its entry in the parent, and ".." of each subdirectory.

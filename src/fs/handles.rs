@@ -1,6 +1,15 @@
 //! The open-handle table: open (and O_TRUNC), write, flush/fsync/release and `persist`, which commits a close's size and state (a crash of the daemon keeps it; `fsync` and the group commit make it survive power loss); `materialize`, which brings a writer's old content in on first need.
 
-use super::*;
+use super::{now_ms, now_ns, Core, Fs, FsError, Handle, OpenFile, Result, Source, CTL_DIR};
+use crate::crypto::SEGMENT;
+use crate::meta::Db;
+use crate::meta::Inode;
+use crate::meta::Kind;
+use crate::meta::State;
+use crate::store::StoreError;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 impl Fs {
     // ------------------------------------------------------------------ open / close

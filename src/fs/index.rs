@@ -17,7 +17,15 @@
 //! `pwrite`: those run outside and re-check `content_gen` before committing. The WAL fsync and
 //! checkpoint run on their own connection (`meta::Syncer`), without `core`.
 
-use super::*;
+use super::now_ms;
+use crate::clock::Nanos;
+use crate::meta::Db;
+use crate::sync::Mutex;
+use crate::sync::MutexGuard;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The index and the open-file table behind the core lock, and the connection that makes the
 /// index durable without it.

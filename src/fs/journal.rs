@@ -1,6 +1,18 @@
 //! The bucket's view of the index: journal records written with each change, snapshots, and rebuilding the index from a tree read back from the bucket.
 
-use super::*;
+use super::{now_ms, now_ns, Core, Fs, FsConfig, FsError, Result, SEAL_HEADROOM};
+use crate::clock::Nanos;
+use crate::meta::Db;
+use crate::meta::Inode;
+use crate::meta::Kind;
+use crate::meta::State;
+use crate::meta::ROOT;
+use crate::staging::Staging;
+use crate::store::ObjectStore;
+use crate::vault::StorageClass;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use std::collections::HashMap;
 
 use crate::meta::IndexResult;
 use crate::remote_meta::journal::{JournalIndex, SnapshotDue, SnapshotFile};
@@ -83,7 +95,7 @@ impl Fs {
     /// Tests: the journal uploader of the daemon serving this filesystem, the one its journal
     /// task and `flush --wait` share (and whose lock serialises them), for helpers that hold
     /// only the `Fs`.
-    pub(crate) fn journal_uploader(&self) -> Arc<crate::remote_meta::journal::JournalUploader> {
+    pub(crate) fn journal_uploader(&self) -> std::sync::Arc<crate::remote_meta::journal::JournalUploader> {
         self.daemon_journal.get().and_then(|w| w.upgrade()).expect("a running daemon serves this filesystem")
     }
 }

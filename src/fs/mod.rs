@@ -37,24 +37,21 @@ use read::Reads;
 pub use status::{FailureInfo, FlushView, RestoreInfo, Status};
 pub use uploads::UploadBook;
 
-use crate::clock::Nanos;
-use crate::crypto::{self, Header, ObjectMeta, Opened, VaultKeys, HEADER_LEN, SEGMENT};
-use crate::meta::{Db, Inode, Kind, State, Upload, ROOT};
+use crate::crypto::{self, VaultKeys, HEADER_LEN};
+use crate::meta::{Db, Inode, State, Upload};
 use crate::staging::Staging;
-use crate::store::{Counted, ObjectStore, StoreError};
-use crate::sync::{Mutex, MutexGuard};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
+use crate::store::Counted;
+#[cfg(test)]
+use crate::sync::Mutex;
+use crate::sync::MutexGuard;
 pub use error::{FsError, Result};
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::meta::{MAX_NAME, MAX_PATH};
-use crate::vault::{header, StorageClass, UploadState};
+use crate::vault::{header, UploadState};
 /// Below this much free space, sealing gives up the staging reserve (`Staging::release_reserve`)
 /// so that the index can record the seals that free the disk.
 const SEAL_HEADROOM: u64 = 16 << 20;

@@ -1,6 +1,16 @@
 //! Namespace operations: create, mkdir, symlink, mknod, unlink, rmdir, rename — each one SQLite transaction with its journal record (`in_op`); staged files are deleted only after the commit.
 
-use super::*;
+use super::{check_name, now_ms, now_ns, AfterCommit, Core, Fs, FsError, OpenFile, Result, MAX_PATH};
+use crate::crypto::HEADER_LEN;
+use crate::meta::Db;
+use crate::meta::Inode;
+use crate::meta::Kind;
+use crate::meta::State;
+use crate::meta::Upload;
+use crate::meta::ROOT;
+use crate::store::ObjectStore;
+use crate::vault::header;
+use std::sync::Arc;
 
 impl Fs {
     // ------------------------------------------------------------------ namespace

@@ -12,7 +12,10 @@
 //! content again: that is charged too. The charge goes to the file's owner: behind a Samba
 //! share with `force user`, every client shares one quota.
 
-use super::*;
+use super::{Fs, FsError, Result};
+use crate::meta::State;
+use crate::sync::Mutex;
+use std::collections::HashMap;
 
 /// A user's staged bytes as last read from the index, and what writes added since.
 struct Use {

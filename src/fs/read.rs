@@ -9,10 +9,24 @@
 //! what decrypting needs (the store, the vault's keys, the runtime), and never takes `core`,
 //! so it can be built and tested without an `Fs`.
 
-use super::*;
+use super::{ahead, Core, Fs, FsError, Result, Source};
+use crate::crypto;
+use crate::crypto::Header;
+use crate::crypto::Opened;
+use crate::crypto::VaultKeys;
+use crate::crypto::HEADER_LEN;
+use crate::crypto::SEGMENT;
+use crate::meta::Inode;
+use crate::meta::State;
 use crate::sealed::{Object, ReadError, Reader};
+use crate::store::ObjectStore;
+use crate::store::StoreError;
+use crate::vault::header;
 use bytes::Bytes;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 impl Fs {
     // ------------------------------------------------------------------ reading

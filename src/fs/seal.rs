@@ -6,8 +6,23 @@
 //! public key, the mount's class policy, prefix, settle time and ignore list, its own lock (one
 //! sealer at a time) and the failures `status` shows. It never reads or writes the bucket.
 
-use super::*;
+use super::{index, now_ms, Core, Fs, FsConfig, FsError, Result, SEAL_HEADROOM, SEAL_MIN_ROOM};
+use crate::crypto;
+use crate::crypto::ObjectMeta;
+use crate::meta::Db;
+use crate::meta::State;
+use crate::meta::Upload;
 use crate::rules::ClassPolicy;
+use crate::staging::Staging;
+use crate::sync::Mutex;
+use crate::sync::MutexGuard;
+use crate::vault::UploadState;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Why a file's current content could not be sealed: its content generation, how many tries
 /// failed in a row, and the last error (shown by `status`; `flush --wait` answers with it).

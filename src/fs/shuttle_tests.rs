@@ -11,6 +11,8 @@
 
 use super::*;
 use crate::crypto::VaultDescriptor;
+use crate::crypto::{Header, Opened};
+use crate::meta::ROOT;
 use crate::store::memory::MemoryStore;
 use shuttle::thread;
 use std::ffi::OsStr;

@@ -1,6 +1,7 @@
 //! What `coldvault status` and `flush --wait` report: pending, failed and uploaded files, requests, restores.
 
-use super::*;
+use super::{Fs, Result};
+use crate::meta::State;
 
 /// How many upload failures `status` lists.
 const MAX_FAILURES_SHOWN: usize = 100;

@@ -3,7 +3,24 @@
 //! counters it moves, nothing that reaches back into the filesystem: the uploader calls down
 //! into it, never up into `Fs`.
 
-use super::*;
+use super::{index, now_ms, quota, seal, Core, Fs, Result};
+use crate::crypto;
+use crate::meta::Db;
+use crate::meta::Inode;
+use crate::meta::State;
+use crate::meta::Upload;
+use crate::staging::Staging;
+use crate::store::ObjectStore;
+use crate::store::StoreError;
+use crate::sync::MutexGuard;
+use crate::vault::header;
+use crate::vault::UploadState;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::upload::{IndexResult, UploadQueue};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,11 +3,18 @@
 
 use super::*;
 use crate::crypto::VaultDescriptor;
+use crate::crypto::{Header, Opened};
 use crate::daemon::Daemon;
+use crate::meta::{Kind, ROOT};
 use crate::store::memory::MemoryStore;
+use crate::store::{ObjectStore, StoreError};
 use crate::upload::UploadConfig;
+use crate::vault::StorageClass;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 mod ahead;

@@ -148,6 +148,43 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// A time as a user gives it, in UTC: "2026-11-20", "2026-11-20 10:00", "2026-11-20T10:00:30",
+/// "2026-11-20T10:00:30Z", or as `fmt_ms` prints it ("2026-11-20 10:00:30 UTC"). A date alone
+/// is its midnight. Unix ms; `None` if it is not one of these.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let s = s.strip_suffix(" UTC").or_else(|| s.strip_suffix('Z')).unwrap_or(s);
+    let (date, time) = match s.split_once(['T', ' ']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let ymd: Vec<&str> = date.split('-').collect();
+    let [y, m, d] = ymd[..] else { return None };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let (y, m, d): (i64, i64, i64) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || civil_from_days(days_from_civil(y, m, d)) != (y, m, d) {
+        return None;
+    }
+    let secs = match time {
+        None => 0,
+        Some(t) => {
+            let hms: Vec<&str> = t.split(':').collect();
+            if !(2..=3).contains(&hms.len()) || hms.iter().any(|x| x.len() != 2) {
+                return None;
+            }
+            let v: Vec<i64> = hms.iter().map(|x| x.parse().ok()).collect::<Option<Vec<_>>>()?;
+            let (h, mi, se) = (v[0], v[1], v.get(2).copied().unwrap_or(0));
+            if h > 23 || mi > 59 || se > 59 {
+                return None;
+            }
+            h * 3600 + mi * 60 + se
+        }
+    };
+    Some((days_from_civil(y, m, d) * 86400 + secs) * 1000)
+}
+
 /// "2026-11-22 03:40:12 UTC"
 pub fn fmt_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -159,6 +196,19 @@ pub fn fmt_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_as_users_write_them() {
+        let t = 1_779_271_230_000; // 2026-05-20 10:00:30 UTC
+        for s in ["2026-05-20T10:00:30", "2026-05-20 10:00:30", "2026-05-20T10:00:30Z", &fmt_ms(t)] {
+            assert_eq!(parse_time(s), Some(t), "{s}");
+        }
+        assert_eq!(parse_time("2026-05-20T10:00"), Some(t - 30_000));
+        assert_eq!(parse_time("2026-05-20"), Some(t - 36_030_000));
+        for bad in ["", "yesterday", "2026-5-20", "2026-02-30", "2026-05-20T24:00", "2026-05-20T10:00:30+02:00", "1779271230"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn http_dates_roundtrip() {

@@ -4,7 +4,7 @@
 use super::pass::{load_unlocked, PassArgs};
 use super::runtime;
 use super::s3::connect;
-use super::tree::{load_tree, norm, wanted};
+use super::tree::{load_tree_at, norm, parse_at, wanted};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use coldvault::config::Config;
@@ -53,6 +53,11 @@ enum Got {
 /// Options of `coldvault get`.
 #[derive(Args)]
 struct GetOptions {
+    /// The files and folders as they were at this time (UTC: 2026-11-20T10:00): from the
+    /// journal of every machine of the vault, so an older version, or a file deleted since,
+    /// comes back.
+    #[arg(long, value_parser = parse_at)]
+    at: Option<i64>,
     /// Request restores of archived files instead of only reporting them.
     #[arg(long)]
     restore: bool,
@@ -152,7 +157,7 @@ impl Progress {
 }
 
 async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, paths: &[String], dest: &Path, o: &GetOptions) -> Result<()> {
-    let tree = load_tree(&store, keys, cfg).await?;
+    let tree = load_tree_at(&store, keys, cfg, o.at).await?;
     let d = Arc::new(Dest::open(dest, o.preserve_owner)?);
     let fetch = Arc::new(Fetch {
         store: store.clone(),

@@ -3,7 +3,7 @@
 use super::pass::{load_unlocked, PassArgs};
 use super::runtime;
 use super::s3::connect;
-use super::tree::{load_tree, norm};
+use super::tree::{history, load_tree_at, norm, parse_at};
 use anyhow::{bail, Result};
 use clap::Args;
 use coldvault::config::Config;
@@ -22,17 +22,59 @@ pub struct LsArgs {
     /// List everything below the path.
     #[arg(short = 'R', long)]
     recursive: bool,
+    /// The vault as it was at this time (UTC: 2026-11-20T10:00), from every machine's journal.
+    #[arg(long, value_parser = parse_at, conflicts_with = "versions")]
+    at: Option<i64>,
+    /// Every version the file at the path has had (deleted ones too, and those kept as
+    /// conflict copies): from when to when, size, class, the machine that wrote it.
+    #[arg(long, requires = "vault_path", conflicts_with = "recursive")]
+    versions: bool,
     vault_path: Option<String>,
 }
 
 pub fn run(a: LsArgs) -> Result<()> {
-    let LsArgs { config, pass, recursive, vault_path } = a;
+    let LsArgs { config, pass, recursive, at, versions, vault_path } = a;
     let (cfg, keys) = load_unlocked(config, &pass)?;
     let rt = runtime()?;
     rt.block_on(async {
         let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
-        ls(&store, &keys, &cfg, vault_path, recursive).await
+        match vault_path {
+            Some(p) if versions => ls_versions(&store, &keys, &cfg, &p).await,
+            p => ls(&store, &keys, &cfg, p, recursive, at).await,
+        }
     })
+}
+
+/// `ls --versions PATH`: one line per version, oldest first.
+async fn ls_versions(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, path: &str) -> Result<()> {
+    let base = norm(path)?;
+    if base.is_empty() {
+        bail!("--versions lists the versions of one file: give its path");
+    }
+    let h = history(store, keys, cfg, None, std::slice::from_ref(&base)).await?;
+    if h.versions.is_empty() {
+        match h.tree.nodes.get(&base) {
+            Some(n) if n.kind == NodeKind::Dir => bail!("{base}: a folder; --versions lists the versions of one file"),
+            _ => bail!("{base}: no version of a file with this path in the vault's history"),
+        }
+    }
+    println!("{:<19}  {:<19}  {:>12}  {:<19}  {:<16}  path", "from (UTC)", "until", "size", "class at upload", "machine");
+    for v in &h.versions {
+        let until = v.to_ms.map(|t| coldvault::clock::fmt_ms(t)[..19].to_string()).unwrap_or_else(|| "now".into());
+        let mut name = remote_meta::shown(&v.path).into_owned();
+        if v.asked != v.path {
+            name = format!("{name}  (a conflict copy of {})", remote_meta::shown(&v.asked));
+        }
+        println!(
+            "{:<19}  {:<19}  {:>12}  {:<19}  {:<16}  {name}",
+            &coldvault::clock::fmt_ms(v.from_ms)[..19],
+            until,
+            v.node.size,
+            v.node.class.as_deref().unwrap_or("-"),
+            v.machine
+        );
+    }
+    Ok(())
 }
 
 fn mode_str(kind: NodeKind, mode: u32) -> String {
@@ -49,8 +91,8 @@ fn mode_str(kind: NodeKind, mode: u32) -> String {
     s
 }
 
-async fn ls(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, path: Option<String>, recursive: bool) -> Result<()> {
-    let tree = load_tree(store, keys, cfg).await?;
+async fn ls(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, path: Option<String>, recursive: bool, at: Option<i64>) -> Result<()> {
+    let tree = load_tree_at(store, keys, cfg, at).await?;
     let base = norm(path.as_deref().unwrap_or(""))?;
     if !base.is_empty() && !tree.nodes.contains_key(&base) {
         bail!("{base}: no such file or folder in the vault");

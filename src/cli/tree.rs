@@ -27,6 +27,46 @@ pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
     Ok(tree)
 }
 
+/// The vault's tree as it was at `at` (Unix ms), replayed from every machine's journal
+/// (`remote_meta::history`); `None`: as it is now (`load_tree`).
+pub async fn load_tree_at(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, at: Option<i64>) -> Result<Tree> {
+    let Some(at) = at else { return load_tree(store, keys, cfg).await };
+    let h = history(store, keys, cfg, Some(at), &[]).await?;
+    eprintln!("the vault as it was at {}", coldvault::clock::fmt_ms(at));
+    Ok(h.tree)
+}
+
+/// The vault's history from the bucket (`remote_meta::history`), cut at `at`, following the
+/// versions of `watch`; what the replay refused and the conflicts it settled are printed.
+pub async fn history(
+    store: &Arc<dyn ObjectStore>,
+    keys: &VaultKeys,
+    cfg: &Config,
+    at: Option<i64>,
+    watch: &[String],
+) -> Result<remote_meta::history::History> {
+    let progress = |what: &str, done: usize, total: usize| {
+        if total >= 200 && (done.is_multiple_of(200) || done == total) {
+            eprintln!("reading the vault's history: {what} {done}/{total}");
+        }
+    };
+    let h = remote_meta::history(store, keys, &cfg.prefix, &progress, at, watch).await.map_err(|e| anyhow!("reading the vault's history: {e}"))?;
+    h.tree.check_signed(cfg.signed, &cfg.prefix)?;
+    for r in &h.tree.refused {
+        eprintln!("coldvault: {r}");
+    }
+    for c in &h.tree.conflicts {
+        eprintln!("coldvault: conflict: {c}");
+    }
+    Ok(h)
+}
+
+/// A time given with `--at`.
+pub fn parse_at(s: &str) -> std::result::Result<i64, String> {
+    coldvault::clock::parse_time(s)
+        .ok_or_else(|| format!("{s:?} is not a time: write it as 2026-11-20, 2026-11-20T10:00 or 2026-11-20T10:00:30 (UTC)"))
+}
+
 /// A vault path as given on the command line: without leading or trailing slashes, checked.
 pub fn norm(p: &str) -> Result<String> {
     let t = p.trim_matches('/');

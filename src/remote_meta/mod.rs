@@ -35,6 +35,7 @@ use crate::crypto;
 use crate::store::StoreError;
 
 mod codec;
+pub mod history;
 pub mod journal;
 mod model;
 pub mod read;
@@ -45,7 +46,7 @@ pub mod trust;
 pub use codec::{object_meta, open_json, seal_json, SnapshotWriter};
 pub use journal::JournalConfig;
 pub use model::{Batch, Entry, Node, NodeKind, Record, Snapshot, Tree};
-pub use rebuild::{rebuild, Progress};
+pub use rebuild::{history, rebuild, Progress};
 pub use sink::{compact, put_file, MetaSink};
 
 #[derive(Debug, thiserror::Error)]

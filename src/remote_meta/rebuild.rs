@@ -161,6 +161,10 @@ fn floor_time(ts_ms: i64, write_only: bool) -> i64 {
     }
 }
 
+/// Told after each record a replay applied: the tree, the machine, the record's time, and the
+/// path and key of the version it uploaded, if it did.
+type Seen<'a> = dyn FnMut(&Tree, &str, i64, Option<(&str, &str)>) + Send + 'a;
+
 /// Progress callback: (what, done, total).
 pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
 
@@ -178,6 +182,35 @@ pub async fn rebuild(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, prefix: &st
         }
         r => r,
     }
+}
+
+/// The vault's history (`history.rs`): every machine's journal replayed from its first record,
+/// stopped before the first record stamped after `at` (`None`: replayed to its end), following
+/// the versions the paths `watch` held. Unlike `rebuild`, no snapshot is read (each covers the
+/// journal up to its time, so a cut before it could not use it) and objects no record mentions
+/// are not adopted: the history is what the journals say.
+pub async fn history(
+    store: &Arc<dyn ObjectStore>,
+    keys: &VaultKeys,
+    prefix: &str,
+    progress: Progress<'_>,
+    at: Option<i64>,
+    watch: &[String],
+) -> Result<super::history::History, RemoteError> {
+    let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
+    let trust = trust::Trust::load(store, sk, prefix).await?;
+    let mut notes = trust.problems.clone();
+    let r = Reader { store, keys, sk, trust: &trust, prefix, progress };
+    let mut tree = Tree::default();
+    let (streams, total) = r.list_journals(&mut tree, &mut notes, &[], &BTreeMap::new()).await?;
+    let mut w = super::history::Watcher::new(watch);
+    r.replay_until(&mut tree, streams, total, BTreeMap::new(), at, &mut |t, m, ts, up| w.seen(t, m, ts, up)).await?;
+    notes.append(&mut tree.refused);
+    tree.refused = notes;
+    tree.signed = trust.signed;
+    tree.applying = None;
+    tree.applying_ts = 0;
+    Ok(super::history::History { tree, versions: w.versions })
 }
 
 async fn rebuild_once(
@@ -470,9 +503,24 @@ impl Reader<'_> {
     async fn replay_journals(
         &self,
         tree: &mut Tree,
+        streams: BTreeMap<String, Stream>,
+        total: usize,
+        covered: BTreeMap<String, i64>,
+    ) -> Result<(), RemoteError> {
+        self.replay_until(tree, streams, total, covered, None, &mut |_, _, _, _| {}).await
+    }
+
+    /// `replay_journals`, stopped before the first record stamped after `cut` (every machine's
+    /// journal cut there: the heads leave the merge in time order), telling `seen` after each
+    /// record: the tree, the machine, the record's time and the path an upload asked for.
+    async fn replay_until(
+        &self,
+        tree: &mut Tree,
         mut streams: BTreeMap<String, Stream>,
         total: usize,
         covered: BTreeMap<String, i64>,
+        cut: Option<i64>,
+        seen: &mut Seen<'_>,
     ) -> Result<(), RemoteError> {
         let mut merge = Merge { refused: std::mem::take(&mut tree.refused), total, ..Default::default() };
         let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(i64, String)>> = std::collections::BinaryHeap::new();
@@ -485,7 +533,10 @@ impl Reader<'_> {
         // Per machine, how far its newest record is ahead of this machine's clock.
         let now = crate::clock::now_ms();
         let mut ahead: BTreeMap<String, i64> = BTreeMap::new();
-        while let Some(std::cmp::Reverse((_, m))) = heads.pop() {
+        while let Some(std::cmp::Reverse((ts, m))) = heads.pop() {
+            if cut.is_some_and(|t| ts > t) {
+                break;
+            }
             let st = streams.get_mut(&m).expect("a stream per head");
             let (r, role) = st.recs.pop_front().expect("a head has a record");
             if r.ts_ms - now > CLOCK_AHEAD_REPORTED {
@@ -498,12 +549,17 @@ impl Reader<'_> {
             tree.applying_ts = r.ts_ms;
             let s = tree.seen.entry(m.clone()).or_insert(0);
             *s = (*s).max(r.seq);
+            let asked = match &r.entry {
+                Entry::Upload { path, key, .. } => Some((path.clone(), key.clone())),
+                _ => None,
+            };
             match r.entry {
                 Entry::Discard { key } if role == trust::Role::WriteOnly => {
                     tree.dead_of.entry(m.clone()).or_default().insert(key);
                 }
                 e => tree.apply_owned(e),
             }
+            seen(tree, &m, r.ts_ms, asked.as_ref().map(|(p, k)| (p.as_str(), k.as_str())));
             if let Some(ts) = st.refill(self, &m, &mut merge).await? {
                 heads.push(std::cmp::Reverse((ts, m)));
             }

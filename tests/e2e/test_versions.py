@@ -2,6 +2,7 @@
 bytes (no GetObject, no RestoreObject, works on a write-only mount), and every version has an
 object of its own that no later upload can overwrite."""
 import os
+import time
 
 import pytest
 import subprocess
@@ -310,3 +311,52 @@ def test_a_body_damaged_on_the_way_is_refused_and_sent_again(server, servers, va
     finally:
         proxy.kill()
         proxy.wait()
+
+
+def test_every_version_is_listed_and_brought_back_as_it_was(servers, vault_factory, tmp_path):
+    """Issue 26: a file written three times through the mount, then deleted. From the bucket
+    alone (no mount, no index), `ls --versions` lists its three versions, oldest first, with
+    size, class and machine, the last one ended by the deletion; `get --at T` brings back each
+    version as it was at T, and the folder as it was after the deletion holds no such file."""
+    v = vault_factory(servers("s3s-fs"))
+    v.mount()
+    f = v.mnt / "docs" / "report.txt"
+    f.parent.mkdir()
+    (v.mnt / "docs" / "keep.txt").write_bytes(b"stays")
+    contents = [os.urandom(1000 * (k + 1)) for k in range(3)]
+    moments = []
+    for c in contents:
+        f.write_bytes(c)
+        v.flush()
+        time.sleep(1.2)
+        moments.append(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))  # this version is current
+        time.sleep(1.2)
+    f.unlink()
+    v.flush()
+    time.sleep(1.2)
+    after = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    v.unmount()
+    cli = ("--config", v.config, "--passphrase-file", v.passfile)
+
+    r = run("ls", *cli, "--versions", "docs/report.txt")
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert len(rows) == 3, r.stdout
+    # from (date time), until (date time), size, class, machine, path
+    assert [int(x[4]) for x in rows] == [1000, 2000, 3000], r.stdout
+    assert all(x[5] == "STANDARD" and x[7] == "docs/report.txt" for x in rows), r.stdout
+    assert rows[0][2:4] == rows[1][0:2] and rows[1][2:4] == rows[2][0:2], "each version ends when the next begins"
+    assert rows[2][2] != "now", "the deletion ended the last one"
+
+    for k, (t, c) in enumerate(zip(moments, contents)):
+        out = tmp_path / f"at{k}"
+        run("get", *cli, "--at", t, "docs", out)
+        assert (out / "docs" / "report.txt").read_bytes() == c, f"version {k + 1} at {t}"
+        assert (out / "docs" / "keep.txt").read_bytes() == b"stays"
+
+    out = tmp_path / "after"
+    r = run("get", *cli, "--at", after, "docs/report.txt", out, check=False)
+    assert r.returncode != 0 and "no such file" in r.stderr, r.stderr
+    r = run("ls", *cli, "--at", after, "docs")
+    assert "keep.txt" in r.stdout and "report.txt" not in r.stdout, r.stdout
+    r = run("get", *cli, "--at", "yesterday", "docs", out, check=False)
+    assert r.returncode != 0 and "is not a time" in r.stderr, r.stderr

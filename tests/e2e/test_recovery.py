@@ -509,3 +509,59 @@ def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):
     assert pol["Statement"][1] == {"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
                                    "Resource": "arn:aws:s3:::photos/laptop/coldvault/vault.json"}, pol
     assert len(pol["Statement"]) == 2
+
+
+def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_brings_back(servers, vault_factory, tmp_path):
+    """Issue 26: a write-only backup box (PutObject only, through a proxy that enforces it) backs
+    up a folder; then ransomware on that box overwrites every file in the mount with random bytes
+    and deletes them all. The live vault shows the damage; every object written before is still
+    in the bucket, and `get --at` (the moment before) brings every file back, byte for byte."""
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    log = tmp_path / "proxy.log"
+    port = free_port()
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "putonly_proxy.py"), "--port", str(port),
+                              "--upstream", f"127.0.0.1:{s.port}", "--log", str(log)])
+    try:
+        time.sleep(0.5)
+        fp = run("key", "fingerprint", "--config", v.config).stdout.strip()
+        wo = tmp_path / "write-only.toml"
+        run("init", "--write-only", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--endpoint-url",
+            f"http://127.0.0.1:{port}", "--fingerprint", fp, "--config", wo, input="", env={"COLDVAULT_PASSPHRASE": ""})
+        run("mount", "--config", wo, "--cache-dir", v.cache, "--settle", "0.5", v.mnt, input="")
+        src = tmp_path / "src"
+        files = make_tree(src, n_files=40, seed=26, big=())
+        dst = v.mnt / "backup"
+        subprocess.run(["rsync", "-a", f"{src}/", f"{dst}/"], check=True)
+        v.flush()
+        time.sleep(1.2)
+        before = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        time.sleep(1.2)
+        objects_before = {o["Key"] for o in v.data_objects()}
+        # The attack: every file overwritten in place with random bytes, then deleted.
+        for name in files:
+            (dst / name).write_bytes(os.urandom(4096))
+        v.flush()
+        for name in files:
+            (dst / name).unlink()
+        v.flush()
+        token = v.status()["machine_token"]
+        v.unmount()
+    finally:
+        proxy.terminate()
+        proxy.wait()
+    denied = [e for e in map(json.loads, log.read_text().splitlines()) if not e["allowed"]]
+    assert not denied, f"requests outside the write-only policy: {denied[:5]}"
+    assert objects_before <= {o["Key"] for o in v.data_objects()}, "no object written before the attack is gone"
+    run("machine", "allow", token, "--config", v.config, "--passphrase-file", v.passfile)
+    cli = ("--config", v.config, "--passphrase-file", v.passfile)
+    now = run("ls", *cli, "-R", "backup", check=False)
+    assert not any(n.split("/")[-1] in now.stdout for n in files), "the live vault shows the files deleted: " + now.stdout
+    out = tmp_path / "restored"
+    run("get", *cli, "--at", before, "backup", out)
+    for name in files:
+        assert sha(out / "backup" / name) == sha(src / name), name
+    some = sorted(files)[0]
+    r = run("ls", *cli, "--versions", f"backup/{some}")
+    rows = r.stdout.splitlines()[1:]
+    assert len(rows) == 2 and "now" not in r.stdout, r.stdout  # the backup, then the random bytes, then deleted

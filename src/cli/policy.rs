@@ -31,11 +31,18 @@ fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
         // PutObject covers CreateMultipartUpload, UploadPart and CompleteMultipartUpload; only
         // where a machine puts data objects, journal batches and snapshots (not `vault.json`,
         // not the vault's statements under `m/`: a leaked write-only credential can neither
-        // replace the descriptor nor litter the statements). Plus reading the public vault
-        // descriptor, for `init --write-only` (which checks it against the fingerprint given).
+        // replace the descriptor nor litter the statements). A request that creates an object
+        // (PutObject, CompleteMultipartUpload) must say If-None-Match, so a leaked credential
+        // cannot overwrite any object, of this machine or another (security review N7; every
+        // PUT coldvault makes says it); CreateMultipartUpload and UploadPart cannot say it and
+        // create nothing (`s3:ObjectCreationOperation` false), as AWS's guide to enforcing
+        // conditional writes does it. Plus reading the public vault descriptor, for
+        // `init --write-only` (which checks it against the fingerprint given).
         "write-only" => vec![
-            serde_json::json!({"Sid": "WriteOnly", "Effect": "Allow", "Action": ["s3:PutObject"],
-                "Resource": writable}),
+            serde_json::json!({"Sid": "CreateOnlyNewObjects", "Effect": "Allow", "Action": ["s3:PutObject"],
+                "Resource": writable, "Condition": {"Null": {"s3:if-none-match": "false"}}}),
+            serde_json::json!({"Sid": "UploadParts", "Effect": "Allow", "Action": ["s3:PutObject"],
+                "Resource": writable, "Condition": {"Bool": {"s3:ObjectCreationOperation": "false"}}}),
             serde_json::json!({"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
                 "Resource": format!("arn:aws:s3:::{bucket}/{p}coldvault/vault.json")}),
         ],

@@ -6,9 +6,22 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from conftest import sha, ROOT, free_port, is_mounted, run
 from treegen import make_tree
+
+
+def policy_proxy(server, v, mode, tmp_path):
+    """A proxy in front of `server` that enforces what `coldvault policy --mode MODE` prints for
+    `v`'s bucket and prefix (tests/e2e/policy_proxy.py): the process, its port and its log."""
+    pol = tmp_path / f"policy-{mode}.json"
+    pol.write_text(run("policy", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--mode", mode).stdout)
+    log = tmp_path / f"proxy-{mode}.log"
+    port = free_port()
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "policy_proxy.py"), "--port", str(port),
+                              "--upstream", f"127.0.0.1:{server.port}", "--policy", str(pol), "--log", str(log)])
+    return proxy, port, log
 
 
 def snapshot_tree(root):
@@ -282,10 +295,7 @@ def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory
     deletes; a full machine rebuilds all of it."""
     s = servers("s3s-fs")
     v = vault_factory(s)
-    log = tmp_path / "proxy.log"
-    port = free_port()
-    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "putonly_proxy.py"), "--port", str(port),
-                              "--upstream", f"127.0.0.1:{s.port}", "--log", str(log)])
+    proxy, port, log = policy_proxy(s, v, "write-only", tmp_path)
     try:
         time.sleep(0.5)
         endpoint = f"http://127.0.0.1:{port}"
@@ -504,11 +514,15 @@ def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):
     assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr
     # The policy printer.
     pol = json.loads(run("policy", "--bucket", "photos", "--prefix", "laptop", "--mode", "write-only").stdout)
-    assert pol["Statement"][0]["Action"] == ["s3:PutObject"]
-    assert pol["Statement"][0]["Resource"] == [f"arn:aws:s3:::photos/laptop/{d}/*" for d in "djs"], pol
-    assert pol["Statement"][1] == {"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
-                                   "Resource": "arn:aws:s3:::photos/laptop/coldvault/vault.json"}, pol
-    assert len(pol["Statement"]) == 2
+    puts = [st for st in pol["Statement"] if st["Action"] == ["s3:PutObject"]]
+    assert len(puts) == 2 and all(st["Resource"] == [f"arn:aws:s3:::photos/laptop/{d}/*" for d in "djs"] for st in puts), pol
+    # An object is created only by a request that says If-None-Match (nothing can be
+    # overwritten); the multipart calls that cannot say it create nothing.
+    assert {json.dumps(st["Condition"], sort_keys=True) for st in puts} == {
+        json.dumps({"Null": {"s3:if-none-match": "false"}}), json.dumps({"Bool": {"s3:ObjectCreationOperation": "false"}})}, pol
+    assert {"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
+            "Resource": "arn:aws:s3:::photos/laptop/coldvault/vault.json"} in pol["Statement"], pol
+    assert len(pol["Statement"]) == 3
 
 
 def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_brings_back(servers, vault_factory, tmp_path):
@@ -518,10 +532,7 @@ def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_bring
     in the bucket, and `get --at` (the moment before) brings every file back, byte for byte."""
     s = servers("s3s-fs")
     v = vault_factory(s)
-    log = tmp_path / "proxy.log"
-    port = free_port()
-    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "putonly_proxy.py"), "--port", str(port),
-                              "--upstream", f"127.0.0.1:{s.port}", "--log", str(log)])
+    proxy, port, log = policy_proxy(s, v, "write-only", tmp_path)
     try:
         time.sleep(0.5)
         fp = run("key", "fingerprint", "--config", v.config).stdout.strip()
@@ -547,11 +558,25 @@ def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_bring
         v.flush()
         token = v.status()["machine_token"]
         v.unmount()
+        denied = [e for e in map(json.loads, log.read_text().splitlines()) if not e["allowed"]]
+        assert not denied, f"requests outside the write-only policy: {denied[:5]}"
+        # The stolen credential itself, outside coldvault: no object can be overwritten (a PUT
+        # without If-None-Match is refused; with it, an existing key is not replaced) or deleted.
+        import boto3
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import ClientError
+        stolen = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id=s.s3._request_signer._credentials.access_key,
+                              aws_secret_access_key=s.s3._request_signer._credentials.secret_key, region_name="us-east-1",
+                              config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        victim = sorted(objects_before)[0]
+        for attempt in (lambda: stolen.put_object(Bucket=v.bucket, Key=victim, Body=b"ransom"),
+                        lambda: stolen.put_object(Bucket=v.bucket, Key=victim, Body=b"ransom", IfNoneMatch="*"),
+                        lambda: stolen.delete_object(Bucket=v.bucket, Key=victim)):
+            with pytest.raises(ClientError):
+                attempt()
     finally:
         proxy.terminate()
         proxy.wait()
-    denied = [e for e in map(json.loads, log.read_text().splitlines()) if not e["allowed"]]
-    assert not denied, f"requests outside the write-only policy: {denied[:5]}"
     assert objects_before <= {o["Key"] for o in v.data_objects()}, "no object written before the attack is gone"
     run("machine", "allow", token, "--config", v.config, "--passphrase-file", v.passfile)
     cli = ("--config", v.config, "--passphrase-file", v.passfile)

@@ -51,6 +51,14 @@ pub struct Config {
     /// without its statements is refused rather than read as a vault of an older build.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub signed: bool,
+    /// Every object this machine writes is locked this many days (S3 Object Lock; the bucket
+    /// must have it enabled: `init` checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock_days: Option<u32>,
+    /// COMPLIANCE: not even the account's root can shorten the lock; GOVERNANCE (the default):
+    /// a user allowed `s3:BypassGovernanceRetention` can.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub object_lock_compliance: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -195,6 +203,7 @@ impl Config {
             endpoint_url: self.endpoint_url.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
+            object_lock: self.object_lock_days.map(|days| crate::store::s3::ObjectLock { days, compliance: self.object_lock_compliance }),
         }
     }
 }

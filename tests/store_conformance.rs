@@ -33,7 +33,7 @@ fn a_real_server_keeps_the_store_contract() {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = rt.block_on(async {
-        let settings = S3Settings { bucket, endpoint_url: Some(endpoint), region: Some("us-east-1".into()), path_style: true };
+        let settings = S3Settings { bucket, endpoint_url: Some(endpoint), region: Some("us-east-1".into()), path_style: true, object_lock: None };
         let store = S3Store::connect(&settings).await;
         conformance::run(&store, "conformance/", &caps).await
     });

@@ -43,6 +43,15 @@ struct InitTarget {
     /// Storage class for files no rule matches.
     #[arg(long, default_value = "STANDARD")]
     default_storage_class: String,
+    /// Lock every object this machine writes for this many days (S3 Object Lock): nobody can
+    /// delete or overwrite it until then, whatever credentials leak. The bucket must have
+    /// Object Lock enabled (checked now).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    object_lock_days: Option<u32>,
+    /// With --object-lock-days: COMPLIANCE mode (not even the account's root can shorten the
+    /// lock) instead of GOVERNANCE (a user allowed s3:BypassGovernanceRetention can).
+    #[arg(long, requires = "object_lock_days")]
+    object_lock_compliance: bool,
 }
 
 pub fn run(a: InitArgs) -> Result<()> {
@@ -56,7 +65,7 @@ pub fn run(a: InitArgs) -> Result<()> {
 /// vault is a placeholder until the real one is created, joined or read. Refuses to overwrite
 /// an existing config.
 fn init_config(t: InitTarget, write_only: bool) -> Result<(PathBuf, Config)> {
-    let InitTarget { bucket, prefix, endpoint_url, region, config, default_storage_class: class } = t;
+    let InitTarget { bucket, prefix, endpoint_url, region, config, default_storage_class: class, object_lock_days, object_lock_compliance } = t;
     let path = config.unwrap_or_else(config::default_config_path);
     if path.exists() {
         bail!("config {} already exists; pass --config to create another vault's config", path.display());
@@ -83,6 +92,8 @@ fn init_config(t: InitTarget, write_only: bool) -> Result<(PathBuf, Config)> {
         vault: if write_only { placeholder.public_only() } else { placeholder },
         write_only,
         signed: false,
+        object_lock_days,
+        object_lock_compliance,
     };
     Ok((path, cfg))
 }
@@ -95,6 +106,11 @@ fn cmd_init(t: InitTarget, pass: PassArgs) -> Result<()> {
     // An existing vault (a new machine, or after losing this one): join it with its passphrase.
     let existing = rt.block_on(async {
         let store = connect(&probe).await?;
+        if probe.object_lock_days.is_some() {
+            if let Some(why) = store.object_lock_refused().await.map_err(|e| explain_store(e, &probe.bucket, &probe.endpoint_url))? {
+                bail!("{why}; nothing written");
+            }
+        }
         match store.get_object(&key).await {
             Ok(body) => Ok::<_, anyhow::Error>((store, Some(body))),
             Err(StoreError::NotFound) => Ok((store, None)),

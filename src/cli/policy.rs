@@ -55,6 +55,9 @@ fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
                 "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:RestoreObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 "Resource": objects}),
             list,
+            // The weekly sweep of multipart uploads abandoned for over a week (their parts are
+            // billed until aborted).
+            serde_json::json!({"Sid": "SweepMultipart", "Effect": "Allow", "Action": ["s3:ListBucketMultipartUploads"], "Resource": bucket_arn}),
         ],
         other => bail!("unknown mode {other:?}: full, write-only or restore"),
     };

@@ -19,7 +19,7 @@ pub fn explain_store(e: StoreError, cfg_bucket: &str, endpoint: &Option<String>)
 
 pub async fn connect(cfg: &Config) -> Result<S3Store> {
     let store = S3Store::connect(&cfg.s3_settings()).await;
-    match tokio::time::timeout(Duration::from_secs(30), store.check_bucket()).await {
+    match tokio::time::timeout(Duration::from_secs(30), store.check_bucket(&cfg.prefix)).await {
         Err(_) => bail!("cannot reach S3 at {}: timed out after 30 s", cfg.endpoint_url.clone().unwrap_or_else(|| "AWS S3".into())),
         Ok(Err(e)) => Err(explain_store(e, &cfg.bucket, &cfg.endpoint_url)),
         Ok(Ok(())) => Ok(store),

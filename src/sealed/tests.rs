@@ -80,8 +80,8 @@ impl ObjectStore for Recorder {
     async fn restore_object(&self, key: &str, days: Option<i32>, tier: &str) -> StoreResult<()> {
         self.inner.restore_object(key, days, tier).await
     }
-    async fn check_bucket(&self) -> StoreResult<()> {
-        self.inner.check_bucket().await
+    async fn check_bucket(&self, prefix: &str) -> StoreResult<()> {
+        self.inner.check_bucket(prefix).await
     }
 }
 

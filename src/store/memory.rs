@@ -400,7 +400,7 @@ impl ObjectStore for MemoryStore {
         o.restore_days = days;
         Ok(())
     }
-    async fn check_bucket(&self) -> Result<()> {
+    async fn check_bucket(&self, _prefix: &str) -> Result<()> {
         self.enter("HeadBucket").await
     }
 }

@@ -142,8 +142,10 @@ pub trait ObjectStore: Send + Sync {
     async fn delete_object(&self, key: &str) -> Result<()>;
     /// `days` is None for Intelligent-Tiering archive tiers.
     async fn restore_object(&self, key: &str, days: Option<i32>, tier: &str) -> Result<()>;
-    /// Checks that the bucket exists and is reachable.
-    async fn check_bucket(&self) -> Result<()>;
+    /// Checks that the bucket exists and is reachable, by a request the vault's policies allow
+    /// (a listing of at most one key under `prefix`: a HeadBucket needs `s3:ListBucket` with no
+    /// prefix condition, which the printed policies do not grant).
+    async fn check_bucket(&self, prefix: &str) -> Result<()>;
 }
 
 /// Counts requests per operation: `coldvault status` reports them, and tests assert on them
@@ -230,8 +232,8 @@ impl ObjectStore for Counted {
         self.bump("RestoreObject");
         self.inner.restore_object(key, days, tier).await
     }
-    async fn check_bucket(&self) -> Result<()> {
-        self.bump("HeadBucket");
-        self.inner.check_bucket().await
+    async fn check_bucket(&self, prefix: &str) -> Result<()> {
+        self.bump("ListObjectsV2");
+        self.inner.check_bucket(prefix).await
     }
 }

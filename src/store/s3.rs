@@ -11,7 +11,10 @@ use super::*;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, GlacierJobParameters, RestoreRequest, StorageClass, Tier};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, GlacierJobParameters, ObjectLockEnabled, ObjectLockMode, RestoreRequest,
+    StorageClass, Tier,
+};
 use aws_sdk_s3::Client;
 
 #[derive(Clone, Debug, Default)]
@@ -20,6 +23,26 @@ pub struct S3Settings {
     pub endpoint_url: Option<String>,
     pub region: Option<String>,
     pub path_style: bool,
+    /// Every object written gets this Object Lock retention (`--object-lock-days`).
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// An Object Lock retention: how long each object written can be neither deleted nor
+/// overwritten (every version it is), and whether even the account's root may not shorten it
+/// (COMPLIANCE) or a user allowed `s3:BypassGovernanceRetention` may (GOVERNANCE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub days: u32,
+    pub compliance: bool,
+}
+
+impl ObjectLock {
+    /// The mode and retain-until date of an object written now.
+    fn params(&self) -> (ObjectLockMode, aws_smithy_types::DateTime) {
+        let mode = if self.compliance { ObjectLockMode::Compliance } else { ObjectLockMode::Governance };
+        let until = crate::clock::now_ms() + i64::from(self.days) * 86_400_000;
+        (mode, aws_smithy_types::DateTime::from_millis(until))
+    }
 }
 
 pub struct S3Store {
@@ -32,6 +55,9 @@ pub struct S3Store {
     /// Whether request bodies are covered by the signature (`x-amz-content-sha256`, which the
     /// server checks by hashing the whole body again): see `sign_payload`.
     sign_payload: bool,
+    /// The Object Lock retention every object written gets (S3 requires a checksum with it:
+    /// CRC32C on whole objects and Content-MD5 on parts are always sent).
+    lock: Option<ObjectLock>,
 }
 
 /// Over HTTPS, TLS already keeps a body from being changed on the way, so data requests go
@@ -85,7 +111,30 @@ impl S3Store {
         } else if s.path_style {
             b = b.force_path_style(true);
         }
-        S3Store { client: Client::from_conf(b.build()), bucket: s.bucket.clone(), conditional: true.into(), sign_payload }
+        S3Store { client: Client::from_conf(b.build()), bucket: s.bucket.clone(), conditional: true.into(), sign_payload, lock: s.object_lock }
+    }
+
+    /// Why the bucket cannot take the Object Lock retention configured, if it cannot: Object
+    /// Lock (and with it versioning) must be enabled on the bucket.
+    pub async fn object_lock_refused(&self) -> Result<Option<String>> {
+        let r = self.client.get_object_lock_configuration().bucket(&self.bucket).send().await;
+        let enabled = match r {
+            Ok(c) => c.object_lock_configuration().and_then(|c| c.object_lock_enabled()).is_some_and(|e| *e == ObjectLockEnabled::Enabled),
+            Err(e) => {
+                let code = e.as_service_error().and_then(|s| s.meta().code()).unwrap_or_default().to_string();
+                if code != "ObjectLockConfigurationNotFoundError" {
+                    return Err(classify(e));
+                }
+                false
+            }
+        };
+        if !enabled {
+            return Ok(Some(format!(
+                "bucket {b} does not have Object Lock enabled; enable it (with versioning) first: `aws s3api put-bucket-versioning --bucket {b} --versioning-configuration Status=Enabled` then `aws s3api put-object-lock-configuration --bucket {b} --object-lock-configuration ObjectLockEnabled=Enabled`, or create the bucket with `--object-lock-enabled-for-bucket`",
+                b = self.bucket
+            )));
+        }
+        Ok(None)
     }
 
     fn conditional(&self, wanted: bool) -> Option<String> {
@@ -109,6 +158,10 @@ impl S3Store {
             .set_metadata(meta_map(&opts.metadata))
             .set_tagging(opts.tagging.clone())
             .set_if_none_match(self.conditional(opts.if_none_match))
+            .set_object_lock_mode(self.lock.map(|l| l.params().0))
+            .set_object_lock_retain_until_date(self.lock.map(|l| l.params().1))
+            // A locked PUT must name its checksum's algorithm (the value is ours, not computed again).
+            .set_checksum_algorithm(self.lock.map(|_| ChecksumAlgorithm::Crc32C))
             .checksum_crc32_c(crc32c(&body))
             .body(ByteStream::from(body))
             .customize()
@@ -299,6 +352,8 @@ impl ObjectStore for S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
+            .set_object_lock_mode(self.lock.map(|l| l.params().0))
+            .set_object_lock_retain_until_date(self.lock.map(|l| l.params().1))
             .set_storage_class(class(&opts.storage_class))
             .set_metadata(meta_map(&opts.metadata))
             .set_tagging(opts.tagging.clone())
@@ -436,8 +491,8 @@ impl ObjectStore for S3Store {
             r => r.map(drop),
         }
     }
-    async fn check_bucket(&self) -> Result<()> {
-        self.client.head_bucket().bucket(&self.bucket).send().await.map_err(classify)?;
+    async fn check_bucket(&self, prefix: &str) -> Result<()> {
+        self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).max_keys(1).send().await.map_err(classify)?;
         Ok(())
     }
 }
@@ -543,7 +598,7 @@ mod tests {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
-        (S3Store { client: Client::from_conf(conf), bucket: "b".into(), conditional: true.into(), sign_payload: true }, server, heads)
+        (S3Store { client: Client::from_conf(conf), bucket: "b".into(), conditional: true.into(), sign_payload: true, lock: None }, server, heads)
     }
 
     /// Bodies are signed over plain HTTP and not over HTTPS (whose TLS protects them).

@@ -122,7 +122,8 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             with open(self.server.logfile, "a") as f:
                 f.write(json.dumps({"method": self.command, "path": u.path, "query": u.query, "op": op, "actions": actions,
-                                    "if_none_match": ctx["s3:if-none-match"], "allowed": ok}) + "\n")
+                                    "if_none_match": ctx["s3:if-none-match"],
+                                    "lock": self.headers.get("x-amz-object-lock-mode"), "allowed": ok}) + "\n")
         if not ok:
             self.send_response(403)
             self.send_header("Content-Type", "application/xml")

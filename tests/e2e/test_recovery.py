@@ -8,20 +8,8 @@ import time
 
 import pytest
 
-from conftest import sha, ROOT, free_port, is_mounted, run
+from conftest import sha, ROOT, free_port, is_mounted, policy_proxy, run
 from treegen import make_tree
-
-
-def policy_proxy(server, v, mode, tmp_path):
-    """A proxy in front of `server` that enforces what `coldvault policy --mode MODE` prints for
-    `v`'s bucket and prefix (tests/e2e/policy_proxy.py): the process, its port and its log."""
-    pol = tmp_path / f"policy-{mode}.json"
-    pol.write_text(run("policy", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--mode", mode).stdout)
-    log = tmp_path / f"proxy-{mode}.log"
-    port = free_port()
-    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "policy_proxy.py"), "--port", str(port),
-                              "--upstream", f"127.0.0.1:{server.port}", "--policy", str(pol), "--log", str(log)])
-    return proxy, port, log
 
 
 def snapshot_tree(root):

@@ -263,30 +263,7 @@ impl Bench {
     /// size is `data`'s length, and its spool holds `data` followed by `extra` bytes no close
     /// committed.
     fn dirty(&self, parent: u64, name: &str, data: &[u8], extra: &[u8], age_ms: i64) -> u64 {
-        let t = now_ns();
-        let i = Inode {
-            ino: 0,
-            parent,
-            name: name.into(),
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: data.len() as u64,
-            atime_ns: t,
-            mtime_ns: t,
-            ctime_ns: t,
-            target: None,
-            state: State::Dirty,
-            content_gen: 1,
-            dirty_ms: now_ms() - age_ms,
-            object_key: None,
-            storage_class: None,
-            header: None,
-            sha256: None,
-            xattrs: None,
-            owner: None,
-        };
+        let i = Inode { size: data.len() as u64, content_gen: 1, dirty_ms: now_ms() - age_ms, ..node(parent, name, Kind::File, State::Dirty) };
         let ino = self.index.core().db.insert(&i).unwrap().ino;
         let f = self.staging.create_spool(ino).unwrap();
         f.write_all_at(&[data, extra].concat(), 0).unwrap();
@@ -294,31 +271,7 @@ impl Bench {
     }
 
     fn dir(&self, name: &str) -> u64 {
-        let t = now_ns();
-        let i = Inode {
-            ino: 0,
-            parent: ROOT,
-            name: name.into(),
-            kind: Kind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            atime_ns: t,
-            mtime_ns: t,
-            ctime_ns: t,
-            target: None,
-            state: State::Local,
-            content_gen: 0,
-            dirty_ms: 0,
-            object_key: None,
-            storage_class: None,
-            header: None,
-            sha256: None,
-            xattrs: None,
-            owner: None,
-        };
-        self.index.core().db.insert(&i).unwrap().ino
+        self.index.core().db.insert(&Inode { mode: 0o755, ..node(ROOT, name, Kind::Dir, State::Local) }).unwrap().ino
     }
 
     fn inode(&self, ino: u64) -> Inode {
@@ -338,6 +291,11 @@ impl Bench {
 
 use sha2::Digest;
 use std::future::Future;
+
+/// A node of `kind` named `name` under `parent`, as the filesystem makes one, in `state`.
+fn node(parent: u64, name: &str, kind: Kind, state: State) -> Inode {
+    Inode { state, dirty_ms: 0, ..Fs::new_inode(parent, name, kind, 0o644, 0, 0) }
+}
 
 /// One settled file becomes one queued version: its spool renamed (not copied) to the frozen
 /// plaintext, a fresh key under the prefix that names nothing of the path, the class its path

@@ -9,8 +9,9 @@
 //!   `flush` and at unmount. Re-uploading a batch after a crash writes the same key.
 //! * After `snapshot_every` entries, or half as many as the last snapshot had if that is more
 //!   (and at least daily while changes happen), the whole index is uploaded as
-//!   `P s/<machine>/<covered seq>`; with delete rights, older journal batches and
-//!   snapshots of this machine are then removed (compaction).
+//!   `P s/<machine>/<covered seq>`; with delete rights, older snapshots of this machine are
+//!   then removed (compaction). Journal batches are never removed: they are the vault's
+//!   history (`history`).
 //! * Replay (`Tree::apply`) = latest snapshot per machine + later batches in order + objects in
 //!   `P d/` that no entry mentions (uploads whose journal batch was lost), read with HeadObject
 //!   (works on archived objects too; nothing is restored).
@@ -25,7 +26,8 @@
 //! * `codec`: sealing and opening metadata objects (`seal_json`, `open_json`, `object_meta`)
 //!   and writing a snapshot entry by entry (`SnapshotWriter`);
 //! * `read`: streaming a snapshot into a tree; `trust`: which objects a rebuild believes;
-//! * `rebuild`: the replay of the whole bucket (`rebuild`);
+//! * `rebuild`: the replay of the whole bucket (`rebuild`), and of every journal from its
+//!   first record, cut at a time or following paths (`history`, whose types are in `history.rs`);
 //! * `sink`: what a machine puts in the bucket (`MetaSink`, `put_file`) and `compact`;
 //! * `journal`: the journal task.
 //!

@@ -578,3 +578,52 @@ def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_bring
     r = run("ls", *cli, "--versions", f"backup/{some}")
     rows = r.stdout.splitlines()[1:]
     assert len(rows) == 2 and "now" not in r.stdout, r.stdout  # the backup, then the random bytes, then deleted
+
+
+def test_the_restore_policy_reads_everything_and_changes_nothing(servers, vault_factory, tmp_path):
+    """Issue 26: what `coldvault policy --mode restore` prints is enough for `ls`, `ls --versions`,
+    `get` and `get --at` from the bucket alone (through a proxy that enforces it as IAM does),
+    and the credential can neither write nor delete anything."""
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "docs").mkdir()
+    (v.mnt / "docs" / "a.txt").write_bytes(b"first")
+    v.flush()
+    time.sleep(1.2)
+    then = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    time.sleep(1.2)
+    (v.mnt / "docs" / "a.txt").write_bytes(b"second")
+    v.flush()
+    v.unmount()
+    proxy, port, log = policy_proxy(s, v, "restore", tmp_path)
+    try:
+        time.sleep(0.5)
+        text = v.config.read_text()
+        ro = tmp_path / "restore.toml"
+        ro.write_text(text.replace(s.endpoint, f"http://127.0.0.1:{port}"))
+        cli = ("--config", ro, "--passphrase-file", v.passfile)
+        assert "a.txt" in run("ls", *cli, "-R").stdout
+        assert len(run("ls", *cli, "--versions", "docs/a.txt").stdout.splitlines()) == 3
+        run("get", *cli, "docs", tmp_path / "now")
+        run("get", *cli, "--at", then, "docs", tmp_path / "then")
+        assert (tmp_path / "now" / "docs" / "a.txt").read_bytes() == b"second"
+        assert (tmp_path / "then" / "docs" / "a.txt").read_bytes() == b"first"
+        reqs = [json.loads(l) for l in log.read_text().splitlines()]
+        assert not [r for r in reqs if not r["allowed"]], [r for r in reqs if not r["allowed"]][:5]
+        import boto3
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import ClientError
+        creds = s.s3._request_signer._credentials
+        c = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id=creds.access_key,
+                         aws_secret_access_key=creds.secret_key, region_name="us-east-1",
+                         config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        key = v.data_objects()[0]["Key"]
+        for attempt in (lambda: c.put_object(Bucket=v.bucket, Key=key, Body=b"x"),
+                        lambda: c.put_object(Bucket=v.bucket, Key=v.prefix + "d/new", Body=b"x", IfNoneMatch="*"),
+                        lambda: c.delete_object(Bucket=v.bucket, Key=key)):
+            with pytest.raises(ClientError):
+                attempt()
+    finally:
+        proxy.terminate()
+        proxy.wait()

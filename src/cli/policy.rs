@@ -1,4 +1,4 @@
-//! `coldvault policy`: print the minimal IAM policy for a mode (full, write-only or restore).
+//! `coldvault policy`: print the minimal IAM policy for a mode (write-only, mount, restore or admin).
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -9,7 +9,9 @@ pub struct PolicyArgs {
     bucket: String,
     #[arg(long, default_value = "")]
     prefix: String,
-    #[arg(long, default_value = "full")]
+    /// write-only (PutObject, never over an object), mount (a full mount, no Delete), restore
+    /// (read and RestoreObject) or admin (everything, Delete included; `full` is its old name).
+    #[arg(long, default_value = "admin")]
     mode: String,
 }
 
@@ -50,7 +52,21 @@ fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
             serde_json::json!({"Sid": "ReadVault", "Effect": "Allow", "Action": ["s3:GetObject", "s3:RestoreObject"], "Resource": objects}),
             list,
         ],
-        "full" => vec![
+        // What a full mount needs, and no Delete: a leaked mount credential cannot remove a
+        // version. (The mount's removal of its older snapshots then fails with a warning; they
+        // stay until someone with `admin` rights removes them.)
+        "mount" => vec![
+            serde_json::json!({"Sid": "Vault", "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:GetObject", "s3:RestoreObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                "Resource": objects}),
+            list,
+            // The weekly sweep of multipart uploads abandoned for over a week (their parts are
+            // billed until aborted).
+            serde_json::json!({"Sid": "SweepMultipart", "Effect": "Allow", "Action": ["s3:ListBucketMultipartUploads"], "Resource": bucket_arn}),
+        ],
+        // Everything a mount does, and Delete (the mount removes its older snapshots). `full` is
+        // its earlier name.
+        "admin" | "full" => vec![
             serde_json::json!({"Sid": "Vault", "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:RestoreObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 "Resource": objects}),
@@ -59,7 +75,7 @@ fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
             // billed until aborted).
             serde_json::json!({"Sid": "SweepMultipart", "Effect": "Allow", "Action": ["s3:ListBucketMultipartUploads"], "Resource": bucket_arn}),
         ],
-        other => bail!("unknown mode {other:?}: full, write-only or restore"),
+        other => bail!("unknown mode {other:?}: write-only, mount, restore or admin"),
     };
     Ok(serde_json::to_string_pretty(&serde_json::json!({"Version": "2012-10-17", "Statement": statements}))?)
 }

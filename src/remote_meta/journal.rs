@@ -121,11 +121,14 @@ pub struct JournalUploader {
     cfg: JournalConfig,
     /// Held by whoever is uploading the journal (the task, `flush`, unmount): one at a time.
     lock: tokio::sync::Mutex<()>,
+    /// The store refused a compaction's delete (a `mount` policy grants no Delete): not tried
+    /// again by this mount, said once.
+    no_delete: std::sync::atomic::AtomicBool,
 }
 
 impl JournalUploader {
     pub fn new(index: Arc<dyn JournalIndex>, env: JournalEnv, cfg: JournalConfig) -> JournalUploader {
-        JournalUploader { index, env, cfg, lock: tokio::sync::Mutex::new(()) }
+        JournalUploader { index, env, cfg, lock: tokio::sync::Mutex::new(()), no_delete: Default::default() }
     }
 
     /// Upload now, then at every wakeup or `interval`, until `stop` (with one last upload).
@@ -214,9 +217,15 @@ impl JournalUploader {
             uploaded_ms = t.elapsed().as_millis() as u64 - written_ms,
             "index snapshot uploaded"
         );
-        if !self.cfg.write_only {
+        if !self.cfg.write_only && !self.no_delete.load(Ordering::Relaxed) {
             match compact(self.env.store.as_ref(), &self.env.prefix, machine, covers_seq).await {
                 Ok(n) => tracing::info!(removed = n, "journal compacted"),
+                Err(StoreError::Permanent { code, .. }) if code == "AccessDenied" => {
+                    self.no_delete.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        "no delete rights (the `mount` policy): older snapshots stay in the bucket until someone with `admin` rights removes them"
+                    );
+                }
                 Err(e) => tracing::warn!(error = %e, "journal compaction failed (needs s3:ListBucket and s3:DeleteObject)"),
             }
         }

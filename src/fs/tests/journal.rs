@@ -877,3 +877,19 @@ fn imported_files_keep_their_owner_until_rewritten_here() {
     wait_for("upload", || fs.status().unwrap().pending_files == 0);
     assert_eq!(fs.core().db.get(w_ino).unwrap().unwrap().owner, None, "a version written here is this machine's");
 }
+
+/// A mount whose credentials grant no Delete (the `mount` policy): its first compaction is
+/// refused, and it says so once and stops trying, instead of a refused delete and a warning
+/// after every snapshot; the snapshots themselves go on.
+#[test]
+fn a_mount_without_delete_rights_stops_compacting_after_one_refusal() {
+    let e = snapshotting_env();
+    e.store.fail_op("DeleteObject", u64::MAX, StoreError::Permanent { code: "AccessDenied".into(), message: "HTTP 403".into() });
+    for k in 0..4 {
+        upload_one(&e, &format!("f{k}"), b"x");
+        flush_journal(&e);
+    }
+    let snaps: Vec<String> = e.store.snapshot().keys().filter(|k| k.starts_with("v/s/")).cloned().collect();
+    assert!(snaps.len() >= 3, "snapshots go on: {snaps:?}");
+    assert_eq!(e.store.calls_of("DeleteObject"), 1, "one refused delete, then no more tries");
+}

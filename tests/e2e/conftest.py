@@ -127,6 +127,15 @@ def policy_proxy(server, v, mode, tmp_path):
     return proxy, port, log
 
 
+def client_through(server, port):
+    """A boto3 client with `server`'s credentials that sends its requests through the proxy on
+    `port` (what a credential limited by a policy can do)."""
+    creds = server.s3._request_signer._credentials
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id=creds.access_key,
+                        aws_secret_access_key=creds.secret_key, region_name="us-east-1",
+                        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+
 def sha(p):
     """SHA-256 of a file, streamed."""
     h = hashlib.sha256()

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from conftest import sha, ROOT, free_port, is_mounted, policy_proxy, run
+from botocore.exceptions import ClientError
+
+from conftest import sha, ROOT, client_through, free_port, is_mounted, policy_proxy, run
 from treegen import make_tree
 
 
@@ -550,12 +552,7 @@ def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_bring
         assert not denied, f"requests outside the write-only policy: {denied[:5]}"
         # The stolen credential itself, outside coldvault: no object can be overwritten (a PUT
         # without If-None-Match is refused; with it, an existing key is not replaced) or deleted.
-        import boto3
-        from botocore.config import Config as BotoConfig
-        from botocore.exceptions import ClientError
-        stolen = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id=s.s3._request_signer._credentials.access_key,
-                              aws_secret_access_key=s.s3._request_signer._credentials.secret_key, region_name="us-east-1",
-                              config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        stolen = client_through(s, port)
         victim = sorted(objects_before)[0]
         for attempt in (lambda: stolen.put_object(Bucket=v.bucket, Key=victim, Body=b"ransom"),
                         lambda: stolen.put_object(Bucket=v.bucket, Key=victim, Body=b"ransom", IfNoneMatch="*"),
@@ -611,13 +608,7 @@ def test_the_restore_policy_reads_everything_and_changes_nothing(servers, vault_
         assert (tmp_path / "then" / "docs" / "a.txt").read_bytes() == b"first"
         reqs = [json.loads(l) for l in log.read_text().splitlines()]
         assert not [r for r in reqs if not r["allowed"]], [r for r in reqs if not r["allowed"]][:5]
-        import boto3
-        from botocore.config import Config as BotoConfig
-        from botocore.exceptions import ClientError
-        creds = s.s3._request_signer._credentials
-        c = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id=creds.access_key,
-                         aws_secret_access_key=creds.secret_key, region_name="us-east-1",
-                         config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        c = client_through(s, port)
         key = v.data_objects()[0]["Key"]
         for attempt in (lambda: c.put_object(Bucket=v.bucket, Key=key, Body=b"x"),
                         lambda: c.put_object(Bucket=v.bucket, Key=v.prefix + "d/new", Body=b"x", IfNoneMatch="*"),

@@ -11,12 +11,25 @@ use std::sync::Arc;
 
 /// The vault's tree rebuilt from the bucket; what the rebuild refused and the conflicts it settled are printed.
 pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config) -> Result<Tree> {
-    let progress = |what: &str, done: usize, total: usize| {
+    let tree = remote_meta::rebuild(store, keys, &cfg.prefix, &progress("reading the vault"))
+        .await
+        .map_err(|e| anyhow!("reading the vault's metadata: {e}"))?;
+    checked(&tree, cfg)?;
+    Ok(tree)
+}
+
+/// Progress on stderr for large vaults, every 200 objects read.
+fn progress(doing: &'static str) -> impl Fn(&str, usize, usize) + Sync {
+    move |what: &str, done: usize, total: usize| {
         if total >= 200 && (done.is_multiple_of(200) || done == total) {
-            eprintln!("reading the vault: {what} {done}/{total}");
+            eprintln!("{doing}: {what} {done}/{total}");
         }
-    };
-    let tree = remote_meta::rebuild(store, keys, &cfg.prefix, &progress).await.map_err(|e| anyhow!("reading the vault's metadata: {e}"))?;
+    }
+}
+
+/// A replayed tree refused unless signed as the config expects; what the replay refused and
+/// the conflicts it settled are printed.
+fn checked(tree: &Tree, cfg: &Config) -> Result<()> {
     tree.check_signed(cfg.signed, &cfg.prefix)?;
     for r in &tree.refused {
         eprintln!("coldvault: {r}");
@@ -24,7 +37,7 @@ pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
     for c in &tree.conflicts {
         eprintln!("coldvault: conflict: {c}");
     }
-    Ok(tree)
+    Ok(())
 }
 
 /// The vault's tree as it was at `at` (Unix ms), replayed from every machine's journal
@@ -45,19 +58,10 @@ pub async fn history(
     at: Option<i64>,
     watch: &[String],
 ) -> Result<remote_meta::history::History> {
-    let progress = |what: &str, done: usize, total: usize| {
-        if total >= 200 && (done.is_multiple_of(200) || done == total) {
-            eprintln!("reading the vault's history: {what} {done}/{total}");
-        }
-    };
-    let h = remote_meta::history(store, keys, &cfg.prefix, &progress, at, watch).await.map_err(|e| anyhow!("reading the vault's history: {e}"))?;
-    h.tree.check_signed(cfg.signed, &cfg.prefix)?;
-    for r in &h.tree.refused {
-        eprintln!("coldvault: {r}");
-    }
-    for c in &h.tree.conflicts {
-        eprintln!("coldvault: conflict: {c}");
-    }
+    let h = remote_meta::history(store, keys, &cfg.prefix, &progress("reading the vault's history"), at, watch)
+        .await
+        .map_err(|e| anyhow!("reading the vault's history: {e}"))?;
+    checked(&h.tree, cfg)?;
     Ok(h)
 }
 

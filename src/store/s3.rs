@@ -150,6 +150,7 @@ impl S3Store {
     }
 
     async fn put_once(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<()> {
+        let (lock_mode, lock_until) = self.lock.map(|l| l.params()).unzip();
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -158,8 +159,8 @@ impl S3Store {
             .set_metadata(meta_map(&opts.metadata))
             .set_tagging(opts.tagging.clone())
             .set_if_none_match(self.conditional(opts.if_none_match))
-            .set_object_lock_mode(self.lock.map(|l| l.params().0))
-            .set_object_lock_retain_until_date(self.lock.map(|l| l.params().1))
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(lock_until)
             // A locked PUT must name its checksum's algorithm (the value is ours, not computed again).
             .set_checksum_algorithm(self.lock.map(|_| ChecksumAlgorithm::Crc32C))
             .checksum_crc32_c(crc32c(&body))
@@ -347,13 +348,14 @@ impl ObjectStore for S3Store {
         }
     }
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String> {
+        let (lock_mode, lock_until) = self.lock.map(|l| l.params()).unzip();
         let r = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .set_object_lock_mode(self.lock.map(|l| l.params().0))
-            .set_object_lock_retain_until_date(self.lock.map(|l| l.params().1))
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(lock_until)
             .set_storage_class(class(&opts.storage_class))
             .set_metadata(meta_map(&opts.metadata))
             .set_tagging(opts.tagging.clone())

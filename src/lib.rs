@@ -39,6 +39,7 @@ pub mod fuse;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod meta;
+pub mod prune;
 pub mod remote_meta;
 pub mod restore;
 pub mod rules;

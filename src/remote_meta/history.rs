@@ -10,7 +10,7 @@
 //! compacted its journal) is reported, and its history starts where it does.
 
 use super::{Node, NodeKind, Tree};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// One version of a file as a path held it.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,5 +110,58 @@ fn held(p: &str, asked: &BTreeMap<String, String>, n: &Node, ts: i64, machine: &
         to_ms: None,
         machine: n.owner.clone().unwrap_or_else(|| machine.to_string()),
         node: n.clone(),
+    }
+}
+
+/// When each version was held, as far as prune must know (`remote_meta::lifetimes`): keys are
+/// unique per version and a file's key only ever moves (rename) or goes (overwrite, removal),
+/// so a version held at any time since the cut is one held at the cut or uploaded after it.
+#[derive(Default)]
+pub struct Lifetimes {
+    /// The tree at the end of the replay.
+    pub tree: Tree,
+    /// Keys files hold at the end of the replay.
+    pub live: HashSet<String>,
+    /// Keys files held at the cut.
+    pub live_at_cut: HashSet<String>,
+    /// Keys a record stamped after the cut uploaded or set aside.
+    pub after_cut: HashSet<String>,
+    /// Per key a journal names: the path its upload was for (empty: set aside unused, a
+    /// `Discard`), the record's time and machine.
+    pub named: HashMap<String, Named>,
+    /// Per machine, the time of its newest record.
+    pub newest: BTreeMap<String, i64>,
+    /// Per machine, the sequence number its newest believed snapshot covers.
+    pub snapshots: BTreeMap<String, i64>,
+    /// The replay has passed the cut: what it applies from now on counts as after it, whatever
+    /// its stamp (a machine whose clock stepped back stamps a later record earlier).
+    pub passed: bool,
+}
+
+/// Where and when a journal named a version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Named {
+    pub path: String,
+    pub ts: i64,
+    pub machine: String,
+}
+
+impl Lifetimes {
+    /// After a record (`key`: the version it uploaded for `path`, or set aside unused when
+    /// `path` is None).
+    pub(super) fn applied(&mut self, machine: &str, ts: i64, key: Option<(Option<&str>, &str)>, cut: i64) {
+        let n = self.newest.entry(machine.to_string()).or_insert(ts);
+        *n = (*n).max(ts);
+        if let Some((path, key)) = key {
+            if ts > cut || self.passed {
+                self.after_cut.insert(key.to_string());
+            }
+            self.named.insert(key.to_string(), Named { path: path.unwrap_or_default().to_string(), ts, machine: machine.to_string() });
+        }
+    }
+
+    /// The keys `tree`'s files hold.
+    pub(super) fn held(tree: &Tree) -> HashSet<String> {
+        tree.nodes.values().filter_map(|n| n.key.clone()).collect()
     }
 }

@@ -48,7 +48,7 @@ pub mod trust;
 pub use codec::{object_meta, open_json, seal_json, SnapshotWriter};
 pub use journal::JournalConfig;
 pub use model::{Batch, Entry, Node, NodeKind, Record, Snapshot, Tree};
-pub use rebuild::{history, rebuild, Progress};
+pub use rebuild::{history, lifetimes, rebuild, Progress};
 pub use sink::{compact, put_file, MetaSink};
 
 #[derive(Debug, thiserror::Error)]

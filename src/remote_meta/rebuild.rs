@@ -161,9 +161,25 @@ fn floor_time(ts_ms: i64, write_only: bool) -> i64 {
     }
 }
 
-/// Told after each record a replay applied: the tree, the machine, the record's time, and the
-/// path and key of the version it uploaded, if it did.
-type Seen<'a> = dyn FnMut(&Tree, &str, i64, Option<(&str, &str)>) + Send + 'a;
+/// What a replay tells its observer, with the tree as it is then.
+pub(super) enum Step<'a> {
+    /// A record was applied: its machine, its time, and the path and key of the version it
+    /// uploaded, if it did.
+    Applied { machine: &'a str, ts: i64, upload: Option<(&'a str, &'a str)>, discard: Option<&'a str> },
+    /// Every record stamped at or before the mark is applied, and none after it.
+    Mark,
+}
+
+/// Told of each step of a replay.
+type Seen<'a> = dyn FnMut(&Tree, Step<'_>) + Send + 'a;
+
+/// Where a replay stops (`stop`: before the first record stamped after it; `None`: at the end)
+/// and when it tells its observer `Step::Mark`.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Ends {
+    pub stop: Option<i64>,
+    pub mark: Option<i64>,
+}
 
 /// Progress callback: (what, done, total).
 pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
@@ -204,13 +220,62 @@ pub async fn history(
     let mut tree = Tree::default();
     let (streams, total) = r.list_journals(&mut tree, &mut notes, &[], &BTreeMap::new()).await?;
     let mut w = super::history::Watcher::new(watch);
-    r.replay_until(&mut tree, streams, total, BTreeMap::new(), at, &mut |t, m, ts, up| w.seen(t, m, ts, up)).await?;
+    let ends = Ends { stop: at, mark: None };
+    r.replay_until(&mut tree, streams, total, BTreeMap::new(), ends, &mut |t, step| {
+        if let Step::Applied { machine, ts, upload, .. } = step {
+            w.seen(t, machine, ts, upload)
+        }
+    })
+    .await?;
     notes.append(&mut tree.refused);
     tree.refused = notes;
     tree.signed = trust.signed;
     tree.applying = None;
     tree.applying_ts = 0;
     Ok(super::history::History { tree, versions: w.versions })
+}
+
+/// What prune must know of every version (`history::Lifetimes`): every machine's journal
+/// replayed from its first record to its end, with the files' keys taken at `cut` (ms), and
+/// each machine's newest believed snapshot.
+pub async fn lifetimes(
+    store: &Arc<dyn ObjectStore>,
+    keys: &VaultKeys,
+    prefix: &str,
+    progress: Progress<'_>,
+    cut: i64,
+) -> Result<super::history::Lifetimes, RemoteError> {
+    use super::history::Lifetimes;
+    let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
+    let trust = trust::Trust::load(store, sk, prefix).await?;
+    let mut notes = trust.problems.clone();
+    let r = Reader { store, keys, sk, trust: &trust, prefix, progress };
+    let mut l = Lifetimes::default();
+    for s in r.latest_signed(&mut notes).await? {
+        l.snapshots.insert(s.machine, s.seq);
+    }
+    let mut tree = Tree::default();
+    let (streams, total) = r.list_journals(&mut tree, &mut notes, &[], &BTreeMap::new()).await?;
+    let ends = Ends { stop: None, mark: Some(cut) };
+    r.replay_until(&mut tree, streams, total, BTreeMap::new(), ends, &mut |t, step| match step {
+        Step::Applied { machine, ts, upload, discard } => {
+            let key = upload.map(|(p, k)| (Some(p), k)).or(discard.map(|k| (None, k)));
+            l.applied(machine, ts, key, cut)
+        }
+        Step::Mark => {
+            l.live_at_cut = Lifetimes::held(t);
+            l.passed = true;
+        }
+    })
+    .await?;
+    notes.append(&mut tree.refused);
+    tree.refused = notes;
+    tree.signed = trust.signed;
+    tree.applying = None;
+    tree.applying_ts = 0;
+    l.live = Lifetimes::held(&tree);
+    l.tree = tree;
+    Ok(l)
 }
 
 async fn rebuild_once(
@@ -507,7 +572,7 @@ impl Reader<'_> {
         total: usize,
         covered: BTreeMap<String, i64>,
     ) -> Result<(), RemoteError> {
-        self.replay_until(tree, streams, total, covered, None, &mut |_, _, _, _| {}).await
+        self.replay_until(tree, streams, total, covered, Ends::default(), &mut |_, _| {}).await
     }
 
     /// `replay_journals`, stopped before the first record stamped after `cut` (every machine's
@@ -519,7 +584,7 @@ impl Reader<'_> {
         mut streams: BTreeMap<String, Stream>,
         total: usize,
         covered: BTreeMap<String, i64>,
-        cut: Option<i64>,
+        ends: Ends,
         seen: &mut Seen<'_>,
     ) -> Result<(), RemoteError> {
         let mut merge = Merge { refused: std::mem::take(&mut tree.refused), total, ..Default::default() };
@@ -533,8 +598,13 @@ impl Reader<'_> {
         // Per machine, how far its newest record is ahead of this machine's clock.
         let now = crate::clock::now_ms();
         let mut ahead: BTreeMap<String, i64> = BTreeMap::new();
+        let mut marked = ends.mark.is_none();
         while let Some(std::cmp::Reverse((ts, m))) = heads.pop() {
-            if cut.is_some_and(|t| ts > t) {
+            if !marked && ends.mark.is_some_and(|t| ts > t) {
+                seen(tree, Step::Mark);
+                marked = true;
+            }
+            if ends.stop.is_some_and(|t| ts > t) {
                 break;
             }
             let st = streams.get_mut(&m).expect("a stream per head");
@@ -553,16 +623,24 @@ impl Reader<'_> {
                 Entry::Upload { path, key, .. } => Some((path.clone(), key.clone())),
                 _ => None,
             };
+            let discard = match &r.entry {
+                Entry::Discard { key } => Some(key.clone()),
+                _ => None,
+            };
             match r.entry {
                 Entry::Discard { key } if role == trust::Role::WriteOnly => {
                     tree.dead_of.entry(m.clone()).or_default().insert(key);
                 }
                 e => tree.apply_owned(e),
             }
-            seen(tree, &m, r.ts_ms, asked.as_ref().map(|(p, k)| (p.as_str(), k.as_str())));
+            let upload = asked.as_ref().map(|(p, k)| (p.as_str(), k.as_str()));
+            seen(tree, Step::Applied { machine: &m, ts: r.ts_ms, upload, discard: discard.as_deref() });
             if let Some(ts) = st.refill(self, &m, &mut merge).await? {
                 heads.push(std::cmp::Reverse((ts, m)));
             }
+        }
+        if !marked {
+            seen(tree, Step::Mark);
         }
         tree.applying_ts = 0;
         // Changes are weighed by their machines' clocks: one far ahead wins over newer changes of

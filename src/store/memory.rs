@@ -20,6 +20,8 @@ pub struct MemObject {
     pub tagging: Option<String>,
     /// Intelligent-Tiering archive access tier the object sits in (`x-amz-archive-status`).
     pub archive_status: Option<String>,
+    /// When it was written (ms since the epoch).
+    pub modified_ms: i64,
 }
 
 #[derive(Default)]
@@ -130,6 +132,13 @@ impl MemoryStore {
     }
 
     /// Change an object's storage class behind coldvault's back (a lifecycle transition).
+    /// Sets when the newest version of `key` was written (a test's fake clock).
+    pub fn set_modified(&self, key: &str, ms: i64) {
+        if let Some(o) = self.inner.lock().unwrap().objects.get_mut(key).and_then(|v| v.last_mut()) {
+            o.modified_ms = ms;
+        }
+    }
+
     pub fn set_storage_class(&self, key: &str, class: &str) {
         let mut i = self.inner.lock().unwrap();
         if let Some(o) = i.objects.get_mut(key).and_then(|v| v.last_mut()) {
@@ -249,6 +258,7 @@ impl MemoryStore {
             restore_days: None,
             tagging: opts.tagging.clone(),
             archive_status: None,
+            modified_ms: crate::clock::now_ms(),
         };
         self.inner.lock().unwrap().objects.entry(key.to_string()).or_default().push(o);
         Ok(())
@@ -375,7 +385,7 @@ impl ObjectStore for MemoryStore {
             .snapshot()
             .into_iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, o)| ListEntry { key: k, size: o.body.len() as u64, storage_class: o.storage_class })
+            .map(|(k, o)| ListEntry { key: k, size: o.body.len() as u64, storage_class: o.storage_class, modified_ms: o.modified_ms })
             .collect())
     }
     async fn delete_object(&self, key: &str) -> Result<()> {

@@ -99,6 +99,9 @@ pub struct ListEntry {
     pub key: String,
     pub size: u64,
     pub storage_class: String,
+    /// When the object was written (ms since the epoch; 0: not said): what a storage class's
+    /// minimum duration and an Object Lock retention count from.
+    pub modified_ms: i64,
 }
 
 /// A multipart upload begun and neither completed nor aborted.

@@ -435,6 +435,7 @@ impl ObjectStore for S3Store {
                     key: o.key().unwrap_or_default().to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     storage_class: o.storage_class().map(|c| c.as_str().to_string()).unwrap_or_else(|| "STANDARD".into()),
+                    modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0),
                 });
             }
         }

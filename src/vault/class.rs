@@ -133,6 +133,30 @@ impl StorageClass {
     pub fn is_intelligent_tiering(&self) -> bool {
         matches!(self, StorageClass::IntelligentTiering(_))
     }
+
+    /// The days S3 charges an object of this class for, however early it is deleted.
+    pub fn minimum_days(&self) -> u32 {
+        match self {
+            StorageClass::StandardIa | StorageClass::OnezoneIa => 30,
+            StorageClass::GlacierIr | StorageClass::Glacier => 90,
+            StorageClass::DeepArchive => 180,
+            StorageClass::Standard | StorageClass::IntelligentTiering(_) | StorageClass::Other(_) => 0,
+        }
+    }
+
+    /// Storage per GB-month at us-east-1 list prices (USD; Intelligent-Tiering at its frequent
+    /// tier, a class this build does not know at STANDARD's): what early deletion and
+    /// `lifecycle` estimates are made with.
+    pub fn usd_per_gb_month(&self) -> f64 {
+        match self {
+            StorageClass::Standard | StorageClass::IntelligentTiering(_) | StorageClass::Other(_) => 0.023,
+            StorageClass::StandardIa => 0.0125,
+            StorageClass::OnezoneIa => 0.01,
+            StorageClass::GlacierIr => 0.004,
+            StorageClass::Glacier => 0.0036,
+            StorageClass::DeepArchive => 0.00099,
+        }
+    }
 }
 
 impl fmt::Display for StorageClass {

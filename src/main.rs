@@ -47,6 +47,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Verify(a) => cli::verify::run(a),
         Cmd::Share(a) => cli::share::run(a),
         Cmd::Policy(a) => cli::policy::run(a),
+        Cmd::Prune(a) => cli::prune::run(a),
         Cmd::Key { cmd } => cli::key::run(cmd),
         Cmd::Machine { cmd } => cli::machine::run(cmd),
         Cmd::Restore(a) => cli::restore::run(a),

@@ -58,12 +58,17 @@ async fn ls_versions(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Confi
             _ => bail!("{base}: no version of a file with this path in the vault's history"),
         }
     }
+    // Versions whose object is gone (pruned) are listed, and said to be.
+    let present: std::collections::HashSet<String> = store.list(&format!("{}d/", cfg.prefix)).await?.into_iter().map(|o| o.key).collect();
     println!("{:<19}  {:<19}  {:>12}  {:<19}  {:<16}  path", "from (UTC)", "until", "size", "class at upload", "machine");
     for v in &h.versions {
         let until = v.to_ms.map(|t| coldvault::clock::fmt_ms(t)[..19].to_string()).unwrap_or_else(|| "now".into());
         let mut name = remote_meta::shown(&v.path).into_owned();
         if v.asked != v.path {
             name = format!("{name}  (a conflict copy of {})", remote_meta::shown(&v.asked));
+        }
+        if !v.node.key.as_ref().is_some_and(|k| present.contains(k)) {
+            name.push_str("  (pruned: its object is no longer in the bucket)");
         }
         println!(
             "{:<19}  {:<19}  {:>12}  {:<19}  {:<16}  {name}",

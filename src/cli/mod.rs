@@ -15,6 +15,7 @@ pub mod mount;
 pub mod mounts;
 pub mod pass;
 pub mod policy;
+pub mod prune;
 pub mod restore;
 pub mod retry;
 pub mod s3;
@@ -43,8 +44,10 @@ pub enum Cmd {
     Get(get::GetArgs),
     /// Check that every uploaded file in the index is in the bucket with the right size and class.
     Verify(verify::VerifyArgs),
-    /// Print the minimal IAM policy for a mode: full, write-only or restore.
+    /// Print the minimal IAM policy for a mode: write-only, mount, restore or admin.
     Policy(policy::PolicyArgs),
+    /// Delete versions no file has held for longer than --keep-within (admin credentials).
+    Prune(prune::PruneArgs),
     /// Print a tested smb.conf share section for re-exporting a mount with Samba.
     Share(share::ShareArgs),
     /// Manage the vault key.

@@ -65,6 +65,16 @@ pub async fn history(
     Ok(h)
 }
 
+/// What prune must know of every version (`remote_meta::lifetimes`), with the files' keys
+/// taken at `cut`; refused unless signed as the config expects.
+pub async fn lifetimes(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, cut: i64) -> Result<remote_meta::history::Lifetimes> {
+    let l = remote_meta::lifetimes(store, keys, &cfg.prefix, &progress("reading the vault's history"), cut)
+        .await
+        .map_err(|e| anyhow!("reading the vault's history: {e}"))?;
+    checked(&l.tree, cfg)?;
+    Ok(l)
+}
+
 /// A time given with `--at`.
 pub fn parse_at(s: &str) -> std::result::Result<i64, String> {
     coldvault::clock::parse_time(s)

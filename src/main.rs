@@ -48,6 +48,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Share(a) => cli::share::run(a),
         Cmd::Policy(a) => cli::policy::run(a),
         Cmd::Prune(a) => cli::prune::run(a),
+        Cmd::Lifecycle(a) => cli::lifecycle::run(a),
         Cmd::Key { cmd } => cli::key::run(cmd),
         Cmd::Machine { cmd } => cli::machine::run(cmd),
         Cmd::Restore(a) => cli::restore::run(a),

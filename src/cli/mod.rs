@@ -9,6 +9,7 @@ pub mod flush;
 pub mod get;
 pub mod init;
 pub mod key;
+pub mod lifecycle;
 pub mod ls;
 pub mod machine;
 pub mod mount;
@@ -48,6 +49,8 @@ pub enum Cmd {
     Policy(policy::PolicyArgs),
     /// Delete versions no file has held for longer than --keep-within (admin credentials).
     Prune(prune::PruneArgs),
+    /// The bucket lifecycle rules the vault wants: --print them, or --apply them.
+    Lifecycle(lifecycle::LifecycleArgs),
     /// Print a tested smb.conf share section for re-exporting a mount with Samba.
     Share(share::ShareArgs),
     /// Manage the vault key.

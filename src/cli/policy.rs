@@ -64,8 +64,9 @@ fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
             // billed until aborted).
             serde_json::json!({"Sid": "SweepMultipart", "Effect": "Allow", "Action": ["s3:ListBucketMultipartUploads"], "Resource": bucket_arn}),
         ],
-        // Everything a mount does, and Delete (the mount removes its older snapshots). `full` is
-        // its earlier name.
+        // Everything a mount does, and Delete (the mount removes its older snapshots; `prune`),
+        // and the bucket's lifecycle rules (`lifecycle --apply` reads them to keep the others).
+        // `full` is its earlier name.
         "admin" | "full" => vec![
             serde_json::json!({"Sid": "Vault", "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:RestoreObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
@@ -74,6 +75,7 @@ fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
             // The weekly sweep of multipart uploads abandoned for over a week (their parts are
             // billed until aborted).
             serde_json::json!({"Sid": "SweepMultipart", "Effect": "Allow", "Action": ["s3:ListBucketMultipartUploads"], "Resource": bucket_arn}),
+            serde_json::json!({"Sid": "Lifecycle", "Effect": "Allow", "Action": ["s3:GetLifecycleConfiguration", "s3:PutLifecycleConfiguration"], "Resource": bucket_arn}),
         ],
         other => bail!("unknown mode {other:?}: write-only, mount, restore or admin"),
     };

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod lifecycle;
 pub mod memory;
 pub mod s3;
 

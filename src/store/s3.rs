@@ -137,6 +137,48 @@ impl S3Store {
         Ok(None)
     }
 
+    /// Puts `rules` in the bucket's lifecycle configuration in place of its rules whose id
+    /// starts with `ours`, keeping every other rule; how many others were kept.
+    pub async fn apply_lifecycle(&self, ours: &str, rules: &[super::lifecycle::Rule]) -> Result<usize> {
+        use aws_sdk_s3::types::{
+            AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+            NoncurrentVersionExpiration, Transition, TransitionStorageClass,
+        };
+        let existing = match self.client.get_bucket_lifecycle_configuration().bucket(&self.bucket).send().await {
+            Ok(c) => c.rules().to_vec(),
+            Err(e) => {
+                let code = e.as_service_error().and_then(|s| s.meta().code()).unwrap_or_default().to_string();
+                if code != "NoSuchLifecycleConfiguration" {
+                    return Err(classify(e));
+                }
+                Vec::new()
+            }
+        };
+        let mut all: Vec<LifecycleRule> = existing.into_iter().filter(|r| !r.id().is_some_and(|i| i.starts_with(ours))).collect();
+        let kept = all.len();
+        let bad = |e: aws_sdk_s3::error::BuildError| StoreError::Permanent { code: "InvalidLifecycleRule".into(), message: e.to_string() };
+        for r in rules {
+            let mut b =
+                LifecycleRule::builder().id(&r.id).status(ExpirationStatus::Enabled).filter(LifecycleRuleFilter::builder().prefix(&r.prefix).build());
+            if let Some(d) = r.abort_multipart_days {
+                b = b.abort_incomplete_multipart_upload(AbortIncompleteMultipartUpload::builder().days_after_initiation(d).build());
+            }
+            for (d, c) in &r.transitions {
+                b = b.transitions(Transition::builder().days(*d).storage_class(TransitionStorageClass::from(c.as_str())).build());
+            }
+            if let Some(d) = r.noncurrent_days {
+                b = b.noncurrent_version_expiration(NoncurrentVersionExpiration::builder().noncurrent_days(d).build());
+            }
+            if r.expired_delete_markers {
+                b = b.expiration(LifecycleExpiration::builder().expired_object_delete_marker(true).build());
+            }
+            all.push(b.build().map_err(bad)?);
+        }
+        let conf = BucketLifecycleConfiguration::builder().set_rules(Some(all)).build().map_err(bad)?;
+        self.client.put_bucket_lifecycle_configuration().bucket(&self.bucket).lifecycle_configuration(conf).send().await.map_err(classify)?;
+        Ok(kept)
+    }
+
     fn conditional(&self, wanted: bool) -> Option<String> {
         (wanted && self.conditional.load(std::sync::atomic::Ordering::Relaxed)).then(|| "*".to_string())
     }

@@ -58,6 +58,13 @@ def request_of(method, path, query, headers):
     arn = f"arn:aws:s3:::{bucket}"
     if method == "GET" and "uploads" in q:
         return "ListMultipartUploads", ["s3:ListBucketMultipartUploads"], arn, ctx
+    if "lifecycle" in q:
+        if method == "GET":
+            return "GetBucketLifecycleConfiguration", ["s3:GetLifecycleConfiguration"], arn, ctx
+        if method == "PUT":
+            return "PutBucketLifecycleConfiguration", ["s3:PutLifecycleConfiguration"], arn, ctx
+    if method == "GET" and q.keys() - {"list-type", "prefix", "max-keys", "continuation-token", "delimiter", "start-after", "encoding-type", "fetch-owner"}:
+        return "Other", ["s3:Unknown"], arn, ctx
     if method == "GET":
         return "ListObjects", ["s3:ListBucket"], arn, dict(ctx, **{"s3:prefix": (q.get("prefix") or [""])[0]})
     if method == "HEAD":

@@ -91,3 +91,45 @@ def test_prune_removes_superseded_versions_keeps_deep_archive_and_needs_admin_ri
     assert not (out / "docs" / "gone.txt").exists()
     rows = run("ls", *cli, "--versions", "docs/a.txt").stdout.splitlines()[1:]
     assert len(rows) == 3 and ["pruned" in r for r in rows] == [True, True, False], rows
+
+
+def test_lifecycle_rules_are_printed_and_applied_beside_the_buckets_own(servers, vault_factory, tmp_path):
+    """`coldvault lifecycle`: --print gives what `aws s3api put-bucket-lifecycle-configuration`
+    takes (abort multipart after 7 days for the vault; transitions of file data only, never of
+    metadata); --apply through the admin policy puts them beside a rule the bucket already had,
+    and applying again replaces the vault's rules instead of adding copies. The mount policy
+    cannot change the bucket's rules."""
+    s = servers("moto")
+    v = vault_factory(s)
+    cli = ("--config", v.config)
+    r = run("lifecycle", *cli, "--print", "--transition", "180=DEEP_ARCHIVE", "--transition", "30=GLACIER_IR")
+    rules = json.loads(r.stdout)["Rules"]
+    assert [x["Filter"]["Prefix"] for x in rules] == [v.prefix, v.prefix + "d/"], rules
+    assert rules[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    assert rules[1]["Transitions"] == [{"Days": 30, "StorageClass": "GLACIER_IR"}, {"Days": 180, "StorageClass": "DEEP_ARCHIVE"}]
+    r = run("lifecycle", *cli, "--print", "--transition", "10=STANDARD_IA", check=False)
+    assert r.returncode != 0 and "30 days" in r.stderr, r.stderr
+
+    theirs = {"ID": "logs-expire", "Status": "Enabled", "Filter": {"Prefix": "logs/"}, "Expiration": {"Days": 14}}
+    s.s3.put_bucket_lifecycle_configuration(Bucket=v.bucket, LifecycleConfiguration={"Rules": [theirs]})
+
+    def ids():
+        return sorted(x["ID"] for x in s.s3.get_bucket_lifecycle_configuration(Bucket=v.bucket)["Rules"])
+
+    for mode, ok in (("mount", False), ("admin", True)):
+        proxy, port, log = policy_proxy(s, v, mode, tmp_path)
+        try:
+            time.sleep(0.5)
+            conf = tmp_path / f"{mode}.toml"
+            conf.write_text(v.config.read_text().replace(s.endpoint, f"http://127.0.0.1:{port}"))
+            for _ in range(2 if ok else 1):
+                r = run("lifecycle", "--config", conf, "--apply", "--transition", "90=GLACIER", check=False)
+                assert (r.returncode == 0) == ok, (mode, r.stdout, r.stderr)
+                assert ok or "AccessDenied" in r.stderr, r.stderr
+            if ok:
+                assert "kept the bucket's 1 other rules" in r.stdout, r.stdout
+        finally:
+            proxy.terminate()
+            proxy.wait()
+    p = v.prefix
+    assert ids() == sorted(["logs-expire", f"coldvault:{p}:abort-multipart", f"coldvault:{p}:data-transitions"]), ids()

@@ -165,7 +165,18 @@ impl Fs {
     }
 
     pub fn put_restore(&self, r: &crate::restore::Restore) -> Result<()> {
-        // The file may have been deleted or rewritten meanwhile: only keep rows for live objects.
+        // The file may have been deleted or rewritten meanwhile: only keep rows for live objects
+        // (a view's file, while its view is shown).
+        if super::at::is_view_ino(r.ino) {
+            let live = self.view_inode(r.ino).ok().is_some_and(|i| i.object_key.as_deref() == Some(r.object_key.as_str()));
+            let c = self.core();
+            if live {
+                c.db.put_restore(r)?;
+            } else {
+                Db::delete_restore(c.db.conn(), r.ino)?;
+            }
+            return Ok(());
+        }
         let c = self.core();
         match c.db.get(r.ino)? {
             Some(i) if i.object_key.as_deref() == Some(r.object_key.as_str()) => Ok(c.db.put_restore(r)?),

@@ -1,5 +1,6 @@
 //! Attributes: lookup, getattr/setattr (truncate included), readdir, readlink, extended attributes, statfs, and the virtual status files.
 
+use super::at::{is_view_ino, CTL_AT};
 use super::{now_ms, now_ns, Core, Fs, FsError, Result, CTL_DIR, CTL_NAME, CTL_RESTORES, MAX_NAME, STATUS_BIT};
 use crate::clock::Nanos;
 use crate::meta::Inode;
@@ -33,7 +34,19 @@ impl Fs {
             return self.virtual_inode(&c, CTL_DIR).map(|(i, _)| i);
         }
         if parent == CTL_DIR {
-            return if name == "restores" { self.virtual_inode(&c, CTL_RESTORES).map(|(i, _)| i) } else { Err(FsError::NotFound) };
+            return match name {
+                "restores" => self.virtual_inode(&c, CTL_RESTORES).map(|(i, _)| i),
+                "at" => self.virtual_inode(&c, CTL_AT).map(|(i, _)| i),
+                _ => Err(FsError::NotFound),
+            };
+        }
+        if parent == CTL_AT {
+            drop(c);
+            return self.at_view(name);
+        }
+        if is_view_ino(parent) {
+            drop(c);
+            return self.view_lookup(parent, name);
         }
         match c.db.lookup(parent, name)? {
             Some(i) => Ok(Self::apply_overlay(&c, i)),
@@ -44,6 +57,12 @@ impl Fs {
                 self.virtual_inode(&c, b.ino | STATUS_BIT).map(|(i, _)| i)
             }
         }
+    }
+
+    /// Whether a lookup in `parent` may wait for S3 (`.coldvault/at`: a new view replays the
+    /// journals): the FUSE layer makes it off its dispatch thread.
+    pub fn lookup_may_wait(&self, parent: u64) -> bool {
+        parent == CTL_AT
     }
 
     /// Whether `name` may come into being without a namespace operation through the kernel
@@ -66,7 +85,19 @@ impl Fs {
     pub fn readdir_after(&self, ino: u64, after: u64, limit: usize) -> Result<Vec<Inode>> {
         let c = self.core();
         if ino == CTL_DIR {
-            return Ok(if after < CTL_RESTORES { vec![self.virtual_inode(&c, CTL_RESTORES)?.0] } else { Vec::new() });
+            let mut out = Vec::new();
+            for x in [CTL_RESTORES, CTL_AT].into_iter().filter(|&x| x > after) {
+                out.push(self.virtual_inode(&c, x)?.0);
+            }
+            return Ok(out);
+        }
+        if ino == CTL_AT {
+            drop(c);
+            return Ok(self.views_listing(after).into_iter().take(limit).collect());
+        }
+        if is_view_ino(ino) {
+            drop(c);
+            return self.view_readdir(ino, after, limit);
         }
         let d = c.db.get(ino)?.ok_or(FsError::NotFound)?;
         if d.kind != Kind::Dir {
@@ -98,6 +129,27 @@ impl Fs {
         v.ctime_ns = v.mtime_ns;
         let content = match ino {
             CTL_DIR => Vec::new(),
+            CTL_AT => {
+                v.parent = CTL_DIR;
+                v.name = "at".into();
+                Vec::new()
+            }
+            x if is_view_ino(x) && x & STATUS_BIT == 0 => return Ok((self.view_inode(x)?, Vec::new())),
+            x if is_view_ino(x) => {
+                let b = self.view_inode(x & !STATUS_BIT)?;
+                let r =
+                    c.db.restore(b.ino)?.filter(|r| r.state.visible() && Some(&r.object_key) == b.object_key.as_ref()).ok_or(FsError::NotFound)?;
+                let path = self.view_path(b.ino).unwrap_or_default();
+                v.parent = b.parent;
+                v.name = format!("{}{}", b.name, self.cfg.restore.suffix);
+                v.kind = Kind::File;
+                v.mode = 0o444;
+                v.uid = b.uid;
+                v.gid = b.gid;
+                v.mtime_ns = r.last_check_ms.max(r.requested_ms) as Nanos * 1_000_000;
+                v.ctime_ns = v.mtime_ns;
+                crate::restore::status_text(&path, &r).into_bytes()
+            }
             CTL_RESTORES => {
                 v.parent = CTL_DIR;
                 v.name = "restores".into();
@@ -105,7 +157,7 @@ impl Fs {
                 v.mode = 0o444;
                 let mut t = String::from("# path\tstate\tclass\ttier\tsize\trequested\texpected ready / available until\treason\n");
                 for r in c.db.restores()? {
-                    let path = c.db.path_of(r.ino).unwrap_or_default();
+                    let path = if is_view_ino(r.ino) { self.view_path(r.ino).unwrap_or_default() } else { c.db.path_of(r.ino).unwrap_or_default() };
                     let when = match r.state {
                         crate::restore::RState::Ready => r.expiry_text.clone().unwrap_or_default(),
                         _ => crate::clock::fmt_ms(r.expected_ms),
@@ -160,6 +212,7 @@ impl Fs {
         atime_ns: Option<Nanos>,
         mtime_ns: Option<Nanos>,
     ) -> Result<Inode> {
+        Self::changeable(ino)?;
         if let Some(sz) = size {
             self.truncate(ino, sz)?;
         }
@@ -315,6 +368,7 @@ impl Fs {
     }
 
     pub fn setxattr(&self, ino: u64, name: &std::ffi::OsStr, value: &[u8], flags: i32) -> Result<()> {
+        Self::changeable(ino)?;
         let name = name.to_str().ok_or(FsError::BadName)?;
         if !(name.starts_with("user.") || name.starts_with("security.") || name.starts_with("trusted.")) {
             return Err(FsError::NotSupported("only user.*, security.* and trusted.* attributes are stored"));
@@ -344,6 +398,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &std::ffi::OsStr) -> Result<()> {
+        Self::changeable(ino)?;
         let mut c = self.core();
         let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
         let mut m = Self::xattr_map(&i);

@@ -10,6 +10,9 @@ use crate::store::StoreError;
 pub enum FsError {
     #[error("no such file or directory")]
     NotFound,
+    /// A change inside a read-only view (`.coldvault/at/…`).
+    #[error("read-only: the vault as it was at a time cannot be changed")]
+    ReadOnly,
     #[error("file exists")]
     Exists,
     #[error("not a directory")]
@@ -67,6 +70,7 @@ impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
             FsError::NotFound => libc::ENOENT,
+            FsError::ReadOnly => libc::EROFS,
             FsError::Exists => libc::EEXIST,
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,

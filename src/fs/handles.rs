@@ -160,7 +160,10 @@ impl Fs {
     pub fn open(&self, ino: u64, write: bool, trunc: bool, pid: u32) -> Result<(u64, bool)> {
         if ino >= CTL_DIR {
             if write {
-                return Err(FsError::NotPermitted("status files are read-only"));
+                return Err(if super::at::is_view_ino(ino) { FsError::ReadOnly } else { FsError::NotPermitted("status files are read-only") });
+            }
+            if super::at::is_view_ino(ino) && ino & super::STATUS_BIT == 0 {
+                return self.open_view(ino, pid);
             }
             let mut c = self.core();
             let (i, content) = self.virtual_inode(&c, ino)?;
@@ -204,6 +207,25 @@ impl Fs {
             h.pid = pid;
         }
         Ok((fh, false))
+    }
+
+    /// Open a file of a view (`at.rs`) for reading: its version's object, restored first if it
+    /// is in an archive tier (EAGAIN, one request, a status file beside it).
+    fn open_view(&self, ino: u64, pid: u32) -> Result<(u64, bool)> {
+        let i = self.view_inode(ino)?;
+        match i.kind {
+            Kind::Dir => return Err(FsError::IsDir),
+            Kind::File => {}
+            _ => return Err(FsError::NotPermitted("not a regular file")),
+        }
+        if i.size > 0 {
+            if self.keys.secret.is_none() {
+                return Err(FsError::WriteOnly);
+            }
+            self.check_restore(&i, pid)?;
+        }
+        let mut c = self.core();
+        Ok((Self::alloc_handle(&mut c, ino, false), false))
     }
 
     /// Whether the old content of `i` can be read now: a write-only mount refuses; an archived

@@ -21,6 +21,7 @@ pub mod error;
 // state and its lock live here.
 mod ahead;
 mod archive;
+pub mod at;
 mod attrs;
 mod handles;
 mod index;
@@ -173,6 +174,8 @@ pub struct Fs {
     /// folder read-ahead's state (`ahead.rs`) and the readers started ahead; it never takes
     /// `core`.
     reads: Reads,
+    /// The vault as it was at given times, read-only under `.coldvault/at` (`at.rs`).
+    views: at::Views,
     /// Woken when an upload is queued.
     upload_wakeup: Arc<tokio::sync::Notify>,
     /// Woken when a restore is recorded and must be sent.
@@ -274,6 +277,7 @@ impl Fs {
             staging,
             sealer,
             reads,
+            views: Default::default(),
             upload_wakeup,
             restore_wakeup: Default::default(),
             quota,

@@ -15,6 +15,16 @@ use std::sync::Arc;
 impl Fs {
     // ------------------------------------------------------------------ namespace
 
+    /// Nothing under `.coldvault` can be changed: the views of the past (`at.rs`) answer
+    /// EROFS, the control folder and status files EPERM.
+    pub(super) fn changeable(ino: u64) -> Result<()> {
+        match ino {
+            i if super::at::is_view_ino(i) || i == super::at::CTL_AT => Err(FsError::ReadOnly),
+            i if i >= super::CTL_DIR => Err(FsError::NotPermitted("the .coldvault folder is read-only")),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn new_inode(parent: u64, name: &str, kind: Kind, mode: u32, uid: u32, gid: u32) -> Inode {
         let now = now_ns();
         Inode {
@@ -69,6 +79,7 @@ impl Fs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<Inode> {
+        Self::changeable(parent)?;
         let mut c = self.core();
         self.in_op(&mut c, |c| {
             let name = Self::check_new_entry(c, parent, name)?;
@@ -81,6 +92,7 @@ impl Fs {
     }
 
     pub fn symlink(&self, parent: u64, name: &std::ffi::OsStr, target: &std::path::Path, uid: u32, gid: u32) -> Result<Inode> {
+        Self::changeable(parent)?;
         let target = target.to_str().ok_or(FsError::BadName)?.to_string();
         let mut c = self.core();
         self.in_op(&mut c, |c| {
@@ -99,6 +111,7 @@ impl Fs {
     /// mknod: regular files are created empty; FIFOs, sockets and device nodes live in the
     /// index only (nothing to upload) and are journaled so a rebuild recreates them.
     pub fn mknod(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, rdev: u32, uid: u32, gid: u32) -> Result<Inode> {
+        Self::changeable(parent)?;
         if matches!(mode & libc::S_IFMT, libc::S_IFREG | 0) {
             let (i, fh) = self.create(parent, name, mode, uid, gid)?;
             self.release(fh)?;
@@ -121,6 +134,7 @@ impl Fs {
     }
 
     pub fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
+        Self::changeable(parent)?;
         let mut c = self.core();
         self.in_op(&mut c, |c| Self::rmdir_in(c, parent, name))
     }
@@ -271,6 +285,7 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> Result<()> {
+        Self::changeable(parent)?;
         let mut c = self.core();
         self.in_op(&mut c, |c| self.unlink_in(c, parent, name))
     }
@@ -295,6 +310,8 @@ impl Fs {
     }
 
     pub fn rename(&self, parent: u64, name: &std::ffi::OsStr, newparent: u64, newname: &std::ffi::OsStr, noreplace: bool) -> Result<()> {
+        Self::changeable(parent)?;
+        Self::changeable(newparent)?;
         let mut c = self.core();
         self.in_op(&mut c, |c| self.rename_in(c, parent, name, newparent, newname, noreplace))
     }
@@ -418,6 +435,7 @@ impl Fs {
     }
 
     pub fn create(&self, parent: u64, name: &std::ffi::OsStr, mode: u32, uid: u32, gid: u32) -> Result<(Inode, u64)> {
+        Self::changeable(parent)?;
         let mut c = self.core();
         let name = Self::check_new_entry(&c, parent, name)?;
         // The inode, the parent's times and the spool come into being together: a spool that

@@ -22,6 +22,7 @@ use crate::sealed::{Object, ReadError, Reader};
 use crate::store::ObjectStore;
 use crate::store::StoreError;
 use crate::vault::header;
+use crate::vault::StorageClass;
 use bytes::Bytes;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -65,6 +66,10 @@ impl Fs {
         let virt = self.core().handles.get(&fh).and_then(|h| h.virt.clone());
         if let Some(v) = virt {
             return Ok(virt_slice(&v, offset, size));
+        }
+        let (ino, _) = self.handle_ino(fh)?;
+        if super::at::is_view_ino(ino) {
+            return self.read_view(fh, ino, offset, size);
         }
         match self.read_inner(fh, offset, size) {
             Err(FsError::Store(StoreError::Archived)) => {
@@ -154,6 +159,39 @@ impl Fs {
                 self.reads.read_remote(&i, &reader, offset, len)
             }
             Some(src) => self.reads.read_source(&i, &src, offset, len).map(Bytes::from),
+        }
+    }
+
+    /// A read of a view's file (`at.rs`): its version's object, by the handle's reader. An
+    /// object a lifecycle rule archived since answers EAGAIN and has a restore requested.
+    fn read_view(&self, fh: u64, ino: u64, offset: u64, size: u32) -> Result<Bytes> {
+        let i = self.view_inode(ino)?;
+        if offset >= i.size || size == 0 {
+            return Ok(Bytes::new());
+        }
+        let len = (size as u64).min(i.size - offset);
+        let key = i.object_key.clone().ok_or(FsError::Invalid("no object key"))?;
+        let seen = self.core().handles.get(&fh).and_then(|h| h.reader.clone());
+        let reader = match seen {
+            Some(r) => r,
+            None => {
+                let r = self.reads.remote_reader(&i, &key)?;
+                let mut c = self.core();
+                let h = c.handles.get_mut(&fh).ok_or(FsError::BadHandle)?;
+                h.reader.get_or_insert(r).clone()
+            }
+        };
+        match self.reads.read_remote(&i, &reader, offset, len) {
+            Err(FsError::Store(StoreError::Archived)) => {
+                let head = self.rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), self.store.head_object(&key)).await });
+                let class = match head {
+                    Ok(Ok(h)) => h.class(),
+                    _ => StorageClass::Glacier,
+                };
+                let _ = self.request_restore(&i, &class, 0, None, None, true);
+                Err(FsError::Archived)
+            }
+            r => r,
         }
     }
 

@@ -185,6 +185,16 @@ impl fuser::Filesystem for ColdFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // A new view of the past (`.coldvault/at/TIME`) replays the journals from S3: off
+        // this thread.
+        if self.fs.lookup_may_wait(parent.0) {
+            let (fs, name) = (self.fs.clone(), name.to_owned());
+            self.fs.runtime().spawn_blocking(move || match fs.lookup(parent.0, &name) {
+                Ok(i) => reply.entry(&TTL, &attr_full(&fs, &i), GEN),
+                Err(e) => reply.error(errno(&e)),
+            });
+            return;
+        }
         match self.fs.lookup(parent.0, name) {
             Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
             // A name that does not exist is remembered by the kernel for TTL (an entry with

@@ -164,7 +164,8 @@ impl PartialEq for Node {
 }
 
 impl Node {
-    fn dir(mode: u32, uid: u32, gid: u32, mtime_ns: crate::clock::Nanos) -> Node {
+    /// A folder with these attributes, owned by no machine.
+    pub fn dir(mode: u32, uid: u32, gid: u32, mtime_ns: crate::clock::Nanos) -> Node {
         Node {
             kind: NodeKind::Dir,
             mode,

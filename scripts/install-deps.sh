@@ -137,6 +137,15 @@ if [ "${COLDVAULT_SKIP_PYTHON:-0}" != 1 ]; then
   fi
   "$VENV/bin/python3" -c "import moto, pytest, boto3, cryptography, flask, smbclient" \
     || { echo "install-deps: MISSING Python packages in $VENV" >&2; exit 1; }
+  # The AWS CLI, for the test that runs docs/AWS.md's walk-through against moto: in a venv of
+  # its own (it pins botocore, which would fight boto3's in the test venv).
+  AWSCLI="$HOME/.cache/coldvault/awscli"
+  if [ ! -x "$AWSCLI/bin/aws" ]; then
+    echo "install-deps: pip install awscli (into $AWSCLI)"
+    python3 -m venv "$AWSCLI"
+    "$AWSCLI/bin/python3" -m pip install -q 'awscli>=1.36,<2'
+  fi
+  "$AWSCLI/bin/aws" --version >/dev/null 2>&1 || { echo "install-deps: MISSING the AWS CLI in $AWSCLI" >&2; exit 1; }
 fi
 
 # POSIX peer suites (crates.io).

@@ -77,8 +77,9 @@ pub async fn lifetimes(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
 
 /// A time given with `--at`.
 pub fn parse_at(s: &str) -> std::result::Result<i64, String> {
-    coldvault::clock::parse_time(s)
-        .ok_or_else(|| format!("{s:?} is not a time: write it as 2026-11-20, 2026-11-20T10:00 or 2026-11-20T10:00:30 (UTC)"))
+    // The forms `.coldvault/at/NAME` takes, so a name copied from there works here.
+    coldvault::fs::at::parse_view_name(s)
+        .ok_or_else(|| format!("{s:?} is not a time: write it as 2026-11-20, 2026-11-20T10:00 or 2026-11-20T10:00:30 (UTC; or 10-00-30)"))
 }
 
 /// A vault path as given on the command line: without leading or trailing slashes, checked.

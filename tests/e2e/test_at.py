@@ -2,6 +2,7 @@
 read-only, reached from the mount itself and through the Samba share."""
 import errno
 import os
+import re
 import time
 
 import pytest
@@ -122,4 +123,54 @@ def test_an_older_version_is_dragged_out_through_the_samba_share(servers, vault_
         assert "NT_STATUS_" in r.stdout + r.stderr, "the view takes no write"
     finally:
         smb.stop()
+    v.unmount()
+
+
+def test_history_of_two_machines_and_their_conflict_copy_from_the_bucket_alone(servers, vault_factory, tmp_path):
+    """Two machines mount one vault. A writes a file; B, mounted meanwhile, and A each write a
+    new version without seeing the other's; B's is newer, so A's is kept as a conflict copy.
+    From the bucket alone, `ls --versions` lists every version with the machine that wrote it,
+    the conflict copy included; `get --at` brings back each moment; and a third machine's
+    mount shows the moments in `.coldvault/at`."""
+    from conftest import run as cv
+    v = vault_factory(servers("s3s-fs"))
+    v.mount()
+    (v.mnt / "shared").mkdir()
+    doc = v.mnt / "shared" / "doc.txt"
+    m0 = write_versions(v, doc, [b"A1"])[0]
+    b_mnt, b_cache = tmp_path / "mnt-b", tmp_path / "cache-b"
+    b_mnt.mkdir()
+    cv("mount", "--config", v.config, "--cache-dir", b_cache, "--passphrase-file", v.passfile, "--settle", "0.5", b_mnt)
+    try:
+        assert (b_mnt / "shared" / "doc.txt").read_bytes() == b"A1"
+        m1 = write_versions(v, doc, [b"A2, not seen by B"])[0]
+        (b_mnt / "shared" / "doc.txt").write_bytes(b"B2, newer")
+        cv("flush", "--wait", b_mnt, timeout=600)
+        time.sleep(1.2)
+        m2 = stamp()
+    finally:
+        cv("unmount", b_mnt, timeout=120)
+    v.unmount()
+    cli = ("--config", v.config, "--passphrase-file", v.passfile)
+    r = cv("ls", *cli, "--versions", "shared/doc.txt")
+    rows = r.stdout.splitlines()[1:]
+    assert len(rows) == 4, r.stdout
+    machines = {re.search(r"  ([0-9a-f]{16})  ", row).group(1) for row in rows}
+    assert len(machines) == 2, r.stdout
+    assert sum("a conflict copy of shared/doc.txt" in row for row in rows) == 1, r.stdout
+    for t, want in ((m0, {"doc.txt": b"A1"}), (m1, {"doc.txt": b"A2, not seen by B"})):
+        out = tmp_path / f"get-{t}"
+        cv("get", *cli, "--at", t, "shared", out)
+        assert {p.name: p.read_bytes() for p in (out / "shared").iterdir()} == want, t
+    out = tmp_path / "get-end"
+    cv("get", *cli, "--at", m2, "shared", out)
+    got = {p.name: p.read_bytes() for p in (out / "shared").iterdir()}
+    assert got.pop("doc.txt") == b"B2, newer" and list(got.values()) == [b"A2, not seen by B"], got
+    assert list(got)[0].startswith("doc (conflict from "), got
+    # A third machine, from the bucket alone.
+    v.cache = tmp_path / "cache-c"
+    v.mount()
+    at = v.mnt / ".coldvault" / "at"
+    assert (at / m1 / "shared" / "doc.txt").read_bytes() == b"A2, not seen by B"
+    assert sorted(p.read_bytes() for p in (at / m2 / "shared").iterdir()) == [b"A2, not seen by B", b"B2, newer"]
     v.unmount()

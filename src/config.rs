@@ -59,6 +59,14 @@ pub struct Config {
     /// a user allowed `s3:BypassGovernanceRetention` can.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub object_lock_compliance: bool,
+    /// Per machine, the highest journal record this machine has seen the bucket hold (believed),
+    /// the last time it read the vault: a later read that finds less reports a rollback (someone
+    /// deleted the newest batches; review N8).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub journal_heads: std::collections::BTreeMap<String, i64>,
+    /// The file this config was read from (not stored in it).
+    #[serde(skip)]
+    pub loaded_from: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,9 +136,29 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {} (create one with `coldvault init --bucket BUCKET`)", path.display()))?;
-        let c: Config = toml::from_str(&text).with_context(|| format!("malformed config {}", path.display()))?;
+        let mut c: Config = toml::from_str(&text).with_context(|| format!("malformed config {}", path.display()))?;
         c.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        c.loaded_from = Some(path.to_path_buf());
         Ok(c)
+    }
+
+    /// Records `seen` (per machine, the journal record a read of the vault reached) in the
+    /// config at `path`, keeping the higher of old and new: the config is read again first, so
+    /// nothing else another command changed meanwhile is lost.
+    pub fn remember_heads(path: &Path, seen: &std::collections::BTreeMap<String, i64>) -> Result<()> {
+        let mut c = Config::load(path)?;
+        let mut changed = false;
+        for (m, &q) in seen {
+            let h = c.journal_heads.entry(m.clone()).or_insert(0);
+            if q > *h {
+                *h = q;
+                changed = true;
+            }
+        }
+        if changed {
+            c.save(path)?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<()> {

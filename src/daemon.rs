@@ -27,6 +27,8 @@ pub struct Daemon {
     pub signing: bool,
     /// The allowance of this machine's key, when it could not be made at start.
     allowing: Option<Arc<Allowing>>,
+    /// Per machine, the journal record the rebuild at start reached (`None`: no rebuild).
+    pub rebuilt_seen: Option<std::collections::BTreeMap<String, i64>>,
 }
 
 /// Allowing this machine's signing key in the vault (`trust::prepare_full`), tried again until
@@ -129,6 +131,7 @@ impl Daemon {
                 "write-only mount: a rebuild believes what this machine uploads once a full machine allowed its key: `coldvault machine allow TOKEN` (also shown by `coldvault status`)"
             ),
         }
+        let mut rebuilt_seen = None;
         if fs.needs_rebuild()? {
             if fs.keys().secret.is_some() {
                 let prefix = fs.cfg().prefix.clone();
@@ -147,6 +150,10 @@ impl Daemon {
                 for c in &tree.conflicts {
                     tracing::warn!("conflict between machines: {c}");
                 }
+                for r in crate::remote_meta::rolled_back(&tree.seen, &fs.cfg().journal_heads) {
+                    tracing::error!("{r}");
+                }
+                rebuilt_seen = Some(tree.seen.clone());
                 let (d, f, l) = fs.import_tree(&tree)?;
                 tracing::info!(dirs = d, files = f, symlinks = l, refused = tree.refused.len(), "index rebuilt from the bucket");
             } else {
@@ -212,7 +219,7 @@ impl Daemon {
                 }
             })
         };
-        Ok(Daemon { fs, journal, stop, tasks, threads: vec![sealer, committer], signing, allowing })
+        Ok(Daemon { fs, journal, stop, tasks, threads: vec![sealer, committer], signing, allowing, rebuilt_seen })
     }
 
     pub fn add_task(&mut self, t: tokio::task::JoinHandle<()>) {

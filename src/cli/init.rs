@@ -94,6 +94,8 @@ fn init_config(t: InitTarget, write_only: bool) -> Result<(PathBuf, Config)> {
         signed: false,
         object_lock_days,
         object_lock_compliance,
+        journal_heads: Default::default(),
+        loaded_from: None,
     };
     Ok((path, cfg))
 }

@@ -161,6 +161,7 @@ pub fn run(mut a: MountArgs) -> Result<()> {
         group_commit: coldvault::fs::GROUP_COMMIT,
         max_file_size,
         vault_signed: cfg.signed,
+        journal_heads: cfg.journal_heads.clone(),
         staging_quota,
         descriptor: Some(cfg.vault.clone()),
     };
@@ -172,6 +173,12 @@ pub fn run(mut a: MountArgs) -> Result<()> {
     let mut session =
         coldvault::fuse::session(daemon.fs.clone(), &mountpoint, &coldvault::fuse::MountOptions { allow_other: a.allow_other, threads: 4 })
             .with_context(|| format!("mounting {} failed (is fuse3 installed and /dev/fuse available?)", mountpoint.display()))?;
+    // How far the journals reached in this mount's rebuild, for the next read to compare.
+    if let Some(seen) = &daemon.rebuilt_seen {
+        if let Err(e) = Config::remember_heads(&cfg_path, seen) {
+            tracing::warn!(error = %e, "could not record in the config how far the vault's journals reach");
+        }
+    }
     if daemon.signing && !cfg.signed {
         // From now on this machine refuses a copy of the vault whose statements are gone.
         match Config::load(&cfg_path) {

@@ -14,7 +14,7 @@ pub async fn load_tree(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
     let tree = remote_meta::rebuild(store, keys, &cfg.prefix, &progress("reading the vault"))
         .await
         .map_err(|e| anyhow!("reading the vault's metadata: {e}"))?;
-    checked(&tree, cfg)?;
+    checked(&tree, cfg, true)?;
     Ok(tree)
 }
 
@@ -28,8 +28,9 @@ fn progress(doing: &'static str) -> impl Fn(&str, usize, usize) + Sync {
 }
 
 /// A replayed tree refused unless signed as the config expects; what the replay refused and
-/// the conflicts it settled are printed.
-fn checked(tree: &Tree, cfg: &Config) -> Result<()> {
+/// the conflicts it settled are printed; a tree of the whole journals (`whole`: not cut at a
+/// time) is checked against, and remembered in, the config's journal heads.
+fn checked(tree: &Tree, cfg: &Config, whole: bool) -> Result<()> {
     tree.check_signed(cfg.signed, &cfg.prefix)?;
     for r in &tree.refused {
         eprintln!("coldvault: {r}");
@@ -37,7 +38,23 @@ fn checked(tree: &Tree, cfg: &Config) -> Result<()> {
     for c in &tree.conflicts {
         eprintln!("coldvault: conflict: {c}");
     }
+    if whole {
+        heads(tree, cfg);
+    }
     Ok(())
+}
+
+/// A journal that now ends before what this machine saw of it before is said (a rollback:
+/// review N8); how far each reaches now is remembered in the config for the next read.
+fn heads(tree: &Tree, cfg: &Config) {
+    for r in remote_meta::rolled_back(&tree.seen, &cfg.journal_heads) {
+        eprintln!("coldvault: WARNING: {r}");
+    }
+    if let Some(path) = &cfg.loaded_from {
+        if let Err(e) = Config::remember_heads(path, &tree.seen) {
+            eprintln!("coldvault: could not record in {} how far the vault's journals reach: {e:#}", path.display());
+        }
+    }
 }
 
 /// The vault's tree as it was at `at` (Unix ms), replayed from every machine's journal
@@ -61,7 +78,7 @@ pub async fn history(
     let h = remote_meta::history(store, keys, &cfg.prefix, &progress("reading the vault's history"), at, watch)
         .await
         .map_err(|e| anyhow!("reading the vault's history: {e}"))?;
-    checked(&h.tree, cfg)?;
+    checked(&h.tree, cfg, at.is_none())?;
     Ok(h)
 }
 
@@ -71,7 +88,7 @@ pub async fn lifetimes(store: &Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Con
     let l = remote_meta::lifetimes(store, keys, &cfg.prefix, &progress("reading the vault's history"), cut)
         .await
         .map_err(|e| anyhow!("reading the vault's history: {e}"))?;
-    checked(&l.tree, cfg)?;
+    checked(&l.tree, cfg, true)?;
     Ok(l)
 }
 

@@ -89,6 +89,9 @@ pub struct FsConfig {
     pub max_file_size: u64,
     /// The vault is known to sign its metadata (the config's `signed`).
     pub vault_signed: bool,
+    /// How far each machine's journal reached when this machine last read the vault (the
+    /// config's `journal_heads`): a rebuild that finds less reports a rollback.
+    pub journal_heads: std::collections::BTreeMap<String, i64>,
     /// The most bytes of file content one user (the files' owner) may have on the staging disk
     /// waiting for upload; a write beyond it gets EDQUOT. `None`: no quota.
     pub staging_quota: Option<u64>,
@@ -120,6 +123,7 @@ impl FsConfig {
             group_commit: Duration::from_secs(3600),
             max_file_size: MAX_FILE_SIZE,
             vault_signed: false,
+            journal_heads: Default::default(),
             staging_quota: None,
             descriptor: None,
         }

@@ -102,6 +102,24 @@ pub fn check_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a read of the vault that reached `seen` (per machine, its highest journal record)
+/// says of a machine that remembered `heads` from an earlier read: one line per machine whose
+/// journal now ends before what it saw then (its newest batches were deleted: the vault is
+/// shown as it was before them).
+pub fn rolled_back(seen: &std::collections::BTreeMap<String, i64>, heads: &std::collections::BTreeMap<String, i64>) -> Vec<String> {
+    heads
+        .iter()
+        .filter_map(|(m, &h)| {
+            let now = seen.get(m).copied().unwrap_or(0);
+            (now < h).then(|| {
+                format!(
+                    "ROLLBACK: the bucket holds machine {m}'s journal up to record {now}, but this machine saw it up to record {h} before: its newest batches were deleted, and what they recorded is missing from what follows (enable Object Lock: docs/AWS.md)"
+                )
+            })
+        })
+        .collect()
+}
+
 /// Parse `P j/<machine>/<first>-<last>` and `P s/<machine>/<seq>` keys, in the one form
 /// coldvault writes them (16 decimal digits each): `0-5` or `+3` would sort a forged batch
 /// before the honest ones, or let one range have two keys.

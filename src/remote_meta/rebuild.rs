@@ -519,16 +519,12 @@ impl Reader<'_> {
             }
         }
         let jl = self.store.list(&format!("{prefix}j/")).await?;
-        let mut have: BTreeMap<String, i64> = BTreeMap::new();
-        for s in loaded {
-            let h = have.entry(s.machine.clone()).or_insert(0);
-            *h = (*h).max(s.covers_seq);
-        }
+        // Per machine, the listed batches (first, last, key): not yet believed.
+        let mut listed: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
         let mut batches: Vec<(String, i64, i64, String, u64)> = Vec::new();
         for o in &jl {
             let Some((m, a, b)) = parse_seq_key(&o.key[prefix.len() + 2..]) else { continue };
-            let h = have.entry(m.clone()).or_insert(0);
-            *h = (*h).max(b);
+            listed.entry(m.clone()).or_default().push((a, b, o.key.clone()));
             if b <= covered.get(&m).copied().unwrap_or(0) {
                 continue;
             }
@@ -540,9 +536,22 @@ impl Reader<'_> {
         }
         // A journal that ends before what a believed snapshot saw of it lost its last batches
         // (removed, or the stream rolled back): reported, since nothing else would show it.
+        // The journal reaches record q when a batch that holds it is believed (a junk key with
+        // a high number, unsigned, proves nothing: review N8), or the machine's own believed
+        // snapshot covers it.
         for (m, (q, by)) in &claimed {
-            let h = have.get(m).copied().unwrap_or(0);
-            if *q > h {
+            let own = loaded.iter().filter(|s| s.machine == *m).map(|s| s.covers_seq).max().unwrap_or(0);
+            if own >= *q {
+                continue;
+            }
+            let ranges = listed.get(m).map(Vec::as_slice).unwrap_or_default();
+            let holder = ranges.iter().find(|(a, b, _)| a <= q && q <= b);
+            let reached = match holder {
+                Some((_, _, key)) => self.batch_believed(key, m).await?,
+                None => false,
+            };
+            if !reached {
+                let h = ranges.iter().map(|r| r.1).filter(|b| b < q).max().unwrap_or(0).max(own);
                 notes.push(format!(
                     "journal of machine {m}: the bucket holds it up to record {h}, but the snapshot of machine {by} saw it up to {q}: its later batches were removed or rolled back"
                 ));
@@ -558,6 +567,22 @@ impl Reader<'_> {
             st.batches.push_back((first, last, key, size));
         }
         Ok((streams, total))
+    }
+
+    /// Whether journal batch `key` of machine `m` is one the vault believes: its signature (a
+    /// HEAD) over its header (its first 128 bytes). A batch that cannot be read is not.
+    async fn batch_believed(&self, key: &str, m: &str) -> Result<bool, RemoteError> {
+        let got = async {
+            let h = self.store.head_object(key).await?;
+            let header = self.store.get_range(key, 0, crypto::HEADER_LEN as u64).await?;
+            Ok::<_, StoreError>((h.metadata.get(sign::META).cloned(), header))
+        }
+        .await;
+        match got {
+            Ok((sig, header)) => Ok(self.trust.check(&self.keys.public, &key[self.prefix.len()..], Some(m), &header, sig.as_deref()).is_ok()),
+            Err(e) if stops_rebuild(&e) => Err(e.into()),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Merge the machines' streams by time (ties by machine id), each stream in its own order:

@@ -618,3 +618,41 @@ def test_the_restore_policy_reads_everything_and_changes_nothing(servers, vault_
     finally:
         proxy.terminate()
         proxy.wait()
+
+
+def test_a_rollback_by_deleting_the_newest_journal_batches_is_reported(servers, vault_factory, tmp_path):
+    """Review N8: someone with delete rights removes a machine's newest journal batches and its
+    snapshots, so a rebuild shows the vault as it was before (here: a deleted file is back).
+    A machine that read the vault before remembers how far each journal reached (its config)
+    and says ROLLBACK, by machine and record, in `ls` and in a fresh mount's rebuild; reading
+    an earlier moment (`ls --at`) or an untouched vault says nothing of the kind."""
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "contract.pdf").write_bytes(b"signed")
+    (v.mnt / "draft.txt").write_bytes(b"draft")
+    v.flush()
+    time.sleep(1.2)
+    before = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    (v.mnt / "draft.txt").unlink()
+    v.flush()
+    v.unmount()
+    cli = ("--config", v.config, "--passphrase-file", v.passfile)
+    r = run("ls", *cli)
+    assert "draft.txt" not in r.stdout and "ROLLBACK" not in r.stderr, r.stderr
+    assert "journal_heads" in v.config.read_text()
+    r = run("ls", *cli, "--at", before)
+    assert "draft.txt" in r.stdout and "ROLLBACK" not in r.stderr, r.stderr
+    # The attack: the newest batch and every snapshot go.
+    batches = sorted(o["Key"] for o in s.objects(v.bucket, v.prefix + "j/"))
+    assert len(batches) >= 2, batches
+    for key in [batches[-1]] + [o["Key"] for o in s.objects(v.bucket, v.prefix + "s/")]:
+        s.s3.delete_object(Bucket=v.bucket, Key=key)
+    r = run("ls", *cli)
+    assert "draft.txt" in r.stdout, "the rolled-back vault shows the deleted file again"
+    machine = batches[-1].split("/")[-2]
+    assert "ROLLBACK" in r.stderr and machine in r.stderr, r.stderr
+    v.cache = tmp_path / "fresh-cache"
+    v.mount()
+    assert "ROLLBACK" in v.log() and machine in v.log()
+    v.unmount()

@@ -61,6 +61,7 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         group_commit: Duration::from_secs(3600),
         max_file_size: crate::fs::MAX_FILE_SIZE,
         vault_signed: false,
+        journal_heads: Default::default(),
         staging_quota: None,
         descriptor: None,
     }

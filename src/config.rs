@@ -64,6 +64,11 @@ pub struct Config {
     /// deleted the newest batches; review N8).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub journal_heads: std::collections::BTreeMap<String, i64>,
+    /// This machine's id in the bucket, drawn by `init --write-only` so that a policy can limit
+    /// its credential to its own journal (`coldvault policy --mode write-only --machine ID`);
+    /// `None`: drawn by the first mount and kept in the cache dir's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
     /// The file this config was read from (not stored in it).
     #[serde(skip)]
     pub loaded_from: Option<PathBuf>,
@@ -164,6 +169,11 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.bucket.is_empty() {
             bail!("bucket is empty");
+        }
+        if let Some(m) = &self.machine_id {
+            if !crate::crypto::sign::is_machine_id(m) {
+                bail!("machine_id {m:?} is not a machine id (16 hex digits)");
+            }
         }
         if crate::vault::StorageClass::choose(&self.default_storage_class).is_err() {
             bail!("unknown default_storage_class {:?}; one of {:?}", self.default_storage_class, crate::vault::StorageClass::CHOOSABLE);

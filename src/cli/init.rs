@@ -95,6 +95,7 @@ fn init_config(t: InitTarget, write_only: bool) -> Result<(PathBuf, Config)> {
         object_lock_days,
         object_lock_compliance,
         journal_heads: Default::default(),
+        machine_id: None,
         loaded_from: None,
     };
     Ok((path, cfg))
@@ -201,9 +202,19 @@ fn cmd_init_write_only(t: InitTarget, fp: &str) -> Result<()> {
     // Named after the pinned key, not after the descriptor's unpinned vault_id: a swapped
     // descriptor cannot point this machine's cache dir at another vault's.
     cfg.vault.vault_id = format!("wo-{}", &coldvault::crypto::fingerprint(&pk).replace('-', "")[..16]);
+    // Its machine id, drawn now: a policy can then limit its credential to its own journal.
+    let machine = hex::encode(rand::random::<[u8; 8]>());
+    cfg.machine_id = Some(machine.clone());
     cfg.validate()?;
     cfg.save(&path)?;
-    println!("write-only machine set up for vault {} in s3://{bucket}/{prefix} (fingerprint {})", desc.vault_id, coldvault::crypto::fingerprint(&pk));
+    println!(
+        "write-only machine {machine} set up for vault {} in s3://{bucket}/{prefix} (fingerprint {})",
+        desc.vault_id,
+        coldvault::crypto::fingerprint(&pk)
+    );
     println!("config written to {}: it holds the public key only; `coldvault mount` here mounts write-only", path.display());
+    let p = prefix.trim_end_matches('/');
+    let p = if p.is_empty() { String::new() } else { format!(" --prefix {p}") };
+    println!("limit its credential to its own journal and snapshots: coldvault policy --bucket {bucket}{p} --mode write-only --machine {machine}");
     Ok(())
 }

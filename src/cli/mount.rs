@@ -162,6 +162,7 @@ pub fn run(mut a: MountArgs) -> Result<()> {
         max_file_size,
         vault_signed: cfg.signed,
         journal_heads: cfg.journal_heads.clone(),
+        machine_id: cfg.machine_id.clone(),
         staging_quota,
         descriptor: Some(cfg.vault.clone()),
     };

@@ -13,14 +13,26 @@ pub struct PolicyArgs {
     /// (read and RestoreObject) or admin (everything, Delete included; `full` is its old name).
     #[arg(long, default_value = "admin")]
     mode: String,
+    /// write-only: limit journal batches and snapshots to this machine's own id (printed by
+    /// `init --write-only`), so its credential cannot write under another machine's.
+    #[arg(long, value_name = "ID")]
+    machine: Option<String>,
 }
 
 pub fn run(a: PolicyArgs) -> Result<()> {
-    println!("{}", policy(&a.bucket, &a.prefix, &a.mode)?);
+    println!("{}", policy(&a.bucket, &a.prefix, &a.mode, a.machine.as_deref())?);
     Ok(())
 }
 
-fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
+fn policy(bucket: &str, prefix: &str, mode: &str, machine: Option<&str>) -> Result<String> {
+    if let Some(m) = machine {
+        if mode != "write-only" {
+            bail!("--machine limits a write-only credential to its machine's journal; mode {mode} takes no --machine");
+        }
+        if !coldvault::crypto::sign::is_machine_id(m) {
+            bail!("--machine {m:?} is not a machine id (16 hex digits, as `init --write-only` prints)");
+        }
+    }
     let p = coldvault::config::normalize_prefix(prefix)?;
     let objects = format!("arn:aws:s3:::{bucket}/{p}*");
     let bucket_arn = format!("arn:aws:s3:::{bucket}");
@@ -28,7 +40,12 @@ fn policy(bucket: &str, prefix: &str, mode: &str) -> Result<String> {
         "Sid": "ListVault", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn,
         "Condition": {"StringLike": {"s3:prefix": [format!("{p}*")]}}
     });
-    let writable: Vec<String> = ["d", "j", "s"].iter().map(|d| format!("arn:aws:s3:::{bucket}/{p}{d}/*")).collect();
+    let writable: Vec<String> = match machine {
+        Some(m) => {
+            vec![format!("arn:aws:s3:::{bucket}/{p}d/*"), format!("arn:aws:s3:::{bucket}/{p}j/{m}/*"), format!("arn:aws:s3:::{bucket}/{p}s/{m}/*")]
+        }
+        None => ["d", "j", "s"].iter().map(|d| format!("arn:aws:s3:::{bucket}/{p}{d}/*")).collect(),
+    };
     let statements = match mode {
         // PutObject covers CreateMultipartUpload, UploadPart and CompleteMultipartUpload; only
         // where a machine puts data objects, journal batches and snapshots (not `vault.json`,

@@ -198,13 +198,19 @@ impl Fs {
         )))
     }
 
-    /// This cache dir's machine id and signing key, drawn at random the first time and kept in
-    /// its index (machine ids of earlier builds are kept; their key is added).
-    pub(super) fn load_signer(db: &Db) -> Result<crate::crypto::sign::MachineSigner> {
+    /// This cache dir's machine id and signing key, drawn at random the first time (or the id
+    /// the config names, `configured`) and kept in its index (machine ids of earlier builds are
+    /// kept; their key is added).
+    pub(super) fn load_signer(db: &Db, configured: Option<&str>) -> Result<crate::crypto::sign::MachineSigner> {
         let machine = match db.setting("machine_id")? {
-            Some(m) => m,
+            Some(m) => {
+                if configured.is_some_and(|c| c != m) {
+                    tracing::warn!(index = %m, config = ?configured, "this cache dir's machine id is not the one the config names (a copied cache dir, or one made before the config named it): it keeps its own; a policy limited to the config's id refuses its uploads");
+                }
+                m
+            }
             None => {
-                let m = hex::encode(rand::random::<[u8; 8]>());
+                let m = configured.map(str::to_string).unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()));
                 db.set_setting("machine_id", &m)?;
                 m
             }

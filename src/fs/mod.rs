@@ -92,6 +92,8 @@ pub struct FsConfig {
     /// How far each machine's journal reached when this machine last read the vault (the
     /// config's `journal_heads`): a rebuild that finds less reports a rollback.
     pub journal_heads: std::collections::BTreeMap<String, i64>,
+    /// The machine id the config names (`init --write-only`), taken by a new cache dir.
+    pub machine_id: Option<String>,
     /// The most bytes of file content one user (the files' owner) may have on the staging disk
     /// waiting for upload; a write beyond it gets EDQUOT. `None`: no quota.
     pub staging_quota: Option<u64>,
@@ -124,6 +126,7 @@ impl FsConfig {
             max_file_size: MAX_FILE_SIZE,
             vault_signed: false,
             journal_heads: Default::default(),
+            machine_id: None,
             staging_quota: None,
             descriptor: None,
         }
@@ -264,7 +267,7 @@ impl Fs {
         let gid = unsafe { libc::getgid() };
         let db = Db::open(&cfg.cache_dir.join("index.db"), now_ns(), uid, gid)?;
         let reads = Reads::new(store.clone(), keys.clone(), rt.clone(), cfg.read_ahead);
-        let signer = Arc::new(Self::load_signer(&db)?);
+        let signer = Arc::new(Self::load_signer(&db, cfg.machine_id.as_deref())?);
         let quota = Arc::new(quota::Quota::new(cfg.staging_quota));
         let index = Arc::new(index::Index::new(db));
         let upload_wakeup = Arc::new(tokio::sync::Notify::new());

@@ -115,13 +115,14 @@ def run(*args, check=True, input=None, env=None, timeout=300):
     return r
 
 
-def policy_proxy(server, v, mode, tmp_path):
-    """A proxy in front of `server` that enforces what `coldvault policy --mode MODE` prints for
-    `v`'s bucket and prefix (tests/e2e/policy_proxy.py): the process, its port and its log."""
+def policy_proxy(server, v, mode, tmp_path, extra=(), port=None):
+    """A proxy in front of `server` that enforces what `coldvault policy --mode MODE [EXTRA]`
+    prints for `v`'s bucket and prefix (tests/e2e/policy_proxy.py), on `port` (default: a free
+    one): the process, its port and its log."""
     pol = tmp_path / f"policy-{mode}.json"
-    pol.write_text(run("policy", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--mode", mode).stdout)
+    pol.write_text(run("policy", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--mode", mode, *extra).stdout)
     log = tmp_path / f"proxy-{mode}.log"
-    port = free_port()
+    port = port or free_port()
     proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "policy_proxy.py"), "--port", str(port),
                               "--upstream", f"127.0.0.1:{server.port}", "--policy", str(pol), "--log", str(log)])
     return proxy, port, log

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -513,6 +514,13 @@ def test_recovery_errors_and_keys(servers, vault_factory, tmp_path):
     assert {"Sid": "ReadDescriptor", "Effect": "Allow", "Action": ["s3:GetObject"],
             "Resource": "arn:aws:s3:::photos/laptop/coldvault/vault.json"} in pol["Statement"], pol
     assert len(pol["Statement"]) == 3
+    # Limited to one machine's journal and snapshots.
+    pol = json.loads(run("policy", "--bucket", "photos", "--prefix", "laptop", "--mode", "write-only", "--machine", "0123456789abcdef").stdout)
+    assert all(st["Resource"] == ["arn:aws:s3:::photos/laptop/d/*", "arn:aws:s3:::photos/laptop/j/0123456789abcdef/*",
+                                  "arn:aws:s3:::photos/laptop/s/0123456789abcdef/*"] for st in pol["Statement"] if st["Action"] == ["s3:PutObject"])
+    for bad in (("--mode", "write-only", "--machine", "../x"), ("--mode", "mount", "--machine", "0123456789abcdef")):
+        r = run("policy", "--bucket", "photos", *bad, check=False)
+        assert r.returncode != 0 and "--machine" in r.stderr, r.stderr
 
 
 def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_brings_back(servers, vault_factory, tmp_path):
@@ -527,8 +535,16 @@ def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_bring
         time.sleep(0.5)
         fp = run("key", "fingerprint", "--config", v.config).stdout.strip()
         wo = tmp_path / "write-only.toml"
-        run("init", "--write-only", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--endpoint-url",
-            f"http://127.0.0.1:{port}", "--fingerprint", fp, "--config", wo, input="", env={"COLDVAULT_PASSPHRASE": ""})
+        r = run("init", "--write-only", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--endpoint-url",
+                f"http://127.0.0.1:{port}", "--fingerprint", fp, "--config", wo, input="", env={"COLDVAULT_PASSPHRASE": ""})
+        # The box's credential is then limited to its own machine id's journal and snapshots,
+        # with the command init printed.
+        machine = re.search(r'^machine_id = "([0-9a-f]{16})"$', wo.read_text(), re.M).group(1)
+        assert f"--mode write-only --machine {machine}" in r.stdout, r.stdout
+        proxy.terminate()
+        proxy.wait()
+        proxy, port, log = policy_proxy(s, v, "write-only", tmp_path, extra=("--machine", machine), port=port)
+        time.sleep(0.5)
         run("mount", "--config", wo, "--cache-dir", v.cache, "--settle", "0.5", v.mnt, input="")
         src = tmp_path / "src"
         files = make_tree(src, n_files=40, seed=26, big=())
@@ -553,6 +569,10 @@ def test_ransomware_through_write_only_credentials_destroys_nothing_get_at_bring
         # The stolen credential itself, outside coldvault: no object can be overwritten (a PUT
         # without If-None-Match is refused; with it, an existing key is not replaced) or deleted.
         stolen = client_through(s, port)
+        # Nor can it write a journal batch or snapshot under another machine's id.
+        for d in ("j", "s"):
+            with pytest.raises(ClientError):
+                stolen.put_object(Bucket=v.bucket, Key=f"{v.prefix}{d}/0123456789abcdef/0000000000000001", Body=b"x", IfNoneMatch="*")
         victim = sorted(objects_before)[0]
         for attempt in (lambda: stolen.put_object(Bucket=v.bucket, Key=victim, Body=b"ransom"),
                         lambda: stolen.put_object(Bucket=v.bucket, Key=victim, Body=b"ransom", IfNoneMatch="*"),

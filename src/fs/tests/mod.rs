@@ -62,6 +62,7 @@ fn cfg(dir: &std::path::Path) -> FsConfig {
         max_file_size: crate::fs::MAX_FILE_SIZE,
         vault_signed: false,
         journal_heads: Default::default(),
+        machine_id: None,
         staging_quota: None,
         descriptor: None,
     }

@@ -119,6 +119,19 @@ impl Fs {
         Ok(out)
     }
 
+    /// `v` made the status file of `b` (at vault path `path`) whose restore is `r`: its content.
+    fn status_file(&self, v: &mut Inode, b: &Inode, r: &crate::restore::Restore, path: &str) -> Vec<u8> {
+        v.parent = b.parent;
+        v.name = format!("{}{}", b.name, self.cfg.restore.suffix);
+        v.kind = Kind::File;
+        v.mode = 0o444;
+        v.uid = b.uid;
+        v.gid = b.gid;
+        v.mtime_ns = r.last_check_ms.max(r.requested_ms) as Nanos * 1_000_000;
+        v.ctime_ns = v.mtime_ns;
+        crate::restore::status_text(path, r).into_bytes()
+    }
+
     /// A virtual inode (status file, `.coldvault`, its `restores` listing) and its content.
     pub(super) fn virtual_inode(&self, c: &Core, ino: u64) -> Result<(Inode, Vec<u8>)> {
         let root = c.db.get(ROOT)?.ok_or(FsError::NotFound)?;
@@ -139,16 +152,7 @@ impl Fs {
                 let b = self.view_inode(x & !STATUS_BIT)?;
                 let r =
                     c.db.restore(b.ino)?.filter(|r| r.state.visible() && Some(&r.object_key) == b.object_key.as_ref()).ok_or(FsError::NotFound)?;
-                let path = self.view_path(b.ino).unwrap_or_default();
-                v.parent = b.parent;
-                v.name = format!("{}{}", b.name, self.cfg.restore.suffix);
-                v.kind = Kind::File;
-                v.mode = 0o444;
-                v.uid = b.uid;
-                v.gid = b.gid;
-                v.mtime_ns = r.last_check_ms.max(r.requested_ms) as Nanos * 1_000_000;
-                v.ctime_ns = v.mtime_ns;
-                crate::restore::status_text(&path, &r).into_bytes()
+                self.status_file(&mut v, &b, &r, &self.view_path(b.ino).unwrap_or_default())
             }
             CTL_RESTORES => {
                 v.parent = CTL_DIR;
@@ -178,16 +182,7 @@ impl Fs {
                 let base_ino = x & !STATUS_BIT;
                 let b = c.db.get(base_ino)?.ok_or(FsError::NotFound)?;
                 let r = c.db.restore(base_ino)?.filter(|r| r.state.visible()).ok_or(FsError::NotFound)?;
-                let path = c.db.path_of(base_ino)?;
-                v.parent = b.parent;
-                v.name = format!("{}{}", b.name, self.cfg.restore.suffix);
-                v.kind = Kind::File;
-                v.mode = 0o444;
-                v.uid = b.uid;
-                v.gid = b.gid;
-                v.mtime_ns = r.last_check_ms.max(r.requested_ms) as Nanos * 1_000_000;
-                v.ctime_ns = v.mtime_ns;
-                crate::restore::status_text(&path, &r).into_bytes()
+                self.status_file(&mut v, &b, &r, &c.db.path_of(base_ino)?)
             }
             _ => return Err(FsError::NotFound),
         };

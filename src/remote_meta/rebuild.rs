@@ -215,23 +215,17 @@ pub async fn history(
 ) -> Result<super::history::History, RemoteError> {
     let sk = keys.secret.as_ref().ok_or(RemoteError::WriteOnly)?;
     let trust = trust::Trust::load(store, sk, prefix).await?;
-    let mut notes = trust.problems.clone();
+    let notes = trust.problems.clone();
     let r = Reader { store, keys, sk, trust: &trust, prefix, progress };
-    let mut tree = Tree::default();
-    let (streams, total) = r.list_journals(&mut tree, &mut notes, &[], &BTreeMap::new()).await?;
     let mut w = super::history::Watcher::new(watch);
     let ends = Ends { stop: at, mark: None };
-    r.replay_until(&mut tree, streams, total, BTreeMap::new(), ends, &mut |t, step| {
-        if let Step::Applied { machine, ts, upload, .. } = step {
-            w.seen(t, machine, ts, upload)
-        }
-    })
-    .await?;
-    notes.append(&mut tree.refused);
-    tree.refused = notes;
-    tree.signed = trust.signed;
-    tree.applying = None;
-    tree.applying_ts = 0;
+    let tree = r
+        .replay_all(notes, ends, &mut |t, step| {
+            if let Step::Applied { machine, ts, upload, .. } = step {
+                w.seen(t, machine, ts, upload)
+            }
+        })
+        .await?;
     Ok(super::history::History { tree, versions: w.versions })
 }
 
@@ -254,25 +248,19 @@ pub async fn lifetimes(
     for s in r.latest_signed(&mut notes).await? {
         l.snapshots.insert(s.machine, s.seq);
     }
-    let mut tree = Tree::default();
-    let (streams, total) = r.list_journals(&mut tree, &mut notes, &[], &BTreeMap::new()).await?;
     let ends = Ends { stop: None, mark: Some(cut) };
-    r.replay_until(&mut tree, streams, total, BTreeMap::new(), ends, &mut |t, step| match step {
-        Step::Applied { machine, ts, upload, discard } => {
-            let key = upload.map(|(p, k)| (Some(p), k)).or(discard.map(|k| (None, k)));
-            l.applied(machine, ts, key, cut)
-        }
-        Step::Mark => {
-            l.live_at_cut = Lifetimes::held(t);
-            l.passed = true;
-        }
-    })
-    .await?;
-    notes.append(&mut tree.refused);
-    tree.refused = notes;
-    tree.signed = trust.signed;
-    tree.applying = None;
-    tree.applying_ts = 0;
+    let tree = r
+        .replay_all(notes, ends, &mut |t, step| match step {
+            Step::Applied { machine, ts, upload, discard } => {
+                let key = upload.map(|(p, k)| (Some(p), k)).or(discard.map(|k| (None, k)));
+                l.applied(machine, ts, key, cut)
+            }
+            Step::Mark => {
+                l.live_at_cut = Lifetimes::held(t);
+                l.passed = true;
+            }
+        })
+        .await?;
     l.live = Lifetimes::held(&tree);
     l.tree = tree;
     Ok(l)
@@ -567,6 +555,21 @@ impl Reader<'_> {
             st.batches.push_back((first, last, key, size));
         }
         Ok((streams, total))
+    }
+
+    /// Every machine's journal replayed from its first record (no snapshot read, no object
+    /// adopted) within `ends`, telling `seen` of each step; `notes` and what the replay refused
+    /// end up in the tree's `refused`.
+    async fn replay_all(&self, mut notes: Vec<String>, ends: Ends, seen: &mut Seen<'_>) -> Result<Tree, RemoteError> {
+        let mut tree = Tree::default();
+        let (streams, total) = self.list_journals(&mut tree, &mut notes, &[], &BTreeMap::new()).await?;
+        self.replay_until(&mut tree, streams, total, BTreeMap::new(), ends, seen).await?;
+        notes.append(&mut tree.refused);
+        tree.refused = notes;
+        tree.signed = self.trust.signed;
+        tree.applying = None;
+        tree.applying_ts = 0;
+        Ok(tree)
     }
 
     /// Whether journal batch `key` of machine `m` is one the vault believes: its signature (a

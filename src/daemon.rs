@@ -94,11 +94,10 @@ impl Daemon {
         fs_cfg: FsConfig,
         up: UploadConfig,
     ) -> crate::fs::Result<Daemon> {
-        if keys.secret.is_some() {
-            // A full mount may list the bucket; a write-only one relies on conditional writes.
-            if let Some(why) = Fs::fork_check(&fs_cfg, store.as_ref(), rt)? {
-                tracing::error!("{why}");
-            }
+        // A full mount may list the bucket; a write-only one relies on conditional writes, and
+        // on the fork its last upload found.
+        if let Some(why) = Fs::fork_check(&fs_cfg, store.as_ref(), rt, keys.secret.is_some())? {
+            tracing::error!("{why}");
         }
         let counted = Arc::new(Counted::with_prefix(store.clone(), &fs_cfg.prefix));
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;

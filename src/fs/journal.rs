@@ -26,11 +26,23 @@ impl JournalIndex for Fs {
     fn journal_forked(&self) -> IndexResult<()> {
         let c = self.core();
         c.db.set_setting("journal_forked", "1")?;
+        // The refused batch never landed: a later try of it is no retry of ours.
+        c.db.set_setting("journal_attempt", "")?;
         Ok(c.db.sync()?)
     }
 
     fn machine(&self) -> IndexResult<String> {
         Ok(self.machine_id()?)
+    }
+
+    fn batch_attempted(&self, first: i64, last: i64) -> IndexResult<bool> {
+        let c = self.core();
+        let this = format!("{first}-{last}");
+        let before = c.db.setting("journal_attempt")?.is_some_and(|v| v == this);
+        if !before {
+            c.db.set_setting("journal_attempt", &this)?;
+        }
+        Ok(before)
     }
 
     fn write_snapshot(&self, machine: &str) -> IndexResult<SnapshotFile> {
@@ -144,7 +156,7 @@ impl Fs {
     /// merged as any two machines' are. Returns what it did, for the log. A bucket that cannot
     /// be listed is not a reason to refuse the mount (the conditional writes still catch a
     /// fork, `MetaSink::put_batch`).
-    pub fn fork_check(cfg: &FsConfig, store: &dyn ObjectStore, rt: &tokio::runtime::Handle) -> Result<Option<String>> {
+    pub fn fork_check(cfg: &FsConfig, store: &dyn ObjectStore, rt: &tokio::runtime::Handle, may_list: bool) -> Result<Option<String>> {
         let path = cfg.cache_dir.join("index.db");
         if !path.exists() {
             return Ok(None);
@@ -154,8 +166,11 @@ impl Fs {
         let db = Db::open(&path, now_ns(), uid, gid)?;
         let Some(machine) = db.setting("machine_id")? else { return Ok(None) };
         let local = db.journal_max_seq()?;
+        let forked = db.setting("journal_forked")?.is_some_and(|v| v == "1");
         let mut remote = 0i64;
-        for kind in ["j", "s"] {
+        // A fork already found (by an upload) needs no listing, which a write-only credential
+        // may not make (`may_list` false: only such a fork is acted on).
+        for kind in ["j", "s"].into_iter().filter(|_| !forked && may_list) {
             let under = format!("{}{kind}/{machine}/", cfg.prefix);
             let listed = match rt.block_on(store.list(&under)) {
                 Ok(l) => l,
@@ -170,7 +185,6 @@ impl Fs {
                 }
             }
         }
-        let forked = db.setting("journal_forked")?.is_some_and(|v| v == "1");
         if remote <= local && !forked {
             return Ok(None);
         }

@@ -47,6 +47,9 @@ pub trait JournalIndex: Send + Sync {
     fn journal_forked(&self) -> IndexResult<()>;
     /// This machine's id in the bucket's journal.
     fn machine(&self) -> IndexResult<String>;
+    /// The batch of records `first..=last` is about to be put: recorded, and whether this
+    /// index put it before (so that an object already at its key is its own earlier attempt).
+    fn batch_attempted(&self, first: i64, last: i64) -> IndexResult<bool>;
     /// Records not yet uploaded, oldest first, at most `limit`.
     fn pending_journal(&self, limit: usize) -> IndexResult<Vec<Record>>;
     /// Records up to `last_seq` (`n` of them) are in the bucket.
@@ -161,8 +164,10 @@ impl JournalUploader {
                 break;
             }
             let last = recs.last().map(|r| r.seq).unwrap_or(0);
+            let first = recs.first().map(|r| r.seq).unwrap_or(0);
             let n = recs.len();
-            let key = match self.sink().put_batch(&machine, recs).await {
+            let again = fs.batch_attempted(first, last)?;
+            let key = match self.sink().put_batch_attempt(&machine, recs, again).await {
                 Ok(k) => k,
                 Err(e) => {
                     if matches!(&e, StoreError::Permanent { code, .. } if code == "JournalFork") {

@@ -34,6 +34,14 @@ impl MetaSink<'_> {
     /// and nothing is overwritten (the next mount takes a new machine id, `check_fork`). A
     /// write-only machine cannot read the object and counts it as its own.
     pub async fn put_batch(&self, machine: &str, records: Vec<Record>) -> Result<String, StoreError> {
+        self.put_batch_attempt(machine, records, true).await
+    }
+
+    /// `put_batch`, told whether this index put this batch before (`again`): a write-only
+    /// machine, which cannot read what is at the key, counts it as its own only then; else it
+    /// is another copy of this machine (a cache dir lost and a new one taking the machine id
+    /// the config names, or a copied config): `JournalFork`.
+    pub async fn put_batch_attempt(&self, machine: &str, records: Vec<Record>, again: bool) -> Result<String, StoreError> {
         let (first, last) = (records.first().map_or(0, |r| r.seq), records.last().map_or(0, |r| r.seq));
         let key = format!("{}j/{machine}/{first:016}-{last:016}", self.prefix);
         let batch = Batch { machine: machine.to_string(), records };
@@ -52,7 +60,13 @@ impl MetaSink<'_> {
                     }),
                 }
             }
-            Err(StoreError::AlreadyExists) => Ok(key),
+            Err(StoreError::AlreadyExists) if again => Ok(key),
+            Err(StoreError::AlreadyExists) => Err(StoreError::Permanent {
+                code: "JournalFork".into(),
+                message: format!(
+                    "{key} is already in the bucket, and this index never put it: another copy of this machine (the same machine id) wrote its journal. Nothing was overwritten; restart the mount: it takes a new machine id"
+                ),
+            }),
             r => r.map(|_| key),
         }
     }

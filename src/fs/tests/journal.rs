@@ -893,3 +893,52 @@ fn a_mount_without_delete_rights_stops_compacting_after_one_refusal() {
     assert!(snaps.len() >= 3, "snapshots go on: {snaps:?}");
     assert_eq!(e.store.calls_of("DeleteObject"), 1, "one refused delete, then no more tries");
 }
+
+/// A write-only box whose config names its machine id (`init --write-only`) loses its cache
+/// dir: the new index takes that id again and numbers its records from 1. Its first batch
+/// finds the old one at its key; a write-only machine cannot read it to compare, and used to
+/// count it as its own earlier attempt, dropping its records without a word. It is refused
+/// (the index never put that batch), and the restarted mount goes on as a new machine whose
+/// records reach the bucket; the old batch is untouched.
+#[test]
+fn a_write_only_machine_reusing_its_configured_id_never_drops_its_records() {
+    let e = Env::new();
+    let wo_keys = Arc::new(crate::crypto::VaultKeys::write_only(e.keys.public, e.keys.name_key));
+    let with_id = |dir: &std::path::Path| FsConfig { machine_id: Some("0123456789abcdef".into()), ..cfg(dir) };
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let d1 = Daemon::start(e.rt.handle(), e.store.clone(), wo_keys.clone(), with_id(first.path()), fast_upload()).unwrap();
+    assert_eq!(d1.fs.machine_id().unwrap(), "0123456789abcdef", "the configured id is taken");
+    write_on(&d1.fs, ROOT, "before.txt", b"before the disk died");
+    settle_machine(&e, &d1.fs);
+    e.rt.block_on(d1.shutdown());
+    let batches = |m: &str| e.store.snapshot().into_keys().filter(|k| k.starts_with(&format!("v/j/{m}/"))).collect::<Vec<_>>();
+    let old = batches("0123456789abcdef");
+    let old_body = e.store.snapshot()[&old[0]].body.clone();
+    // The cache dir is gone; a new one, same config.
+    let d2 = Daemon::start(e.rt.handle(), e.store.clone(), wo_keys.clone(), with_id(second.path()), fast_upload()).unwrap();
+    write_on(&d2.fs, ROOT, "after.txt", b"after");
+    d2.fs.seal_ready(true).unwrap();
+    wait_for("the upload", || d2.fs.status().unwrap().pending_files == 0);
+    let err = e.rt.block_on(d2.journal.flush()).unwrap_err().to_string();
+    assert!(err.contains("another copy of this machine"), "{err}");
+    assert_eq!(e.store.snapshot()[&old[0]].body, old_body, "the old batch is untouched");
+    e.rt.block_on(d2.shutdown());
+    let d2 = Daemon::start(e.rt.handle(), e.store.clone(), wo_keys, with_id(second.path()), fast_upload()).unwrap();
+    let fresh = d2.fs.machine_id().unwrap();
+    assert_ne!(fresh, "0123456789abcdef", "the restarted mount goes on as a new machine");
+    e.rt.block_on(d2.journal.flush()).unwrap();
+    e.rt.block_on(d2.shutdown());
+    // Each machine's batches hold its own file's record.
+    let paths = |m: &str| -> Vec<String> {
+        batches(m)
+            .iter()
+            .flat_map(|k| crate::remote_meta::open_json::<crate::remote_meta::Batch>(&e.keys, k, &e.store.snapshot()[k].body).unwrap().records)
+            .filter_map(|r| match r.entry {
+                crate::remote_meta::Entry::Upload { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(paths("0123456789abcdef"), ["before.txt"]);
+    assert_eq!(paths(&fresh), ["after.txt"], "its records reached the bucket");
+}

@@ -8,7 +8,9 @@
 //! the cut, or uploaded after it": `remote_meta::lifetimes` finds both in one replay.
 //!
 //! Kept whatever the rules say: every version a file holds now, in the journals' replay or in
-//! a rebuild (snapshot, journals and adopted objects: what a mount would see); every object no
+//! a rebuild (snapshot, journals and adopted objects: what a mount would see), or in any
+//! machine's newest snapshot (what a mount still running shows: it reads other machines'
+//! changes only when it rebuilds); every object no
 //! journal names (a rebuild adopts those: an upload whose journal batch never landed); and
 //! every journal batch (they are the history, and hold no file data). Older snapshots of a
 //! machine whose newer one is believed are removed.
@@ -126,6 +128,7 @@ pub fn plan(
             || l.live_at_cut.contains(&o.key)
             || l.after_cut.contains(&o.key)
             || rebuilt_live.contains(&o.key)
+            || l.in_snapshots.contains(&o.key)
             || last.contains(o.key.as_str());
         let Some(named) = l.named.get(&o.key) else {
             p.orphans.0 += 1;

@@ -36,10 +36,14 @@ pub struct PruneArgs {
     /// Print what would be deleted, version by version, and delete nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Delete even though reading the vault reported something wrong (a batch not believed,
+    /// records missing, a rollback): without it, prune then only reports.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: PruneArgs) -> Result<()> {
-    let PruneArgs { config, pass, keep_within, keep_last, allow_early_deletion, dry_run } = a;
+    let PruneArgs { config, pass, keep_within, keep_last, allow_early_deletion, dry_run, force } = a;
     let (cfg, keys) = load_unlocked(config, &pass)?;
     let rules = Rules { keep_within_ms: keep_within, keep_last, allow_early_deletion, lock_days: cfg.object_lock_days };
     let rt = runtime()?;
@@ -49,7 +53,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
         let cut = now - keep_within;
         let l = lifetimes(&store, &keys, &cfg, cut).await?;
         // What a mount would see (snapshots, journals, adopted objects) is kept too.
-        let rebuilt: HashSet<String> = load_tree(&store, &keys, &cfg).await?.nodes.into_values().filter_map(|n| n.key).collect();
+        let tree = load_tree(&store, &keys, &cfg).await?;
+        // A vault read with doubts (what the lines above printed) is not pruned unless told:
+        // what was refused or is missing could be what would show a version still needed.
+        let doubts = l.tree.refused.len() + tree.refused.len() + coldvault::remote_meta::rolled_back(&tree.seen, &cfg.journal_heads).len();
+        let rebuilt: HashSet<String> = tree.nodes.into_values().filter_map(|n| n.key).collect();
         let data = store.list(&format!("{}d/", cfg.prefix)).await?;
         let snaps = store.list(&format!("{}s/", cfg.prefix)).await?;
         let plan = prune::plan(&l, &rebuilt, &data, &snaps, &cfg.prefix, now, &rules);
@@ -57,6 +65,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
         if dry_run {
             println!("--dry-run: nothing was deleted");
             return Ok(());
+        }
+        if doubts > 0 && !force {
+            anyhow::bail!("reading the vault reported {doubts} problems (above): nothing was deleted; look into them, then run prune again with --force to delete anyway");
         }
         if plan.delete.is_empty() && plan.snapshots.is_empty() {
             println!("nothing to delete");

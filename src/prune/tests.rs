@@ -263,3 +263,49 @@ fn durations_are_read_with_their_unit() {
         assert!(parse_duration(bad).is_err(), "{bad:?}");
     }
 }
+
+/// A mount still running on another machine shows what it rebuilt from, and reads other
+/// machines' changes only at its next rebuild: a version its newest snapshot holds stays,
+/// however long ago the journals replaced it (review A1: prune deleted it, and that mount's
+/// reads then failed).
+#[test]
+fn a_version_another_machines_newest_snapshot_holds_stays() {
+    use crate::remote_meta::SnapshotWriter;
+    let v = vault();
+    let stale = Entry::Upload {
+        path: "a.jpg".into(),
+        key: "v/d/a1".into(),
+        size: MIB,
+        mtime_ns: 1,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        class: "STANDARD".into(),
+        sha256: String::new(),
+        header: String::new(),
+        xattrs: None,
+        saw: None,
+    };
+    let snapshot = |machine: &str, covers: i64, ts: i64, files: &[(&str, &str)], seen: &[(&str, i64)]| {
+        let mut w = SnapshotWriter::new(&v.keys, Vec::new()).unwrap();
+        for (path, key) in files {
+            let mut e = stale.clone();
+            if let Entry::Upload { path: p, key: k, .. } = &mut e {
+                *p = path.to_string();
+                *k = format!("v/d/{key}");
+            }
+            w.entry(&e).unwrap();
+        }
+        let seen: BTreeMap<String, i64> = seen.iter().map(|(m, q)| (m.to_string(), *q)).collect();
+        let (body, _) = w.finish(machine, covers, ts, &seen).unwrap();
+        let key = format!("v/s/{machine}/{covers:016}");
+        v.rt.block_on(v.store.put_object(&key, body.into(), &PutOptions::default())).unwrap();
+    };
+    // m2 mounted on day 5 and has not rebuilt since: its snapshot still shows a1.
+    snapshot("m2", 1, day(5), &[("a.jpg", "a1")], &[("m2", 1)]);
+    // m1's newer snapshot is the rebuild's base: the tree as the journals leave it.
+    let now = [("a.jpg", "a4"), ("b.raw", "b2"), ("e-final.txt", "e1"), ("f.txt", "f2")];
+    snapshot("m1", v.seq.get(), day(395), &now, &[("m1", v.seq.get()), ("m2", 1)]);
+    let p = v.plan(day(400), &rules(30));
+    assert_eq!(doomed(&p), vec!["a2", "a3", "d1"], "a1 stays: machine m2's mount still shows it");
+}

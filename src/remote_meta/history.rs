@@ -133,6 +133,10 @@ pub struct Lifetimes {
     pub newest: BTreeMap<String, i64>,
     /// Per machine, the sequence number its newest believed snapshot covers.
     pub snapshots: BTreeMap<String, i64>,
+    /// Keys the files of each machine's newest believed snapshot hold: what a mount still
+    /// running shows, though other machines replaced them since (a mount reads the bucket's
+    /// changes only when it rebuilds).
+    pub in_snapshots: HashSet<String>,
     /// The replay has passed the cut: what it applies from now on counts as after it, whatever
     /// its stamp (a machine whose clock stepped back stamps a later record earlier).
     pub passed: bool,

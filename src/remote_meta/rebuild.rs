@@ -246,7 +246,9 @@ pub async fn lifetimes(
     let r = Reader { store, keys, sk, trust: &trust, prefix, progress };
     let mut l = Lifetimes::default();
     for s in r.latest_signed(&mut notes).await? {
-        l.snapshots.insert(s.machine, s.seq);
+        l.snapshots.insert(s.machine.clone(), s.seq);
+        let (t, _, _) = r.read_only_snapshot(&s, true).await?;
+        l.in_snapshots.extend(Lifetimes::held(&t));
     }
     let ends = Ends { stop: None, mark: Some(cut) };
     let tree = r

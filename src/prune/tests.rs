@@ -37,12 +37,18 @@ impl Vault {
         self.store.clone()
     }
 
-    /// A record of machine m1 on day `d`, in a batch of its own.
+    /// A record of machine m1 stamped on day `d`, in a batch of its own that landed then.
     fn record(&self, d: i64, entry: Entry) {
+        self.record_landed(d, d, entry)
+    }
+
+    /// A record stamped on day `d` whose batch landed in the bucket on day `landed`.
+    fn record_landed(&self, d: i64, landed: i64, entry: Entry) {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
         let sink = MetaSink { store: self.store.as_ref(), keys: &self.keys, signer: None, prefix: "v/" };
-        self.rt.block_on(sink.put_batch("m1", vec![Record { seq, ts_ms: day(d), entry }])).unwrap();
+        let key = self.rt.block_on(sink.put_batch("m1", vec![Record { seq, ts_ms: day(d), entry }])).unwrap();
+        self.store.set_modified(&key, day(landed));
     }
 
     /// The data object `v/d/NAME` (`size` bytes of `class`) written on day `d`.
@@ -228,6 +234,19 @@ fn a_record_stamped_before_the_cut_but_made_after_it_keeps_its_version() {
     let p = v.plan(day(400), &rules(30));
     assert!(p.delete.is_empty(), "{:?}", doomed(&p));
     assert_eq!(p.kept, (4, 4 * MIB));
+}
+
+/// A removal stamped long before the cut whose batch landed after it (a clock reset, or stamps
+/// made up by a machine that may write but not delete): what it removed was held inside the
+/// window, and stays (review A2: the replay counted it by its stamp and pruned the file).
+#[test]
+fn a_change_that_landed_after_the_cut_counts_after_it_whatever_its_stamp() {
+    let v = Vault::new();
+    v.upload("a.jpg", "a1", "STANDARD", 0, None);
+    v.upload("x.txt", "x1", "STANDARD", 5, None);
+    v.upload("a.jpg", "a2", "STANDARD", 10, Some("a1"));
+    v.record_landed(20, 395, Entry::Remove { path: "x.txt".into(), saw: Some("v/d/x1".into()) });
+    assert_eq!(doomed(&v.plan(day(400), &rules(30))), vec!["a1"]);
 }
 
 /// Older snapshots of a machine whose newer snapshot is believed go; those of a machine

@@ -37,6 +37,9 @@ struct Stream {
     done: i64,
     /// The highest record number of the batches read so far (not what a snapshot covered).
     read_to: i64,
+    /// Per batch, by its last record number: when it landed in the bucket (ms, from the
+    /// listing; 0: not said).
+    landed: BTreeMap<i64, i64>,
 }
 
 impl Drop for Stream {
@@ -511,7 +514,7 @@ impl Reader<'_> {
         let jl = self.store.list(&format!("{prefix}j/")).await?;
         // Per machine, the listed batches (first, last, key): not yet believed.
         let mut listed: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
-        let mut batches: Vec<(String, i64, i64, String, u64)> = Vec::new();
+        let mut batches: Vec<(String, i64, i64, String, u64, i64)> = Vec::new();
         for o in &jl {
             let Some((m, a, b)) = parse_seq_key(&o.key[prefix.len() + 2..]) else { continue };
             listed.entry(m.clone()).or_default().push((a, b, o.key.clone()));
@@ -522,7 +525,7 @@ impl Reader<'_> {
                 tree.refused.push(format!("journal batch {} is {} bytes, larger than any batch coldvault writes; ignored", o.key, o.size));
                 continue;
             }
-            batches.push((m, a, b, o.key.clone(), o.size));
+            batches.push((m, a, b, o.key.clone(), o.size, o.modified_ms));
         }
         // A journal that ends before what a believed snapshot saw of it lost its last batches
         // (removed, or the stream rolled back): reported, since nothing else would show it.
@@ -550,10 +553,11 @@ impl Reader<'_> {
         batches.sort_by_key(|a| (a.0.clone(), a.1));
         let total = batches.len();
         let mut streams: BTreeMap<String, Stream> = BTreeMap::new();
-        for (m, first, last, key, size) in batches {
+        for (m, first, last, key, size, landed) in batches {
             let done = covered.get(&m).copied().unwrap_or(0);
             let st = streams.entry(m).or_default();
             st.done = done;
+            st.landed.insert(last, landed);
             st.batches.push_back((first, last, key, size));
         }
         Ok((streams, total))
@@ -630,7 +634,15 @@ impl Reader<'_> {
         let mut ahead: BTreeMap<String, i64> = BTreeMap::new();
         let mut marked = ends.mark.is_none();
         while let Some(std::cmp::Reverse((ts, m))) = heads.pop() {
-            if !marked && ends.mark.is_some_and(|t| ts > t) {
+            // The mark comes before the first record stamped after it, or whose batch landed
+            // after it (a clock stepped back, or stamps made up: a change that reached the
+            // bucket after the mark is never counted before it; an unknown landing counts late).
+            let landed = || {
+                let st = streams.get(&m)?;
+                let seq = st.recs.front()?.0.seq;
+                st.landed.range(seq..).next().map(|(_, &t)| t)
+            };
+            if !marked && ends.mark.is_some_and(|t| ts > t || landed().is_none_or(|l| l == 0 || l > t)) {
                 seen(tree, Step::Mark);
                 marked = true;
             }

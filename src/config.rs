@@ -151,16 +151,34 @@ impl Config {
     /// config at `path`, keeping the higher of old and new: the config is read again first, so
     /// nothing else another command changed meanwhile is lost.
     pub fn remember_heads(path: &Path, seen: &std::collections::BTreeMap<String, i64>) -> Result<()> {
-        let mut c = Config::load(path)?;
-        let mut changed = false;
-        for (m, &q) in seen {
-            let h = c.journal_heads.entry(m.clone()).or_insert(0);
-            if q > *h {
-                *h = q;
-                changed = true;
+        Config::update(path, |c| {
+            let mut changed = false;
+            for (m, &q) in seen {
+                let h = c.journal_heads.entry(m.clone()).or_insert(0);
+                if q > *h {
+                    *h = q;
+                    changed = true;
+                }
             }
+            changed
+        })
+    }
+
+    /// Reads the config at `path`, lets `change` change it, and writes it back if it says so,
+    /// holding an exclusive lock (`path.lock`) throughout: a mount and a command that update
+    /// the config at once (the journal heads, the vault's signing) never lose each other's
+    /// change.
+    pub fn update(path: &Path, change: impl FnOnce(&mut Config) -> bool) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path.with_extension("toml.lock"))?;
+        // SAFETY: flock takes a descriptor `lock` owns and keeps open until the end of this
+        // function (closing it releases the lock); it touches no memory of ours.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
         }
-        if changed {
+        let mut c = Config::load(path)?;
+        if change(&mut c) {
             c.save(path)?;
         }
         Ok(())
@@ -219,11 +237,12 @@ impl Config {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let text = toml::to_string_pretty(self)?;
-        let tmp = path.with_extension("toml.tmp");
+        // A name of its own: two processes saving at once never write into one file.
+        let tmp = path.with_extension(format!("toml.tmp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
         }
@@ -275,5 +294,45 @@ mod tests {
         assert!(super::parse_size("16777216T").is_err());
         assert!(super::parse_size("99999999999999999999").is_err());
         assert!(super::parse_size("3 parsecs").is_err());
+    }
+
+    /// Two processes updating one config at once (a mount recording that the vault signs, an
+    /// `ls` recording journal heads) lose neither change, and the file stays readable.
+    #[test]
+    fn concurrent_updates_of_the_config_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let (d, _) = crate::crypto::VaultDescriptor::create_with_cost(b"pw", 8, 1);
+        let mut t = toml::Table::new();
+        t.insert("bucket".into(), "b".into());
+        t.insert("name_key".into(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into());
+        t.insert("vault".into(), toml::Value::try_from(&d).unwrap());
+        std::fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
+        super::Config::load(&path).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let seen = std::collections::BTreeMap::from([(format!("{t:016x}"), i + 1)]);
+                        super::Config::remember_heads(&path, &seen).unwrap();
+                        if t == 0 && i == 10 {
+                            super::Config::update(&path, |c| {
+                                c.signed = true;
+                                true
+                            })
+                            .unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let c = super::Config::load(&path).unwrap();
+        assert!(c.signed);
+        assert_eq!(c.journal_heads.len(), 4);
+        assert!(c.journal_heads.values().all(|&q| q == 25), "{:?}", c.journal_heads);
     }
 }

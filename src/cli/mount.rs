@@ -182,14 +182,11 @@ pub fn run(mut a: MountArgs) -> Result<()> {
     }
     if daemon.signing && !cfg.signed {
         // From now on this machine refuses a copy of the vault whose statements are gone.
-        match Config::load(&cfg_path) {
-            Ok(mut c) => {
-                c.signed = true;
-                if let Err(e) = c.save(&cfg_path) {
-                    tracing::warn!(error = %e, "could not record in the config that the vault signs its metadata");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not record in the config that the vault signs its metadata"),
+        if let Err(e) = Config::update(&cfg_path, |c| {
+            c.signed = true;
+            true
+        }) {
+            tracing::warn!(error = %e, "could not record in the config that the vault signs its metadata");
         }
     }
     let mut unmounter = session.unmount_callable();

@@ -53,7 +53,9 @@ impl Fs {
             }
         }
         let now = now_ms();
-        let existing = self.core().db.restore(i.ino)?;
+        // A row for another object (a view's inode number reused after a remount, or a file
+        // rewritten) says nothing of this one.
+        let existing = self.core().db.restore(i.ino)?.filter(|r| i.object_key.as_deref() == Some(r.object_key.as_str()));
         match existing {
             Some(r) if r.readable_at(now) => Ok(()),
             Some(mut r) if r.state.pending() => {

@@ -269,6 +269,11 @@ impl Fs {
         let reads = Reads::new(store.clone(), keys.clone(), rt.clone(), cfg.read_ahead);
         let signer = Arc::new(Self::load_signer(&db, cfg.machine_id.as_deref())?);
         let quota = Arc::new(quota::Quota::new(cfg.staging_quota));
+        // Views of the past (`at.rs`) are numbered anew by every mount: their restore rows
+        // would name other files now.
+        for r in db.restores()?.into_iter().filter(|r| at::is_view_ino(r.ino)) {
+            Db::delete_restore(db.conn(), r.ino)?;
+        }
         let index = Arc::new(index::Index::new(db));
         let upload_wakeup = Arc::new(tokio::sync::Notify::new());
         let data_uploads = Arc::new(std::sync::atomic::AtomicU64::new(0));

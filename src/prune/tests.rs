@@ -63,23 +63,7 @@ impl Vault {
     /// File `path` uploaded on day `d` as a new object of `class` over version `saw`.
     fn upload(&self, path: &str, name: &str, class: &str, d: i64, saw: Option<&str>) -> String {
         let key = self.object(name, MIB, class, d);
-        self.record(
-            d,
-            Entry::Upload {
-                path: path.into(),
-                key: key.clone(),
-                size: MIB,
-                mtime_ns: 1,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                class: class.into(),
-                sha256: String::new(),
-                header: String::new(),
-                xattrs: None,
-                saw: Some(saw.map(|k| format!("v/d/{k}")).unwrap_or_default()),
-            },
-        );
+        self.record(d, upload_entry(path, &key, class, Some(saw.map(|k| format!("v/d/{k}")).unwrap_or_default())));
         key
     }
 
@@ -97,6 +81,24 @@ impl Vault {
 
     fn keys_left(&self) -> Vec<String> {
         self.store.snapshot().into_keys().filter(|k| k.starts_with("v/d/")).collect()
+    }
+}
+
+/// The record of a 1 MiB upload of `path` as object `key` of `class`, over version `saw`.
+fn upload_entry(path: &str, key: &str, class: &str, saw: Option<String>) -> Entry {
+    Entry::Upload {
+        path: path.into(),
+        key: key.into(),
+        size: MIB,
+        mtime_ns: 1,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        class: class.into(),
+        sha256: String::new(),
+        header: String::new(),
+        xattrs: None,
+        saw,
     }
 }
 
@@ -291,20 +293,7 @@ fn durations_are_read_with_their_unit() {
 fn a_version_another_machines_newest_snapshot_holds_stays() {
     use crate::remote_meta::SnapshotWriter;
     let v = vault();
-    let stale = Entry::Upload {
-        path: "a.jpg".into(),
-        key: "v/d/a1".into(),
-        size: MIB,
-        mtime_ns: 1,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        class: "STANDARD".into(),
-        sha256: String::new(),
-        header: String::new(),
-        xattrs: None,
-        saw: None,
-    };
+    let stale = upload_entry("a.jpg", "v/d/a1", "STANDARD", None);
     let snapshot = |machine: &str, covers: i64, ts: i64, files: &[(&str, &str)], seen: &[(&str, i64)]| {
         let mut w = SnapshotWriter::new(&v.keys, Vec::new()).unwrap();
         for (path, key) in files {

@@ -147,19 +147,14 @@ impl Config {
         Ok(c)
     }
 
-    /// Records `seen` (per machine, the journal record a read of the vault reached) in the
-    /// config at `path`, keeping the higher of old and new: the config is read again first, so
-    /// nothing else another command changed meanwhile is lost.
-    pub fn remember_heads(path: &Path, seen: &std::collections::BTreeMap<String, i64>) -> Result<()> {
+    /// Records how far a read of the vault reached in each machine's journal (`Reach::heads`)
+    /// in the config at `path`: the config is read again first, so nothing else another
+    /// command changed meanwhile is lost.
+    pub fn remember_heads(path: &Path, reach: &crate::remote_meta::Reach) -> Result<()> {
         Config::update(path, |c| {
-            let mut changed = false;
-            for (m, &q) in seen {
-                let h = c.journal_heads.entry(m.clone()).or_insert(0);
-                if q > *h {
-                    *h = q;
-                    changed = true;
-                }
-            }
+            let heads = reach.heads(&c.journal_heads);
+            let changed = heads != c.journal_heads;
+            c.journal_heads = heads;
             changed
         })
     }
@@ -315,7 +310,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..25 {
                         let seen = std::collections::BTreeMap::from([(format!("{t:016x}"), i + 1)]);
-                        super::Config::remember_heads(&path, &seen).unwrap();
+                        super::Config::remember_heads(&path, &crate::remote_meta::Reach { seen, ..Default::default() }).unwrap();
                         if t == 0 && i == 10 {
                             super::Config::update(&path, |c| {
                                 c.signed = true;

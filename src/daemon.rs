@@ -28,7 +28,7 @@ pub struct Daemon {
     /// The allowance of this machine's key, when it could not be made at start.
     allowing: Option<Arc<Allowing>>,
     /// Per machine, the journal record the rebuild at start reached (`None`: no rebuild).
-    pub rebuilt_seen: Option<std::collections::BTreeMap<String, i64>>,
+    pub rebuilt_reach: Option<crate::remote_meta::Reach>,
 }
 
 /// Allowing this machine's signing key in the vault (`trust::prepare_full`), tried again until
@@ -130,7 +130,7 @@ impl Daemon {
                 "write-only mount: a rebuild believes what this machine uploads once a full machine allowed its key: `coldvault machine allow TOKEN` (also shown by `coldvault status`)"
             ),
         }
-        let mut rebuilt_seen = None;
+        let mut rebuilt_reach = None;
         if fs.needs_rebuild()? {
             if fs.keys().secret.is_some() {
                 let prefix = fs.cfg().prefix.clone();
@@ -149,10 +149,11 @@ impl Daemon {
                 for c in &tree.conflicts {
                     tracing::warn!("conflict between machines: {c}");
                 }
-                for r in crate::remote_meta::rolled_back(&tree.seen, &fs.cfg().journal_heads) {
+                let reach = crate::remote_meta::Reach::of(&tree);
+                for r in reach.rolled_back(&fs.cfg().journal_heads) {
                     tracing::error!("{r}");
                 }
-                rebuilt_seen = Some(tree.seen.clone());
+                rebuilt_reach = Some(reach);
                 let (d, f, l) = fs.import_tree(&tree)?;
                 tracing::info!(dirs = d, files = f, symlinks = l, refused = tree.refused.len(), "index rebuilt from the bucket");
             } else {
@@ -218,7 +219,7 @@ impl Daemon {
                 }
             })
         };
-        Ok(Daemon { fs, journal, stop, tasks, threads: vec![sealer, committer], signing, allowing, rebuilt_seen })
+        Ok(Daemon { fs, journal, stop, tasks, threads: vec![sealer, committer], signing, allowing, rebuilt_reach })
     }
 
     pub fn add_task(&mut self, t: tokio::task::JoinHandle<()>) {

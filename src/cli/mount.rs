@@ -175,8 +175,8 @@ pub fn run(mut a: MountArgs) -> Result<()> {
         coldvault::fuse::session(daemon.fs.clone(), &mountpoint, &coldvault::fuse::MountOptions { allow_other: a.allow_other, threads: 4 })
             .with_context(|| format!("mounting {} failed (is fuse3 installed and /dev/fuse available?)", mountpoint.display()))?;
     // How far the journals reached in this mount's rebuild, for the next read to compare.
-    if let Some(seen) = &daemon.rebuilt_seen {
-        if let Err(e) = Config::remember_heads(&cfg_path, seen) {
+    if let Some(reach) = &daemon.rebuilt_reach {
+        if let Err(e) = Config::remember_heads(&cfg_path, reach) {
             tracing::warn!(error = %e, "could not record in the config how far the vault's journals reach");
         }
     }

@@ -56,7 +56,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         let tree = load_tree(&store, &keys, &cfg).await?;
         // A vault read with doubts (what the lines above printed) is not pruned unless told:
         // what was refused or is missing could be what would show a version still needed.
-        let doubts = l.tree.refused.len() + tree.refused.len() + coldvault::remote_meta::rolled_back(&tree.seen, &cfg.journal_heads).len();
+        let doubts = l.tree.refused.len() + tree.refused.len() + coldvault::remote_meta::Reach::of(&tree).rolled_back(&cfg.journal_heads).len();
         let rebuilt: HashSet<String> = tree.nodes.into_values().filter_map(|n| n.key).collect();
         let data = store.list(&format!("{}d/", cfg.prefix)).await?;
         let snaps = store.list(&format!("{}s/", cfg.prefix)).await?;

@@ -47,11 +47,12 @@ fn checked(tree: &Tree, cfg: &Config, whole: bool) -> Result<()> {
 /// A journal that now ends before what this machine saw of it before is said (a rollback:
 /// review N8); how far each reaches now is remembered in the config for the next read.
 fn heads(tree: &Tree, cfg: &Config) {
-    for r in remote_meta::rolled_back(&tree.seen, &cfg.journal_heads) {
+    let reach = remote_meta::Reach::of(tree);
+    for r in reach.rolled_back(&cfg.journal_heads) {
         eprintln!("coldvault: WARNING: {r}");
     }
     if let Some(path) = &cfg.loaded_from {
-        if let Err(e) = Config::remember_heads(path, &tree.seen) {
+        if let Err(e) = Config::remember_heads(path, &reach) {
             eprintln!("coldvault: could not record in {} how far the vault's journals reach: {e:#}", path.display());
         }
     }

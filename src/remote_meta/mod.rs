@@ -35,6 +35,7 @@
 
 use crate::crypto;
 use crate::store::StoreError;
+use std::collections::BTreeMap;
 
 mod codec;
 pub mod history;
@@ -102,22 +103,54 @@ pub fn check_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// What a read of the vault that reached `seen` (per machine, its highest journal record)
-/// says of a machine that remembered `heads` from an earlier read: one line per machine whose
-/// journal now ends before what it saw then (its newest batches were deleted: the vault is
-/// shown as it was before them).
-pub fn rolled_back(seen: &std::collections::BTreeMap<String, i64>, heads: &std::collections::BTreeMap<String, i64>) -> Vec<String> {
-    heads
-        .iter()
-        .filter_map(|(m, &h)| {
-            let now = seen.get(m).copied().unwrap_or(0);
-            (now < h).then(|| {
-                format!(
-                    "ROLLBACK: the bucket holds machine {m}'s journal up to record {now}, but this machine saw it up to record {h} before: its newest batches were deleted, and what they recorded is missing from what follows (enable Object Lock: docs/AWS.md)"
-                )
+/// How far a read of the vault reached in each machine's journal (its highest record believed),
+/// and which machines had a key revoked (the highest record of theirs still believed): what
+/// the config's journal heads are checked against (review N8) and grow from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub seen: BTreeMap<String, i64>,
+    pub revoked: BTreeMap<String, i64>,
+}
+
+impl Reach {
+    pub fn of(tree: &Tree) -> Reach {
+        Reach { seen: tree.seen.clone(), revoked: tree.revoked.clone() }
+    }
+
+    /// What this read says of a machine that remembered `heads` from an earlier one: one line
+    /// per machine whose journal now ends before what it saw then (its newest batches were
+    /// deleted: the vault is shown as it was before them). A revoked key's records past its
+    /// revocation are not believed on purpose: its journal is expected to end there.
+    pub fn rolled_back(&self, heads: &BTreeMap<String, i64>) -> Vec<String> {
+        heads
+            .iter()
+            .filter_map(|(m, &h)| {
+                let h = self.revoked.get(m).map_or(h, |&until| h.min(until));
+                let now = self.seen.get(m).copied().unwrap_or(0);
+                (now < h).then(|| {
+                    format!(
+                        "ROLLBACK: the bucket holds machine {m}'s journal up to record {now}, but this machine saw it up to record {h} before: its newest batches were deleted, and what they recorded is missing from what follows (enable Object Lock: docs/AWS.md)"
+                    )
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
+
+    /// The heads to remember after this read, from `old`: each machine's highest record seen
+    /// so far, never past what a revocation still believes.
+    pub fn heads(&self, old: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+        let mut heads = old.clone();
+        for (m, &q) in &self.seen {
+            let h = heads.entry(m.clone()).or_insert(0);
+            *h = (*h).max(q);
+        }
+        for (m, &until) in &self.revoked {
+            if let Some(h) = heads.get_mut(m) {
+                *h = (*h).min(until);
+            }
+        }
+        heads
+    }
 }
 
 /// Parse `P j/<machine>/<first>-<last>` and `P s/<machine>/<seq>` keys, in the one form

@@ -215,6 +215,9 @@ pub struct Tree {
     /// Paths removed, when, and by which machine, as far as the base snapshot and the replay
     /// know (`SnapshotWriter::tombstones`).
     pub tombstones: BTreeMap<String, (i64, String)>,
+    /// Machines with a revoked key, and the highest journal record of theirs still believed
+    /// (`Trust::revoked`): `rolled_back` does not count the end of what was revoked.
+    pub revoked: BTreeMap<String, i64>,
 }
 
 impl Tree {

@@ -300,6 +300,7 @@ async fn rebuild_once(
     notes.append(&mut tree.refused);
     tree.refused = notes;
     tree.signed = trust.signed;
+    tree.revoked = trust.revoked.clone();
     tree.applying = None;
     tree.applying_ts = 0;
     Ok(tree)
@@ -573,6 +574,7 @@ impl Reader<'_> {
         notes.append(&mut tree.refused);
         tree.refused = notes;
         tree.signed = self.trust.signed;
+        tree.revoked = self.trust.revoked.clone();
         tree.applying = None;
         tree.applying_ts = 0;
         Ok(tree)

@@ -599,6 +599,40 @@ fn a_revoked_key_is_believed_only_up_to_its_revocation() {
     assert!(t.refused.iter().any(|r| r.contains("which was revoked;") || r.contains("which was revoked")), "{:?}", t.refused);
 }
 
+/// A machine that remembered how far a journal reached is not told of a rollback, on every
+/// read from then on, because a key of that journal was revoked (review C1): what the
+/// revocation stopped believing ends the journal on purpose. Deleting batches the revocation
+/// still believes is a rollback all the same.
+#[test]
+fn a_revocation_is_no_rollback_but_deleting_what_it_kept_is() {
+    let v = Signed::new(true);
+    let w = machine(0xc);
+    v.allow(&w, trust::Role::WriteOnly);
+    let one = v.batch(Some(&w), w.machine(), vec![mkdir(1, "one")]);
+    v.batch(Some(&w), w.machine(), vec![mkdir(2, "two")]);
+    v.batch(Some(&w), w.machine(), vec![mkdir(3, "three")]);
+    let before = Reach::of(&v.rebuild());
+    assert_eq!(before.seen.get(w.machine()), Some(&3));
+    let heads = before.heads(&BTreeMap::new());
+    v.rt.block_on(trust::revoke(&v.dyn_store(), v.sk(), "v/", w.machine(), &w.public(), Some(1))).unwrap();
+    let after = Reach::of(&v.rebuild());
+    assert_eq!(after.seen.get(w.machine()), Some(&1));
+    assert_eq!(after.rolled_back(&heads), Vec::<String>::new());
+    // What is remembered from then on stops at the revocation, and stays quiet.
+    let heads = after.heads(&heads);
+    assert_eq!(heads.get(w.machine()), Some(&1));
+    assert!(after.rolled_back(&heads).is_empty());
+    // The batch the revocation kept, deleted: a rollback.
+    v.rt.block_on(v.store.delete_object(&one)).unwrap();
+    let cut = Reach::of(&v.rebuild()).rolled_back(&heads);
+    assert!(cut.len() == 1 && cut[0].contains("ROLLBACK") && cut[0].contains(w.machine()), "{cut:?}");
+    // Revoked whole: nothing of that journal is expected any more.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    v.rt.block_on(trust::revoke(&v.dyn_store(), v.sk(), "v/", w.machine(), &w.public(), None)).unwrap();
+    let whole = Reach::of(&v.rebuild());
+    assert!(whole.rolled_back(&before.heads(&BTreeMap::new())).is_empty());
+}
+
 /// A vault of an older build (no statement) is read as before; once it starts signing, what
 /// was in it then stays believed and an unsigned batch written later, or an adopted one
 /// replaced by other content, is refused. A statement not signed by the vault is ignored.

@@ -177,6 +177,9 @@ pub struct Trust {
     pub descriptor: Option<SignedDescriptor>,
     /// Statements that could not be read or verified, by name.
     pub problems: Vec<String>,
+    /// Machines with a revoked key, and the highest journal record of theirs still believed
+    /// (0: revoked whole): their journals end there on purpose, which is no rollback.
+    pub revoked: BTreeMap<String, i64>,
 }
 
 fn enroll_key(machine: &str, vk: &VerifyingKey) -> String {
@@ -300,6 +303,8 @@ impl Trust {
         for r in revocations {
             let Ok(vk) = decode_key(&r.key) else { continue };
             for k in self.machines.get_mut(&r.machine).into_iter().flatten().filter(|k| k.key == vk) {
+                let until = r.after_seq.unwrap_or(0).max(0);
+                self.revoked.entry(r.machine.clone()).and_modify(|q| *q = (*q).min(until)).or_insert(until);
                 // Several revocations of one key: only what every one of them keeps stays.
                 k.revoked = Some(match k.revoked.take() {
                     None => r.keep.clone(),

@@ -8,8 +8,9 @@
 //! one restore requested, as any archived file does (`check_restore`, keyed by the view's
 //! inode number), with `NAME.restore-status` beside it.
 //!
-//! A view is made once per name and kept for the mount's life (at most `MAX_VIEWS`; the oldest
-//! goes then, and its inode numbers answer ENOENT). Its inode numbers are
+//! A view is made once per name and kept for the mount's life (at most `MAX_VIEWS`, and at
+//! most `MAX_VIEW_BYTES` of memory for all of them: the oldest go then, and their inode
+//! numbers answer ENOENT; a file of theirs still open reads on, and numbers are never reused). Its inode numbers are
 //! `AT_BASE + (view << 32) + node`: far above real inodes and below `STATUS_BIT`, so a view
 //! file's status file is its number with `STATUS_BIT`, as for real files.
 
@@ -27,8 +28,11 @@ pub const CTL_AT: u64 = CTL_DIR + 2;
 /// The first inode number of the views.
 pub const AT_BASE: u64 = CTL_DIR + (1 << 52);
 const VIEW_SHIFT: u32 = 32;
-/// Views kept at once.
-const MAX_VIEWS: usize = 16;
+/// Views kept at once…
+pub(super) const MAX_VIEWS: usize = 16;
+/// …and the memory they may hold together (`View::bytes`); the view made last is kept
+/// whatever its size.
+const MAX_VIEW_BYTES: usize = 512 << 20;
 
 /// Whether `ino` is a node of a view (a status file's base included).
 pub fn is_view_ino(ino: u64) -> bool {
@@ -50,14 +54,14 @@ pub(super) struct View {
     name: String,
     at_ms: i64,
     nodes: Vec<VNode>,
+    /// About how much memory it holds.
+    bytes: usize,
 }
 
 struct VNode {
     /// Its parent's index (the root's: 0).
     parent: usize,
     name: String,
-    /// Its path in the vault.
-    path: String,
     node: Node,
     /// Indexes of its children, in name order.
     children: Vec<usize>,
@@ -65,7 +69,7 @@ struct VNode {
 
 impl View {
     fn new(name: &str, at_ms: i64, tree: &Tree) -> View {
-        let mut nodes = vec![VNode { parent: 0, name: name.to_string(), path: String::new(), node: Node::dir(0o755, 0, 0, 0), children: Vec::new() }];
+        let mut nodes = vec![VNode { parent: 0, name: name.to_string(), node: Node::dir(0o755, 0, 0, 0), children: Vec::new() }];
         let mut index: BTreeMap<&str, usize> = BTreeMap::new();
         // In path order, a folder comes before what it holds (the tree makes every parent).
         for (path, n) in &tree.nodes {
@@ -77,15 +81,45 @@ impl View {
                 None => (0, path.as_str()),
             };
             let i = nodes.len();
-            nodes.push(VNode { parent, name: name.to_string(), path: path.clone(), node: n.clone(), children: Vec::new() });
+            // A view shows no extended attributes: their text is not kept.
+            let node = Node { xattrs: None, ..n.clone() };
+            nodes.push(VNode { parent, name: name.to_string(), node, children: Vec::new() });
             index.insert(path, i);
         }
         for i in 1..nodes.len() {
             let p = nodes[i].parent;
             nodes[p].children.push(i);
         }
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let bytes = nodes
+            .iter()
+            .map(|v| {
+                let n = &v.node;
+                std::mem::size_of::<VNode>()
+                    + v.name.len()
+                    + v.children.len() * std::mem::size_of::<usize>()
+                    + text(&n.key)
+                    + text(&n.class)
+                    + text(&n.sha256)
+                    + text(&n.target)
+                    + text(&n.owner)
+                    + n.header.as_ref().map_or(0, Vec::len)
+            })
+            .sum();
         // Inode order is readdir's order: children by index, which is path order.
-        View { name: name.to_string(), at_ms, nodes }
+        View { name: name.to_string(), at_ms, nodes, bytes }
+    }
+
+    /// Node `idx`'s path in the vault.
+    fn path(&self, mut idx: usize) -> Option<String> {
+        let mut names = Vec::new();
+        while idx != 0 {
+            let v = self.nodes.get(idx)?;
+            names.push(v.name.as_str());
+            idx = v.parent;
+        }
+        names.reverse();
+        Some(names.join("/"))
     }
 
     /// Node `idx` as an inode of view `view` (read-only: no write bits).
@@ -139,15 +173,18 @@ impl Views {
         v.iter().enumerate().find_map(|(i, x)| x.as_ref().filter(|x| x.name == name).map(|x| (i, x.clone())))
     }
 
-    fn add(&self, view: View) -> (usize, Arc<View>) {
+    /// Keep `view` (at most `max_views` and `max_bytes` with those kept, dropping the oldest).
+    fn add(&self, view: View, max_views: usize, max_bytes: usize) -> (usize, Arc<View>) {
         let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Made twice at once (two lookups of a new name): the first stays.
         if let Some((i, x)) = v.iter().enumerate().find_map(|(i, x)| x.as_ref().filter(|x| x.name == view.name).map(|x| (i, x.clone()))) {
             return (i, x);
         }
-        let live: Vec<usize> = v.iter().enumerate().filter(|(_, x)| x.is_some()).map(|(i, _)| i).collect();
-        if live.len() >= MAX_VIEWS {
-            v[live[0]] = None;
+        let mut live: std::collections::VecDeque<usize> = v.iter().enumerate().filter(|(_, x)| x.is_some()).map(|(i, _)| i).collect();
+        let mut bytes: usize = live.iter().filter_map(|&i| v[i].as_ref()).map(|x| x.bytes).sum::<usize>() + view.bytes;
+        while live.len() >= max_views || (bytes > max_bytes && !live.is_empty()) {
+            let Some(i) = live.pop_front() else { break };
+            bytes -= v[i].take().map_or(0, |x| x.bytes);
         }
         let view = Arc::new(view);
         v.push(Some(view.clone()));
@@ -190,7 +227,7 @@ impl Fs {
             tracing::warn!(view = %name, "{r}");
         }
         tracing::info!(view = %name, at = %crate::clock::fmt_ms(at), entries = h.tree.nodes.len(), "the vault as it was, shown read-only");
-        let (i, v) = self.views.add(View::new(name, at, &h.tree));
+        let (i, v) = self.views.add(View::new(name, at, &h.tree), MAX_VIEWS, MAX_VIEW_BYTES);
         v.inode(i, 0).ok_or(FsError::NotFound)
     }
 
@@ -251,7 +288,7 @@ impl Fs {
     pub(super) fn view_path(&self, ino: u64) -> Option<String> {
         let (view, idx) = split(ino);
         let v = self.views.get(view)?;
-        Some(format!("{}/{}/{}", super::CTL_NAME, format_args!("at/{}", v.name), v.nodes.get(idx)?.path))
+        Some(format!("{}/{}/{}", super::CTL_NAME, format_args!("at/{}", v.name), v.path(idx)?))
     }
 }
 
@@ -277,5 +314,41 @@ mod tests {
         assert!(top < STATUS_BIT && AT_BASE > CTL_AT && is_view_ino(top) && is_view_ino(top | STATUS_BIT));
         assert!(!is_view_ino(CTL_AT) && !is_view_ino(5) && !is_view_ino(5 | STATUS_BIT));
         assert_eq!(split(ino_of(7, 42) | STATUS_BIT), (7, 42));
+    }
+
+    fn tree(files: usize) -> Tree {
+        let mut t = Tree::default();
+        t.nodes.insert("photos".into(), Node::dir(0o755, 0, 0, 0));
+        for i in 0..files {
+            let mut n = Node::dir(0o644, 0, 0, 0);
+            n.kind = NodeKind::File;
+            n.key = Some(format!("v/d/{i:032x}"));
+            n.header = Some(vec![0; 200]);
+            n.xattrs = Some("x".repeat(1000));
+            t.nodes.insert(format!("photos/{i:06}.jpg"), n);
+        }
+        t
+    }
+
+    /// Views are kept within their memory budget, oldest dropped first, the newest always
+    /// (review B1); extended attributes are not held.
+    #[test]
+    fn views_are_kept_within_their_memory() {
+        let views = Views::default();
+        let one = View::new("2026-01-01", 0, &tree(1000));
+        assert!(one.bytes > 1000 * 200 && one.bytes < 1000 * 600, "{}", one.bytes);
+        assert_eq!(one.path(one.nodes.len() - 1).as_deref(), Some("photos/000999.jpg"));
+        let budget = one.bytes * 5 / 2;
+        for d in 1..=3 {
+            views.add(View::new(&format!("2026-01-0{d}"), 0, &tree(1000)), MAX_VIEWS, budget);
+        }
+        let kept: Vec<String> = views.all().into_iter().map(|(_, v)| v.name.clone()).collect();
+        assert_eq!(kept, ["2026-01-02", "2026-01-03"]);
+        // One bigger than the whole budget is kept alone.
+        views.add(View::new("2026-02-01", 0, &tree(3000)), MAX_VIEWS, budget);
+        let kept: Vec<String> = views.all().into_iter().map(|(_, v)| v.name.clone()).collect();
+        assert_eq!(kept, ["2026-02-01"]);
+        // Numbers are not reused: the new view comes after every one made before.
+        assert_eq!(views.named("2026-02-01").map(|(i, _)| i), Some(3));
     }
 }

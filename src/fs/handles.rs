@@ -17,7 +17,7 @@ impl Fs {
     pub(super) fn alloc_handle(c: &mut Core, ino: u64, write: bool) -> u64 {
         let fh = c.next_fh;
         c.next_fh += 1;
-        c.handles.insert(fh, Handle { ino, write, virt: None, reader: None, pid: 0, exec: false });
+        c.handles.insert(fh, Handle { ino, write, virt: None, reader: None, pid: 0, exec: false, view: None });
         fh
     }
 
@@ -225,7 +225,11 @@ impl Fs {
             self.check_restore(&i, pid)?;
         }
         let mut c = self.core();
-        Ok((Self::alloc_handle(&mut c, ino, false), false))
+        let fh = Self::alloc_handle(&mut c, ino, false);
+        if let Some(h) = c.handles.get_mut(&fh) {
+            h.view = Some(Arc::new(i));
+        }
+        Ok((fh, false))
     }
 
     /// Whether the old content of `i` can be read now: a write-only mount refuses; an archived

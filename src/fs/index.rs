@@ -138,6 +138,9 @@ pub(super) struct Handle {
     pub(super) pid: u32,
     /// Opened by execve: counted in `OpenFile::execs` until released.
     pub(super) exec: bool,
+    /// A file of a view (`at.rs`), as it was at open: its reads go on when the view is
+    /// dropped (more views made than are kept).
+    pub(super) view: Option<Arc<crate::meta::Inode>>,
 }
 
 pub(super) struct Core {

@@ -165,7 +165,11 @@ impl Fs {
     /// A read of a view's file (`at.rs`): its version's object, by the handle's reader. An
     /// object a lifecycle rule archived since answers EAGAIN and has a restore requested.
     fn read_view(&self, fh: u64, ino: u64, offset: u64, size: u32) -> Result<Bytes> {
-        let i = self.view_inode(ino)?;
+        let opened = self.core().handles.get(&fh).and_then(|h| h.view.clone());
+        let i = match opened {
+            Some(i) => i,
+            None => Arc::new(self.view_inode(ino)?),
+        };
         if offset >= i.size || size == 0 {
             return Ok(Bytes::new());
         }

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 mod ahead;
 mod archive;
+mod at;
 mod attrs;
 mod handles;
 mod journal;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,7 +64,7 @@ pub struct Config {
     /// the last time it read the vault: a later read that finds less reports a rollback (someone
     /// deleted the newest batches; review N8).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub journal_heads: std::collections::BTreeMap<String, i64>,
+    pub journal_heads: BTreeMap<String, i64>,
     /// This machine's id in the bucket, drawn by `init --write-only` so that a policy can limit
     /// its credential to its own journal (`coldvault policy --mode write-only --machine ID`);
     /// `None`: drawn by the first mount and kept in the cache dir's index.
@@ -147,12 +148,12 @@ impl Config {
         Ok(c)
     }
 
-    /// Records how far a read of the vault reached in each machine's journal (`Reach::heads`)
-    /// in the config at `path`: the config is read again first, so nothing else another
-    /// command changed meanwhile is lost.
-    pub fn remember_heads(path: &Path, reach: &crate::remote_meta::Reach) -> Result<()> {
+    /// Records how far a read of the vault reached in each machine's journal in the config at
+    /// `path` (`heads`: the new heads from the old, `remote_meta::Reach::heads`): the config is
+    /// read again first, so nothing else another command changed meanwhile is lost.
+    pub fn remember_heads(path: &Path, heads: impl FnOnce(&BTreeMap<String, i64>) -> BTreeMap<String, i64>) -> Result<()> {
         Config::update(path, |c| {
-            let heads = reach.heads(&c.journal_heads);
+            let heads = heads(&c.journal_heads);
             let changed = heads != c.journal_heads;
             c.journal_heads = heads;
             changed
@@ -310,7 +311,8 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..25 {
                         let seen = std::collections::BTreeMap::from([(format!("{t:016x}"), i + 1)]);
-                        super::Config::remember_heads(&path, &crate::remote_meta::Reach { seen, ..Default::default() }).unwrap();
+                        super::Config::remember_heads(&path, |old| crate::remote_meta::Reach { seen: seen.clone(), ..Default::default() }.heads(old))
+                            .unwrap();
                         if t == 0 && i == 10 {
                             super::Config::update(&path, |c| {
                                 c.signed = true;

@@ -176,7 +176,7 @@ pub fn run(mut a: MountArgs) -> Result<()> {
             .with_context(|| format!("mounting {} failed (is fuse3 installed and /dev/fuse available?)", mountpoint.display()))?;
     // How far the journals reached in this mount's rebuild, for the next read to compare.
     if let Some(reach) = &daemon.rebuilt_reach {
-        if let Err(e) = Config::remember_heads(&cfg_path, reach) {
+        if let Err(e) = Config::remember_heads(&cfg_path, |old| reach.heads(old)) {
             tracing::warn!(error = %e, "could not record in the config how far the vault's journals reach");
         }
     }

@@ -52,7 +52,7 @@ fn heads(tree: &Tree, cfg: &Config) {
         eprintln!("coldvault: WARNING: {r}");
     }
     if let Some(path) = &cfg.loaded_from {
-        if let Err(e) = Config::remember_heads(path, &reach) {
+        if let Err(e) = Config::remember_heads(path, |old| reach.heads(old)) {
             eprintln!("coldvault: could not record in {} how far the vault's journals reach: {e:#}", path.display());
         }
     }

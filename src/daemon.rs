@@ -103,6 +103,7 @@ impl Daemon {
         let fs = Fs::new(fs_cfg, keys, counted, rt.clone())?;
         let mut signing = false;
         let mut allowing = None;
+        let mut untrusted = None;
         match fs.keys().secret.as_ref() {
             // A full mount allows its own signing key in the vault (and starts the vault signing
             // if no machine has), before it rebuilds or writes anything.
@@ -118,6 +119,11 @@ impl Daemon {
                         tracing::warn!(error = %e, "could not allow this machine's signing key in the vault yet; trying again");
                         allowing = Some(allow);
                     }
+                    // What a rebuild would read cannot be believed: no rebuild from it (below).
+                    Err(e @ crate::remote_meta::RemoteError::Untrusted(_)) => {
+                        tracing::error!("{e}");
+                        untrusted = Some(e);
+                    }
                     Err(e) => tracing::error!(
                         error = %e,
                         token = %fs.signer().token(),
@@ -132,6 +138,11 @@ impl Daemon {
         }
         let mut rebuilt_reach = None;
         if fs.needs_rebuild()? {
+            // A machine with its index goes on (what it uploads stays its own); one that would
+            // rebuild it from what the vault cannot vouch for stops here, saying why.
+            if let Some(e) = untrusted {
+                return Err(crate::fs::FsError::Rebuild(e));
+            }
             if fs.keys().secret.is_some() {
                 let prefix = fs.cfg().prefix.clone();
                 let progress = |what: &str, done: usize, total: usize| {

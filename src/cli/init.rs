@@ -114,7 +114,7 @@ fn cmd_init(t: InitTarget, pass: PassArgs) -> Result<()> {
                 bail!("{why}; nothing written");
             }
         }
-        match store.get_object(&key).await {
+        match store.get_object(&key, coldvault::crypto::MAX_DESCRIPTOR_BYTES).await {
             Ok(body) => Ok::<_, anyhow::Error>((store, Some(body))),
             Err(StoreError::NotFound) => Ok((store, None)),
             Err(e) => Err(explain_store(e, &probe.bucket, &probe.endpoint_url)),
@@ -155,14 +155,53 @@ fn cmd_init(t: InitTarget, pass: PassArgs) -> Result<()> {
             ),
             _ => {}
         }
-        cfg.signed = t.signed;
+        // A vault that signed once stays signed for every machine that joins it: its
+        // vault.json says so, and its objects carry signatures (review N1).
+        let marked =
+            coldvault::remote_meta::trust::marks_signing(sk, &desc).map_err(|e| anyhow!("s3://{}/{key}: {e}; nothing written", cfg.bucket))?;
+        if !t.signed {
+            let s = rt
+                .block_on(coldvault::remote_meta::trust::survey(&store, &cfg.prefix, &t))
+                .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
+            if !s.signed.is_empty() {
+                bail!("{}; nothing written", s.why_not_start(&cfg.prefix).expect("signed objects are a reason"));
+            }
+            if marked {
+                bail!(
+                    "this vault signs its metadata (its vault.json says so), but none of its statements is left under {}m/ (deleted?): nothing in it can be told from a forgery{}; nothing written (restore {}m/ from a copy of the bucket or its object versions)",
+                    cfg.prefix,
+                    s.why_not_start(&cfg.prefix).map(|w| format!(" ({w})")).unwrap_or_default(),
+                    cfg.prefix
+                );
+            }
+        }
+        cfg.signed = t.signed || marked;
     } else {
+        // A new vault only where nothing of one is: a vault.json deleted from a vault in use
+        // must not turn a machine's recovery into a new, unrelated vault (review N10).
+        let occupied = rt.block_on(async {
+            for sub in ["d/", "j/", "s/", "m/"] {
+                if let Some(o) = store.list(&format!("{}{sub}", cfg.prefix)).await?.into_iter().next() {
+                    return Ok(Some(o.key));
+                }
+            }
+            Ok::<_, StoreError>(None)
+        });
+        if let Some(k) = occupied.map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))? {
+            bail!(
+                "s3://{}/{key} is missing, but s3://{}/{k} shows a vault was here (its descriptor deleted?): no new vault is made over it; restore {key} from a copy of the bucket or its object versions, or choose another --prefix",
+                cfg.bucket,
+                cfg.bucket
+            );
+        }
+        let desc = VaultDescriptor { signs: Some(coldvault::remote_meta::trust::mark_signing(sk, &desc)), ..desc.clone() };
+        cfg.vault = desc.clone();
         let body = serde_json::to_vec_pretty(&desc)?;
-        rt.block_on(store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), ..Default::default() }))
+        rt.block_on(store.put_object(&key, body.into(), &PutOptions { storage_class: "STANDARD".into(), if_none_match: true, ..Default::default() }))
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
         // A new vault signs from the start: its (empty) adoption statement says so, and it signs
         // what its vault.json says.
-        rt.block_on(coldvault::remote_meta::trust::adopt_existing(&store, sk, &cfg.prefix))
+        rt.block_on(coldvault::remote_meta::trust::start_signing(&store, sk, &cfg.prefix))
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
         rt.block_on(coldvault::remote_meta::trust::sign_descriptor(store.as_ref(), sk, &cfg.prefix, &desc))
             .map_err(|e| explain_store(e, &cfg.bucket, &cfg.endpoint_url))?;
@@ -190,9 +229,11 @@ fn cmd_init_write_only(t: InitTarget, fp: &str) -> Result<()> {
     let key = format!("{prefix}coldvault/vault.json");
     let rt = runtime()?;
     // No HeadBucket: a write-only credential may not list the bucket.
-    let body = rt.block_on(async { S3Store::connect(&cfg.s3_settings()).await.get_object(&key).await }).map_err(|e| {
-        anyhow!("reading s3://{bucket}/{key}: {e} (a write-only machine needs s3:GetObject on that object: `coldvault policy --mode write-only`)")
-    })?;
+    let body = rt
+        .block_on(async { S3Store::connect(&cfg.s3_settings()).await.get_object(&key, coldvault::crypto::MAX_DESCRIPTOR_BYTES).await })
+        .map_err(|e| {
+            anyhow!("reading s3://{bucket}/{key}: {e} (a write-only machine needs s3:GetObject on that object: `coldvault policy --mode write-only`)")
+        })?;
     let desc: VaultDescriptor = serde_json::from_slice(&body).with_context(|| format!("s3://{bucket}/{key} is not a coldvault descriptor"))?;
     let pk = desc.public_key().map_err(|e| anyhow!("s3://{bucket}/{key}: {e}"))?;
     if !coldvault::crypto::fingerprint_matches(&pk, fp) {

@@ -35,9 +35,19 @@ pub enum MachineCmd {
         #[command(flatten)]
         pass: PassArgs,
     },
-    /// Adopt the journal batches and snapshots in the bucket now, signed or not: for a machine
-    /// of an older build that wrote into the vault after it started signing (upgrade it too).
+    /// Believe the unsigned journal batches and snapshots of these machines that are in the
+    /// bucket now: a vault of an older build starting to sign, or a machine of an older build
+    /// that wrote into it since (upgrade it too). Shows what each object would change, then
+    /// asks (or --yes). Never a machine the vault allows a key for, or whose objects carry
+    /// signatures: unsigned objects in its name are someone else's.
     Adopt {
+        /// A machine id whose unsigned objects to adopt (as `machine list` names it); repeat
+        /// for several.
+        #[arg(long = "machine", required = true)]
+        machines: Vec<String>,
+        /// Adopt without asking, after showing what would change.
+        #[arg(long)]
+        yes: bool,
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
@@ -59,7 +69,7 @@ pub fn run(cmd: MachineCmd) -> Result<()> {
         MachineCmd::Allow { config, pass, .. }
         | MachineCmd::Revoke { config, pass, .. }
         | MachineCmd::List { config, pass }
-        | MachineCmd::Adopt { config, pass } => (config, pass),
+        | MachineCmd::Adopt { config, pass, .. } => (config, pass),
     };
     let cfg_path = config.clone().unwrap_or_else(config::default_config_path);
     let (mut cfg, keys) = load_unlocked(Some(cfg_path.clone()), pass)?;
@@ -101,8 +111,11 @@ pub fn run(cmd: MachineCmd) -> Result<()> {
                 }
                 if !t.signed {
                     start_signing("allowing a machine")?;
-                    let n = trust::adopt_existing(&store, sk, &cfg.prefix).await?;
-                    println!("this vault now signs: {n} unsigned journal batch(es) and snapshot(s) of earlier builds adopted");
+                    if let Some(why) = trust::survey(&store, &cfg.prefix, &t).await?.why_not_start(&cfg.prefix) {
+                        bail!("{why}; nothing allowed");
+                    }
+                    trust::start_signing(&store, sk, &cfg.prefix).await?;
+                    println!("this vault now signs its metadata");
                 }
                 let key = trust::enroll(store.as_ref(), sk, &cfg.prefix, &m, &vk, role).await?;
                 println!("machine {m} allowed ({}, key {}): {key}", if full { "full" } else { "write-only" }, key_id(&vk));
@@ -115,10 +128,38 @@ pub fn run(cmd: MachineCmd) -> Result<()> {
                     println!("revoked key {} of machine {machine}{kept}: {key}", key_id(&k.key));
                 }
             }
-            MachineCmd::Adopt { .. } => {
+            MachineCmd::Adopt { machines, yes, .. } => {
                 start_signing("adopting")?;
-                let n = trust::adopt_existing(&store, sk, &cfg.prefix).await?;
-                println!("{n} journal batch(es) and snapshot(s) in the bucket now adopted: rebuilds believe them signed or not");
+                let survey = trust::survey(&store, &cfg.prefix, &t).await?;
+                if !t.signed && !survey.signed.is_empty() {
+                    bail!("{}; nothing adopted", survey.why_not_start(&cfg.prefix).expect("signed objects are a reason"));
+                }
+                let mut objects = std::collections::BTreeMap::new();
+                for m in &machines {
+                    if t.machines.contains_key(m) {
+                        bail!("the vault allows a key of machine {m}: it signs what it writes, so unsigned objects in its name are not its own (forged?); nothing adopted");
+                    }
+                    if let Some(k) = survey.signed.get(m) {
+                        bail!("{} object(s) in machine {m}'s name carry a signature (e.g. {}{}): unsigned ones beside them are not its own (forged?); nothing adopted", k.len(), cfg.prefix, k[0]);
+                    }
+                    let Some(found) = survey.unsigned.get(m) else {
+                        bail!("nothing unsigned of machine {m} to adopt (`coldvault machine list` names the machines writing to the vault)");
+                    };
+                    println!("machine {m}: {} unsigned object(s) a rebuild would believe once adopted:", found.len());
+                    for (rel, l) in found {
+                        println!("  {}{rel}: {}", cfg.prefix, trust::describe(&store, &keys, &cfg.prefix, rel, l).await);
+                        objects.insert(rel.clone(), l.hash.clone());
+                    }
+                }
+                let others: Vec<&String> = survey.unsigned.keys().filter(|m| !machines.contains(m)).collect();
+                if !others.is_empty() {
+                    println!("not adopted (not named): unsigned objects of machine(s) {}", others.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "));
+                }
+                if !yes && !super::pass::confirm("adopt these objects (rebuilds believe them from now on, as they are now)?")? {
+                    bail!("nothing adopted");
+                }
+                let n = trust::adopt(&store, sk, &cfg.prefix, objects).await?;
+                println!("{n} journal batch(es) and snapshot(s) adopted: rebuilds believe them as they are now");
             }
             MachineCmd::List { .. } => {
                 println!("vault signing: {}", if t.signed { "on" } else { "off (no machine of this build has mounted it yet)" });

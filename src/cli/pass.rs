@@ -105,3 +105,18 @@ pub fn unlock(d: &VaultDescriptor, pw: &str) -> Result<VaultKeys> {
         other => anyhow!("cannot unlock the vault key: {other}"),
     })
 }
+
+/// Ask a yes/no question on the terminal; without one (a script, CI), the answer is no: what
+/// needs the user's say is never done unasked.
+pub fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("coldvault: {question} needs an answer on a terminal (or --yes)");
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}

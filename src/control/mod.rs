@@ -1,8 +1,9 @@
 //! The daemon's control socket: one JSON request per connection, one JSON reply.
 //!
-//! The socket lives in `$XDG_RUNTIME_DIR/coldvault/` (or `/tmp/coldvault-UID/`, mode 0700),
-//! named after a hash of the canonical mount point, so `coldvault status MOUNTPOINT` finds
-//! the daemon that serves that mount point.
+//! The socket lives in `$XDG_RUNTIME_DIR/coldvault/`, else where no other user can make its
+//! folder first (`runtime_dir`: `/run/coldvault/` for root, `/run/user/UID/coldvault/`, the
+//! user's cache folder), mode 0700, named after a hash of the canonical mount point, so
+//! `coldvault status MOUNTPOINT` finds the daemon that serves that mount point.
 //!
 //! Nobody else may answer in the daemon's place (a fake "everything is in S3" to `flush
 //! --wait`) or give it orders: the folder must be a real folder owned by the user, closed to
@@ -70,11 +71,29 @@ pub enum Reply {
     },
 }
 
+/// Where the control sockets of this user's mounts are: never a folder in /tmp, which another
+/// local user could make first and so keep `status`, `flush --wait` and `unmount` from ever
+/// reaching the daemon (they rightly refuse it).
 pub fn runtime_dir() -> PathBuf {
-    let uid = my_uid();
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() && Path::new(&d).is_dir() => PathBuf::from(d).join("coldvault"),
-        _ => PathBuf::from(format!("/tmp/coldvault-{uid}")),
+    let var = |k: &str| std::env::var_os(k).filter(|d| !d.is_empty() && Path::new(d).is_absolute()).map(PathBuf::from);
+    runtime_dir_for(my_uid(), var("XDG_RUNTIME_DIR"), var("XDG_CACHE_HOME"), var("HOME"))
+}
+
+fn runtime_dir_for(uid: u32, xdg_runtime: Option<PathBuf>, xdg_cache: Option<PathBuf>, home: Option<PathBuf>) -> PathBuf {
+    if let Some(d) = xdg_runtime.filter(|d| d.is_dir()) {
+        return d.join("coldvault");
+    }
+    // Root's /run, and the per-user folder logind makes there: nobody else can make them.
+    if uid == 0 && Path::new("/run").is_dir() {
+        return PathBuf::from("/run/coldvault");
+    }
+    let user_run = PathBuf::from(format!("/run/user/{uid}"));
+    if user_run.is_dir() {
+        return user_run.join("coldvault");
+    }
+    match xdg_cache.or_else(|| home.map(|h| h.join(".cache"))) {
+        Some(c) => c.join("coldvault").join("run"),
+        None => PathBuf::from(format!("/tmp/coldvault-{uid}")),
     }
 }
 
@@ -144,6 +163,9 @@ pub struct Rate {
 /// its journal task uses), for `flush --wait`.
 pub async fn serve(fs: Arc<Fs>, journal: Arc<JournalUploader>, sock: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
     let dir = sock.parent().expect("socket has a parent").to_path_buf();
+    if let Some(up) = dir.parent() {
+        std::fs::create_dir_all(up)?;
+    }
     secure_dir(&dir, true)?;
     let _ = std::fs::remove_file(&sock);
     let listener = tokio::net::UnixListener::bind(&sock)?;
@@ -384,6 +406,22 @@ pub async fn call(mountpoint: &Path, req: &Request) -> Result<Reply, ControlErro
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// The sockets' folder is one no other local user can make first: root's under /run, a
+    /// user's under their XDG_RUNTIME_DIR or cache folder; /tmp only with neither.
+    #[test]
+    fn the_socket_folder_is_never_in_tmp_when_it_can_be_elsewhere() {
+        let t = tempfile::tempdir().unwrap();
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(runtime_dir_for(0, None, None, p("/root")), PathBuf::from("/run/coldvault"));
+        assert_eq!(runtime_dir_for(0, Some(t.path().into()), None, None), t.path().join("coldvault"));
+        // An XDG_RUNTIME_DIR that does not exist is not used.
+        assert_eq!(runtime_dir_for(0, p("/nonexistent/run"), None, None), PathBuf::from("/run/coldvault"));
+        let nobody = 4_000_000_001;
+        assert_eq!(runtime_dir_for(nobody, None, None, p("/home/ann")), PathBuf::from("/home/ann/.cache/coldvault/run"));
+        assert_eq!(runtime_dir_for(nobody, None, p("/var/cache/ann"), p("/home/ann")), PathBuf::from("/var/cache/ann/coldvault/run"));
+        assert_eq!(runtime_dir_for(nobody, None, None, None), PathBuf::from(format!("/tmp/coldvault-{nobody}")));
+    }
 
     /// The socket's folder: made 0700; one of ours left open to others is closed; a link or a
     /// file in its place is refused, and what the link points to is left alone. (A folder of

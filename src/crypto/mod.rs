@@ -23,7 +23,7 @@ use zeroize::Zeroize;
 
 pub mod sign;
 pub mod vault;
-pub use vault::{fingerprint, fingerprint_matches, VaultDescriptor, VaultKeys};
+pub use vault::{fingerprint, fingerprint_matches, VaultDescriptor, VaultKeys, MAX_DESCRIPTOR_BYTES};
 
 /// Plaintext bytes per STREAM segment. 64 KiB keeps a random 4 KiB read within one segment
 /// fetch while the 16-byte tag overhead stays at 0.02%.

@@ -25,6 +25,9 @@ pub struct Argon2Params {
     pub salt: String,
 }
 
+/// The largest `vault.json` read (one is about 1 KiB).
+pub const MAX_DESCRIPTOR_BYTES: u64 = 64 << 10;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VaultDescriptor {
     pub format: u16,
@@ -35,6 +38,11 @@ pub struct VaultDescriptor {
     pub wrapped_secret: String,
     pub name_key_eph: String,
     pub name_key_wrapped: String,
+    /// The vault's own word that it signs its metadata (`remote_meta::trust::mark_signing`):
+    /// a machine joining it refuses a copy whose statements are gone. Absent in vaults made
+    /// before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signs: Option<String>,
 }
 
 /// Unlocked (or write-only) key material of a vault.
@@ -168,6 +176,7 @@ impl VaultDescriptor {
             wrapped_secret: B64.encode(wrapped),
             name_key_eph: B64.encode(eph),
             name_key_wrapped: B64.encode(nk_wrapped),
+            signs: None,
         };
         (d, VaultKeys { public: pk, secret: Some(sk), name_key })
     }

@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Entries per uploaded batch.
+/// Entries per uploaded batch…
 pub const BATCH: usize = 1000;
+/// …and their JSON bytes at most (one record alone may be more: a path and its extended
+/// attributes stay far below `rebuild::MAX_BATCH_BYTES`).
+pub const BATCH_BYTES: usize = 8 << 20;
 
 #[derive(Clone, Debug)]
 pub struct JournalConfig {
@@ -159,10 +162,18 @@ impl JournalUploader {
         let machine = fs.machine()?;
         let mut sent = 0;
         loop {
-            let recs: Vec<Record> = fs.pending_journal(BATCH)?;
+            let mut recs: Vec<Record> = fs.pending_journal(BATCH)?;
             if recs.is_empty() {
                 break;
             }
+            // At most `BATCH_BYTES` of records (at least one): a rebuild reads no batch larger
+            // than `MAX_BATCH_BYTES` (review N3, N4).
+            let mut bytes = 0;
+            let fit = recs.iter().position(|r| {
+                bytes += serde_json::to_vec(r).map_or(0, |v| v.len());
+                bytes > BATCH_BYTES
+            });
+            recs.truncate(fit.unwrap_or(recs.len()).max(1));
             let last = recs.last().map(|r| r.seq).unwrap_or(0);
             let first = recs.first().map(|r| r.seq).unwrap_or(0);
             let n = recs.len();

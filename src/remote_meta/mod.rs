@@ -66,6 +66,10 @@ pub enum RemoteError {
     /// the rebuild starts over once, then reports this.
     #[error("{0}")]
     Changed(String),
+    /// The vault's metadata cannot be believed as it is without the user's say: statements
+    /// deleted from a vault that signs, or unsigned objects no one has adopted (review N1).
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 /// A path from the bucket as it may be printed on a terminal: control characters (a forged name
@@ -101,6 +105,30 @@ pub fn check_path(p: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A version's object key, storage class, header and SHA-256 as an upload entry gives them, in
+/// the forms coldvault writes: a data object's key (with `strict_key`, for a write-only
+/// machine's entries: `…d/` and 32 or, in format 1, 64 hex digits, never another object of the
+/// bucket for a mount to GET or restore; review L4), a class name, and a header that is 128
+/// bytes when given — one that is not is no reason to trust the object's own, and neither is
+/// an entry with neither header nor SHA-256 (review N9).
+pub fn check_version(key: &str, class: &str, header: &str, sha256: &str, strict_key: bool) -> Result<(), String> {
+    let tail = key.rsplit_once("d/").filter(|(before, _)| before.is_empty() || before.ends_with('/')).map(|(_, t)| t);
+    let data_key = tail.is_some_and(|t| matches!(t.len(), 32 | 64) && t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    if key.is_empty() || key.contains("..") || (strict_key && !data_key) {
+        return Err(format!("{} is not a data object's key", shown(key)));
+    }
+    if class.is_empty() || class.len() > 64 || !class.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'/') {
+        return Err(format!("storage class {:?} of {key}", shown(class)));
+    }
+    use base64::Engine as _;
+    match header {
+        "" if sha256.is_empty() => Err(format!("version {key} has neither a header nor a SHA-256 to check its content by")),
+        "" => Ok(()),
+        h if base64::engine::general_purpose::STANDARD.decode(h).is_ok_and(|b| b.len() == crypto::HEADER_LEN) => Ok(()),
+        _ => Err(format!("version {key} has a header that is not 128 bytes of base64")),
+    }
 }
 
 /// How far a read of the vault reached in each machine's journal (its highest record believed),

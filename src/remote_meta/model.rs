@@ -522,6 +522,18 @@ impl Tree {
                 return true;
             }
         }
+        // A write-only machine names only data objects it wrote (a mount would GET or restore
+        // any key it named); every machine's versions carry what their content is checked by.
+        let write_only = matches!(self.applying, Some((_, true)));
+        let fields = match e {
+            Entry::Upload { key, class, header, sha256, .. } => super::check_version(key, class, header, sha256, write_only),
+            Entry::Discard { key } if write_only => super::check_version(key, "STANDARD", "", "-", true),
+            _ => Ok(()),
+        };
+        if let Err(why) = fields {
+            self.refused.push(format!("refused a journal entry: {why}"));
+            return true;
+        }
         false
     }
 

@@ -34,10 +34,11 @@ pub struct SnapshotInfo {
 
 impl SnapshotInfo {
     /// What this snapshot reflects of each machine's journal. A write-only machine never read
-    /// the bucket: what it says of other machines' journals is not believed.
+    /// the bucket: what it says of other machines' journals is not believed; nor what an
+    /// adopted (unsigned) snapshot says of them.
     pub fn reflects(&self) -> BTreeMap<String, i64> {
         let mut s = self.seen.clone();
-        if self.writer.as_ref().is_some_and(|w| w.role == Role::WriteOnly) {
+        if self.writer.as_ref().is_some_and(|w| w.role == Role::WriteOnly || w.adopted) {
             s.retain(|m, _| *m == self.machine);
         }
         let own = s.entry(self.machine.clone()).or_insert(0);

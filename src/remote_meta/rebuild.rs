@@ -19,9 +19,10 @@ const BATCHES_AHEAD: usize = 4;
 /// …while the batches fetched ahead, all machines together, are listed at most this large (a
 /// bucket with thousands of machine ids cannot make a rebuild hold thousands of bodies).
 const AHEAD_BYTES: u64 = 64 << 20;
-/// A listed batch larger than this is refused unread: 1,000 records with every extended
-/// attribute the kernel allows stay well below it.
-const MAX_BATCH_BYTES: u64 = 256 << 20;
+/// A listed batch larger than this is refused unread (review N3): a batch holds at most
+/// `journal::BATCH_BYTES` of records, and records of older builds (1,000 a batch, whatever
+/// their size) stay below it unless their extended attributes ran to tens of kilobytes each.
+pub(super) const MAX_BATCH_BYTES: u64 = 64 << 20;
 
 type Fetch = tokio::task::JoinHandle<Result<(bytes::Bytes, std::collections::HashMap<String, String>), StoreError>>;
 
@@ -87,7 +88,7 @@ impl Stream {
                 let (first, last, key, size) = self.batches.pop_front().expect("a batch");
                 st.ahead += size;
                 let (store, k) = (r.store.clone(), key.clone());
-                self.fetching.push_back((first, last, key, size, tokio::spawn(async move { store.get_with_metadata(&k).await })));
+                self.fetching.push_back((first, last, key, size, tokio::spawn(async move { store.get_with_metadata(&k, size).await })));
             }
             let Some((first, last, key, size, task)) = self.fetching.pop_front() else { return Ok(None) };
             st.ahead -= size;
@@ -104,6 +105,15 @@ impl Stream {
                 }
                 Err(e) => (Err(e), None),
             };
+            // Its signature first: nothing of a batch not believed is decrypted or parsed (review N3).
+            let writer = match sig {
+                Some(Ok(w)) => Some(w),
+                Some(Err(e)) => {
+                    st.refused.push(format!("journal batch {key} (records {first}..{last}) is not believed: {e}; its changes are not in this tree"));
+                    continue;
+                }
+                None => None,
+            };
             let b: Batch = match open_fetched(r.keys, &key, got)? {
                 Ok(b) => b,
                 Err(e) => {
@@ -111,15 +121,8 @@ impl Stream {
                     continue;
                 }
             };
-            let writer = match sig {
-                Some(Ok(w)) => w,
-                Some(Err(e)) => {
-                    st.refused.push(format!("journal batch {key} (records {first}..{last}) is not believed: {e}; its changes are not in this tree"));
-                    continue;
-                }
-                // Not downloaded: `open_fetched` said so above (or stopped the rebuild).
-                None => continue,
-            };
+            // Not downloaded: `open_fetched` said so above (or stopped the rebuild).
+            let Some(writer) = writer else { continue };
             if b.machine != m || b.records.iter().any(|r| r.seq < first || r.seq > last) {
                 st.refused
                     .push(format!("journal batch {key} does not match its key (machine {:?}, records outside {first}..{last}); ignored", b.machine));
@@ -349,11 +352,17 @@ impl Reader<'_> {
         let mut latest_signed: Vec<SnapshotCandidate> = Vec::new();
         for (m, mut cands) in per_machine {
             cands.sort_by_key(|c| std::cmp::Reverse(c.0));
+            let mut unread: Option<(usize, String)> = None;
             for (seq, key, len) in cands {
                 // A vault of an older build believes every snapshot: its newest is read, unchecked.
                 if !trust.signed {
                     latest_signed.push(SnapshotCandidate { key, len, machine: m.clone(), seq, sig: None, write_only: false });
                     break;
+                }
+                // Not even a HEAD for what could not be believed (review N12).
+                if !trust.worth_reading(&key[prefix.len()..], &m) {
+                    unread.get_or_insert((0, key.clone())).0 += 1;
+                    continue;
                 }
                 let got = async {
                     let h = store.head_object(&key).await?;
@@ -377,6 +386,9 @@ impl Reader<'_> {
                     }
                     Err(e) => notes.push(format!("snapshot {key} is not believed: {e}; an older one of machine {m} is read instead, if any")),
                 }
+            }
+            if let Some((n, key)) = unread {
+                notes.push(format!("snapshots of machine {m}: {n}, e.g. {key}, not read: the vault allows no key of that machine (or revoked it), and adopted none of them"));
             }
         }
         Ok(latest_signed)
@@ -438,9 +450,15 @@ impl Reader<'_> {
         // A write-only machine never read the bucket: its snapshot describes its own stream
         // only, and is never the base.
         let full = |i: usize| loaded[i].writer.as_ref().is_none_or(|w| w.role == trust::Role::Full);
-        let base = match order.iter().rposition(|&i| !loaded[i].seen.is_empty() && full(i)) {
+        // An adopted snapshot (unsigned, in a vault that signs) is the base only when no
+        // machine's signed snapshot can be (review N1).
+        let signed = |i: usize| loaded[i].writer.as_ref().is_none_or(|w| !w.adopted);
+        let base = match order.iter().rposition(|&i| !loaded[i].seen.is_empty() && full(i) && signed(i)) {
             Some(b) => vec![order[b]],
-            None => order,
+            None => match order.iter().rposition(|&i| !loaded[i].seen.is_empty() && full(i)) {
+                Some(b) => vec![order[b]],
+                None => order,
+            },
         };
         for &b in &base {
             let c = &latest_signed[read_from[b]];
@@ -483,7 +501,7 @@ fn start_from_base(tree: &mut Tree, loaded: &mut [read::SnapshotInfo], base: &[u
         // machine's hide only objects it signed itself.
         let dead = std::mem::take(&mut s.dead_keys);
         match &s.writer {
-            Some(trust::Writer { machine: Some(m), role: trust::Role::WriteOnly }) => tree.dead_of.entry(m.clone()).or_default().extend(dead),
+            Some(trust::Writer { machine: Some(m), role: trust::Role::WriteOnly, .. }) => tree.dead_of.entry(m.clone()).or_default().extend(dead),
             _ => tree.mentioned.extend(dead),
         }
     }
@@ -516,8 +534,15 @@ impl Reader<'_> {
         // Per machine, the listed batches (first, last, key): not yet believed.
         let mut listed: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
         let mut batches: Vec<(String, i64, i64, String, u64, i64)> = Vec::new();
+        // Per machine the vault cannot believe, its batches (left unread) and one of their keys.
+        let mut unread: BTreeMap<String, (usize, String)> = BTreeMap::new();
         for o in &jl {
             let Some((m, a, b)) = parse_seq_key(&o.key[prefix.len() + 2..]) else { continue };
+            if !self.trust.worth_reading(&o.key[prefix.len()..], &m) {
+                let u = unread.entry(m).or_insert((0, o.key.clone()));
+                u.0 += 1;
+                continue;
+            }
             listed.entry(m.clone()).or_default().push((a, b, o.key.clone()));
             if b <= covered.get(&m).copied().unwrap_or(0) {
                 continue;
@@ -527,6 +552,11 @@ impl Reader<'_> {
                 continue;
             }
             batches.push((m, a, b, o.key.clone(), o.size, o.modified_ms));
+        }
+        for (m, (n, key)) in unread {
+            tree.refused.push(format!(
+                "journal of machine {m}: {n} batch(es), e.g. {key}, not read: the vault allows no key of that machine (or revoked it), and adopted none of them"
+            ));
         }
         // A journal that ends before what a believed snapshot saw of it lost its last batches
         // (removed, or the stream rolled back): reported, since nothing else would show it.

@@ -49,7 +49,7 @@ impl MetaSink<'_> {
         let opts = PutOptions { if_none_match: true, ..self.opts(&key, &body[..crypto::HEADER_LEN]) };
         match self.store.put_object(&key, body.into(), &opts).await {
             Err(StoreError::AlreadyExists) if self.keys.secret.is_some() => {
-                let there = self.store.get_object(&key).await?;
+                let there = self.store.get_object(&key, super::rebuild::MAX_BATCH_BYTES).await?;
                 match open_json::<Batch>(self.keys, &key, &there) {
                     Ok(b) if b.records == batch.records => Ok(key),
                     _ => Err(StoreError::Permanent {

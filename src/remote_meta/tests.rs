@@ -421,9 +421,17 @@ impl Signed {
             keys,
         };
         if signed {
-            v.rt.block_on(trust::adopt_existing(&v.dyn_store(), v.sk(), "v/")).unwrap();
+            v.rt.block_on(trust::start_signing(&v.dyn_store(), v.sk(), "v/")).unwrap();
         }
         v
+    }
+    /// What `coldvault machine adopt --machine M --yes` adopts: M's unsigned objects.
+    fn adopt(&self, machine: &str) -> usize {
+        let store = self.dyn_store();
+        let t = self.rt.block_on(trust::Trust::load(&store, self.sk(), "v/")).unwrap();
+        let s = self.rt.block_on(trust::survey(&store, "v/", &t)).unwrap();
+        let objects = s.unsigned.get(machine).map(|o| o.iter().map(|(k, l)| (k.clone(), l.hash.clone())).collect()).unwrap_or_default();
+        self.rt.block_on(trust::adopt(&store, self.sk(), "v/", objects)).unwrap()
     }
     /// A signed vault allowing a full machine A (0xa) and a write-only machine W (0xc).
     fn full_and_write_only() -> (Signed, MachineSigner, MachineSigner) {
@@ -497,36 +505,53 @@ fn refused_for<'a>(t: &'a Tree, key: &str) -> &'a str {
 /// In a signed vault a rebuild believes a journal batch only when a key the vault allows for
 /// the machine its key names signed it, for that key: an unsigned batch, one signed by a key
 /// the vault does not list, one signed as another machine, and an allowed machine's batch
-/// copied under another key are each refused by name, and change nothing.
+/// copied under another key are each refused by name, and change nothing; batches of machines
+/// the vault allows no key for are not even downloaded.
 #[test]
 fn a_signed_vault_believes_only_batches_its_machines_signed() {
     let v = Signed::new(true);
     let a = machine(0xa);
     v.allow(&a, trust::Role::Full);
     v.batch(Some(&a), a.machine(), vec![mkdir(1, "photos"), mkdir(2, "photos/2019")]);
-    let unsigned = v.batch(None, "00000000000000ee", vec![mkdir(1, "evil-unsigned")]);
+    let unsigned = v.batch(None, a.machine(), vec![mkdir(6, "evil-unsigned")]);
+    // Under machine ids the vault allows no key for: not even downloaded (review N3).
+    let unknown = v.batch(None, "00000000000000ee", vec![mkdir(1, "evil-unknown")]);
     let stranger = machine(0xb);
     let not_allowed = v.batch(Some(&stranger), stranger.machine(), vec![mkdir(1, "evil-stranger")]);
     // The stranger's key, writing into A's stream.
     let impostor = MachineSigner::new(a.machine(), &[0xb; 32]);
     let wrong_key = v.batch(Some(&impostor), a.machine(), vec![mkdir(3, "evil-impostor")]);
-    // The stranger's stream, signed with its own key but claiming to be A.
-    let as_other = v.batch(Some(&a), stranger.machine(), vec![mkdir(2, "evil-as-other")]);
+    // Another allowed machine's stream, signed by A.
+    let d = machine(0xd);
+    v.allow(&d, trust::Role::Full);
+    let as_other = v.batch(Some(&a), d.machine(), vec![mkdir(2, "evil-as-other")]);
     // A's genuine batch and signature, copied under another sequence range.
-    let (body, md) = v.rt.block_on(v.store.get_with_metadata("v/j/000000000000000a/0000000000000001-0000000000000002")).unwrap();
+    let (body, md) = v.rt.block_on(v.store.get_with_metadata("v/j/000000000000000a/0000000000000001-0000000000000002", u64::MAX)).unwrap();
     let moved = "v/j/000000000000000a/0000000000000004-0000000000000005";
     let opts = PutOptions { storage_class: "STANDARD".into(), metadata: md.into_iter().collect(), ..Default::default() };
     v.rt.block_on(v.store.put_object(moved, body, &opts)).unwrap();
 
+    let requests = || v.store.calls_of("GetObject") + v.store.calls_of("HeadObject");
+    let before = requests();
     let t = v.rebuild();
+    let cost = requests() - before;
     assert!(t.nodes.contains_key("photos/2019"), "{:?}", t.refused);
     let names: Vec<&String> = t.nodes.keys().collect();
     assert_eq!(names, ["photos", "photos/2019"], "{:?}", t.refused);
     assert!(refused_for(&t, &unsigned).contains("unsigned"));
-    assert!(refused_for(&t, &not_allowed).contains("does not allow"));
+    for k in [&unknown, &not_allowed] {
+        assert!(refused_for(&t, k).contains("not read: the vault allows no key of that machine"), "{:?}", t.refused);
+    }
     assert!(refused_for(&t, &wrong_key).contains("does not verify"));
     assert!(refused_for(&t, &as_other).contains("another machine's name"));
     assert!(refused_for(&t, moved).contains("does not verify"));
+    // What the unknown machines' batches cost: nothing but their listing entries.
+    for k in [&unknown, &not_allowed] {
+        v.rt.block_on(v.store.delete_object(k)).unwrap();
+    }
+    let before = requests();
+    v.rebuild();
+    assert_eq!(requests() - before, cost, "the batches of machines the vault allows no key for were read");
 }
 
 /// A forged snapshot cannot hide a machine's files: unsigned it is refused; signed by an
@@ -643,7 +668,16 @@ fn unsigned_objects_of_older_builds_are_adopted_once() {
     v.orphan(None, "v/d/000000000000000000000000000000a3", "old-orphan.jpg");
     let t = v.rebuild();
     assert!(t.nodes.contains_key("old") && t.nodes.contains_key("old-orphan.jpg") && t.refused.is_empty(), "{:?}", t.refused);
-    assert_eq!(v.rt.block_on(trust::adopt_existing(&v.dyn_store(), v.sk(), "v/")).unwrap(), 1);
+    // Nothing is adopted on its own: a first full mount says what is there and stops.
+    let me = machine(0xb);
+    let e = v.rt.block_on(trust::prepare_full(&v.dyn_store(), v.sk(), "v/", &me, false, None)).unwrap_err();
+    assert!(
+        matches!(&e, RemoteError::Untrusted(w) if w.contains("1 unsigned") && w.contains("000000000000000a") && w.contains("machine adopt")),
+        "{e}"
+    );
+    assert_eq!(v.store.snapshot().into_keys().filter(|k| k.starts_with("v/m/")).count(), 0, "nothing written");
+    assert_eq!(v.adopt("000000000000000a"), 1);
+    v.rt.block_on(trust::prepare_full(&v.dyn_store(), v.sk(), "v/", &me, false, None)).unwrap();
     let late = v.batch(None, "000000000000000a", vec![mkdir(2, "late")]);
     // A statement from someone without the vault key.
     let other = crate::crypto::VaultDescriptor::create_with_cost(b"x", 1024, 1).1;
@@ -714,9 +748,9 @@ fn a_write_only_machine_changes_only_what_it_wrote() {
         a.machine(),
         vec![
             rec(1, 10, dir("photos")),
-            rec(2, 11, file("photos/a.jpg", "v/d/a1")),
+            rec(2, 11, file("photos/a.jpg", "v/d/000000000000000000000000000000a1")),
             rec(3, 12, dir("shared")),
-            rec(4, 13, file("shared/a.jpg", "v/d/a2")),
+            rec(4, 13, file("shared/a.jpg", "v/d/000000000000000000000000000000a2")),
         ],
     );
     let far = i64::MAX / 4;
@@ -726,21 +760,26 @@ fn a_write_only_machine_changes_only_what_it_wrote() {
         Some(&w),
         w.machine(),
         vec![
-            rec(1, far, file("photos/a.jpg", "v/d/c1")),
+            rec(1, far, file("photos/a.jpg", "v/d/000000000000000000000000000000c1")),
             rec(2, far + 1, Entry::Remove { path: "photos".into(), saw: None }),
             rec(3, far + 2, Entry::Rename { from: "shared".into(), to: "moved".into(), saw: None }),
             rec(4, far + 3, attr),
-            rec(5, far + 4, file("photos/a.jpg/inner", "v/d/c2")),
+            rec(5, far + 4, file("photos/a.jpg/inner", "v/d/000000000000000000000000000000c2")),
             rec(6, far + 5, link),
-            rec(7, far + 6, file("shared/w/own.jpg", "v/d/c3")),
-            rec(8, far + 7, file("mine.jpg", "v/d/c4")),
+            rec(7, far + 6, file("shared/w/own.jpg", "v/d/000000000000000000000000000000c3")),
+            rec(8, far + 7, file("mine.jpg", "v/d/000000000000000000000000000000c4")),
             rec(9, far + 8, Entry::Rename { from: "mine.jpg".into(), to: "mine2.jpg".into(), saw: None }),
             rec(10, far + 9, Entry::Remove { path: "shared".into(), saw: None }),
         ],
     );
     let t = v.rebuild();
     let a_jpg = &t.nodes["photos/a.jpg"];
-    assert_eq!((a_jpg.key.as_deref(), a_jpg.mode, a_jpg.kind), (Some("v/d/a1"), 0o644, NodeKind::File), "{:?}", t.refused);
+    assert_eq!(
+        (a_jpg.key.as_deref(), a_jpg.mode, a_jpg.kind),
+        (Some("v/d/000000000000000000000000000000a1"), 0o644, NodeKind::File),
+        "{:?}",
+        t.refused
+    );
     assert_eq!(t.nodes["photos"].kind, NodeKind::Dir);
     assert!(t.nodes.contains_key("shared/a.jpg") && !t.nodes.contains_key("moved"), "{:?}", t.nodes.keys());
     assert!(!t.nodes.contains_key("shared/w/own.jpg") && !t.nodes.contains_key("shared/w"), "its own files in a shared folder go");
@@ -758,7 +797,7 @@ fn a_write_only_machine_changes_only_what_it_wrote() {
 #[test]
 fn a_forged_newer_snapshot_does_not_hide_the_real_one() {
     let (v, a, w) = Signed::full_and_write_only();
-    v.snapshot(Some(&a), a.machine(), 3, 5, (&[file("photos/real.jpg", "v/d/a1")], &[], &[(a.machine(), 3)]));
+    v.snapshot(Some(&a), a.machine(), 3, 5, (&[file("photos/real.jpg", "v/d/000000000000000000000000000000a1")], &[], &[(a.machine(), 3)]));
     let forged = v.snapshot(None, a.machine(), 999, 6, (&[], &[], &[(a.machine(), 999)]));
     let t = v.rebuild();
     assert!(t.nodes.contains_key("photos/real.jpg"), "{:?}", t.refused);
@@ -767,7 +806,7 @@ fn a_forged_newer_snapshot_does_not_hide_the_real_one() {
     let lying = v.snapshot(Some(&w), w.machine(), 5, 7, (&[], &[], &[]));
     let body = {
         let mut wr = SnapshotWriter::new(&v.keys, Vec::new()).unwrap();
-        wr.entry(&file("w.jpg", "v/d/c1")).unwrap();
+        wr.entry(&file("w.jpg", "v/d/000000000000000000000000000000c1")).unwrap();
         wr.finish(a.machine(), 10_000, 8, &BTreeMap::from([(a.machine().to_string(), 10_000)])).unwrap().0
     };
     let md = vec![(sign::META.to_string(), w.sign_object(&v.keys.public, &lying["v/".len()..], &body[..crypto::HEADER_LEN]))];
@@ -823,6 +862,60 @@ fn a_write_only_key_cannot_pose_as_a_full_machine() {
     assert!(t.check_signed(true, "v/").is_err() && t.check_signed(false, "v/").is_ok());
 }
 
+/// Review N1: someone who can delete and put objects deletes the statements and plants an
+/// unsigned snapshot that says it saw every journal. A full machine that did not know the vault
+/// signs (a new one) adopts nothing and allows nothing, saying why; and even adopted by a
+/// user, such a snapshot neither becomes the base over a machine's signed snapshot nor hides
+/// any signed journal.
+#[test]
+fn a_forged_unsigned_snapshot_is_never_believed_over_the_signed_history() {
+    let v = Signed::new(true);
+    let a = machine(0xa);
+    v.allow(&a, trust::Role::Full);
+    v.batch(Some(&a), a.machine(), vec![mkdir(1, "photos")]);
+    v.snapshot(
+        Some(&a),
+        a.machine(),
+        1,
+        5,
+        (&[Entry::Mkdir { path: "photos".into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 }], &[], &[(a.machine(), 1)]),
+    );
+    v.batch(Some(&a), a.machine(), vec![mkdir(2, "photos/2026")]);
+    let forger = "00000000000000ff";
+    let forged = v.snapshot(
+        None,
+        forger,
+        1,
+        i64::MAX / 2,
+        (&[Entry::Mkdir { path: "planted".into(), mode: 0o755, uid: 0, gid: 0, mtime_ns: 1 }], &[], &[(forger, 1), (a.machine(), 9_999)]),
+    );
+    // The statements deleted: a new machine adopts nothing, allows nothing, says why.
+    let statements: Vec<(String, Vec<u8>)> =
+        v.store.snapshot().into_iter().filter(|(k, _)| k.starts_with("v/m/")).map(|(k, o)| (k, o.body.to_vec())).collect();
+    for (k, _) in &statements {
+        v.rt.block_on(v.store.delete_object(k)).unwrap();
+    }
+    let me = machine(0xb);
+    let e = v.rt.block_on(trust::prepare_full(&v.dyn_store(), v.sk(), "v/", &me, false, None)).unwrap_err();
+    assert!(matches!(&e, RemoteError::Untrusted(w) if w.contains("carry a machine's signature") && w.contains(a.machine())), "{e}");
+    assert_eq!(v.store.snapshot().into_keys().filter(|k| k.starts_with("v/m/")).count(), 0, "nothing written");
+    // The statements back, and the forgery adopted by a user who was shown it: the signed
+    // snapshot stays the base, and the signed journal after it is replayed.
+    for (k, body) in statements {
+        v.rt.block_on(v.store.put_object(&k, body.into(), &PutOptions::default())).unwrap();
+    }
+    let store = v.dyn_store();
+    let t = v.rt.block_on(trust::Trust::load(&store, v.sk(), "v/")).unwrap();
+    let survey = v.rt.block_on(trust::survey(&store, "v/", &t)).unwrap();
+    let listed = &survey.unsigned[forger][&forged["v/".len()..]];
+    let said = v.rt.block_on(trust::describe(&store, &v.keys, "v/", &forged["v/".len()..], listed));
+    assert!(said.contains("planted") && said.contains(&format!("{} to record 9999", a.machine())), "{said}");
+    assert_eq!(v.adopt(forger), 1);
+    let tree = v.rebuild();
+    assert!(tree.nodes.contains_key("photos/2026"), "the signed journal was hidden: {:?}", tree.nodes.keys().collect::<Vec<_>>());
+    assert_eq!(tree.seen.get(a.machine()), Some(&2));
+}
+
 /// A write-only machine cannot hide a full machine's orphan (an upload whose record was lost)
 /// by naming its key in an upload record of its own, nor take its path with an orphan of its
 /// own; nor change the attributes of a folder it made first that holds another machine's files.
@@ -838,7 +931,7 @@ fn a_write_only_machine_cannot_hide_orphans_or_take_folders() {
         w.machine(),
         vec![rec(1, 1, dir("docs", 0o700)), rec(2, 50, file("elsewhere.jpg", "v/d/0000000000000000000000000000000a")), rec(3, 60, attr)],
     );
-    v.batch(Some(&a), a.machine(), vec![rec(1, 10, dir("docs", 0o750)), rec(2, 11, file("docs/a.txt", "v/d/a1"))]);
+    v.batch(Some(&a), a.machine(), vec![rec(1, 10, dir("docs", 0o750)), rec(2, 11, file("docs/a.txt", "v/d/000000000000000000000000000000a1"))]);
     let t = v.rebuild();
     assert_eq!(t.nodes["lost.jpg"].key.as_deref(), Some("v/d/0000000000000000000000000000000a"), "{:?}", t.refused);
     assert_eq!((t.nodes["docs"].mode, t.nodes["docs"].owner.as_deref()), (0o750, Some(a.machine())));
@@ -851,24 +944,32 @@ fn a_write_only_machine_cannot_hide_orphans_or_take_folders() {
 fn a_write_only_machine_keeps_its_files_through_a_full_machines_snapshot() {
     use std::io::Write as _;
     let (v, a, w) = Signed::full_and_write_only();
-    v.batch(Some(&w), w.machine(), vec![rec(1, 10, file("w.jpg", "v/d/c1"))]);
+    v.batch(Some(&w), w.machine(), vec![rec(1, 10, file("w.jpg", "v/d/000000000000000000000000000000c1"))]);
     // A rebuilt, imported w.jpg, and wrote a snapshot of its index.
     let mut wr = SnapshotWriter::new(&v.keys, Vec::new()).unwrap();
-    wr.entry(&file("a.jpg", "v/d/a1")).unwrap();
-    wr.entry_by(&file("w.jpg", "v/d/c1"), Some(w.machine())).unwrap();
+    wr.entry(&file("a.jpg", "v/d/000000000000000000000000000000a1")).unwrap();
+    wr.entry_by(&file("w.jpg", "v/d/000000000000000000000000000000c1"), Some(w.machine())).unwrap();
     let seen = BTreeMap::from([(a.machine().to_string(), 1), (w.machine().to_string(), 1)]);
     let (body, len) = wr.finish(a.machine(), 1, 20, &seen).unwrap();
     let mut f = tempfile::tempfile().unwrap();
     f.write_all(&body).unwrap();
     v.rt.block_on(v.sink(Some(&a)).put_snapshot(a.machine(), 1, &f, len)).unwrap();
     // Later, W rewrites its file and tries to rewrite A's.
-    v.batch(Some(&w), w.machine(), vec![rec(2, 30, file("w.jpg", "v/d/c2")), rec(3, 31, file("a.jpg", "v/d/c3"))]);
+    v.batch(
+        Some(&w),
+        w.machine(),
+        vec![rec(2, 30, file("w.jpg", "v/d/000000000000000000000000000000c2")), rec(3, 31, file("a.jpg", "v/d/000000000000000000000000000000c3"))],
+    );
     let t = v.rebuild();
-    assert_eq!(t.nodes["w.jpg"].key.as_deref(), Some("v/d/c2"), "{:?}", t.refused);
-    assert_eq!(t.nodes["a.jpg"].key.as_deref(), Some("v/d/a1"), "{:?}", t.refused);
+    assert_eq!(t.nodes["w.jpg"].key.as_deref(), Some("v/d/000000000000000000000000000000c2"), "{:?}", t.refused);
+    assert_eq!(t.nodes["a.jpg"].key.as_deref(), Some("v/d/000000000000000000000000000000a1"), "{:?}", t.refused);
     assert_eq!(t.nodes["w.jpg"].owner.as_deref(), Some(w.machine()));
     // Its version of A's file is kept beside it.
-    assert!(t.nodes.iter().any(|(k, n)| k.starts_with("a (conflict from ") && n.key.as_deref() == Some("v/d/c3")), "{:?}", t.nodes.keys());
+    assert!(
+        t.nodes.iter().any(|(k, n)| k.starts_with("a (conflict from ") && n.key.as_deref() == Some("v/d/000000000000000000000000000000c3")),
+        "{:?}",
+        t.nodes.keys()
+    );
 }
 
 /// The history a journal holds: a file written three times by one machine, then deleted, is

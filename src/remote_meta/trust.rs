@@ -105,6 +105,25 @@ pub async fn sign_descriptor(store: &dyn ObjectStore, sk: &StaticSecret, prefix:
     put_statement(store, sk, prefix, &format!("m/vault-{ts_ms:016}"), &SignedDescriptor { ts_ms, ..SignedDescriptor::of(d) }).await
 }
 
+/// Where the mark that a vault signs (`VaultDescriptor::signs`) says it is: in `vault.json`.
+const SIGNS_REL: &str = "coldvault/vault.json#signs";
+
+/// The mark `vault.json` carries once its vault signs: the vault's statement of its own id.
+pub fn mark_signing(sk: &StaticSecret, d: &crate::crypto::VaultDescriptor) -> String {
+    String::from_utf8(sign::sign_statement(sk, SIGNS_REL, &d.vault_id)).expect("json is text")
+}
+
+/// Whether `d` says its vault signs (`None`: it does not say; an error: it says so in a mark
+/// that is not the vault's, or not for this vault).
+pub fn marks_signing(sk: &StaticSecret, d: &crate::crypto::VaultDescriptor) -> Result<bool, String> {
+    let Some(mark) = &d.signs else { return Ok(false) };
+    match sign::open_statement(sk, SIGNS_REL, mark.as_bytes()) {
+        Ok(id) if id == d.vault_id => Ok(true),
+        Ok(id) => Err(format!("its mark that the vault signs names vault {id:?}, not {:?}", d.vault_id)),
+        Err(e) => Err(format!("its mark that the vault signs is not the vault's ({e})")),
+    }
+}
+
 /// An adoption or revocation larger than this is refused unread (it lists about 100 bytes per
 /// object)…
 const MAX_LIST_STATEMENT: u64 = 256 << 20;
@@ -164,6 +183,10 @@ pub struct Writer {
     /// The signing machine; `None` for an unsigned object of an older build.
     pub machine: Option<String>,
     pub role: Role,
+    /// Unsigned in a vault that signs, believed because the user adopted it: it never
+    /// outranks what machines signed (a snapshot of it is not a rebuild's base while a signed
+    /// one is, and vouches for no other machine's journal).
+    pub adopted: bool,
 }
 
 #[derive(Default, Debug)]
@@ -180,6 +203,8 @@ pub struct Trust {
     /// Machines with a revoked key, and the highest journal record of theirs still believed
     /// (0: revoked whole): their journals end there on purpose, which is no rollback.
     pub revoked: BTreeMap<String, i64>,
+    /// Machines some adopted object is named for.
+    adopted_machines: std::collections::BTreeSet<String>,
 }
 
 fn enroll_key(machine: &str, vk: &VerifyingKey) -> String {
@@ -241,7 +266,7 @@ impl Trust {
                 t.problems.push(format!("statement {}: {} bytes, larger than any coldvault writes; ignored", o.key, o.size));
                 continue;
             }
-            let body = match store.get_object(&o.key).await {
+            let body = match store.get_object(&o.key, o.size).await {
                 Ok(b) => b,
                 Err(e) if super::stops_rebuild(&e) => return Err(e.into()),
                 Err(e) => {
@@ -292,6 +317,7 @@ impl Trust {
 
     /// Once every statement is read: one role per machine id, then the revocations.
     fn finish(&mut self, revocations: Vec<Revocation>) {
+        self.adopted_machines = self.adopted.keys().filter_map(|k| super::parse_seq_key(k.get(2..)?).map(|(m, _, _)| m)).collect();
         // One machine id, one role: a write-only key allowed for a machine that has a full key
         // (a token naming another machine's id) would let it act as that machine's own.
         for (m, ks) in self.machines.iter_mut() {
@@ -331,17 +357,29 @@ impl Trust {
         t
     }
 
+    /// Whether the batch or snapshot at `rel_key` (below the prefix), in machine `m`'s stream,
+    /// could be believed at all, before anything of it is read: in a vault that signs, not
+    /// when the vault allows no key of that machine, or only revoked ones that did not keep it,
+    /// and adopted nothing of it. Junk under an unknown machine's id then costs a rebuild one
+    /// listing entry (review N3, N12).
+    pub fn worth_reading(&self, rel_key: &str, m: &str) -> bool {
+        if !self.signed || self.adopted_machines.contains(m) {
+            return true;
+        }
+        self.machines.get(m).is_some_and(|ks| ks.iter().any(|k| k.revoked.as_ref().is_none_or(|keep| keep.contains_key(rel_key))))
+    }
+
     /// Whether an object may be believed, and who wrote it. `rel_key`: its key below the
     /// prefix; `stream`: the machine its key names (batches, snapshots); `sig`: its
     /// `x-amz-meta-cvs`.
     pub fn check(&self, vault: &PublicKey, rel_key: &str, stream: Option<&str>, header: &[u8], sig: Option<&str>) -> Result<Writer, Refusal> {
         // A vault of an older build (no statement): believed as before, signed or not.
         if !self.signed {
-            return Ok(Writer { machine: None, role: Role::Full });
+            return Ok(Writer { machine: None, role: Role::Full, adopted: false });
         }
         let Some(sig) = sig else {
             return match self.adopted.get(rel_key) {
-                Some(want) if *want == crate::crypto::sha256_hex(header) => Ok(Writer { machine: None, role: Role::Full }),
+                Some(want) if *want == crate::crypto::sha256_hex(header) => Ok(Writer { machine: None, role: Role::Full, adopted: true }),
                 _ => Err(Refusal::Unadopted),
             };
         };
@@ -355,7 +393,7 @@ impl Trust {
             Some(keep) if keep.get(rel_key) != Some(&crate::crypto::sha256_hex(header)) => {
                 Err(Refusal::Revoked { machine: m, key_id: sign::key_id(&k.key) })
             }
-            _ => Ok(Writer { machine: Some(m), role: k.role }),
+            _ => Ok(Writer { machine: Some(m), role: k.role, adopted: false }),
         }
     }
 }
@@ -378,7 +416,7 @@ async fn put_statement(store: &dyn ObjectStore, sk: &StaticSecret, prefix: &str,
         // Our own earlier attempt (its answer lost) is a statement of the vault saying the same;
         // anything else there is someone squatting the name.
         Err(StoreError::AlreadyExists) => {
-            let there = store.get_object(&key).await?;
+            let there = store.get_object(&key, MAX_LIST_STATEMENT).await?;
             let Ok(text) = sign::open_statement(sk, rel, &there) else {
                 // Not the vault's: someone squatting the name (or junk written over it). A
                 // statement is the vault's alone; this one replaces it.
@@ -429,14 +467,25 @@ pub async fn enroll(
     Ok(format!("{prefix}{rel}"))
 }
 
-/// The hex SHA-256 of the header of each object listed under these sub-prefixes (`j/`, `s/`,
-/// or one machine's `j/M/`, `s/M/`) that `want` accepts (key below the prefix, listed length).
-async fn header_hashes(
+/// One journal batch or snapshot as `headers` found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Hex SHA-256 of its 128-byte header.
+    pub hash: String,
+    /// It carries a machine's signature (`x-amz-meta-cvs`), valid or not.
+    pub signed: bool,
+    pub size: u64,
+}
+
+/// The header of each object listed under these sub-prefixes (`j/`, `s/`, or one machine's
+/// `j/M/`, `s/M/`) that `want` accepts (key below the prefix), by key below the prefix: its
+/// hash and whether it carries a signature (a HEAD and a ranged GET each).
+async fn headers(
     store: &Arc<dyn ObjectStore>,
     prefix: &str,
     subs: &[String],
     want: impl Fn(&str) -> bool,
-) -> Result<BTreeMap<String, String>, StoreError> {
+) -> Result<BTreeMap<String, Listed>, StoreError> {
     let mut keys = Vec::new();
     for sub in subs {
         keys.extend(
@@ -445,7 +494,7 @@ async fn header_hashes(
                 .await?
                 .into_iter()
                 .filter(|o| o.size >= crate::crypto::HEADER_LEN as u64 && want(&o.key[prefix.len()..]))
-                .map(|o| o.key),
+                .map(|o| (o.key, o.size)),
         );
     }
     let mut out = BTreeMap::new();
@@ -453,18 +502,23 @@ async fn header_hashes(
     let mut it = keys.into_iter();
     loop {
         while set.len() < ADOPT_PARALLEL {
-            let Some(k) = it.next() else { break };
+            let Some((k, size)) = it.next() else { break };
             let st = store.clone();
             set.spawn(async move {
-                let h = st.get_range(&k, 0, crate::crypto::HEADER_LEN as u64).await;
-                (k, h)
+                let got = async {
+                    let signed = st.head_object(&k).await?.metadata.contains_key(sign::META);
+                    let h = st.get_range(&k, 0, crate::crypto::HEADER_LEN as u64).await?;
+                    Ok::<_, StoreError>(Listed { hash: crate::crypto::sha256_hex(&h), signed, size })
+                }
+                .await;
+                (k, got)
             });
         }
         let Some(done) = set.join_next().await else { break };
-        let (k, h) = done.map_err(|e| StoreError::Retryable(format!("header download task: {e}")))?;
-        match h {
-            Ok(h) => {
-                out.insert(k[prefix.len()..].to_string(), crate::crypto::sha256_hex(&h));
+        let (k, got) = done.map_err(|e| StoreError::Retryable(format!("header download task: {e}")))?;
+        match got {
+            Ok(l) => {
+                out.insert(k[prefix.len()..].to_string(), l);
             }
             // Gone since the listing, or archived by a lifecycle rule: not listed.
             Err(StoreError::NotFound | StoreError::Archived) => {}
@@ -472,6 +526,86 @@ async fn header_hashes(
         }
     }
     Ok(out)
+}
+
+/// The journal batches and snapshots in the bucket no statement makes believed yet, by the
+/// machine their key names: what `coldvault machine adopt` may adopt (`unsigned`), and the
+/// objects that carry a machine's signature (`signed`), which adoption never takes.
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub unsigned: BTreeMap<String, BTreeMap<String, Listed>>,
+    pub signed: BTreeMap<String, Vec<String>>,
+}
+
+impl Survey {
+    /// The unsigned objects, by machine and an example key, as a clause of a refusal.
+    fn unsigned_named(&self, prefix: &str) -> String {
+        if self.unsigned.is_empty() {
+            return String::new();
+        }
+        let each: Vec<String> = self
+            .unsigned
+            .iter()
+            .map(|(m, o)| format!("machine {m}: {} object(s), e.g. {prefix}{}", o.len(), o.keys().next().map_or("", |k| k)))
+            .collect();
+        format!(" (unsigned objects there, not believed: {})", each.join("; "))
+    }
+
+    /// Why a vault without statements must not start signing on its own (a first mount,
+    /// `machine allow`): objects that carry signatures mean it signed once and its statements
+    /// were deleted; unsigned ones are adopted only when the user names their machine
+    /// (review N1). `None`: nothing there, it may start.
+    pub fn why_not_start(&self, prefix: &str) -> Option<String> {
+        if let Some((m, keys)) = self.signed.iter().next() {
+            let n: usize = self.signed.values().map(Vec::len).sum();
+            return Some(format!(
+                "this vault signed its metadata ({n} journal batch(es) or snapshot(s) carry a machine's signature, e.g. {prefix}{} of machine {m}), but none of its statements is left under {prefix}m/ (deleted?): nothing is adopted or allowed{}; restore {prefix}m/ from a copy of the bucket (or its object versions)",
+                keys[0],
+                self.unsigned_named(prefix)
+            ));
+        }
+        if !self.unsigned.is_empty() {
+            let ms: Vec<&str> = self.unsigned.keys().map(String::as_str).collect();
+            let n: usize = self.unsigned.values().map(BTreeMap::len).sum();
+            return Some(format!(
+                "this vault holds {n} unsigned journal batch(es) and snapshot(s) (machine(s) {}), written by builds before signatures or by someone else: nothing is believed or adopted on its own; review them with `coldvault machine adopt --machine ID` (it shows what each would change and asks)",
+                ms.join(", ")
+            ));
+        }
+        None
+    }
+}
+
+/// Every journal batch and snapshot in the bucket that `t` does not already believe as adopted,
+/// by machine (keys in another form than coldvault writes are left out: a rebuild never reads
+/// them).
+pub async fn survey(store: &Arc<dyn ObjectStore>, prefix: &str, t: &Trust) -> Result<Survey, StoreError> {
+    let all = headers(store, prefix, &["j/".to_string(), "s/".to_string()], |rel| super::parse_seq_key(&rel[2..]).is_some()).await?;
+    let mut s = Survey::default();
+    for (rel, l) in all {
+        let Some((m, _, _)) = super::parse_seq_key(&rel[2..]) else { continue };
+        if l.signed {
+            s.signed.entry(m).or_default().push(rel);
+        } else if t.adopted.get(&rel) != Some(&l.hash) {
+            s.unsigned.entry(m).or_default().insert(rel, l);
+        }
+    }
+    Ok(s)
+}
+
+/// Believe these unsigned objects (key below the prefix → hex SHA-256 of the header) from now
+/// on, as they are: one adoption statement. Returns the number adopted.
+pub async fn adopt(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str, objects: BTreeMap<String, String>) -> Result<usize, StoreError> {
+    let n = objects.len();
+    let ts_ms = crate::clock::now_ms();
+    put_statement(store.as_ref(), sk, prefix, &format!("m/adopt-{ts_ms:016}"), &Adoption { ts_ms, objects }).await?;
+    Ok(n)
+}
+
+/// Start signing a vault that has no statement and nothing to adopt: an empty adoption says
+/// it signs from now on.
+pub async fn start_signing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str) -> Result<(), StoreError> {
+    adopt(store, sk, prefix, BTreeMap::new()).await.map(|_| ())
 }
 
 /// Stop believing what `vk` signs for `machine`: everything, or all but its journal batches and
@@ -488,7 +622,11 @@ pub async fn revoke(
         None => BTreeMap::new(),
         Some(n) => {
             let subs = [format!("j/{machine}/"), format!("s/{machine}/")];
-            header_hashes(store, prefix, &subs, |rel| super::parse_seq_key(&rel[2..]).is_some_and(|(m, _, last)| m == machine && last <= n)).await?
+            headers(store, prefix, &subs, |rel| super::parse_seq_key(&rel[2..]).is_some_and(|(m, _, last)| m == machine && last <= n))
+                .await?
+                .into_iter()
+                .map(|(rel, l)| (rel, l.hash))
+                .collect()
         }
     };
     let ts_ms = crate::clock::now_ms();
@@ -498,16 +636,70 @@ pub async fn revoke(
     Ok(format!("{prefix}{rel}"))
 }
 
-/// Adopt every journal batch and snapshot in the bucket now (by its header's SHA-256), so that
-/// what builds before signatures wrote stays believed and nothing unsigned written later is.
-/// Run when a vault starts signing (on a new vault it lists nothing), and again by `coldvault
-/// machine adopt` (machines upgraded late). Returns the number adopted.
-pub async fn adopt_existing(store: &Arc<dyn ObjectStore>, sk: &StaticSecret, prefix: &str) -> Result<usize, StoreError> {
-    let objects = header_hashes(store, prefix, &["j/".to_string(), "s/".to_string()], |_| true).await?;
-    let n = objects.len();
-    let ts_ms = crate::clock::now_ms();
-    put_statement(store.as_ref(), sk, prefix, &format!("m/adopt-{ts_ms:016}"), &Adoption { ts_ms, objects }).await?;
-    Ok(n)
+/// Paths an adoption summary names at most per object.
+const DESCRIBE_PATHS: usize = 12;
+
+/// What adopting one unsigned object (`rel` below the prefix) would make a rebuild believe,
+/// in words: a batch's records (what each does, to which path), a snapshot's tree (how many
+/// entries, which paths, which machines' journals it says it saw). Read whole (within the
+/// rebuild's bounds), never applied.
+pub async fn describe(store: &Arc<dyn ObjectStore>, keys: &crate::crypto::VaultKeys, prefix: &str, rel: &str, l: &Listed) -> String {
+    use super::{shown, Entry};
+    let key = format!("{prefix}{rel}");
+    let name = |e: &Entry| -> String {
+        match e {
+            Entry::Upload { path, size, .. } => format!("file {} ({size} bytes)", shown(path)),
+            Entry::Mkdir { path, .. } => format!("folder {}", shown(path)),
+            Entry::Symlink { path, target, .. } => format!("symlink {} -> {}", shown(path), shown(target)),
+            Entry::Special { path, .. } => format!("special file {}", shown(path)),
+            Entry::Rename { from, to, .. } => format!("rename {} -> {}", shown(from), shown(to)),
+            Entry::Remove { path, .. } => format!("remove {}", shown(path)),
+            Entry::Discard { key } => format!("discard {}", shown(key)),
+            Entry::Attr { path, .. } => format!("attributes of {}", shown(path)),
+        }
+    };
+    let list = |names: Vec<String>, total: usize| -> String {
+        let more = total.saturating_sub(names.len());
+        let mut s = names.join("; ");
+        if more > 0 {
+            s.push_str(&format!("; and {more} more"));
+        }
+        s
+    };
+    if rel.starts_with("j/") {
+        if l.size > super::rebuild::MAX_BATCH_BYTES {
+            return format!("a journal batch of {} bytes, more than any coldvault writes: not read", l.size);
+        }
+        let body = match store.get_object(&key, l.size).await {
+            Ok(b) => b,
+            Err(e) => return format!("cannot be read: {e}"),
+        };
+        return match super::open_json::<super::Batch>(keys, &key, &body) {
+            Ok(b) => {
+                let names = b.records.iter().take(DESCRIBE_PATHS).map(|r| name(&r.entry)).collect();
+                format!("journal batch of machine {}, {} record(s): {}", shown(&b.machine), b.records.len(), list(names, b.records.len()))
+            }
+            Err(e) => format!("cannot be read: {e}"),
+        };
+    }
+    let adopted = |_: &[u8]| Ok(Writer { machine: None, role: Role::Full, adopted: true });
+    let Some(sk) = keys.secret.as_ref() else { return "cannot be read without the vault's private key".into() };
+    match super::read::stream(store, sk, &key, l.size, Some(super::Tree::default()), &adopted).await {
+        Ok((Some(t), Ok(info))) => {
+            let names: Vec<String> = t.nodes.keys().take(DESCRIBE_PATHS).map(|p| shown(p).into_owned()).collect();
+            let seen: Vec<String> = info.seen.iter().map(|(m, q)| format!("{m} to record {q}")).collect();
+            format!(
+                "snapshot of machine {} with {} entries ({}), saying it saw the journals of {}",
+                shown(&info.machine),
+                info.entries,
+                list(names, t.nodes.len()),
+                if seen.is_empty() { "no machine".to_string() } else { seen.join(", ") }
+            )
+        }
+        Ok((_, Err(e))) => format!("cannot be read: {e}"),
+        Ok((None, Ok(_))) => "cannot be read".into(),
+        Err(e) => format!("cannot be read: {e}"),
+    }
 }
 
 /// What a full machine does before it rebuilds or writes: start signing the vault if nobody
@@ -527,7 +719,7 @@ pub async fn sign_descriptor_once(store: &Arc<dyn ObjectStore>, sk: &StaticSecre
         return;
     }
     let key = format!("{prefix}coldvault/vault.json");
-    let agrees = match store.get_object(&key).await {
+    let agrees = match store.get_object(&key, crate::crypto::MAX_DESCRIPTOR_BYTES).await {
         Ok(b) => serde_json::from_slice::<crate::crypto::VaultDescriptor>(&b).is_ok_and(|d| SignedDescriptor::of(&d) == SignedDescriptor::of(mine)),
         Err(e) => {
             tracing::warn!(error = %e, "could not read {key} to sign what it says; tried again at the next mount");
@@ -555,13 +747,18 @@ pub async fn prepare_full(
 ) -> Result<(), RemoteError> {
     let t = Trust::load(store, sk, prefix).await?;
     if !t.signed && pinned {
-        return Err(RemoteError::Malformed(format!(
-            "this vault signs its metadata, but none of its statements is left under {prefix}m/ (deleted?): nothing is adopted or allowed; restore them from a copy of the bucket, or `coldvault machine adopt` if you trust what is in it now"
+        return Err(RemoteError::Untrusted(format!(
+            "this vault signs its metadata, but none of its statements is left under {prefix}m/ (deleted?): nothing is adopted or allowed; restore them from a copy of the bucket or its object versions"
         )));
     }
     if !t.signed {
-        let n = adopt_existing(store, sk, prefix).await?;
-        tracing::warn!(adopted = n, "this vault starts signing: the unsigned journal batches and snapshots of earlier builds in it now are adopted; unsigned ones written later are refused (`coldvault machine adopt` adopts again)");
+        // Nothing is adopted on its own: what is unsigned there is shown to the user first
+        // (`machine adopt`), and what carries signatures says statements were deleted.
+        if let Some(why) = survey(store, prefix, &t).await?.why_not_start(prefix) {
+            return Err(RemoteError::Untrusted(why));
+        }
+        start_signing(store, sk, prefix).await?;
+        tracing::info!("this vault starts signing its metadata");
     }
     let mine = t.machines.get(me.machine()).and_then(|v| v.iter().find(|k| k.key == me.public()));
     let allowed = match mine {

@@ -62,11 +62,11 @@ impl ObjectStore for Recorder {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         r
     }
-    async fn get_object(&self, key: &str) -> StoreResult<Bytes> {
-        self.inner.get_object(key).await
+    async fn get_object(&self, key: &str, max: u64) -> StoreResult<Bytes> {
+        self.inner.get_object(key, max).await
     }
-    async fn get_with_metadata(&self, key: &str) -> StoreResult<(Bytes, HashMap<String, String>)> {
-        self.inner.get_with_metadata(key).await
+    async fn get_with_metadata(&self, key: &str, max: u64) -> StoreResult<(Bytes, HashMap<String, String>)> {
+        self.inner.get_with_metadata(key, max).await
     }
     async fn head_object(&self, key: &str) -> StoreResult<HeadInfo> {
         self.inner.head_object(key).await

@@ -134,16 +134,22 @@ async fn put_get_head(s: &dyn ObjectStore, p: &str) -> Check {
     let b = body(100_000, 1);
     let opts = PutOptions { metadata: vec![("cv".into(), "value-1".into()), ("cvs".into(), "sig".into())], ..standard() };
     s.put_object(&key, b.clone(), &opts).await.map_err(|e| format!("put: {e}"))?;
-    let got = s.get_object(&key).await.map_err(|e| format!("get: {e}"))?;
+    let got = s.get_object(&key, u64::MAX).await.map_err(|e| format!("get: {e}"))?;
     ensure(got == b, || format!("get returned {} bytes, not the {} put", got.len(), b.len()))?;
     let h = s.head_object(&key).await.map_err(|e| format!("head: {e}"))?;
     ensure(h.size == b.len() as u64, || format!("head size {} for {} bytes", h.size, b.len()))?;
     ensure(h.class() == crate::vault::StorageClass::Standard, || format!("head class {:?}", h.storage_class))?;
     ensure(h.restore.is_none(), || format!("head says restore {:?} of an object never archived", h.restore))?;
     ensure(h.metadata.get("cv").map(String::as_str) == Some("value-1"), || format!("head metadata {:?}", h.metadata))?;
-    let (got, md) = s.get_with_metadata(&key).await.map_err(|e| format!("get with metadata: {e}"))?;
+    let (got, md) = s.get_with_metadata(&key, u64::MAX).await.map_err(|e| format!("get with metadata: {e}"))?;
     ensure(got == b, || "get with metadata: other bytes".into())?;
     ensure(md.get("cvs").map(String::as_str) == Some("sig"), || format!("get metadata {md:?}"))?;
+    // A GET bounded below the object's size reads none of it (review N13); at its size, all.
+    match s.get_with_metadata(&key, b.len() as u64 - 1).await {
+        Err(StoreError::Permanent { code, .. }) if code == "TooLarge" => {}
+        other => return Err(format!("a GET bounded below the object's size gave {:?}", other.map(|(b, _)| b.len()))),
+    }
+    ensure(s.get_object(&key, b.len() as u64).await.map_err(|e| format!("get at its size: {e}"))? == b, || "get at its size: other bytes".into())?;
     // An empty object is an object.
     let empty = format!("{p}basic/empty");
     s.put_object(&empty, Bytes::new(), &standard()).await.map_err(|e| format!("put empty: {e}"))?;
@@ -171,10 +177,10 @@ async fn missing(s: &dyn ObjectStore, p: &str) -> Check {
         Err(StoreError::NotFound) => Ok(()),
         other => Err(format!("{what} of a missing key: {other:?}")),
     };
-    nf("get", s.get_object(&key).await.map(drop))?;
+    nf("get", s.get_object(&key, u64::MAX).await.map(drop))?;
     nf("range", s.get_range(&key, 0, 10).await.map(drop))?;
     nf("head", s.head_object(&key).await.map(drop))?;
-    nf("get with metadata", s.get_with_metadata(&key).await.map(drop))
+    nf("get with metadata", s.get_with_metadata(&key, u64::MAX).await.map(drop))
 }
 
 async fn listing(s: &dyn ObjectStore, p: &str) -> Check {
@@ -249,7 +255,7 @@ async fn multipart(s: &dyn ObjectStore, p: &str) -> Check {
     let e2b = s.upload_part(&key, &id, 2, b.clone()).await.map_err(|e| format!("part 2 again: {e}"))?;
     ensure(e2 == e2b, || format!("the same part sent twice has two ETags ({e2}, {e2b})"))?;
     s.complete_multipart(&key, &id, &[(1, e1), (2, e2)], false).await.map_err(|e| format!("complete: {e}"))?;
-    let got = s.get_object(&key).await.map_err(|e| format!("get: {e}"))?;
+    let got = s.get_object(&key, u64::MAX).await.map_err(|e| format!("get: {e}"))?;
     ensure(got.len() == PART + 1000 && got[..PART] == a[..] && got[PART..] == b[..], || format!("assembled {} bytes, other content", got.len()))
 }
 
@@ -275,7 +281,7 @@ async fn delete(s: &dyn ObjectStore, p: &str) -> Check {
     let key = format!("{p}del/a");
     s.put_object(&key, body(10, 8), &standard()).await.map_err(|e| format!("put: {e}"))?;
     s.delete_object(&key).await.map_err(|e| format!("delete: {e}"))?;
-    match s.get_object(&key).await {
+    match s.get_object(&key, u64::MAX).await {
         Err(StoreError::NotFound) => Ok(()),
         other => Err(format!("get after delete: {:?}", other.map(|b| b.len()))),
     }
@@ -290,7 +296,7 @@ async fn conditional_put(s: &dyn ObjectStore, p: &str) -> Check {
         Err(StoreError::AlreadyExists) => {}
         other => return Err(format!("second conditional put: {other:?}")),
     }
-    let got = s.get_object(&key).await.map_err(|e| format!("get: {e}"))?;
+    let got = s.get_object(&key, u64::MAX).await.map_err(|e| format!("get: {e}"))?;
     ensure(got == first, || "the object was overwritten".into())
 }
 
@@ -307,7 +313,7 @@ async fn conditional_multipart(s: &dyn ObjectStore, p: &str) -> Check {
         Err(StoreError::AlreadyExists) => {}
         other => return Err(format!("conditional completion over an object: {other:?}")),
     }
-    let got = s.get_object(&key).await.map_err(|e| format!("get: {e}"))?;
+    let got = s.get_object(&key, u64::MAX).await.map_err(|e| format!("get: {e}"))?;
     ensure(got == first, || "the object was overwritten".into())
 }
 
@@ -354,7 +360,7 @@ async fn archive(s: &dyn ObjectStore, p: &str, restore_time: Duration) -> Check 
         }
         tokio::time::sleep(restore_time / 4 + Duration::from_millis(20)).await;
     }
-    let got = s.get_object(&key).await.map_err(|e| format!("GET of the restored object: {e}"))?;
+    let got = s.get_object(&key, u64::MAX).await.map_err(|e| format!("GET of the restored object: {e}"))?;
     ensure(got == b, || "the restored object reads other bytes".into())
 }
 
@@ -376,7 +382,7 @@ async fn it_archive(s: &dyn ObjectStore, p: &str, move_to_archive: &MoveToArchiv
     move_to_archive(&key);
     let h = s.head_object(&key).await.map_err(|e| format!("head: {e}"))?;
     ensure(h.class().needs_restore() && h.class().is_it_archive(), || format!("head class {:?}/{:?}", h.storage_class, h.archive_status))?;
-    match s.get_object(&key).await {
+    match s.get_object(&key, u64::MAX).await {
         Err(StoreError::Archived) => {}
         other => return Err(format!("GET in an archive access tier: {:?}", other.map(|b| b.len()))),
     }
@@ -384,6 +390,6 @@ async fn it_archive(s: &dyn ObjectStore, p: &str, move_to_archive: &MoveToArchiv
     tokio::time::sleep(restore_time + Duration::from_millis(50)).await;
     let h = s.head_object(&key).await.map_err(|e| format!("head after restore: {e}"))?;
     ensure(!h.class().needs_restore(), || format!("still archived after the restore: {:?}", h.archive_status))?;
-    let got = s.get_object(&key).await.map_err(|e| format!("GET after restore: {e}"))?;
+    let got = s.get_object(&key, u64::MAX).await.map_err(|e| format!("GET after restore: {e}"))?;
     ensure(got == b, || "other bytes after restore".into())
 }

@@ -341,19 +341,17 @@ impl ObjectStore for MemoryStore {
         let (s, e) = (start.min(len) as usize, end.min(len) as usize);
         Ok(o.body.slice(s..e))
     }
-    async fn get_object(&self, key: &str) -> Result<Bytes> {
+    async fn get_object(&self, key: &str, max: u64) -> Result<Bytes> {
+        Ok(self.get_with_metadata(key, max).await?.0)
+    }
+    async fn get_with_metadata(&self, key: &str, max: u64) -> Result<(Bytes, std::collections::HashMap<String, String>)> {
         self.enter("GetObject").await?;
         let o = self.newest(key)?;
         if !self.readable(&o) {
             return Err(StoreError::Archived);
         }
-        Ok(o.body)
-    }
-    async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, std::collections::HashMap<String, String>)> {
-        self.enter("GetObject").await?;
-        let o = self.newest(key)?;
-        if !self.readable(&o) {
-            return Err(StoreError::Archived);
+        if o.body.len() as u64 > max {
+            return Err(StoreError::too_large(key, o.body.len() as u64, max));
         }
         Ok((o.body, o.metadata))
     }

@@ -48,6 +48,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// An object larger than the GET that read it allowed.
+    pub fn too_large(key: &str, size: u64, max: u64) -> StoreError {
+        StoreError::Permanent { code: "TooLarge".into(), message: format!("{key} is {size} bytes, more than the {max} this read allows") }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Retryable(_) | StoreError::Credentials(_))
     }
@@ -133,9 +138,12 @@ pub trait ObjectStore: Send + Sync {
         buf.extend_from_slice(&b);
         Ok(buf)
     }
-    async fn get_object(&self, key: &str) -> Result<Bytes>;
-    /// The whole object and its user metadata, from one GET (a journal batch and its signature).
-    async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, HashMap<String, String>)>;
+    /// The whole object, if it is at most `max` bytes (else `too_large`, nothing more read: a
+    /// swapped object cannot make the caller hold more than it expected; review N13).
+    async fn get_object(&self, key: &str, max: u64) -> Result<Bytes>;
+    /// The whole object and its user metadata, from one GET (a journal batch and its
+    /// signature), if it is at most `max` bytes.
+    async fn get_with_metadata(&self, key: &str, max: u64) -> Result<(Bytes, HashMap<String, String>)>;
     async fn head_object(&self, key: &str) -> Result<HeadInfo>;
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>>;
     /// Multipart uploads under `prefix` begun and never completed or aborted (a store without
@@ -207,14 +215,14 @@ impl ObjectStore for Counted {
         self.bump("GetObject");
         self.inner.get_range_into(key, start, end, buf).await
     }
-    async fn get_object(&self, key: &str) -> Result<Bytes> {
+    async fn get_object(&self, key: &str, max: u64) -> Result<Bytes> {
         let statement = key.strip_prefix(self.prefix.as_str()).is_some_and(|k| k.starts_with("m/"));
         self.bump(if statement { "GetObject(statements)" } else { "GetObject" });
-        self.inner.get_object(key).await
+        self.inner.get_object(key, max).await
     }
-    async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, HashMap<String, String>)> {
+    async fn get_with_metadata(&self, key: &str, max: u64) -> Result<(Bytes, HashMap<String, String>)> {
         self.bump("GetObject");
-        self.inner.get_with_metadata(key).await
+        self.inner.get_with_metadata(key, max).await
     }
     async fn head_object(&self, key: &str) -> Result<HeadInfo> {
         self.bump("HeadObject");

@@ -336,10 +336,6 @@ fn class(c: &str) -> Option<StorageClass> {
     }
 }
 
-async fn collect(body: ByteStream) -> Result<Bytes> {
-    body.collect().await.map(|d| d.into_bytes()).map_err(|e| StoreError::Retryable(format!("reading body: {e}")))
-}
-
 /// At most `limit` bytes of a body (a longer one is cut: the caller never gets more than it
 /// asked for).
 async fn collect_at_most(body: ByteStream, limit: u64) -> Result<Bytes> {
@@ -448,14 +444,21 @@ impl ObjectStore for S3Store {
         let body = self.ranged_body(key, start, end).await?;
         collect_into(body, end - start, buf).await
     }
-    async fn get_object(&self, key: &str) -> Result<Bytes> {
-        let r = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
-        collect(r.body).await
+    async fn get_object(&self, key: &str, max: u64) -> Result<Bytes> {
+        Ok(self.get_with_metadata(key, max).await?.0)
     }
-    async fn get_with_metadata(&self, key: &str) -> Result<(Bytes, std::collections::HashMap<String, String>)> {
+    async fn get_with_metadata(&self, key: &str, max: u64) -> Result<(Bytes, std::collections::HashMap<String, String>)> {
         let mut r = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;
+        if let Some(n) = r.content_length().filter(|&n| n as u64 > max) {
+            return Err(StoreError::too_large(key, n as u64, max));
+        }
         let md = r.metadata.take().unwrap_or_default();
-        Ok((collect(r.body).await?, md))
+        // Without a length (or a lying one), reading stops one byte past the bound.
+        let body = collect_at_most(r.body, max.saturating_add(1)).await?;
+        if body.len() as u64 > max {
+            return Err(StoreError::too_large(key, body.len() as u64, max));
+        }
+        Ok((body, md))
     }
     async fn head_object(&self, key: &str) -> Result<HeadInfo> {
         let r = self.client.head_object().bucket(&self.bucket).key(key).send().await.map_err(classify)?;

@@ -86,6 +86,21 @@ def test_a_vault_written_by_0_1_mounts_reads_and_recovers(servers, tmp_path):
             if path.startswith("photos/") and want["type"] == "file":
                 assert sha(out / path) == want["sha256"], f"`coldvault get` of {path} differs"
 
+        # Nothing unsigned is believed on its own by this build: a mount that would rebuild from
+        # 0.1's unsigned journal stops and says how to review it (security review N1).
+        r = run("mount", "--config", v.config, "--cache-dir", v.cache, "--passphrase-file", v.passfile, v.mnt, check=False)
+        assert r.returncode != 0 and not is_mounted(v.mnt), r.stdout + r.stderr
+        assert "machine adopt" in r.stderr, r.stderr
+        writers = [l.split()[0] for l in run("machine", "list", "--config", v.config, "--passphrase-file", v.passfile).stdout.splitlines()
+                   if "not allowed" in l]
+        assert len(writers) == 1, writers
+        # Asked without a terminal, the answer is no; with --yes it is adopted after being shown.
+        r = run("machine", "adopt", "--machine", writers[0], "--config", v.config, "--passphrase-file", v.passfile, check=False)
+        assert r.returncode != 0 and "nothing adopted" in r.stderr, r.stdout + r.stderr
+        assert "photos/2024" in r.stdout and "journal batch" in r.stdout, r.stdout
+        r = run("machine", "adopt", "--machine", writers[0], "--yes", "--config", v.config, "--passphrase-file", v.passfile)
+        assert "adopted" in r.stdout, r.stdout
+
         # Mount on an empty cache: the index is rebuilt from 0.1's snapshot and journal.
         v.mount()
         check(tree(v.mnt), expected)

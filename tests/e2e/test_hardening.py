@@ -90,6 +90,39 @@ def test_another_user_cannot_answer_for_the_daemon(tmp_path):
         shutil.rmtree(xdg)
 
 
+def test_a_socket_folder_made_first_in_tmp_by_another_user_stops_nothing(servers, vault_factory, monkeypatch):
+    """Another local user makes /tmp/coldvault-0 before root's first mount (root without
+    XDG_RUNTIME_DIR, as under sudo or cron): the mount's control socket is elsewhere, where no
+    one else can make its folder, and `status`, `flush --wait` and `unmount` all reach the
+    daemon."""
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("needs root to act as another user")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    squat = Path("/tmp/coldvault-0")
+    aside = None
+    if squat.exists() or squat.is_symlink():
+        aside = Path(f"/tmp/coldvault-0.aside-{os.getpid()}")
+        squat.rename(aside)
+    squat.mkdir(mode=0o777)
+    os.chown(squat, 65534, 65534)
+    try:
+        s = servers("s3s-fs")
+        v = vault_factory(s)
+        v.mount()
+        (v.mnt / "a.txt").write_bytes(b"x" * 1000)
+        r = run("flush", "--wait", v.mnt, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = run("status", v.mnt, check=False)
+        assert r.returncode == 0 and "belongs to uid" not in r.stderr, r.stdout + r.stderr
+        v.unmount()
+        assert list(squat.iterdir()) == [], "something was put in the other user's folder"
+    finally:
+        squat.rmdir()
+        if aside is not None:
+            aside.rename(squat)
+
+
 def test_a_file_larger_than_the_mount_accepts_is_refused(servers, vault_factory):
     """One `truncate -s 16T` (through Samba, from any client) must not stage a file that can
     never be uploaded; a limit set lower is kept too. The application gets EFBIG, "File too

@@ -279,6 +279,112 @@ def test_forged_metadata_is_refused_by_name(servers, vault_factory, tmp_path):
     v.unmount()
 
 
+def test_deleted_statements_and_a_planted_snapshot_are_adopted_by_no_one(servers, vault_factory, tmp_path):
+    """Security review N1: someone who can delete and put objects deletes every statement under
+    m/ and plants an unsigned snapshot of a new machine, newer than everything, holding only
+    their file and saying it saw the honest journal to its end. A new machine joining is
+    refused, naming the signed objects and the planted one; the machine that knew the vault
+    signs does not rebuild from it; once the statements are back, `machine adopt` of the
+    planted machine shows the forgery and adopts nothing unasked, and refuses a machine the
+    vault allows. Nothing is written under m/ meanwhile, and the vault reads as it was."""
+    import tomllib
+    import forge
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "photos").mkdir()
+    for i in range(3):
+        (v.mnt / "photos" / f"{i}.jpg").write_bytes(os.urandom(30_000 + i))
+    v.flush()
+    want = snapshot_tree(v.mnt)
+    v.unmount()
+    pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
+    listed = lambda sub: [o["Key"] for o in s.s3.list_objects_v2(Bucket=v.bucket, Prefix=v.prefix + sub).get("Contents", [])]
+    machine = listed("j/")[0].split("/")[-2]
+    bad = forge.put_file(s.s3, v.bucket, v.prefix, pub, b"not my photo\n")
+    up = {"op": "upload", "path": "photos/evil.jpg", "mtime_ns": 1, "mode": 0o644, "uid": 0, "gid": 0, **bad}
+    attacker = forge.Machine()
+    planted = forge.put_snapshot(s.s3, v.bucket, v.prefix, pub, attacker.id, 1, 2**53, [up],
+                                 seen={machine: 10**9, attacker.id: 1})
+    statements = {k: s.s3.get_object(Bucket=v.bucket, Key=k)["Body"].read() for k in listed("m/")}
+    assert statements
+    for k in statements:
+        s.s3.delete_object(Bucket=v.bucket, Key=k)
+
+    # A new machine joins: refused, by name.
+    new_cfg = tmp_path / "new-machine.toml"
+    r = run("init", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--endpoint-url", s.endpoint,
+            "--config", new_cfg, "--passphrase-file", v.passfile, check=False)
+    assert r.returncode != 0 and not new_cfg.exists(), r.stdout + r.stderr
+    assert "carry a machine's signature" in r.stderr and machine in r.stderr and planted in r.stderr, r.stderr
+    # The machine that knew, on an empty cache: no rebuild from what is there.
+    fresh_cache(v, "cache-after-deletion")
+    r = run("mount", "--config", v.config, "--cache-dir", v.cache, "--passphrase-file", v.passfile, v.mnt, check=False)
+    assert r.returncode != 0 and not is_mounted(v.mnt), r.stdout + r.stderr
+    assert "none of its statements" in r.stderr + v.log(), r.stderr
+    assert listed("m/") == []
+
+    # The statements restored from a copy: the planted machine is shown, not adopted unasked.
+    for k, body in statements.items():
+        s.s3.put_object(Bucket=v.bucket, Key=k, Body=body)
+    r = run("machine", "adopt", "--machine", attacker.id, "--config", v.config, "--passphrase-file", v.passfile, check=False)
+    assert r.returncode != 0 and "nothing adopted" in r.stderr, r.stdout + r.stderr
+    assert planted in r.stdout and "photos/evil.jpg" in r.stdout and f"{machine} to record {10**9}" in r.stdout, r.stdout
+    r = run("machine", "adopt", "--machine", machine, "--yes", "--config", v.config, "--passphrase-file", v.passfile, check=False)
+    assert r.returncode != 0 and "allows a key of machine" in r.stderr, r.stdout + r.stderr
+    assert sorted(listed("m/")) == sorted(statements), "a statement was written"
+    fresh_cache(v, "cache-restored")
+    v.mount()
+    assert snapshot_tree(v.mnt) == want
+    v.unmount()
+
+
+def _peak_rss_mib(*args):
+    """Run coldvault with `args` in a process of its own; its result and the peak RSS (MiB)
+    of coldvault as the kernel counted it."""
+    wrapper = ("import resource, subprocess, sys, json\n"
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "print(json.dumps([r.returncode, r.stdout, r.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+    from conftest import BIN
+    out = subprocess.run([sys.executable, "-c", wrapper, BIN, *map(str, args)], capture_output=True, text=True, timeout=600)
+    code, stdout, stderr, kib = json.loads(out.stdout)
+    return code, stdout, stderr, kib / 1024
+
+
+def test_a_256_mib_planted_batch_costs_a_rebuild_one_listing_entry(servers, vault_factory, tmp_path):
+    """Security review N3: 256 MiB journal batches sealed to the vault's public key, one under
+    a machine id the vault does not know and one under the honest machine's own id, are neither
+    downloaded nor decrypted: `ls` names each, shows the vault as it was, and its peak RSS stays
+    under 150 MiB."""
+    import tomllib
+    import forge
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "a.txt").write_bytes(b"kept\n")
+    v.flush()
+    v.unmount()
+    pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
+    honest = s.s3.list_objects_v2(Bucket=v.bucket, Prefix=v.prefix + "j/")["Contents"][0]["Key"].split("/")[-2]
+    rec = '{"seq":%d,"ts_ms":1,"op":"mkdir","path":"junk/%d","mode":493,"uid":0,"gid":0,"mtime_ns":1}'
+    n = 256 * 1024 * 1024 // 90
+    planted = []
+    for machine, first in ((os.urandom(8).hex(), 1), (honest, 10**6)):
+        doc = '{"machine":"%s","records":[' % machine + ",".join(rec % (first + i, i) for i in range(n)) + "]}"
+        _, body, _ = forge.seal(pub, doc.encode())
+        assert len(body) >= 256 << 20
+        key = f"{v.prefix}j/{machine}/{first:016d}-{first + n - 1:016d}"
+        s.s3.put_object(Bucket=v.bucket, Key=key, Body=body)
+        planted.append(key)
+        del doc, body
+    code, out, err, peak = _peak_rss_mib("ls", "--config", v.config, "--passphrase-file", v.passfile, "-R")
+    assert code == 0, err
+    assert "a.txt" in out and "junk" not in out, out
+    for k in planted:
+        assert k in err, f"{k} not named: {err}"
+    assert peak < 150, f"peak RSS {peak:.0f} MiB"
+
+
 def test_write_only_mount_through_a_putobject_only_policy(servers, vault_factory, tmp_path):
     """A write-only machine, set up with the vault's fingerprint and nothing secret, through
     the write-only policy (PutObject, and GetObject of vault.json alone): a vault.json swapped in

@@ -65,6 +65,11 @@ pub struct Config {
     /// deleted the newest batches; review N8).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub journal_heads: BTreeMap<String, i64>,
+    /// The vault's revocations this machine has seen (statement key below the prefix → the
+    /// signed statement): one deleted from the bucket still applies to what this machine reads
+    /// (`remote_meta::remembered`; review N2).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revocations: BTreeMap<String, String>,
     /// This machine's id in the bucket, drawn by `init --write-only` so that a policy can limit
     /// its credential to its own journal (`coldvault policy --mode write-only --machine ID`);
     /// `None`: drawn by the first mount and kept in the cache dir's index.
@@ -157,6 +162,18 @@ impl Config {
             let changed = heads != c.journal_heads;
             c.journal_heads = heads;
             changed
+        })
+    }
+
+    /// Adds the revocations a read of the vault believed (key → statement) to those the config
+    /// at `path` keeps; none is ever dropped.
+    pub fn remember_revocations(path: &Path, seen: &BTreeMap<String, String>) -> Result<()> {
+        Config::update(path, |c| {
+            let before = c.revocations.len();
+            for (k, v) in seen {
+                c.revocations.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            c.revocations.len() != before
         })
     }
 

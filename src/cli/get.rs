@@ -3,7 +3,6 @@
 
 use super::pass::{load_unlocked, PassArgs};
 use super::runtime;
-use super::s3::connect;
 use super::tree::{load_tree_at, norm, parse_at, wanted};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
@@ -37,7 +36,7 @@ pub fn run(a: GetArgs) -> Result<()> {
     let (cfg, keys) = load_unlocked(config, &pass)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
+        let store: Arc<dyn ObjectStore> = super::s3::connect_vault(&cfg).await?;
         get(store, &keys, &cfg, &args, &dest, &options).await
     })
 }
@@ -68,6 +67,23 @@ struct GetOptions {
     /// Files downloaded at once.
     #[arg(long, default_value_t = 4)]
     jobs: usize,
+    /// Restore what the write-only machine ID wrote as it wrote it. Without it, such files
+    /// come back without execute, setuid or setgid bits and never owned by root, and nothing
+    /// of theirs in a dot folder or named with a dot (`.git/hooks`, `.ssh`, `.bashrc`) is
+    /// written: a stolen write-only machine cannot plant code in a restored tree. Repeat for
+    /// several machines.
+    #[arg(long = "trust-machine", value_name = "ID")]
+    trust_machines: Vec<String>,
+}
+
+/// What `get` did to what untrusted write-only machines wrote (review N6), per machine.
+#[derive(Default)]
+struct Tamed {
+    /// Items restored with execute, setuid, setgid and root ownership taken away.
+    restored: u64,
+    /// Items under a dot name not written, and one of them.
+    held_back: u64,
+    example: String,
 }
 
 /// What the downloads of one `get` share: the bucket, the keys and one read-ahead budget.
@@ -165,11 +181,16 @@ async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, paths:
         budget: Budget::new(sealed::DEFAULT_BUDGET),
     });
     let mut problems: Vec<String> = Vec::new();
-    let mut made_dirs: Vec<(String, &remote_meta::Node)> = Vec::new();
+    let mut made_dirs: Vec<(String, remote_meta::Node)> = Vec::new();
     // By destination path: a file selected twice (`get photos photos DIR`) is restored once,
     // and two vault files that would land on one name (`get a/x b/x DIR`) are reported.
-    let mut files: std::collections::BTreeMap<String, (String, &remote_meta::Node)> = std::collections::BTreeMap::new();
+    let mut files: std::collections::BTreeMap<String, (String, remote_meta::Node)> = std::collections::BTreeMap::new();
     let mut links = 0u64;
+    let mut tamed: std::collections::BTreeMap<String, Tamed> = std::collections::BTreeMap::new();
+    let (dest_uid, dest_gid) = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dest).map(|m| (m.uid(), m.gid())).unwrap_or((0, 0))
+    };
     for p in paths {
         let base = norm(p)?;
         let root = tree.nodes.get(&base).ok_or_else(|| anyhow!("{p}: no such file or folder in the vault"))?;
@@ -193,6 +214,31 @@ async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, paths:
             }
             let shown = remote_meta::shown(vp);
             let rel = vp[strip..].to_string();
+            // What a write-only machine wrote is data, never code or a config a program runs.
+            let untrusted = n.owner.as_ref().filter(|m| tree.write_only.contains(*m) && !o.trust_machines.contains(m));
+            let n: remote_meta::Node = match untrusted {
+                None => n.clone(),
+                Some(m) => {
+                    let t = tamed.entry(m.clone()).or_default();
+                    if vp.split('/').any(|c| c.starts_with('.')) {
+                        t.held_back += 1;
+                        if t.example.is_empty() {
+                            t.example = shown.to_string();
+                        }
+                        continue;
+                    }
+                    t.restored += 1;
+                    let mut x = n.clone();
+                    x.mode &= if x.kind == NodeKind::Dir { !0o7000 } else { !0o7111 };
+                    if x.uid == 0 {
+                        x.uid = dest_uid;
+                    }
+                    if x.gid == 0 {
+                        x.gid = dest_gid;
+                    }
+                    x
+                }
+            };
             match n.kind {
                 NodeKind::Dir => match d.make_dir(&rel) {
                     Ok(()) => made_dirs.push((rel, n)),
@@ -250,7 +296,6 @@ async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, paths:
                 (tier.as_str().to_string(), (!class.is_it_archive()).then_some(cfg.restore.days))
             });
             let (f, dd, p) = (fetch.clone(), d.clone(), progress.clone());
-            let n = n.clone();
             tasks.spawn(async move {
                 let r = get_one(f, dd, (vp, rel.clone()), n, restore, p).await;
                 (rel, r)
@@ -306,6 +351,13 @@ async fn get(store: Arc<dyn ObjectStore>, keys: &VaultKeys, cfg: &Config, paths:
     println!(", to {}", dest.display());
     for a in &archived {
         println!("archived: {a}");
+    }
+    for (m, t) in &tamed {
+        println!(
+            "written by write-only machine {m}: {} item(s) restored without execute, setuid or setgid bits or root as owner{}; `--trust-machine {m}` restores them as written",
+            t.restored,
+            if t.held_back > 0 { format!(", {} under a dot name not restored (e.g. {})", t.held_back, t.example) } else { String::new() }
+        );
     }
     for p in &problems {
         eprintln!("coldvault: {p}");

@@ -95,6 +95,7 @@ fn init_config(t: InitTarget, write_only: bool) -> Result<(PathBuf, Config)> {
         object_lock_days,
         object_lock_compliance,
         journal_heads: Default::default(),
+        revocations: Default::default(),
         machine_id: None,
         loaded_from: None,
     };

@@ -2,7 +2,6 @@
 
 use super::pass::{load_unlocked, PassArgs};
 use super::runtime;
-use super::s3::connect;
 use super::tree::{history, load_tree_at, norm, parse_at};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -37,7 +36,7 @@ pub fn run(a: LsArgs) -> Result<()> {
     let (cfg, keys) = load_unlocked(config, &pass)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
+        let store: Arc<dyn ObjectStore> = super::s3::connect_vault(&cfg).await?;
         match vault_path {
             Some(p) if versions => ls_versions(&store, &keys, &cfg, &p).await,
             p => ls(&store, &keys, &cfg, p, recursive, at).await,

@@ -3,7 +3,6 @@
 
 use super::pass::{load_unlocked, PassArgs};
 use super::runtime;
-use super::s3::connect;
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use coldvault::config;
@@ -77,7 +76,7 @@ pub fn run(cmd: MachineCmd) -> Result<()> {
     let listing = matches!(cmd, MachineCmd::List { .. });
     let rt = runtime()?;
     let signed = rt.block_on(async {
-        let store: Arc<dyn coldvault::store::ObjectStore> = Arc::new(connect(&cfg).await?);
+        let store: Arc<dyn coldvault::store::ObjectStore> = super::s3::connect_vault(&cfg).await?;
         let t = trust::Trust::load(&store, sk, &cfg.prefix).await.map_err(|e| anyhow!("reading the vault's statements: {e}"))?;
         for p in &t.problems {
             eprintln!("coldvault: {p}");
@@ -100,6 +99,9 @@ pub fn run(cmd: MachineCmd) -> Result<()> {
                         key_id(&other.key),
                         other.role
                     );
+                }
+                if let Some((other, _)) = t.machines.iter().find(|(o, ks)| **o != m && ks.iter().any(|k| k.key == vk)) {
+                    bail!("this key ({}) is allowed for machine {other} already: one key signs for one machine; nothing allowed", key_id(&vk));
                 }
                 if let Some(k) = t.machines.get(&m).and_then(|v| v.iter().find(|k| k.key == vk)) {
                     if k.revoked.is_some() {

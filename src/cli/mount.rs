@@ -168,8 +168,14 @@ pub fn run(mut a: MountArgs) -> Result<()> {
     };
     let bandwidth = a.upload_bandwidth.as_deref().map(config::parse_size).transpose()?;
     let up = coldvault::upload::UploadConfig { concurrency: a.upload_concurrency.max(1), bandwidth, ..Default::default() };
-    let mut daemon = coldvault::daemon::Daemon::start(rt.handle(), Arc::new(store), Arc::new(keys), fs_cfg, up)
-        .map_err(|e| anyhow!("cannot open the cache dir {}: {e}", cache_dir.display()))?;
+    let mut daemon = coldvault::daemon::Daemon::start(
+        rt.handle(),
+        coldvault::remote_meta::remembered::Remembered::wrap(Arc::new(store), &cfg.prefix, &cfg.revocations),
+        Arc::new(keys),
+        fs_cfg,
+        up,
+    )
+    .map_err(|e| anyhow!("cannot open the cache dir {}: {e}", cache_dir.display()))?;
     let sock = control::socket_path(&mountpoint)?;
     let mut session =
         coldvault::fuse::session(daemon.fs.clone(), &mountpoint, &coldvault::fuse::MountOptions { allow_other: a.allow_other, threads: 4 })
@@ -178,6 +184,9 @@ pub fn run(mut a: MountArgs) -> Result<()> {
     if let Some(reach) = &daemon.rebuilt_reach {
         if let Err(e) = Config::remember_heads(&cfg_path, |old| reach.heads(old)) {
             tracing::warn!(error = %e, "could not record in the config how far the vault's journals reach");
+        }
+        if let Err(e) = Config::remember_revocations(&cfg_path, &reach.revocations) {
+            tracing::warn!(error = %e, "could not keep in the config the vault's revocations");
         }
     }
     if daemon.signing && !cfg.signed {

@@ -4,7 +4,6 @@
 use super::human;
 use super::pass::{load_unlocked, PassArgs};
 use super::runtime;
-use super::s3::connect;
 use super::tree::{lifetimes, load_tree};
 use anyhow::{anyhow, Result};
 use clap::Args;
@@ -48,7 +47,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let rules = Rules { keep_within_ms: keep_within, keep_last, allow_early_deletion, lock_days: cfg.object_lock_days };
     let rt = runtime()?;
     rt.block_on(async {
-        let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
+        let store: Arc<dyn ObjectStore> = super::s3::connect_vault(&cfg).await?;
         let now = coldvault::clock::now_ms();
         let cut = now - keep_within;
         let l = lifetimes(&store, &keys, &cfg, cut).await?;

@@ -17,6 +17,13 @@ pub fn explain_store(e: StoreError, cfg_bucket: &str, endpoint: &Option<String>)
     }
 }
 
+/// The vault's bucket as every command that reads the vault sees it: with the revocations this
+/// machine has seen, should the bucket have lost them (`remote_meta::remembered`).
+pub async fn connect_vault(cfg: &Config) -> Result<std::sync::Arc<dyn coldvault::store::ObjectStore>> {
+    let store = std::sync::Arc::new(connect(cfg).await?);
+    Ok(coldvault::remote_meta::remembered::Remembered::wrap(store, &cfg.prefix, &cfg.revocations))
+}
+
 pub async fn connect(cfg: &Config) -> Result<S3Store> {
     let store = S3Store::connect(&cfg.s3_settings()).await;
     match tokio::time::timeout(Duration::from_secs(30), store.check_bucket(&cfg.prefix)).await {

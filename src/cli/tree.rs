@@ -55,6 +55,9 @@ fn heads(tree: &Tree, cfg: &Config) {
         if let Err(e) = Config::remember_heads(path, |old| reach.heads(old)) {
             eprintln!("coldvault: could not record in {} how far the vault's journals reach: {e:#}", path.display());
         }
+        if let Err(e) = Config::remember_revocations(path, &reach.revocations) {
+            eprintln!("coldvault: could not keep in {} the vault's revocations: {e:#}", path.display());
+        }
     }
 }
 

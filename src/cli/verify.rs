@@ -3,7 +3,6 @@
 
 use super::pass::{keys_for, PassArgs};
 use super::runtime;
-use super::s3::connect;
 use super::tree::{load_tree, wanted};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
@@ -39,7 +38,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
     let keys = if deep || !cache.join("index.db").exists() { Some(keys_for(&cfg, &pass)?) } else { None };
     let rt = runtime()?;
     rt.block_on(async {
-        let store: Arc<dyn ObjectStore> = Arc::new(connect(&cfg).await?);
+        let store: Arc<dyn ObjectStore> = super::s3::connect_vault(&cfg).await?;
         verify(store, keys.as_ref(), &cfg, &cache, deep).await
     })
 }

@@ -9,6 +9,10 @@ use crate::meta::State;
 use crate::meta::ROOT;
 use std::collections::HashMap;
 
+/// The longest extended attribute name, and the most all of a file's take (as on ext4).
+const XATTR_NAME_MAX: usize = 255;
+const XATTR_SET_MAX: usize = 64 << 10;
+
 impl Fs {
     /// Links of a directory: "." , its entry in the parent, and ".." of each subdirectory.
     pub fn dir_nlink(&self, ino: u64) -> u32 {
@@ -339,6 +343,12 @@ impl Fs {
 
     // ------------------------------------------------------------------ xattrs (Samba DOS attributes)
 
+    /// The bytes a file's extended attributes take, as ext4 counts them against its limit:
+    /// each name and value.
+    fn xattr_bytes(m: &HashMap<String, String>) -> usize {
+        m.iter().map(|(k, v)| k.len() + v.len() / 2).sum()
+    }
+
     pub(super) fn xattr_map(i: &Inode) -> HashMap<String, String> {
         i.xattrs.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default()
     }
@@ -368,20 +378,40 @@ impl Fs {
         if !(name.starts_with("user.") || name.starts_with("security.") || name.starts_with("trusted.")) {
             return Err(FsError::NotSupported("only user.*, security.* and trusted.* attributes are stored"));
         }
-        // Samba's streams_xattr keeps alternate data streams (macOS resource forks) in xattrs.
-        if value.len() > 64 * 1024 {
+        // As ext4 has them (review N4): a name of at most 255 bytes (ERANGE), and all of a
+        // file's names and values at most 64 KiB (ENOSPC; E2BIG for one value over it, as the
+        // kernel says). Samba's streams_xattr keeps alternate data streams (macOS resource
+        // forks) in xattrs: a larger one is refused as on ext4.
+        if name.len() > XATTR_NAME_MAX {
             return Err(FsError::Range);
         }
+        if value.len() > XATTR_SET_MAX {
+            return Err(FsError::ArgTooBig);
+        }
+        // What the set grows by, as the file is now: checked and charged to the owner's staging
+        // quota (the index and the journal hold it until uploaded) before the change is made.
+        let growth = |i: &Inode| -> Result<(HashMap<String, String>, usize)> {
+            let m = Self::xattr_map(i);
+            let exists = m.contains_key(name);
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(FsError::Exists);
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(FsError::NoAttr);
+            }
+            let before = Self::xattr_bytes(&m);
+            let after = before - m.get(name).map_or(0, |v| name.len() + v.len() / 2) + name.len() + value.len();
+            if after > XATTR_SET_MAX {
+                return Err(FsError::XattrsFull);
+            }
+            Ok((m, after.saturating_sub(before)))
+        };
+        let first = self.getattr(ino)?;
+        let (_, grows) = growth(&first)?;
+        self.charge(first.uid, grows as u64)?;
         let mut c = self.core();
         let mut i = c.db.get(ino)?.ok_or(FsError::NotFound)?;
-        let mut m = Self::xattr_map(&i);
-        let exists = m.contains_key(name);
-        if flags & libc::XATTR_CREATE != 0 && exists {
-            return Err(FsError::Exists);
-        }
-        if flags & libc::XATTR_REPLACE != 0 && !exists {
-            return Err(FsError::NoAttr);
-        }
+        let (mut m, _) = growth(&i)?;
         m.insert(name.to_string(), hex::encode(value));
         i.xattrs = Some(serde_json::to_string(&m).expect("json"));
         i.ctime_ns = now_ns();

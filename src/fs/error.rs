@@ -52,6 +52,12 @@ pub enum FsError {
     NoSpace(String),
     #[error("file larger than the {0} bytes this mount accepts")]
     TooBig(u64),
+    /// A file's extended attributes would take more than they may (ENOSPC, as on ext4).
+    #[error("no room left for this file's extended attributes")]
+    XattrsFull,
+    /// An extended attribute's value larger than any a file may hold.
+    #[error("argument too large")]
+    ArgTooBig,
     /// The writing file's owner has this many bytes waiting for upload, its staging quota.
     #[error("over the staging quota of {0} bytes per user")]
     Quota(u64),
@@ -90,6 +96,8 @@ impl FsError {
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             FsError::NoSpace(_) => libc::ENOSPC,
             FsError::TooBig(_) => libc::EFBIG,
+            FsError::ArgTooBig => libc::E2BIG,
+            FsError::XattrsFull => libc::ENOSPC,
             FsError::Quota(_) => libc::EDQUOT,
             // The index cannot grow on a full disk: the caller learns the disk is full.
             FsError::Meta(MetaError::Sql(rusqlite::Error::SqliteFailure(e, _))) if e.code == rusqlite::ErrorCode::DiskFull => libc::ENOSPC,

@@ -43,6 +43,7 @@ pub mod journal;
 mod model;
 pub mod read;
 mod rebuild;
+pub mod remembered;
 mod sink;
 pub mod trust;
 
@@ -138,11 +139,14 @@ pub fn check_version(key: &str, class: &str, header: &str, sha256: &str, strict_
 pub struct Reach {
     pub seen: BTreeMap<String, i64>,
     pub revoked: BTreeMap<String, i64>,
+    /// The revocations the read believed, as statement objects (`Trust::revocation_objects`):
+    /// what the config keeps (`remembered`).
+    pub revocations: BTreeMap<String, String>,
 }
 
 impl Reach {
     pub fn of(tree: &Tree) -> Reach {
-        Reach { seen: tree.seen.clone(), revoked: tree.revoked.clone() }
+        Reach { seen: tree.seen.clone(), revoked: tree.revoked.clone(), revocations: tree.revocations.clone() }
     }
 
     /// What this read says of a machine that remembered `heads` from an earlier one: one line

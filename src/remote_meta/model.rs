@@ -218,6 +218,11 @@ pub struct Tree {
     /// Machines with a revoked key, and the highest journal record of theirs still believed
     /// (`Trust::revoked`): `rolled_back` does not count the end of what was revoked.
     pub revoked: BTreeMap<String, i64>,
+    /// The revocations believed, as statement objects (`Trust::revocation_objects`).
+    pub revocations: BTreeMap<String, String>,
+    /// Machines the vault allows only as write-only: what they wrote is restored as data
+    /// (`coldvault get`; review N6).
+    pub write_only: std::collections::BTreeSet<String>,
 }
 
 impl Tree {

@@ -221,8 +221,14 @@ pub async fn stream(
                     // a write-only machine's is all its own.
                     t.applying_ts = meta.at.unwrap_or(0);
                     match (&t.applying, meta.by) {
+                        // A revoked machine's files as another machine's snapshot holds them may
+                        // hold what it wrote after its revocation: its own believed batches
+                        // give them instead (`start_from_base`). A write-only machine's are
+                        // weighed as its own entries are (review N2).
+                        (Some((_, false)), Some(by)) if t.revoked.contains_key(&by) => {}
                         (Some((_, false)), Some(by)) => {
-                            let own = t.applying.replace((by, false));
+                            let wo = t.write_only.contains(&by);
+                            let own = t.applying.replace((by, wo));
                             t.apply_owned(e);
                             t.applying = own;
                         }

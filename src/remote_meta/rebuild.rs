@@ -304,6 +304,8 @@ async fn rebuild_once(
     tree.refused = notes;
     tree.signed = trust.signed;
     tree.revoked = trust.revoked.clone();
+    tree.revocations = trust.revocation_objects.clone();
+    tree.write_only = trust.write_only_machines();
     tree.applying = None;
     tree.applying_ts = 0;
     Ok(tree)
@@ -336,6 +338,18 @@ fn matches_key(info: read::SnapshotInfo, m: &str, seq: i64) -> Result<read::Snap
 type Snapshots = (Tree, Vec<read::SnapshotInfo>, Vec<usize>);
 
 impl Reader<'_> {
+    /// An empty tree that knows whom the vault believes how: what a base snapshot says of a
+    /// revoked or write-only machine's files is weighed by it as it is applied.
+    fn new_tree(&self) -> Tree {
+        Tree {
+            signed: self.trust.signed,
+            revoked: self.trust.revoked.clone(),
+            revocations: self.trust.revocation_objects.clone(),
+            write_only: self.trust.write_only_machines(),
+            ..Tree::default()
+        }
+    }
+
     /// Per machine, its newest snapshot that a machine the vault allows signed: a forged one
     /// with a higher number must not hide the real one. Each is checked by its signature (a
     /// HEAD) and header (its first 128 bytes) before it is chosen, and again against the header
@@ -406,7 +420,7 @@ impl Reader<'_> {
     /// One snapshot (one machine, the usual case): it is the base, applied as it is read.
     async fn read_only_snapshot(&self, c: &SnapshotCandidate, last_try: bool) -> Result<Snapshots, RemoteError> {
         let (mut loaded, mut base) = (Vec::new(), Vec::new());
-        let mut tree = Tree::default();
+        let mut tree = self.new_tree();
         let SnapshotCandidate { key, len, machine: m, seq, write_only: wo, .. } = c;
         (self.progress)("snapshot", 1, 1);
         tree.applying = Some((m.clone(), *wo));
@@ -420,7 +434,7 @@ impl Reader<'_> {
             Err(e) if !last_try => return Err(RemoteError::Changed(format!("snapshot {key} cannot be read ({e})"))),
             Err(e) => {
                 // Nothing it applied before failing stays, not even what it refused.
-                tree = Tree::default();
+                tree = self.new_tree();
                 tree.refused.push(format!("snapshot {key} cannot be read ({e}); replaying without it"));
             }
         }
@@ -431,7 +445,7 @@ impl Reader<'_> {
     /// a second applies the base's.
     async fn read_snapshots(&self, latest_signed: &[SnapshotCandidate], last_try: bool) -> Result<Snapshots, RemoteError> {
         let mut loaded: Vec<read::SnapshotInfo> = Vec::new();
-        let mut tree = Tree::default();
+        let mut tree = self.new_tree();
         let mut read_from: Vec<usize> = Vec::new();
         for (i, c) in latest_signed.iter().enumerate() {
             let SnapshotCandidate { key, len, machine: m, seq, .. } = c;
@@ -485,6 +499,11 @@ fn start_from_base(tree: &mut Tree, loaded: &mut [read::SnapshotInfo], base: &[u
     for &b in base {
         let s = &loaded[b];
         for (m, q) in s.reflects() {
+            // What another machine's snapshot holds of a revoked machine's files is not applied
+            // (read.rs): its believed batches are replayed from the start instead (review N2).
+            if m != s.machine && tree.revoked.contains_key(&m) {
+                continue;
+            }
             let c = covered.entry(m).or_insert(0);
             *c = (*c).max(q);
         }
@@ -598,13 +617,15 @@ impl Reader<'_> {
     /// adopted) within `ends`, telling `seen` of each step; `notes` and what the replay refused
     /// end up in the tree's `refused`.
     async fn replay_all(&self, mut notes: Vec<String>, ends: Ends, seen: &mut Seen<'_>) -> Result<Tree, RemoteError> {
-        let mut tree = Tree::default();
+        let mut tree = self.new_tree();
         let (streams, total) = self.list_journals(&mut tree, &mut notes, &[], &BTreeMap::new()).await?;
         self.replay_until(&mut tree, streams, total, BTreeMap::new(), ends, seen).await?;
         notes.append(&mut tree.refused);
         tree.refused = notes;
         tree.signed = self.trust.signed;
         tree.revoked = self.trust.revoked.clone();
+        tree.revocations = self.trust.revocation_objects.clone();
+        tree.write_only = self.trust.write_only_machines();
         tree.applying = None;
         tree.applying_ts = 0;
         Ok(tree)

@@ -658,6 +658,76 @@ fn a_revocation_is_no_rollback_but_deleting_what_it_kept_is() {
     assert!(whole.rolled_back(&before.heads(&BTreeMap::new())).is_empty());
 }
 
+/// Deleting a revocation from the bucket undoes nothing on a machine that saw it (review N2):
+/// what it read then is kept, served in its place, and said to be gone.
+#[test]
+fn a_deleted_revocation_still_applies_where_it_was_seen() {
+    let v = Signed::new(true);
+    let w = machine(0xc);
+    v.allow(&w, trust::Role::WriteOnly);
+    v.batch(Some(&w), w.machine(), vec![mkdir(1, "before")]);
+    let stolen = v.batch(Some(&w), w.machine(), vec![mkdir(2, "stolen")]);
+    let statement = v.rt.block_on(trust::revoke(&v.dyn_store(), v.sk(), "v/", w.machine(), &w.public(), Some(1))).unwrap();
+    let seen = Reach::of(&v.rebuild());
+    assert_eq!(seen.revocations.keys().map(|k| format!("v/{k}")).collect::<Vec<_>>(), std::slice::from_ref(&statement));
+    v.rt.block_on(v.store.delete_object(&statement)).unwrap();
+    // Where it was never seen, the thief's batch is believed again…
+    assert!(v.rebuild().nodes.contains_key("stolen"));
+    // …where it was, not: the copy kept applies, and its loss is said.
+    let store = remembered::Remembered::wrap(v.dyn_store(), "v/", &seen.revocations);
+    let t = v.rt.block_on(rebuild(&store, &v.keys, "v/", &|_, _, _| {})).unwrap();
+    assert!(t.nodes.contains_key("before") && !t.nodes.contains_key("stolen"), "{:?}", t.refused);
+    assert!(refused_for(&t, &stolen).contains("revoked"));
+    assert!(refused_for(&t, &statement).contains("gone from the bucket"), "{:?}", t.refused);
+}
+
+/// One key signs for one machine (review N11): a key allowed again under another machine id is
+/// not believed for that id, and said.
+#[test]
+fn a_key_allowed_for_two_machines_signs_for_the_first_only() {
+    let v = Signed::new(true);
+    let a = machine(0xa);
+    v.allow(&a, trust::Role::Full);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let twin = MachineSigner::new("000000000000000b", &[0xa; 32]);
+    assert_eq!(twin.public(), a.public());
+    v.allow(&twin, trust::Role::Full);
+    v.batch(Some(&a), a.machine(), vec![mkdir(1, "mine")]);
+    let other = v.batch(Some(&twin), twin.machine(), vec![mkdir(1, "as-twin")]);
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("mine") && !t.nodes.contains_key("as-twin"), "{:?}", t.refused);
+    assert!(t.refused.iter().any(|r| r.contains("allowed for machine") && r.contains("000000000000000b")), "{:?}", t.refused);
+    assert!(refused_for(&t, &other).contains("000000000000000b"));
+}
+
+/// A full machine that rebuilt while a write-only machine's key was believed holds its files
+/// in its snapshot; once the key is revoked after record 1, what it wrote later does not come
+/// back through that snapshot, and what it wrote up to record 1 does (review N2).
+#[test]
+fn a_revoked_machines_files_are_not_laundered_through_another_machines_snapshot() {
+    use std::io::Write as _;
+    let (v, a, w) = Signed::full_and_write_only();
+    let (k1, k2) = ("v/d/000000000000000000000000000000c1", "v/d/000000000000000000000000000000c2");
+    v.batch(Some(&w), w.machine(), vec![rec(1, 10, file("kept.jpg", k1))]);
+    v.batch(Some(&w), w.machine(), vec![rec(2, 11, file("stolen.jpg", k2))]);
+    // A rebuilt, imported both, and wrote a snapshot of its index.
+    let mut wr = SnapshotWriter::new(&v.keys, Vec::new()).unwrap();
+    wr.entry(&file("a.jpg", "v/d/000000000000000000000000000000a1")).unwrap();
+    wr.entry_by(&file("kept.jpg", k1), Some(w.machine())).unwrap();
+    wr.entry_by(&file("stolen.jpg", k2), Some(w.machine())).unwrap();
+    let seen = BTreeMap::from([(a.machine().to_string(), 1), (w.machine().to_string(), 2)]);
+    let (body, len) = wr.finish(a.machine(), 1, 20, &seen).unwrap();
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(&body).unwrap();
+    v.rt.block_on(v.sink(Some(&a)).put_snapshot(a.machine(), 1, &f, len)).unwrap();
+    assert!(v.rebuild().nodes.contains_key("stolen.jpg"));
+    v.rt.block_on(trust::revoke(&v.dyn_store(), v.sk(), "v/", w.machine(), &w.public(), Some(1))).unwrap();
+    let t = v.rebuild();
+    assert!(t.nodes.contains_key("a.jpg") && t.nodes.contains_key("kept.jpg"), "{:?} {:?}", t.nodes.keys(), t.refused);
+    assert!(!t.nodes.contains_key("stolen.jpg"), "laundered through A's snapshot: {:?}", t.refused);
+    assert_eq!(t.nodes["kept.jpg"].owner.as_deref(), Some(w.machine()));
+}
+
 /// A vault of an older build (no statement) is read as before; once it starts signing, what
 /// was in it then stays believed and an unsigned batch written later, or an adopted one
 /// replaced by other content, is refused. A statement not signed by the vault is ignored.

@@ -205,6 +205,9 @@ pub struct Trust {
     pub revoked: BTreeMap<String, i64>,
     /// Machines some adopted object is named for.
     adopted_machines: std::collections::BTreeSet<String>,
+    /// The revocations believed, as their statement objects (key below the prefix → object):
+    /// what a machine keeps so that deleting one from the bucket undoes nothing (review N2).
+    pub revocation_objects: BTreeMap<String, String>,
 }
 
 fn enroll_key(machine: &str, vk: &VerifyingKey) -> String {
@@ -261,6 +264,9 @@ impl Trust {
                 continue;
             };
             t.signed = true;
+            if o.storage_class == super::remembered::LOCAL_COPY {
+                t.problems.push(format!("revocation {} is gone from the bucket (deleted?): the copy this machine kept of it still applies", o.key));
+            }
             let max = if matches!(kind, Kind::Enroll | Kind::Vault) { MAX_ENROLL_STATEMENT } else { MAX_LIST_STATEMENT };
             if o.size > max {
                 t.problems.push(format!("statement {}: {} bytes, larger than any coldvault writes; ignored", o.key, o.size));
@@ -299,6 +305,9 @@ impl Trust {
                 if rel != revoke_key(&r.machine, &decode_key(&r.key)?, r.ts_ms) {
                     return Err(Refusal::NotItsKey);
                 }
+                if let Ok(object) = std::str::from_utf8(body) {
+                    self.revocation_objects.insert(rel.to_string(), object.to_string());
+                }
                 revocations.push(r);
             }
             Kind::Adopt => {
@@ -326,6 +335,29 @@ impl Trust {
                 ks.retain(|k| k.role == Role::Full);
             }
         }
+        // One key, one machine id: an object signature does not name the machine (format 2), so
+        // a key allowed for two ids would sign for both (review N11). The first allowed keeps it.
+        let mut first: HashMap<[u8; 32], (i64, String)> = HashMap::new();
+        for (m, ks) in &self.machines {
+            for k in ks {
+                let e = first.entry(k.key.to_bytes()).or_insert((k.ts_ms, m.clone()));
+                if (k.ts_ms, m) < (e.0, &e.1) {
+                    *e = (k.ts_ms, m.clone());
+                }
+            }
+        }
+        let mut twice = Vec::new();
+        for (m, ks) in self.machines.iter_mut() {
+            ks.retain(|k| {
+                let (_, owner) = &first[&k.key.to_bytes()];
+                if owner != m {
+                    twice
+                        .push(format!("key {} is allowed for machine {owner} and again for machine {m}: not believed for {m}", sign::key_id(&k.key)));
+                }
+                owner == m
+            });
+        }
+        self.problems.append(&mut twice);
         for r in revocations {
             let Ok(vk) = decode_key(&r.key) else { continue };
             for k in self.machines.get_mut(&r.machine).into_iter().flatten().filter(|k| k.key == vk) {
@@ -355,6 +387,11 @@ impl Trust {
         }
         t.finish(revocations);
         t
+    }
+
+    /// The machines the vault allows only as write-only.
+    pub fn write_only_machines(&self) -> std::collections::BTreeSet<String> {
+        self.machines.iter().filter(|(_, ks)| ks.iter().any(|k| k.role == Role::WriteOnly)).map(|(m, _)| m.clone()).collect()
     }
 
     /// Whether the batch or snapshot at `rel_key` (below the prefix), in machine `m`'s stream,

@@ -496,6 +496,12 @@ impl Uploader {
     }
 
     async fn upload_conditional(&self, u: &Upload) -> Result<Outcome, StoreError> {
+        // A retry encrypts the frozen plaintext again under the same key and nonces: only while
+        // it is exactly what was sealed (review N15: a change of the same size would reuse GCM
+        // nonces for other bytes).
+        if u.attempts > 0 && u.dk.is_some() && !u.sha256.is_empty() {
+            tokio::task::block_in_place(|| frozen_unchanged(&self.fs.outbox_path(u), u))?;
+        }
         let store = self.env.store.clone();
         if u.enc_size <= MULTIPART_THRESHOLD {
             let body = tokio::task::block_in_place(|| self.read_outbox(u, 0, u.enc_size))?;
@@ -580,6 +586,29 @@ impl Uploader {
             Err(e) => Err(StoreError::Retryable(format!("part task: {e}"))),
         }
     }
+}
+
+/// Whether the frozen plaintext of `u` at `p` still hashes to the version's SHA-256.
+pub fn frozen_unchanged(p: &std::path::Path, u: &Upload) -> Result<(), StoreError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).map_err(|e| StoreError::Retryable(format!("reading the staged file {}: {e}", p.display())))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| StoreError::Retryable(format!("reading the staged file {}: {e}", p.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    if hex::encode(h.finalize()) != u.sha256 {
+        return Err(StoreError::Permanent {
+            code: "LocalOutbox".into(),
+            message: format!("{}: the sealed file changed after sealing; it is not encrypted again under the same nonces", p.display()),
+        });
+    }
+    Ok(())
 }
 
 /// Object bytes [start, start + len) of `u`: encrypted now from the version's frozen

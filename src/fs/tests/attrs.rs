@@ -71,3 +71,49 @@ fn readdir_pages_list_every_entry_once() {
     let want: Vec<String> = (0..300).map(|k| format!("f{k:03}")).chain(["new".to_string()]).collect();
     assert_eq!(seen, want);
 }
+
+/// Extended attributes within ext4's limits (review N4): a name of at most 255 bytes, a value
+/// and all of a file's names and values at most 64 KiB; what they grow by counts in the owner's
+/// staging quota; and however many changes are made, no journal batch goes past what a
+/// rebuild reads, which shows the last value.
+#[test]
+fn extended_attributes_stay_within_ext4s_limits_and_the_quota() {
+    let mut e = Env::new();
+    let fs = e.fs();
+    // Uploaded: its attribute changes are journaled one by one.
+    let (ino, _) = upload_one(&e, "a.jpg", b"x");
+    let errno = |r: Result<()>| r.err().map(|e| e.errno());
+    let long = format!("user.{}", "n".repeat(251));
+    assert_eq!(errno(fs.setxattr(ino, OsStr::new(&long), b"v", 0)), Some(libc::ERANGE));
+    assert_eq!(errno(fs.setxattr(ino, OsStr::new(&long[..255]), b"v", 0)), None);
+    assert_eq!(errno(fs.setxattr(ino, OsStr::new("user.big"), &vec![1; (64 << 10) + 1], 0)), Some(libc::E2BIG));
+    assert_eq!(errno(fs.setxattr(ino, OsStr::new("user.a"), &vec![1; 60 << 10], 0)), None);
+    assert_eq!(errno(fs.setxattr(ino, OsStr::new("user.b"), &vec![2; 5 << 10], 0)), Some(libc::ENOSPC));
+    // Replacing a value counts it once, and room freed is room again.
+    assert_eq!(errno(fs.setxattr(ino, OsStr::new("user.a"), &vec![3; 58 << 10], 0)), None);
+    fs.removexattr(ino, OsStr::new(&long[..255])).unwrap();
+    assert_eq!(errno(fs.setxattr(ino, OsStr::new("user.b"), &vec![2; 5 << 10], 0)), None);
+    assert_eq!(fs.getxattr(ino, OsStr::new("user.a")).unwrap(), vec![3; 58 << 10]);
+
+    // Many changes of a large attribute: batches stay within what a rebuild reads.
+    for k in 0..200u32 {
+        fs.setxattr(ino, OsStr::new("user.a"), &vec![(k % 251) as u8; 58 << 10], 0).unwrap();
+    }
+    flush_journal(&e);
+    let batches: Vec<usize> = e.store.snapshot().into_iter().filter(|(k, _)| k.starts_with("v/j/")).map(|(_, o)| o.body.len()).collect();
+    assert!(batches.len() > 2 && batches.iter().all(|&n| n < 9 << 20), "{batches:?}");
+    drop(fs);
+    let (_d, other) = fresh_machine(&e);
+    let i = other.fs.resolve("a.jpg").unwrap();
+    assert_eq!(other.fs.getxattr(i.ino, OsStr::new("user.a")).unwrap(), vec![199u8; 58 << 10]);
+    e.rt.block_on(other.shutdown());
+
+    // With a staging quota, the growth is charged to the file's owner.
+    e.restart_with(|c| c.staging_quota = Some(1 << 20));
+    let fs = e.fs();
+    let big = e.write_file(ROOT, "big.bin", &vec![0; (1 << 20) - 1000]);
+    let small = e.write_file(ROOT, "small.txt", b"s");
+    assert_eq!(errno(fs.setxattr(small, OsStr::new("user.c"), &vec![1; 8 << 10], 0)), Some(libc::EDQUOT));
+    assert_eq!(errno(fs.setxattr(small, OsStr::new("user.c"), &[1; 100], 0)), None);
+    let _ = big;
+}

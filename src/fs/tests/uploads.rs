@@ -266,6 +266,24 @@ fn a_sealed_file_that_changed_is_not_uploaded() {
     let _ = ino;
 }
 
+/// The same with a change of the same size (review N15): a retry checks the frozen bytes
+/// against the version's SHA-256 before it encrypts them again under the same nonces.
+#[test]
+fn a_sealed_file_changed_in_place_is_not_encrypted_again() {
+    let e = Env::new();
+    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
+    let ino = e.write_file(ROOT, "a.jpg", &data(300_000, 7));
+    let fs = e.fs();
+    fs.seal_ready(true).unwrap();
+    wait_for("a failed first attempt", || fs.status().unwrap().failures.iter().any(|f| f.error.contains("held")));
+    let frozen = std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().unwrap().unwrap().path();
+    std::fs::OpenOptions::new().write(true).open(&frozen).unwrap().write_all_at(b"same size, other bytes", 1000).unwrap();
+    e.store.clear_faults();
+    wait_for("the upload to fail", || fs.status().unwrap().failures.iter().any(|f| f.error.contains("changed after sealing")));
+    assert_eq!(e.puts(), 0, "nothing was uploaded");
+    let _ = ino;
+}
+
 /// Review L6: multipart uploads that nothing will complete (a rekey, a restart after
 /// NoSuchUpload, a completion refused, a crash between beginning one and recording it) were
 /// never aborted, and the bucket billed their parts for ever. The sweep aborts those begun over

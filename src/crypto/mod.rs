@@ -173,8 +173,10 @@ pub fn segment_count(size: u64) -> u64 {
 }
 
 /// Ciphertext length of a plaintext of `size` bytes.
+/// Saturating: a size read from the bucket (a journal entry says any u64) never overflows; a
+/// saturated length matches no object (review L5).
 pub fn encrypted_len(size: u64) -> u64 {
-    HEADER_LEN as u64 + size + segment_count(size) * TAG
+    (HEADER_LEN as u64).saturating_add(size).saturating_add(segment_count(size).saturating_mul(TAG))
 }
 
 /// Plaintext length of a v1 object of `enc_len` bytes (None if no plaintext has that length).
@@ -227,6 +229,25 @@ pub struct Sealed {
     pub sha256: [u8; 32],
     pub enc_len: u64,
     dk: [u8; 32],
+    meta: MetaOnce,
+}
+
+/// The one metadata a version's key seals, under its one (zero) nonce: sealing other metadata
+/// with it would reuse the nonce (review L9), so a second, different one is a bug, refused
+/// loudly; the same one again gives the same bytes.
+#[derive(Default)]
+struct MetaOnce(std::sync::OnceLock<(Vec<u8>, Vec<u8>)>);
+
+impl MetaOnce {
+    fn seal(&self, meta_key: &[u8; 32], header: &[u8], meta: &ObjectMeta) -> Vec<u8> {
+        let json = serde_json::to_vec(meta).expect("serialize");
+        let (first, ct) = self.0.get_or_init(|| {
+            let ct = gcm(meta_key).encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: &json, aad: header }).expect("encrypt");
+            (json.clone(), ct)
+        });
+        assert!(*first == json, "a version's metadata sealed twice, differently: its key has one nonce");
+        ct.clone()
+    }
 }
 
 impl Drop for Sealed {
@@ -239,9 +260,7 @@ impl Sealed {
     /// Encrypt the metadata under this version's key (`cvm` user-metadata value, raw bytes).
     pub fn encrypt_meta(&self, meta: &ObjectMeta) -> Vec<u8> {
         let keys = FileKeys::derive(&self.dk);
-        let json = serde_json::to_vec(meta).expect("serialize");
-        // Zero nonce: the meta key is unique to this data key and encrypts exactly one message.
-        gcm(&keys.meta).encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: &json, aad: &self.header.bytes }).expect("encrypt")
+        self.meta.seal(&keys.meta, &self.header.bytes, meta)
     }
 }
 
@@ -287,7 +306,7 @@ pub fn encrypt_stream_with<R: Read, W: Write>(
         output.write_all(&ct)?;
         enc_len += ct.len() as u64;
     }
-    Ok(Sealed { header, sha256: hasher.finalize().into(), enc_len, dk })
+    Ok(Sealed { header, sha256: hasher.finalize().into(), enc_len, dk, meta: MetaOnce::default() })
 }
 
 /// One file version's encryption, fixed when the version is sealed and reproducible from its
@@ -302,6 +321,7 @@ pub struct VersionCipher {
     keys: FileKeys,
     size: u64,
     dk: [u8; 32],
+    meta: MetaOnce,
 }
 
 impl Drop for VersionCipher {
@@ -335,7 +355,7 @@ impl VersionCipher {
         h[9..41].copy_from_slice(&eph);
         h[41..89].copy_from_slice(&wrapped);
         let header = build_header(h, &prefix, &keys.commit);
-        VersionCipher { header, keys, size, dk }
+        VersionCipher { header, keys, size, dk, meta: MetaOnce::default() }
     }
 
     /// The cipher of a sealed version, from the data key and header recorded with its upload.
@@ -347,7 +367,7 @@ impl VersionCipher {
         if !subtle_eq::ct_eq(&keys.commit, &header.bytes[96..128]) {
             return Err(CryptoError::Auth);
         }
-        Ok(VersionCipher { header, keys, size, dk })
+        Ok(VersionCipher { header, keys, size, dk, meta: MetaOnce::default() })
     }
 
     pub fn header(&self) -> &Header {
@@ -373,9 +393,8 @@ impl VersionCipher {
 
     /// Encrypt the metadata under this version's key (`cvm` user-metadata value, raw bytes).
     pub fn encrypt_meta(&self, meta: &ObjectMeta) -> Vec<u8> {
-        let json = serde_json::to_vec(meta).expect("serialize");
         // Zero nonce: the meta key is unique to this data key and encrypts exactly one message.
-        gcm(&self.keys.meta).encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: &json, aad: &self.header.bytes }).expect("encrypt")
+        self.meta.seal(&self.keys.meta, &self.header.bytes, meta)
     }
 
     /// Object bytes [start, start + len), encrypted from `plain` (the version's plaintext,

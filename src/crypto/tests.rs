@@ -182,6 +182,17 @@ fn a_descriptor_from_the_bucket_is_checked_before_use() {
         assert!(d.public_key().is_err(), "{d:?}");
     }
     assert!(good.unlock(b"pw").is_ok());
+    // A public key of small order (here 0 and 1, points every key agreement maps to a known
+    // value): nothing is sealed to it (review L7).
+    for bad in [[0u8; 32], {
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        one
+    }] {
+        let d = VaultDescriptor { public_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bad), ..good.clone() };
+        let e = d.public_key().err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+        assert!(e.to_string().contains("small order"), "{e}");
+    }
 }
 
 #[test]
@@ -316,4 +327,31 @@ fn a_fingerprint_pins_one_public_key() {
     assert!(!crate::crypto::fingerprint_matches(&k.public, &fp[..30]));
     let public = d.public_only();
     assert!(!public.has_secret() && public.unlock(b"pw").is_err() && public.public_key().unwrap() == k.public);
+}
+
+/// Lengths from the bucket are any u64: computing an object's length from one never overflows
+/// (review L5), and a length read back is one an object of that plaintext has.
+#[test]
+fn lengths_from_the_bucket_never_overflow() {
+    for size in [u64::MAX, u64::MAX - 1, u64::MAX / 2, 1 << 62] {
+        assert!(encrypted_len(size) >= size.min(u64::MAX - 200));
+    }
+    for e in [u64::MAX, u64::MAX - 1, 0, 127] {
+        if let Some(size) = plaintext_len(e) {
+            assert_eq!(encrypted_len(size), e);
+        }
+    }
+    assert_eq!(plaintext_len(encrypted_len(5 << 30)), Some(5 << 30));
+}
+
+/// A version's metadata key has one nonce: sealing the same metadata again gives the same
+/// bytes, and sealing other metadata with it is refused (review L9).
+#[test]
+fn a_versions_metadata_is_sealed_once() {
+    let (_, k) = vault();
+    let c = VersionCipher::new(&k.public, 3);
+    let m = ObjectMeta { path: "a".into(), size: 3, mtime_ns: 1, mode: 0o644, uid: 0, gid: 0, sha256: String::new(), sealed_ms: 0, prev: None };
+    assert_eq!(c.encrypt_meta(&m), c.encrypt_meta(&m));
+    let other = ObjectMeta { path: "b".into(), ..m };
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.encrypt_meta(&other))).is_err());
 }

@@ -119,7 +119,13 @@ impl VaultDescriptor {
     /// that a write-only mount never writes into a layout it does not understand.
     pub fn public_key(&self) -> Result<PublicKey> {
         self.check_format()?;
-        Ok(PublicKey::from(b32(&self.public_key, "public_key")?))
+        let pk = PublicKey::from(b32(&self.public_key, "public_key")?);
+        // A point of small order makes every key agreement with it a known value: whatever is
+        // sealed to it could be opened by anyone (review L7).
+        if !StaticSecret::random_from_rng(rand::rngs::OsRng).diffie_hellman(&pk).was_contributory() {
+            return Err(CryptoError::Malformed("public_key is a point of small order, not a vault's key".into()));
+        }
+        Ok(pk)
     }
 
     /// What a descriptor read from a bucket (anyone who can write there can replace it) must

@@ -128,7 +128,8 @@ impl Fs {
         v.parent = b.parent;
         v.name = format!("{}{}", b.name, self.cfg.restore.suffix);
         v.kind = Kind::File;
-        v.mode = 0o444;
+        // Readable by whoever may read the file it speaks of (review L6).
+        v.mode = b.mode & 0o444;
         v.uid = b.uid;
         v.gid = b.gid;
         v.mtime_ns = r.last_check_ms.max(r.requested_ms) as Nanos * 1_000_000;
@@ -162,7 +163,8 @@ impl Fs {
                 v.parent = CTL_DIR;
                 v.name = "restores".into();
                 v.kind = Kind::File;
-                v.mode = 0o444;
+                // It names files of every folder: the mount's owner and group only (review L6).
+                v.mode = 0o440;
                 let mut t = String::from("# path\tstate\tclass\ttier\tsize\trequested\texpected ready / available until\treason\n");
                 for r in c.db.restores()? {
                     let path = if is_view_ino(r.ino) { self.view_path(r.ino).unwrap_or_default() } else { c.db.path_of(r.ino).unwrap_or_default() };

@@ -61,6 +61,16 @@ fn archived_file_restores_once_and_then_reads() {
     let (fh, _) = e.fs().open(l.ino, false, false, 0).unwrap();
     let text = String::from_utf8(e.fs().read(fh, 0, 65536).unwrap().to_vec()).unwrap();
     assert!(text.contains("raw/IMG_0001.CR2\tready"), "{text}");
+    // Others read neither the listing, which names files of every folder, nor a status file
+    // beside a file they may not read (review L6).
+    assert_eq!(l.mode & 0o777, 0o440);
+    e.fs().setattr(ino, Some(0o600), None, None, None, None, None).unwrap();
+    let s = e.fs().lookup(raw_of(&e, ino), OsStr::new("IMG_0001.CR2.restore-status")).unwrap();
+    assert_eq!(s.mode & 0o777, 0o400);
+}
+
+fn raw_of(e: &Env, ino: u64) -> u64 {
+    e.fs().getattr(ino).unwrap().parent
 }
 
 #[test]

@@ -351,6 +351,25 @@ def _peak_rss_mib(*args):
     return code, stdout, stderr, kib / 1024
 
 
+def test_init_makes_no_new_vault_where_one_lost_its_descriptor(servers, vault_factory, tmp_path):
+    """Security review N10: with vault.json deleted, a machine's recovery (`init` with the
+    passphrase) must not turn into a new, unrelated vault over the old one's objects."""
+    s = servers("s3s-fs")
+    v = vault_factory(s)
+    v.mount()
+    (v.mnt / "a.txt").write_bytes(b"the only copy\n")
+    v.flush()
+    v.unmount()
+    desc = f"{v.prefix}coldvault/vault.json"
+    s.s3.delete_object(Bucket=v.bucket, Key=desc)
+    new_cfg = tmp_path / "recovering.toml"
+    r = run("init", "--bucket", v.bucket, "--prefix", v.prefix.rstrip("/"), "--endpoint-url", s.endpoint,
+            "--config", new_cfg, "--passphrase-file", v.passfile, check=False)
+    assert r.returncode != 0 and "shows a vault was here" in r.stderr, r.stdout + r.stderr
+    assert not new_cfg.exists()
+    assert "Contents" not in s.s3.list_objects_v2(Bucket=v.bucket, Prefix=desc), "a new vault.json was written"
+
+
 def test_a_256_mib_planted_batch_costs_a_rebuild_one_listing_entry(servers, vault_factory, tmp_path):
     """Security review N3: ~250 MiB journal batches sealed to the vault's public key, one under
     a machine id the vault does not know and one under the honest machine's own id, are neither

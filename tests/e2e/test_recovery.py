@@ -223,17 +223,10 @@ s3.put_object(Bucket=bucket, Key=prefix + "d/" + "e" * 64, Body=header + seg,
 '''
 
 
-def test_forged_metadata_is_refused_by_name(servers, vault_factory, tmp_path):
-    """Whoever can put objects under the vault's prefix (a leaked write-only credential, the
-    provider) and knows its public key forges, from FORMAT.md alone: a journal batch that
-    deletes a photo and adds another; a snapshot of a new machine, newer than everything, that
-    saw the honest journal to its end, lists nothing and calls every honest object dead; a
-    batch signed with their own key under the honest machine's name; the honest machine's last
-    batch and its signature copied under a later sequence range; a data object signed by a
-    machine the vault does not allow. `ls`, `get` and a mount on a new machine each refuse
-    every one by name and show the vault as it was."""
+def _three_photos(servers, vault_factory):
+    """A vault on s3s-fs holding photos/0.jpg … 2.jpg, unmounted: the server, the vault, its
+    tree as the mount showed it, its public key, and a listing of the keys under a sub-prefix."""
     import tomllib
-    import forge
     s = servers("s3s-fs")
     v = vault_factory(s)
     v.mount()
@@ -245,6 +238,20 @@ def test_forged_metadata_is_refused_by_name(servers, vault_factory, tmp_path):
     v.unmount()
     pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
     listed = lambda sub: [o["Key"] for o in s.s3.list_objects_v2(Bucket=v.bucket, Prefix=v.prefix + sub).get("Contents", [])]
+    return s, v, want, pub, listed
+
+
+def test_forged_metadata_is_refused_by_name(servers, vault_factory, tmp_path):
+    """Whoever can put objects under the vault's prefix (a leaked write-only credential, the
+    provider) and knows its public key forges, from FORMAT.md alone: a journal batch that
+    deletes a photo and adds another; a snapshot of a new machine, newer than everything, that
+    saw the honest journal to its end, lists nothing and calls every honest object dead; a
+    batch signed with their own key under the honest machine's name; the honest machine's last
+    batch and its signature copied under a later sequence range; a data object signed by a
+    machine the vault does not allow. `ls`, `get` and a mount on a new machine each refuse
+    every one by name and show the vault as it was."""
+    import forge
+    s, v, want, pub, listed = _three_photos(servers, vault_factory)
     honest = listed("j/")
     machine = honest[0].split("/")[-2]
     data = listed("d/")
@@ -287,19 +294,8 @@ def test_deleted_statements_and_a_planted_snapshot_are_adopted_by_no_one(servers
     signs does not rebuild from it; once the statements are back, `machine adopt` of the
     planted machine shows the forgery and adopts nothing unasked, and refuses a machine the
     vault allows. Nothing is written under m/ meanwhile, and the vault reads as it was."""
-    import tomllib
     import forge
-    s = servers("s3s-fs")
-    v = vault_factory(s)
-    v.mount()
-    (v.mnt / "photos").mkdir()
-    for i in range(3):
-        (v.mnt / "photos" / f"{i}.jpg").write_bytes(os.urandom(30_000 + i))
-    v.flush()
-    want = snapshot_tree(v.mnt)
-    v.unmount()
-    pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
-    listed = lambda sub: [o["Key"] for o in s.s3.list_objects_v2(Bucket=v.bucket, Prefix=v.prefix + sub).get("Contents", [])]
+    s, v, want, pub, listed = _three_photos(servers, vault_factory)
     machine = listed("j/")[0].split("/")[-2]
     bad = forge.put_file(s.s3, v.bucket, v.prefix, pub, b"not my photo\n")
     up = {"op": "upload", "path": "photos/evil.jpg", "mtime_ns": 1, "mode": 0o644, "uid": 0, "gid": 0, **bad}

@@ -253,35 +253,31 @@ fn expired_credentials_are_retried_and_shown_in_status() {
 /// failure naming the change, and the object never appears.
 #[test]
 fn a_sealed_file_that_changed_is_not_uploaded() {
-    let e = Env::new();
-    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
-    let ino = e.write_file(ROOT, "a.jpg", &data(300_000, 7));
-    let fs = e.fs();
-    fs.seal_ready(true).unwrap();
-    let frozen = std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().unwrap().unwrap().path();
-    std::fs::OpenOptions::new().write(true).open(&frozen).unwrap().set_len(1000).unwrap();
-    e.store.clear_faults();
-    wait_for("the upload to fail", || fs.status().unwrap().failures.iter().any(|f| f.error.contains("changed after sealing")));
-    assert_eq!(e.puts(), 0, "nothing was uploaded");
-    let _ = ino;
+    frozen_file_changed(|f| f.set_len(1000).unwrap());
 }
 
-/// The same with a change of the same size (review N15): a retry checks the frozen bytes
-/// against the version's SHA-256 before it encrypts them again under the same nonces.
+/// The same with a change of the same size, after a first attempt failed (review N15): the
+/// retry checks the frozen bytes against the version's SHA-256 before it encrypts them again
+/// under the same nonces.
 #[test]
 fn a_sealed_file_changed_in_place_is_not_encrypted_again() {
+    frozen_file_changed(|f| f.write_all_at(b"same size, other bytes", 1000).unwrap());
+}
+
+/// A file sealed while PutObject fails, its frozen copy changed by `change` after a first
+/// failed attempt: no attempt after it uploads anything.
+fn frozen_file_changed(change: impl FnOnce(&std::fs::File)) {
     let e = Env::new();
     e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
-    let ino = e.write_file(ROOT, "a.jpg", &data(300_000, 7));
+    e.write_file(ROOT, "a.jpg", &data(300_000, 7));
     let fs = e.fs();
     fs.seal_ready(true).unwrap();
     wait_for("a failed first attempt", || fs.status().unwrap().failures.iter().any(|f| f.error.contains("held")));
     let frozen = std::fs::read_dir(fs.staging.root().join("outbox")).unwrap().next().unwrap().unwrap().path();
-    std::fs::OpenOptions::new().write(true).open(&frozen).unwrap().write_all_at(b"same size, other bytes", 1000).unwrap();
+    change(&std::fs::OpenOptions::new().write(true).open(&frozen).unwrap());
     e.store.clear_faults();
     wait_for("the upload to fail", || fs.status().unwrap().failures.iter().any(|f| f.error.contains("changed after sealing")));
     assert_eq!(e.puts(), 0, "nothing was uploaded");
-    let _ = ino;
 }
 
 /// Review L6: multipart uploads that nothing will complete (a rekey, a restart after

@@ -350,12 +350,7 @@ def _peak_rss_mib(*args):
 def test_init_makes_no_new_vault_where_one_lost_its_descriptor(servers, vault_factory, tmp_path):
     """Security review N10: with vault.json deleted, a machine's recovery (`init` with the
     passphrase) must not turn into a new, unrelated vault over the old one's objects."""
-    s = servers("s3s-fs")
-    v = vault_factory(s)
-    v.mount()
-    (v.mnt / "a.txt").write_bytes(b"the only copy\n")
-    v.flush()
-    v.unmount()
+    s, v, _, _, _ = _three_photos(servers, vault_factory)
     desc = f"{v.prefix}coldvault/vault.json"
     s.s3.delete_object(Bucket=v.bucket, Key=desc)
     new_cfg = tmp_path / "recovering.toml"
@@ -371,16 +366,9 @@ def test_a_256_mib_planted_batch_costs_a_rebuild_one_listing_entry(servers, vaul
     a machine id the vault does not know and one under the honest machine's own id, are neither
     downloaded nor decrypted: `ls` names each, shows the vault as it was, and its peak RSS stays
     under 150 MiB."""
-    import tomllib
     import forge
-    s = servers("s3s-fs")
-    v = vault_factory(s)
-    v.mount()
-    (v.mnt / "a.txt").write_bytes(b"kept\n")
-    v.flush()
-    v.unmount()
-    pub = tomllib.loads(v.config.read_text())["vault"]["public_key"]
-    honest = s.s3.list_objects_v2(Bucket=v.bucket, Prefix=v.prefix + "j/")["Contents"][0]["Key"].split("/")[-2]
+    s, v, _, pub, listed = _three_photos(servers, vault_factory)
+    honest = listed("j/")[0].split("/")[-2]
     rec = '{"seq":%d,"ts_ms":1,"op":"mkdir","path":"junk/%d","mode":493,"uid":0,"gid":0,"mtime_ns":1}'
     n = 2_640_000  # records of about 100 bytes: a batch just under 256 MiB, below the cap of older builds
     planted = []
@@ -394,7 +382,7 @@ def test_a_256_mib_planted_batch_costs_a_rebuild_one_listing_entry(servers, vaul
         del doc, body
     code, out, err, peak = _peak_rss_mib("ls", "--config", v.config, "--passphrase-file", v.passfile, "-R")
     assert code == 0, err
-    assert "a.txt" in out and "junk" not in out, out
+    assert "0.jpg" in out and "junk" not in out, out
     for k in planted:
         assert k in err, f"{k} not named: {err}"
     print(f"peak RSS of `ls -R` with two planted batches of {len(planted)} x ~250 MiB: {peak:.0f} MiB")

@@ -346,13 +346,7 @@ impl Syncer {
             *g = Some(conn);
         }
         let conn = g.as_ref().expect("opened above");
-        let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))?;
-        // Everything copied: empty the WAL, whose old frames still hold deleted rows (an
-        // uploaded version's data key; review N14). Busy (a reader, a writer): next time.
-        if log > 0 && log == copied {
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        }
-        Ok((log, copied))
+        Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))?)
     }
 }
 
@@ -401,9 +395,9 @@ impl Db {
         // it back): once it starts over, it is cut back to this size instead of keeping its
         // largest size on the staging disk for good.
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-        // Deleted rows (an upload's data key once it is done) are zeroed, free pages too
-        // (review N14); older copies in the WAL go when a checkpoint empties it (`checkpoint`).
-        conn.pragma_update(None, "secure_delete", "ON")?;
+        // Deleted rows (an upload's data key once it is done) are zeroed in the pages SQLite
+        // writes anyway; older copies can remain in the WAL until it is overwritten.
+        conn.pragma_update(None, "secure_delete", "FAST")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // Every statement the daemon runs stays prepared (`Cached`).

@@ -371,26 +371,3 @@ fn a_stored_object_that_is_not_ours_is_never_trusted() {
     assert!(fs.store.counts()["HeadObject"] >= 2, "checked after each upload");
     assert_eq!(e.read_all(ino).unwrap(), d);
 }
-
-/// An uploaded version's data key does not stay in the index files (review N14): once the
-/// upload is recorded and a group commit has run, neither the database nor its WAL holds it.
-#[test]
-fn an_uploaded_versions_data_key_leaves_the_index_files() {
-    let e = Env::new();
-    e.store.fail_op("PutObject", u64::MAX, StoreError::Retryable("held".into()));
-    let ino = e.write_file(ROOT, "a.jpg", &data(300_000, 3));
-    let fs = e.fs();
-    fs.seal_ready(true).unwrap();
-    let dk = fs.core().db.uploads().unwrap()[0].dk.as_ref().expect("a data key while queued").0.clone();
-    fs.group_commit().unwrap();
-    let holds = |dk: &[u8]| {
-        ["index.db", "index.db-wal"].iter().any(|n| std::fs::read(e.dir.path().join(n)).is_ok_and(|b| b.windows(dk.len()).any(|w| w == dk)))
-    };
-    assert!(holds(&dk), "the test cannot see the key where it is");
-    e.store.clear_faults();
-    e.wait_state(ino, State::Uploaded);
-    wait_for("the key to leave the index files", || {
-        fs.group_commit().unwrap();
-        !holds(&dk)
-    });
-}

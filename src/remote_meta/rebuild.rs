@@ -302,10 +302,6 @@ async fn rebuild_once(
     r.adopt_orphans(&mut tree).await?;
     notes.append(&mut tree.refused);
     tree.refused = notes;
-    tree.signed = trust.signed;
-    tree.revoked = trust.revoked.clone();
-    tree.revocations = trust.revocation_objects.clone();
-    tree.write_only = trust.write_only_machines();
     tree.applying = None;
     tree.applying_ts = 0;
     Ok(tree)
@@ -622,10 +618,6 @@ impl Reader<'_> {
         self.replay_until(&mut tree, streams, total, BTreeMap::new(), ends, seen).await?;
         notes.append(&mut tree.refused);
         tree.refused = notes;
-        tree.signed = self.trust.signed;
-        tree.revoked = self.trust.revoked.clone();
-        tree.revocations = self.trust.revocation_objects.clone();
-        tree.write_only = self.trust.write_only_machines();
         tree.applying = None;
         tree.applying_ts = 0;
         Ok(tree)
